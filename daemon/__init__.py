@@ -1,0 +1,1 @@
+"""nightshiftd: the service that supervises the training job."""

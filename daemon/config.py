@@ -1,0 +1,318 @@
+"""Configuration: load config.toml, validate it against one declarative schema, fill defaults.
+
+Every key a user can write is declared in SCHEMA below, with its type and default. An unknown
+key or a wrong type raises ConfigError naming the key and the file (the CLI exits 78 on it):
+a typo in a threshold must never be silently ignored on the night it matters.
+
+The result is a plain nested dict (``cfg["thermal"]["pause_at_c"]``) so the pure policy and the
+tests can build configs from literals with ``defaults()`` and ``merge()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+EX_CONFIG = 78
+
+# A type spec is a tuple of accepted kinds. Kinds: "str", "int", "float" (ints accepted),
+# "bool", "list[str]", "list[float]", "table[str]" (str -> str), "table[float]", "auto"
+# (the literal string "auto"), "none" (the key may be left unset: default None).
+Spec = tuple[tuple[str, ...], Any]
+
+
+def _k(kinds: str, default: Any = None) -> Spec:
+    return (tuple(kinds.split("|")), default)
+
+
+SCHEMA: dict[str, dict[str, Any]] = {
+    "job": {
+        "name": _k("str", "job"),
+        "command": _k("list[str]", None),  # required
+        "resume_command": _k("list[str]|none"),
+        "workdir": _k("str|none"),  # default: the config file's directory
+        "checkpoint_dir": _k("str", "checkpoints"),
+        "checkpoint_glob": _k("str|none"),  # for scripts that don't use trainer/
+        "total_steps": _k("int|none"),
+        "env": _k("table[str]", {}),
+        # "auto": cooperative control once the job announces trainer/ in progress.jsonl,
+        # "trainer": always cooperative, "signals": SIGSTOP/SIGCONT only.
+        "control": _k("str", "auto"),
+        "heartbeat_timeout_s": _k("float", 300.0),
+        "max_code_error_restarts": _k("int", 3),
+        "restart_backoff_s": _k("float", 5.0),
+        "stop_timeout_s": _k("float", 60.0),
+    },
+    "daemon": {
+        "state_dir": _k("str", "state"),  # relative to the config file's directory
+        "log_level": _k("str", "info"),
+    },
+    "gpu": {
+        "sensor": _k("str", "auto"),  # auto|amdgpu-sysfs|pyamdgpuinfo|psutil|simulated|none
+        "card": _k("str|none"),  # e.g. "card1"; default: the first amdgpu card
+        "sysfs_root": _k("str", "/sys"),
+        "poll_interval_s": _k("float", 2.0),
+        "simulated": _k("table[float]", {}),  # simulated GPU parameters, see daemon/simgpu.py
+    },
+    "thermal": {
+        "pause_at_c": _k("float", 90.0),
+        "resume_at_c": _k("float", 75.0),
+        "tctl_pause_at_c": _k("float", 95.0),
+        "min_cooldown_s": _k("float", 60.0),
+        "max_cooldown_s": _k("float", 900.0),
+        "trend": _k("bool", True),
+        "clock_cap": _k("bool", False),
+        "clock_cap_mhz": _k("int", 1800),
+    },
+    "resets": {
+        # any of kmsg, journal, uevent, devcoredump, sensor, job; or ["auto"]
+        "sources": _k("list[str]", ["auto"]),
+        "kernel_log": _k("str|none"),  # a file to tail instead of /dev/kmsg (tests, simulation)
+        "window_s": _k("float", 3600.0),
+        "offload_after": _k("int", 3),
+        "cooldown_s": _k("float", 60.0),
+        "probe": _k("bool", True),
+        "probe_command": _k("list[str]|none"),
+        "probe_timeout_s": _k("float", 60.0),
+        "probe_retries": _k("int", 3),
+    },
+    "checkpoint": {
+        "interval": _k("int|auto", 100),  # steps, or "auto" (Young/Daly)
+        "keep": _k("int", 3),
+        "best_metric": _k("str|none"),  # e.g. "val_loss": also keep the best by it
+    },
+    "offload": {
+        "backend": _k("str", "none"),  # none|modal|local
+        "gpu": _k("str", "A100-40GB"),
+        "timeout_s": _k("float", 6 * 3600.0),
+        "budget_usd": _k("float", 0.0),
+        "prices_usd_per_h": _k("table[float]", {"A100-40GB": 2.10, "A100-80GB": 2.50, "H100": 3.95}),
+        "app_name": _k("str", "nightshift"),
+        "retries": _k("int", 3),
+        "requirements": _k("list[str]", []),
+        "python_version": _k("str", "3.11"),
+        "local_dir": _k("str|none"),  # local backend: the directory standing in for the volume
+        "local_env": _k("table[str]", {}),  # local backend: e.g. HIP_VISIBLE_DEVICES = "1"
+        "local_steps_per_s": _k("float|none"),  # local backend: throttle to mimic a GPU's speed
+    },
+    "schedule": {
+        "enabled": _k("bool", False),
+        "window_start": _k("str|none"),  # "22:30"
+        "window_end": _k("str|none"),  # "07:00"
+        "deadline": _k("str|none"),  # "07:00": the morning the job must be done by
+        "timezone": _k("str|none"),
+    },
+    "api": {
+        "enabled": _k("bool", True),
+        "host": _k("str", "127.0.0.1"),
+        "port": _k("int", 8742),
+        "token_file": _k("str", "token"),  # relative to state_dir
+    },
+    "notify": {
+        "ntfy_url": _k("str|none"),
+        "webhook_url": _k("str|none"),
+        "events": _k(
+            "list[str]",
+            ["paused_hot", "reset", "offloaded", "budget", "divergence", "failed", "finished"],
+        ),
+        "min_interval_s": _k("float", 60.0),
+        "retries": _k("int", 5),
+    },
+    "divergence": {
+        "enabled": _k("bool", True),
+        "window": _k("int", 20),
+        "rtol": _k("float", 2.0),
+        "patience": _k("int", 1),
+        "action": _k("str", "alert"),  # alert|stop|rollback
+        "rollback_steps": _k("int", 100),
+        "skip_batches": _k("int", 50),
+    },
+}
+
+CHOICES = {
+    ("job", "control"): {"auto", "trainer", "signals"},
+    ("gpu", "sensor"): {"auto", "amdgpu-sysfs", "pyamdgpuinfo", "psutil", "simulated", "none"},
+    ("offload", "backend"): {"none", "modal", "local"},
+    ("divergence", "action"): {"alert", "stop", "rollback"},
+    ("daemon", "log_level"): {"debug", "info", "warning", "error"},
+}
+
+# Keys whose change needs a restart of the job (see configwatch): everything else applies live.
+RESTART_KEYS = {("job", "command"), ("job", "resume_command"), ("job", "workdir"),
+                ("job", "checkpoint_dir"), ("job", "env"), ("daemon", "state_dir"),
+                ("api", "host"), ("api", "port"), ("gpu", "sensor"), ("gpu", "sysfs_root"),
+                ("offload", "backend")}
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() names the file and the key and says what to do."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, key: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.key = key
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{message}")
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {sec: {k: copy.deepcopy(spec[1]) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
+
+
+def _type_ok(kind: str, v: Any) -> bool:
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "auto":
+        return v == "auto"
+    if kind == "none":
+        return v is None
+    if kind.startswith("list["):
+        inner = kind[5:-1]
+        return isinstance(v, list) and all(_type_ok(inner, x) for x in v)
+    if kind.startswith("table["):
+        inner = kind[6:-1]
+        return isinstance(v, dict) and all(isinstance(k, str) and _type_ok(inner, x) for k, x in v.items())
+    raise AssertionError(kind)
+
+
+def _describe(kinds: tuple[str, ...]) -> str:
+    names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+             "auto": '"auto"', "none": "unset"}
+    return " or ".join(names.get(k, k.replace("list[", "a list of ").replace("table[", "a table of ").rstrip("]")) for k in kinds)
+
+
+def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Check ``raw`` (parsed TOML) against SCHEMA; return defaults merged with it."""
+    cfg = defaults()
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise ConfigError(f"unknown section [{sec}]; known sections: {', '.join(SCHEMA)}", path, sec)
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{sec}] must be a table", path, sec)
+        for key, value in body.items():
+            full = f"{sec}.{key}"
+            if key not in SCHEMA[sec]:
+                raise ConfigError(
+                    f"unknown key {full!r}; keys allowed in [{sec}]: {', '.join(SCHEMA[sec])}", path, full)
+            kinds, _ = SCHEMA[sec][key]
+            if not any(_type_ok(k, value) for k in kinds if k != "none"):
+                raise ConfigError(f"{full} = {value!r} has the wrong type: expected {_describe(kinds)}", path, full)
+            choices = CHOICES.get((sec, key))
+            if choices and value not in choices:
+                raise ConfigError(f"{full} = {value!r} is not one of {', '.join(sorted(choices))}", path, full)
+            cfg[sec][key] = copy.deepcopy(value)
+    _check_semantics(cfg, path)
+    return cfg
+
+
+def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+    if not cfg["job"]["command"]:
+        raise ConfigError("job.command is missing: set it to the training command, e.g. "
+                          'command = ["python", "-m", "trainer.reference"]', path, "job.command")
+    t = cfg["thermal"]
+    if t["resume_at_c"] >= t["pause_at_c"]:
+        raise ConfigError(f"thermal.resume_at_c ({t['resume_at_c']}) must be below thermal.pause_at_c "
+                          f"({t['pause_at_c']}) or the job would flap", path, "thermal.resume_at_c")
+    if t["min_cooldown_s"] > t["max_cooldown_s"]:
+        raise ConfigError("thermal.min_cooldown_s must not exceed thermal.max_cooldown_s", path,
+                          "thermal.min_cooldown_s")
+    if cfg["gpu"]["poll_interval_s"] <= 0:
+        raise ConfigError("gpu.poll_interval_s must be positive", path, "gpu.poll_interval_s")
+    iv = cfg["checkpoint"]["interval"]
+    if iv != "auto" and iv < 1:
+        raise ConfigError('checkpoint.interval must be a positive number of steps or "auto"', path,
+                          "checkpoint.interval")
+    if cfg["checkpoint"]["keep"] < 1:
+        raise ConfigError("checkpoint.keep must be at least 1", path, "checkpoint.keep")
+
+
+def find_config(explicit: str | None = None) -> Path:
+    """-c, then $NIGHTSHIFT_CONFIG, then ./config.toml, then /etc/nightshift/config.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("NIGHTSHIFT_CONFIG")
+    if env:
+        return Path(env)
+    for cand in (Path("config.toml"), Path("/etc/nightshift/config.toml")):
+        if cand.exists():
+            return cand
+    raise ConfigError("no configuration found: pass -c FILE, set NIGHTSHIFT_CONFIG, or create ./config.toml")
+
+
+def load(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read, parse and validate a config file; relative paths become relative to its directory."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found; pass -c with an existing config file", p) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror}", p) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", p) from None
+    cfg = validate(raw, p)
+    resolve_paths(cfg, p.resolve().parent)
+    cfg["_path"] = str(p.resolve())  # type: ignore[assignment]
+    return cfg
+
+
+def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
+    """Make the config's relative paths absolute against ``base`` (the config file's directory)."""
+    job = cfg["job"]
+    job["workdir"] = str((base / (job["workdir"] or ".")).resolve())
+    job["checkpoint_dir"] = str(Path(job["workdir"]) / job["checkpoint_dir"])
+    cfg["daemon"]["state_dir"] = str(base / cfg["daemon"]["state_dir"])
+    cfg["api"]["token_file"] = str(Path(cfg["daemon"]["state_dir"]) / cfg["api"]["token_file"])
+    if cfg["resets"]["kernel_log"]:
+        cfg["resets"]["kernel_log"] = str(base / cfg["resets"]["kernel_log"])
+    if cfg["offload"]["local_dir"]:
+        cfg["offload"]["local_dir"] = str(base / cfg["offload"]["local_dir"])
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (for tests and live reload)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("env", "local_env", "simulated", "prices_usd_per_h"):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    """The effective configuration as TOML text (for `nightshift check-config`)."""
+    lines: list[str] = []
+    for sec in SCHEMA:
+        lines.append(f"[{sec}]")
+        for key, value in cfg[sec].items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + " }"
+    raise TypeError(type(v))
