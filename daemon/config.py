@@ -49,6 +49,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "daemon": {
         "state_dir": _k("str", "state"),  # relative to the config file's directory
         "log_level": _k("str", "info"),
+        # Leave when the run ends (succeeded/failed/stopped) instead of serving its status
+        # until restarted: for `nightshift demo`, benchmarks and one-shot use.
+        "exit_when_done": _k("bool", False),
     },
     "gpu": {
         "sensor": _k("str", "auto"),  # auto|amdgpu-sysfs|pyamdgpuinfo|psutil|simulated|none

@@ -1,0 +1,140 @@
+"""The `nightshift` command. Errors become exit codes only here: 0 ok, 2 usage, 78 bad config,
+1 other failure, 128+N when the daemon was stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from daemon import config as config_mod
+from daemon.config import EX_CONFIG, ConfigError
+
+log = logging.getLogger("nightshift")
+
+CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
+
+
+def _load(path: str | None) -> dict[str, Any]:
+    return config_mod.load(config_mod.find_config(path))
+
+
+def _base_url(cfg: dict[str, Any]) -> str:
+    host = cfg["api"]["host"]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard bind is reached through loopback from this machine
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg['api']['port']}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon import logs
+    from daemon.service import Daemon
+
+    cfg = _load(args.config)
+    logs.setup(cfg["daemon"]["log_level"])
+    log.info("nightshiftd starting with %s", cfg["_path"])
+    daemon = Daemon(cfg)
+    return asyncio.run(daemon.run_forever())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"# {cfg['_path']}: valid")
+    print(config_mod.dump(cfg))
+    return 0
+
+
+def cmd_sensors(args: argparse.Namespace) -> int:
+    from daemon.sensors.report import sensors_report
+
+    cfg = _load(args.config)
+    text, code = sensors_report(cfg)
+    print(text)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon import client
+
+    text, code = client.status(_base_url(_load(args.config)), json_out=args.json)
+    print(text)
+    return code
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from daemon import client
+
+    text, code = client.events(_base_url(_load(args.config)), args.limit, args.kind)
+    print(text)
+    return code
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from daemon import client
+
+    cfg = _load(args.config)
+    text, code = client.control(_base_url(cfg), cfg["api"]["token_file"], args.command)
+    print(text)
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon import demo
+
+    return demo.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", help="config file (default: $NIGHTSHIFT_CONFIG, "
+                        "./config.toml, /etc/nightshift/config.toml)")
+        return sp
+
+    with_config(sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+                ).set_defaults(fn=cmd_run)
+    d = sub.add_parser("demo", help="the whole story on a simulated GPU, in a few minutes")
+    d.add_argument("--workdir", help="where to put the demo's files (default: a temp dir)")
+    d.add_argument("--fast", action="store_true", help="a shorter demo (for tests)")
+    d.set_defaults(fn=cmd_demo)
+    with_config(sub.add_parser("check-config", help="validate and print the effective configuration")
+                ).set_defaults(fn=cmd_check_config)
+    with_config(sub.add_parser("sensors", help="show the sensors and reset sources found")
+                ).set_defaults(fn=cmd_sensors)
+    s = with_config(sub.add_parser("status", help="the daemon's status"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+    e = with_config(sub.add_parser("events", help="recent events, newest first"))
+    e.add_argument("--limit", type=int, default=20)
+    e.add_argument("--kind")
+    e.set_defaults(fn=cmd_events)
+    for action in CONTROL_ACTIONS:
+        with_config(sub.add_parser(action, help=f"{action} the job (needs the API token)")
+                    ).set_defaults(fn=cmd_control)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"nightshift: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"nightshift: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

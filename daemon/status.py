@@ -1,0 +1,101 @@
+"""Live facts about the job that status, metrics and the policy share: rate, ETA, loss trend.
+
+Fed from progress.jsonl records; holds no I/O. One object per daemon, reset per job start only
+where a fact is per-process (the rate), so a restart does not forget the night's trend.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class JobFacts:
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
+    steps_per_s: float | None = None
+    samples_per_s: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    last_record_t: float | None = None
+    cooperative: bool = False  # the job announced trainer/'s control protocol
+    checkpoint: dict[str, Any] | None = None  # {"step","path","t","bytes","stall_s","persist_s"}
+    checkpoint_costs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    _rate_anchor: tuple[float, int] | None = None
+
+    def observe(self, rec: dict[str, Any]) -> None:
+        t = float(rec.get("t") or 0.0)
+        self.last_record_t = t or self.last_record_t
+        kind = rec.get("kind")
+        if rec.get("total_steps"):
+            self.total_steps = int(rec["total_steps"])
+        if kind == "start":
+            self.cooperative = bool(rec.get("protocol"))
+            self._rate_anchor = None
+        if "step" in rec and rec["step"] is not None:
+            self.step = int(rec["step"])
+        if kind == "progress":
+            loss = rec.get("loss")
+            if isinstance(loss, (int, float)):
+                self.loss = float(loss)
+                self.losses.append(float(loss))
+            if rec.get("samples_per_s") is not None:
+                self.samples_per_s = float(rec["samples_per_s"])
+            self._update_rate(t, rec)
+            if isinstance(rec.get("metrics"), dict):
+                self.metrics.update(rec["metrics"])
+        elif kind == "eval" and isinstance(rec.get("metrics"), dict):
+            self.metrics.update(rec["metrics"])
+        elif kind == "checkpoint":
+            self.checkpoint = {k: rec.get(k) for k in ("step", "path", "bytes", "stall_s", "persist_s")}
+            self.checkpoint["t"] = t
+            cost = rec.get("stall_s")
+            if isinstance(cost, (int, float)):
+                self.checkpoint_costs.append(float(cost))
+
+    def _update_rate(self, t: float, rec: dict[str, Any]) -> None:
+        if rec.get("steps_per_s") is not None:
+            r = float(rec["steps_per_s"])
+            self.steps_per_s = r if self.steps_per_s is None else 0.7 * self.steps_per_s + 0.3 * r
+            return
+        step = int(rec["step"])
+        if self._rate_anchor is None:
+            self._rate_anchor = (t, step)
+            return
+        t0, s0 = self._rate_anchor
+        if t - t0 >= 5.0 and step > s0:
+            r = (step - s0) / (t - t0)
+            self.steps_per_s = r if self.steps_per_s is None else 0.7 * self.steps_per_s + 0.3 * r
+            self._rate_anchor = (t, step)
+
+    @property
+    def progress_pct(self) -> float | None:
+        if self.step is None or not self.total_steps:
+            return None
+        return round(100.0 * self.step / self.total_steps, 1)
+
+    def eta_s(self) -> float | None:
+        if self.step is None or not self.total_steps or not self.steps_per_s:
+            return None
+        return max(0.0, (self.total_steps - self.step) / self.steps_per_s)
+
+    def loss_trend(self, points: int = 24) -> list[float]:
+        """The loss over the night thinned to ``points`` values (bucket means), for a sparkline."""
+        vals = [v for v in self.losses if math.isfinite(v)]
+        if len(vals) <= points:
+            return [round(v, 5) for v in vals]
+        size = len(vals) / points
+        out = []
+        for i in range(points):
+            chunk = vals[int(i * size): int((i + 1) * size)] or [vals[-1]]
+            out.append(round(sum(chunk) / len(chunk), 5))
+        return out
+
+    def checkpoint_cost_s(self) -> float | None:
+        if not self.checkpoint_costs:
+            return None
+        return sorted(self.checkpoint_costs)[len(self.checkpoint_costs) // 2]

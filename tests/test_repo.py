@@ -1,0 +1,39 @@
+"""Repository promises: the README's commands, CI calling the test command, a torch-free daemon."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```\n(.+?)\n```", text, flags=re.S)[:2]
+
+
+def test_readme_opens_with_two_commands_run_and_test():
+    cmds = readme_commands()
+    assert len(cmds) == 2
+    assert "torch==2.13.0" in cmds[0] and "nightshift" in cmds[0]
+    assert "torch==2.13.0" in cmds[1] and "pytest" in cmds[1]
+    head = (ROOT / "README.md").read_text().split("```")[0]
+    assert "main job" in head.lower()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert readme_commands()[1] in ci
+
+
+def test_daemon_never_imports_torch():
+    code = ("import pkgutil, importlib, sys, daemon\n"
+            "for m in pkgutil.walk_packages(daemon.__path__, 'daemon.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "import trainer.format\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
