@@ -25,6 +25,8 @@ class JobFacts:
     cooperative: bool = False  # the job announced trainer/'s control protocol
     checkpoint: dict[str, Any] | None = None  # {"step","path","t","bytes","stall_s","persist_s"}
     checkpoint_costs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    max_step: int | None = None  # the furthest step any attempt reached
+    steps_lost: int = 0  # steps recomputed after restarts (progress past the resumed checkpoint)
     _rate_anchor: tuple[float, int] | None = None
 
     def observe(self, rec: dict[str, Any]) -> None:
@@ -36,8 +38,14 @@ class JobFacts:
         if kind == "start":
             self.cooperative = bool(rec.get("protocol"))
             self._rate_anchor = None
+            start = int(rec.get("step") or 0)
+            if self.max_step is not None and self.max_step > start:
+                self.steps_lost += self.max_step - start
+                self.max_step = start
         if "step" in rec and rec["step"] is not None:
             self.step = int(rec["step"])
+            if kind != "start":
+                self.max_step = self.step if self.max_step is None else max(self.max_step, self.step)
         if kind == "progress":
             loss = rec.get("loss")
             if isinstance(loss, (int, float)):
