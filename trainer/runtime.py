@@ -1,0 +1,216 @@
+"""The few lines a PyTorch training loop adds to get exact resume and the daemon's controls.
+
+    rt = Runtime(model, optimizer, scheduler=sched, total_steps=N, checkpoint_interval=100)
+    start = rt.resume()                      # newest valid checkpoint, or 0
+    for step in range(start, N):
+        if rt.skip(step):                    # batches skipped after a divergence rollback
+            continue
+        loss = train_one_step(step)
+        rt.step_end(step + 1, loss=loss.item(), samples=batch_size)
+    rt.finish()
+
+Environment (set by the daemon; all optional for a plain run): NIGHTSHIFT_RUN_DIR,
+NIGHTSHIFT_CHECKPOINT_DIR, NIGHTSHIFT_RESUME, NIGHTSHIFT_CHECKPOINT_INTERVAL,
+NIGHTSHIFT_TOTAL_STEPS, NIGHTSHIFT_SKIP_STEPS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import simhook
+from trainer.checkpoint import AsyncCheckpointer, load_checkpoint
+from trainer.control import ControlChannel
+from trainer.format import CorruptCheckpoint, find_latest_valid, verify
+from trainer.progress import ProgressWriter
+from trainer.state import capture, restore
+
+HEARTBEAT_S = 10.0
+
+
+def parse_skip(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        a, _, b = part.partition("-")
+        out.append((int(a), int(b or a)))
+    return out
+
+
+class Runtime:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any = None, scaler: Any = None, *, total_steps: int | None = None,
+                 checkpoint_interval: int = 100, extra_state: Any = None, keep: int = 3,
+                 best_metric: str | None = None, run_dir: str | None = None,
+                 checkpoint_dir: str | None = None):
+        env = os.environ
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.extra = extra_state
+        self.run_dir = Path(env.get("NIGHTSHIFT_RUN_DIR") or run_dir or "runs/local")
+        self.ckpt_dir = Path(env.get("NIGHTSHIFT_CHECKPOINT_DIR") or checkpoint_dir or self.run_dir / "checkpoints")
+        self.total_steps = int(env.get("NIGHTSHIFT_TOTAL_STEPS") or total_steps or 0) or None
+        self.interval = int(env.get("NIGHTSHIFT_CHECKPOINT_INTERVAL") or checkpoint_interval)
+        self.skips = parse_skip(env.get("NIGHTSHIFT_SKIP_STEPS", ""))
+        self.best_metric = best_metric
+        self.progress = ProgressWriter(self.run_dir)
+        self.control = ControlChannel(self.run_dir)
+        self.ckpt = AsyncCheckpointer(self.ckpt_dir, keep=keep, best_metric=best_metric,
+                                      on_persisted=self._persisted, on_error=self._persist_failed)
+        self.step = 0
+        self.epoch = 0
+        self.metrics: dict[str, Any] = {}
+        self.last_ckpt_step: int | None = None
+        self._rate_t = time.monotonic()
+        self._rate_step = 0
+        self._samples = 0
+        self.steps_per_s: float | None = None
+
+    # resume -------------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        print(f"[trainer] {msg}", file=sys.stderr, flush=True)
+
+    def resume(self) -> int:
+        """Restore everything from NIGHTSHIFT_RESUME or the newest valid checkpoint; return the step."""
+        path: Path | None = None
+        wanted = os.environ.get("NIGHTSHIFT_RESUME")
+        if wanted:
+            try:
+                verify(wanted)
+                path = Path(wanted)
+            except (CorruptCheckpoint, OSError) as e:
+                self._log(f"the checkpoint to resume from is unusable ({e}); using the newest valid one")
+        if path is None:
+            info = find_latest_valid(self.ckpt_dir, log=self._log)
+            path = info.path if info else None
+        device = next(self.model.parameters()).device.type if any(True for _ in self.model.parameters()) else "cpu"
+        if path is not None:
+            groups, meta = load_checkpoint(path, device="cpu")
+            restore(groups, meta, self.model, self.optimizer, scheduler=self.scheduler,
+                    scaler=self.scaler, extra=self.extra)
+            self.step, self.epoch = int(meta["step"]), int(meta.get("epoch", 0))
+            self.metrics = dict(meta.get("metrics") or {})
+            self.last_ckpt_step = self.step
+            self._log(f"resumed at step {self.step} from {path}")
+        self._rate_step = self.step
+        self.progress.write("start", step=self.step, resumed_from=str(path) if path else None,
+                            protocol=1, pid=os.getpid(), total_steps=self.total_steps, device=device)
+        return self.step
+
+    def skip(self, step: int) -> bool:
+        """True for a batch the daemon asked to skip after a divergence rollback."""
+        return any(a <= step <= b for a, b in self.skips)
+
+    # the loop -----------------------------------------------------------------------------
+    def step_end(self, step: int, loss: float | None = None, metrics: dict[str, Any] | None = None,
+                 samples: int | None = None, epoch: int | None = None) -> None:
+        self.step = step
+        if epoch is not None:
+            self.epoch = epoch
+        if metrics:
+            self.metrics.update(metrics)
+        if samples:
+            self._samples += samples
+        simhook.on_step()
+        now = time.monotonic()
+        if now - self._rate_t >= 2.0:
+            self.steps_per_s = (step - self._rate_step) / (now - self._rate_t)
+            sps = self._samples / (now - self._rate_t)
+            self._rate_t, self._rate_step, self._samples = now, step, 0
+            self._samples_per_s = sps
+        self.progress.progress(step=step, loss=loss, total_steps=self.total_steps,
+                               steps_per_s=self.steps_per_s,
+                               samples_per_s=getattr(self, "_samples_per_s", None),
+                               epoch=self.epoch, metrics=metrics or None)
+        if self.control.interval:
+            self.interval = self.control.interval
+        if self.interval and step % self.interval == 0 and (self.total_steps is None or step < self.total_steps):
+            self.checkpoint()
+        cmd = self.control.poll()
+        if cmd is not None:
+            self._act(*cmd)
+
+    def report_eval(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Validation metrics (kept in the next checkpoint; ``best_metric`` picks the best one)."""
+        self.metrics.update(metrics)
+        self.progress.write("eval", step=self.step if step is None else step, metrics=metrics)
+
+    def checkpoint(self, wait: bool = False) -> None:
+        """Snapshot now (short stall), persist in the background; ``wait`` for it to be durable."""
+        if self.last_ckpt_step == self.step and not self.ckpt.busy and self.ckpt.last_error is None \
+                and (self.ckpt_dir / f"step_{self.step:09d}").exists():
+            return  # this exact state is already on disk
+        groups, meta = capture(self.model, self.optimizer, step=self.step, epoch=self.epoch,
+                               scheduler=self.scheduler, scaler=self.scaler, extra=self.extra,
+                               metrics=self.metrics)
+        metric = self.metrics.get(self.best_metric) if self.best_metric else None
+        self.ckpt.snapshot(self.step, groups, meta, metric=metric)
+        self.last_ckpt_step = self.step
+        if wait:
+            self.ckpt.wait()
+
+    def _persisted(self, info: dict[str, Any]) -> None:
+        self.progress.write("checkpoint", **info)
+
+    def _persist_failed(self, step: int, exc: BaseException) -> None:
+        self.progress.write("checkpoint_error", step=step, error=f"{type(exc).__name__}: {exc}")
+        self.last_ckpt_step = None
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the device is idle while held
+
+    def _act(self, command: str, seq: int) -> None:
+        self.progress.write("control_ack", seq=seq, command=command, step=self.step)
+        if command == "checkpoint":
+            self.checkpoint()
+        elif command == "hold":
+            self._hold()
+        elif command == "exit":
+            self._exit("exit-command")
+
+    def _hold(self) -> None:
+        self.checkpoint(wait=True)
+        self._sync()
+        ck = self.ckpt_dir / f"step_{self.step:09d}"
+        self.progress.write("held", step=self.step, checkpoint=str(ck))
+        last_beat = time.monotonic()
+        while True:
+            time.sleep(0.1)
+            cmd = self.control.poll()
+            if cmd is None and self.control.command == "hold":
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    self.progress.write("heartbeat", state="held", step=self.step)
+                    last_beat = time.monotonic()
+                continue
+            command = cmd[0] if cmd else self.control.command
+            if cmd:
+                self.progress.write("control_ack", seq=cmd[1], command=command, step=self.step)
+            if command == "exit":
+                self._exit("exit-command")
+            if command == "checkpoint":
+                continue
+            break  # "run"
+        self.progress.write("released", step=self.step)
+        self._rate_t, self._rate_step, self._samples = time.monotonic(), self.step, 0
+
+    def _exit(self, reason: str) -> None:
+        self.checkpoint(wait=True)
+        self.progress.write("exiting", step=self.step, reason=reason)
+        self.ckpt.close()
+        self.progress.close()
+        sys.exit(0)
+
+    def finish(self, metrics: dict[str, Any] | None = None) -> None:
+        """Final checkpoint (durable before returning) and the "done" record."""
+        if metrics:
+            self.metrics.update(metrics)
+        self.checkpoint(wait=True)
+        self.ckpt.close()
+        self.progress.write("done", step=self.step, checkpoint=str(self.ckpt_dir / f"step_{self.step:09d}"),
+                            metrics=self.metrics or None)
+        self.progress.close()

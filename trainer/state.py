@@ -1,0 +1,139 @@
+"""Capture and restore everything an exact resume needs, as tensors + JSON.
+
+Groups of tensors (each becomes one safetensors file): ``model`` (the state_dict; tied weights
+are deduplicated by the writer and restored as the same tensor), ``optimizer`` (per-parameter
+state flattened to ``"<param index>.<key>"``), ``rng`` (RNG byte states). Everything else
+(param_groups, scheduler, scaler, step, epoch, data position, versions) goes to JSON meta.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import platform
+import random
+from typing import Any
+
+import torch
+
+try:  # numpy is optional for users' jobs
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None  # type: ignore[assignment]
+
+
+def _jsonable(v: Any) -> Any:
+    """Scheduler/scaler state dicts are mostly numbers and lists; tensors become lists."""
+    if isinstance(v, torch.Tensor):
+        return {"__tensor__": v.tolist(), "dtype": str(v.dtype).replace("torch.", "")}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    # Last resort for odd scheduler fields (e.g. a lambda's closure state): keep it exact.
+    return {"__pickle__": base64.b64encode(pickle.dumps(v)).decode()}
+
+
+def _unjson(v: Any) -> Any:
+    if isinstance(v, dict):
+        if "__tensor__" in v:
+            return torch.tensor(v["__tensor__"], dtype=getattr(torch, v["dtype"]))
+        if "__pickle__" in v:
+            return pickle.loads(base64.b64decode(v["__pickle__"]))
+        return {k: _unjson(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unjson(x) for x in v]
+    return v
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten optimizer.state_dict(): tensors to dotted keys, the rest (and scalars) to JSON.
+
+    An optimizer that has not stepped has empty state; that round-trips to empty state.
+    """
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": _jsonable(scalars)}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = t
+    for pid, st in _unjson(meta["scalars"]).items():
+        state.setdefault(int(pid), {}).update(st)
+    opt.load_state_dict({"state": state, "param_groups": _unjson(meta["param_groups"])})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            tensors[f"torch_cuda_{i}"] = torch.cuda.get_rng_state(i)
+    meta: dict[str, Any] = {"python": base64.b64encode(pickle.dumps(random.getstate())).decode()}
+    if np is not None:
+        meta["numpy"] = base64.b64encode(pickle.dumps(np.random.get_state())).decode()
+    return tensors, meta
+
+
+def load_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"torch_cuda_{i}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"torch_cuda_{i}"], i)
+    random.setstate(pickle.loads(base64.b64decode(meta["python"])))
+    if np is not None and "numpy" in meta:
+        np.random.set_state(pickle.loads(base64.b64decode(meta["numpy"])))
+
+
+def versions() -> dict[str, str]:
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    if np is not None:
+        v["numpy"] = np.__version__
+    return v
+
+
+def capture(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, *, step: int,
+            epoch: int = 0, scheduler: Any = None, scaler: Any = None, extra: Any = None,
+            metrics: dict[str, Any] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": dict(model.state_dict())}
+    meta: dict[str, Any] = {"step": step, "epoch": epoch, "versions": versions()}
+    if optimizer is not None:
+        groups["optimizer"], meta["optimizer"] = optimizer_state(optimizer)
+    groups["rng"], meta["rng"] = rng_state()
+    if scheduler is not None:
+        meta["scheduler"] = _jsonable(scheduler.state_dict())
+    if scaler is not None:
+        meta["scaler"] = _jsonable(scaler.state_dict())
+    if extra is not None:
+        meta["extra"] = _jsonable(extra.state_dict())
+    if metrics:
+        meta["metrics"] = dict(metrics)
+    return groups, meta
+
+
+def restore(groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer | None, *, scheduler: Any = None, scaler: Any = None,
+            extra: Any = None) -> None:
+    model.load_state_dict(groups["model"], strict=True)
+    if optimizer is not None:
+        load_optimizer_state(optimizer, groups.get("optimizer", {}), meta["optimizer"])
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(_unjson(meta["scheduler"]))
+    if scaler is not None and "scaler" in meta:
+        scaler.load_state_dict(_unjson(meta["scaler"]))
+    if extra is not None and "extra" in meta:
+        extra.load_state_dict(_unjson(meta["extra"]))
+    load_rng_state(groups["rng"], meta["rng"])
