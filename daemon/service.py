@@ -207,7 +207,10 @@ class Daemon:
     def read_progress(self) -> None:
         if not self.tail:
             return
-        for rec in self.tail.read():
+        records = self.tail.read()
+        if records:
+            self.hang_deadline = None  # it spoke: not hung
+        for rec in records:
             self.facts.observe(rec)
             kind = rec.get("kind")
             if kind == "checkpoint":
@@ -225,8 +228,6 @@ class Daemon:
                            f"{rec['resumed_from']}")
             elif kind == "progress":
                 self.parts.on_progress(self, rec)
-        if self.facts.step is not None and self.job and self.job.running:
-            self.hang_deadline = None
 
     # ------------------------------------------------------------------ starting the job
     def job_env(self, resume: str) -> dict[str, str]:
@@ -387,7 +388,7 @@ class Daemon:
         decision = decide_restart(info, code_errors=run["code_errors"],
                                   last_error_sig=run["last_error_sig"], cfg=self.cfg)
         self.event("exit", f"job exited: {info.detail} -> {decision.action}",
-                   "info" if info.kind == "success" else "warn", returncode=rc, kind=info.kind)
+                   "info" if info.kind == "success" else "warn", returncode=rc, exit_kind=info.kind)
         if info.kind == "code_error":
             self.store.update_run(self.run_id, code_errors=run["code_errors"] + 1,
                                   last_error_sig=info.signature)

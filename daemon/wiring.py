@@ -18,9 +18,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.policy.recovery import RecoveryState, decide_recovery
-from daemon.policy.thermal import ThermalObs, ThermalState, decide_thermal
-
 if TYPE_CHECKING:
     from daemon.classify import ExitInfo
     from daemon.service import Daemon
@@ -39,8 +36,8 @@ class Components:
         self.detector = detector
         self.simgpu = simgpu
         self.notifier = notifier
-        self.thermal = ThermalState(paused=False, paused_at=None, reason="")
-        self.recovery: RecoveryState | None = None
+        self.thermal: Any = None  # policy.thermal.ThermalState, built on first use
+        self.recovery: Any = None  # policy.recovery.RecoveryState while recovering
         self.probe_task: asyncio.Task | None = None
         self.probe_result: bool | None = None
         self.reset_times: collections.deque[float] = collections.deque(maxlen=500)
@@ -195,6 +192,9 @@ class Components:
     async def _thermal(self, d: Daemon, now: float, reading: Any) -> None:
         if reading is None or d.state not in ("running", "cooling"):
             return
+        from daemon.policy.thermal import ThermalObs, ThermalState, decide_thermal
+        if self.thermal is None:
+            self.thermal = ThermalState(paused=False, paused_at=None, reason="")
         if self.clockcap is not None and reading.edge_c is not None:
             th = self.cfg["thermal"]
             if reading.edge_c >= (th["pause_at_c"] + th["resume_at_c"]) / 2:
@@ -248,7 +248,8 @@ class Components:
         if cost is None or not rate:
             d.interval_explanation = "auto: waiting for a measured checkpoint cost and step rate"
             return
-        steps, why = auto_interval_steps(cost, list(self.reset_times), now, rate)
+        steps, why = auto_interval_steps(cost, list(self.reset_times), now, rate,
+                                         since=d.run.get("created"))
         if steps != d.interval_steps:
             d.interval_steps, d.interval_explanation = steps, why
             d.send("run" if d.held_by is None else "hold", interval=steps)
@@ -366,6 +367,7 @@ class Components:
 
     # recovery after a reset ---------------------------------------------------------------
     def begin_recovery(self, d: Daemon, now: float) -> None:
+        from daemon.policy.recovery import RecoveryState
         self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
         self.probe_result = None
         self.gpu_unusable = False
@@ -386,6 +388,7 @@ class Components:
                         f"{self.recovery.probes_failed} failed so far", "warn")
             else:
                 d.event("probe", f"GPU probe passed in {res.seconds:.1f} s")
+        from daemon.policy.recovery import decide_recovery
         act = decide_recovery(self.recovery, now, self.cfg["resets"], self.probe_result)
         if act.action == "probe":
             from daemon.probe import default_probe_command, run_probe

@@ -45,6 +45,7 @@ def write_config(tmp: Path, sections: dict[str, dict[str, Any]], name: str = "co
         "gpu": {"sensor": "none", "poll_interval_s": 0.5},
         "resets": {"sources": [], "cooldown_s": 0.5, "probe": False},
         "api": {"enabled": False},
+        "divergence": {"enabled": False},
     }
     for sec, body in sections.items():
         base.setdefault(sec, {}).update(body)

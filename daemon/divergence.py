@@ -1,0 +1,85 @@
+"""Divergence watchdog on the job's reported loss (pure), and the rollback plan.
+
+A spike is a non-finite loss, or a loss above the rolling median of the last ``window`` accepted
+losses by more than ``rtol`` times that median (Lightning's SpikeDetection: window, rtol), seen
+``patience`` times in a row (llm-foundry's KillLossSpike). Outliers never enter the window, so a
+spike cannot raise its own bar. Rollback (PaLM): restart from a checkpoint about
+``rollback_steps`` before the spike and skip the offending batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Spike:
+    step: int
+    loss: float
+    baseline: float | None
+    reason: str
+
+
+class DivergenceDetector:
+    def __init__(self, window: int = 20, rtol: float = 2.0, patience: int = 1, warmup: int | None = None):
+        self.window = collections.deque(maxlen=window)
+        self.rtol = rtol
+        self.patience = max(1, patience)
+        self.warmup = window if warmup is None else warmup
+        self.strikes = 0
+
+    def reset(self) -> None:
+        """After a restart the job re-reports steps: keep the window, forget the strikes."""
+        self.strikes = 0
+
+    def observe(self, step: int, loss: float) -> Spike | None:
+        if not math.isfinite(loss):
+            self.strikes = 0
+            return Spike(step, loss, self.baseline(), "non-finite loss")
+        base = self.baseline()
+        if base is not None and len(self.window) >= self.warmup and loss > base * (1 + self.rtol):
+            self.strikes += 1
+            if self.strikes >= self.patience:
+                self.strikes = 0
+                return Spike(step, loss, base, f"loss {loss:.4g} > {1 + self.rtol:g} x the rolling "
+                             f"median {base:.4g} for {self.patience} report(s)")
+            return None
+        self.strikes = 0
+        self.window.append(loss)
+        return None
+
+    def baseline(self) -> float | None:
+        return statistics.median(self.window) if self.window else None
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    checkpoint_step: int | None
+    skip: tuple[tuple[int, int], ...]
+
+
+def plan_rollback(spike_step: int, checkpoint_steps: list[int], rollback_steps: int,
+                  skip_batches: int) -> RollbackPlan:
+    """The newest checkpoint at least ``rollback_steps`` before the spike (else the oldest one
+    before it), and the batches to skip: from just after that checkpoint's neighbourhood of the
+    spike through ``skip_batches`` past it."""
+    before = sorted(s for s in checkpoint_steps if s < spike_step)
+    far = [s for s in before if s <= spike_step - rollback_steps]
+    target = far[-1] if far else (before[0] if before else None)
+    lo = max((target or 0), spike_step - max(1, rollback_steps // 10))
+    return RollbackPlan(target, ((lo, spike_step + skip_batches),))
+
+
+def format_skip(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{a}-{b}" for a, b in ranges)
+
+
+def parse_skip(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        a, _, b = part.partition("-")
+        out.append((int(a), int(b or a)))
+    return out

@@ -1,0 +1,1 @@
+"""Pure policies: observations + state + config + now in, decisions out. No I/O here."""
