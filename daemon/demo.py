@@ -32,8 +32,8 @@ def demo_config(workdir: Path, steps: int, port: int) -> dict[str, Any]:
         "daemon": {"state_dir": "state", "exit_when_done": True, "log_level": "warning"},
         "gpu": {"sensor": "simulated", "poll_interval_s": 0.5,
                 # One real second is a simulated minute: the chip heats in ~15 s of load.
-                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 55.0,
-                              "tau_heat_s": 600.0, "tau_cool_s": 300.0, "reset_at_c": 97.0,
+                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 60.0,
+                              "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
                               "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}},
         "thermal": {"pause_at_c": 88.0, "resume_at_c": 74.0, "tctl_pause_at_c": 95.0,
                     "min_cooldown_s": 3.0, "max_cooldown_s": 60.0},
@@ -107,8 +107,10 @@ async def _drive(d: Any, screen: Screen, inject_at_step: int) -> None:
 
 
 async def run_demo(workdir: Path, steps: int) -> tuple[int, dict[str, Any]]:
+    from daemon import logs
     from daemon.service import Daemon
 
+    logs.setup("error")  # the screen shows the events; the log would repeat them
     cfg = demo_config(workdir, steps, _free_port())
     d = Daemon(cfg)
     screen = Screen(d)
