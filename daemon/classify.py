@@ -50,8 +50,13 @@ def classify_exit(returncode: int, output_tail: str, *, gpu_signature: str | Non
     ``gpu_signature``: a ROCm/HIP dying message found in the output (resets.signatures).
     ``reset_near_exit``: the reset detector saw a reset around the time the job died.
     ``asked_to_exit``: the daemon itself asked the job to stop (graceful stop or hang).
+    ``done``: the job reported it finished (a "done" record after its final checkpoint); a plain
+    script that exits 0 without one counts as finished too.
     """
     sig = signal_name(returncode)
+    if done:  # it wrote "done" after its final checkpoint: whatever happened after is harmless
+        return ExitInfo("success", "finished" + ("" if returncode == 0 else
+                                                  f" (then exited with {sig or returncode})"))
     if returncode == 0:
         if done or not asked_to_exit:
             return ExitInfo("success", "exited 0")

@@ -287,6 +287,7 @@ class Daemon:
             self.fail(str(e))
             return
         self.job_wait = asyncio.create_task(self.job.wait())
+        self.facts.done = False
         self.store.update_run(self.run_id, has_run=1, job_pid=self.job.pid,
                               job_create_time=self.job.create_time)
         self.hang_deadline = None
@@ -370,9 +371,8 @@ class Daemon:
         self.read_progress()  # the last records (done, checkpoint) before deciding
         tail = job.output_tail()
         sig = self.parts.gpu_signature(tail)
-        reset_near = self.parts.reset_near(self.clock())
-        done = self.facts.total_steps is not None and self.facts.step is not None and \
-            self.facts.step >= self.facts.total_steps
+        reset_near = self.parts.reset_near(self.clock(), since=job.started_at or 0.0)
+        done = self.facts.done
         info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=reset_near,
                              step=self.facts.step, asked_to_exit=self.asked_to_exit, done=done)
         if self.exit_reason == "hang":

@@ -22,6 +22,7 @@ class JobFacts:
     samples_per_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     last_record_t: float | None = None
+    done: bool = False  # the current attempt reported "done"
     cooperative: bool = False  # the job announced trainer/'s control protocol
     checkpoint: dict[str, Any] | None = None  # {"step","path","t","bytes","stall_s","persist_s"}
     checkpoint_costs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
@@ -56,6 +57,8 @@ class JobFacts:
             self._update_rate(t, rec)
             if isinstance(rec.get("metrics"), dict):
                 self.metrics.update(rec["metrics"])
+        elif kind == "done":
+            self.done = True
         elif kind == "eval" and isinstance(rec.get("metrics"), dict):
             self.metrics.update(rec["metrics"])
         elif kind == "checkpoint":

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from daemon.service import Daemon
 
 log = logging.getLogger("nightshift")
-RESET_NEAR_S = 30.0  # a reset seen this close to a job's death explains the death
+RESET_NEAR_S = 10.0  # a reset seen this close to a job's death explains the death
 
 
 class Components:
@@ -282,11 +282,15 @@ class Components:
         w = float(self.cfg["resets"]["window_s"])
         return sum(1 for t in self.reset_times if now - t <= w)
 
-    def reset_near(self, t: float) -> bool:
+    def reset_near(self, t: float, since: float = 0.0) -> bool:
+        """Did a reset strike around ``t`` (and after the job started at ``since``)?"""
         if self.detector is not None:
             for ev in self.detector.poll():
                 self.on_reset(self.d, ev)
-        return any(abs(t - rt) <= RESET_NEAR_S for rt in self.reset_times)
+            pending = self.detector.pending_t()
+            if pending is not None and pending >= since and abs(t - pending) <= RESET_NEAR_S:
+                return True
+        return any(rt >= since and abs(t - rt) <= RESET_NEAR_S for rt in self.reset_times)
 
     def gpu_signature(self, output_tail: str) -> str | None:
         from daemon.resets.signatures import match_job_output

@@ -211,6 +211,10 @@ class Runtime:
             self.metrics.update(metrics)
         self.checkpoint(wait=True)
         self.ckpt.close()
+        # A hold or exit arriving while the interpreter shuts down would kill it by SIGUSR1
+        # (Python restores default handlers at exit): the work is done, so ignore it.
+        import signal
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.progress.write("done", step=self.step, checkpoint=str(self.ckpt_dir / f"step_{self.step:09d}"),
                             metrics=self.metrics or None)
         self.progress.close()
