@@ -1,8 +1,17 @@
 """Are the resets heat-correlated? (pure) From the temperatures recorded just before each reset.
 
-On the 780M most resets are the MES firmware hang, often at normal temperatures; cooling harder
-does nothing for those. So the daemon says which kind the night's resets are, and for the
-firmware kind lists the mitigations users reported (research/amdgpu.md).
+On the 780M most resets are the MES firmware hang, which strikes at idle or normal temperatures;
+the driver has no temperature-triggered reset path for this chip (research/amdgpu.md). Cooling
+harder does nothing for those, so the daemon says which kind the night's resets are, and for the
+firmware kind lists the mitigations users reported.
+
+A reset is "hot" when edge was within HOT_MARGIN_C of pause_at_c (or above it), or Tctl within
+the same margin of tctl_pause_at_c. The policy pauses at pause_at_c, so a thermal reset shows up
+just under it, not far above. A verdict needs MIN_RESETS resets with a known temperature and a
+clear majority (MAJORITY) of one kind; otherwise heat_correlated is None and the summary says why.
+
+``summary`` is short lines of at most 40 columns (a phone); ``headline`` is its first line, for
+one-line contexts (an event message, a log line).
 """
 
 from __future__ import annotations
@@ -11,13 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MITIGATIONS = [
-    "kernel option amdgpu.cwsr_enable=0",
-    "kernel option amdgpu.ppfeaturemask=0xffff7fff",
-    "HSA_ENABLE_SDMA=0 in [job] env",
-    "GPU_MAX_HW_QUEUES=1 in [job] env",
-    "echo high > power_dpm_force_performance_level",
+    "amdgpu.cwsr_enable=0 (kernel cmdline)",
+    "amdgpu.ppfeaturemask=0xffff7fff (kernel)",
+    "HSA_ENABLE_SDMA=0 ([job] env)",
+    "GPU_MAX_HW_QUEUES=1 ([job] env)",
+    "power_dpm_force_performance_level=high",
 ]
-HOT_MARGIN_C = 8.0  # a reset within this of pause_at_c (or above it) counts as hot
+HOT_MARGIN_C = 8.0
+MIN_RESETS = 2
+MAJORITY = 0.6
+WIDTH = 40
 
 
 @dataclass(frozen=True)
@@ -29,30 +41,56 @@ class Diagnosis:
     normal: int = 0
     unknown: int = 0
 
+    @property
+    def headline(self) -> str:
+        return self.summary.splitlines()[0] if self.summary else ""
+
+
+def classify_reset(temps: dict[str, Any] | None, cfg_thermal: dict[str, Any]) -> str:
+    """"hot", "normal" or "unknown" for the temperatures recorded just before one reset."""
+    temps = temps or {}
+    edge, tctl = temps.get("edge_c"), temps.get("tctl_c")
+    if edge is None and tctl is None:
+        return "unknown"
+    hot_at = float(cfg_thermal["pause_at_c"]) - HOT_MARGIN_C
+    tctl_hot_at = float(cfg_thermal["tctl_pause_at_c"]) - HOT_MARGIN_C
+    if (edge is not None and edge >= hot_at) or (tctl is not None and tctl >= tctl_hot_at):
+        return "hot"
+    return "normal"
+
 
 def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagnosis:
-    hot_at = float(cfg_thermal["pause_at_c"]) - HOT_MARGIN_C
-    tctl_hot = float(cfg_thermal["tctl_pause_at_c"]) - HOT_MARGIN_C
-    hot = normal = unknown = 0
-    for r in resets:
-        temps = r.get("temps") or {}
-        edge, tctl = temps.get("edge_c"), temps.get("tctl_c")
-        if edge is None and tctl is None:
-            unknown += 1
-        elif (edge is not None and edge >= hot_at) or (tctl is not None and tctl >= tctl_hot):
-            hot += 1
-        else:
-            normal += 1
+    """Verdict over the night's resets (each a dict with "temps": {"edge_c", "tctl_c"})."""
+    kinds = [classify_reset(r.get("temps"), cfg_thermal) for r in resets]
+    hot, normal, unknown = kinds.count("hot"), kinds.count("normal"), kinds.count("unknown")
     known = hot + normal
-    if known == 0:
-        return Diagnosis(None, "no temperatures recorded at the resets: cause unknown" if resets
-                         else "no resets yet", [], hot, normal, unknown)
-    if hot / known >= 0.6:
-        return Diagnosis(True, f"{hot}/{known} resets were hot: heat-correlated; pausing earlier "
-                         "(lower pause_at_c) helps", [], hot, normal, unknown)
-    if normal / known >= 0.6:
-        return Diagnosis(False, f"{normal}/{known} resets at normal temperatures: not heat-"
-                         "correlated (firmware hang); cooling longer won't help, see mitigations",
-                         list(MITIGATIONS), hot, normal, unknown)
-    return Diagnosis(None, f"mixed: {hot} hot, {normal} at normal temperatures", list(MITIGATIONS),
-                     hot, normal, unknown)
+    counts = dict(hot=hot, normal=normal, unknown=unknown)
+    pause_at = float(cfg_thermal["pause_at_c"])
+    if not resets:
+        return Diagnosis(None, "no resets yet", [], **counts)
+    if known < MIN_RESETS:
+        why = ("no temperatures at the resets" if known == 0
+               else f"{known} reset with a temperature")
+        return Diagnosis(None, _lines(f"cause unknown: {why}",
+                                      f"(need {MIN_RESETS} to say if heat)"), [], **counts)
+    if hot / known >= MAJORITY:
+        return Diagnosis(True, _lines(f"resets heat-correlated ({hot}/{known} hot)",
+                                      f"pause earlier: pause_at_c < {pause_at:g}",
+                                      "or cap the clock (clock_cap)"),
+                         [f"lower thermal.pause_at_c (now {pause_at:g})",
+                          "thermal.clock_cap = true", "better cooling"], **counts)
+    if normal / known >= MAJORITY:
+        return Diagnosis(False, _lines(f"resets not heat-correlated ({normal}/{known})",
+                                       "firmware hang at normal temps:",
+                                       "cooling harder won't help;",
+                                       "try the firmware mitigations"),
+                         list(MITIGATIONS), **counts)
+    return Diagnosis(None, _lines(f"mixed: {hot} hot, {normal} at normal temps",
+                                  "both heat and firmware hangs"),
+                     list(MITIGATIONS) + [f"lower thermal.pause_at_c (now {pause_at:g})"],
+                     **counts)
+
+
+def _lines(*lines: str) -> str:
+    # Our own lines are written to fit; cut anything (e.g. huge counts) that still doesn't.
+    return "\n".join(line[:WIDTH] for line in lines)

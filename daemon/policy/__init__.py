@@ -1,1 +1,11 @@
 """Pure policies: observations + state + config + now in, decisions out. No I/O here."""
+
+from daemon.policy.interval import auto_interval_steps, estimate_mtbf_s, young_daly_interval_s
+from daemon.policy.recovery import RecoveryAction, RecoveryState, decide_recovery
+from daemon.policy.thermal import ThermalDecision, ThermalObs, ThermalState, decide_thermal
+
+__all__ = [
+    "RecoveryAction", "RecoveryState", "ThermalDecision", "ThermalObs", "ThermalState",
+    "auto_interval_steps", "decide_recovery", "decide_thermal", "estimate_mtbf_s",
+    "young_daly_interval_s",
+]
