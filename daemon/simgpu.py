@@ -96,6 +96,7 @@ class SimulatedGPU:
         self.resetting_until: float | None = None
         self.pgid: int | None = None
         self._kill_at: float | None = None
+        self._victim: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last = None
@@ -185,7 +186,8 @@ class SimulatedGPU:
         (self.root / ".resetting").touch()
         (self.root / "fault").write_text(cause)
         self._log(RESET_LINES[:7])
-        self._kill_at = self.clock() + 2.0  # jobs without the hook get SIGABRT after a grace
+        # Jobs without the hook get SIGABRT after a grace: the job running NOW, not a later one.
+        self._kill_at, self._victim = self.clock() + 2.0, self.pgid
 
     def _end_reset(self) -> None:
         self.resetting_until = None
@@ -194,9 +196,9 @@ class SimulatedGPU:
         (self.root / "fault").unlink(missing_ok=True)
 
     def _kill_job(self) -> None:
-        if self.pgid:
+        if self._victim and self._victim == self.pgid:
             try:
-                os.killpg(self.pgid, signal.SIGABRT)
+                os.killpg(self._victim, signal.SIGABRT)
             except (ProcessLookupError, PermissionError):
                 pass
 

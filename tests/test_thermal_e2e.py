@@ -1,0 +1,117 @@
+"""End to end on the simulated GPU with the real daemon and the real reference job."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, start_daemon, wait_for, write_config, kill_group
+from tests.test_trainer_resume import SMALL
+from trainer.checkpoint import load_checkpoint
+from trainer.format import find_latest_valid
+
+STEPS = 240
+JOB = [sys.executable, "-m", "trainer.reference", "--steps", str(STEPS), *SMALL,
+       "--max-steps-per-s", "30"]
+
+
+def sim_config(tmp: Path, sim: dict, **sections) -> Path:
+    base = {
+        "job": {"command": JOB, "heartbeat_timeout_s": 60.0},
+        "gpu": {"sensor": "simulated", "poll_interval_s": 0.25,
+                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 60.0,
+                              "tau_heat_s": 180.0, "tau_cool_s": 120.0, "reset_at_c": 97.0,
+                              "reset_after_s": 60.0, "reset_duration_s": 30.0} | sim},
+        "thermal": {"pause_at_c": 85.0, "resume_at_c": 70.0, "min_cooldown_s": 1.0,
+                    "max_cooldown_s": 60.0},
+        "resets": {"sources": ["auto"], "cooldown_s": 0.5, "probe": True, "probe_timeout_s": 30.0},
+        "checkpoint": {"interval": 20},
+    }
+    for k, v in sections.items():
+        base[k] = base.get(k, {}) | v
+    return write_config(tmp, base)
+
+
+def records(tmp: Path) -> list[dict]:
+    p = tmp / "state" / "runs" / "1" / "progress.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def db(tmp: Path):
+    con = sqlite3.connect(tmp / "state" / "nightshift.db")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def run_to_end(cfg: Path, timeout: float = 240) -> str:
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+@pytest.mark.torture
+def test_paused_before_the_reset_temperature_with_zero_steps_lost(tmp_path):
+    cfg = sim_config(tmp_path, {})
+    run_to_end(cfg)
+    con = db(tmp_path)
+    kinds = [r["kind"] for r in con.execute("SELECT kind FROM events")]
+    assert kinds.count("paused_hot") >= 1 and "reset" not in kinds
+    temps = [r["edge_c"] for r in con.execute("SELECT edge_c FROM readings") if r["edge_c"]]
+    assert max(temps) < 97.0, "the chip reached the reset temperature"
+    recs = records(tmp_path)
+    assert sum(r["kind"] == "start" for r in recs) == 1  # never restarted: no step recomputed
+    held = [r for r in recs if r["kind"] == "held"]
+    assert held and all(Path(h["checkpoint"]).name == f"step_{h['step']:09d}" for h in held)
+    steps = [r["step"] for r in recs if r["kind"] == "progress"]
+    assert steps == sorted(steps)  # monotonic: nothing redone after a pause
+    assert con.execute("SELECT state, pauses FROM runs").fetchone()["state"] == "succeeded"
+
+
+@pytest.mark.torture
+def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
+    ref = tmp_path / "ref"
+    env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
+           "NIGHTSHIFT_RESUME": ""}
+    subprocess.run(JOB, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    expected, _ = load_checkpoint(find_latest_valid(ref / "ckpt").path)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = sim_config(work, {"load_c": 20.0})  # stays cool: the reset is the injected one
+    d = start_daemon(cfg)
+    try:
+        wait_for(lambda: any(r.get("step", 0) >= 120 for r in records(work) if r["kind"] == "progress"),
+                 120, what="step 120")
+        (work / "state" / "simgpu" / "inject_reset").touch()
+        out, _ = d.communicate(timeout=180)
+        assert d.returncode == 0, out[-3000:]
+    finally:
+        kill_group(d)
+    con = db(work)
+    reset = con.execute("SELECT * FROM resets").fetchone()
+    assert reset is not None and "kernel" in reset["sources"] and "job" in reset["sources"]
+    assert json.loads(reset["temps"])["edge_c"] is not None  # temperatures just before, recorded
+    got, _ = load_checkpoint(find_latest_valid(work / "ckpt").path)
+    for group in ("model", "optimizer"):
+        for k in expected[group]:
+            assert torch.equal(got[group][k], expected[group][k]), f"{group}.{k}"
+
+
+@pytest.mark.torture
+def test_resets_at_normal_temperature_are_diagnosed_not_heat_correlated(tmp_path):
+    cfg = sim_config(tmp_path, {"load_c": 15.0, "inject_every_s": 150.0, "reset_duration_s": 20.0},
+                     resets={"offload_after": 99})
+    run_to_end(cfg, timeout=300)
+    con = db(tmp_path)
+    resets = con.execute("SELECT temps FROM resets").fetchall()
+    assert len(resets) >= 2
+    last = [r["message"] for r in con.execute("SELECT message FROM events WHERE kind='reset'")][-1]
+    assert "not heat-correlated" in last and "won't help" in last
