@@ -69,10 +69,10 @@ def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagn
     if not resets:
         return Diagnosis(None, "no resets yet", [], **counts)
     if known < MIN_RESETS:
-        why = ("no temperatures at the resets" if known == 0
-               else f"{known} reset with a temperature")
-        return Diagnosis(None, _lines(f"cause unknown: {why}",
-                                      f"(need {MIN_RESETS} to say if heat)"), [], **counts)
+        why = ("no temps recorded at resets" if known == 0
+               else f"only {known} reset with temps")
+        return Diagnosis(None, _lines("too little data to say if heat:", why,
+                                      f"(need {MIN_RESETS} resets with temps)"), [], **counts)
     if hot / known >= MAJORITY:
         return Diagnosis(True, _lines(f"resets heat-correlated ({hot}/{known} hot)",
                                       f"pause earlier: pause_at_c < {pause_at:g}",
