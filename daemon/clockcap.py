@@ -84,6 +84,8 @@ class ClockCap:
             try:
                 self._write(path, text)
             except OSError as e:
+                if path.name == OD and e.errno == errno.ENOENT:
+                    continue  # no overdrive file: no clock was ever staged, nothing to reset
                 problems.append(self._explain(e, path, "write"))
         if problems:
             self.applied = False  # partly undone: apply() must write the cap again
@@ -95,6 +97,8 @@ class ClockCap:
         if e.errno in (errno.EPERM, errno.EACCES):
             return (f"cannot {verb} {path}: permission denied (needs root, and fails while the GPU "
                     "resets); run the daemon as root or set thermal.clock_cap = false")
+        if e.errno == errno.ENOENT and not self.dev.is_dir():
+            return f"GPU device directory {self.dev} does not exist: check [gpu] card"
         if e.errno == errno.ENOENT:
             return (f"{path} does not exist: this GPU or driver has no overdrive clock control "
                     "(enable it in amdgpu.ppfeaturemask) or set thermal.clock_cap = false")
