@@ -114,7 +114,7 @@ class OffloadController:
         key = self.run_key(d)
         try:
             self.upload = await asyncio.to_thread(
-                self.backend.upload, key, info.path if info else None, [])
+                self.backend.upload, key, info.path if info else None, parts.glob_checkpoints())
             spec = self.job_spec(d)
             call_id = await asyncio.to_thread(self.backend.launch, key, spec)
         except OffloadAuthError as e:

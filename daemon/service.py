@@ -74,7 +74,8 @@ class Daemon:
         self.commands: collections.deque[tuple[str, asyncio.Future]] = collections.deque()
         self.readings: collections.deque = collections.deque(maxlen=120)
         self.last_reading: Any = None
-        self.next_poll_at = 0.0
+        self.poll_due = True  # set by the scheduler's polling job; the loop does the work
+        self.scheduler: Any = None
         self.last_event: dict[str, Any] | None = None
         self.exit_code = 0
         self.interval_steps: int | None = None
@@ -107,6 +108,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, sig)
         try:
             await self.open_run()
+            self.start_scheduler()
             await self.parts.start(self)
             self.sd.ready(f"{self.state}: run {self.run_id}")
             wd = watchdog_interval_s()
@@ -125,8 +127,40 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
             await self.parts.stop()
         return self.exit_code
+
+    def start_scheduler(self) -> None:
+        """Periodic work on APScheduler (the same scheduler the night window uses): each job
+        only marks work due and wakes the loop, so state changes happen in one place."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.scheduler = AsyncIOScheduler()
+        self.scheduler.add_job(self._due_poll, "interval", seconds=float(self.cfg["gpu"]["poll_interval_s"]),
+                               id="poll", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.check_checkpoint_age, "interval", seconds=60.0,
+                               id="checkpoint-age", max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    def _due_poll(self) -> None:
+        self.poll_due = True
+        self.wake.set()
+
+    def check_checkpoint_age(self) -> None:
+        """Warn (once per hour) when a running job has not checkpointed for a long time: a
+        reset now would cost all of it."""
+        if self.state != "running" or not self.facts.checkpoint:
+            return
+        age = self.clock() - float(self.facts.checkpoint.get("t") or self.clock())
+        rate = self.facts.steps_per_s or 0
+        expected = (self.interval_steps or 0) / rate if rate else None
+        limit = max(1800.0, 3 * expected) if expected else 1800.0
+        if age > limit and self.clock() - getattr(self, "_age_warned", 0.0) > 3600:
+            self._age_warned = self.clock()
+            self.event("checkpoint_age", f"no checkpoint for {age / 60:.0f} min: a reset now would "
+                       "lose all of it (check checkpoint.interval)", "warn")
 
     def request_stop(self, sig: int) -> None:
         if self.stop_signal is not None:
@@ -197,8 +231,8 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
                 log.exception("control %s failed", action)
                 fut.set_result({"ok": False, "message": f"{action} failed: {e}", "state": self.state})
-        if now >= self.next_poll_at:
-            self.next_poll_at = now + float(self.cfg["gpu"]["poll_interval_s"])
+        if self.poll_due:
+            self.poll_due = False
             await self.parts.poll(self, now)
         handler = getattr(self, f"on_{self.state}", None)
         if handler:

@@ -184,6 +184,7 @@ class Components:
                 if problem not in self.problems_seen:
                     self.problems_seen.add(problem)
                     d.event("source_problem", problem, "warn")
+        self._watch_glob(d)
         await self._thermal(d, now, reading)
         self._schedule(d, now)
         self._interval(d, now)
@@ -217,6 +218,28 @@ class Components:
             d.set_state("running", dec.reason)
             if self.clockcap is not None:
                 self.clockcap.restore()
+
+    def glob_checkpoints(self) -> list[Path]:
+        """A script that doesn't use trainer/ names its own checkpoints: [job] checkpoint_glob."""
+        pattern = self.cfg["job"]["checkpoint_glob"]
+        if not pattern:
+            return []
+        found = [p for p in Path(self.cfg["job"]["workdir"]).glob(pattern) if p.is_file()]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
+
+    def _watch_glob(self, d: Daemon) -> None:
+        files = self.glob_checkpoints()
+        if not files:
+            return
+        newest = files[-1]
+        mtime = newest.stat().st_mtime
+        cur = d.facts.checkpoint
+        if cur and cur.get("path") == str(newest) and cur.get("t") == mtime:
+            return
+        d.facts.checkpoint = {"step": d.facts.step, "path": str(newest), "t": mtime,
+                              "bytes": newest.stat().st_size}
+        d.store.add_checkpoint(d.run_id, d.facts.step or 0, f"{newest}@{mtime:.0f}", mtime,
+                               newest.stat().st_size)
 
     def _schedule(self, d: Daemon, now: float) -> None:
         if self.schedule is None:

@@ -150,3 +150,21 @@ def test_check_config_prints_effective_config(tmp_path):
     r = nightshift("check-config", "-c", str(cfg), timeout=30)
     assert r.returncode == 0, r.stderr
     assert "pause_at_c = 90.0" in r.stdout and "valid" in r.stdout
+
+
+def test_unmodified_script_checkpoints_are_seen_through_the_glob(tmp_path):
+    cfg = write_config(tmp_path, {"job": {"command": plain(30, "ok"), "checkpoint_glob": "ckpt/plain.json"}})
+    r = nightshift("run", "-c", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    paths = [row["path"] for row in db(tmp_path).execute("SELECT path FROM checkpoints")]
+    assert paths and all("plain.json" in p for p in paths)
+
+
+def test_resume_command_is_used_once_the_job_has_run(tmp_path):
+    cfg = write_config(tmp_path, {"job": {"command": plain(20, "hip", 8),
+                                          "resume_command": plain(20, "ok") + ["--resumed"]}})
+    r = nightshift("run", "-c", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (tmp_path / "state" / "runs" / "1" / "job.log").read_text()
+    first, second = [line for line in log.splitlines() if line.startswith("plainjob attempt")]
+    assert "--resumed" not in first and "attempt 2 from step 5" in second and "--resumed" in second

@@ -35,7 +35,7 @@ def rec(**kw):
 
 
 rec(kind="start", step=start, total_steps=steps, pid=os.getpid(), attempt=attempt)
-print(f"plainjob attempt {attempt} from step {start}", flush=True)
+print(f"plainjob attempt {attempt} from step {start} args {sys.argv[2:]}", flush=True)
 delay = 0.2 if mode == "sleepy" else 0.02
 for step in range(start + 1, steps + 1):
     time.sleep(delay)
