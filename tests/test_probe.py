@@ -104,9 +104,11 @@ def test_cancelling_the_probe_kills_its_group(tmp_path):
             if pidfile.exists() and pidfile.read_text():
                 break
             await asyncio.sleep(0.05)
+        t0 = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert time.monotonic() - t0 < 10  # killed, not waited out (it sleeps 60 s)
 
     asyncio.run(scenario())
     assert wait_gone(int(pidfile.read_text()))
@@ -156,3 +158,31 @@ def test_sigterm_ignoring_probe_still_dies_at_the_timeout(tmp_path):
     """
     r = probe(py(code), timeout_s=1.0)
     assert not r.ok and wait_gone(int(pidfile.read_text()))
+
+
+def test_recovery_against_the_simulated_gpu_probes_until_it_comes_back(tmp_path):
+    """The pure recovery policy driving real probes of the simulated GPU (stepped by hand, one
+    simulated second per policy second): the reset lasts 60 s, the cooldown is 20 s, so the
+    first probe fails, the second (after a 20 s backoff) fails, the third passes: restart."""
+    from daemon.policy.recovery import RecoveryState, decide_recovery
+    from daemon.simgpu import SimulatedGPU
+
+    sim = SimulatedGPU(tmp_path, {"reset_duration_s": 60.0}, load_fn=lambda: 0.0)
+    sim.inject_reset()
+    cfg = {"cooldown_s": 20.0, "probe": True, "probe_retries": 3, "probe_timeout_s": 20.0}
+    state, result, now, log = RecoveryState(reset_at=0.0), None, 0.0, []
+    while now <= 300:
+        act = decide_recovery(state, now, cfg, result)
+        if act.action in ("restart", "give_up"):
+            break
+        if act.action == "probe":
+            state.last_probe_at = now
+            r = probe(default_probe_command(), env=sim_env(tmp_path))
+            log.append((now, r.ok))
+            result = r.ok
+            if not r.ok:
+                state.probes_failed += 1
+        sim.step(5.0)
+        now += 5.0
+    assert act.action == "restart"
+    assert log == [(20.0, False), (40.0, False), (80.0, True)]
