@@ -74,7 +74,11 @@ class Components:
         detector = None
         if cfg["resets"]["sources"]:
             from daemon.resets import ResetDetector
-            detector = ResetDetector(cfg["resets"], sysfs_root=gpu["sysfs_root"], kernel_log=kernel_log)
+            # One reset's sources arrive within a minute of each other; under time compression a
+            # simulated minute is shorter, and two resets must not merge into one.
+            scale = float(gpu["simulated"].get("time_scale", 1.0)) if sim is not None else 1.0
+            detector = ResetDetector(cfg["resets"], sysfs_root=gpu["sysfs_root"], kernel_log=kernel_log,
+                                     merge_window_s=max(2.0, 60.0 / scale))
         notifier = None
         if cfg["notify"]["ntfy_url"] or cfg["notify"]["webhook_url"]:
             from daemon.notify import Notifier
@@ -200,8 +204,9 @@ class Components:
             th = self.cfg["thermal"]
             if reading.edge_c >= (th["pause_at_c"] + th["resume_at_c"]) / 2:
                 msg = self.clockcap.apply()
-                if msg:
-                    log.warning("clock cap: %s", msg)
+                if msg and msg not in self.problems_seen:  # say it once, not every hot poll
+                    self.problems_seen.add(msg)
+                    d.event("clock_cap", msg, "warn")
         history = [(r.t, r.edge_c) for r in d.readings if r.edge_c is not None][-20:]
         obs = ThermalObs(now=now, edge_c=reading.edge_c, tctl_c=reading.tctl_c, history=history,
                          poll_interval_s=float(self.cfg["gpu"]["poll_interval_s"]))
@@ -213,6 +218,8 @@ class Components:
             d.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
                     edge_c=reading.edge_c, tctl_c=reading.tctl_c)
         elif dec.action == "resume" and d.state == "cooling":
+            if getattr(dec, "forced", False):
+                d.event("max_cooldown", f"resuming while still warm: {dec.reason}", "warn")
             self.thermal = ThermalState(paused=False, paused_at=None, reason="")
             await d.release(dec.reason)
             d.set_state("running", dec.reason)
@@ -298,7 +305,7 @@ class Components:
         edge = temps.get("edge_c")
         d.event("reset", f"GPU reset ({', '.join(ev.sources)}) at step {d.facts.step}; edge "
                 f"{'unknown' if edge is None else f'{edge:.0f} C'} just before. "
-                f"{self.diagnosis.summary}", "warn", sources=list(ev.sources),
+                f"{self.diagnosis.headline}", "warn", sources=list(ev.sources),
                 lines=list(ev.lines)[:20], temps=temps)
 
     def resets_in_window(self, now: float) -> int:
