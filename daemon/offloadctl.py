@@ -72,6 +72,10 @@ class OffloadController:
             return
         from daemon.policy.failover import FailoverObs, decide_failover
         deadline = parts.schedule.deadline_ts(now) if parts.schedule is not None else None
+        after = self.cfg["schedule"]["deadline_after_s"]
+        if after is not None:
+            rel = float(d.run.get("created") or now) + float(after)
+            deadline = rel if deadline is None else min(deadline, rel)
         obs = FailoverObs(now=now, resets_in_window=parts.resets_in_window(now),
                           gpu_unusable=parts.gpu_unusable, local_eta_s=d.facts.eta_s(),
                           deadline=deadline, forced=self.forced, backend=self.cfg["offload"]["backend"],
