@@ -158,7 +158,9 @@ class SimulatedGPU:
                 if self.sim_time >= self.resetting_until:
                     self._end_reset()
             else:
-                self.hot_for = self.hot_for + dt if self.temp >= p["reset_at_c"] else 0.0
+                # Only a chip under load hangs from heat: an idle hot chip just cools.
+                hot = self.temp >= p["reset_at_c"] and self.load > 0
+                self.hot_for = self.hot_for + dt if hot else 0.0
                 if self.load > 0:
                     self.loaded_for += dt
                 inject = self.root / "inject_reset"

@@ -1,0 +1,200 @@
+"""Issue 9: replay a night, time-compressed, on the simulated GPU with the real daemon and the
+reference job, against the watchdog-script baseline, on two fault profiles.
+
+    .venv/bin/python bench/night_replay.py [--scale 600] [--k 50] [--seed 1]
+
+Scaling. ``--scale`` S simulated seconds pass per real second (S=600: a real second is ten
+simulated minutes). One real training step stands for ``--k`` story steps, so the story's
+50,000 steps are 50,000/k real steps, its local rate (0.56 steps/s) is 0.56*S/k real steps/s
+and the cloud's (6.9 steps/s) 6.9*S/k. Checkpoints "every 500 steps" are every 500/k real
+steps. Cloud prices are multiplied by S so real seconds cost what the simulated time would.
+All reported times are simulated (real x S).
+
+Profiles (the simulated GPU's parameters, simulated seconds):
+- thermal: the chip heats under load and resets after about 60-90 minutes of sustained load
+  (reaches 95 C after ~45 min, resets after 20 more minutes above it);
+- firmware: resets at random times at normal temperatures (the 780M's MES hang), ~1.4/hour.
+
+Policies, same profiles and seeds:
+- baseline: bench/watchdog_baseline.py — after a death sleep 15 minutes, restart, resume from
+  the last checkpoint (every 500 story steps); no temperature watching, no cloud;
+- nightshiftd: the real daemon with thermal pausing, reset recovery, the auto checkpoint
+  interval, and failover to the local backend standing in for the A100 (throttled to the
+  A100's scaled rate), an 8-hour deadline and the story's budget;
+- nightshiftd-no-deadline: the same without the deadline, so failover comes only from the
+  resets themselves (shows the firmware diagnosis driving it).
+Writes bench/results/night_replay.json and prints a Markdown table for the README.
+
+Known distortion: a job restart costs the real interpreter + torch import (~2-3 s real), which
+the compression turns into 20-30 simulated minutes, for every policy alike (a real ROCm
+restart with model load is ~1 minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from daemon.simgpu import SimulatedGPU  # noqa: E402
+from tests.helpers import write_config  # noqa: E402
+
+STORY_STEPS, LOCAL_RATE, CLOUD_RATE, STORY_CKPT, PRICE_A100 = 50_000, 0.56, 6.9, 500, 2.10
+PROFILES = {
+    "thermal": {"ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 1200.0, "tau_cool_s": 600.0,
+                "reset_at_c": 95.0, "reset_after_s": 1200.0, "reset_duration_s": 120.0},
+    "firmware": {"ambient_c": 40.0, "load_c": 25.0, "tau_heat_s": 1200.0, "tau_cool_s": 600.0,
+                 "reset_at_c": 99.0, "reset_after_s": 1e9, "reset_rate_per_h": 1.4,
+                 "reset_duration_s": 120.0},
+}
+MODEL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "8",
+         "--eval-every", "100000"]
+
+
+def job_cmd(steps: int, rate: float) -> list[str]:
+    return [sys.executable, "-m", "trainer.reference", "--steps", str(steps), *MODEL,
+            "--max-steps-per-s", f"{rate:.3f}"]
+
+
+def progress(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        sim = SimulatedGPU(tmp / "sim", PROFILES[profile] | {"time_scale": a.scale, "seed": a.seed})
+        env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(tmp / "run"), "NIGHTSHIFT_CHECKPOINT_DIR": str(tmp / "ckpt"),
+               "NIGHTSHIFT_SIM_GPU": str(sim.root),
+               "NIGHTSHIFT_CHECKPOINT_INTERVAL": str(max(1, round(STORY_CKPT / a.k)))}
+        sim.start()
+        t0 = time.time()
+        p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "watchdog_baseline.py"),
+                              "--sleep-s", f"{15 * 60 / a.scale:.3f}", "--", *job_cmd(steps, local_rate)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+        def follow() -> None:  # the sim kills the job it sees; the wrapper restarts it
+            while p.poll() is None:
+                recs = progress(tmp / "run" / "progress.jsonl")
+                pid = next((r["pid"] for r in reversed(recs) if r["kind"] == "start"), None)
+                if pid:
+                    sim.attach_job(pid)
+                time.sleep(0.2)
+        threading.Thread(target=follow, daemon=True).start()
+        out, _ = p.communicate(timeout=a.timeout)
+        wall = time.time() - t0
+        sim.stop()
+        recs = progress(tmp / "run" / "progress.jsonl")
+        return summarize(recs, wall, a, resets=sim.resets, cloud_s=0.0, cost=0.0,
+                         extra={"causes": sorted(set(sim.reset_causes))})
+
+
+def summarize(recs: list[dict], wall: float, a: argparse.Namespace, *, resets: int, cloud_s: float,
+              cost: float, extra: dict) -> dict:
+    starts = [r for r in recs if r["kind"] == "start"]
+    lost, max_step = 0, 0
+    for r in recs:
+        if r["kind"] == "start":
+            lost += max(0, max_step - r["step"])
+            max_step = r["step"]
+        elif r.get("step") is not None and r["kind"] in ("progress", "checkpoint", "held"):
+            max_step = max(max_step, r["step"])
+    final = max((r.get("step") or 0 for r in recs), default=0)
+    useful_s = final / (LOCAL_RATE * a.scale / a.k)  # story time the steps are worth at the local rate
+    return {
+        "finished": any(r["kind"] == "done" for r in recs) or extra.pop("finished", False),
+        "time_h": wall * a.scale / 3600, "resets": resets, "restarts": max(0, len(starts) - 1),
+        "steps_lost_story": lost * a.k, "steps_lost_per_reset_story": (lost * a.k / resets) if resets else 0.0,
+        "goodput": min(1.0, useful_s / wall) if wall else None,
+        "cloud_h": cloud_s * a.scale / 3600, "cost_usd": cost, **extra,
+    }
+
+
+def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: float, cloud_rate: float,
+               deadline: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        S = a.scale
+        sched = {"deadline_after_s": 8 * 3600 / S} if deadline else {}
+        cfg = write_config(tmp, {
+            "job": {"command": job_cmd(steps, local_rate), "heartbeat_timeout_s": 60.0,
+                    "restart_backoff_s": 0.2},
+            "gpu": {"sensor": "simulated", "poll_interval_s": 0.25,
+                    "simulated": PROFILES[profile] | {"time_scale": S, "seed": float(a.seed)}},
+            "thermal": {"pause_at_c": 88.0, "resume_at_c": 75.0, "min_cooldown_s": 120 / S,
+                        "max_cooldown_s": 1800 / S},
+            "resets": {"sources": ["auto"], "cooldown_s": 60 / S, "probe": True, "window_s": 3 * 3600 / S,
+                       "offload_after": 3, "probe_timeout_s": 30.0},
+            "checkpoint": {"interval": "auto"},
+            "schedule": sched,
+            "offload": {"backend": "local", "gpu": "A100-40GB", "budget_usd": 6.0,
+                        "prices_usd_per_h": {"A100-40GB": PRICE_A100 * S},
+                        "local_dir": str(tmp / "volume"), "local_steps_per_s": cloud_rate},
+        })
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=a.timeout)
+        wall = time.time() - t0
+        con = sqlite3.connect(tmp / "state" / "nightshift.db")
+        con.row_factory = sqlite3.Row
+        run = dict(con.execute("SELECT * FROM runs").fetchone())
+        kinds = [e["kind"] for e in con.execute("SELECT kind FROM events")]
+        msgs = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='reset'")]
+        recs = progress(tmp / "state" / "runs" / "1" / "progress.jsonl")
+        remote = progress(tmp / "volume" / next(iter(os.listdir(tmp / "volume")), "x") / "run" / "progress.jsonl") \
+            if (tmp / "volume").exists() and os.listdir(tmp / "volume") else []
+        return summarize(recs + remote, wall, a, resets=run["resets"], cloud_s=run["cloud_seconds"],
+                         cost=run["cloud_cost_usd"], extra={
+                             "finished": run["state"] == "succeeded", "state": run["state"],
+                             "exit": r.returncode, "pauses": kinds.count("paused_hot"),
+                             "offloaded": "offloaded" in kinds,
+                             "diagnosis": msgs[-1].split(". ")[-1] if msgs else None})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=float, default=600.0)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--profiles", default="thermal,firmware")
+    ap.add_argument("--policies", default="baseline,nightshiftd,nightshiftd-no-deadline")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "night_replay.json"))
+    a = ap.parse_args()
+    steps = STORY_STEPS // a.k
+    local_rate, cloud_rate = LOCAL_RATE * a.scale / a.k, CLOUD_RATE * a.scale / a.k
+    results: dict[str, dict[str, dict]] = {}
+    for profile in a.profiles.split(","):
+        results[profile] = {}
+        for name, fn in (("baseline", lambda: run_baseline(profile, a, steps, local_rate)),
+                         ("nightshiftd", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, True)),
+                         ("nightshiftd-no-deadline", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, False))):
+            if name not in a.policies.split(","):
+                continue
+            print(f"{profile} / {name} ...", flush=True)
+            results[profile][name] = fn()
+            print("  ", json.dumps(results[profile][name]), flush=True)
+    meta = {"scale": a.scale, "k": a.k, "seed": a.seed, "story_steps": STORY_STEPS,
+            "real_steps": steps, "local_steps_per_s_real": local_rate, "cloud_steps_per_s_real": cloud_rate}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print("\n| profile | policy | finished | time (h) | goodput | resets | steps lost / reset | cloud h | cost |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for profile, rows in results.items():
+        for name, r in rows.items():
+            print(f"| {profile} | {name} | {'yes' if r['finished'] else 'no'} | {r['time_h']:.1f} | "
+                  f"{r['goodput']:.2f} | {r['resets']} | {r['steps_lost_per_reset_story']:.0f} | "
+                  f"{r['cloud_h']:.2f} | ${r['cost_usd']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
