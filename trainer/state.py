@@ -23,16 +23,29 @@ except ImportError:  # pragma: no cover
 
 
 def _jsonable(v: Any) -> Any:
-    """Scheduler/scaler state dicts are mostly numbers and lists; tensors become lists."""
+    """Make a state_dict JSON-exact: tuples, non-string dict keys and tensors are tagged so that
+    ``_unjson`` gives back the same types (AdamW's ``betas`` must come back a tuple, a
+    scheduler's int-keyed dict with int keys)."""
     if isinstance(v, torch.Tensor):
         return {"__tensor__": v.tolist(), "dtype": str(v.dtype).replace("torch.", "")}
+    if np is not None and isinstance(v, np.ndarray):
+        return {"__ndarray__": v.tolist(), "dtype": str(v.dtype)}
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+        if all(isinstance(k, str) for k in v):
+            if any(k.startswith("__") and k.endswith("__") for k in v):
+                return {"__items__": [[k, _jsonable(x)] for k, x in v.items()]}
+            return {k: _jsonable(x) for k, x in v.items()}
+        return {"__items__": [[_jsonable(k), _jsonable(x)] for k, x in v.items()]}
+    if isinstance(v, tuple):
+        return {"__tuple__": [_jsonable(x) for x in v]}
+    if isinstance(v, list):
         return [_jsonable(x) for x in v]
     if isinstance(v, (int, float, str, bool)) or v is None:
-        return v
-    # Last resort for odd scheduler fields (e.g. a lambda's closure state): keep it exact.
+        return v  # json writes floats with repr(): they round-trip exactly (inf/nan included)
+    if np is not None and isinstance(v, np.generic):
+        return v.item()
+    # Last resort for odd scheduler fields (a callable object's attributes): keep it exact.
+    # Unpickling runs code, which is acceptable only because a job loads its own checkpoints.
     return {"__pickle__": base64.b64encode(pickle.dumps(v)).decode()}
 
 
@@ -40,6 +53,12 @@ def _unjson(v: Any) -> Any:
     if isinstance(v, dict):
         if "__tensor__" in v:
             return torch.tensor(v["__tensor__"], dtype=getattr(torch, v["dtype"]))
+        if "__ndarray__" in v:
+            return np.array(v["__ndarray__"], dtype=v["dtype"])
+        if "__tuple__" in v:
+            return tuple(_unjson(x) for x in v["__tuple__"])
+        if "__items__" in v:
+            return {_unjson(k): _unjson(x) for k, x in v["__items__"]}
         if "__pickle__" in v:
             return pickle.loads(base64.b64decode(v["__pickle__"]))
         return {k: _unjson(x) for k, x in v.items()}
@@ -77,13 +96,15 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG a training step may draw from: torch's as uint8 tensors, python's and numpy's
+    as JSON (exact: Mersenne Twister words are ints)."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             tensors[f"torch_cuda_{i}"] = torch.cuda.get_rng_state(i)
-    meta: dict[str, Any] = {"python": base64.b64encode(pickle.dumps(random.getstate())).decode()}
+    meta: dict[str, Any] = {"python": _jsonable(random.getstate())}
     if np is not None:
-        meta["numpy"] = base64.b64encode(pickle.dumps(np.random.get_state())).decode()
+        meta["numpy"] = _jsonable(np.random.get_state())
     return tensors, meta
 
 
@@ -93,9 +114,9 @@ def load_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
         for i in range(torch.cuda.device_count()):
             if f"torch_cuda_{i}" in tensors:
                 torch.cuda.set_rng_state(tensors[f"torch_cuda_{i}"], i)
-    random.setstate(pickle.loads(base64.b64decode(meta["python"])))
+    random.setstate(_unjson(meta["python"]))
     if np is not None and "numpy" in meta:
-        np.random.set_state(pickle.loads(base64.b64decode(meta["numpy"])))
+        np.random.set_state(_unjson(meta["numpy"]))
 
 
 def versions() -> dict[str, str]:
