@@ -1,14 +1,19 @@
-"""The job side of the control protocol, driven from another process (this test plays the
-daemon with the daemon's own JobControl): checkpoint now, hold, release, exit, missed signal."""
+"""The job side of the control protocol, driven from another process: this test process plays the
+daemon (with the daemon's own JobControl: control.json + SIGUSR1) against a real reference job
+in a child process. Checkpoint now, hold (idle, no steps) and release, exit, a missed signal, a
+hold already in force at start, one action per seq, a live checkpoint interval."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from daemon.control import JobControl
 from tests.helpers import ROOT, wait_for
@@ -37,31 +42,53 @@ def last_step(tmp: Path) -> int:
     return max((r.get("step") or 0) for r in records(tmp)) if records(tmp) else 0
 
 
+def cpu_seconds(pid: int, over_s: float) -> float:
+    p = psutil.Process(pid)
+    a = sum(p.cpu_times()[:2])
+    time.sleep(over_s)
+    return sum(p.cpu_times()[:2]) - a
+
+
+def stop(job: subprocess.Popen) -> None:
+    job.kill()
+    job.wait()
+    job.stderr.close()
+
+
 def test_checkpoint_hold_release_exit_from_another_process(tmp_path):
     job = start(tmp_path)
     try:
         wait_for(lambda: records(tmp_path, "progress"), 60, what="training to start")
         ctl = JobControl(tmp_path)
         ctl.send("checkpoint", job.pid)
-        wait_for(lambda: records(tmp_path, "checkpoint"), 20, what="checkpoint now")
+        ck = wait_for(lambda: records(tmp_path, "checkpoint"), 20, what="checkpoint now")[0]
+        assert Path(ck["path"]).is_dir() and ck["bytes"] > 0
+        # the same seq woken again (a duplicate signal) is not acted on twice
+        os.killpg(job.pid, signal.SIGUSR1)
+        time.sleep(1.5)
+        assert [a["seq"] for a in records(tmp_path, "control_ack")] == [1]
+        assert len(records(tmp_path, "checkpoint")) == 1
 
         ctl.send("hold", job.pid)
         held = wait_for(lambda: records(tmp_path, "held"), 20, what="held")[0]
-        time.sleep(1.5)
+        assert Path(held["checkpoint"]).is_dir(), "hold must checkpoint first"
+        assert held["checkpoint"].endswith(f"step_{held['step']:09d}")
+        assert cpu_seconds(job.pid, 1.5) < 0.3, "a held job must be idle, not training"
         assert last_step(tmp_path) == held["step"], "steps advanced while held"
-        assert Path(held["checkpoint"]).exists(), "hold must checkpoint first"
 
         ctl.send("run", job.pid)
-        wait_for(lambda: records(tmp_path, "released"), 20, what="released")
+        released = wait_for(lambda: records(tmp_path, "released"), 20, what="released")[0]
+        assert released["step"] == held["step"]
         wait_for(lambda: last_step(tmp_path) > held["step"] + 5, 20, what="training to continue")
 
         ctl.send("exit", job.pid)
         assert job.wait(timeout=30) == 0, job.stderr.read()
         exiting = records(tmp_path, "exiting")[0]
-        assert (tmp_path / "ckpt" / f"step_{exiting['step']:09d}").exists()
+        assert (tmp_path / "ckpt" / f"step_{exiting['step']:09d}" / "meta.json").exists()
+        assert [a["command"] for a in records(tmp_path, "control_ack")] == \
+            ["checkpoint", "hold", "run", "exit"]
     finally:
-        job.kill()
-        job.wait()
+        stop(job)
 
 
 def test_a_missed_signal_still_takes_effect_within_about_a_second(tmp_path):
@@ -72,9 +99,41 @@ def test_a_missed_signal_still_takes_effect_within_about_a_second(tmp_path):
         t0 = time.monotonic()
         ctl.send("hold", None)  # the file only: as if SIGUSR1 were lost
         wait_for(lambda: records(tmp_path, "held"), 10, interval=0.02, what="held without a signal")
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 2.0  # one poll (1 s) + a checkpoint on a loaded box
         ack = records(tmp_path, "control_ack")[-1]
         assert ack["command"] == "hold" and ack["seq"] == ctl.seq
+        t0 = time.monotonic()
+        ctl.send("exit", None)  # the release path polls the file too
+        assert job.wait(timeout=10) == 0, job.stderr.read()
+        assert time.monotonic() - t0 < 2.0
     finally:
-        job.kill()
-        job.wait()
+        stop(job)
+
+
+def test_a_hold_in_force_when_the_job_starts_applies_before_the_first_step(tmp_path):
+    """The daemon held the job, then the job (or the daemon) restarted: the file still says hold."""
+    ctl = JobControl(tmp_path)
+    ctl.send("checkpoint", None)  # older history: must not be replayed
+    ctl.send("hold", None)
+    job = start(tmp_path)
+    try:
+        held = wait_for(lambda: records(tmp_path, "held"), 60, what="held at start")[0]
+        assert held["step"] == 0 and not records(tmp_path, "progress")
+        assert [a["command"] for a in records(tmp_path, "control_ack")] == ["hold"]
+        ctl.send("run", job.pid)
+        wait_for(lambda: records(tmp_path, "progress"), 20, what="training after release")
+    finally:
+        stop(job)
+
+
+def test_checkpoint_interval_changes_live_through_the_control_file(tmp_path):
+    job = start(tmp_path)
+    try:
+        wait_for(lambda: records(tmp_path, "progress"), 60, what="training to start")
+        assert not records(tmp_path, "checkpoint")
+        JobControl(tmp_path).send("run", job.pid, checkpoint_interval=5)
+        cks = wait_for(lambda: len(records(tmp_path, "checkpoint")) >= 3 and records(tmp_path, "checkpoint"),
+                       30, what="interval checkpoints")
+        assert all(c["step"] % 5 == 0 for c in cks), [c["step"] for c in cks]
+    finally:
+        stop(job)

@@ -3,7 +3,6 @@ final tensors with an uninterrupted run (torch.equal), on CPU."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -38,6 +37,14 @@ def final_state(tmp: Path, steps: int):
     return groups
 
 
+def persist_in_flight(ckpt: Path) -> bool:
+    """A checkpoint is being written right now: its temporary directory exists."""
+    try:
+        return any(n.startswith(".tmp-step_") for n in os.listdir(ckpt))
+    except FileNotFoundError:
+        return False
+
+
 def starts_seen(tmp: Path) -> int:
     p = tmp / "run" / "progress.jsonl"
     return p.read_text().count('"kind": "start"') if p.exists() else 0
@@ -55,26 +62,37 @@ def test_kill9_at_random_moments_resumes_bit_exactly(tmp_path):
     rng = random.Random(42)
     kills = 0
     resumed_steps = []
-    while kills < 10:
+    mid_persist = 0
+    while kills < 12:
         starts = starts_seen(work)
         p = job(work, steps)
         while starts_seen(work) == starts and p.poll() is None:  # wait past torch's import
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))  # a few steps in; with interval 7, often mid-persist
+        if kills % 2:
+            # aim at a background persist: kill the moment a temporary checkpoint dir appears
+            deadline = time.monotonic() + 5
+            while not persist_in_flight(work / "ckpt") and time.monotonic() < deadline \
+                    and p.poll() is None:
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(0.0, 0.6))  # anywhere: mid-step, mid-snapshot, mid-eval
         if p.poll() is not None:
-            break
+            break  # it finished first
         p.send_signal(signal.SIGKILL)
         p.wait()
         kills += 1
+        mid_persist += persist_in_flight(work / "ckpt")  # its temp dir was left half-written
         info = find_latest_valid(work / "ckpt")
         for c in list_checkpoints(work / "ckpt"):
             # every committed checkpoint must load: a kill never exposes a partial one
             load_checkpoint(c)
         resumed_steps.append(info.step if info else 0)
-    p = job(work, steps)
+    if p.poll() is None or p.returncode != 0:  # killed last: the final run resumes once more
+        p = job(work, steps)
     assert p.wait(timeout=180) == 0, p.stderr.read()
     got = final_state(work, steps)
-    assert kills >= 5, f"the job finished before it could be killed often enough ({kills})"
+    assert kills >= 8, f"the job finished before it could be killed often enough ({kills})"
+    assert mid_persist >= 2, f"only {mid_persist} kills landed during a background persist"
     assert len(set(resumed_steps)) > 2, resumed_steps  # kills landed at different moments
     for group in ("model", "optimizer"):
         assert got[group].keys() == expected[group].keys()

@@ -1,10 +1,10 @@
-"""Job side of the control protocol (see ARCHITECTURE.md).
+"""Job side of the control protocol (see ARCHITECTURE.md, "Control protocol").
 
 The daemon writes ``$NIGHTSHIFT_RUN_DIR/control.json`` = {"seq", "command", "checkpoint_interval"}
-and sends SIGUSR1. The signal handler only sets a flag; the file is read at the next step
-boundary when the flag is set *and* at least once a second regardless, so a lost signal (or a
-daemon that restarted and re-wrote the file) still takes effect within a second. Each seq is
-acted on once.
+atomically and sends SIGUSR1. The signal handler only sets a flag; the file is read at the next
+step boundary when the flag is set *and* at least once a second regardless, so a lost signal (or
+a daemon that restarted and re-wrote the file) still takes effect within a second. Each seq is
+acted on once. The file is the state, the signal only a hint.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+COMMANDS = ("run", "checkpoint", "hold", "exit")
+
 
 class ControlChannel:
     def __init__(self, run_dir: str | os.PathLike, poll_s: float = 1.0):
@@ -23,53 +25,72 @@ class ControlChannel:
         self.poll_s = poll_s
         self._flag = False
         self._next_check = 0.0
-        self._mtime: float | None = None
-        self.seen_seq = self._current_seq()  # commands written before we started are history
         self.command = "run"
         self.interval: int | None = None
+        self.seen_seq = self._initial_seq()
         try:
             signal.signal(signal.SIGUSR1, self._on_signal)
         except ValueError:  # not the main thread: polling alone still works
             pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._flag = True
+        self._flag = True  # only record it: the step boundary does the work
 
     def _read(self) -> dict[str, Any] | None:
+        # A read, not a stat-and-compare: control.json is replaced by rename, and two writes in
+        # one timestamp tick with a recycled inode would look unchanged to a stat; reading a tiny
+        # file once a second costs about as much as the stat.
         try:
-            st = os.stat(self.path)
+            d = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        if self._mtime == st.st_mtime_ns and not self._flag:
-            return None
-        self._mtime = st.st_mtime_ns
-        try:
-            return json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return None  # caught mid-replace: the next check sees it
+            return None  # unreadable now (a foreign writer mid-write?): the next check retries
+        return d if isinstance(d, dict) else None
 
-    def _current_seq(self) -> int:
+    def _initial_seq(self) -> int:
+        """Commands written before this process started are history, except a hold or exit still
+        in force (the daemon restarted us while paused, or restarted itself): those apply."""
         d = self._read()
-        if d is not None and d.get("command") in ("hold", "exit"):
-            # A hold/exit still in force when we start (daemon restarted us while paused) applies.
-            return int(d.get("seq", 0)) - 1
-        return int(d.get("seq", 0)) if d else 0
+        if not d:
+            return 0
+        seq = _int(d.get("seq"))
+        return seq - 1 if d.get("command") in ("hold", "exit") else seq
+
+    def restore_default_signal(self) -> None:
+        """After the loop ends a late SIGUSR1 must not kill a finished job (Python restores the
+        default action, terminate, at interpreter shutdown), so it is ignored from now on."""
+        try:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        except ValueError:
+            pass
 
     def poll(self, force: bool = False) -> tuple[str, int] | None:
-        """A new (command, seq) to act on, or None. Cheap: at most one stat a second."""
+        """A new (command, seq) to act on, or None. Cheap: one read a second unless signalled."""
         now = time.monotonic()
         if not (force or self._flag or now >= self._next_check):
             return None
         self._next_check = now + self.poll_s
+        self._flag = False  # cleared before the read: a signal arriving during it is kept
         d = self._read()
-        self._flag = False
         if not d:
             return None
-        if d.get("checkpoint_interval"):
-            self.interval = int(d["checkpoint_interval"])
-        seq = int(d.get("seq", 0))
-        self.command = str(d.get("command", "run"))
+        interval = _int(d.get("checkpoint_interval"))
+        if interval > 0:
+            self.interval = interval
+        command = str(d.get("command", "run"))
+        if command not in COMMANDS:
+            return None  # a newer daemon's command: ignore rather than guess
+        self.command = command
+        seq = _int(d.get("seq"))
         if seq <= self.seen_seq:
             return None
         self.seen_seq = seq
-        return self.command, seq
+        return command, seq
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0

@@ -1,6 +1,6 @@
 """The reference job: a small character-level transformer trained under trainer.runtime.
 
-    python -m trainer.reference [--steps 600] [--device cpu|cuda] [--d-model 128] ...
+    python -m trainer.reference [--steps 800] [--device cpu|cuda] [--d-model 128] ...
 
 The corpus is generated deterministically by the package (a seeded "language" of words with
 Markov structure, so the loss falls clearly and a validation split measures it), and the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import time
 
@@ -66,6 +67,8 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight  # tied weights: the checkpoint must keep them tied
         self.register_buffer("mask", torch.triu(torch.full((ctx, ctx), float("-inf")), 1), persistent=False)
+        self.apply(_init)
+
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
@@ -73,6 +76,15 @@ class CharTransformer(nn.Module):
         for b in self.blocks:
             x = b(x, self.mask[:t, :t])
         return self.head(self.ln(x))
+
+
+def _init(m: nn.Module) -> None:
+    # Small init (as GPT-2): with PyTorch's N(0, 1) embedding, tied into the output layer, the
+    # first logits are huge and the loss starts near 70 instead of ln(vocab) = 3.4.
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -93,7 +105,9 @@ def batch(data: torch.Tensor, step: int, seed: int, bs: int, ctx: int, device: s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.reference", description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--config", metavar="FILE", help="TOML file of these options (keys as the long "
+                   "option names, e.g. d-model = 64 or d_model = 64); command-line options win")
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -107,10 +121,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-interval", type=int, default=100)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (fixed: bit-exact resume "
                    "needs the same reduction order)")
-    p.add_argument("--max-steps-per-s", type=float, default=0.0,
+    # NIGHTSHIFT_MAX_STEPS_PER_S: set by the local offload backend to mimic the cloud GPU's rate
+    p.add_argument("--max-steps-per-s", type=float,
+                   default=float(os.environ.get("NIGHTSHIFT_MAX_STEPS_PER_S") or 0.0),
                    help="throttle to mimic a slower GPU (benchmarks); 0 = as fast as possible")
     p.add_argument("--diverge-at", type=int, default=0, help=argparse.SUPPRESS)  # tests
+    first, _ = p.parse_known_args(argv)
+    if first.config:
+        p.set_defaults(**load_config(first.config, p))
     return p.parse_args(argv)
+
+
+def load_config(path: str, p: argparse.ArgumentParser) -> dict[str, object]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        p.error(f"--config {path}: {e}")
+    known = {a.dest for a in p._actions}
+    out = {}
+    for k, v in raw.items():
+        dest = k.replace("-", "_")
+        if dest not in known or dest in ("config", "help"):
+            p.error(f"--config {path}: unknown option {k!r}; see --help for the names")
+        out[dest] = v
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,7 @@ from trainer.format import CorruptCheckpoint, find_latest_valid, verify
 from trainer.progress import ProgressWriter
 from trainer.state import capture, restore
 
-HEARTBEAT_S = 10.0
+HEARTBEAT_S = 10.0  # a held job's heartbeat period (the daemon's hang timeout is far longer)
 
 
 def parse_skip(text: str) -> list[tuple[int, int]]:
@@ -96,9 +96,16 @@ class Runtime:
             self.metrics = dict(meta.get("metrics") or {})
             self.last_ckpt_step = self.step
             self._log(f"resumed at step {self.step} from {path}")
+        else:
+            self._log(f"starting fresh at step 0 (no valid checkpoint in {self.ckpt_dir})")
         self._rate_step = self.step
         self.progress.write("start", step=self.step, resumed_from=str(path) if path else None,
                             protocol=1, pid=os.getpid(), total_steps=self.total_steps, device=device)
+        # A hold or exit already in force (the daemon paused us, then restarted us or itself)
+        # applies before the first step, not after it.
+        cmd = self.control.poll(force=True)
+        if cmd is not None:
+            self._act(*cmd)
         return self.step
 
     def skip(self, step: int) -> bool:
@@ -201,6 +208,7 @@ class Runtime:
     def _exit(self, reason: str) -> None:
         self.checkpoint(wait=True)
         self.progress.write("exiting", step=self.step, reason=reason)
+        self.control.restore_default_signal()
         self.ckpt.close()
         self.progress.close()
         sys.exit(0)
@@ -211,10 +219,15 @@ class Runtime:
             self.metrics.update(metrics)
         self.checkpoint(wait=True)
         self.ckpt.close()
-        # A hold or exit arriving while the interpreter shuts down would kill it by SIGUSR1
-        # (Python restores default handlers at exit): the work is done, so ignore it.
-        import signal
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        self.progress.write("done", step=self.step, checkpoint=str(self.ckpt_dir / f"step_{self.step:09d}"),
+        # A hold or exit arriving now would otherwise kill the finished job at shutdown.
+        self.control.restore_default_signal()
+        final = self.ckpt_dir / f"step_{self.step:09d}"
+        if self.ckpt.last_error is not None:
+            # the checkpoint_error record is written; "done" must not point at a missing file
+            self._log(f"the final checkpoint failed ({self.ckpt.last_error}); free space and re-run "
+                      "to resume from the previous checkpoint")
+        self.progress.write("done", step=self.step,
+                            checkpoint=str(final) if self.ckpt.last_error is None else None,
                             metrics=self.metrics or None)
         self.progress.close()
+        self._log(f"done at step {self.step}; final checkpoint {final}")
