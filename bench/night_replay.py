@@ -60,9 +60,9 @@ MODEL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--b
          "--eval-every", "100000"]
 
 
-def job_cmd(steps: int, rate: float) -> list[str]:
-    return [sys.executable, "-m", "trainer.reference", "--steps", str(steps), *MODEL,
-            "--max-steps-per-s", f"{rate:.3f}"]
+def job_cmd(steps: int) -> list[str]:
+    # the rate cap comes from NIGHTSHIFT_MAX_STEPS_PER_S, so the cloud run can go faster
+    return [sys.executable, "-m", "trainer.reference", "--steps", str(steps), *MODEL]
 
 
 def progress(path: Path) -> list[dict]:
@@ -74,12 +74,12 @@ def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: fl
         tmp = Path(tmp_s)
         sim = SimulatedGPU(tmp / "sim", PROFILES[profile] | {"time_scale": a.scale, "seed": a.seed})
         env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(tmp / "run"), "NIGHTSHIFT_CHECKPOINT_DIR": str(tmp / "ckpt"),
-               "NIGHTSHIFT_SIM_GPU": str(sim.root),
+               "NIGHTSHIFT_SIM_GPU": str(sim.root), "NIGHTSHIFT_MAX_STEPS_PER_S": f"{local_rate:.3f}",
                "NIGHTSHIFT_CHECKPOINT_INTERVAL": str(max(1, round(STORY_CKPT / a.k)))}
         sim.start()
         t0 = time.time()
         p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "watchdog_baseline.py"),
-                              "--sleep-s", f"{15 * 60 / a.scale:.3f}", "--", *job_cmd(steps, local_rate)],
+                              "--sleep-s", f"{15 * 60 / a.scale:.3f}", "--", *job_cmd(steps)],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
         def follow() -> None:  # the sim kills the job it sees; the wrapper restarts it
@@ -126,8 +126,8 @@ def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: floa
         S = a.scale
         sched = {"deadline_after_s": 8 * 3600 / S} if deadline else {}
         cfg = write_config(tmp, {
-            "job": {"command": job_cmd(steps, local_rate), "heartbeat_timeout_s": 60.0,
-                    "restart_backoff_s": 0.2},
+            "job": {"command": job_cmd(steps), "heartbeat_timeout_s": 60.0,
+                    "restart_backoff_s": 0.2, "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": f"{local_rate:.3f}"}},
             "gpu": {"sensor": "simulated", "poll_interval_s": 0.25,
                     "simulated": PROFILES[profile] | {"time_scale": S, "seed": float(a.seed)}},
             "thermal": {"pause_at_c": 88.0, "resume_at_c": 75.0, "min_cooldown_s": 120 / S,
