@@ -132,6 +132,7 @@ class OffloadController:
             self._back_to_local(d, now, f"offload failed: {e}", retry_s=wait)
             return
         self.auth_ok, self.problem, self.attempts = True, None, 0
+        self._remember(call_id, key)
         self.launched_at = d.clock()
         d.store.update_run(d.run_id, backend="cloud", remote_call_id=call_id,
                            remote_started=self.launched_at)
@@ -156,8 +157,14 @@ class OffloadController:
         d.restart_now("continuing locally")
 
     # remote: poll, show progress and cost, enforce the budget ------------------------------
+    def _remember(self, call_id: str, key: str) -> None:
+        remember = getattr(self.backend, "remember", None)  # modal reads progress by volume name
+        if remember:
+            remember(call_id, key)
+
     def reattach(self, d: Daemon) -> None:
         run = d.run
+        self._remember(run["remote_call_id"], self.run_key(d))
         self.launched_at = run.get("remote_started")
         d.event("offload", f"re-attaching to remote call {run['remote_call_id']} (state {d.state})")
         if d.state == "offloading":  # died between upload and launch: the id was stored at launch
