@@ -235,6 +235,17 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
     if iv != "auto" and iv < 1:
         raise ConfigError('checkpoint.interval must be a positive number of steps or "auto"', path,
                           "checkpoint.interval")
+    for key in ("window_start", "window_end", "deadline"):
+        v = cfg["schedule"][key]
+        if v is not None:
+            parts = v.split(":")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not (
+                    0 <= int(parts[0]) < 24 and 0 <= int(parts[1]) < 60):
+                raise ConfigError(f'schedule.{key} = {v!r} is not a time of day like "22:30"', path,
+                                  f"schedule.{key}")
+    if cfg["schedule"]["enabled"] and bool(cfg["schedule"]["window_start"]) != bool(cfg["schedule"]["window_end"]):
+        raise ConfigError("schedule.window_start and schedule.window_end go together", path,
+                          "schedule.window_start")
     if cfg["checkpoint"]["keep"] < 1:
         raise ConfigError("checkpoint.keep must be at least 1", path, "checkpoint.keep")
 

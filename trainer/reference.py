@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         x, y = batch(train, step, a.seed, a.batch, a.ctx, a.device)
         logits = model(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        if a.diverge_at and step + 1 >= a.diverge_at:
-            loss = loss * 1e4  # a deliberately exploding loss, for the divergence watchdog's tests
+        if a.diverge_at and a.diverge_at <= step + 1 < a.diverge_at + 5:
+            # five poisoned batches: the loss explodes there (tests of the divergence watchdog,
+            # whose rollback skips exactly such batches)
+            loss = loss * 1e4
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
