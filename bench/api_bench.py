@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,8 +84,8 @@ def main() -> None:
             t0 = time.time()
             time.sleep(a.duration)
             quiet = rate(prog, t0, time.time())
-            code = ("import sys, json; sys.path.insert(0, %r); from bench.api_bench import load; "
-                    "print(json.dumps(load(%d, %f, %f)))" % (str(ROOT), port, a.rps, a.duration))
+            code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from bench.api_bench import load; "
+                    f"print(json.dumps(load({port}, {a.rps}, {a.duration})))")
             t1 = time.time()
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             loaded = rate(prog, t1, time.time())

@@ -9,13 +9,20 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.api import check_bind
-from tests.helpers import JOBS, ROOT, free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+from tests.helpers import (
+    ROOT,
+    free_port,
+    kill_group,
+    nightshift,
+    start_daemon,
+    wait_for,
+    write_config,
+)
 from tests.test_trainer_resume import SMALL
 
 
@@ -93,7 +100,9 @@ def test_controls_need_the_token_and_change_the_job_end_to_end(daemon):
     assert _post(base, "/control/nonsense", token)[0] == 404
     code, res = _post(base, "/control/pause", token)
     assert code == 200 and res["ok"]
-    recs = lambda: [json.loads(x) for x in (daemon["tmp"] / "state" / "runs" / "1" / "progress.jsonl").read_text().splitlines()]
+    def recs():
+        p = daemon["tmp"] / "state" / "runs" / "1" / "progress.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines()]
     wait_for(lambda: any(r["kind"] == "held" for r in recs()), 30, what="held")
     code, res = _post(base, "/control/checkpoint", token)
     code, res = _post(base, "/control/resume", token)

@@ -4,8 +4,6 @@ previous checkpoint usable and the training state untouched; state round-trips e
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,9 +13,15 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import ROOT
-from trainer.checkpoint import AsyncCheckpointer, load_checkpoint, save_checkpoint
-from trainer.format import (CorruptCheckpoint, apply_retention, cleanup_stale_tmp,
-                            find_latest_valid, list_checkpoints, verify)
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.format import (
+    CorruptCheckpoint,
+    apply_retention,
+    cleanup_stale_tmp,
+    find_latest_valid,
+    list_checkpoints,
+    verify,
+)
 from trainer.state import capture, restore
 
 
@@ -85,7 +89,7 @@ def test_optimizer_state_round_trips_before_and_after_the_first_step():
         s2 = torch.optim.lr_scheduler.StepLR(o2, 2)
         restore(g, meta, m2, o2, scheduler=s2)
         assert (len(o2.state) == 0) == (not stepped)
-        for p1, p2 in zip(model.parameters(), m2.parameters()):
+        for p1, p2 in zip(model.parameters(), m2.parameters(), strict=True):
             assert torch.equal(p1, p2)
             for k, v in opt.state[p1].items():
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(o2.state[p2][k]))

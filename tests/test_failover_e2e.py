@@ -7,10 +7,8 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,7 +40,7 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     seen_remote = []
     try:
         for target in (60, 110):
-            wait_for(lambda: any(r.get("step", 0) >= target for r in records(work) if r["kind"] == "progress"),
+            wait_for(lambda: any(r.get("step", 0) >= target for r in records(work) if r["kind"] == "progress"),  # noqa: B023
                      120, what=f"step {target}")
             inject.touch()
             time.sleep(1.0)

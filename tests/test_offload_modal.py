@@ -27,7 +27,7 @@ def test_app_is_built_offline_with_the_pinned_gpu_timeout_retries_volume_and_ima
     img = fn._spec_.image
     assert img._added_python_source_set == frozenset({"daemon", "trainer"})  # the project's source
     pip_layer = img._deps()[0]  # the SDK's own Dockerfile for the pip layer, read offline
-    cells = dict(zip(pip_layer._load.__code__.co_freevars, pip_layer._load.__closure__))
+    cells = dict(zip(pip_layer._load.__code__.co_freevars, pip_layer._load.__closure__, strict=True))
     commands = cells["dockerfile_function"].cell_contents("2024.10").commands
     assert any("pip install" in c and "torch==2.13.0" in c and "tiktoken==0.7.0" in c for c in commands)
     assert s.timeout_s == 7200 and isinstance(retries, modal.Retries) and retries.max_retries == 4

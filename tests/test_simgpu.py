@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from daemon.sensors import open_sensor
 from daemon.simgpu import SimulatedGPU

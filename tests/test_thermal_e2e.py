@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, start_daemon, wait_for, write_config, kill_group
+from tests.helpers import ROOT, kill_group, start_daemon, wait_for, write_config
 from tests.test_trainer_resume import SMALL
 from trainer.checkpoint import load_checkpoint
 from trainer.format import find_latest_valid

@@ -25,8 +25,17 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from trainer.format import (CHUNK, FORMAT, META, ckpt_name, cleanup_stale_tmp, commit, fsync_dir,
-                            tmp_name, verify)
+from trainer.format import (
+    CHUNK,
+    FORMAT,
+    META,
+    ckpt_name,
+    cleanup_stale_tmp,
+    commit,
+    fsync_dir,
+    tmp_name,
+    verify,
+)
 from trainer.format import apply_retention as _retention
 
 log = logging.getLogger("trainer.checkpoint")

@@ -27,7 +27,7 @@ import torch
 from trainer import simhook
 from trainer.checkpoint import AsyncCheckpointer, load_checkpoint
 from trainer.control import ControlChannel
-from trainer.format import CorruptCheckpoint, find_latest_valid, verify
+from trainer.format import CorruptCheckpoint, list_checkpoints
 from trainer.progress import ProgressWriter
 from trainer.state import capture, restore
 
@@ -35,11 +35,32 @@ HEARTBEAT_S = 10.0  # a held job's heartbeat period (the daemon's hang timeout i
 
 
 def parse_skip(text: str) -> list[tuple[int, int]]:
+    """``"120-170,300-310,400"`` -> [(120, 170), (300, 310), (400, 400)] (inclusive ranges)."""
     out = []
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         a, _, b = part.partition("-")
-        out.append((int(a), int(b or a)))
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: {part!r} is not a step or a "
+                             "range like 120-170") from None
+        if hi < lo:
+            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: range {part!r} ends before it starts")
+        out.append((lo, hi))
     return out
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"{name}={v!r} is not a whole number of steps") from None
+    if n <= 0:
+        raise ValueError(f"{name}={v!r} must be a positive number of steps")
+    return n
 
 
 class Runtime:
@@ -53,8 +74,8 @@ class Runtime:
         self.extra = extra_state
         self.run_dir = Path(env.get("NIGHTSHIFT_RUN_DIR") or run_dir or "runs/local")
         self.ckpt_dir = Path(env.get("NIGHTSHIFT_CHECKPOINT_DIR") or checkpoint_dir or self.run_dir / "checkpoints")
-        self.total_steps = int(env.get("NIGHTSHIFT_TOTAL_STEPS") or total_steps or 0) or None
-        self.interval = int(env.get("NIGHTSHIFT_CHECKPOINT_INTERVAL") or checkpoint_interval)
+        self.total_steps = _env_int("NIGHTSHIFT_TOTAL_STEPS") or total_steps or None
+        self.interval = _env_int("NIGHTSHIFT_CHECKPOINT_INTERVAL") or checkpoint_interval
         self.skips = parse_skip(env.get("NIGHTSHIFT_SKIP_STEPS", ""))
         self.best_metric = best_metric
         self.progress = ProgressWriter(self.run_dir)
@@ -76,20 +97,10 @@ class Runtime:
 
     def resume(self) -> int:
         """Restore everything from NIGHTSHIFT_RESUME or the newest valid checkpoint; return the step."""
-        path: Path | None = None
-        wanted = os.environ.get("NIGHTSHIFT_RESUME")
-        if wanted:
-            try:
-                verify(wanted)
-                path = Path(wanted)
-            except (CorruptCheckpoint, OSError) as e:
-                self._log(f"the checkpoint to resume from is unusable ({e}); using the newest valid one")
-        if path is None:
-            info = find_latest_valid(self.ckpt_dir, log=self._log)
-            path = info.path if info else None
+        path, loaded = self._load_newest_valid()
         device = next(self.model.parameters()).device.type if any(True for _ in self.model.parameters()) else "cpu"
-        if path is not None:
-            groups, meta = load_checkpoint(path, device="cpu")
+        if loaded is not None:
+            groups, meta = loaded
             restore(groups, meta, self.model, self.optimizer, scheduler=self.scheduler,
                     scaler=self.scaler, extra=self.extra)
             self.step, self.epoch = int(meta["step"]), int(meta.get("epoch", 0))
@@ -107,6 +118,22 @@ class Runtime:
         if cmd is not None:
             self._act(*cmd)
         return self.step
+
+    def _load_newest_valid(self) -> tuple[Path | None, Any]:
+        """NIGHTSHIFT_RESUME if it verifies, else the newest checkpoint that does. Each candidate
+        is verified once, by the load itself (a second deep verify would double resume time)."""
+        wanted = os.environ.get("NIGHTSHIFT_RESUME", "").strip()
+        candidates = ([Path(wanted)] if wanted else []) + list_checkpoints(self.ckpt_dir)
+        for i, p in enumerate(candidates):
+            if i and wanted and p == Path(wanted):
+                continue  # already tried first
+            try:
+                return p, load_checkpoint(p, device="cpu")
+            except (CorruptCheckpoint, OSError) as e:
+                what = "the checkpoint to resume from (NIGHTSHIFT_RESUME)" if wanted and i == 0 \
+                    else f"checkpoint {p.name}"
+                self._log(f"skipping {what}: {getattr(e, 'reason', e)}; trying the previous one")
+        return None, None
 
     def skip(self, step: int) -> bool:
         """True for a batch the daemon asked to skip after a divergence rollback."""

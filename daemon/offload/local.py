@@ -19,8 +19,14 @@ from pathlib import Path
 
 from daemon.control import JobControl
 from daemon.jobproc import process_create_time, same_process_alive
-from daemon.offload.base import (JobSpec, OffloadBackend, OffloadError, RemoteStatus, UploadResult,
-                                 progress_summary)
+from daemon.offload.base import (
+    JobSpec,
+    OffloadBackend,
+    OffloadError,
+    RemoteStatus,
+    UploadResult,
+    progress_summary,
+)
 from trainer.format import find_latest_valid, fsync_dir, verify
 
 

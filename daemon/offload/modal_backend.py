@@ -21,8 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.offload.base import (JobSpec, OffloadAuthError, OffloadBackend, OffloadError, RemoteStatus,
-                                 UploadResult, progress_summary)
+from daemon.offload.base import (
+    JobSpec,
+    OffloadAuthError,
+    OffloadBackend,
+    OffloadError,
+    RemoteStatus,
+    UploadResult,
+    progress_summary,
+)
 
 MOUNT = "/vol"
 TORCH_PIN = "torch==2.13.0"
@@ -187,6 +194,7 @@ class ModalBackend(OffloadBackend):
 
     def pull(self, run_key: str, call_id: str, dest_checkpoint_dir: Path) -> Path:
         import modal
+
         from trainer.format import ckpt_name, fsync_dir, verify
         try:
             vol = modal.Volume.from_name(volume_name(run_key))
