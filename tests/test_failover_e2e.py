@@ -4,28 +4,22 @@ offload, remote progress in status, the result brought home, the same final weig
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 import time
 import urllib.request
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, free_port, kill_group, start_daemon, wait_for
-from tests.test_thermal_e2e import JOB, records, sim_config
+from tests.helpers import free_port, kill_group, start_daemon, wait_for
+from tests.test_thermal_e2e import records, sim_config, uninterrupted_final_state
 from trainer.checkpoint import load_checkpoint
 from trainer.format import find_latest_valid
 
 
 @pytest.mark.torture
 def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
-    ref = tmp_path / "ref"
-    env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
-           "NIGHTSHIFT_RESUME": ""}
-    subprocess.run(JOB, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    expected, _ = load_checkpoint(find_latest_valid(ref / "ckpt").path)
+    expected = uninterrupted_final_state(tmp_path / "ref")
 
     work = tmp_path / "work"
     work.mkdir()

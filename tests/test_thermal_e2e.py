@@ -50,6 +50,14 @@ def db(tmp: Path):
     return con
 
 
+def uninterrupted_final_state(ref: Path) -> dict:
+    """The reference job's final tensors from a plain run that was never interrupted."""
+    env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
+           "NIGHTSHIFT_RESUME": ""}
+    subprocess.run(JOB, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    return load_checkpoint(find_latest_valid(ref / "ckpt").path)[0]
+
+
 def run_to_end(cfg: Path, timeout: float = 240) -> str:
     r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
                        capture_output=True, text=True, timeout=timeout)
@@ -77,11 +85,7 @@ def test_paused_before_the_reset_temperature_with_zero_steps_lost(tmp_path):
 
 @pytest.mark.torture
 def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
-    ref = tmp_path / "ref"
-    env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
-           "NIGHTSHIFT_RESUME": ""}
-    subprocess.run(JOB, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    expected, _ = load_checkpoint(find_latest_valid(ref / "ckpt").path)
+    expected = uninterrupted_final_state(tmp_path / "ref")
 
     work = tmp_path / "work"
     work.mkdir()
