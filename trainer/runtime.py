@@ -89,7 +89,8 @@ class Runtime:
         self._rate_t = time.monotonic()
         self._rate_step = 0
         self._samples = 0
-        self.steps_per_s: float | None = None
+        self.steps_per_s: float | None = None  # over the last >= 2 s window; None before
+        self.samples_per_s: float | None = None
 
     # resume -------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -153,12 +154,11 @@ class Runtime:
         now = time.monotonic()
         if now - self._rate_t >= 2.0:
             self.steps_per_s = (step - self._rate_step) / (now - self._rate_t)
-            sps = self._samples / (now - self._rate_t)
+            self.samples_per_s = self._samples / (now - self._rate_t) if self._samples else None
             self._rate_t, self._rate_step, self._samples = now, step, 0
-            self._samples_per_s = sps
         self.progress.progress(step=step, loss=loss, total_steps=self.total_steps,
                                steps_per_s=self.steps_per_s,
-                               samples_per_s=getattr(self, "_samples_per_s", None),
+                               samples_per_s=self.samples_per_s,
                                epoch=self.epoch, metrics=metrics or None)
         if self.control.interval:
             self.interval = self.control.interval
@@ -194,6 +194,11 @@ class Runtime:
         self.progress.write("checkpoint_error", step=step, error=f"{type(exc).__name__}: {exc}")
         self.last_ckpt_step = None
 
+    def _durable(self) -> str | None:
+        """The checkpoint of the current step if it is on disk (None after a failed persist)."""
+        ck = self.ckpt_dir / f"step_{self.step:09d}"
+        return str(ck) if self.ckpt.last_error is None and ck.is_dir() else None
+
     def _sync(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # the device is idle while held
@@ -210,8 +215,7 @@ class Runtime:
     def _hold(self) -> None:
         self.checkpoint(wait=True)
         self._sync()
-        ck = self.ckpt_dir / f"step_{self.step:09d}"
-        self.progress.write("held", step=self.step, checkpoint=str(ck))
+        self.progress.write("held", step=self.step, checkpoint=self._durable())
         last_beat = time.monotonic()
         while True:
             time.sleep(0.1)
@@ -234,7 +238,7 @@ class Runtime:
 
     def _exit(self, reason: str) -> None:
         self.checkpoint(wait=True)
-        self.progress.write("exiting", step=self.step, reason=reason)
+        self.progress.write("exiting", step=self.step, reason=reason, checkpoint=self._durable())
         self.control.restore_default_signal()
         self.ckpt.close()
         self.progress.close()
@@ -248,13 +252,14 @@ class Runtime:
         self.ckpt.close()
         # A hold or exit arriving now would otherwise kill the finished job at shutdown.
         self.control.restore_default_signal()
-        final = self.ckpt_dir / f"step_{self.step:09d}"
-        if self.ckpt.last_error is not None:
-            # the checkpoint_error record is written; "done" must not point at a missing file
-            self._log(f"the final checkpoint failed ({self.ckpt.last_error}); free space and re-run "
-                      "to resume from the previous checkpoint")
-        self.progress.write("done", step=self.step,
-                            checkpoint=str(final) if self.ckpt.last_error is None else None,
-                            metrics=self.metrics or None)
+        final = self._durable()
+        if final is None:
+            # Not "done": the daemon must see a failed job and restart it, which resumes from the
+            # previous checkpoint (the checkpoint_error record says why).
+            self.progress.close()
+            raise RuntimeError(f"the final checkpoint at step {self.step} failed "
+                               f"({self.ckpt.last_error}); free disk space and run the job again "
+                               "to resume from the previous checkpoint")
+        self.progress.write("done", step=self.step, checkpoint=final, metrics=self.metrics or None)
         self.progress.close()
         self._log(f"done at step {self.step}; final checkpoint {final}")
