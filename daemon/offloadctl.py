@@ -207,6 +207,18 @@ class OffloadController:
             self._settle_cost(d, now)
             self.after_pull = "finish"
             d.set_state("pulling", "remote run finished: bringing the result home")
+        elif st.state == "preempted":
+            # The remote attempt died without a result (a preempted GPU): run it again; it
+            # resumes from the volume's newest checkpoint, so only the steps since are redone.
+            try:
+                new_id = await asyncio.to_thread(self.backend.launch, self.run_key(d), self.job_spec(d))
+            except Exception as e:  # noqa: BLE001 - retried on the next poll
+                self.problem = f"relaunching the preempted remote run failed: {e}"
+                return
+            d.store.update_run(d.run_id, remote_call_id=new_id)
+            self._remember(new_id, self.run_key(d))
+            d.event("preempted", f"remote attempt preempted at step {st.step}; relaunched from the "
+                    f"volume's newest checkpoint (call {new_id})", "warn")
         elif st.state in ("failed", "cancelled"):
             self._settle_cost(d, now)
             d.fail(f"the remote run {st.state}: {st.error or 'no error message'}")

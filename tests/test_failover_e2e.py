@@ -4,14 +4,18 @@ offload, remote progress in status, the result brought home, the same final weig
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import free_port, kill_group, start_daemon, wait_for
+from tests.helpers import ROOT, free_port, kill_group, start_daemon, wait_for
 from tests.test_thermal_e2e import records, sim_config, uninterrupted_final_state
 from trainer.checkpoint import load_checkpoint
 from trainer.format import find_latest_valid
@@ -62,3 +66,55 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     for group in ("model", "optimizer"):
         for k in expected[group]:
             assert torch.equal(got[group][k], expected[group][k]), f"{group}.{k}"
+
+
+@pytest.mark.torture
+def test_daemon_restart_during_a_remote_run_reattaches_by_id_and_preemption_resumes(tmp_path):
+    port = free_port()
+    job = [sys.executable, "-m", "trainer.reference", "--steps", "400", "--d-model", "32", "--layers", "1",
+           "--heads", "2", "--ctx", "16", "--batch", "8", "--max-steps-per-s", "30"]
+    cfg = sim_config(tmp_path, {"load_c": 10.0}, job={"command": job},
+                     offload={"backend": "local", "budget_usd": 5.0, "local_dir": str(tmp_path / "volume")},
+                     api={"enabled": True, "port": port})
+    d = start_daemon(cfg)
+    try:
+        wait_for(lambda: list((tmp_path / "ckpt").glob("step_*")), 120, what="a checkpoint")
+        r = subprocess.run([sys.executable, "-m", "daemon.cli", "offload", "-c", str(cfg)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def call_id():
+            con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
+            row = con.execute("SELECT state, remote_call_id FROM runs").fetchone()
+            return row[1] if row[0] == "remote" else None
+        first = wait_for(call_id, 60, what="the remote run")
+        d.kill()  # kill -9 the daemon mid remote run
+        d.wait()
+        remote_pid = int(first.split(":")[2])
+        os.kill(remote_pid, 0)  # the remote run outlives the daemon
+        d = start_daemon(cfg)
+        vol = next((tmp_path / "volume").iterdir())
+        wait_for(lambda: sum(1 for x in records_of(vol) if x["kind"] == "progress") > 3, 60,
+                 what="remote progress")
+        # preempt the remote attempt: kill -9 its whole process group
+        os.killpg(remote_pid, 9)
+        out, _ = d.communicate(timeout=240)
+        assert d.returncode == 0, out[-3000:]
+    finally:
+        kill_group(d)
+    con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
+    con.row_factory = sqlite3.Row
+    kinds = [e["kind"] for e in con.execute("SELECT kind FROM events")]
+    msgs = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offload'")]
+    assert any(f"re-attaching to remote call {first}" in m for m in msgs)
+    assert kinds.count("offloaded") == 1  # re-attached, never launched twice
+    assert "preempted" in kinds
+    starts = [x for x in records_of(vol) if x["kind"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"]  # the relaunch resumed from the volume
+    assert con.execute("SELECT state FROM runs").fetchone()["state"] == "succeeded"
+    assert find_latest_valid(tmp_path / "ckpt").step == 400  # the result is home
+
+
+def records_of(vol: Path) -> list[dict]:
+    p = vol / "run" / "progress.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
