@@ -110,7 +110,7 @@ class Runtime:
             self._log(f"resumed at step {self.step} from {path}")
         else:
             self._log(f"starting fresh at step 0 (no valid checkpoint in {self.ckpt_dir})")
-        self._rate_step = self.step
+        self._rate_t, self._rate_step = time.monotonic(), self.step
         self.progress.write("start", step=self.step, resumed_from=str(path) if path else None,
                             protocol=1, pid=os.getpid(), total_steps=self.total_steps, device=device)
         # A hold or exit already in force (the daemon paused us, then restarted us or itself)
