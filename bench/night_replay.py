@@ -167,7 +167,7 @@ def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=600.0)
-    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--profiles", default="thermal,firmware")

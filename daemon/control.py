@@ -44,7 +44,9 @@ class JobControl:
         os.replace(tmp, self.path)
         if pgid:
             try:
-                os.killpg(pgid, signal.SIGUSR1)
+                # the job's main process only: a DataLoader worker started with spawn has no
+                # handler, and SIGUSR1's default action would kill it
+                os.kill(pgid, signal.SIGUSR1)
             except (ProcessLookupError, PermissionError):
                 pass  # already gone: the file still says what to do if it comes back
         return self.seq
