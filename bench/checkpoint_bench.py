@@ -69,8 +69,18 @@ def main() -> None:
         tmp = Path(tmp_s)
         flat = [t.contiguous().view(-1).view(torch.uint8).numpy() for g in groups.values() for t in g.values()]
 
+        # Every writer writes a NEW file each time (a checkpoint always is one) and the previous
+        # one is deleted first: overwriting an existing file is faster on this disk and would
+        # flatter whoever gets to do it.
+        seq = iter(range(1_000_000))
+
+        def fresh(name: str) -> Path:
+            for old in tmp.glob(name + ".*"):
+                old.unlink()
+            return tmp / f"{name}.{next(seq)}"
+
         def raw() -> None:
-            fd = os.open(tmp / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(fresh("raw"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             for b in flat:
                 mv = memoryview(b)
                 while len(mv):
@@ -80,7 +90,7 @@ def main() -> None:
 
         def tsave() -> None:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
-            with open(tmp / "torch.pt", "wb") as f:
+            with open(fresh("torch"), "wb") as f:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -88,6 +98,8 @@ def main() -> None:
         step = iter(range(10, 10_000))
 
         def ours() -> None:
+            import shutil
+            shutil.rmtree(tmp / "ckpt", ignore_errors=True)
             save_checkpoint(tmp / "ckpt", next(step), groups, meta)
 
         t_raw = timed(raw, a.repeat)
@@ -96,6 +108,11 @@ def main() -> None:
 
         # stall: what the training loop waits for, per checkpoint
         ck = AsyncCheckpointer(tmp / "async", keep=2)
+        g, m = capture(model, opt, step=99)
+        t0 = time.perf_counter()
+        ck.snapshot(99, g, m)  # the first snapshot allocates its CPU buffers (page faults)
+        first_stall = time.perf_counter() - t0
+        ck.wait()
         stalls = []
         for i in range(a.repeat):
             g, m = capture(model, opt, step=100 + i)
@@ -107,16 +124,17 @@ def main() -> None:
         sync = timed(lambda: save_checkpoint(tmp / "sync", next(step), *capture(model, opt, step=1)), a.repeat)
         stall = statistics.median(stalls)
 
-        last = sorted((tmp / "ckpt").iterdir())[-1]
+        last = sorted((tmp / "ckpt").glob("step_*"))[-1]
         t_load = timed(lambda: load_checkpoint(last), a.repeat)
-        t_tload = timed(lambda: torch.load(tmp / "torch.pt", weights_only=True), a.repeat)
+        t_tload = timed(lambda: torch.load(next(tmp.glob("torch.*")), weights_only=True), a.repeat)
 
     gb = nbytes / 1e9
     res = {
         "params": n_params, "bytes": nbytes,
         "persist_GBps": {"raw_fsync": gb / t_raw, "ours": gb / t_ours, "torch_save": gb / t_torch},
         "persist_vs_raw": t_raw / t_ours, "persist_vs_torch_save": t_torch / t_ours,
-        "stall_s": {"two_phase": stall, "synchronous": sync}, "stall_ratio": stall / sync,
+        "stall_s": {"two_phase": stall, "two_phase_first": first_stall, "synchronous": sync},
+        "stall_ratio": stall / sync,
         "restore_s": {"ours_verified": t_load, "torch_load": t_tload}, "restore_ratio": t_load / t_tload,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +142,8 @@ def main() -> None:
     print(f"{n_params / 1e6:.0f}M params, {gb:.2f} GB of model + AdamW state")
     print(f"persist: ours {gb / t_ours:.2f} GB/s, raw+fsync {gb / t_raw:.2f} GB/s, torch.save {gb / t_torch:.2f} GB/s"
           f" -> {res['persist_vs_raw']:.2f}x raw (goal >= 0.85), {res['persist_vs_torch_save']:.2f}x torch.save (goal >= 2)")
-    print(f"stall: two-phase {stall:.3f} s vs synchronous {sync:.3f} s -> {res['stall_ratio']:.3f} (goal <= 0.15)")
+    print(f"stall: two-phase {stall:.3f} s (first, allocating: {first_stall:.3f} s) vs synchronous "
+          f"{sync:.3f} s -> {res['stall_ratio']:.3f} (goal <= 0.15)")
     print(f"restore: ours (verified) {t_load:.3f} s vs torch.load {t_tload:.3f} s -> {res['restore_ratio']:.2f} (goal <= 0.5)")
 
 
