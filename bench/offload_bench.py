@@ -61,7 +61,9 @@ def main() -> None:
         recs = [json.loads(x) for x in (vol / "run" / "progress.jsonl").read_text().splitlines() if x.strip()]
         start = next(r for r in recs if r["kind"] == "start")
         first = next(r["t"] for r in recs if r["kind"] == "progress")
-        ck = Path(start["resumed_from"])
+        # every checkpoint of this model has the same size; retention may have removed the
+        # uploaded one by now, so measure the newest one at home
+        ck = sorted((tmp / "ckpt").glob("step_*"))[-1]
         ck_bytes = sum(f.stat().st_size for f in ck.iterdir())
         all_ckpts = sum(f.stat().st_size for p in (tmp / "ckpt").glob("step_*") for f in p.iterdir())
         res = {"decision_to_remote_running_s": first - decided,

@@ -342,7 +342,9 @@ class Components:
     def on_progress(self, d: Daemon, rec: dict[str, Any]) -> None:
         if self.divergence is None or rec.get("loss") is None:
             return
-        spike = self.divergence.observe(int(rec["step"]), float(rec["loss"]))
+        # the job reports the worst loss since its previous record (records are rate-limited)
+        loss, step = rec.get("loss_max", rec["loss"]), rec.get("loss_max_step", rec["step"])
+        spike = self.divergence.observe(int(step), float(loss))
         if spike is not None:
             asyncio.ensure_future(self._on_spike(d, spike))
 

@@ -16,6 +16,7 @@ NIGHTSHIFT_TOTAL_STEPS, NIGHTSHIFT_SKIP_STEPS.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -83,6 +84,7 @@ class Runtime:
         self.ckpt = AsyncCheckpointer(self.ckpt_dir, keep=keep, best_metric=best_metric,
                                       on_persisted=self._persisted, on_error=self._persist_failed)
         self.step = 0
+        self._worst: tuple[float, int] | None = None  # the highest loss since the last record
         self.epoch = 0
         self.metrics: dict[str, Any] = {}
         self.last_ckpt_step: int | None = None
@@ -156,10 +158,19 @@ class Runtime:
             self.steps_per_s = (step - self._rate_step) / (now - self._rate_t)
             self.samples_per_s = self._samples / (now - self._rate_t) if self._samples else None
             self._rate_t, self._rate_step, self._samples = now, step, 0
-        self.progress.progress(step=step, loss=loss, total_steps=self.total_steps,
-                               steps_per_s=self.steps_per_s,
-                               samples_per_s=self.samples_per_s,
-                               epoch=self.epoch, metrics=metrics or None)
+        # Records are rate-limited, so the worst loss since the last one travels with it: a
+        # spike between two records must still reach the divergence watchdog, with its step.
+        if loss is not None and (self._worst is None or not math.isfinite(loss)
+                                 or (math.isfinite(self._worst[0]) and loss > self._worst[0])):
+            self._worst = (loss, step)
+        wrote = self.progress.progress(step=step, loss=loss, total_steps=self.total_steps,
+                                       steps_per_s=self.steps_per_s,
+                                       samples_per_s=self.samples_per_s, epoch=self.epoch,
+                                       metrics=metrics or None,
+                                       loss_max=self._worst[0] if self._worst else None,
+                                       loss_max_step=self._worst[1] if self._worst else None)
+        if wrote:
+            self._worst = None
         if self.control.interval:
             self.interval = self.control.interval
         if self.interval and step % self.interval == 0 and (self.total_steps is None or step < self.total_steps):
