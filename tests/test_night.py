@@ -153,11 +153,13 @@ def test_notifications_reach_a_local_server_with_retries_and_rate_limit():
 
 @pytest.mark.torture
 def test_exploding_loss_is_caught_and_rollback_skips_the_batches(tmp_path):
+    # 20 steps/s and a progress record every 0.5 s: ~10 records before the poisoned batches,
+    # enough to fill the watchdog's window of 4
     job = [sys.executable, "-m", "trainer.reference", "--steps", "160", *SMALL, "--diverge-at", "100",
-           "--max-steps-per-s", "40"]
+           "--max-steps-per-s", "20"]
     args = [a if a != "7" else "20" for a in job]  # checkpoints every 20 steps
     cfg = write_config(tmp_path, {"job": {"command": args}, "checkpoint": {"interval": 20},
-                                  "divergence": {"enabled": True, "action": "rollback", "window": 10,
+                                  "divergence": {"enabled": True, "action": "rollback", "window": 4,
                                                  "rtol": 2.0, "rollback_steps": 30, "skip_batches": 20}})
     r = nightshift("run", "-c", str(cfg), timeout=240)
     con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
