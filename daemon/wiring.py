@@ -288,7 +288,8 @@ class Components:
     # resets -------------------------------------------------------------------------------
     def temps_before(self, d: Daemon, t: float) -> dict[str, Any]:
         for r in reversed(d.readings):
-            if r.t <= t and (r.edge_c is not None or r.tctl_c is not None):
+            # "just before": the last good reading, not one taken while the reset was underway
+            if r.t <= t and not r.resetting and (r.edge_c is not None or r.tctl_c is not None):
                 return {"edge_c": r.edge_c, "tctl_c": r.tctl_c, "power_w": r.power_w, "t": r.t}
         return {}
 

@@ -190,7 +190,7 @@ def cleanup_stale_tmp(ckpt_dir: str | os.PathLike) -> list[Path]:
     except FileNotFoundError:
         return []
     for n in names:
-        m = _TMP.match(n) or re.match(r"^\.old-step_\d+-(\d+)$", n)
+        m = _TMP.match(n) or re.match(r"^\.(?:old|del)-step_\d+-(\d+)$", n)
         if not m:
             continue
         pid = int(m.group(m.lastindex or 1))
@@ -228,6 +228,17 @@ def apply_retention(ckpt_dir: str | os.PathLike, keep: int, best_metric: str | N
         # a broken checkpoint newer than the newest valid one is kept for inspection
         if m and newest_valid_step is not None and int(m.group(1)) > newest_valid_step:
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)
         removed.append(p)
     return removed
+
+
+def _remove(p: Path) -> None:
+    """Rename out of the checkpoint namespace first, then delete: a kill during the deletion
+    must not leave a committed-looking directory with files missing."""
+    doomed = p.with_name(f".del-{p.name}-{os.getpid()}")
+    try:
+        os.rename(p, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
