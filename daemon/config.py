@@ -88,7 +88,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "best_metric": _k("str|none"),  # e.g. "val_loss": also keep the best by it
     },
     "offload": {
-        "backend": _k("str", "none"),  # none|modal|local
+        "backend": _k("str", "none"),  # none|modal|local|ssh
+        # try these in order (e.g. ["ssh", "modal"]); empty = just `backend`
+        "backends": _k("list[str]", []),
+        "ssh": _k("table", {}),  # [offload.ssh]: keys in SUBTABLES below
         "gpu": _k("str", "A100-40GB"),
         "timeout_s": _k("float", 6 * 3600.0),
         "budget_usd": _k("float", 0.0),
@@ -137,10 +140,32 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
 }
 
+# Nested tables ([offload.ssh]): each key declared like a section's, validated the same way.
+SUBTABLES: dict[tuple[str, str], dict[str, Spec]] = {
+    ("offload", "ssh"): {
+        "host": _k("str|none"),  # required when the ssh backend is used
+        "port": _k("int", 22),
+        "user": _k("str|none"),  # default: the local user name
+        "key_file": _k("str|none"),  # default: ~/.ssh/id_* and the ssh agent
+        "known_hosts": _k("str|none"),  # default: ~/.ssh/known_hosts
+        # trust an unknown host key once and record it (OpenSSH's accept-new); a changed key
+        # is refused regardless
+        "accept_new_host_key": _k("bool", False),
+        "remote_dir": _k("str", "nightshift"),  # relative paths are under the remote home
+        "python": _k("str", "python3"),  # the remote interpreter ("python" in job.command)
+        "setup_command": _k("str|none"),  # a shell command, run once per environment fingerprint
+        "price_usd_per_h": _k("float", 0.0),
+        "env": _k("table[str]", {}),
+        "connect_timeout_s": _k("float", 15.0),
+    },
+}
+
+BACKENDS = {"none", "modal", "local", "ssh"}
+
 CHOICES = {
     ("job", "control"): {"auto", "trainer", "signals"},
     ("gpu", "sensor"): {"auto", "amdgpu-sysfs", "pyamdgpuinfo", "psutil", "simulated", "none"},
-    ("offload", "backend"): {"none", "modal", "local"},
+    ("offload", "backend"): BACKENDS,
     ("divergence", "action"): {"alert", "stop", "rollback"},
     ("daemon", "log_level"): {"debug", "info", "warning", "error"},
 }
@@ -163,7 +188,28 @@ class ConfigError(Exception):
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    return {sec: {k: copy.deepcopy(spec[1]) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
+    out = {sec: {k: copy.deepcopy(spec[1]) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
+    for (sec, key), keys in SUBTABLES.items():
+        out[sec][key] = {k: copy.deepcopy(spec[1]) for k, spec in keys.items()}
+    return out
+
+
+def _check_value(full: str, kinds: tuple[str, ...], value: Any, path: Any) -> None:
+    if not any(_type_ok(k, value) for k in kinds if k != "none"):
+        raise ConfigError(f"{full} = {value!r} has the wrong type: expected {_describe(kinds)}", path, full)
+
+
+def _validate_subtable(sec: str, key: str, body: dict[str, Any], path: Any) -> dict[str, Any]:
+    keys = SUBTABLES[(sec, key)]
+    out = {k: copy.deepcopy(spec[1]) for k, spec in keys.items()}
+    for k, value in body.items():
+        full = f"{sec}.{key}.{k}"
+        if k not in keys:
+            raise ConfigError(f"unknown key {full!r}; keys allowed in [{sec}.{key}]: {', '.join(keys)}",
+                              path, full)
+        _check_value(full, keys[k][0], value, path)
+        out[k] = copy.deepcopy(value)
+    return out
 
 
 def _type_ok(kind: str, v: Any) -> bool:
@@ -179,6 +225,8 @@ def _type_ok(kind: str, v: Any) -> bool:
         return v == "auto"
     if kind == "none":
         return v is None
+    if kind == "table":
+        return isinstance(v, dict)
     if kind.startswith("list["):
         inner = kind[5:-1]
         return isinstance(v, list) and all(_type_ok(inner, x) for x in v)
@@ -190,7 +238,8 @@ def _type_ok(kind: str, v: Any) -> bool:
 
 def _describe(kinds: tuple[str, ...]) -> str:
     names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-             "auto": '"auto"', "none": "unset"}
+             "auto": '"auto"', "none": "unset",
+             "table": "a table"}
     return " or ".join(names.get(k, k.replace("list[", "a list of ").replace("table[", "a table of ").rstrip("]")) for k in kinds)
 
 
@@ -208,11 +257,12 @@ def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict
                 raise ConfigError(
                     f"unknown key {full!r}; keys allowed in [{sec}]: {', '.join(SCHEMA[sec])}", path, full)
             kinds, _ = SCHEMA[sec][key]
-            if not any(_type_ok(k, value) for k in kinds if k != "none"):
-                raise ConfigError(f"{full} = {value!r} has the wrong type: expected {_describe(kinds)}", path, full)
+            _check_value(full, kinds, value, path)
             choices = CHOICES.get((sec, key))
             if choices and value not in choices:
                 raise ConfigError(f"{full} = {value!r} is not one of {', '.join(sorted(choices))}", path, full)
+            if (sec, key) in SUBTABLES:
+                value = _validate_subtable(sec, key, value, path)
             cfg[sec][key] = copy.deepcopy(value)
     _check_semantics(cfg, path)
     return cfg
@@ -246,8 +296,22 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
     if cfg["schedule"]["enabled"] and bool(cfg["schedule"]["window_start"]) != bool(cfg["schedule"]["window_end"]):
         raise ConfigError("schedule.window_start and schedule.window_end go together", path,
                           "schedule.window_start")
+    _check_offload(cfg, path)
     if cfg["checkpoint"]["keep"] < 1:
         raise ConfigError("checkpoint.keep must be at least 1", path, "checkpoint.keep")
+
+
+def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+    o = cfg["offload"]
+    for name in o["backends"]:
+        if name not in BACKENDS - {"none"}:
+            raise ConfigError(f"offload.backends: {name!r} is not one of "
+                              f"{', '.join(sorted(BACKENDS - {'none'}))}", path, "offload.backends")
+    if "ssh" in (o["backend"], *o["backends"]) and not o["ssh"]["host"]:
+        raise ConfigError("the ssh backend needs [offload.ssh] host (and usually user and key_file)",
+                          path, "offload.ssh.host")
+    if not 0 < o["ssh"]["port"] < 65536:
+        raise ConfigError("offload.ssh.port must be between 1 and 65535", path, "offload.ssh.port")
 
 
 def find_config(explicit: str | None = None) -> Path:
@@ -293,6 +357,10 @@ def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
         cfg["resets"]["kernel_log"] = str(base / cfg["resets"]["kernel_log"])
     if cfg["offload"]["local_dir"]:
         cfg["offload"]["local_dir"] = str(base / cfg["offload"]["local_dir"])
+    ssh = cfg["offload"]["ssh"]
+    for key in ("key_file", "known_hosts"):  # local files; remote_dir stays as written
+        if ssh[key]:
+            ssh[key] = str(base / Path(ssh[key]).expanduser())
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -330,5 +398,6 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + " }"
+        # an unset key of a nested table ([offload.ssh]) is left out: TOML has no null
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items() if x is not None) + " }"
     raise TypeError(type(v))
