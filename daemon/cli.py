@@ -1,5 +1,5 @@
 """The `nightshift` command. Errors become exit codes only here: 0 ok, 2 usage, 78 bad config,
-1 other failure, 128+N when the daemon was stopped by signal N.
+75 another daemon holds the state dir, 1 other failure, 128+N when the daemon was stopped by signal N.
 """
 
 from __future__ import annotations
@@ -33,13 +33,20 @@ def _base_url(cfg: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon import logs
+    from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_state_lock
     from daemon.service import Daemon
 
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
+    try:  # before anything else touches the state dir: one daemon per state dir
+        lock = acquire_state_lock(cfg["daemon"]["state_dir"])
+    except StateDirLocked as e:
+        print(f"nightshift: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
     log.info("nightshiftd starting with %s", cfg["_path"])
-    daemon = Daemon(cfg)
-    return asyncio.run(daemon.run_forever())
+    with lock:
+        daemon = Daemon(cfg)
+        return asyncio.run(daemon.run_forever())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
