@@ -14,6 +14,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from trainer.format import format_skip, parse_skip  # noqa: F401 - the skip list's one format
+
 
 @dataclass(frozen=True)
 class Spike:
@@ -71,15 +73,3 @@ def plan_rollback(spike_step: int, checkpoint_steps: list[int], rollback_steps: 
     target = far[-1] if far else (before[0] if before else None)
     lo = max((target or 0), spike_step - max(1, rollback_steps // 10))
     return RollbackPlan(target, ((lo, spike_step + skip_batches),))
-
-
-def format_skip(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
-    return ",".join(f"{a}-{b}" for a, b in ranges)
-
-
-def parse_skip(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        a, _, b = part.partition("-")
-        out.append((int(a), int(b or a)))
-    return out

@@ -111,10 +111,18 @@ class OffloadController:
         f = d.facts
         o = self.cfg["offload"]
         remaining = max(0, (f.total_steps or 0) - (f.step or 0))
-        self.estimate = estimate(remaining, None, o["gpu"], o["prices_usd_per_h"])
+        # The remote rate is what the user told us (the story's A100: 6.9 steps/s); without it
+        # the estimate says so instead of pretending the run costs only its start-up.
+        rate = o["remote_steps_per_s"] or (o["local_steps_per_s"] if o["backend"] == "local" else None)
+        if rate:
+            self.estimate = estimate(remaining, rate, o["gpu"], o["prices_usd_per_h"])
+            guess = f"about {self.estimate.seconds / 60:.0f} min, ${self.estimate.usd:.2f}"
+        else:
+            self.estimate = None
+            guess = (f"${float(o['prices_usd_per_h'].get(o['gpu'], 0.0)):.2f}/h, duration unknown "
+                     "(set offload.remote_steps_per_s for an estimate)")
         d.event("offload_estimate", f"moving {remaining} steps to {o['backend']} {o['gpu']}: "
-                f"about {self.estimate.seconds / 60:.0f} min, ${self.estimate.usd:.2f} "
-                f"(budget ${o['budget_usd']:.2f})")
+                f"{guess} (budget ${o['budget_usd']:.2f})")
         key = self.run_key(d)
         try:
             self.upload = await asyncio.to_thread(

@@ -80,7 +80,6 @@ class Daemon:
         self.exit_code = 0
         self.interval_steps: int | None = None
         self.interval_explanation = ""
-        self.api_server = None
 
     # ------------------------------------------------------------------ events and states
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
@@ -385,7 +384,8 @@ class Daemon:
         if graceful and self.facts.cooperative:
             if job.stopped_by_signal:
                 job.release()
-            self.ctl.send("exit", job.pid) if self.ctl else None
+            if self.ctl is not None:
+                self.ctl.send("exit", job.pid)
             try:
                 await asyncio.wait_for(asyncio.shield(self.job_wait), self.cfg["job"]["stop_timeout_s"])
             except TimeoutError:

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -338,7 +339,7 @@ class Components:
         if self.simgpu is not None and d.job is not None and d.job.pid:
             self.simgpu.attach_job(d.job.pid)
         if self.divergence is not None:
-            self.divergence.reset() if hasattr(self.divergence, "reset") else None
+            self.divergence.reset()
 
     def on_progress(self, d: Daemon, rec: dict[str, Any]) -> None:
         if self.divergence is None or rec.get("loss") is None:
@@ -430,7 +431,6 @@ class Components:
         if act.action == "probe":
             from daemon.probe import default_probe_command, run_probe
             cmd = self.cfg["resets"]["probe_command"] or default_probe_command()
-            import os
             env = {**os.environ, **self.job_env()}
             self.recovery.last_probe_at = now
             self.probe_result = None

@@ -60,6 +60,8 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     assert run["state"] == "succeeded" and run["resets"] >= 2
     kinds = [e["kind"] for e in con.execute("SELECT kind FROM events")]
     assert "offloaded" in kinds and "pulled" in kinds
+    [estimate] = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offload_estimate'")]
+    assert "min, $" in estimate and "unknown" not in estimate  # the remote rate is known here
     assert seen_remote[-1]["backend"] == "cloud" and seen_remote[-1]["cloud"]["cost_usd"] > 0
     got, meta = load_checkpoint(find_latest_valid(work / "ckpt").path)
     assert meta["step"] == 240

@@ -242,3 +242,25 @@ def _remove(p: Path) -> None:
     except FileNotFoundError:
         return
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+# NIGHTSHIFT_SKIP_STEPS, the skip list of a divergence rollback: written by the daemon
+# (daemon.divergence), read by the job (trainer.runtime). One format, parsed in one place.
+def format_skip(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{a}-{b}" for a, b in ranges)
+
+
+def parse_skip(text: str) -> list[tuple[int, int]]:
+    """``"120-170,300-310,400"`` -> [(120, 170), (300, 310), (400, 400)] (inclusive ranges)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        a, _, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: {part!r} is not a step or a "
+                             "range like 120-170") from None
+        if hi < lo:
+            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: range {part!r} ends before it starts")
+        out.append((lo, hi))
+    return out

@@ -28,27 +28,15 @@ import torch
 from trainer import simhook
 from trainer.checkpoint import AsyncCheckpointer, load_checkpoint
 from trainer.control import ControlChannel
-from trainer.format import CorruptCheckpoint, list_checkpoints
+from trainer.format import (
+    CorruptCheckpoint,
+    list_checkpoints,
+    parse_skip,  # noqa: F401 - re-exported for callers
+)
 from trainer.progress import ProgressWriter
 from trainer.state import capture, restore
 
 HEARTBEAT_S = 10.0  # a held job's heartbeat period (the daemon's hang timeout is far longer)
-
-
-def parse_skip(text: str) -> list[tuple[int, int]]:
-    """``"120-170,300-310,400"`` -> [(120, 170), (300, 310), (400, 400)] (inclusive ranges)."""
-    out = []
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        a, _, b = part.partition("-")
-        try:
-            lo, hi = int(a), int(b or a)
-        except ValueError:
-            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: {part!r} is not a step or a "
-                             "range like 120-170") from None
-        if hi < lo:
-            raise ValueError(f"NIGHTSHIFT_SKIP_STEPS={text!r}: range {part!r} ends before it starts")
-        out.append((lo, hi))
-    return out
 
 
 def _env_int(name: str) -> int | None:

@@ -110,6 +110,7 @@ class ModalBackend(OffloadBackend):
 
     def __init__(self, cfg_offload: dict[str, Any]):
         self.cfg = cfg_offload
+        self._keys: dict[str, str] = {}  # call id -> run key, to read the run's volume
 
     def _check(self) -> None:
         if not credentials_present():  # fail fast and clearly, without a network round trip
@@ -167,7 +168,7 @@ class ModalBackend(OffloadBackend):
 
     def _progress(self, call_id: str) -> dict[str, Any]:
         import modal
-        key = getattr(self, "_keys", {}).get(call_id)
+        key = self._keys.get(call_id)
         if not key:
             return progress_summary([])
         try:
@@ -183,7 +184,7 @@ class ModalBackend(OffloadBackend):
         return progress_summary(recs)
 
     def remember(self, call_id: str, run_key: str) -> None:
-        self._keys = getattr(self, "_keys", {}) | {call_id: run_key}
+        self._keys[call_id] = run_key
 
     def cancel(self, call_id: str) -> None:
         import modal
