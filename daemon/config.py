@@ -103,6 +103,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "local_dir": _k("str|none"),  # local backend: the directory standing in for the volume
         "local_env": _k("table[str]", {}),  # local backend: e.g. HIP_VISIBLE_DEVICES = "1"
         "local_steps_per_s": _k("float|none"),  # local backend: throttle to mimic a GPU's speed
+        # the remote GPU's expected rate, for the cost estimate shown before launching
+        "remote_steps_per_s": _k("float|none"),
     },
     "schedule": {
         "enabled": _k("bool", False),
