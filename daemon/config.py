@@ -36,14 +36,17 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "workdir": _k("str|none"),  # default: the config file's directory
         "checkpoint_dir": _k("str", "checkpoints"),
         "checkpoint_glob": _k("str|none"),  # for scripts that don't use trainer/
+        # progress from output for scripts that don't use trainer/: a regex with named groups
+        # (step, total, loss, epoch, any metric) or a preset: nanogpt|hf|tqdm|lightning
+        "progress_pattern": _k("str|none"),
         "total_steps": _k("int|none"),
         "env": _k("table[str]", {}),
-        # "auto": cooperative control once the job announces trainer/ in progress.jsonl,
-        # "trainer": always cooperative, "signals": SIGSTOP/SIGCONT only.
-        "control": _k("str", "auto"),
         "heartbeat_timeout_s": _k("float", 300.0),
         "max_code_error_restarts": _k("int", 3),
         "restart_backoff_s": _k("float", 5.0),
+        # every cause of restart counts: more than this many within the window fails the run
+        "restart_limit": _k("int", 20),
+        "restart_window_s": _k("float", 3600.0),
         "stop_timeout_s": _k("float", 60.0),
     },
     "daemon": {
@@ -103,6 +106,14 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "local_dir": _k("str|none"),  # local backend: the directory standing in for the volume
         "local_env": _k("table[str]", {}),  # local backend: e.g. HIP_VISIBLE_DEVICES = "1"
         "local_steps_per_s": _k("float|none"),  # local backend: throttle to mimic a GPU's speed
+        # failover carries the job's workdir; left out: these glob patterns (default, when unset:
+        # the workdir's .gitignore plus the checkpoint and data dirs)
+        "exclude": _k("list[str]|none"),
+        # dirs (relative to the workdir) synced once to a data volume by manifest, mounted at the
+        # same relative path remotely
+        "data": _k("list[str]", []),
+        # the cloud GPU's expected speed-up over the local one, for the cost estimate
+        "speedup": _k("table[float]", {"A100-40GB": 12.0, "A100-80GB": 12.0, "H100": 24.0}),
         # the remote GPU's expected rate, for the cost estimate shown before launching
         "remote_steps_per_s": _k("float|none"),
     },
@@ -301,6 +312,16 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
     _check_offload(cfg, path)
     if cfg["checkpoint"]["keep"] < 1:
         raise ConfigError("checkpoint.keep must be at least 1", path, "checkpoint.keep")
+    if cfg["job"]["progress_pattern"] is not None:
+        from daemon.outputprogress import PatternError, compile_pattern
+        try:
+            compile_pattern(cfg["job"]["progress_pattern"])
+        except PatternError as e:
+            raise ConfigError(f"job.progress_pattern = {e}", path, "job.progress_pattern") from None
+    for d in cfg["offload"]["data"]:
+        if os.path.isabs(d) or ".." in Path(d).parts or not d.strip("./"):
+            raise ConfigError(f"offload.data = {d!r}: name a directory inside the job's workdir, "
+                              'relative to it (e.g. "data/openwebtext")', path, "offload.data")
 
 
 def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
