@@ -11,8 +11,11 @@ tests can build configs from literals with ``defaults()`` and ``merge()``.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tomllib
+import zoneinfo
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "restart_limit": _k("int", 20),
         "restart_window_s": _k("float", 3600.0),
         "stop_timeout_s": _k("float", 60.0),
+        # job.log is rotated to job.log.1 at this size (the newest output is always kept)
+        "log_max_bytes": _k("int", 50 * 2**20),
     },
     "daemon": {
         "state_dir": _k("str", "state"),  # relative to the config file's directory
@@ -183,6 +188,41 @@ CHOICES = {
     ("daemon", "log_level"): {"debug", "info", "warning", "error"},
 }
 
+# Numeric ranges, checked after the types: (low, high, low_exclusive); None = unbounded.
+# Every number must also be finite (TOML allows nan and inf). A numeric key not listed here
+# must be >= 0: a negative duration, count or price is never meaningful. Keys of a nested
+# table are named "ssh.port".
+RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    ("job", "total_steps"): (1, None, False),
+    ("job", "heartbeat_timeout_s"): (0, None, True),
+    ("job", "stop_timeout_s"): (0, None, True),
+    ("job", "restart_backoff_s"): (0, 7 * 86400, False),
+    ("job", "log_max_bytes"): (65536, None, False),
+    ("gpu", "poll_interval_s"): (0, 3600, True),
+    ("gpu", "simulated"): (None, None, False),  # the simulator's own parameters: finite only
+    ("thermal", "pause_at_c"): (0, 150, True),
+    ("thermal", "resume_at_c"): (0, 150, True),
+    ("thermal", "tctl_pause_at_c"): (0, 150, True),
+    ("thermal", "clock_cap_mhz"): (100, 10000, False),
+    ("resets", "window_s"): (0, None, True),
+    ("resets", "offload_after"): (1, None, False),
+    ("resets", "probe_timeout_s"): (0, None, True),
+    ("checkpoint", "interval"): (1, None, False),
+    ("checkpoint", "keep"): (1, None, False),
+    ("offload", "timeout_s"): (0, None, True),
+    ("offload", "local_steps_per_s"): (0, None, True),
+    ("offload", "remote_steps_per_s"): (0, None, True),
+    ("offload", "ssh.port"): (1, 65535, False),
+    ("offload", "ssh.connect_timeout_s"): (0, None, True),
+    ("schedule", "deadline_after_s"): (0, None, True),
+    ("api", "port"): (1, 65535, False),
+    ("divergence", "window"): (2, None, False),
+    ("divergence", "rtol"): (0, None, True),
+    ("divergence", "patience"): (1, None, False),
+}
+MAX_INT = 2**53  # larger integers lose precision in JSON and overflow SQLite's 64 bits
+MAX_CONFIG_BYTES = 1 << 20
+
 # Keys whose change needs a restart of the job (see configwatch): everything else applies live.
 RESTART_KEYS = {("job", "command"), ("job", "resume_command"), ("job", "workdir"),
                 ("job", "checkpoint_dir"), ("job", "env"), ("daemon", "state_dir"),
@@ -221,6 +261,7 @@ def _validate_subtable(sec: str, key: str, body: dict[str, Any], path: Any) -> d
             raise ConfigError(f"unknown key {full!r}; keys allowed in [{sec}.{key}]: {', '.join(keys)}",
                               path, full)
         _check_value(full, keys[k][0], value, path)
+        _check_range(full, (sec, f"{key}.{k}"), value, path)
         out[k] = copy.deepcopy(value)
     return out
 
@@ -276,9 +317,43 @@ def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict
                 raise ConfigError(f"{full} = {value!r} is not one of {', '.join(sorted(choices))}", path, full)
             if (sec, key) in SUBTABLES:
                 value = _validate_subtable(sec, key, value, path)
+            else:
+                _check_range(full, (sec, key), value, path)
             cfg[sec][key] = copy.deepcopy(value)
     _check_semantics(cfg, path)
     return cfg
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _leaves(v)]
+    return [value]
+
+
+def _range_text(lo: float | None, hi: float | None, strict: bool) -> str:
+    low = (f"above {lo:g}" if strict else f"at least {lo:g}") if lo is not None else ""
+    high = f"at most {hi:g}" if hi is not None else ""
+    return " and ".join(x for x in (low, high) if x) or "finite"
+
+
+def _check_range(full: str, rkey: tuple[str, str], value: Any, path: Any) -> None:
+    """Finite numbers within RANGES, no NUL in strings: for every leaf (lists, tables too)."""
+    lo, hi, strict = RANGES.get(rkey, (0, None, False))
+    for leaf in _leaves(value):
+        if isinstance(leaf, str) and "\0" in leaf:
+            raise ConfigError(f"{full} contains a NUL character; remove it", path, full)
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+            continue
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            raise ConfigError(f"{full} = {leaf!r} is not a finite number", path, full)
+        if isinstance(leaf, int) and abs(leaf) > MAX_INT:
+            raise ConfigError(f"{full} = {leaf} is too large (at most 2**53)", path, full)
+        if ((lo is not None and (leaf <= lo if strict else leaf < lo))
+                or (hi is not None and leaf > hi)):
+            raise ConfigError(f"{full} = {leaf!r} is out of range: it must be "
+                              f"{_range_text(lo, hi, strict)}", path, full)
 
 
 def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
@@ -324,8 +399,24 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
                               'relative to it (e.g. "data/openwebtext")', path, "offload.data")
 
 
+def _check_timezone(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+    tz = cfg["schedule"]["timezone"]
+    if tz is not None:
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise ConfigError(f"schedule.timezone = {tz!r} is not a known time zone; use an IANA "
+                              'name like "Europe/Berlin" (timedatectl list-timezones)', path,
+                              "schedule.timezone") from None
+
+
 def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
     o = cfg["offload"]
+    _check_timezone(cfg, path)  # here so the call sites of _check_offload stay as they are
+    if "modal" in (o["backend"], *o["backends"]) and o["gpu"] not in o["prices_usd_per_h"]:
+        raise ConfigError(f"offload.gpu = {o['gpu']!r} has no price: use one of "
+                          f"{', '.join(sorted(o['prices_usd_per_h']))}, or add it to "
+                          "offload.prices_usd_per_h", path, "offload.gpu")
     for name in o["backends"]:
         if name not in BACKENDS - {"none"}:
             raise ConfigError(f"offload.backends: {name!r} is not one of "
@@ -337,36 +428,98 @@ def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
         raise ConfigError("offload.ssh.port must be between 1 and 65535", path, "offload.ssh.port")
 
 
+def config_candidates(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where the config is looked for when neither -c nor $NIGHTSHIFT_CONFIG says.
+
+    $CONFIGURATION_DIRECTORY (set by systemd's ConfigurationDirectory=) comes first: the unit
+    says where its config lives. Then ./config.toml (a checkout), then the user service's
+    $XDG_CONFIG_HOME/nightshift/config.toml (~/.config/...), then /etc/nightshift/config.toml.
+    """
+    env = os.environ if env is None else env
+    out: list[Path] = []
+    confdir = env.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if confdir:
+        out.append(Path(confdir) / "config.toml")
+    out.append(Path("config.toml"))
+    xdg = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
+    if xdg:
+        out.append(Path(xdg) / "nightshift" / "config.toml")
+    out.append(Path("/etc/nightshift/config.toml"))
+    return out
+
+
 def find_config(explicit: str | None = None) -> Path:
-    """-c, then $NIGHTSHIFT_CONFIG, then ./config.toml, then /etc/nightshift/config.toml."""
+    """-c, then $NIGHTSHIFT_CONFIG, then the first existing of ``config_candidates()``."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("NIGHTSHIFT_CONFIG")
     if env:
         return Path(env)
-    for cand in (Path("config.toml"), Path("/etc/nightshift/config.toml")):
+    cands = config_candidates()
+    for cand in cands:
         if cand.exists():
             return cand
-    raise ConfigError("no configuration found: pass -c FILE, set NIGHTSHIFT_CONFIG, or create ./config.toml")
+    raise ConfigError("no configuration found: pass -c FILE, set NIGHTSHIFT_CONFIG, or create one "
+                      "of " + ", ".join(str(c) for c in cands))
 
 
 def load(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Read, parse and validate a config file; relative paths become relative to its directory."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found; pass -c with an existing config file", p) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read the file: {e.strerror}", p) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"not valid TOML: {e}", p) from None
+    raw = parse_bytes(_read_bytes(p), p)
     cfg = validate(raw, p)
     resolve_paths(cfg, p.resolve().parent)
     cfg["_path"] = str(p.resolve())  # type: ignore[assignment]
     return cfg
+
+
+def _read_bytes(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("file not found; pass -c with an existing config file", p) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror}", p) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file", p)
+    return data
+
+
+def parse_bytes(data: bytes, path: Any = None) -> dict[str, Any]:
+    """Bytes -> parsed TOML; every failure a ConfigError (binary file, bad UTF-8, bad TOML)."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConfigError(f"a NUL byte at line {line} (offset {nul}): a binary file, not TOML; "
+                          "point -c at the config.toml", path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} (offset "
+                          f"{e.start}); save the file as UTF-8", path) from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path) from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit integer, arrays nested 1000 deep
+        raise ConfigError(f"not a usable TOML file: {str(e)[:120]}", path) from None
+
+
+def state_dir_for(configured: str, base: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Where the state goes. Precedence: an absolute ``state_dir`` in the file, then
+    $STATE_DIRECTORY (systemd's StateDirectory=, e.g. /var/lib/nightshift), then a relative
+    ``state_dir`` (default "state") against the config file's directory. A relative path is a
+    checkout's convenience; under a unit with StateDirectory= the config's directory
+    (/etc/nightshift) is read-only, so the unit's choice wins over it."""
+    env = os.environ if env is None else env
+    if os.path.isabs(configured):
+        return Path(configured)
+    sd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if sd:
+        return Path(sd)
+    return base / configured
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
@@ -374,7 +527,7 @@ def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
     job = cfg["job"]
     job["workdir"] = str((base / (job["workdir"] or ".")).resolve())
     job["checkpoint_dir"] = str(Path(job["workdir"]) / job["checkpoint_dir"])
-    cfg["daemon"]["state_dir"] = str(base / cfg["daemon"]["state_dir"])
+    cfg["daemon"]["state_dir"] = str(state_dir_for(cfg["daemon"]["state_dir"], base))
     cfg["api"]["token_file"] = str(Path(cfg["daemon"]["state_dir"]) / cfg["api"]["token_file"])
     if cfg["resets"]["kernel_log"]:
         cfg["resets"]["kernel_log"] = str(base / cfg["resets"]["kernel_log"])
@@ -394,6 +547,41 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
             out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
+    return out
+
+
+REDACTED = "<redacted>"
+_SECRET_WORDS = ("key", "identity", "password", "token", "secret", "url")
+
+
+def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with its secrets replaced by "<redacted>": what may be stored with a run.
+
+    Redacted: the values of every ``env`` table ([job] env, [offload] local_env, [offload.ssh]
+    env; the names stay: which variables were set is useful, their values may be API keys),
+    the notify URLs (an ntfy topic or a webhook URL is a credential), and under [offload] any
+    key naming a key, identity, password, token, secret or URL (the SSH key file's path), at
+    any depth.
+    """
+    out = copy.deepcopy({k: v for k, v in cfg.items() if not k.startswith("_")})
+
+    def scrub(d: dict[str, Any], all_keys: bool) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                if k.endswith("env"):
+                    d[k] = {name: REDACTED for name in v}
+                else:
+                    scrub(v, all_keys)
+            elif v is not None and all_keys and any(w in k.lower() for w in _SECRET_WORDS):
+                d[k] = REDACTED
+
+    if isinstance(out.get("job"), dict):
+        scrub(out["job"], all_keys=False)
+    for k, v in out.get("notify", {}).items():
+        if k.endswith("_url") and v:
+            out["notify"][k] = REDACTED
+    if isinstance(out.get("offload"), dict):
+        scrub(out["offload"], all_keys=True)
     return out
 
 
