@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "stopped"})
+# A run ends only as succeeded or failed (or when the user starts a new one): a stopped run is
+# continued by `nightshift resume` or the next start of the daemon.
+TERMINAL_STATES = frozenset({"succeeded", "failed"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,7 +42,11 @@ CREATE TABLE IF NOT EXISTS runs (
     cloud_cost_usd REAL NOT NULL DEFAULT 0,
     failure TEXT,
     last_error_sig TEXT,
-    skip_steps TEXT NOT NULL DEFAULT ''
+    skip_steps TEXT NOT NULL DEFAULT '',
+    user_hold INTEGER NOT NULL DEFAULT 0,
+    restart_times TEXT NOT NULL DEFAULT '[]',
+    remote_backend TEXT,
+    resume_from TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -90,8 +96,13 @@ CREATE INDEX IF NOT EXISTS readings_run ON readings(run_id, t);
 _RUN_FIELDS = {
     "state", "total_steps", "step", "restarts", "code_errors", "resets", "pauses", "has_run",
     "job_pid", "job_create_time", "backend", "remote_call_id", "remote_started", "cloud_seconds",
-    "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated",
+    "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated", "user_hold",
+    "restart_times", "remote_backend", "resume_from",
 }
+# Columns added after the first release: (name, declaration), added to an older file on open.
+_ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
+                  ("restart_times", "TEXT NOT NULL DEFAULT '[]'"),
+                  ("remote_backend", "TEXT"), ("resume_from", "TEXT"))
 
 
 class Store:
@@ -108,6 +119,13 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
+        for name, decl in _ADDED_COLUMNS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.db.close()
