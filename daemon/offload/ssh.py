@@ -1,0 +1,482 @@
+"""The SSH backend: the job on a rented GPU box (RunPod, Lambda, a friend's workstation) over SSH.
+
+Remote layout under ``remote_dir`` (R):
+
+    R/src/{daemon,trainer}/      this project's code (the remote runner, trainer/), by manifest
+    R/data/<rel>/                declared data dirs, by manifest, shared by every run
+    R/manifests/*.json           what each sync put there (size, mtime, hash)
+    R/setup/<fingerprint>.done   setup_command ran for this environment (and its .log)
+    R/runs/<run_key>/            the run's "volume", as daemon.offload.remote expects it:
+        work/                    the job's workdir (excludes applied), data dirs symlinked in
+        ckpt/ run/ spec.json     checkpoints, progress.jsonl + control.json, the job spec
+        runner.json status.json  the detached runner's pid + start time; its result
+        remote.log job.log
+
+The runner (``python -m daemon.offload.remote``, the same body Modal runs) is started in its own
+session with stdin/stdout detached, so it survives the SSH connection dropping and the daemon
+restarting. Its pid and kernel start time (clock ticks since boot, /proc/PID/stat field 22) are
+the call id: ``ssh:<host>:<port>:<run_key>:<pid>:<ticks>``, so a new backend object re-attaches
+from the id alone and a recycled pid is never taken for the job. Polling is one shell command
+(liveness, status.json, the tail of progress.jsonl); nothing on the box needs more than POSIX sh
+and the configured python.
+
+A runner that is gone without a result, or a job killed by a signal, is ``preempted``: the caller
+launches again and the job resumes from the newest checkpoint on the box. Cancel asks a trainer/
+job for a final checkpoint through its control file, then TERM, a bounded wait, and KILL, to the
+runner's process group and the job's (only those).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from daemon.offload.base import (
+    JobSpec,
+    OffloadBackend,
+    OffloadError,
+    RemoteStatus,
+    UploadResult,
+    progress_summary,
+)
+from daemon.offload.sshlink import SshLink
+from daemon.offload.sync import (
+    TMP_PREFIX,
+    SyncResult,
+    gitignore_patterns,
+    push_tree,
+    put_file,
+    write_remote,
+)
+
+PROJECT = Path(__file__).resolve().parents[2]
+SOURCES = ("daemon", "trainer")
+# files whose content defines the remote environment, besides setup_command itself
+ENV_FILES = ("requirements.txt", "requirements-gpu.txt", "pyproject.toml", "setup.py", "setup.cfg",
+             "environment.yml", "uv.lock", "poetry.lock")
+SETUP_TIMEOUT_S = 3 * 3600.0
+POLL_TIMEOUT_S = 60.0
+TAIL_BYTES = 65536
+_SEP = "@@nightshift@@"
+
+# Started through SSH with cwd = the run dir: detaches the runner, prints "<pid> <start ticks>".
+LAUNCHER = """\
+import json, os, subprocess, sys, time
+log = open("remote.log", "ab")
+p = subprocess.Popen([sys.executable, "-m", "daemon.offload.remote", "--spec", "spec.json",
+                      "--volume", os.getcwd()], stdout=log, stderr=subprocess.STDOUT,
+                     stdin=subprocess.DEVNULL, start_new_session=True)
+ticks = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+with open("runner.json.tmp", "w") as f:
+    json.dump({"pid": p.pid, "ticks": ticks, "t": time.time()}, f)
+os.replace("runner.json.tmp", "runner.json")
+print(p.pid, ticks)
+"""
+
+
+def _q(s: str) -> str:
+    return shlex.quote(str(s))
+
+
+def _alive_sh(pid: int, ticks: str) -> str:
+    """A shell test: is <pid> still the process that started at <ticks>?"""
+    return f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f20)\" = {_q(ticks)} ]"
+
+
+def remote_command(command: list[str]) -> list[str]:
+    """The local interpreter's path means nothing on the box: "python" becomes the remote one."""
+    if command and os.path.basename(command[0]).startswith("python") and "/" in command[0]:
+        return ["python", *command[1:]]
+    return list(command)
+
+
+class SshBackend(OffloadBackend):
+    name = "ssh"
+
+    def __init__(self, cfg_ssh: dict[str, Any], *, workdir: str | os.PathLike | None = None,
+                 exclude: Sequence[str] = (), data: Sequence[str] = (),
+                 checkpoint_dir: str | os.PathLike | None = None, checkpoint_glob: str | None = None,
+                 sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0):
+        """``cfg_ssh`` is the validated ``[offload.ssh]`` table. ``workdir`` (the job's), with
+        ``exclude`` patterns (plus .gitignore, the data dirs and the checkpoint dir), goes up to
+        the box; ``data`` are dirs relative to the workdir synced once by manifest;
+        ``checkpoint_glob`` (relative to the workdir) names a script's own checkpoint files,
+        brought home by ``pull``. ``sources`` are the packages the runner needs remotely."""
+        if not cfg_ssh.get("host"):
+            raise OffloadError("the ssh backend needs [offload.ssh] host")
+        self.cfg = cfg_ssh
+        self.link = SshLink(cfg_ssh)
+        self.workdir = Path(workdir).resolve() if workdir else None
+        self.data = [d.strip("/") for d in data]
+        self.checkpoint_glob = checkpoint_glob
+        self.cancel_grace_s = cancel_grace_s
+        self.python: str = cfg_ssh.get("python") or "python3"
+        self.price_usd_per_h = float(cfg_ssh.get("price_usd_per_h") or 0.0)
+        self.sources = [Path(s) for s in (sources or [PROJECT / s for s in SOURCES])]
+        self.exclude = list(exclude) + [f"/{d}" for d in self.data]
+        if self.workdir and checkpoint_dir:
+            ck = Path(checkpoint_dir).resolve()
+            if ck.is_relative_to(self.workdir) and ck != self.workdir:
+                self.exclude.append("/" + ck.relative_to(self.workdir).as_posix())
+        self._root: str | None = None
+        self.last_sync: dict[str, Any] = {}
+        self.last_state: str | None = None
+        self.problem: str | None = None
+
+    # call ids ----------------------------------------------------------------------------------
+    def call_id(self, run_key: str, pid: int, ticks: str) -> str:
+        return f"ssh:{self.link.host}:{self.link.port}:{run_key}:{pid}:{ticks}"
+
+    def parse(self, call_id: str) -> tuple[str, int, str]:
+        try:
+            head, key, pid_s, ticks = call_id.rsplit(":", 3)
+            prefix, _, host_port = head.partition(":")
+            pid = int(pid_s)
+        except ValueError:
+            raise OffloadError(f"not an ssh call id: {call_id!r}") from None
+        if prefix != "ssh" or not ticks.isdigit():
+            raise OffloadError(f"not an ssh call id: {call_id!r}")
+        if host_port != f"{self.link.host}:{self.link.port}":
+            raise OffloadError(f"call {call_id} ran on {host_port}, but [offload.ssh] now names "
+                               f"{self.link.host}:{self.link.port}: cannot re-attach")
+        return key, pid, ticks
+
+    def remember(self, call_id: str, run_key: str) -> None:
+        """Nothing to remember: the call id carries the run key, pid and start time."""
+
+    # paths ---------------------------------------------------------------------------------------
+    async def _root_dir(self, conn: Any) -> str:
+        if self._root is None:
+            rd = str(self.cfg.get("remote_dir") or "nightshift")
+            rd = rd[2:] if rd.startswith("~/") else rd  # an ssh session starts in the home dir
+            r = await conn.run(f"mkdir -p {_q(rd)} && cd {_q(rd)} && pwd -P", check=False)
+            if r.exit_status != 0:
+                raise OffloadError(f"ssh {self.link.where}: cannot create remote_dir {rd}: "
+                                   f"{(r.stderr or '').strip()}")
+            self._root = str(r.stdout).strip()
+        return self._root
+
+    def _run_dir(self, root: str, run_key: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", run_key):
+            raise OffloadError(f"run key {run_key!r} is not a plain name")
+        return posixpath.join(root, "runs", run_key)
+
+    # upload --------------------------------------------------------------------------------------
+    def upload(self, run_key: str, checkpoint: Path | None, files: list[Path]) -> UploadResult:
+        t0 = time.monotonic()
+        sent = self.link.call(lambda conn: self._upload(conn, run_key, checkpoint, files))
+        return UploadResult(sent, time.monotonic() - t0)
+
+    async def _upload(self, conn: Any, run_key: str, checkpoint: Path | None, files: list[Path]) -> int:
+        root = await self._root_dir(conn)
+        run = self._run_dir(root, run_key)
+        stats: dict[str, SyncResult] = {}
+        async with conn.start_sftp_client() as sftp:
+            for d in ("ckpt", "run", "work"):
+                await sftp.makedirs(posixpath.join(run, d), exist_ok=True)
+            for src in self.sources:
+                stats[f"src/{src.name}"] = await push_tree(
+                    sftp, src, posixpath.join(root, "src", src.name),
+                    posixpath.join(root, "manifests", f"src-{src.name}.json"))
+            work = posixpath.join(run, "work")
+            if self.workdir is not None:
+                ex = [*gitignore_patterns(self.workdir), *self.exclude,
+                      *(self._rel(f) for f in files if self._rel(f))]
+                stats["work"] = await push_tree(
+                    sftp, self.workdir, work, posixpath.join(root, "manifests", f"run-{run_key}-work.json"),
+                    ex)
+                for d in self.data:
+                    stats[f"data/{d}"] = await push_tree(
+                        sftp, self.workdir / d, posixpath.join(root, "data", d),
+                        posixpath.join(root, "manifests", "data-" + re.sub(r"[^A-Za-z0-9._-]", "_", d) + ".json"))
+            sent = sum(s.bytes for s in stats.values())
+            if checkpoint is not None:
+                sent += await self._put_checkpoint(sftp, Path(checkpoint), posixpath.join(run, "ckpt"))
+            for f in files:  # a script's own checkpoint files, at their relative paths
+                rel = self._rel(f) or posixpath.join("..", "files", Path(f).name)
+                dest = posixpath.normpath(posixpath.join(work, rel))
+                await sftp.makedirs(posixpath.dirname(dest), exist_ok=True)
+                await put_file(sftp, Path(f), dest)
+                sent += Path(f).stat().st_size
+        for d in self.data:  # the job sees its data at the same relative path as at home
+            link = posixpath.join(work, d)
+            await self._sh(conn, f"mkdir -p {_q(posixpath.dirname(link))} && rm -rf {_q(link)} && "
+                                 f"ln -s {_q(posixpath.join(root, 'data', d))} {_q(link)}", "linking data")
+        self.last_sync = {k: asdict(v) for k, v in stats.items()}
+        await self._setup(conn, root, work)
+        return sent
+
+    def _rel(self, f: Path) -> str | None:
+        if self.workdir is None:
+            return None
+        p = Path(f).resolve()
+        return p.relative_to(self.workdir).as_posix() if p.is_relative_to(self.workdir) else None
+
+    async def _put_checkpoint(self, sftp: Any, ckpt: Path, remote_ckpt: str) -> int:
+        dest = posixpath.join(remote_ckpt, ckpt.name)
+        if await sftp.isdir(dest):  # already there (a relaunch): the box's copy is the same step
+            return 0
+        tmp = posixpath.join(remote_ckpt, f"{TMP_PREFIX}{ckpt.name}")
+        if await sftp.exists(tmp):
+            await sftp.rmtree(tmp)
+        await sftp.makedirs(tmp, exist_ok=True)
+        total = 0
+        for f in sorted(ckpt.iterdir()):
+            await sftp.put(str(f), posixpath.join(tmp, f.name))
+            total += f.stat().st_size
+        await sftp.posix_rename(tmp, dest)
+        return total
+
+    def fingerprint(self) -> str:
+        """What the remote environment is made from: setup_command, python, env, requirements."""
+        h = hashlib.sha256(json.dumps([self.cfg.get("setup_command"), self.python,
+                                       sorted((self.cfg.get("env") or {}).items())]).encode())
+        if self.workdir is not None:
+            for name in ENV_FILES:
+                try:
+                    h.update(name.encode() + b"\0" + (self.workdir / name).read_bytes())
+                except OSError:
+                    pass
+        return h.hexdigest()[:16]
+
+    async def _setup(self, conn: Any, root: str, work: str) -> None:
+        cmd = self.cfg.get("setup_command")
+        if not cmd:
+            return
+        fp = self.fingerprint()
+        done = posixpath.join(root, "setup", f"{fp}.done")
+        log = posixpath.join(root, "setup", f"{fp}.log")
+        r = await conn.run(f"test -f {_q(done)}", check=False)
+        if r.exit_status == 0:
+            self.last_sync["setup"] = {"fingerprint": fp, "ran": False}
+            return
+        r = await conn.run(f"mkdir -p {_q(posixpath.dirname(done))} && cd {_q(work)} && {self._exports(root)}"
+                           f"sh -c {_q(cmd)} > {_q(log)} 2>&1", check=False, timeout=SETUP_TIMEOUT_S)
+        if r.exit_status != 0:
+            tail = await conn.run(f"tail -n 15 {_q(log)}", check=False)
+            raise OffloadError(f"ssh {self.link.where}: setup_command failed (exit {r.exit_status}); "
+                               f"{log} ends with:\n{str(tail.stdout).strip()}")
+        await conn.run(f"touch {_q(done)}", check=False)
+        self.last_sync["setup"] = {"fingerprint": fp, "ran": True}
+
+    def _exports(self, root: str) -> str:
+        env = {**(self.cfg.get("env") or {})}
+        out = f"export PYTHONPATH={_q(posixpath.join(root, 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}; "
+        for k, v in env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise OffloadError(f"[offload.ssh] env: {k!r} is not a variable name")
+            out += f"export {k}={_q(v)}; "
+        return out
+
+    async def _sh(self, conn: Any, cmd: str, what: str, timeout: float | None = None) -> str:
+        r = await conn.run(cmd, check=False, timeout=timeout)
+        if r.exit_status != 0:
+            raise OffloadError(f"ssh {self.link.where}: {what} failed (exit {r.exit_status}): "
+                               f"{str(r.stderr or r.stdout).strip()[-500:]}")
+        return str(r.stdout)
+
+    # launch --------------------------------------------------------------------------------------
+    def launch(self, run_key: str, job: JobSpec) -> str:
+        # retry=False: a lost connection after the start must not start a second runner; the
+        # caller retries, and the runner.json check below finds the first one alive
+        return self.link.call(lambda conn: self._launch(conn, run_key, job), timeout=120, retry=False)
+
+    async def _launch(self, conn: Any, run_key: str, job: JobSpec) -> str:
+        root = await self._root_dir(conn)
+        run = self._run_dir(root, run_key)
+        r = await conn.run(f"cat {_q(posixpath.join(run, 'runner.json'))} 2>/dev/null", check=False)
+        try:
+            prev = json.loads(str(r.stdout))
+            alive = await conn.run(_alive_sh(int(prev["pid"]), str(prev["ticks"])), check=False)
+            if alive.exit_status == 0:  # never two runners for one run
+                return self.call_id(run_key, int(prev["pid"]), str(prev["ticks"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+        spec = job.to_dict()
+        spec["command"] = remote_command(spec["command"])
+        if spec.get("resume_command"):
+            spec["resume_command"] = remote_command(spec["resume_command"])
+        spec["env"] = {**spec["env"], **(self.cfg.get("env") or {})}
+        spec["workdir"] = posixpath.join(run, "work")
+        async with conn.start_sftp_client() as sftp:
+            await sftp.makedirs(posixpath.join(run, "work"), exist_ok=True)
+            await write_remote(sftp, posixpath.join(run, "spec.json"), json.dumps(spec).encode())
+        out = await self._sh(conn, f"cd {_q(run)} && rm -f status.json cancel_requested && "
+                                   f"{self._exports(root)}exec {_q(self.python)} -c {_q(LAUNCHER)}",
+                             "starting the remote runner")
+        try:
+            pid, ticks = out.split()[-2:]
+            return self.call_id(run_key, int(pid), ticks)
+        except ValueError:
+            raise OffloadError(f"ssh {self.link.where}: the launcher said {out!r}") from None
+
+    # poll ----------------------------------------------------------------------------------------
+    def poll(self, call_id: str) -> RemoteStatus:
+        key, pid, ticks = self.parse(call_id)
+        try:
+            st = self.link.call(lambda conn: self._poll(conn, key, pid, ticks), timeout=POLL_TIMEOUT_S)
+        except OffloadError as e:
+            self.problem = str(e)
+            raise
+        self.problem = None
+        self.last_state = st.state
+        return st
+
+    async def _poll(self, conn: Any, key: str, pid: int, ticks: str) -> RemoteStatus:
+        run = self._run_dir(await self._root_dir(conn), key)
+        r = await conn.run(
+            f"cd {_q(run)} || exit 3; if {_alive_sh(pid, ticks)}; then echo alive; else echo gone; fi; "
+            f"echo {_SEP}; cat status.json 2>/dev/null; echo {_SEP}; cat runner.json 2>/dev/null; "
+            f"echo {_SEP}; test -e cancel_requested && echo cancelled; echo {_SEP}; "
+            f"tail -c {TAIL_BYTES} run/progress.jsonl 2>/dev/null", check=False)
+        if r.exit_status == 3:
+            return RemoteStatus("preempted", error=f"the run's directory {run} is gone from the box")
+        alive, status, runner, cancelled, progress = (str(r.stdout).split(_SEP + "\n") + [""] * 5)[:5]
+        recs = []
+        for line in progress.splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass  # the first line of a tail is usually cut
+        prog = progress_summary(recs)
+        started = None
+        try:
+            started = float(json.loads(runner)["t"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        args = (prog["step"], prog["total_steps"], prog["loss"], prog["steps_per_s"])
+        if status.strip():
+            res = json.loads(status)
+            state, rc = res.get("state", "failed"), res.get("returncode")
+            err = res.get("error")
+            if state == "failed" and isinstance(rc, int) and rc < 0:  # killed by a signal
+                if cancelled.strip():
+                    state = "cancelled"
+                else:  # not by us: the box's OOM killer, a reboot, someone's kill
+                    state, err = "preempted", f"the remote job was killed by signal {-rc}"
+            return RemoteStatus(state, res.get("step") or prog["step"], *args[1:], err, started)
+        if alive.strip() == "alive":
+            return RemoteStatus("running", *args, None, started)
+        if cancelled.strip():
+            return RemoteStatus("cancelled", *args[:3], None, "cancelled", started)
+        return RemoteStatus("preempted", *args[:3], None, f"the remote runner (pid {pid}) ended without a "
+                            "result: the box restarted or the job was killed", started)
+
+    # cancel --------------------------------------------------------------------------------------
+    def cancel(self, call_id: str) -> None:
+        """A final checkpoint if the job speaks trainer/'s control protocol; then TERM, a bounded
+        wait, KILL: to the runner's process group and the job's, nothing else."""
+        key, pid, ticks = self.parse(call_id)
+        self.link.call(lambda conn: self._cancel(conn, key, pid, ticks), timeout=self.cancel_grace_s + 60)
+
+    async def _cancel(self, conn: Any, key: str, pid: int, ticks: str) -> None:
+        run = self._run_dir(await self._root_dir(conn), key)
+        r = await conn.run(f"cd {_q(run)} && touch cancel_requested && {_alive_sh(pid, ticks)} && "
+                           f"cat /proc/{pid}/task/{pid}/children; echo {_SEP}; "
+                           f"tail -c {TAIL_BYTES} run/progress.jsonl 2>/dev/null", check=False)
+        kids_txt, _, progress = str(r.stdout).partition(_SEP + "\n")
+        kids = [int(k) for k in kids_txt.split() if k.isdigit()]
+        if r.exit_status != 0 and not kids:
+            return  # already gone
+        job = None
+        for line in progress.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("kind") == "start" and rec.get("protocol") and rec.get("pid") in kids:
+                job = int(rec["pid"])
+        alive = _alive_sh(pid, ticks)
+        grace = max(1, int(self.cancel_grace_s * 10))
+        wait = lambda n: f"i=0; while {alive} && [ $i -lt {n} ]; do sleep 0.1; i=$((i+1)); done; "  # noqa: E731
+        script = ""
+        if job is not None:  # trainer/: "exit" = durable checkpoint, then exit 0 (the file is the state)
+            ctl = json.dumps({"seq": int(time.time()), "command": "exit", "checkpoint_interval": None})
+            script += (f"cd {_q(run)}/run && printf '%s' {_q(ctl)} > control.json.tmp && "
+                       f"mv control.json.tmp control.json; kill -USR1 {job} 2>/dev/null; {wait(grace)}")
+            grace = 50
+        script += f"if {alive}; then kill -TERM -{pid} 2>/dev/null; fi; {wait(grace)}"
+        script += f"if {alive}; then kill -KILL -{pid} 2>/dev/null; "
+        script += "".join(f"kill -KILL -{k} 2>/dev/null; " for k in kids)
+        script += "fi; true"
+        await conn.run(script, check=False)
+
+    # pull ----------------------------------------------------------------------------------------
+    def pull(self, run_key: str, call_id: str, dest_checkpoint_dir: Path) -> Path:
+        return self.link.call(lambda conn: self._pull(conn, run_key, Path(dest_checkpoint_dir)))
+
+    async def _pull(self, conn: Any, run_key: str, dest: Path) -> Path:
+        from trainer.format import CorruptCheckpoint, fsync_dir, verify
+        run = self._run_dir(await self._root_dir(conn), run_key)
+        got: Path | None = None
+        async with conn.start_sftp_client() as sftp:
+            ckpt = posixpath.join(run, "ckpt")
+            names = [n for n in (await sftp.listdir(ckpt) if await sftp.isdir(ckpt) else [])
+                     if re.fullmatch(r"step_\d+", n)]
+            for name in sorted(names, key=lambda n: int(n[5:]), reverse=True):
+                final = dest / name
+                if final.is_dir():
+                    try:
+                        verify(final)
+                        got = final
+                        break
+                    except (CorruptCheckpoint, OSError):
+                        pass
+                tmp = dest / f".tmp-{name}-{os.getpid()}"
+                tmp.mkdir(parents=True, exist_ok=True)
+                for fname in await sftp.listdir(posixpath.join(ckpt, name)):
+                    if fname not in (".", ".."):
+                        await sftp.get(posixpath.join(ckpt, name, fname), str(tmp / fname))
+                for f in tmp.iterdir():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                try:
+                    verify(tmp)
+                except (CorruptCheckpoint, OSError):  # torn on the box: the next older one
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    continue
+                if final.exists():
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+                fsync_dir(dest)
+                got = final
+                break
+            if self.checkpoint_glob and self.workdir is not None:
+                work = posixpath.join(run, "work")
+                for remote in await sftp.glob(posixpath.join(work, self.checkpoint_glob)):
+                    rel = posixpath.relpath(remote, work)
+                    local = self.workdir / rel
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = local.with_name(f".tmp-{local.name}-{os.getpid()}")
+                    await sftp.get(remote, str(tmp))
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, local)
+                    fsync_dir(local.parent)
+                    got = got or local
+        if got is None:
+            raise OffloadError(f"ssh {self.link.where}: no valid checkpoint under {run} to bring home")
+        return got
+
+    # status --------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "ssh", "host": self.link.where, "remote_dir": self._root or self.cfg.get("remote_dir"),
+                "connected": self.link.connected, "remote_state": self.last_state,
+                "price_usd_per_h": self.price_usd_per_h, "last_sync": self.last_sync,
+                "problem": self.problem}
+
+    def cost_usd(self, seconds: float) -> float:
+        return max(0.0, seconds) * self.price_usd_per_h / 3600.0
+
+    def close(self) -> None:
+        self.link.close()
