@@ -1,0 +1,498 @@
+"""Adopted checkpoints: the checkpoints of an unmodified script, kept safe by the daemon.
+
+nanoGPT writes one ``out/ckpt.pt`` and overwrites it in place, not atomically: a kill mid-save
+leaves a torn file and no older copy. ``[job] checkpoint_glob`` names such files (or
+directories, e.g. Hugging Face's ``out/checkpoint-*``); the Adopter copies each one, once it
+has settled and verifies, into a versioned store of its own::
+
+    <store_dir>/v_000012/<relpath>     the copy (a file or a directory), at its relative path
+    <store_dir>/v_000012/meta.json     relpath, size, sha256 per file, source mtime, step, t
+
+written like trainer checkpoints (temp dir, fsync, rename, parent fsync: trainer.format), keeping
+``keep`` copies. Before a restart, ``restore_newest`` puts the newest valid copy back in place,
+so a torn ckpt.pt costs one checkpoint interval, never the run.
+
+When is a file a checkpoint worth adopting?
+- *Settled*: its size and mtime (for a directory, every file's) are the same at two
+  observations at least ``settle_s`` apart.
+- *Verified*: a torch.save file is a zip archive (torch >= 1.6): its central directory must
+  parse and every member's CRC must match (zipfile, no torch import: the daemon never imports
+  torch). ``*.safetensors`` files need a header consistent with their size, ``*.json`` files must
+  parse. A Hugging Face ``checkpoint-N`` directory also needs its ``trainer_state.json``
+  (written last). Any other file cannot be checked: settled is all we know, and it is adopted
+  on that (``meta["verified"] == "settled"``).
+- The copy is what gets verified (the source may change under us), and the source must still
+  have the settled signature after the copy, or the copy is thrown away.
+
+The step: read from the checkpoint when it says (nanoGPT's ``iter_num``, found by walking the
+zip's pickle opcodes with pickletools — nothing is unpickled; HF's ``trainer_state.json``
+``global_step``), else the step the caller passed when the change was first seen.
+
+Calls do blocking file I/O (copy, fsync, sha256): run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickletools
+import re
+import shutil
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.format import fsync_dir
+
+META = "meta.json"
+_VER = re.compile(r"^v_(\d{6,})$")
+_STEP_KEYS = ("iter_num", "global_step", "step")  # in this order of trust
+_HF_DIR = re.compile(r"^checkpoint-\d+$")
+
+
+@dataclass(frozen=True)
+class AdoptedCheckpoint:
+    version: int
+    relpath: str  # where it lives in the job's workdir
+    path: Path  # the stored copy
+    step: int | None
+    t: float  # when it was adopted (the injected clock)
+    bytes: int
+    sha256: str  # of the file, or of the directory's sorted (name, sha256) list
+    source_mtime_ns: int
+    verified: str  # "zip-crc" | "contents" | "settled"
+
+    def to_status(self, now: float) -> dict[str, Any]:
+        """The fields status shows: step, path, age."""
+        return {"step": self.step, "path": self.relpath, "t": self.t, "bytes": self.bytes,
+                "age_s": round(max(0.0, now - self.t), 1), "adopted": True}
+
+
+class Unverifiable(Exception):
+    """A candidate that is torn or incomplete; says why."""
+
+
+# -- verification (torch-free) -------------------------------------------------------------
+def _check_safetensors(path: Path, size: int) -> None:
+    """An 8-byte header length, a JSON header, tensor data ending exactly at the file's end."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100 << 20:
+            raise ValueError("bad safetensors header length")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"tensor data ends at {8 + n + end} but the file has {size} bytes")
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def verify_file(path: Path) -> str:
+    """How far a file could be checked ("zip-crc", "contents", "settled"); Unverifiable if torn."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise Unverifiable(f"{path.name} is empty")
+        if _is_zip(path):
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()  # reads every member, checks its CRC-32
+            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
+                raise Unverifiable(f"{path.name}: not a complete zip archive ({e})") from None
+            if bad is not None:
+                raise Unverifiable(f"{path.name}: CRC mismatch in member {bad}")
+            return "zip-crc"
+        if path.suffix == ".safetensors":
+            try:
+                _check_safetensors(path, size)
+            except (ValueError, KeyError, TypeError) as e:
+                raise Unverifiable(f"{path.name}: {e}") from None
+            return "contents"
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_bytes())
+            except ValueError as e:
+                raise Unverifiable(f"{path.name}: not valid JSON ({e})") from None
+            return "contents"
+    except OSError as e:
+        raise Unverifiable(f"{path.name}: cannot read it ({e.strerror})") from None
+    return "settled"
+
+
+def verify_tree(path: Path) -> str:
+    """verify_file for a file, or for every file of a directory (the weakest level wins)."""
+    if not path.is_dir():
+        return verify_file(path)
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()]
+    if not files:
+        raise Unverifiable(f"{path.name} is an empty directory")
+    if _HF_DIR.match(path.name) and not (path / "trainer_state.json").exists():
+        raise Unverifiable(f"{path.name}: trainer_state.json is missing (the save did not finish)")
+    levels = {verify_file(p) for p in files}
+    return "settled" if "settled" in levels else ("contents" if "contents" in levels else "zip-crc")
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint says it holds, read without unpickling (None if it doesn't say)."""
+    try:
+        if path.is_dir():
+            st = path / "trainer_state.json"
+            if st.exists():
+                v = json.loads(st.read_text()).get("global_step")
+                return int(v) if isinstance(v, int) else None
+            return None
+        if not _is_zip(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return None
+            return _pickle_int(z.read(name), _STEP_KEYS)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _pickle_int(data: bytes, keys: tuple[str, ...]) -> int | None:
+    """The int stored under the first of ``keys`` found as a dict key in a pickle, by walking its
+    opcodes (pickletools.genops parses, it never executes): a string op naming the key directly
+    followed by an int op is ``key: value``."""
+    found: dict[str, int] = {}
+    prev: str | None = None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+                continue  # protocol 2+ memoizes the key string between it and its value
+            if prev is not None and op.name in ("BININT", "BININT1", "BININT2", "LONG1", "INT", "LONG"):
+                if isinstance(arg, int) and not isinstance(arg, bool):
+                    found.setdefault(prev, int(arg))
+            prev = arg if "UNICODE" in op.name and arg in keys else None
+    except Exception:  # noqa: BLE001 - a torn or odd pickle just says no step
+        pass
+    for k in keys:
+        if k in found:
+            return found[k]
+    return None
+
+
+# -- hashing and atomic copies ------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_files(path: Path) -> list[Path]:
+    return [path] if not path.is_dir() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+
+
+def _digest(path: Path) -> tuple[str, dict[str, dict[str, Any]], int]:
+    """(sha256, {relname: {size, sha256}}, bytes) of a file or directory."""
+    files = {}
+    for p in _tree_files(path):
+        rel = "." if p == path else p.relative_to(path).as_posix()
+        files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    if list(files) == ["."]:
+        sha = files["."]["sha256"]
+    else:
+        sha = hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in files.items())).encode()).hexdigest()
+    return sha, files, sum(v["size"] for v in files.values())
+
+
+def _copy_fsynced(src: Path, dst: Path) -> None:
+    """Copy a file or tree to ``dst`` (which must not exist), every file fsynced."""
+    if src.is_dir():
+        shutil.copytree(src, dst)
+        for p in _tree_files(dst):
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        for d in sorted({p.parent for p in _tree_files(dst)} | {dst}, key=lambda x: -len(x.parts)):
+            fsync_dir(d)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 8 << 20)
+            fo.flush()
+            os.fsync(fo.fileno())
+
+
+def _signature(path: Path) -> tuple | None:
+    """Size and mtime of a file, or of every file in a directory; None if it vanished."""
+    try:
+        if path.is_dir():
+            return tuple((p.relative_to(path).as_posix(), (st := p.stat()).st_size, st.st_mtime_ns)
+                         for p in _tree_files(path))
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def place(src: Path, dest: Path) -> None:
+    """Put a copy of ``src`` at ``dest`` atomically: a temp sibling, fsynced, renamed over it
+    (a directory in place is renamed away first and deleted after), the parent fsynced."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".nightshift-tmp-{dest.name}-{os.getpid()}")
+    _rm(tmp)
+    _copy_fsynced(src, tmp)
+    if tmp.is_dir() and dest.exists():
+        old = dest.with_name(f".nightshift-old-{dest.name}-{os.getpid()}")
+        _rm(old)
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        fsync_dir(dest.parent)
+        _rm(old)
+    else:
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@dataclass
+class _Pending:
+    sig: tuple
+    since: float
+    step: int | None
+
+
+class Adopter:
+    """Watches ``glob`` under ``workdir``; adopts settled, verified matches into ``store_dir``."""
+
+    def __init__(self, workdir: str | os.PathLike, glob: str, store_dir: str | os.PathLike,
+                 keep: int = 3, clock: Callable[[], float] = time.time, settle_s: float = 2.0,
+                 log: Callable[[str], None] | None = None):
+        self.workdir = Path(workdir)
+        self.glob = glob
+        self.store = Path(store_dir)
+        self.keep = max(1, int(keep))
+        self.clock = clock
+        self.settle_s = float(settle_s)
+        self.log = log or (lambda msg: None)
+        self._pending: dict[str, _Pending] = {}
+        self._adopted_sig: dict[str, tuple] = {}  # what is already in the store, per relpath
+        self._refused_sig: dict[str, tuple] = {}  # a torn file is reported once, not per poll
+        self.last_refusal: str | None = None
+        for c in self._versions():  # a restarted daemon does not adopt the same file again
+            src = self.workdir / c.relpath
+            if _signature(src) is not None and c.source_mtime_ns == self._mtime(src):
+                self._adopted_sig.setdefault(c.relpath, _signature(src))  # type: ignore[arg-type]
+
+    # -- the store ----------------------------------------------------------------------
+    def _versions(self) -> list[AdoptedCheckpoint]:
+        """Committed versions, newest first, read from their meta.json (sizes not yet checked)."""
+        try:
+            names = os.listdir(self.store)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            if not (m := _VER.match(n)):
+                continue
+            try:
+                meta = json.loads((self.store / n / META).read_text())
+                out.append(self._from_meta(int(m.group(1)), meta))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return sorted(out, key=lambda c: c.version, reverse=True)
+
+    def _from_meta(self, version: int, meta: dict[str, Any]) -> AdoptedCheckpoint:
+        return AdoptedCheckpoint(version, meta["relpath"], self.store / f"v_{version:06d}" / meta["relpath"],
+                                 meta.get("step"), float(meta["t"]), int(meta["bytes"]), meta["sha256"],
+                                 int(meta["source_mtime_ns"]), meta["verified"])
+
+    def _check_copy(self, c: AdoptedCheckpoint, deep: bool) -> str | None:
+        """Why a stored copy is not usable, or None. Shallow: sizes; deep: sha256 and zip CRCs."""
+        try:
+            meta = json.loads((self.store / f"v_{c.version:06d}" / META).read_text())
+            for rel, entry in meta["files"].items():
+                p = c.path if rel == "." else c.path / rel
+                if p.stat().st_size != entry["size"]:
+                    return f"{rel} has {p.stat().st_size} bytes, expected {entry['size']}"
+                if deep and _sha256(p) != entry["sha256"]:
+                    return f"{rel}: checksum mismatch (corrupted in the store)"
+            if deep:
+                verify_tree(c.path)
+        except Unverifiable as e:
+            return str(e)
+        except (OSError, ValueError, KeyError) as e:
+            return f"unreadable ({e})"
+        return None
+
+    def newest(self) -> AdoptedCheckpoint | None:
+        """The newest stored copy whose files are all there at their recorded sizes."""
+        return next((c for c in self._versions() if self._check_copy(c, deep=False) is None), None)
+
+    def has_any(self) -> bool:
+        """Whether a restart has something to resume from (the lead: resume_command or command)."""
+        return self.newest() is not None
+
+    # -- adopting -----------------------------------------------------------------------
+    def _matches(self) -> list[Path]:
+        return sorted(p for p in self.workdir.glob(self.glob)
+                      if not p.name.startswith(".nightshift-") and (p.is_file() or p.is_dir()))
+
+    @staticmethod
+    def _mtime(p: Path) -> int:
+        try:
+            if p.is_dir():
+                return max((f.stat().st_mtime_ns for f in _tree_files(p)), default=p.stat().st_mtime_ns)
+            return p.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def observe(self, step: int | None = None, *, writer_stopped: bool = False) -> AdoptedCheckpoint | None:
+        """One poll: adopt every match that changed, settled and verifies; return the newest
+        adopted now, or None. ``step`` is the job's current step (from its output), used when
+        the checkpoint does not say its own. ``writer_stopped``: the job has exited, so a file
+        that verifies (zip, directory contents) is final now and needs no settling wait."""
+        now = float(self.clock())
+        adopted = None
+        for src in self._matches():
+            rel = src.relative_to(self.workdir).as_posix()
+            sig = _signature(src)
+            if sig is None or sig == self._adopted_sig.get(rel) or sig == self._refused_sig.get(rel):
+                self._pending.pop(rel, None)
+                continue
+            p = self._pending.get(rel)
+            if p is None or p.sig != sig:
+                self._pending[rel] = p = _Pending(sig, now, step)
+                if not writer_stopped:
+                    continue
+            settled = now - p.since >= self.settle_s
+            if not settled and not writer_stopped:
+                continue
+            c = self._adopt(src, rel, sig, p.step if p.step is not None else step, now,
+                            require_verifiable=writer_stopped and not settled)
+            if c is not None:
+                adopted = c
+        return adopted
+
+    def _adopt(self, src: Path, rel: str, sig: tuple, step: int | None, now: float,
+               require_verifiable: bool) -> AdoptedCheckpoint | None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        versions = self._versions()
+        version = (versions[0].version + 1) if versions else 1
+        name = f"v_{version:06d}"
+        tmp = self.store / f".tmp-{name}-{os.getpid()}"
+        _rm(tmp)
+        try:
+            _copy_fsynced(src, tmp / rel)
+            verified = verify_tree(tmp / rel)  # the copy is what we keep, so the copy is checked
+            if require_verifiable and verified == "settled":
+                _rm(tmp)
+                return None  # not settled and nothing to check it against: wait for a settle
+            if _signature(src) != sig:
+                _rm(tmp)
+                self._pending.pop(rel, None)  # rewritten while we copied: start over
+                return None
+            sha, files, nbytes = _digest(tmp / rel)
+            newest = versions[0] if versions else None
+            if newest is not None and newest.relpath == rel and newest.sha256 == sha:
+                _rm(tmp)  # the same bytes again (e.g. touched, or our own restore)
+                self._adopted_sig[rel] = sig
+                self._pending.pop(rel, None)
+                return None
+            meta = {"version": version, "relpath": rel, "step": step_of(tmp / rel),
+                    "t": now, "bytes": nbytes, "sha256": sha, "files": files,
+                    "source_mtime_ns": self._mtime(src), "verified": verified}
+            if meta["step"] is None:
+                meta["step"] = step
+            mp = tmp / META
+            with open(mp, "w") as f:
+                json.dump(meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(tmp)
+            os.rename(tmp, self.store / name)
+            fsync_dir(self.store)
+        except Unverifiable as e:
+            _rm(tmp)
+            self._refused_sig[rel] = sig
+            self._pending.pop(rel, None)
+            self.last_refusal = f"{rel}: {e}"
+            self.log(f"not adopting {rel}: {e}")
+            return None
+        except OSError as e:
+            _rm(tmp)
+            self.log(f"could not adopt {rel}: {e}; will try again")
+            return None
+        self._adopted_sig[rel] = sig
+        self._pending.pop(rel, None)
+        self._retain()
+        c = self._from_meta(version, meta)
+        self.log(f"adopted {rel} as {name} (step {c.step}, {c.bytes} bytes, {verified})")
+        return c
+
+    def _retain(self) -> None:
+        """Keep the newest ``keep`` copies; a copy is renamed out of the namespace before it is
+        deleted, so a kill mid-delete never leaves a committed-looking half copy."""
+        for c in self._versions()[self.keep:]:
+            vdir = self.store / f"v_{c.version:06d}"
+            doomed = self.store / f".del-{vdir.name}-{os.getpid()}"
+            try:
+                os.rename(vdir, doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+        for n in os.listdir(self.store):  # leftovers of a daemon killed mid-adopt
+            if n.startswith((".tmp-v_", ".del-v_")) and not n.endswith(f"-{os.getpid()}"):
+                _rm(self.store / n)
+
+    # -- restoring ------------------------------------------------------------------------
+    def restore_newest(self, dest_workdir: str | os.PathLike | None = None) -> AdoptedCheckpoint | None:
+        """Before a restart (the job has exited): put the newest valid copy back at its relative
+        path under ``dest_workdir`` (default: the job's workdir), atomically. Into the job's own
+        workdir, a live file that verifies is adopted first (it may be newer than the store), and
+        a torn one is replaced (a directory that does not verify is moved aside to a hidden
+        ``.nightshift-torn-<name>``, so the script's own "latest checkpoint" lookup skips it).
+        Returns what was put in place (None: no valid copy; the job starts fresh)."""
+        own = dest_workdir is None or Path(dest_workdir).resolve() == self.workdir.resolve()
+        dest = self.workdir if dest_workdir is None else Path(dest_workdir)
+        if own:
+            self.observe(writer_stopped=True)
+        for c in self._versions():
+            why = self._check_copy(c, deep=True)
+            if why is not None:
+                self.log(f"skipping adopted copy v_{c.version:06d} ({c.relpath}): {why}; trying the previous one")
+                continue
+            target = dest / c.relpath
+            if own:
+                self._set_aside_torn(c.relpath)
+            if not (target.exists() and _digest(target)[0] == c.sha256):
+                place(c.path, target)
+                self.log(f"restored {c.relpath} from v_{c.version:06d} (step {c.step})")
+            if own:
+                self._adopted_sig[c.relpath] = _signature(target)  # type: ignore[assignment]
+                self._pending.pop(c.relpath, None)
+            return c
+        return None
+
+    def _set_aside_torn(self, keep_rel: str) -> None:
+        for src in self._matches():
+            rel = src.relative_to(self.workdir).as_posix()
+            if rel == keep_rel or not src.is_dir():
+                continue
+            try:
+                verify_tree(src)
+            except Unverifiable as e:
+                aside = src.with_name(f".nightshift-torn-{src.name}")
+                _rm(aside)
+                os.rename(src, aside)
+                self.log(f"moved the torn {rel} aside ({e})")
