@@ -15,6 +15,7 @@ the device directory (tests pass a recording or failing writer to stand in for t
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,27 @@ def sysfs_read(path: Path) -> str:
     return path.read_text()
 
 
+def parse_od_range(text: str) -> tuple[int, int] | None:
+    """The SCLK range from pp_od_clk_voltage ("OD_RANGE:" then "SCLK: 800Mhz 2700Mhz"), or None."""
+    in_range = False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.endswith(":") and line[:-1].isupper():
+            in_range = line == "OD_RANGE:"
+            continue
+        m = re.fullmatch(r"SCLK:\s*(\d+)\s*MHz\s+(\d+)\s*MHz", line, re.IGNORECASE)
+        if in_range and m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def read_od_range(device_dir: Path, read: Callable[[Path], str] = sysfs_read) -> tuple[int, int] | None:
+    try:
+        return parse_od_range(read(Path(device_dir) / OD))
+    except OSError:
+        return None
+
+
 class ClockCap:
     def __init__(self, card_device_dir: Path, mhz: int, *,
                  write: Callable[[Path, str], None] = sysfs_write,
@@ -42,13 +64,32 @@ class ClockCap:
         self.applied = False  # the cap is in effect
         self.dirty = False  # we wrote something restore() must undo
         self.previous_level: str | None = None
+        self.od_range: tuple[int, int] | None = None  # (min, max) MHz the card accepts
+
+    def check(self) -> str | None:
+        """Is ``mhz`` a clock this card accepts (its OD_RANGE)? None if so or if the card does not
+        say (no overdrive file yet, or a reset in progress: the write will tell), else why not.
+        Call it at start to refuse a bad ``thermal.clock_cap_mhz`` before the night begins."""
+        if self.mhz <= 0:
+            return f"thermal.clock_cap_mhz = {self.mhz} is not a clock: set it to e.g. 1800"
+        if self.od_range is None:
+            self.od_range = read_od_range(self.dev, self._read)  # the range never changes: once
+        if self.od_range is None:
+            return None
+        lo, hi = self.od_range
+        if not lo <= self.mhz <= hi:
+            return (f"thermal.clock_cap_mhz = {self.mhz} is outside this GPU's range {lo}-{hi} MHz "
+                    f"(OD_RANGE in {self.dev / OD}): set it between {lo} and {hi}, e.g. "
+                    f"{max(lo, min(hi, (lo + hi) // 2 // 100 * 100))}")
+        return None
 
     def apply(self) -> str | None:
         """Cap the clock at ``mhz``. None on success (or if already capped), else why not."""
         if self.applied:
             return None
-        if self.mhz <= 0:
-            return f"thermal.clock_cap_mhz = {self.mhz} is not a clock: set it to e.g. 1800"
+        bad = self.check()
+        if bad:
+            return f"clock cap not applied: {bad}" if self.mhz > 0 else bad
         try:
             prev = self._read(self.dev / LEVEL).strip()
         except OSError as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clockcap import LEVEL, OD, ClockCap, sysfs_write
+from daemon.clockcap import LEVEL, OD, ClockCap, parse_od_range, sysfs_write
 
 OD_TABLE = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK: 800Mhz 2700Mhz\n"
 
@@ -118,8 +118,8 @@ def test_a_failure_mid_apply_rolls_back(dev):
 
 def test_a_failure_mid_apply_with_a_working_rollback(dev):
     fs = Sysfs()
-    fs.fail[(OD, "s 1 9999")] = errno.EINVAL
-    cap = ClockCap(dev, 9999, write=fs)
+    fs.fail[(OD, "s 1 2000")] = errno.EINVAL  # within OD_RANGE, yet the driver refuses it
+    cap = ClockCap(dev, 2000, write=fs)
     msg = cap.apply()
     assert msg is not None and "EINVAL" in msg and "thermal.clock_cap_mhz" in msg
     assert "rollback" not in msg
@@ -161,3 +161,46 @@ def test_a_nonsense_clock_is_refused_without_touching_sysfs(dev):
     fs = Sysfs()
     msg = ClockCap(dev, 0, write=fs).apply()
     assert msg is not None and "clock_cap_mhz" in msg and fs.writes == []
+
+
+# OD_RANGE (issue 17, failure 6: the cap was never checked against the card's range) -----------
+
+def test_a_cap_outside_od_range_is_refused_with_the_range_and_nothing_is_written(dev):
+    """A real 7840U: OD_RANGE SCLK 800Mhz 2700Mhz. 3000 or 500 MHz would be rejected by the
+    kernel with a bare EINVAL; say the range instead, before touching anything."""
+    for mhz in (3000, 500):
+        fs = Sysfs()
+        cap = ClockCap(dev, mhz, write=fs)
+        msg = cap.check()
+        assert msg is not None and f"thermal.clock_cap_mhz = {mhz}" in msg
+        assert "800-2700 MHz" in msg and "OD_RANGE" in msg and OD in msg
+        assert cap.apply() == f"clock cap not applied: {msg}"
+        assert fs.writes == [] and not cap.applied and cap.restore() is None
+    assert (dev / LEVEL).read_text() == "auto\n"
+
+
+def test_caps_at_the_range_edges_are_accepted(dev):
+    for mhz in (800, 2700):
+        fs = Sysfs()
+        cap = ClockCap(dev, mhz, write=fs)
+        assert cap.check() is None and cap.od_range == (800, 2700)
+        assert cap.apply() is None and fs.writes[1] == (OD, f"s 1 {mhz}")
+        cap.restore()
+        (dev / OD).write_text(OD_TABLE)
+
+
+def test_od_range_parsing_of_real_tables():
+    rdna3_apu = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK:     800Mhz       2700Mhz\n"
+    assert parse_od_range(rdna3_apu) == (800, 2700)
+    dgpu = ("OD_SCLK:\n0: 500Mhz\n1: 2500Mhz\nOD_MCLK:\n0: 97Mhz\n1: 1000MHz\n"
+            "OD_VDDC_CURVE:\n0: 500MHz 650mV\nOD_RANGE:\nSCLK:     500Mhz       3150Mhz\n"
+            "MCLK:     674Mhz       1075Mhz\n")
+    assert parse_od_range(dgpu) == (500, 3150)
+    assert parse_od_range("OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\n") is None  # no range given
+    assert parse_od_range("") is None
+
+
+def test_no_od_range_leaves_the_check_to_the_kernel(dev):
+    (dev / OD).write_text("OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\n")
+    assert ClockCap(dev, 9999).check() is None
+    assert ClockCap(dev.parent / "nope", 1800).check() is None  # no card: apply() says so

@@ -87,12 +87,23 @@ class Kmsg:
                 raise
             if not rec:
                 break
-            text = rec.decode("utf-8", "replace")
-            out.append(text.split(";", 1)[-1].rstrip("\n"))
+            out.append(kmsg_record_line(rec.decode("utf-8", "replace")))
         return out
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def kmsg_record_line(record: str) -> str:
+    """A /dev/kmsg record ("6,1234,5678901234,-;msg\\n KEY=value...") as a dmesg line
+    ("[ 5678.901234] msg"), keeping the kernel's own timestamp (microseconds since boot)."""
+    head, _, msg = record.partition(";")
+    msg = msg.split("\n", 1)[0]  # continuation lines " SUBSYSTEM=..." are metadata
+    fields = head.split(",")
+    try:
+        return f"[{int(fields[2]) / 1e6:12.6f}] {msg}"
+    except (IndexError, ValueError):
+        return msg
 
 
 class Journal:
@@ -110,7 +121,9 @@ class Journal:
         if "permission" in err or "not seeing messages" in err or "no journal files" in err:
             raise SourceUnavailable("the journal is not readable by this user: add it to the "
                                     "systemd-journal (or adm) group to see kernel GPU reset lines")
-        self.proc = subprocess.Popen([exe, "-k", "-f", "-n", "0", "-o", "cat", "--no-pager"],
+        # short-iso-precise: each line starts with its time (the detector groups by it)
+        self.proc = subprocess.Popen([exe, "-k", "-f", "-n", "0", "-o", "short-iso-precise",
+                                      "--no-pager"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout
         os.set_blocking(self.proc.stdout.fileno(), False)

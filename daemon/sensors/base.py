@@ -15,7 +15,8 @@ class Reading:
     power_w: float | None = None
     busy_pct: float | None = None
     sclk_mhz: float | None = None
-    resetting: bool = False
+    resetting: bool = False  # reads failed with EPERM: a GPU reset is in progress
+    suspended: bool = False  # the device is runtime-suspended (idle): unknown values, no reset
     source: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 

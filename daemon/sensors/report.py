@@ -1,4 +1,5 @@
-"""`nightshift sensors`: what was found, current values, and why anything was not."""
+"""`nightshift sensors`: every GPU found (the watched one marked, and why), current values, and
+why anything was not found or read."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from typing import Any
 
 from daemon.sensors import open_sensor
+from daemon.sensors.base import Reading, read_number, read_text
+from daemon.sensors.cards import Card, list_cards
 
 
 def _groups() -> set[str]:
@@ -23,16 +26,52 @@ def _fmt(v: float | None, unit: str) -> str:
     return "unknown" if v is None else f"{v:.1f} {unit}"
 
 
+def _card_values(c: Card) -> str:
+    """Edge temperature and power of a card that is not watched; a sleeping one is not woken."""
+    if c.suspended:
+        return "runtime-suspended (idle; not read, so not woken)"
+    if c.hwmon is None:
+        return "no amdgpu hwmon"
+    r = Reading(t=0.0)
+    edge, _ = read_number(read_text, c.hwmon / "temp1_input", 1000.0, r.errors, "edge")
+    power, _ = read_number(read_text, c.hwmon / "power1_average", 1e6, r.errors, "power")
+    if power is None:
+        power, _ = read_number(read_text, c.hwmon / "power1_input", 1e6, r.errors, "power")
+    return f"edge {_fmt(edge, 'C')}, power {_fmt(power, 'W')}"
+
+
+def cards_report(root: str, watched: str | None) -> list[str]:
+    cards = list_cards(root)
+    if not cards:
+        return [f"GPU cards: none under {root}/class/drm"]
+    lines = ["GPU cards (* = watched):"]
+    for c in cards:
+        mark = "*" if c.name == watched else " "
+        lines.append(f"  {mark} {c.summary()}")
+        if c.amdgpu:
+            lines.append(f"      {_card_values(c)}")
+    return lines
+
+
 def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
     gpu = dict(cfg["gpu"])
     if gpu["sensor"] == "simulated":
         return ("sensor = \"simulated\": the simulated GPU writes its own sysfs tree when the daemon "
                 "runs (nightshift run / nightshift demo); nothing to read now.", 0)
-    s = open_sensor(gpu)
+    env = {**os.environ, **{k: str(v) for k, v in (cfg.get("job", {}).get("env") or {}).items()}}
+    s = open_sensor(gpu, env=env)
     r = s.read()
     lines = [f"GPU sensor: {s.name} (sysfs root {gpu['sysfs_root']})"]
+    lines += cards_report(gpu["sysfs_root"], s.card)
+    if s.card:
+        lines.append(f"  watching {s.card}: {s.card_reason}")
+        lines.append("  (set [gpu] card in the config to watch another one)")
     if getattr(s, "device_dir", None):
         lines.append(f"  amdgpu device: {s.device_dir}")
+        from daemon.clockcap import read_od_range
+        rng = read_od_range(s.device_dir)
+        if rng is not None:
+            lines.append(f"  clock cap range (OD_RANGE): {rng[0]}-{rng[1]} MHz")
     lines += [f"  edge:  {_fmt(r.edge_c, 'C')}", f"  Tctl:  {_fmt(r.tctl_c, 'C')}",
               f"  power: {_fmt(r.power_w, 'W')}", f"  busy:  {_fmt(r.busy_pct, '%')}",
               f"  clock: {_fmt(r.sclk_mhz, 'MHz')}"]
@@ -41,7 +80,7 @@ def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
     for k, v in sorted(r.errors.items()):
         lines.append(f"  not read: {k}: {v}")
     for p in s.problems:
-        lines.append(f"  why: {p}")
+        lines.append(f"  problem: {p}")
     if os.path.exists("/dev/kfd") or os.path.isdir("/dev/dri"):
         g = _groups()
         for need in ("render", "video"):
