@@ -1,18 +1,33 @@
 """One job process: started in its own process group, its output kept, stopped in steps.
 
-Only processes this daemon started are ever signalled, and only through their own process
-group id (the job's pid, since it leads a new session). The child also gets PR_SET_PDEATHSIG,
-so a daemon killed with -9 never leaves an orphan job training on a GPU nobody supervises.
+Only processes this daemon started are ever signalled: the job's process group (the job's pid,
+since it leads a new session) and the job's descendants, each recorded by pid *and* start time
+while the job runs, so a recycled pid is never hit. The child also gets PR_SET_PDEATHSIG, so a
+daemon killed with -9 never leaves an orphan job training on a GPU nobody supervises.
+
+Why each part is the way it is (issue 13):
+- Output is read in bounded chunks, not lines: a tqdm bar redrawn with \r for an hour is one
+  "line" of megabytes. A \r ends a line too; the tail keeps only the bar's latest state.
+- job.log is rotated to job.log.1 at ``log_max_bytes``: at most twice that on disk, newest kept.
+- The job's end is its main process's exit, not EOF on the pipe: a grandchild in its own
+  session may hold the pipe open for hours. After the exit, the reader gets a bounded time.
+- The whole tree is reaped on exit, stop and restart: the process group, then every recorded
+  descendant that is still the same process (those that left the group with setsid included).
+  When `systemd-run --user --scope` works, the job also gets its own transient scope (a cgroup),
+  which systemd stops with everything in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import ctypes
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +36,26 @@ import psutil
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+CHUNK = 64 * 1024  # one read of the job's output
+MAX_LINE = 4096  # a longer run of output without \n or \r is cut into lines of this size
+DEFAULT_LOG_MAX_BYTES = 50 * 2**20
+READER_GRACE_S = 2.0  # after the job exits, how long its output may still drain
+_scope_ok: bool | None = None
+
+
+def user_scope_available() -> bool:
+    """True if `systemd-run --user --scope` can run a command here (tried once, cached)."""
+    global _scope_ok
+    if _scope_ok is None:
+        exe = shutil.which("systemd-run")
+        try:
+            _scope_ok = bool(exe) and subprocess.run(
+                [exe, "--user", "--scope", "--quiet", "--collect", "true"],  # type: ignore[list-item]
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=5).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _scope_ok = False
+    return _scope_ok
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -82,26 +117,43 @@ async def stop_orphan(pid: int, create_time: float, term_s: float = 10.0) -> boo
 class JobProcess:
     def __init__(self, command: list[str], *, cwd: str | Path, env: dict[str, str],
                  log_path: str | Path, on_line: Callable[[str], None] | None = None,
-                 tail_lines: int = 400):
+                 tail_lines: int = 400, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+                 scope: bool | None = None, tree_poll_s: float = 0.5):
         self.command = list(command)
         self.cwd = str(cwd)
         self.env = env
         self.log_path = Path(log_path)
         self.on_line = on_line
+        self.log_max_bytes = max(int(log_max_bytes), CHUNK)
+        # scope: True = a transient systemd scope, None = one if available, False = none
+        self.scope = scope
+        self.scope_unit: str | None = None
+        self.tree_poll_s = tree_poll_s
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._tail_redraw = False  # the tail's last entry is a \r-redrawn line (replace it)
         self.proc: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         self.create_time: float | None = None
         self.started_at: float | None = None
         self.returncode: int | None = None
         self._reader: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._wait_task: asyncio.Task | None = None
+        # every descendant seen while the job ran: (pid, create_time) -> last CPU seconds seen
+        self._tree: dict[tuple[int, float], float] = {}
+        self._cpu_dead = 0.0
         self.stopped_by_signal = False  # SIGSTOP-held
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command
+        if self.scope or (self.scope is None and user_scope_available()):
+            self.scope_unit = f"nightshift-job-{os.getpid()}-{time.monotonic_ns()}.scope"
+            command = ["systemd-run", "--user", "--scope", "--quiet", "--collect",
+                       f"--unit={self.scope_unit}", "--", *command]
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.command, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                *command, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent)
         except FileNotFoundError as e:
@@ -111,33 +163,212 @@ class JobProcess:
         self.create_time = process_create_time(self.pid)
         self.started_at = time.time()
         self._reader = asyncio.create_task(self._read_output())
+        self._watcher = asyncio.create_task(self._watch_tree())
 
+    # ------------------------------------------------------------------ output
     async def _read_output(self) -> None:
         assert self.proc and self.proc.stdout
-        with open(self.log_path, "ab", buffering=0) as out:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""  # text of the line being written (no \n or \r seen yet)
+        out = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - rotated below
+        size = out.tell()
+        try:
             while True:
-                line = await self.proc.stdout.readline()
-                if not line:
+                data = await self.proc.stdout.read(CHUNK)
+                if not data:
                     break
-                out.write(line)
-                text = line.decode("utf-8", "replace").rstrip("\n")
-                self._tail.append(text)
-                if self.on_line:
-                    self.on_line(text)
+                if size + len(data) > self.log_max_bytes and size > 0:
+                    out = self._rotate(out)
+                    size = 0
+                try:
+                    out.write(data)
+                    size += len(data)
+                except OSError as e:  # a full disk must not stop the job (its pipe would fill)
+                    log.warning("cannot write %s: %s; the job's output is kept only in memory",
+                                self.log_path, e.strerror)
+                pending = self._lines(pending + decoder.decode(data))
+            pending += decoder.decode(b"", final=True)
+            if pending:
+                self._emit(pending, redraw=False)
+        finally:
+            out.close()
+
+    def _rotate(self, out):
+        out.close()
+        try:
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        except OSError as e:
+            log.warning("cannot rotate %s: %s", self.log_path, e.strerror)
+        return open(self.log_path, "ab", buffering=0)  # noqa: SIM115
+
+    def _lines(self, text: str) -> str:
+        """Emit every complete line of ``text``; return the incomplete rest (at most MAX_LINE)."""
+        start = 0
+        n = len(text)
+        i = 0
+        while i < n:
+            c = text[i]
+            if c == "\n":
+                self._emit(text[start:i], redraw=False)
+                start = i + 1
+            elif c == "\r":
+                if i + 1 < n and text[i + 1] == "\n":  # \r\n: one ordinary line end
+                    self._emit(text[start:i], redraw=False)
+                    i += 1
+                elif i + 1 == n:
+                    break  # maybe the \r of a \r\n split across reads: decide next time
+                else:
+                    self._emit(text[start:i], redraw=True)
+                start = i + 1
+            elif i - start >= MAX_LINE:
+                self._emit(text[start:i], redraw=False)
+                start = i
+            i += 1
+        return text[start:]
+
+    def _emit(self, text: str, redraw: bool) -> None:
+        if not text and redraw:
+            return
+        if self._tail_redraw and self._tail:
+            self._tail.pop()  # the bar's older state: only the latest is worth showing
+        self._tail.append(text)
+        self._tail_redraw = redraw
+        if self.on_line:
+            try:
+                self.on_line(text)
+            except Exception:  # noqa: BLE001 - a consumer's bug must not stop the output reader
+                log.exception("on_line callback failed")
 
     def output_tail(self, lines: int | None = None) -> str:
         items = list(self._tail)
         return "\n".join(items[-lines:] if lines else items)
 
+    # ------------------------------------------------------------------ the process tree
+    def _snapshot_tree(self) -> None:
+        """Record the job's descendants (pid + start time) and their CPU time while alive.
+
+        Descendants of descendants already recorded are found too, so a grandchild that
+        outlived its parent (reparented to init, outside the job's group) stays known."""
+        procs: list[psutil.Process] = []
+        roots = self._tree_alive()
+        try:
+            if self.running and self.pid:
+                roots.insert(0, psutil.Process(self.pid))
+        except psutil.Error:
+            pass
+        for p in roots:
+            try:
+                procs += [p, *p.children(recursive=True)]
+            except psutil.Error:
+                continue
+        seen: dict[tuple[int, float], float] = {}
+        for p in procs:
+            try:
+                with p.oneshot():
+                    key = (p.pid, p.create_time())
+                    t = p.cpu_times()
+                seen[key] = t.user + t.system
+            except psutil.Error:
+                continue
+        for key in list(self._tree):
+            if key not in seen:  # gone: keep its CPU time, forget the pid
+                self._cpu_dead += self._tree.pop(key)
+        self._tree.update(seen)
+
+    async def _watch_tree(self) -> None:
+        while self.proc is not None and self.proc.returncode is None:
+            self._snapshot_tree()
+            await asyncio.sleep(self.tree_poll_s)
+
+    def cpu_time(self) -> float:
+        """CPU seconds used by the job's whole tree so far (for liveness: a hung GPU kernel
+        burns none, a busy data loader in a child does). Non-decreasing: an exited process
+        keeps the time last seen for it."""
+        if self.running:
+            self._snapshot_tree()
+        return self._cpu_dead + sum(self._tree.values())
+
+    def _tree_alive(self) -> list[psutil.Process]:
+        """Recorded descendants that are still the same process (pid AND start time)."""
+        alive = []
+        for pid, ct in list(self._tree):
+            if pid == self.pid:
+                continue
+            try:
+                p = psutil.Process(pid)
+                if abs(p.create_time() - ct) < 0.05 and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        return alive
+
+    def _signal_tree(self, sig: int) -> int:
+        """``sig`` to the job's group and to every recorded descendant still alive."""
+        n = 0
+        if self.pid is not None and signal_group(self.pid, sig):
+            n += 1
+        for p in self._tree_alive():
+            try:
+                p.send_signal(sig)
+                n += 1
+            except psutil.Error:
+                pass
+        return n
+
+    async def reap_tree(self, term_s: float = 1.0) -> None:
+        """Stop whatever is left of the job's tree: SIGTERM, ``term_s``, then SIGKILL."""
+        if self.scope_unit:
+            await asyncio.to_thread(subprocess.run, ["systemctl", "--user", "stop", self.scope_unit],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not self._signal_tree(signal.SIGCONT):  # a SIGSTOPped process cannot act on SIGTERM
+            return
+        self._signal_tree(signal.SIGTERM)
+        deadline = time.monotonic() + term_s
+        while time.monotonic() < deadline:
+            if not self._tree_alive() and not self._group_alive():
+                return
+            await asyncio.sleep(0.05)
+        if self._signal_tree(signal.SIGKILL):
+            log.warning("killed what was left of job %s's process tree", self.pid)
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)  # type: ignore[arg-type]
+            return True
+        except (ProcessLookupError, PermissionError, TypeError):
+            return False
+
+    # ------------------------------------------------------------------ lifecycle
     @property
     def running(self) -> bool:
         return self.proc is not None and self.returncode is None
 
     async def wait(self) -> int:
+        """The job's exit status, once its main process has exited and its tree is reaped."""
+        if self._wait_task is None:
+            self._wait_task = asyncio.ensure_future(self._wait())
+        return await asyncio.shield(self._wait_task)
+
+    async def _wait(self) -> int:
         assert self.proc
-        rc = await self.proc.wait()
+        # Not proc.wait(): in Python 3.11 it also waits for the pipe to close, which a
+        # grandchild holding our stdout may never do. returncode is set on the exit itself.
+        while self.proc.returncode is None:
+            await asyncio.sleep(0.05)
+        rc = self.proc.returncode
+        self._snapshot_tree()
+        await self.reap_tree()
         if self._reader:
-            await self._reader  # the dying message is in the tail before anyone classifies
+            try:  # the dying message is in the tail before anyone classifies
+                await asyncio.wait_for(asyncio.shield(self._reader), READER_GRACE_S)
+            except TimeoutError:
+                log.warning("job %s exited but its output pipe stays open; not reading it further",
+                            self.pid)
+                self._reader.cancel()
+            except Exception:  # noqa: BLE001 - the exit status matters more than the log
+                log.exception("reading the job's output failed")
+        if self._watcher:
+            self._watcher.cancel()
         self.returncode = rc
         return rc
 
@@ -156,15 +387,17 @@ class JobProcess:
             self.stopped_by_signal = False
 
     async def terminate(self, term_s: float = 10.0) -> int:
-        """SIGTERM the group, wait ``term_s``, then SIGKILL. Returns the exit status."""
+        """SIGTERM the group, wait ``term_s``, then SIGKILL. Returns the exit status.
+        Descendants that left the group are reaped too (by ``wait``)."""
         if self.returncode is not None:
             return self.returncode
         if self.stopped_by_signal:
             self.release()  # a stopped process cannot act on SIGTERM
+        self._snapshot_tree()
         self.signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(asyncio.shield(self.wait()), term_s)
+            return await asyncio.wait_for(self.wait(), term_s)
         except TimeoutError:
             log.warning("job (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", self.pid, term_s)
-            self.signal(signal.SIGKILL)
+            self._signal_tree(signal.SIGKILL)
             return await self.wait()
