@@ -8,8 +8,10 @@ never appear in a response or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any, Protocol
 
@@ -104,19 +106,31 @@ def _check_port(host: str, port: int) -> None:
                           "another daemon running? change [api] port") from None
 
 
-async def serve(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+class _Server(uvicorn.Server):
+    """uvicorn's Server with its signal capture off. Since uvicorn 0.29, ``serve()`` captures
+    SIGINT/SIGTERM itself and re-raises them when it exits, ignoring
+    ``install_signal_handlers``: inside the daemon that turned one SIGTERM into a second one and
+    an immediate kill of the job. The daemon owns the signals (daemon/app.py)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        return None
+
+
+async def serve(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task]:
     """Run uvicorn's Server.serve() as a task on this loop; return once it listens."""
     _check_port(host, port)  # uvicorn sys.exit()s on a bind error: say it clearly first
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # the daemon owns SIGTERM/SIGINT
-    task = asyncio.ensure_future(server.serve())
+    server = _Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         if task.done():
             exc = task.exception()
             raise OSError(f"cannot serve the HTTP API on {host}:{port}: "
                           f"{exc or 'the port is probably in use'}; change [api] port")
         await asyncio.sleep(0.02)
-    server._task = task  # type: ignore[attr-defined]
-    return server
+    return server, task
