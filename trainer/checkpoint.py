@@ -1,9 +1,23 @@
 """Writing and reading checkpoints: safetensors files + meta.json, atomically, verified.
 
-The writer produces the safetensors format itself (8-byte header length, JSON header, raw
-tensor bytes) straight from the tensors' memory with large unbuffered writes, computing the
-per-chunk CRCs as it goes: safetensors.save_file serialises to one big bytes object first and
-writes at about torch.save's speed. Files stay loadable by the safetensors library.
+Persist, at the disk's speed: the writer produces the safetensors format itself (8-byte header
+length, JSON header, raw tensor bytes) straight from the tensors' memory with large unbuffered
+writes (no serialised copy, so no extra memory beyond one non-contiguous tensor), while a second
+thread computes the per-chunk xxh3 digests over the same memory (xxhash releases the GIL).
+After each 64 MiB written, ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` starts the writeback of
+that range: the device writes while we copy the next piece into the page cache, so the final
+fsync finds little left to do (a plain write-then-fsync does the two one after the other).
+Files stay loadable by the safetensors library.
+
+Restore, verified and zero-copy: ``load_checkpoint`` checks every file's size, header and
+digests before returning anything (digests hashed by threads straight from a read-only mapping
+of the page cache, so no file is read into a buffer), then hands out each group lazily as
+tensors on a private (copy-on-write) mapping of its file: a model's ``load_state_dict`` copies
+from it once; an optimizer keeps the tensors as they are (same dtype, same device), so its state
+costs no copy at all until a step writes it. A group is mapped only while someone holds it, so
+restoring group by group never holds more than one group's pages beyond the restored state.
+Zero-copy has one cost: the file a CPU optimizer's state came from stays open (its disk space
+held after retention deletes it) until those tensors are replaced or the process exits.
 
 Two-phase save (CheckFreq): ``AsyncCheckpointer.snapshot`` copies the state into reusable CPU
 buffers at a step boundary (the only stall) and a background thread persists them.
@@ -11,30 +25,34 @@ buffers at a step boundary (the only stall) and a background thread persists the
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import mmap
 import os
 import shutil
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 
 from trainer.format import (
     CHUNK,
     FORMAT,
     META,
     CorruptCheckpoint,
+    check_file,
     ckpt_name,
     cleanup_stale_tmp,
     commit,
     fsync_dir,
+    read_header,
     tmp_name,
     verify,
 )
@@ -51,8 +69,24 @@ for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
                      ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):
     if hasattr(torch, _name):
         _DTYPES[getattr(torch, _name)] = _code
+_FROM_CODE = {code: dt for dt, code in _DTYPES.items()}
 
-Groups = dict[str, dict[str, torch.Tensor]]
+Groups = Mapping[str, dict[str, torch.Tensor]]
+PIECE = 64 << 20  # one write() and one writeback kick per piece
+
+
+def _sync_file_range() -> Callable[[int, int, int], None] | None:
+    """libc's sync_file_range(fd, off, n, SYNC_FILE_RANGE_WRITE), or None off Linux."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return lambda fd, off, n: fn(fd, off, n, 2)  # a hint: its failure only costs speed
+
+
+_start_writeback = _sync_file_range()
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, int, tuple[int, ...], tuple[int, ...]]:
@@ -60,7 +94,7 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int, int, tuple[int, ...], tuple
             tuple(t.shape), tuple(t.stride()))
 
 
-def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedupe(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """safetensors refuses shared tensors: keep one name per identical view, record aliases."""
     seen: dict[Any, str] = {}
     unique: dict[str, torch.Tensor] = {}
@@ -87,9 +121,36 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write one safetensors file with large direct writes; fsync it. Returns size and CRCs."""
+class _ChunkHasher:
+    """xxh3-64 of each CHUNK bytes of a stream fed in pieces of any size."""
+
+    def __init__(self) -> None:
+        self.h = xxhash.xxh3_64()
+        self.fill = 0
+        self.digests: list[str] = []
+
+    def feed(self, mv: memoryview) -> None:
+        pos = 0
+        while pos < len(mv):
+            take = min(CHUNK - self.fill, len(mv) - pos)
+            self.h.update(mv[pos:pos + take])
+            self.fill += take
+            pos += take
+            if self.fill == CHUNK:
+                self.digests.append(f"{self.h.intdigest():016x}")
+                self.h.reset()
+                self.fill = 0
+
+    def result(self) -> list[str]:
+        if self.fill or not self.digests:
+            self.digests.append(f"{self.h.intdigest():016x}")
+        return self.digests
+
+
+def _write_file(path: Path, tensors: Mapping[str, torch.Tensor],
+                metadata: dict[str, str] | None) -> tuple[int, dict[str, Any]]:
+    """Write one safetensors file, hashing in a second thread and kicking writeback as it
+    goes; return the still-open fd (not yet fsynced) and its meta entry."""
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = metadata
@@ -107,36 +168,48 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hjson += b" " * ((8 - len(hjson) % 8) % 8)  # keep tensor data 8-byte aligned, as safetensors does
     head = len(hjson).to_bytes(8, "little") + hjson
-    crcs: list[int] = []
-    state = {"crc": 0, "fill": 0}  # running CRC over CHUNK-sized pieces of the whole file
+    pieces = [memoryview(head)] + [b[i:i + PIECE] for b in bufs for i in range(0, len(b), PIECE)]
+    hasher = _ChunkHasher()
+    failed: list[BaseException] = []
 
-    def feed(mv: memoryview) -> None:
-        pos = 0
-        while pos < len(mv):
-            take = min(CHUNK - state["fill"], len(mv) - pos)
-            state["crc"] = zlib.crc32(mv[pos:pos + take], state["crc"])
-            state["fill"] += take
-            pos += take
-            if state["fill"] == CHUNK:
-                crcs.append(state["crc"])
-                state["crc"], state["fill"] = 0, 0
+    def hash_all() -> None:
+        try:
+            for piece in pieces:
+                hasher.feed(piece)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the writing thread
+            failed.append(e)
 
-    pieces = [memoryview(head)] + [b[i:i + (64 << 20)] for b in bufs for i in range(0, len(b), 64 << 20)]
-    # The CRCs run in a second thread over the same memory while this one writes: zlib and
-    # os.write both release the GIL, so the checksum costs no wall time next to the disk.
-    crc_thread = threading.Thread(target=lambda: [feed(piece) for piece in pieces], name="ckpt-crc")
-    crc_thread.start()
+    hash_thread = threading.Thread(target=hash_all, name="ckpt-hash")
+    hash_thread.start()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        pos = 0
         for piece in pieces:
             _write_all(fd, piece)
+            if _start_writeback is not None and len(piece) >= 1 << 20:
+                _start_writeback(fd, pos, len(piece))
+            pos += len(piece)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        hash_thread.join()
+    if failed:
+        os.close(fd)
+        raise failed[0]
+    return fd, {"size": len(head) + off, "chunk": CHUNK, "xxh3": hasher.result()}
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write one safetensors file with large direct writes; fsync it. Returns its meta entry
+    (size, chunk, xxh3 digests)."""
+    fd, entry = _write_file(Path(path), tensors, metadata)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-        crc_thread.join()
-    if state["fill"] or not crcs:
-        crcs.append(state["crc"])
-    return {"size": len(head) + off, "crc32": crcs, "chunk": CHUNK}
+    return entry
 
 
 def _write_all(fd: int, mv: memoryview) -> None:
@@ -146,13 +219,17 @@ def _write_all(fd: int, mv: memoryview) -> None:
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, groups: Groups, meta: dict[str, Any]) -> Path:
-    """Write a complete checkpoint atomically; return its final path."""
+    """Write a complete checkpoint atomically; return its final path.
+
+    Every group file is written (writeback already under way) before any is fsynced, so the
+    device never idles between files; all are durable before the rename."""
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / tmp_name(step)
     final = d / ckpt_name(step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    fds: list[int] = []
     try:
         files: dict[str, Any] = {}
         aliases: dict[str, dict[str, str]] = {}
@@ -160,75 +237,122 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, groups: Groups, meta
             unique, al = dedupe(tensors)
             if al:
                 aliases[group] = al
-            files[f"{group}.safetensors"] = write_safetensors(tmp / f"{group}.safetensors", unique)
+            fd, files[f"{group}.safetensors"] = _write_file(tmp / f"{group}.safetensors", unique, None)
+            fds.append(fd)
         body = dict(meta)
         body.update({"format": FORMAT, "step": int(step), "created": time.time(), "files": files,
                      "aliases": aliases, "groups": sorted(groups)})
-        with open(tmp / META, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
+        data = json.dumps(body, allow_nan=True).encode()
+        fd = os.open(tmp / META, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fds.append(fd)
+        _write_all(fd, memoryview(data))
+        while fds:
+            os.fsync(fds[0])
+            os.close(fds.pop(0))
         fsync_dir(tmp)
         commit(tmp, final)
     except BaseException:
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write never leaves a half checkpoint
         raise
     return final
 
 
-_FROM_CODE = {code: dt for dt, code in _DTYPES.items()}
+def _release(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
-def _read_verified(path: Path, entry: dict[str, Any] | None, pool: ThreadPoolExecutor) -> dict[str, torch.Tensor]:
-    """Read a safetensors file once; check its chunk CRCs in parallel threads; build the
-    tensors on the same memory (no second read, no copy)."""
-    size = path.stat().st_size
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as f:
-        view, got = memoryview(buf), 0
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:
-                break
-            got += n
-    if entry is not None:
-        chunk = entry.get("chunk", CHUNK)
-        mv = memoryview(buf)
-        crcs = list(pool.map(lambda i: zlib.crc32(mv[i:i + chunk]), range(0, max(size, 1), chunk))) if size else [0]
-        if crcs != entry["crc32"]:
-            raise CorruptCheckpoint(path.parent, f"checksum mismatch in {path.name} (corrupted on disk?)")
-    (hlen,) = struct.unpack("<Q", bytes(buf[:8]))
-    header = json.loads(bytes(buf[8:8 + hlen]))
-    base = 8 + hlen
-    out: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        dt = _FROM_CODE[info["dtype"]]
-        n = (b - a) // dt.itemsize
-        t = torch.frombuffer(buf, dtype=dt, count=n, offset=base + a) if n else torch.empty(0, dtype=dt)
-        out[name] = t.reshape(info["shape"])
-    return out
+class LoadedGroups(Mapping[str, dict[str, torch.Tensor]]):
+    """The verified groups of one checkpoint, each mapped when asked for.
+
+    Holds the files open (a rename or retention's delete can't pull them away after the
+    check). ``groups[g]`` maps g's file copy-on-write on first use and returns its tensors on
+    that mapping (on ``device`` if not the CPU), the same dict each time until ``release(g)``;
+    a mapping lives as long as any of its tensors. ``trainer.state.restore`` releases each
+    group once it is restored, so only one group's pages are mapped on top of the state."""
+
+    def __init__(self, path: Path, files: dict[str, tuple[int, int, dict[str, Any]]],
+                 aliases: dict[str, dict[str, str]], device: str):
+        self.path = path
+        self._files = files  # group -> (fd, data offset, safetensors header)
+        self._aliases = aliases
+        self._device = device
+        self._held: dict[str, dict[str, torch.Tensor]] = {}
+        self._finalizer = weakref.finalize(self, _release, [fd for fd, _, _ in files.values()])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __getitem__(self, group: str) -> dict[str, torch.Tensor]:
+        if group in self._held:
+            return self._held[group]
+        if group not in self._files:
+            raise KeyError(group)
+        fd, base, header = self._files[group]
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY) if os.fstat(fd).st_size else None
+        out: dict[str, torch.Tensor] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = info["data_offsets"]
+            dt = _FROM_CODE[info["dtype"]]
+            n = (b - a) // dt.itemsize
+            t = torch.frombuffer(mm, dtype=dt, count=n, offset=base + a) if n else torch.empty(0, dtype=dt)
+            t = t.reshape(info["shape"])
+            out[name] = t.to(self._device) if self._device != "cpu" else t
+        for alias, target in self._aliases.get(group, {}).items():
+            out[alias] = out[target]
+        self._held[group] = out
+        return out
+
+    def release(self, group: str) -> None:
+        """Forget a group's tensors (its mapping goes when the last of them does)."""
+        self._held.pop(group, None)
+
+    def close(self) -> None:
+        """Close the files (tensors already handed out keep their own mappings)."""
+        self._finalizer()
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu",
-                    verify_checksums: bool = True) -> tuple[Groups, dict[str, Any]]:
-    """Load every group of a checkpoint, verified (sizes, headers, CRCs); restore tied tensors."""
+                    verify_checksums: bool = True) -> tuple[LoadedGroups, dict[str, Any]]:
+    """Verify a whole checkpoint (sizes, headers, digests; no pickle), then return its groups
+    (mapped lazily, see LoadedGroups) and meta. Raises CorruptCheckpoint before any tensor is
+    handed out, so a model is never half-restored from a bad checkpoint."""
     p = Path(path)
-    meta = verify(p, deep=False)  # sizes and headers; the CRCs are checked as the data is read
-    groups: Groups = {}
+    meta = verify(p, deep=False)  # meta, no pickle, every file's size and header
     names = meta.get("groups") or [f[:-12] for f in meta["files"] if f.endswith(".safetensors")]
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        for group in names:
-            fname = f"{group}.safetensors"
-            out = _read_verified(p / fname, meta["files"][fname] if verify_checksums else None, pool)
-            if device != "cpu":
-                out = {k: v.to(device) for k, v in out.items()}
-            for alias, target in (meta.get("aliases") or {}).get(group, {}).items():
-                out[alias] = out[target]
-            groups[group] = out
-    return groups, meta
+    files: dict[str, tuple[int, int, dict[str, Any]]] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            for group in names:
+                fname = f"{group}.safetensors"
+                entry = meta["files"].get(fname)
+                if entry is None:
+                    raise CorruptCheckpoint(p, f"meta.json lists group {group!r} but not {fname}")
+                fd = os.open(p / fname, os.O_RDONLY)
+                files[group] = (fd, 0, {})
+                err = check_file(fd, fname, entry, deep=verify_checksums, pool=pool)
+                if err:
+                    raise CorruptCheckpoint(p, err)
+                base, header = read_header(fd, entry["size"])
+                bad = [k for k, v in header.items() if k != "__metadata__" and v.get("dtype") not in _FROM_CODE]
+                if bad:
+                    raise CorruptCheckpoint(p, f"{fname}: tensor {bad[0]!r} has an unknown dtype")
+                files[group] = (fd, base, header)
+    except BaseException:
+        _release([fd for fd, _, _ in files.values()])
+        raise
+    return LoadedGroups(p, files, meta.get("aliases") or {}, device), meta
 
 
 class AsyncCheckpointer:
@@ -257,8 +381,8 @@ class AsyncCheckpointer:
             self._thread.join()
             self._thread = None
 
-    def _copy(self, groups: Groups) -> Groups:
-        out: Groups = {}
+    def _copy(self, groups: Groups) -> dict[str, dict[str, torch.Tensor]]:
+        out: dict[str, dict[str, torch.Tensor]] = {}
         for g, tensors in groups.items():
             unique, aliases = dedupe(tensors)
             snap: dict[str, torch.Tensor] = {}

@@ -4,17 +4,23 @@ Groups of tensors (each becomes one safetensors file): ``model`` (the state_dict
 are deduplicated by the writer and restored as the same tensor), ``optimizer`` (per-parameter
 state flattened to ``"<param index>.<key>"``), ``rng`` (RNG byte states). Everything else
 (param_groups, scheduler, scaler, step, epoch, data position, versions) goes to JSON meta.
+
+No pickle, ever: a value that is not a tensor, array, number, string, bool, None, bytes, list,
+tuple or dict raises ``UnsupportedValue`` at capture time, naming where it sits (say
+``scheduler.lr_lambdas[0].fn``), so the job learns it at its first checkpoint, not when a
+resume fails. A checkpoint carrying pickle (format 1 fell back to it) is refused on load.
 """
 
 from __future__ import annotations
 
 import base64
-import pickle
 import platform
 import random
 from typing import Any
 
 import torch
+
+from trainer.format import PICKLE_TAG, UnsafeCheckpoint
 
 try:  # numpy is optional for users' jobs
     import numpy as np
@@ -22,45 +28,69 @@ except ImportError:  # pragma: no cover
     np = None  # type: ignore[assignment]
 
 
-def _jsonable(v: Any) -> Any:
+class UnsupportedValue(TypeError):
+    """A state value that JSON can't hold exactly and that we refuse to pickle."""
+
+    def __init__(self, key: str, value: Any):
+        self.key = key
+        super().__init__(
+            f"cannot checkpoint {key}: a {type(value).__module__}.{type(value).__qualname__} is "
+            "not a tensor, array, number, string, bool, None, bytes, list, tuple or dict, and "
+            "checkpoints carry no pickle (loading pickle can run code). Store it as one of those "
+            "types (e.g. give the object a state_dict()/load_state_dict() of plain values)")
+
+
+def _jsonable(v: Any, key: str = "state") -> Any:
     """Make a state_dict JSON-exact: tuples, non-string dict keys and tensors are tagged so that
     ``_unjson`` gives back the same types (AdamW's ``betas`` must come back a tuple, a
-    scheduler's int-keyed dict with int keys)."""
+    scheduler's int-keyed dict with int keys). ``key`` names the value in errors."""
     if isinstance(v, torch.Tensor):
         return {"__tensor__": v.tolist(), "dtype": str(v.dtype).replace("torch.", "")}
     if np is not None and isinstance(v, np.ndarray):
         return {"__ndarray__": v.tolist(), "dtype": str(v.dtype)}
+    if np is not None and isinstance(v, np.ndarray) and v.dtype.hasobject:
+        raise UnsupportedValue(key, v)
     if isinstance(v, dict):
         if all(isinstance(k, str) for k in v):
             if any(k.startswith("__") and k.endswith("__") for k in v):
-                return {"__items__": [[k, _jsonable(x)] for k, x in v.items()]}
-            return {k: _jsonable(x) for k, x in v.items()}
-        return {"__items__": [[_jsonable(k), _jsonable(x)] for k, x in v.items()]}
+                return {"__items__": [[k, _jsonable(x, f"{key}.{k}")] for k, x in v.items()]}
+            return {k: _jsonable(x, f"{key}.{k}") for k, x in v.items()}
+        return {"__items__": [[_jsonable(k, f"{key} (a key)"), _jsonable(x, f"{key}[{k!r}]")]
+                              for k, x in v.items()]}
     if isinstance(v, tuple):
-        return {"__tuple__": [_jsonable(x) for x in v]}
+        return {"__tuple__": [_jsonable(x, f"{key}[{i}]") for i, x in enumerate(v)]}
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [_jsonable(x, f"{key}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(v).decode()}
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v  # json writes floats with repr(): they round-trip exactly (inf/nan included)
-    if np is not None and isinstance(v, np.generic):
+    if np is not None and isinstance(v, np.generic) and not isinstance(v, np.object_):
         return v.item()
-    # Last resort for odd scheduler fields (a callable object's attributes): keep it exact.
-    # Unpickling runs code, which is acceptable only because a job loads its own checkpoints.
-    return {"__pickle__": base64.b64encode(pickle.dumps(v)).decode()}
+    raise UnsupportedValue(key, v)
 
 
 def _unjson(v: Any) -> Any:
     if isinstance(v, dict):
         if "__tensor__" in v:
-            return torch.tensor(v["__tensor__"], dtype=getattr(torch, v["dtype"]))
+            dtype = getattr(torch, str(v["dtype"]), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"meta.json: {v['dtype']!r} is not a torch dtype")
+            return torch.tensor(v["__tensor__"], dtype=dtype)
         if "__ndarray__" in v:
-            return np.array(v["__ndarray__"], dtype=v["dtype"])
+            dt = np.dtype(v["dtype"])
+            if dt.hasobject:
+                raise ValueError("meta.json: an object array would need pickle; refused")
+            return np.array(v["__ndarray__"], dtype=dt)
         if "__tuple__" in v:
             return tuple(_unjson(x) for x in v["__tuple__"])
         if "__items__" in v:
             return {_unjson(k): _unjson(x) for k, x in v["__items__"]}
-        if "__pickle__" in v:
-            return pickle.loads(base64.b64decode(v["__pickle__"]))
+        if "__bytes__" in v:
+            return base64.b64decode(v["__bytes__"])
+        if PICKLE_TAG in v:  # verify() refuses these first; never unpickle whatever the path
+            raise UnsafeCheckpoint("meta.json", "carries a pickled Python object; refused "
+                                   "(unpickling can run code)")
         return {k: _unjson(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_unjson(x) for x in v]
@@ -81,7 +111,8 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
                 tensors[f"{pid}.{k}"] = v
             else:
                 scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": _jsonable(scalars)}
+    return tensors, {"param_groups": _jsonable(sd["param_groups"], "optimizer.param_groups"),
+                     "scalars": _jsonable(scalars, "optimizer.state")}
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
@@ -102,9 +133,9 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             tensors[f"torch_cuda_{i}"] = torch.cuda.get_rng_state(i)
-    meta: dict[str, Any] = {"python": _jsonable(random.getstate())}
+    meta: dict[str, Any] = {"python": _jsonable(random.getstate(), "rng.python")}
     if np is not None:
-        meta["numpy"] = _jsonable(np.random.get_state())
+        meta["numpy"] = _jsonable(np.random.get_state(), "rng.numpy")
     return tensors, meta
 
 
@@ -135,22 +166,27 @@ def capture(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, *, 
         groups["optimizer"], meta["optimizer"] = optimizer_state(optimizer)
     groups["rng"], meta["rng"] = rng_state()
     if scheduler is not None:
-        meta["scheduler"] = _jsonable(scheduler.state_dict())
+        meta["scheduler"] = _jsonable(scheduler.state_dict(), "scheduler")
     if scaler is not None:
-        meta["scaler"] = _jsonable(scaler.state_dict())
+        meta["scaler"] = _jsonable(scaler.state_dict(), "scaler")
     if extra is not None:
-        meta["extra"] = _jsonable(extra.state_dict())
+        meta["extra"] = _jsonable(extra.state_dict(), "extra")
     if metrics:
-        meta["metrics"] = dict(metrics)
+        meta["metrics"] = _jsonable(dict(metrics), "metrics")
     return groups, meta
 
 
 def restore(groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], model: torch.nn.Module,
             optimizer: torch.optim.Optimizer | None, *, scheduler: Any = None, scaler: Any = None,
             extra: Any = None) -> None:
+    # Group by group, each released once restored: from a lazily mapped checkpoint
+    # (trainer.checkpoint.LoadedGroups) only one group's pages are mapped beyond the state.
+    release = getattr(groups, "release", lambda group: None)
     model.load_state_dict(groups["model"], strict=True)
+    release("model")
     if optimizer is not None:
         load_optimizer_state(optimizer, groups.get("optimizer", {}), meta["optimizer"])
+        release("optimizer")
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict(_unjson(meta["scheduler"]))
     if scaler is not None and "scaler" in meta:
