@@ -3,6 +3,16 @@
 Handlers only read the daemon's in-memory status and the store; controls are queued to the
 daemon's loop (``source.control``), so the supervisor is never blocked by a request. Secrets
 never appear in a response or a log line.
+
+Hostile local clients (issue 13): anyone on the machine can connect without a token, so
+- idle connections are bounded: a connection that sends no complete request header within
+  ``HEADER_TIMEOUT_S`` is closed, and at ``MAX_CONNECTIONS`` the oldest idle one is closed to
+  admit a new one, so a flood of half-open sockets never locks /status out; keep-alive is
+  short and h11's buffer for an incomplete request is bounded;
+- concurrency is bounded (uvicorn's ``limit_concurrency``: 503 beyond it);
+- RLIMIT_NOFILE is raised to its hard limit when serving (the units set ``LimitNOFILE=``);
+- every JSON response is strict JSON (a NaN from a job becomes null);
+- no client input produces a traceback: a handler's exception becomes one log line and a 500.
 """
 
 from __future__ import annotations
@@ -10,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
+import math
+import resource
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any, Protocol
@@ -18,11 +31,106 @@ from typing import Any, Protocol
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon import auth, metrics, statusfmt
 
 log = logging.getLogger(__name__)
 ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
+MAX_CONNECTIONS = 256  # open connections; beyond it the oldest idle one is closed
+LIMIT_CONCURRENCY = MAX_CONNECTIONS + 64  # connections + running requests; 503 beyond
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_INCOMPLETE_EVENT = 16 * 1024  # bytes of an unfinished request line + headers
+MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (old soft, new soft)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return soft, hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
+    return soft, soft
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+class SafeJSONResponse(JSONResponse):
+    """Strict JSON whatever the content: NaN and +-Infinity become null (JSON has neither,
+    and a client's parser rejects the whole document over one of them)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, default=str,
+                          separators=(",", ":")).encode("utf-8")
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a header timeout and eviction of idle connections."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._opened = self.loop.time()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._header_timeout)
+        if len(self.connections) > MAX_CONNECTIONS:
+            idle = [c for c in self.connections if c is not self and _idle(c)]
+            if idle:
+                oldest = min(idle, key=lambda c: getattr(c, "_opened", 0.0))
+                oldest.transport.close()
+                self.connections.discard(oldest)
+
+    def _header_timeout(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()  # never sent a whole request: a half-open or slow client
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._header_timer.cancel()
+        super().connection_lost(exc)
+
+
+def _idle(conn: Any) -> bool:
+    cycle = getattr(conn, "cycle", None)
+    return cycle is None or bool(getattr(cycle, "response_complete", False))
+
+
+class _NoTraceback:
+    """ASGI middleware: an exception in a handler becomes one log line and a 500, never a
+    traceback in the journal (a client could otherwise write 75 lines there per request)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:  # noqa: BLE001 - the edge: log one line, answer 500
+            log.warning("HTTP %s %s failed: %s: %.200s", scope.get("method"), scope.get("path"),
+                        type(e).__name__, e)
+            if scope.get("type") == "http" and not started:
+                body = b'{"detail":"internal error; see the daemon log"}'
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
 
 
 class StatusSource(Protocol):
@@ -45,24 +153,29 @@ def check_bind(host: str, token: str | None) -> None:
 
 def create_app(source: StatusSource, token: str | None) -> FastAPI:
     app = FastAPI(title="nightshiftd", version="1", description="Status and controls of the "
-                  "nightshift daemon. Controls need `Authorization: Bearer <token>`.")
+                  "nightshift daemon. Controls need `Authorization: Bearer <token>`.",
+                  default_response_class=SafeJSONResponse)
+    app.add_middleware(_NoTraceback)
     registry = metrics.make_registry(source.status)
 
+    # async: these only read the status snapshot, so they run on the loop, not in a thread
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/status", response_model=None)
-    def status(request: Request, format: str | None = Query(None, pattern="^(json|text)$")) -> Response:
+    async def status(request: Request,
+                     format: str | None = Query(None, pattern="^(json|text)$")) -> Response:
         st = source.status()
         wants_json = format == "json" or (format is None and "application/json" in
                                           request.headers.get("accept", ""))
         if wants_json:
-            return JSONResponse(st)
-        return PlainTextResponse(statusfmt.render(st))
+            return SafeJSONResponse(st)
+        return PlainTextResponse(statusfmt.render(_finite(st)))  # a NaN reads as unknown
 
     @app.get("/events")
-    def events(limit: int = Query(50, ge=1, le=1000), before: int | None = Query(None, ge=0),
+    def events(limit: int = Query(50, ge=1, le=1000),
+               before: int | None = Query(None, ge=0, le=MAX_EVENT_ID),
                kind: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
         return source.events(limit, before, kind)
 
@@ -71,7 +184,7 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
         return source.history(since)
 
     @app.get("/metrics", response_model=None)
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         return Response(metrics.exposition(registry), media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse)
@@ -122,9 +235,12 @@ class _Server(uvicorn.Server):
 
 async def serve(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, asyncio.Task]:
     """Run uvicorn's Server.serve() as a task on this loop; return once it listens."""
+    raise_nofile_limit()
     _check_port(host, port)  # uvicorn sys.exit()s on a bind error: say it clearly first
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off")
+                            lifespan="off", http=GuardedH11Protocol,
+                            limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=KEEP_ALIVE_S,
+                            h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT, backlog=512)
     server = _Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
