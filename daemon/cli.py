@@ -32,9 +32,8 @@ def _base_url(cfg: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon import logs
+    from daemon import app, logs
     from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_state_lock
-    from daemon.service import Daemon
 
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
@@ -45,8 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_TEMPFAIL
     log.info("nightshiftd starting with %s", cfg["_path"])
     with lock:
-        daemon = Daemon(cfg)
-        return asyncio.run(daemon.run_forever())
+        return asyncio.run(app.serve(cfg, new_run=args.new, resume_from=args.resume_from))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -105,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "./config.toml, /etc/nightshift/config.toml)")
         return sp
 
-    with_config(sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
-                ).set_defaults(fn=cmd_run)
+    r = with_config(sub.add_parser("run", help="run the daemon in the foreground (what systemd "
+                                   "starts); it continues the unfinished run, if any"))
+    r.add_argument("--new", action="store_true", help="start a new run instead of continuing the "
+                   "unfinished one (its checkpoints stay where they are)")
+    r.add_argument("--resume-from", metavar="PATH", help="start a new run from this checkpoint")
+    r.set_defaults(fn=cmd_run)
     d = sub.add_parser("demo", help="the whole story on a simulated GPU, in a few minutes")
     d.add_argument("--workdir", help="where to put the demo's files (default: a temp dir)")
     d.add_argument("--fast", action="store_true", help="a shorter demo (for tests)")

@@ -96,7 +96,7 @@ async def _drive(d: Any, screen: Screen, inject_at_step: int) -> None:
     while not d.done.is_set():
         screen.update()
         step = d.facts.step or 0
-        sim = d.parts.simgpu
+        sim = d.p.simgpu
         if not injected and step >= inject_at_step and d.state == "running":
             injected = True
             print(f"[{screen.clock()}] >>> injecting a GPU reset (as the 780M's firmware does)",
@@ -107,17 +107,20 @@ async def _drive(d: Any, screen: Screen, inject_at_step: int) -> None:
 
 
 async def run_demo(workdir: Path, steps: int) -> tuple[int, dict[str, Any]]:
-    from daemon import logs
-    from daemon.service import Daemon
+    from daemon import app, logs
+    from daemon.store import Store
+    from daemon.supervisor import Supervisor
 
     logs.setup("error")  # the screen shows the events; the log would repeat them
     cfg = demo_config(workdir, steps, _free_port())
-    d = Daemon(cfg)
+    store = Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
+    d = Supervisor(cfg, app.build_parts(cfg, store))
+    await d.open()
     screen = Screen(d)
     print(f"nightshift demo in {workdir}\n  status while it runs: curl http://127.0.0.1:"
           f"{cfg['api']['port']}/status\n", flush=True)
-    drive = asyncio.ensure_future(_drive(d, screen, inject_at_step=int(steps * 0.6)))
-    code = await d.run_forever()
+    drive = asyncio.get_running_loop().create_task(_drive(d, screen, inject_at_step=int(steps * 0.6)))
+    code = await app.run_loop(cfg, d)
     await drive
     return code, d.status()
 

@@ -8,8 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-STATES = ("idle", "starting", "running", "cooling", "recovering", "offloading", "remote",
-          "pulling", "succeeded", "failed", "stopped")
+from daemon.states import ALL_STATES as STATES
 
 
 class StatusCollector:

@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# A run ends only as succeeded or failed (or when the user starts a new one): a stopped run is
-# continued by `nightshift resume` or the next start of the daemon.
-TERMINAL_STATES = frozenset({"succeeded", "failed"})
+from daemon.states import ENDED_STATES as TERMINAL_STATES  # a stopped run is continued
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -28,12 +28,20 @@ import torch
 from trainer import simhook
 from trainer.checkpoint import AsyncCheckpointer, load_checkpoint
 from trainer.control import ControlChannel
-from trainer.format import (
-    CorruptCheckpoint,
-    list_checkpoints,
-    parse_skip,  # noqa: F401 - re-exported for callers
-)
+from trainer.format import CorruptCheckpoint, list_checkpoints
 from trainer.progress import ProgressWriter
+from trainer.protocol import (
+    ENV_BEST_METRIC,
+    ENV_CHECKPOINT_DIR,
+    ENV_CHECKPOINT_INTERVAL,
+    ENV_CHECKPOINT_KEEP,
+    ENV_RESUME,
+    ENV_RUN_DIR,
+    ENV_SKIP_STEPS,
+    ENV_TOTAL_STEPS,
+    PROTOCOL_VERSION,
+    parse_skip,
+)
 from trainer.state import capture, restore
 
 HEARTBEAT_S = 10.0  # a held job's heartbeat period (the daemon's hang timeout is far longer)
@@ -61,11 +69,14 @@ class Runtime:
         env = os.environ
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.extra = extra_state
-        self.run_dir = Path(env.get("NIGHTSHIFT_RUN_DIR") or run_dir or "runs/local")
-        self.ckpt_dir = Path(env.get("NIGHTSHIFT_CHECKPOINT_DIR") or checkpoint_dir or self.run_dir / "checkpoints")
-        self.total_steps = _env_int("NIGHTSHIFT_TOTAL_STEPS") or total_steps or None
-        self.interval = _env_int("NIGHTSHIFT_CHECKPOINT_INTERVAL") or checkpoint_interval
-        self.skips = parse_skip(env.get("NIGHTSHIFT_SKIP_STEPS", ""))
+        self.run_dir = Path(env.get(ENV_RUN_DIR) or run_dir or "runs/local")
+        self.ckpt_dir = Path(env.get(ENV_CHECKPOINT_DIR) or checkpoint_dir or self.run_dir / "checkpoints")
+        self.total_steps = _env_int(ENV_TOTAL_STEPS) or total_steps or None
+        self.interval = _env_int(ENV_CHECKPOINT_INTERVAL) or checkpoint_interval
+        self.skips = parse_skip(env.get(ENV_SKIP_STEPS, ""))
+        # the daemon's [checkpoint] keep and best_metric win over the script's defaults
+        keep = _env_int(ENV_CHECKPOINT_KEEP) or keep
+        best_metric = env.get(ENV_BEST_METRIC, "").strip() or best_metric
         self.best_metric = best_metric
         self.progress = ProgressWriter(self.run_dir)
         self.control = ControlChannel(self.run_dir)
@@ -102,18 +113,16 @@ class Runtime:
             self._log(f"starting fresh at step 0 (no valid checkpoint in {self.ckpt_dir})")
         self._rate_t, self._rate_step = time.monotonic(), self.step
         self.progress.write("start", step=self.step, resumed_from=str(path) if path else None,
-                            protocol=1, pid=os.getpid(), total_steps=self.total_steps, device=device)
+                            protocol=PROTOCOL_VERSION, pid=os.getpid(), total_steps=self.total_steps, device=device)
         # A hold or exit already in force (the daemon paused us, then restarted us or itself)
         # applies before the first step, not after it.
-        cmd = self.control.poll(force=True)
-        if cmd is not None:
-            self._act(*cmd)
+        self._obey(self.control.poll(force=True))
         return self.step
 
     def _load_newest_valid(self) -> tuple[Path | None, Any]:
         """NIGHTSHIFT_RESUME if it verifies, else the newest checkpoint that does. Each candidate
         is verified once, by the load itself (a second deep verify would double resume time)."""
-        wanted = os.environ.get("NIGHTSHIFT_RESUME", "").strip()
+        wanted = os.environ.get(ENV_RESUME, "").strip()
         candidates = ([Path(wanted)] if wanted else []) + list_checkpoints(self.ckpt_dir)
         for i, p in enumerate(candidates):
             if i and wanted and p == Path(wanted):
@@ -163,9 +172,7 @@ class Runtime:
             self.interval = self.control.interval
         if self.interval and step % self.interval == 0 and (self.total_steps is None or step < self.total_steps):
             self.checkpoint()
-        cmd = self.control.poll()
-        if cmd is not None:
-            self._act(*cmd)
+        self._obey(self.control.poll())
 
     def report_eval(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Validation metrics (kept in the next checkpoint; ``best_metric`` picks the best one)."""
@@ -202,36 +209,33 @@ class Runtime:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # the device is idle while held
 
-    def _act(self, command: str, seq: int) -> None:
-        self.progress.write("control_ack", seq=seq, command=command, step=self.step)
-        if command == "checkpoint":
-            self.checkpoint()
-        elif command == "hold":
+    def _obey(self, commands: list[tuple[str, int]]) -> None:
+        """One-shot commands first, in seq order, then the hold state: a pause and a checkpoint
+        asked together both happen, whichever came first."""
+        for command, seq in commands:
+            self.progress.write("control_ack", seq=seq, command=command, step=self.step)
+            if command == "checkpoint":
+                self.checkpoint()
+            elif command == "exit":
+                self._exit("exit-command")
+        if self.control.hold:
             self._hold()
-        elif command == "exit":
-            self._exit("exit-command")
 
     def _hold(self) -> None:
         self.checkpoint(wait=True)
         self._sync()
         self.progress.write("held", step=self.step, checkpoint=self._durable())
         last_beat = time.monotonic()
-        while True:
+        while self.control.hold:
             time.sleep(0.1)
-            cmd = self.control.poll()
-            if cmd is None and self.control.command == "hold":
-                if time.monotonic() - last_beat >= HEARTBEAT_S:
-                    self.progress.write("heartbeat", state="held", step=self.step)
-                    last_beat = time.monotonic()
-                continue
-            command = cmd[0] if cmd else self.control.command
-            if cmd:
-                self.progress.write("control_ack", seq=cmd[1], command=command, step=self.step)
-            if command == "exit":
-                self._exit("exit-command")
-            if command == "checkpoint":
-                continue
-            break  # "run"
+            for command, seq in self.control.poll():
+                self.progress.write("control_ack", seq=seq, command=command, step=self.step)
+                if command == "exit":
+                    self._exit("exit-command")
+                # "checkpoint" while held: the hold's checkpoint is already this step's
+            if time.monotonic() - last_beat >= HEARTBEAT_S:
+                self.progress.write("heartbeat", state="held", step=self.step)
+                last_beat = time.monotonic()
         self.progress.write("released", step=self.step)
         self._rate_t, self._rate_step, self._samples = time.monotonic(), self.step, 0
 

@@ -1,0 +1,167 @@
+"""The composition root: parts built from the config, signals, the periodic timers, the HTTP
+server and the config watcher around one Supervisor, on one asyncio loop.
+
+Signals the uvicorn way: a handler only records (Supervisor.request_stop) and wakes the loop;
+the Supervisor stops the job gracefully within ``job.stop_timeout_s`` and its steps; the exit
+status is 128+signal. uvicorn is embedded with its own signal capture off (since 0.29 it
+captures SIGINT/SIGTERM itself and re-raises them when it exits, which would turn the first
+SIGTERM into a kill of the job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon import parts as build
+from daemon.jobrunner import JobRunner
+from daemon.offloader import Offloader
+from daemon.sdnotify import Notifier as SdNotifier
+from daemon.sdnotify import watchdog_interval_s
+from daemon.store import Store
+from daemon.supervisor import Parts, Supervisor
+
+log = logging.getLogger("nightshift")
+TICK_S = 0.2
+
+
+def build_parts(cfg: dict[str, Any], store: Store, **overrides: Any) -> Parts:
+    """Every part from the config; ``overrides`` replace any of them (tests, the demo)."""
+    sim = overrides.pop("simgpu") if "simgpu" in overrides else build.simgpu(cfg)
+    sensor = overrides.pop("sensor") if "sensor" in overrides else build.sensor(cfg, sim)
+    spawn = overrides.pop("spawn", None)
+    runner_kw: dict[str, Any] = {"spawn": spawn} if spawn is not None else {}
+    if "log_max_bytes" in cfg["job"]:
+        runner_kw["spawn_kw"] = {"log_max_bytes": int(cfg["job"]["log_max_bytes"])}
+    p = Parts(
+        store=store,
+        make_runner=lambda run_dir: JobRunner(run_dir, **runner_kw),
+        offloader=Offloader(cfg, backends=overrides.pop("backends", None)),
+        sensor=sensor,
+        detector=build.detector(cfg, sim),
+        simgpu=sim,
+        notifier=build.notifier(cfg),
+        schedule=build.schedule(cfg),
+        divergence=build.divergence(cfg),
+        clockcap=build.clockcap(cfg, sensor),
+        probe=_probe if cfg["resets"]["probe"] else None,
+        output_progress=build.output_progress(cfg),
+        job_env={"NIGHTSHIFT_SIM_GPU": str(sim.root)} if sim is not None else {},
+    )
+    for k, v in overrides.items():
+        setattr(p, k, v)
+    return p
+
+
+async def _probe(command: list[str] | None, timeout_s: float, env: dict[str, str]) -> Any:
+    from daemon.probe import default_probe_command, run_probe
+    return await run_probe(command or default_probe_command(), timeout_s, env)
+
+
+async def serve(cfg: dict[str, Any], *, new_run: bool = False, resume_from: str | None = None,
+                parts: Parts | None = None, store: Store | None = None) -> int:
+    store = store or Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
+    p = parts or build_parts(cfg, store)
+    sup = Supervisor(cfg, p, new_run=new_run, resume_from=resume_from)
+    await sup.open()
+    return await run_loop(cfg, sup)
+
+
+async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S) -> int:
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    sd = SdNotifier()
+    sup.on_state = sd.status
+    p = sup.p
+
+    def on_signal(sig: int) -> None:
+        sup.request_stop(sig)
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    def due_poll() -> None:  # timers only mark work due; the tick does it (one writer)
+        sup.poll_due = True
+        wake.set()
+
+    sched = AsyncIOScheduler(event_loop=loop)
+    sched.add_job(due_poll, "interval", seconds=float(cfg["gpu"]["poll_interval_s"]), id="poll",
+                  max_instances=1, coalesce=True)
+    sched.start()
+    p.reschedule_poll = lambda s: sched.reschedule_job("poll", trigger="interval", seconds=s)
+    server = server_task = watcher = None
+    try:
+        if p.simgpu is not None:
+            p.simgpu.start()
+        if p.notifier is not None:
+            await p.notifier.start()
+        if cfg.get("_path"):
+            watcher = _watch_config(cfg, sup, loop, wake)
+        if cfg["api"]["enabled"]:
+            server, server_task = await _start_api(cfg, sup)
+        sd.ready(f"{sup.state.value}: run {sup.run_id}")
+        wd, wd_next = watchdog_interval_s(), 0.0
+        while not sup.done.is_set():
+            await sup.tick()
+            if wd and time.monotonic() >= wd_next:
+                sd.watchdog()  # a wedged loop stops these and systemd restarts us
+                wd_next = time.monotonic() + wd
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), tick_s)
+            wake.clear()
+        sd.stopping(f"stopping ({sup.state.value})")
+        sup.close()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        sched.shutdown(wait=False)
+        if server is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server_task, 5.0)
+        if watcher is not None:
+            watcher.stop()
+        if p.notifier is not None:
+            await p.notifier.stop()
+        if p.clockcap is not None:
+            msg = p.clockcap.restore()
+            if msg:
+                log.warning("clock cap: %s", msg)
+        if p.simgpu is not None:
+            p.simgpu.stop()
+        if p.detector is not None:
+            p.detector.close()
+    return sup.exit_code()
+
+
+async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio.Task]:
+    from daemon import api, auth
+    a = cfg["api"]
+    token = auth.load_or_create_token(a["token_file"])
+    api.check_bind(a["host"], token)
+    server, task = await api.serve(api.create_app(sup, token), a["host"], a["port"])
+    log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], a["token_file"])
+    return server, task
+
+
+def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEventLoop,
+                  wake: asyncio.Event) -> Any:
+    from daemon.configwatch import ConfigWatcher
+
+    def changed(new: dict[str, Any], keys: list[str], restart: list[str]) -> None:
+        sup.commands.append(("reconfigure", (new, keys, restart), None))  # applied in the tick
+        wake.set()
+
+    def failed(err: Exception) -> None:
+        sup.event("config", f"config edit rejected, the previous config stays in force: {err}", "error")
+
+    w = ConfigWatcher(cfg["_path"], loop, changed, failed)
+    w.start()
+    return w

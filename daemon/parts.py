@@ -1,0 +1,76 @@
+"""Building the Supervisor's parts from the config: one function per optional part, used by
+the composition root (daemon/app.py) at start and by live reload (daemon/reconfig.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def simgpu(cfg: dict[str, Any]) -> Any:
+    if cfg["gpu"]["sensor"] != "simulated":
+        return None
+    from daemon.simgpu import SimulatedGPU
+    return SimulatedGPU(Path(cfg["daemon"]["state_dir"]) / "simgpu", dict(cfg["gpu"]["simulated"]))
+
+
+def sensor(cfg: dict[str, Any], sim: Any) -> Any:
+    gpu = dict(cfg["gpu"])
+    if gpu["sensor"] == "none":
+        return None
+    if sim is not None:
+        gpu["sysfs_root"] = str(sim.root)
+    from daemon.sensors import open_sensor
+    return open_sensor(gpu)
+
+
+def detector(cfg: dict[str, Any], sim: Any) -> Any:
+    if not cfg["resets"]["sources"]:
+        return None
+    from daemon.resets import ResetDetector
+    sysfs_root, kernel_log = cfg["gpu"]["sysfs_root"], cfg["resets"]["kernel_log"]
+    merge = 60.0
+    if sim is not None:
+        sysfs_root, kernel_log = str(sim.root), str(sim.root / "kmsg.log")
+        # under time compression a simulated minute is shorter: two resets must not merge
+        merge = max(2.0, 60.0 / float(cfg["gpu"]["simulated"].get("time_scale", 1.0)))
+    return ResetDetector(cfg["resets"], sysfs_root=sysfs_root, kernel_log=kernel_log,
+                         merge_window_s=merge)
+
+
+def notifier(cfg: dict[str, Any]) -> Any:
+    if not (cfg["notify"]["ntfy_url"] or cfg["notify"]["webhook_url"]):
+        return None
+    from daemon.notify import Notifier
+    return Notifier(cfg["notify"])
+
+
+def divergence(cfg: dict[str, Any]) -> Any:
+    dv = cfg["divergence"]
+    if not dv["enabled"]:
+        return None
+    from daemon.divergence import DivergenceDetector
+    return DivergenceDetector(window=dv["window"], rtol=dv["rtol"], patience=dv["patience"])
+
+
+def schedule(cfg: dict[str, Any]) -> Any:
+    if not cfg["schedule"]["enabled"]:
+        return None
+    from daemon.schedule import NightSchedule
+    return NightSchedule(cfg["schedule"])
+
+
+def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
+    dev = getattr(sensor, "device_dir", None) if sensor is not None else None
+    if not cfg["thermal"]["clock_cap"] or not dev:
+        return None
+    from daemon.clockcap import ClockCap
+    return ClockCap(Path(dev), cfg["thermal"]["clock_cap_mhz"])
+
+
+def output_progress(cfg: dict[str, Any]) -> Any:
+    pattern = cfg["job"]["progress_pattern"]
+    if not pattern:
+        return None
+    from daemon.outputprogress import OutputProgress
+    return OutputProgress(pattern)

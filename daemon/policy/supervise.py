@@ -1,0 +1,172 @@
+"""The supervisor's rules (pure): liveness and hang, hold precedence, which command starts the
+job, bounded restarts, checkpoint age, stop and finish, offload backoff and budget.
+
+Each function takes plain values (what the supervisor observed, what it remembers, the config,
+the time) and returns a plain decision with its reason; the Supervisor (daemon/supervisor.py)
+carries decisions out. Nothing here reads a file, a clock or a process.
+
+Choices, stated once:
+- Liveness is any sign of life: a progress record, an output line, or the job's CPU time
+  growing. A script that only prints is alive; a job in a tight loop printing nothing is alive
+  too (its CPU time grows); a job stuck in a hung GPU kernel shows none of the three.
+- A held job is never hung: it is stopped on purpose (SIGSTOP or the hold loop).
+- Holds have owners (thermal, user, schedule); the job is held while any owner holds it, and
+  released only when the last one lets go, so a user's resume cannot release a hot GPU.
+- ``resume_command`` only when this run has a checkpoint to resume from.
+- Restarts are bounded for every cause: at most ``restart_limit`` in ``restart_window_s``,
+  then the run fails with the reason; never sooner than ``MIN_BACKOFF_S`` after the exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.classify import ExitInfo
+from daemon.policy.restart import decide_restart
+
+MIN_BACKOFF_S = 1.0
+HOLD_OWNERS = ("thermal", "user", "schedule")  # precedence for what status shows
+
+
+# --------------------------------------------------------------------------- liveness
+@dataclass(frozen=True)
+class Liveness:
+    started_at: float
+    last_record_t: float | None
+    last_output_t: float | None
+    last_cpu_growth_t: float | None
+    held: bool
+    suspect_since: float | None  # when the hang was first suspected (a checkpoint was asked)
+
+
+@dataclass(frozen=True)
+class HangVerdict:
+    action: str  # ok | suspect | terminate
+    reason: str
+    silent_s: float = 0.0
+
+
+def judge_liveness(obs: Liveness, now: float, cfg_job: dict[str, Any]) -> HangVerdict:
+    if obs.held:
+        return HangVerdict("ok", "held on purpose")
+    last = max(t for t in (obs.started_at, obs.last_record_t, obs.last_output_t,
+                           obs.last_cpu_growth_t) if t is not None)
+    silent = now - last
+    timeout = float(cfg_job["heartbeat_timeout_s"])
+    if silent <= timeout:
+        return HangVerdict("ok", "alive")
+    if obs.suspect_since is None:
+        return HangVerdict("suspect", f"no progress record, output or CPU use for {silent:.0f} s "
+                           f"(job.heartbeat_timeout_s = {timeout:.0f})", silent)
+    grace = min(30.0, timeout / 2)
+    if now - obs.suspect_since >= grace:
+        return HangVerdict("terminate", f"still silent {grace:.0f} s after a checkpoint was asked",
+                           silent)
+    return HangVerdict("ok", "waiting for the asked checkpoint", silent)
+
+
+# --------------------------------------------------------------------------- holds
+def shown_hold(owners: frozenset[str]) -> str | None:
+    """The owner status names when several hold the job (thermal first: it is the urgent one)."""
+    return next((o for o in HOLD_OWNERS if o in owners), None)
+
+
+# --------------------------------------------------------------------------- starting
+@dataclass(frozen=True)
+class StartPlan:
+    command: list[str]
+    resume: str  # the checkpoint path handed over in NIGHTSHIFT_RESUME, or ""
+    why: str
+
+
+def plan_start(cfg_job: dict[str, Any], *, trainer_checkpoint: str | None,
+               script_checkpoint: str | None, forced_resume: str | None) -> StartPlan:
+    """``trainer_checkpoint``: this run's newest valid trainer checkpoint; ``script_checkpoint``:
+    a ``checkpoint_glob`` file this run produced (or adopted); ``forced_resume``: a rollback's
+    or ``--resume-from``'s choice."""
+    resume = forced_resume or trainer_checkpoint or ""
+    has_ckpt = bool(resume or script_checkpoint)
+    if has_ckpt and cfg_job.get("resume_command"):
+        return StartPlan(list(cfg_job["resume_command"]), resume,
+                         f"resume_command, from {resume or script_checkpoint}")
+    if resume:
+        return StartPlan(list(cfg_job["command"]), resume, f"resuming from {resume}")
+    return StartPlan(list(cfg_job["command"]), "", "fresh start (no checkpoint in this run yet)")
+
+
+# --------------------------------------------------------------------------- exits
+@dataclass(frozen=True)
+class ExitDecision:
+    action: str  # finish | restart | recover | fail
+    delay_s: float
+    reason: str
+
+
+def decide_exit(info: ExitInfo, *, code_errors: int, last_error_sig: str | None,
+                recent_restarts: list[float], now: float, cfg: dict[str, Any]) -> ExitDecision:
+    """``recent_restarts``: the times of this run's earlier restarts (any cause)."""
+    d = decide_restart(info, code_errors=code_errors, last_error_sig=last_error_sig, cfg=cfg)
+    if d.action in ("finish", "fail"):
+        return ExitDecision(d.action, 0.0, d.reason)
+    if d.action == "stopped":
+        return ExitDecision("restart", MIN_BACKOFF_S, d.reason)
+    job = cfg["job"]
+    window, limit = float(job["restart_window_s"]), int(job["restart_limit"])
+    recent = [t for t in recent_restarts if now - t <= window]
+    if len(recent) >= limit:
+        return ExitDecision("fail", 0.0, f"{d.reason}; gave up: {len(recent)} restarts within "
+                            f"{window / 60:.0f} min (job.restart_limit = {limit})")
+    return ExitDecision(d.action, max(MIN_BACKOFF_S, d.delay_s), d.reason)
+
+
+# --------------------------------------------------------------------------- checkpoint age
+def checkpoint_age_warning(now: float, checkpoint_t: float | None, steps_per_s: float | None,
+                           interval_steps: int | None, last_warned: float | None) -> str | None:
+    """A warning (at most hourly) when a running job has not checkpointed for long: a reset
+    now would cost all of it."""
+    if checkpoint_t is None:
+        return None
+    age = now - checkpoint_t
+    expected = (interval_steps or 0) / steps_per_s if steps_per_s else None
+    limit = max(1800.0, 3 * expected) if expected else 1800.0
+    if age <= limit or (last_warned is not None and now - last_warned < 3600):
+        return None
+    return (f"no checkpoint for {age / 60:.0f} min: a GPU reset now would lose all of it "
+            "(check [checkpoint] interval)")
+
+
+# --------------------------------------------------------------------------- offload
+def offload_retry_s(attempts: int, retryable: bool) -> float | None:
+    """Backoff after a failed offload attempt: 30 s doubling to 30 min; None = not again."""
+    if not retryable:
+        return None
+    return min(1800.0, 30.0 * 2 ** max(0, attempts - 1))
+
+
+def budget_left(budget_usd: float, spent_usd: float) -> float:
+    return max(0.0, float(budget_usd) - float(spent_usd))
+
+
+def over_budget(cost_now_usd: float, budget_usd: float) -> bool:
+    return cost_now_usd >= budget_usd
+
+
+# --------------------------------------------------------------------------- sensors
+def sensor_problem(reading: Any) -> str | None:
+    """No temperature at all means the thermal policy cannot pause anything: say so loudly
+    (status, the phone text, the log) until a temperature appears."""
+    if reading is None:
+        return None
+    if getattr(reading, "resetting", False):
+        return None  # reads fail while the GPU resets: that is the reset, not a missing sensor
+    if reading.edge_c is None and reading.tctl_c is None:
+        return "thermal protection off: no temperature sensor (run `nightshift sensors`)"
+    return None
+
+
+# --------------------------------------------------------------------------- exit status
+def exit_code(stop_signal: int | None, state: str) -> int:
+    if stop_signal is not None:
+        return 128 + stop_signal
+    return 1 if state == "failed" else 0

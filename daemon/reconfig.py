@@ -1,0 +1,41 @@
+"""Live config reload: apply the keys that may change while running, rebuild only the parts
+that depend on them (each keeping its state where it has any), and say exactly what applied.
+
+Which keys need a restart is declared next to the schema (config.RESTART_KEYS). The Supervisor
+calls ``apply`` from its tick (never from the watcher's thread) and assigns what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon import parts as build
+
+
+async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: Any) -> dict[str, Any]:
+    """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
+    by attribute name of ``Parts`` (the Supervisor assigns them)."""
+    for k in keys:
+        sec, key = k.split(".", 1)
+        cfg[sec][key] = new[sec][key]
+    secs = {k.split(".", 1)[0] for k in keys}
+    changed: dict[str, Any] = {}
+    if "divergence" in secs:
+        changed["divergence"] = build.divergence(cfg)  # None when disabled: disabling works
+    if "schedule" in secs:
+        changed["schedule"] = build.schedule(cfg)
+    if "notify" in secs:
+        if p.notifier is not None:
+            await p.notifier.stop()
+        changed["notifier"] = build.notifier(cfg)
+        if changed["notifier"] is not None:
+            await changed["notifier"].start()
+    if {"thermal.clock_cap", "thermal.clock_cap_mhz"} & set(keys):
+        if p.clockcap is not None:
+            p.clockcap.restore()  # the old cap is lifted before a new one can apply
+        changed["clockcap"] = build.clockcap(cfg, p.sensor)
+    if "job.progress_pattern" in keys:
+        changed["output_progress"] = build.output_progress(cfg)
+    if "gpu.poll_interval_s" in keys and p.reschedule_poll is not None:
+        p.reschedule_poll(float(cfg["gpu"]["poll_interval_s"]))
+    return changed

@@ -1,0 +1,1166 @@
+"""The Supervisor: the only writer of the run's state.
+
+Each tick it observes (the job's exit, progress records, output and CPU time, user commands,
+config changes; per poll interval the sensors, reset sources, the schedule), asks the pure
+policies (daemon/policy/) what to do, carries the decisions out through narrow ports that never
+see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe), and
+publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
+
+Time comes from the injected clock and nothing here sleeps, so tests drive a whole night tick
+by tick in milliseconds (tests/harness.py). A failure inside a tick becomes an event and a
+problem the user sees; the daemon lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.jobproc import same_process_alive, stop_orphan
+from daemon.jobrunner import JobRunner
+from daemon.offload.base import JobSpec, OffloadAuthError, OffloadError, RemoteStatus
+from daemon.offloader import Offloader, run_key
+from daemon.policy import supervise as rules
+from daemon.states import LOCAL_STATES, State
+from daemon.status import JobFacts
+from daemon.store import TERMINAL_STATES, Store
+from trainer import protocol
+
+log = logging.getLogger("nightshift")
+RESET_NEAR_S = 10.0  # a reset seen this close to a job's death explains the death
+CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
+NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
+                 "budget": "Cloud budget reached", "divergence": "Loss diverged",
+                 "failed": "Training failed", "finished": "Training finished"}
+
+
+@dataclass
+class Parts:
+    """The outside world, built by daemon/app.py from the config (or by a test)."""
+    store: Store
+    make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
+    offloader: Offloader
+    sensor: Any = None  # .read() -> Reading
+    detector: Any = None  # resets.ResetDetector
+    simgpu: Any = None
+    notifier: Any = None
+    schedule: Any = None
+    divergence: Any = None
+    clockcap: Any = None
+    probe: Callable[[list[str] | None, float, dict[str, str]], Awaitable[Any]] | None = None
+    find_checkpoint: Callable[[str], Any] | None = None  # ckpt dir -> CheckpointInfo | None
+    output_progress: Any = None  # outputprogress.OutputProgress for [job] progress_pattern
+    reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
+    job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
+
+
+@dataclass
+class _Offload:
+    reason: str = ""
+    decided_at: float | None = None
+    forced: bool = False
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    problem: str | None = None
+    auth_ok: bool | None = None
+    remote: RemoteStatus | None = None
+    next_poll_at: float = 0.0
+    estimate: Any = None
+    after_pull: str = "finish"  # finish | local | stopped
+    launched_at: float | None = None
+    poll_failures: int = 0
+    tried: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time,
+                 new_run: bool = False, resume_from: str | None = None):
+        self.cfg = cfg
+        self.p = parts
+        self.store = parts.store
+        self.runner: JobRunner = None  # type: ignore[assignment] - made by open(), for the run's dir
+        self.clock = clock
+        self.new_run = new_run
+        self.resume_from = resume_from
+        self.run_id = 0
+        self.state = State.IDLE
+        self.facts = JobFacts()
+        self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
+        self.next_start_at: float | None = None
+        self.forced_resume: str | None = None
+        self.exit_intent: str | None = None  # why we asked the job to end
+        self.stop_asked_at: float | None = None
+        self.stop_waiters: list[asyncio.Future] = []
+        self.suspect_since: float | None = None
+        self.failure: str | None = None
+        self.thermal: Any = None
+        self.recovery: Any = None
+        self.probe_task: asyncio.Task | None = None
+        self.probe_result: bool | None = None
+        self.gpu_unusable = False
+        self.reset_times: list[float] = []
+        self.reset_rows: list[dict[str, Any]] = []
+        self.diagnosis: Any = None
+        self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
+        self.readings: collections.deque = collections.deque(maxlen=120)
+        self.last_reading: Any = None
+        self.interval_steps: int | None = None
+        self.interval_explanation = ""
+        self.age_warned: float | None = None
+        self.off = _Offload()
+        self.last_event: dict[str, Any] | None = None
+        self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
+        self.stop_signal: int | None = None
+        self.shutting_down = False
+        self.done = asyncio.Event()
+        self.poll_due = True
+        self.snapshot: dict[str, Any] = {}
+        self.on_state: Callable[[str], None] | None = None  # sd_notify STATUS=, set by app.py
+
+    # ================================================================== events, state
+    def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
+        getattr(log, "warning" if level == "warn" else level)("%s: %s", kind, message)
+        try:
+            self.store.add_event(self.run_id or None, kind, message, level, data or None)
+        except Exception as e:  # noqa: BLE001 - a sick disk must not stop supervision
+            self.problems["store"] = f"cannot write the state database: {e}"
+        self.last_event = {"t": self.clock(), "kind": kind, "message": message}
+        if self.p.notifier is not None and kind in NOTIFY_TITLES and \
+                kind in self.cfg["notify"]["events"]:
+            self.p.notifier.notify(kind, NOTIFY_TITLES[kind], message, data or None)
+
+    def set_state(self, state: State, reason: str) -> None:
+        if state == self.state:
+            return
+        old, self.state = self.state, state
+        self._update_run(state=state.value)
+        self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value)
+        if self.on_state is not None:
+            self.on_state(f"{state.value}: {reason}"[:200])
+
+    def _update_run(self, **fields: Any) -> None:
+        try:
+            self.store.update_run(self.run_id, **fields)
+        except Exception as e:  # noqa: BLE001
+            self.problems["store"] = f"cannot write the state database: {e}"
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.store.get_run(self.run_id) or {}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg["daemon"]["state_dir"]) / "runs" / str(self.run_id)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """This run's checkpoint namespace: a new run never picks up an older run's files."""
+        return str(Path(self.cfg["job"]["checkpoint_dir"]) / f"run-{self.run_id}")
+
+    # ================================================================== opening the run
+    async def open(self) -> None:
+        """Continue the unfinished run (after any stop, kill -9 included) or start a new one."""
+        row = None if self.new_run or self.resume_from else self.store.current_run()
+        if row is None:
+            self.run_id = self.store.create_run(self.cfg["job"]["name"], _public_config(self.cfg),
+                                                self.cfg["job"]["total_steps"])
+            if self.resume_from:
+                self._update_run(resume_from=self.resume_from)
+                self.forced_resume = self.resume_from
+            self.event("run", f"new run {self.run_id} of job {self.cfg['job']['name']!r}"
+                       + (f", resuming from {self.resume_from}" if self.resume_from else ""))
+            self.state = State.IDLE
+        else:
+            self.run_id = row["id"]
+            self.state = State(row["state"])
+            self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
+            self.event("run", f"continuing run {self.run_id} (state {row['state']}, "
+                       f"{row['restarts']} restarts, {row['resets']} resets so far)")
+            if same_process_alive(row["job_pid"], row["job_create_time"]):
+                await stop_orphan(row["job_pid"], row["job_create_time"])
+                self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous "
+                           "daemon", "warn")
+            self._update_run(job_pid=None, job_create_time=None)
+            if row["user_hold"]:
+                self.holds["user"] = "paused by the user"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self._rebuild()
+        if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
+                self.run.get("remote_call_id"):
+            self._reattach()
+        elif self.state not in (State.SUCCEEDED, State.FAILED):
+            # stopped, or interrupted anywhere local: continue from the newest checkpoint
+            self.state = State.STARTING
+            self._update_run(state=State.STARTING.value)
+            self.next_start_at = self.clock()
+
+    def _rebuild(self) -> None:
+        """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
+        checkpoint costs (for the interval) and the restart history."""
+        for rec in self.runner.records():
+            self._observe_record(rec, replay=True)
+        for r in self.store.resets(self.run_id):
+            self.reset_times.append(float(r["t"]))
+            self.reset_rows.append({"t": r["t"], "temps": r["temps"]})
+        if self.reset_rows:
+            from daemon.diagnosis import diagnose
+            self.diagnosis = diagnose(self.reset_rows, self.cfg["thermal"])
+        for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
+            if c["stall_s"] is not None:
+                self.facts.checkpoint_costs.append(float(c["stall_s"]))
+
+    # ================================================================== the tick
+    async def tick(self) -> None:
+        now = self.clock()
+        try:
+            await self._tick(now)
+        except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
+            log.exception("supervisor tick failed")
+            self.problems["internal"] = f"{type(e).__name__}: {e}"
+            self.event("error", f"internal error while {self.state.value}: {type(e).__name__}: {e}; "
+                       "the daemon carries on", "error")
+        self._publish(self.clock())
+
+    async def _tick(self, now: float) -> None:
+        self._read_job(now)
+        if self.runner.exited() is not None:
+            await self._on_exit(now)
+        while self.commands:
+            action, arg, fut = self.commands.popleft()
+            try:
+                res = await self._command(action, arg, now, fut)
+            except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
+                log.exception("control %s failed", action)
+                res = {"ok": False, "message": f"{action} failed: {type(e).__name__}: {e}"}
+            if fut is not None and res is not None and not fut.done():
+                fut.set_result({**res, "state": self.state.value})
+        if self.stop_signal is not None and not self.shutting_down:
+            self._begin_shutdown(now)
+        if self.poll_due:
+            self.poll_due = False
+            await self._poll(now)
+        await self._advance(now)
+        self.runner.advance(now)
+        if self.shutting_down and not self.runner.running:
+            self.done.set()
+
+    # ================================================================== the job's output
+    def _read_job(self, now: float) -> None:
+        recs = self.runner.records()
+        lines = self.runner.drain_lines()
+        if self.p.output_progress is not None:  # [job] progress_pattern: progress from output
+            for line in lines:
+                rec = self.p.output_progress.feed(line)
+                if rec is not None:
+                    recs.append(rec)
+        for rec in recs:
+            self._observe_record(rec)
+
+    def _observe_record(self, rec: dict[str, Any], replay: bool = False) -> None:
+        try:
+            self.facts.observe(rec)
+        except (TypeError, ValueError, OverflowError):
+            return  # a record of the wrong shape: skipped (daemon/progress.py counts them)
+        kind = rec.get("kind")
+        if replay:
+            return
+        self.suspect_since = None if kind != "heartbeat" or self.holds else self.suspect_since
+        if kind == "checkpoint" and isinstance(rec.get("step"), int):
+            try:
+                self.store.add_checkpoint(self.run_id, int(rec["step"]), str(rec.get("path")),
+                                          rec.get("t"), rec.get("bytes"), rec.get("stall_s"),
+                                          rec.get("persist_s"))
+            except Exception as e:  # noqa: BLE001
+                self.problems["store"] = f"cannot write the state database: {e}"
+            self._update_run(step=int(rec["step"]))
+        elif kind == "checkpoint_error":
+            self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
+                       f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
+        elif kind == "held":
+            self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)")
+        elif kind == "start" and rec.get("resumed_from"):
+            self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
+        elif kind == "progress":
+            self._divergence(rec)
+
+    # ================================================================== exits
+    async def _on_exit(self, now: float) -> None:
+        rc = self.runner.exited()
+        assert rc is not None
+        self._read_job(now)  # the last records (done, checkpoint) before deciding
+        tail = self.runner.output_tail()
+        started = self.runner.proc.started_at if self.runner.proc else None
+        self.runner.forget()
+        intent, self.exit_intent = self.exit_intent, None
+        self.suspect_since = None
+        self.holds.pop("thermal", None)
+        self.holds.pop("schedule", None)
+        self.thermal = None
+        self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
+        if self.p.detector is not None:
+            from daemon.resets.signatures import match_job_output
+            if match_job_output(tail):
+                self.p.detector.note_job_exit(tail, now)
+            self._poll_resets()
+        sig = _gpu_signature(tail)
+        info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=self._reset_near(now, started or 0.0),
+                             step=self.facts.step, asked_to_exit=intent is not None,
+                             done=self.facts.done)
+        if info.kind == "gpu_fault" and self.p.detector is None and \
+                not any(abs(now - t) < RESET_NEAR_S for t in self.reset_times):
+            from daemon.resets import ResetEvent  # no detector: the dying message is the witness
+            self._on_reset(ResetEvent(t=now, sources=["job"], lines=tail.splitlines()[-5:],
+                                      signature=info.detail))
+        if info.kind == "success":
+            self._finish()
+            self._settle_stop(f"the job had already finished at step {self.facts.step}")
+            return
+        if intent in ("stop", "shutdown"):
+            self._after_stop(intent)
+            return
+        if intent == "offload":
+            await self._launch_remote(now)
+            return
+        if intent == "rollback":
+            self._restart_now(self._rollback_reason, resume=self._rollback_target)
+            return
+        if intent in ("diverged", "next"):
+            self._fail(self._diverged_reason)
+            return
+        if intent == "hang":
+            info = ExitInfo("signal", f"hung job stopped ({info.detail})", signal_name=info.signal_name)
+        run = self.run
+        times = json.loads(run.get("restart_times") or "[]")
+        dec = rules.decide_exit(info, code_errors=run.get("code_errors", 0),
+                                last_error_sig=run.get("last_error_sig"), recent_restarts=times,
+                                now=now, cfg=self.cfg)
+        self.event("exit", f"job exited: {info.detail} -> {dec.action}",
+                   "info" if info.kind == "success" else "warn", returncode=rc, exit_kind=info.kind)
+        if info.kind == "code_error":
+            self._update_run(code_errors=run.get("code_errors", 0) + 1, last_error_sig=info.signature)
+        elif info.kind in ("gpu_fault", "signal"):
+            self._update_run(last_error_sig=None)
+        if dec.action == "fail":
+            self._fail(dec.reason, detail=traceback_tail(tail) or tail[-2000:])
+            return
+        self._update_run(restarts=run.get("restarts", 0) + 1,
+                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
+        if dec.action == "recover":
+            from daemon.policy.recovery import RecoveryState
+            self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+            self.probe_result = None
+            self.gpu_unusable = False
+            self.set_state(State.RECOVERING, dec.reason)
+        else:
+            self.next_start_at = now + dec.delay_s
+            self.set_state(State.STARTING, dec.reason)
+
+    def _after_stop(self, intent: str) -> None:
+        ck = self.facts.checkpoint
+        fresh = ck is not None and self.stop_asked_at is not None and \
+            float(ck.get("t") or 0) >= self.stop_asked_at - 1.0
+        if fresh:
+            msg = f"stopped after a checkpoint at step {ck.get('step')}"  # type: ignore[union-attr]
+        elif ck is not None:
+            msg = (f"stopped; no new checkpoint was taken (the newest is at step {ck.get('step')}; "
+                   "the steps since are lost)")
+        else:
+            msg = "stopped; no checkpoint exists yet, so the run will start from the beginning"
+        if intent == "stop":
+            self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
+        else:
+            self.event("daemon", msg + "; the run continues when the daemon starts again")
+        self._settle_stop(msg)
+
+    def _settle_stop(self, message: str) -> None:
+        for fut in self.stop_waiters:
+            if not fut.done():
+                fut.set_result({"ok": True, "message": message, "state": self.state.value})
+        self.stop_waiters.clear()
+
+    def _finish(self) -> None:
+        self.set_state(State.SUCCEEDED, f"finished at step {self.facts.step}")
+        self.event("finished", f"training finished at step {self.facts.step}")
+        self.holds.clear()
+        self._update_run(user_hold=0)
+        if self.cfg["daemon"]["exit_when_done"]:
+            self.done.set()
+
+    def _fail(self, reason: str, detail: str | None = None) -> None:
+        self.failure = reason + (f"\n{detail}" if detail else "")
+        self._update_run(failure=self.failure)
+        self.set_state(State.FAILED, reason)
+        self.event("failed", reason, "error")
+        if self.runner.running:
+            self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+        if self.cfg["daemon"]["exit_when_done"]:
+            self.done.set()
+
+    def _restart_now(self, reason: str, resume: str | None = None) -> None:
+        self.forced_resume = resume
+        self.next_start_at = self.clock()
+        self.set_state(State.STARTING, reason)
+
+    # ================================================================== per-state work
+    async def _advance(self, now: float) -> None:
+        if self.state == State.STARTING:
+            await self._maybe_start(now)
+        elif self.state in (State.RUNNING, State.COOLING):
+            self._liveness(now)
+        elif self.state == State.RECOVERING:
+            await self._recover(now)
+        elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None:
+            await self._launch_remote(now)
+        elif self.state == State.REMOTE:
+            await self._remote(now)
+        elif self.state == State.PULLING:
+            await self._pull(now)
+
+    async def _maybe_start(self, now: float) -> None:
+        if self.shutting_down or self.runner.running or self.next_start_at is None or now < self.next_start_at:
+            return
+        if self.p.schedule is not None:
+            ok, why = self.p.schedule.should_run(now)
+            if not ok:
+                if self.holds.get("schedule") != why:
+                    self.holds["schedule"] = why
+                    self.event("schedule", f"waiting to start: {why}")
+                return
+            self.holds.pop("schedule", None)
+        ckpt_dir = self.checkpoint_dir
+        info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
+        plan = rules.plan_start(self.cfg["job"], trainer_checkpoint=str(info.path) if info else None,
+                                script_checkpoint=self._script_checkpoint(),
+                                forced_resume=self.forced_resume)
+        self.forced_resume = None
+        try:
+            pid = await self.runner.start(plan.command, cwd=self.cfg["job"]["workdir"],
+                                          env=self._job_env(plan.resume), hold=bool(self.holds))
+        except OSError as e:
+            self._fail(f"cannot start the job: {e}")
+            return
+        self.facts.done = False
+        self.facts.last_record_t = None
+        self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
+                         if self.runner.proc else None)
+        if self.p.simgpu is not None:
+            self.p.simgpu.attach_job(pid)
+        if self.p.divergence is not None:
+            self.p.divergence.reset()
+        self.set_state(State.RUNNING, f"job started (pid {pid}): {plan.why}")
+        if self.holds:
+            self.event("held", f"the job starts held ({', '.join(self.holds.values())})")
+
+    def _find_checkpoint(self, ckpt_dir: str) -> Any:
+        if self.p.find_checkpoint is not None:
+            return self.p.find_checkpoint(ckpt_dir)
+        from trainer.format import find_latest_valid  # torch-free
+        return find_latest_valid(ckpt_dir, log=lambda m: log.warning("checkpoint: %s", m))
+
+    def _script_checkpoint(self) -> str | None:
+        """A ``checkpoint_glob`` file this run produced (an older run's file does not count)."""
+        pattern = self.cfg["job"]["checkpoint_glob"]
+        if not pattern:
+            return None
+        created = float(self.run.get("created") or 0.0)
+        found = [p for p in Path(self.cfg["job"]["workdir"]).glob(pattern)
+                 if p.is_file() and p.stat().st_mtime >= created - 1.0]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+    def _job_env(self, resume: str) -> dict[str, str]:
+        env = dict(os.environ)
+        # "python" in job.command means the daemon's own interpreter (its venv has trainer/).
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env.update(self.cfg["job"]["env"])
+        ck = self.cfg["checkpoint"]
+        env.update({
+            protocol.ENV_RUN_DIR: str(self.run_dir),
+            protocol.ENV_CHECKPOINT_DIR: self.checkpoint_dir,
+            protocol.ENV_RESUME: resume,
+            protocol.ENV_CHECKPOINT_KEEP: str(ck["keep"]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if ck["best_metric"]:
+            env[protocol.ENV_BEST_METRIC] = ck["best_metric"]
+        if self.cfg["job"]["total_steps"]:
+            env[protocol.ENV_TOTAL_STEPS] = str(self.cfg["job"]["total_steps"])
+        if self.interval_steps:
+            env[protocol.ENV_CHECKPOINT_INTERVAL] = str(self.interval_steps)
+        skip = self.run.get("skip_steps") or ""
+        if skip:
+            env[protocol.ENV_SKIP_STEPS] = skip
+        env.update(self.p.job_env)
+        return env
+
+    def _liveness(self, now: float) -> None:
+        if not self.runner.running or self.runner.stopping:
+            return
+        proc = self.runner.proc
+        obs = rules.Liveness(started_at=(proc.started_at if proc and proc.started_at else now),
+                             last_record_t=self.facts.last_record_t,
+                             last_output_t=self.runner.last_output_t,
+                             last_cpu_growth_t=self.runner.last_cpu_growth_t,
+                             held=bool(self.holds), suspect_since=self.suspect_since)
+        v = rules.judge_liveness(obs, now, self.cfg["job"])
+        if v.action == "suspect":
+            self.suspect_since = now
+            asked = self.runner.command("checkpoint") is not None
+            self.event("hang", f"the job looks hung: {v.reason}; "
+                       + ("asking for a checkpoint, then stopping it" if asked else "stopping it soon"),
+                       "warn")
+        elif v.action == "terminate":
+            self.exit_intent = "hang"
+            self.event("hang", f"stopping the hung job: {v.reason}", "warn")
+            self.runner.begin_stop(now, graceful=False, timeout_s=0)
+        elif v.action == "ok" and self.suspect_since is not None and v.reason == "alive":
+            self.suspect_since = None
+        # the checkpoint-age warning
+        ck = self.facts.checkpoint
+        msg = rules.checkpoint_age_warning(now, float(ck["t"]) if ck and ck.get("t") else None,
+                                           self.facts.steps_per_s, self.interval_steps, self.age_warned)
+        if msg is not None:
+            self.age_warned = now
+            self.event("checkpoint_age", msg, "warn")
+
+    # ================================================================== holds
+    def _apply_holds(self, before: bool) -> None:
+        held = bool(self.holds)
+        self.runner.set_hold(held)
+        if held and not before:
+            try:
+                self.store.increment(self.run_id, "pauses")
+            except Exception as e:  # noqa: BLE001
+                self.problems["store"] = f"cannot write the state database: {e}"
+
+    def _hold(self, owner: str, why: str) -> None:
+        before = bool(self.holds)
+        self.holds[owner] = why
+        self._apply_holds(before)
+
+    def _release(self, owner: str) -> bool:
+        if owner not in self.holds:
+            return False
+        before = bool(self.holds)
+        del self.holds[owner]
+        self._apply_holds(before)
+        if before and not self.holds:
+            self.event("released", f"job released ({owner} hold ended)")
+        return True
+
+    # ================================================================== polling
+    async def _poll(self, now: float) -> None:
+        self.runner.sample_cpu(now)
+        reading = None
+        if self.p.sensor is not None:
+            reading = self.p.sensor.read()
+            self.last_reading = reading
+            self.readings.append(reading)
+            msg = rules.sensor_problem(reading)
+            if msg is not None and "sensor" not in self.problems:
+                self.event("sensor", msg, "warn")
+            if msg is None:
+                self.problems.pop("sensor", None)
+            else:
+                self.problems["sensor"] = msg
+        f = self.facts
+        try:
+            self.store.add_reading(self.run_id, now, getattr(reading, "edge_c", None),
+                                   getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
+                                   getattr(reading, "busy_pct", None), f.step, _finite(f.loss))
+            self.problems.pop("store", None)
+        except Exception as e:  # noqa: BLE001
+            self.problems["store"] = f"cannot write the state database: {e}"
+        if self.p.detector is not None:
+            if reading is not None:
+                self.p.detector.note_sensor(reading)
+            self._poll_resets()
+            for problem in self.p.detector.problems():
+                if problem not in self.problems.values():
+                    self.problems[f"source:{problem[:40]}"] = problem
+                    self.event("source_problem", problem, "warn")
+        self._thermal(now, reading)
+        self._schedule(now)
+        self._interval(now)
+        self._consider_offload(now)
+
+    def _poll_resets(self) -> None:
+        for ev in self.p.detector.poll():
+            self._on_reset(ev)
+
+    def _thermal(self, now: float, reading: Any) -> None:
+        if reading is None or self.state not in (State.RUNNING, State.COOLING):
+            return
+        from daemon.policy.thermal import ThermalObs, ThermalState, decide_thermal
+        if self.thermal is None:
+            self.thermal = ThermalState(paused=False, paused_at=None, reason="")
+        th = self.cfg["thermal"]
+        cap = self.p.clockcap
+        if cap is not None and reading.edge_c is not None and \
+                reading.edge_c >= (th["pause_at_c"] + th["resume_at_c"]) / 2:
+            msg = cap.apply()
+            if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
+                self.problems["clock_cap"] = msg
+                self.event("clock_cap", msg, "warn")
+        history = [(r.t, r.edge_c) for r in self.readings if r.edge_c is not None][-20:]
+        obs = ThermalObs(now=now, edge_c=reading.edge_c, tctl_c=reading.tctl_c, history=history,
+                         poll_interval_s=float(self.cfg["gpu"]["poll_interval_s"]))
+        dec = decide_thermal(obs, self.thermal, th)
+        if dec.action == "pause" and self.state == State.RUNNING and self.runner.running:
+            self.thermal = ThermalState(paused=True, paused_at=now, reason=dec.reason)
+            self._hold("thermal", dec.reason)
+            self.set_state(State.COOLING, dec.reason)
+            self.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
+                       edge_c=reading.edge_c, tctl_c=reading.tctl_c)
+        elif dec.action == "resume" and self.state == State.COOLING:
+            if getattr(dec, "forced", False):
+                self.event("max_cooldown", f"resuming while still warm: {dec.reason}", "warn")
+            self.thermal = ThermalState(paused=False, paused_at=None, reason="")
+            self._release("thermal")
+            self.set_state(State.RUNNING, dec.reason)
+            if cap is not None:
+                cap.restore()
+
+    def _schedule(self, now: float) -> None:
+        if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):
+            return
+        ok, why = self.p.schedule.should_run(now)
+        if not ok and "schedule" not in self.holds:
+            self._hold("schedule", why)
+            self.event("schedule", f"holding the job: {why}")
+        elif ok and "schedule" in self.holds:
+            self._release("schedule")
+
+    def _interval(self, now: float) -> None:
+        iv = self.cfg["checkpoint"]["interval"]
+        if iv != "auto":
+            steps, why = int(iv), "fixed (checkpoint.interval)"
+        else:
+            from daemon.policy.interval import auto_interval_steps
+            cost, rate = self.facts.checkpoint_cost_s(), self.facts.steps_per_s
+            if cost is None or not rate:
+                self.interval_explanation = "auto: waiting for a measured checkpoint cost and step rate"
+                return
+            steps, why = auto_interval_steps(cost, list(self.reset_times), now, rate,
+                                             since=self.run.get("created"))
+        if steps != self.interval_steps:
+            changed = self.interval_steps is not None
+            self.interval_steps, self.interval_explanation = steps, why
+            self.runner.set_interval(steps)
+            if changed or iv == "auto":
+                self.event("interval", f"checkpoint interval now {steps} steps ({why})")
+
+    # ================================================================== resets
+    def _temps_before(self, t: float) -> dict[str, Any]:
+        for r in reversed(self.readings):
+            # "just before": the last good reading, not one taken while the reset was underway
+            if r.t <= t and not r.resetting and (r.edge_c is not None or r.tctl_c is not None):
+                return {"edge_c": r.edge_c, "tctl_c": r.tctl_c, "power_w": r.power_w, "t": r.t}
+        return {}
+
+    def _on_reset(self, ev: Any) -> None:
+        temps = ev.temps or self._temps_before(ev.t)
+        ev.temps = temps
+        try:
+            self.store.add_reset(self.run_id, ev.t, list(ev.sources), list(ev.lines), temps,
+                                 getattr(ev, "signature", None), self.facts.step)
+            self.store.increment(self.run_id, "resets")
+        except Exception as e:  # noqa: BLE001
+            self.problems["store"] = f"cannot write the state database: {e}"
+        self.reset_times.append(ev.t)
+        self.reset_rows.append({"t": ev.t, "temps": temps})
+        from daemon.diagnosis import diagnose
+        self.diagnosis = diagnose(self.reset_rows, self.cfg["thermal"])
+        edge = temps.get("edge_c")
+        self.event("reset", f"GPU reset ({', '.join(ev.sources)}) at step {self.facts.step}; edge "
+                   f"{'unknown' if edge is None else f'{edge:.0f} C'} just before. "
+                   f"{self.diagnosis.headline}", "warn", sources=list(ev.sources),
+                   lines=list(ev.lines)[:20], temps=temps)
+
+    def resets_in_window(self, now: float) -> int:
+        w = float(self.cfg["resets"]["window_s"])
+        return sum(1 for t in self.reset_times if now - t <= w)
+
+    def _reset_near(self, t: float, since: float) -> bool:
+        if self.p.detector is not None:
+            pending = self.p.detector.pending_t()
+            if pending is not None and pending >= since and abs(t - pending) <= RESET_NEAR_S:
+                return True
+        return any(rt >= since and abs(t - rt) <= RESET_NEAR_S for rt in self.reset_times)
+
+    # ================================================================== recovery
+    async def _recover(self, now: float) -> None:
+        from daemon.policy.recovery import RecoveryState, decide_recovery
+        if self.recovery is None:
+            self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+        if self.probe_task is not None:
+            if not self.probe_task.done():
+                return
+            task, self.probe_task = self.probe_task, None
+            res = task.result()
+            self.probe_result = res.ok
+            if not res.ok:
+                self.recovery.probes_failed += 1
+                self.event("probe", f"GPU probe failed ({res.detail}); "
+                           f"{self.recovery.probes_failed} failed so far", "warn")
+            else:
+                self.event("probe", f"GPU probe passed in {res.seconds:.1f} s")
+        act = decide_recovery(self.recovery, now, self.cfg["resets"], self.probe_result)
+        if act.action == "probe" and self.p.probe is not None:
+            env = {**os.environ, **self.p.job_env}
+            self.recovery.last_probe_at = now
+            self.probe_result = None
+            self.probe_task = asyncio.get_running_loop().create_task(self.p.probe(
+                self.cfg["resets"]["probe_command"], float(self.cfg["resets"]["probe_timeout_s"]), env))
+        elif act.action == "restart" or (act.action == "probe" and self.p.probe is None):
+            self.recovery = None
+            self._restart_now(f"GPU usable again: {act.reason}")
+        elif act.action == "give_up":
+            if not self.gpu_unusable:
+                self.gpu_unusable = True
+                self.event("gpu_unusable", f"GPU still unusable after the reset: {act.reason}", "error")
+            if not self.p.offloader.available:  # failover takes it from here when configured
+                self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+
+    # ================================================================== divergence
+    def _divergence(self, rec: dict[str, Any]) -> None:
+        dv = self.p.divergence
+        if dv is None or rec.get("loss") is None or self.exit_intent is not None:
+            return
+        # the job reports the worst loss since its previous record (records are rate-limited)
+        loss, step = rec.get("loss_max", rec["loss"]), rec.get("loss_max_step", rec["step"])
+        try:
+            spike = dv.observe(int(step), float(loss))
+        except (TypeError, ValueError):
+            return
+        if spike is None:
+            return
+        cfg = self.cfg["divergence"]
+        shown = "non-finite" if not math.isfinite(spike.loss) else f"{spike.loss:.4g}"
+        self.event("divergence", f"loss spike at step {spike.step}: {shown} ({spike.reason}); "
+                   f"action: {cfg['action']}", "error", step=spike.step, loss=str(spike.loss))
+        if cfg["action"] in ("stop", "next"):
+            self._diverged_reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
+            self.exit_intent = cfg["action"] if cfg["action"] == "next" else "diverged"
+            # graceful: the newest checkpoint is durable before the next run starts
+            self.runner.begin_stop(self.clock(), graceful=cfg["action"] == "next",
+                                   timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+        elif cfg["action"] == "rollback":
+            self._plan_rollback(spike)
+
+    def _plan_rollback(self, spike: Any) -> None:
+        from daemon.divergence import plan_rollback
+        from trainer.format import list_checkpoints, read_meta
+        dv = self.cfg["divergence"]
+        steps: dict[int, Path] = {}
+        for p in list_checkpoints(self.checkpoint_dir):
+            try:
+                steps[int(read_meta(p)["step"])] = p
+            except Exception:  # noqa: BLE001 - an unreadable one is simply not a candidate
+                continue
+        plan = plan_rollback(spike.step, sorted(steps), dv["rollback_steps"], dv["skip_batches"])
+        if plan is None or plan.checkpoint_step is None:
+            self._diverged_reason = f"the loss diverged at step {spike.step} and no earlier checkpoint exists"
+            self.exit_intent = "diverged"
+            self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+            return
+        quarantine = Path(self.checkpoint_dir) / ".diverged"
+        quarantine.mkdir(exist_ok=True)
+        for s, p in steps.items():
+            if s > plan.checkpoint_step:  # moved aside, never deleted: nothing is lost
+                p.rename(quarantine / p.name)
+        skip = protocol.parse_skip(self.run.get("skip_steps") or "") + list(plan.skip)
+        self._update_run(skip_steps=protocol.format_skip(skip))
+        self.facts.losses.clear()
+        self._rollback_target = str(steps[plan.checkpoint_step])
+        self._rollback_reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at "
+                                 f"step {spike.step}; skipping batches {protocol.format_skip(list(plan.skip))}")
+        # Stopped without a checkpoint: the diverged weights must not become the newest one.
+        self.exit_intent = "rollback"
+        self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+
+    # ================================================================== failover
+    def _deadline(self, now: float) -> float | None:
+        deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
+        after = self.cfg["schedule"]["deadline_after_s"]
+        if after is not None:
+            rel = float(self.run.get("created") or now) + float(after)
+            deadline = rel if deadline is None else min(deadline, rel)
+        return deadline
+
+    def _consider_offload(self, now: float) -> None:
+        if self.state.value not in LOCAL_STATES or now < self.off.next_attempt_at or self.shutting_down \
+                or self.exit_intent is not None:
+            return
+        from daemon.policy.failover import FailoverObs, decide_failover
+        names = self.p.offloader.names
+        spent = float(self.run.get("cloud_cost_usd") or 0.0)
+        obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
+                          gpu_unusable=self.gpu_unusable, local_eta_s=self.facts.eta_s(),
+                          deadline=self._deadline(now), forced=self.off.forced,
+                          backend=names[0] if names else "none",
+                          budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
+                          auth_ok=self.off.auth_ok, state=self.state.value)
+        dec = decide_failover(obs, self.cfg)
+        if dec.offload:
+            self._begin_offload(now, dec.reason)
+
+    def _begin_offload(self, now: float, reason: str) -> None:
+        self.off.reason, self.off.decided_at, self.off.forced = reason, now, False
+        self.set_state(State.OFFLOADING, reason)
+        if self.runner.running:
+            self.exit_intent = "offload"  # its final checkpoint goes up with it
+            self.stop_asked_at = now
+            self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+
+    def _job_spec(self) -> JobSpec:
+        j = self.cfg["job"]
+        return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
+                       env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
+                       checkpoint_interval=self.interval_steps)
+
+    def _estimate_text(self, remaining: int) -> str:
+        from daemon.offload.cost import estimate
+        o = self.cfg["offload"]
+        rate = o["remote_steps_per_s"] or (o["local_steps_per_s"] if o["backend"] == "local" else None)
+        if rate:
+            self.off.estimate = estimate(remaining, rate, o["gpu"], o["prices_usd_per_h"])
+            return f"about {self.off.estimate.seconds / 60:.0f} min, ${self.off.estimate.usd:.2f}"
+        self.off.estimate = None
+        return (f"${float(o['prices_usd_per_h'].get(o['gpu'], 0.0)):.2f}/h, duration unknown "
+                "(set offload.remote_steps_per_s for an estimate)")
+
+    async def _launch_remote(self, now: float) -> None:
+        """Upload and launch on the first backend that works, in [offload] backends order."""
+        info = await asyncio.to_thread(self._find_checkpoint, self.checkpoint_dir)
+        remaining = max(0, (self.facts.total_steps or 0) - (self.facts.step or 0))
+        o = self.cfg["offload"]
+        key = run_key(self.cfg["job"]["name"], self.run_id)
+        files = [Path(p) for p in ([self._script_checkpoint()] if self._script_checkpoint() else [])]
+        failures = []
+        for name in self.p.offloader.names:
+            self.event("offload_estimate", f"moving {remaining} steps to {name} {o['gpu']}: "
+                       f"{self._estimate_text(remaining)} (budget ${o['budget_usd']:.2f})")
+            try:
+                got = await self.p.offloader.launch(name, key, info.path if info else None, files,
+                                                    self._job_spec())
+            except OffloadAuthError as e:
+                self.off.auth_ok = False
+                failures.append((name, str(e), None))
+                continue
+            except OffloadError as e:
+                failures.append((name, str(e), e.retryable))
+                continue
+            except Exception as e:  # noqa: BLE001 - an SDK's own error is a failed attempt, not a crash
+                failures.append((name, f"{type(e).__name__}: {e}", True))
+                continue
+            self.off.auth_ok, self.off.problem, self.off.attempts = True, None, 0
+            self.off.launched_at = self.clock()
+            self._update_run(backend="cloud", remote_call_id=got.call_id, remote_backend=name,
+                             remote_started=self.off.launched_at)
+            self.set_state(State.REMOTE, f"running on {name} ({o['gpu']}), call {got.call_id}")
+            self.event("offloaded", f"job moved to {name} {o['gpu']} from "
+                       f"{info.path.name if info else 'scratch'}: {self.off.reason}; uploaded "
+                       f"{got.upload.bytes / 2**20:.1f} MB in {got.upload.seconds:.1f} s"
+                       + (f" (after {', '.join(n for n, _, _ in failures)} failed)" if failures else ""),
+                       upload_bytes=got.upload.bytes,
+                       decision_to_launch_s=self.off.launched_at - (self.off.decided_at or now))
+            return
+        self.off.attempts += 1
+        retryable = any(r for _, _, r in failures)
+        wait = rules.offload_retry_s(self.off.attempts, retryable)
+        why = "; ".join(f"{n}: {m}" for n, m, _ in failures) or "no backend configured"
+        self.off.problem = why
+        self.off.next_attempt_at = now + wait if wait else float("inf")
+        self.event("offload_failed", f"offload failed ({why})"
+                   + (f"; retrying in {wait:.0f} s" if wait else "") + "; the job stays on the local GPU",
+                   "error")
+        self._update_run(backend="local")
+        self._restart_now("continuing locally")
+
+    def _reattach(self) -> None:
+        run = self.run
+        name = run.get("remote_backend") or (self.p.offloader.names or ["?"])[0]
+        self.p.offloader.remember(name, run["remote_call_id"], run_key(self.cfg["job"]["name"], self.run_id))
+        self.off.launched_at = run.get("remote_started")
+        self.event("offload", f"re-attaching to remote call {run['remote_call_id']} on {name} "
+                   f"(state {self.state.value})")
+        if self.state == State.OFFLOADING:  # died between launch and the state change
+            self.state = State.REMOTE
+
+    def _remote_name(self) -> str:
+        return self.run.get("remote_backend") or (self.p.offloader.names or ["?"])[0]
+
+    def cost_now(self, now: float) -> float:
+        run = self.run
+        spent = float(run.get("cloud_cost_usd") or 0.0)
+        if run.get("backend") != "cloud" or not self.off.launched_at:
+            return spent
+        return spent + (now - self.off.launched_at) * self.p.offloader.price_per_s(self._remote_name())
+
+    async def _remote(self, now: float) -> None:
+        if now < self.off.next_poll_at:
+            return
+        self.off.next_poll_at = now + 2.0
+        name, call_id = self._remote_name(), self.run["remote_call_id"]
+        try:
+            st = await self.p.offloader.poll(name, call_id)
+        except Exception as e:  # noqa: BLE001 - unreachable now; the budget still counts
+            self.off.poll_failures += 1
+            self.off.problem = f"cannot reach the remote run ({self.off.poll_failures} tries): {e}"
+            if rules.over_budget(self.cost_now(now), float(self.cfg["offload"]["budget_usd"])):
+                await self._cancel_remote(now, "budget reached while the remote run was unreachable")
+                self.off.after_pull = "local"
+                self.set_state(State.PULLING, "budget reached: bringing the newest checkpoint home")
+            return
+        self.off.problem, self.off.poll_failures, self.off.remote = None, 0, st
+        if st.step is not None:
+            self.facts.step = st.step
+            self.facts.total_steps = st.total_steps or self.facts.total_steps
+        if st.loss is not None:
+            self.facts.loss = st.loss
+            self.facts.losses.append(st.loss)
+        budget = float(self.cfg["offload"]["budget_usd"])
+        if st.state == "running" and rules.over_budget(self.cost_now(now), budget):
+            self.event("budget", f"cloud budget ${budget:.2f} reached: final checkpoint, then cancel", "warn")
+            await self._cancel_remote(now, "budget reached")
+            self.off.after_pull = "local"
+            self.set_state(State.PULLING, "budget reached: bringing the newest checkpoint home")
+        elif st.state == "succeeded":
+            self._settle_cost(now)
+            self.off.after_pull = "finish"
+            self.set_state(State.PULLING, "remote run finished: bringing the result home")
+        elif st.state == "preempted":
+            # The remote attempt died without a result: run it again; it resumes from the
+            # volume's newest checkpoint, so only the steps since are redone.
+            try:
+                new_id = await self.p.offloader.relaunch(name, run_key(self.cfg["job"]["name"], self.run_id),
+                                                         self._job_spec())
+            except Exception as e:  # noqa: BLE001 - retried on the next poll
+                self.off.problem = f"relaunching the preempted remote run failed: {e}"
+                return
+            self._update_run(remote_call_id=new_id)
+            self.event("preempted", f"remote attempt preempted at step {st.step}; relaunched from the "
+                       f"remote newest checkpoint (call {new_id})", "warn")
+        elif st.state in ("failed", "cancelled"):
+            self._settle_cost(now)
+            self._fail(f"the remote run {st.state}: {st.error or 'no error message'}")
+
+    async def _cancel_remote(self, now: float, why: str) -> None:
+        try:
+            await self.p.offloader.cancel(self._remote_name(), self.run["remote_call_id"])
+            self.event("offload", f"remote run cancelled: {why}")
+        except Exception as e:  # noqa: BLE001
+            self.off.problem = f"cancelling the remote run failed: {e}"
+            self.event("offload", f"cancelling the remote run failed ({e}); will retry", "error")
+        self._settle_cost(now)
+
+    def _settle_cost(self, now: float) -> None:
+        if not self.off.launched_at:
+            return
+        secs = now - self.off.launched_at
+        self._update_run(cloud_seconds=float(self.run.get("cloud_seconds") or 0) + secs,
+                         cloud_cost_usd=self.cost_now(now))
+        self.off.launched_at = None
+
+    async def _pull(self, now: float) -> None:
+        if now < self.off.next_poll_at:
+            return
+        self.off.next_poll_at = now + 2.0
+        try:
+            path = await self.p.offloader.pull(self._remote_name(), run_key(self.cfg["job"]["name"], self.run_id),
+                                               self.run["remote_call_id"], Path(self.checkpoint_dir))
+        except OffloadError as e:
+            if e.retryable:
+                self.off.problem = f"pulling the result failed, retrying: {e}"
+                return
+            self._fail(f"could not bring the result home: {e}")
+            return
+        self.event("pulled", f"result brought home: {path}")
+        self._update_run(backend="local", remote_call_id=None)
+        if self.off.after_pull == "finish":
+            self._finish()
+        elif self.off.after_pull == "stopped":
+            self.set_state(State.STOPPED, "stopped by the user; the remote result is home")
+            self._settle_stop("stopped; the remote run's newest checkpoint is home")
+        else:
+            self._restart_now("continuing locally from the checkpoint brought home")
+
+    # ================================================================== commands
+    def submit(self, action: str, arg: Any = None) -> asyncio.Future:
+        """Queue a command for the next tick (HTTP handlers, signals, the config watcher)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.commands.append((action, arg, fut))
+        return fut
+
+    async def control(self, action: str) -> dict[str, Any]:
+        if action not in CONTROL_ACTIONS:
+            return {"ok": False, "message": f"unknown action {action!r}", "state": self.state.value}
+        return await self.submit(action)
+
+    async def _command(self, action: str, arg: Any, now: float,
+                       fut: asyncio.Future | None) -> dict[str, Any] | None:
+        """The answer, or None when it comes later (a stop answers once the job has exited)."""
+        running = self.runner.running and not self.runner.stopping
+        st = self.state.value
+        if action == "pause":
+            if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
+                return {"ok": False, "message": f"nothing to pause: the run is {st}"}
+            if self.state not in (State.RUNNING, State.COOLING, State.STARTING, State.RECOVERING):
+                return {"ok": False, "message": f"cannot pause while {st} (the job is not on this machine)"}
+            if "user" in self.holds:
+                return {"ok": True, "message": "already paused by you"}
+            self._hold("user", "paused by the user")
+            self._update_run(user_hold=1)
+            self.event("paused", "paused by the user")
+            return {"ok": True, "message": "paused" + ("" if running else "; the job will start paused")}
+        if action == "resume":
+            if self.state == State.STOPPED:
+                self.holds.pop("user", None)
+                self._update_run(user_hold=0)
+                self._restart_now("resumed by the user")
+                return {"ok": True, "message": "resuming the stopped run from its newest checkpoint"}
+            if not self._release("user"):
+                return {"ok": False, "message": f"not paused by you (state {st})"}
+            self._update_run(user_hold=0)
+            if self.holds:
+                return {"ok": True, "message": "your pause is lifted; the job stays held: "
+                        + "; ".join(self.holds.values())}
+            return {"ok": True, "message": "resumed"}
+        if action == "checkpoint":
+            if not running:
+                return {"ok": False, "message": f"no job running (state {st})"}
+            seq = self.runner.command("checkpoint")
+            if seq is None:
+                return {"ok": False, "message": "this job does not use trainer/, so it cannot be asked "
+                        "for a checkpoint; its own checkpoints (job.checkpoint_glob) are kept as they appear"}
+            self.event("checkpoint_requested", f"checkpoint requested by the user (command {seq})")
+            return {"ok": True, "message": f"checkpoint requested (command {seq})"}
+        if action == "offload":
+            if not self.p.offloader.available:
+                return {"ok": False, "message": "failover needs [offload] backend (modal, ssh or local) "
+                        "and budget_usd > 0 in the config"}
+            if st not in LOCAL_STATES:
+                return {"ok": False, "message": f"cannot offload while {st}"}
+            self.off.next_attempt_at = 0.0
+            self._begin_offload(now, "forced by the user (nightshift offload)")
+            return {"ok": True, "message": "moving the job to the cloud"}
+        if action == "stop":
+            if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
+                return {"ok": False, "message": f"nothing to stop: the run is {st}"}
+            self.stop_asked_at = now
+            if self.state == State.REMOTE:
+                await self._cancel_remote(now, "stopped by the user")
+                self.off.after_pull = "stopped"
+                self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
+                return self._answer_later(fut)
+            if self.runner.running:
+                self.exit_intent = "stop"
+                self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+                return self._answer_later(fut)
+            self.set_state(State.STOPPED, "stopped by the user")
+            return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
+        if action == "reconfigure":
+            return await self._reconfigure(*arg)
+        raise AssertionError(action)
+
+    def _answer_later(self, fut: asyncio.Future | None) -> None:
+        if fut is not None:
+            self.stop_waiters.append(fut)  # answered by _settle_stop once the job has exited
+        return None
+
+    # ================================================================== shutdown
+    def request_stop(self, sig: int) -> None:
+        """Signal handler: only records (the uvicorn way). SIGTERM or a first SIGINT = graceful;
+        a second SIGINT forces."""
+        if self.stop_signal is not None:
+            if sig == signal.SIGINT:
+                log.warning("second SIGINT: killing the job and exiting now")
+                self.runner.kill_now()
+                self.stop_signal = sig
+                self.done.set()
+            else:
+                log.info("%s again: already stopping gracefully", signal.Signals(sig).name)
+            return
+        log.info("received %s: checkpointing and stopping the job", signal.Signals(sig).name)
+        self.stop_signal = sig
+
+    def _begin_shutdown(self, now: float) -> None:
+        self.shutting_down = True
+        if self.runner.running:
+            if self.exit_intent is None:
+                self.exit_intent = "shutdown"
+            self.stop_asked_at = now
+            self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+        elif self.state == State.REMOTE:
+            self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
+
+    def exit_code(self) -> int:
+        return rules.exit_code(self.stop_signal, self.state.value)
+
+    def close(self) -> None:
+        self._update_run(job_pid=None, job_create_time=None)
+        if self.stop_signal is not None:
+            self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
+                       "continues when the daemon starts again")
+
+    # ================================================================== live config
+    async def _reconfigure(self, new: dict[str, Any], keys: list[str], restart: list[str]) -> dict[str, Any]:
+        from daemon import reconfig
+        live = [k for k in keys if k not in restart]
+        for name, part in (await reconfig.apply(self.cfg, new, live, self.p)).items():
+            setattr(self.p, name, part)
+        if live:
+            self.event("config", "config reloaded; now in force: " + ", ".join(live))
+        if restart:
+            self.event("config", "changed keys wait for a daemon restart: " + ", ".join(restart)
+                       + " (systemctl restart nightshiftd)", "warn")
+        return {"ok": True, "message": "applied"}
+
+    # ================================================================== the snapshot
+    def _publish(self, now: float) -> None:
+        from daemon.statusview import build_status
+        try:
+            self.snapshot = build_status(self, now)
+        except Exception as e:  # noqa: BLE001 - keep the last good snapshot
+            log.exception("building the status failed")
+            self.problems["status"] = f"status could not be built: {e}"
+
+    # StatusSource (daemon/api.py)
+    def status(self) -> dict[str, Any]:
+        return self.snapshot
+
+    def history(self, since: float | None) -> list[dict[str, Any]]:
+        return self.store.readings(self.run_id, since=since, limit=1500)
+
+    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]:
+        return self.store.events(None, limit=limit, before_id=before_id, kind=kind)
+
+
+def _gpu_signature(tail: str) -> str | None:
+    from daemon.resets.signatures import match_job_output
+    return match_job_output(tail)
+
+
+def _finite(x: Any) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    from daemon.config import public_config
+    return public_config(cfg)
+
+
+__all__ = ["Parts", "Supervisor", "TERMINAL_STATES"]
