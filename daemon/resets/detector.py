@@ -85,6 +85,7 @@ class ResetDetector:
         self._pm_since: float | None = None
         self._pm_until = float("-inf")
         self._sensor_resetting = False
+        self._other_device_t = float("-inf")
         wanted = list(resets_cfg.get("sources") or [])
         auto = "auto" in wanted
         self.uses = set(wanted) - {"auto"}
@@ -161,7 +162,11 @@ class ResetDetector:
             return
         addr = pci_address(stamp.text)
         if self.device and addr and addr != self.device:
+            self._other_device_t = w
             return  # another GPU's reset is not ours to count
+        if self.device and addr is None and self._kernel_target(w, m) is None and (
+                m.role != "start" or abs(w - self._other_device_t) <= self.gap_s):
+            return  # a line naming no device opens a reset only when no other GPU is resetting
         if m.name in BENIGN_IN_PM and self._pm_since is not None and \
                 self._pm_since - 1.0 <= w <= self._pm_until:
             self.benign.append(line)
