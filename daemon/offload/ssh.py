@@ -83,14 +83,23 @@ os.replace("runner.json.tmp", "runner.json")
 print(p.pid, ticks)
 """
 
+# Run on the box by cancel: the control protocol's "exit" command to a trainer/ job.
+EXIT_COMMAND = """\
+import sys
+from daemon.control import JobControl
+JobControl(sys.argv[1]).command("exit", int(sys.argv[2]))
+"""
+
 
 def _q(s: str) -> str:
     return shlex.quote(str(s))
 
 
 def _alive_sh(pid: int, ticks: str) -> str:
-    """A shell test: is <pid> still the process that started at <ticks>?"""
-    return f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f20)\" = {_q(ticks)} ]"
+    """A shell test: is <pid> still the process that started at <ticks>, and not a zombie?
+    (A container's pid 1 often never reaps, so a finished runner can linger as one.)"""
+    return (f"{{ _st=$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null); case \"$_st\" in ''|[ZX]*) false;; "
+            f"*) [ \"$(echo \"$_st\" | cut -d' ' -f20)\" = {_q(ticks)} ];; esac; }}")
 
 
 def remote_command(command: list[str]) -> list[str]:
@@ -380,7 +389,8 @@ class SshBackend(OffloadBackend):
         self.link.call(lambda conn: self._cancel(conn, key, pid, ticks), timeout=self.cancel_grace_s + 60)
 
     async def _cancel(self, conn: Any, key: str, pid: int, ticks: str) -> None:
-        run = self._run_dir(await self._root_dir(conn), key)
+        root = await self._root_dir(conn)
+        run = self._run_dir(root, key)
         r = await conn.run(f"cd {_q(run)} && touch cancel_requested && {_alive_sh(pid, ticks)} && "
                            f"cat /proc/{pid}/task/{pid}/children; echo {_SEP}; "
                            f"tail -c {TAIL_BYTES} run/progress.jsonl 2>/dev/null", check=False)
@@ -400,10 +410,10 @@ class SshBackend(OffloadBackend):
         grace = max(1, int(self.cancel_grace_s * 10))
         wait = lambda n: f"i=0; while {alive} && [ $i -lt {n} ]; do sleep 0.1; i=$((i+1)); done; "  # noqa: E731
         script = ""
-        if job is not None:  # trainer/: "exit" = durable checkpoint, then exit 0 (the file is the state)
-            ctl = json.dumps({"seq": int(time.time()), "command": "exit", "checkpoint_interval": None})
-            script += (f"cd {_q(run)}/run && printf '%s' {_q(ctl)} > control.json.tmp && "
-                       f"mv control.json.tmp control.json; kill -USR1 {job} 2>/dev/null; {wait(grace)}")
+        if job is not None:  # trainer/: "exit" = a durable checkpoint, then exit 0. Written by
+            # the box's copy of daemon.control, so the file's format is the one its trainer reads
+            script += (f"{self._exports(root)}{_q(self.python)} -c {_q(EXIT_COMMAND)} "
+                       f"{_q(posixpath.join(run, 'run'))} {job}; {wait(grace)}")
             grace = 50
         script += f"if {alive}; then kill -TERM -{pid} 2>/dev/null; fi; {wait(grace)}"
         script += f"if {alive}; then kill -KILL -{pid} 2>/dev/null; "
