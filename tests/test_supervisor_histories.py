@@ -1,0 +1,395 @@
+"""Scripted histories driving the real Supervisor tick by tick (tests/harness.py).
+
+Each numbered failure of issue 12 is a history here; the comment says what the old core did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon.offload.base import OffloadError, RemoteStatus, UploadResult
+from daemon.resets import ResetEvent
+from daemon.states import State
+from tests.harness import Behaviour, FakeClock, FakeDetector, FakeSensor, Harness, config
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ---------------------------------------------------------------- 1: SIGTERM is graceful
+def test_sigterm_checkpoints_at_the_last_step_then_exits_143(tmp_path):
+    """Old: one SIGTERM with the API on SIGKILLed the job within 0.2 s, no final checkpoint."""
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000, interval=50)})
+        sup = await h.open()
+        await h.run(30)
+        step_before = sup.facts.step
+        sup.request_stop(signal.SIGTERM)
+        sup.request_stop(signal.SIGTERM)  # systemd may repeat it: still graceful
+        await h.run(10, until=lambda s: s.done.is_set())
+        assert sup.done.is_set() and sup.exit_code() == 143
+        proc = h.factory.procs[-1]
+        assert proc.returncode == 0, "the job exited by itself after its checkpoint, not killed"
+        assert sup.facts.checkpoint["step"] == proc.step >= step_before
+        assert sup.run["state"] != "stopped"  # continued by the next start, not ended
+    run(go())
+
+
+def test_a_second_sigint_forces(tmp_path):
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000)})
+        sup = await h.open()
+        await h.run(5)
+        sup.request_stop(signal.SIGINT)
+        sup.request_stop(signal.SIGINT)
+        await h.run(0.4)
+        assert sup.done.is_set() and sup.exit_code() == 130
+        assert h.factory.procs[-1].returncode == -signal.SIGKILL
+    run(go())
+
+
+# ---------------------------------------------------------------- 2: liveness
+def test_a_script_that_only_prints_is_never_hung(tmp_path):
+    """Old: no progress records = hung, killed every heartbeat_timeout_s + stop_timeout_s."""
+    lines = [(float(t), "line", f"iter {t}: loss 1.0") for t in range(0, 120, 4)] + [(121.0, "exit", 0)]
+    async def go():
+        cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 10.0})
+        h = Harness(tmp_path, cfg, {"script": Behaviour(script=lines, cpu_per_s=0.0)})
+        sup = await h.open()
+        await h.run(130, until=lambda s: s.state == State.SUCCEEDED)
+        assert sup.state == State.SUCCEEDED
+        assert len(h.spawned) == 1 and not h.events("hang")
+    run(go())
+
+
+def test_a_quiet_script_using_cpu_is_alive_and_a_silent_idle_one_is_hung(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["busy"], "heartbeat_timeout_s": 10.0})
+        h = Harness(tmp_path, cfg, {"busy": Behaviour(script=[(60.0, "exit", 0)], cpu_per_s=1.0),
+                                    "stuck": Behaviour(script=[(600.0, "exit", 0)], cpu_per_s=0.0)})
+        sup = await h.open()
+        await h.run(65, until=lambda s: s.state == State.SUCCEEDED)
+        assert sup.state == State.SUCCEEDED and not h.events("hang")
+    run(go())
+
+    async def go2(tmp):
+        cfg = config(tmp, job={"command": ["stuck"], "heartbeat_timeout_s": 10.0})
+        h = Harness(tmp, cfg, {"stuck": Behaviour(script=[(600.0, "exit", 0)], cpu_per_s=0.0)})
+        await h.open()
+        await h.run(40)
+        assert h.events("hang"), "a silent, idle job is hung"
+        assert len(h.spawned) >= 2 and h.factory.procs[0].returncode is not None
+    (tmp_path / "b").mkdir()
+    run(go2(tmp_path / "b"))
+
+
+def test_a_held_job_is_never_hung(tmp_path):
+    """Old: a job SIGSTOP-held by the user or the schedule was on the same hang timer."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 5.0})
+        h = Harness(tmp_path, cfg, {"script": Behaviour(script=[(1.0, "line", "hi"), (500.0, "exit", 0)])})
+        sup = await h.open()
+        await h.run(2)
+        res = await h.command("pause")
+        assert res["ok"] and h.factory.procs[0].stopped_by_signal  # a script: SIGSTOP
+        await h.run(120)
+        assert not h.events("hang") and len(h.spawned) == 1
+        assert sup.snapshot["held_by"] == "user"
+        assert (await h.command("resume"))["ok"] and not h.factory.procs[0].stopped_by_signal
+    run(go())
+
+
+# ---------------------------------------------------------------- 3, 4: runs and resume_command
+def nanogpt_like(touch_at: float | None, exit_at: float, rc: int = 0) -> Behaviour:
+    script = [(1.0, "line", "iter 1: loss 3.0")]
+    if touch_at is not None:
+        script.append((touch_at, "touch", "out/ckpt.pt"))
+    script.append((exit_at, "exit", rc))
+    return Behaviour(script=script)
+
+
+def test_stop_then_a_new_daemon_continues_the_run_with_resume_command(tmp_path):
+    """Old: stop, then a new daemon began a new run with the plain command (ckpt 250 -> 100);
+    stop said "stopped after a checkpoint" when none was taken; resume said "not paused"."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["train"], "resume_command": ["train-resume"],
+                                    "checkpoint_glob": "out/ckpt.pt"})
+        beh = {"train": nanogpt_like(3.0, 1000.0), "train-resume": nanogpt_like(None, 1000.0)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(5)
+        res = await h.command("stop")
+        assert res["ok"] and sup.state == State.STOPPED
+        assert "no checkpoint" in res["message"] or "no new checkpoint" in res["message"], res
+        assert (await h.command("pause"))["ok"] is False
+        run_id = sup.run_id
+        # the daemon restarts (systemctl restart): the same run continues, with resume_command
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        await h2.run(2)
+        assert sup2.run_id == run_id and sup2.state == State.RUNNING
+        assert h2.spawned == [["train-resume"]]
+        # stop, then `nightshift resume` in the same daemon
+        await h2.command("stop")
+        res = await h2.command("resume")
+        assert res["ok"] and "resum" in res["message"]
+        await h2.run(2)
+        assert sup2.state == State.RUNNING and h2.spawned[-1] == ["train-resume"]
+    run(go())
+
+
+def test_new_run_flag_starts_fresh_and_ignores_the_older_runs_checkpoints(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]})
+        beh = {"trainer": Behaviour(trainer=True, steps=1000, interval=5)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(12)
+        await h.command("stop")
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open(new_run=True)
+        await h2.run(1)
+        assert sup2.run_id == sup.run_id + 1
+        assert h2.factory.procs[0].env["NIGHTSHIFT_RESUME"] == ""
+        assert h2.factory.procs[0].env["NIGHTSHIFT_CHECKPOINT_DIR"].endswith(f"run-{sup2.run_id}")
+    run(go())
+
+
+def test_killed_before_its_first_checkpoint_restarts_with_the_plain_command(tmp_path):
+    """Old: "has run before" -> resume_command -> FileNotFoundError twice -> failed for good."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["train"], "resume_command": ["train-resume"],
+                                    "checkpoint_glob": "out/ckpt.pt", "restart_backoff_s": 1.0})
+        beh = {"train": nanogpt_like(None, 3.0, rc=-9), "train-resume": nanogpt_like(None, 1000.0)}
+        h = Harness(tmp_path, cfg, beh)
+        await h.open()
+        await h.run(8)
+        assert h.spawned[:2] == [["train"], ["train"]]
+    run(go())
+
+
+# ---------------------------------------------------------------- 5: controls are a sequence
+def test_pause_and_checkpoint_together_leave_the_job_held_with_a_fresh_checkpoint(tmp_path):
+    """Old: control.json kept only the last command: the job trained on while status said paused."""
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000, interval=1000)})
+        sup = await h.open()
+        await h.run(5)
+        f1, f2 = sup.submit("pause"), sup.submit("checkpoint")
+        await h.run(3)
+        assert f1.result()["ok"] and f2.result()["ok"]
+        proc = h.factory.procs[0]
+        step = proc.step
+        await h.run(10)
+        assert proc.held and proc.step == step, "held, not training"
+        assert sup.facts.checkpoint["step"] == step
+        assert sup.snapshot["held_by"] == "user"
+    run(go())
+
+
+def test_a_users_resume_does_not_release_a_thermal_hold(tmp_path):
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        cfg = config(tmp_path, thermal={"trend": False, "min_cooldown_s": 5.0})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)}, clock=clock, sensor=sensor)
+        sup = await h.open()
+        await h.run(5)
+        await h.command("pause")
+        sensor.edge_c = 95.0
+        await h.run(5)
+        assert sup.state == State.COOLING
+        res = await h.command("resume")
+        assert res["ok"] and "stays held" in res["message"]
+        proc = h.factory.procs[0]
+        step = proc.step
+        await h.run(4)
+        assert proc.held and proc.step == step, "a hot GPU stays paused"
+        sensor.edge_c = 60.0
+        await h.run(15)
+        assert sup.state == State.RUNNING and not proc.held and proc.step > step
+    run(go())
+
+
+# ---------------------------------------------------------------- 6: history survives restarts
+def test_resets_and_diagnosis_survive_a_daemon_restart(tmp_path):
+    """Old: after any daemon restart "resets in the window" was 0: the offload rule started over."""
+    async def go():
+        clock = FakeClock()
+        det = FakeDetector()
+        cfg = config(tmp_path)
+        beh = {"trainer": Behaviour(trainer=True, steps=10000)}
+        h = Harness(tmp_path, cfg, beh, clock=clock, detector=det, sensor=FakeSensor(clock))
+        sup = await h.open()
+        await h.run(3)
+        for i in range(2):
+            det.events.append(ResetEvent(t=clock.t, sources=["kmsg"], lines=[f"reset {i}"]))
+            await h.run(3)
+        assert sup.resets_in_window(clock.t) == 2
+        h2 = Harness(tmp_path, cfg, beh, clock=clock, store=h.store, detector=FakeDetector())
+        sup2 = await h2.open()
+        await h2.run(1)
+        assert sup2.resets_in_window(clock.t) == 2
+        assert sup2.snapshot["resets"]["in_window"] == 2 and sup2.diagnosis is not None
+    run(go())
+
+
+# ---------------------------------------------------------------- 7: live reload in place
+class FakeCap:
+    def __init__(self, log: list[str], mhz: int):
+        self.log, self.mhz = log, mhz
+
+    def apply(self):
+        self.log.append(f"apply {self.mhz}")
+
+    def restore(self):
+        self.log.append(f"restore {self.mhz}")
+
+
+def test_live_reload_restores_the_cap_disables_divergence_and_reschedules_polling(tmp_path, monkeypatch):
+    """Old: an applied cap was orphaned, disabling divergence was ignored, a new ntfy_url was
+    ignored, poll_interval_s was announced as applied and was not."""
+    async def go():
+        caps: list[str] = []
+        resched: list[float] = []
+        cfg = config(tmp_path, thermal={"clock_cap": False})
+        from daemon import parts as build
+        monkeypatch.setattr(build, "clockcap", lambda c, s: FakeCap(caps, c["thermal"]["clock_cap_mhz"])
+                            if c["thermal"]["clock_cap"] else None)
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)},
+                    divergence=build.divergence(cfg), clockcap=FakeCap(caps, 1800),
+                    reschedule_poll=resched.append)
+        sup = await h.open()
+        await h.run(1)
+        assert sup.p.divergence is not None
+        new = config(tmp_path, thermal={"clock_cap": True, "clock_cap_mhz": 1500},
+                     divergence={"enabled": False}, gpu={"poll_interval_s": 5.0},
+                     notify={"ntfy_url": "http://127.0.0.1:9/topic"}, api={"port": 9999})
+        keys = ["thermal.clock_cap", "thermal.clock_cap_mhz", "divergence.enabled",
+                "gpu.poll_interval_s", "notify.ntfy_url", "api.port"]
+        sup.commands.append(("reconfigure", (new, keys, ["api.port"]), None))
+        await h.run(0.4)
+        assert caps == ["restore 1800"], "the old cap is lifted before the new one"
+        assert sup.p.clockcap.mhz == 1500 and sup.p.divergence is None
+        assert resched == [5.0] and sup.p.notifier is not None
+        [applied, waits] = h.events("config")[-2:]
+        assert "api.port" not in applied and "gpu.poll_interval_s" in applied
+        assert "api.port" in waits
+        await sup.p.notifier.stop()
+    run(go())
+
+
+# ---------------------------------------------------------------- 8: a failing handler
+class BrokenBackend:
+    def upload(self, key, ckpt, files):
+        return UploadResult(1, 0.1)
+
+    def launch(self, key, spec):
+        return "call-1"
+
+    def poll(self, call_id):
+        return RemoteStatus(state="running", step=5, total_steps=100)
+
+    def cancel(self, call_id):
+        raise OffloadError("cloud said no")
+
+    def pull(self, key, call_id, dest):
+        raise OffloadError("gone", retryable=True)
+
+
+def test_a_failing_port_becomes_an_event_and_the_daemon_lives_on(tmp_path):
+    """Old: an OffloadError from cancel ended the daemon."""
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        cfg = config(tmp_path, offload={"backend": "local", "budget_usd": 5.0})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)}, clock=clock,
+                    sensor=sensor, backends={"local": BrokenBackend()})
+        sup = await h.open()
+        await h.run(3)
+        assert (await h.command("offload"))["ok"]
+        await h.run(5, until=lambda s: s.state == State.REMOTE)
+        assert sup.state == State.REMOTE
+        sensor.fail = True  # and a sensor that raises, too
+        res = await asyncio.wait_for(_stop_soon(h), 30)
+        assert sup.state in (State.PULLING, State.STOPPED)
+        assert any("cloud said no" in m for m in h.events("offload")), h.events()
+        assert h.events("error") and not sup.done.is_set()
+        assert res is None or isinstance(res, dict)
+    run(go())
+
+
+async def _stop_soon(h: Harness):
+    fut = h.sup.submit("stop")
+    await h.run(3)
+    return fut.result() if fut.done() else None
+
+
+# ---------------------------------------------------------------- bounded restarts
+def test_restarts_are_bounded_for_every_cause_with_a_minimum_backoff(tmp_path):
+    """Issue 13, item 6: 62 restarts in 25 s after signal deaths with backoff 0."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["dies"], "restart_backoff_s": 0.0, "restart_limit": 5})
+        h = Harness(tmp_path, cfg, {"dies": Behaviour(script=[(0.1, "exit", -9)])})
+        sup = await h.open()
+        await h.run(25)
+        assert len(h.spawned) == 6 and sup.state == State.FAILED
+        assert "job.restart_limit" in sup.failure
+    run(go())
+
+
+@pytest.mark.parametrize("state", ["stopped", "failed"])
+def test_controls_say_why_they_cannot_act(tmp_path, state):
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000)})
+        sup = await h.open()
+        await h.run(2)
+        if state == "stopped":
+            await h.command("stop")
+        else:
+            sup._fail("test")
+        res = await h.command("pause")
+        assert not res["ok"] and "nothing to pause" in res["message"] and res["message"].count(state) == 1
+    run(go())
+
+
+def test_status_snapshot_is_valid_json_with_a_nan_loss(tmp_path):
+    async def go():
+        h = Harness(tmp_path, config(tmp_path, job={"command": ["s"]}),
+                    {"s": Behaviour(script=[(0.5, "record", {"kind": "progress", "step": 3, "loss": float("nan")}),
+                                            (100.0, "exit", 0)])})
+        sup = await h.open()
+        await h.run(2)
+        json.dumps(sup.snapshot, allow_nan=False)
+    run(go())
+
+
+def test_a_user_pause_survives_a_daemon_restart_and_the_job_starts_held(tmp_path):
+    async def go():
+        cfg = config(tmp_path)
+        beh = {"trainer": Behaviour(trainer=True, steps=1000)}
+        h = Harness(tmp_path, cfg, beh)
+        await h.open()
+        await h.run(3)
+        await h.command("pause")
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        await h2.run(3)
+        assert sup2.snapshot["held_by"] == "user" and h2.factory.procs[0].held
+    run(go())
+
+
+def test_checkpoint_dir_is_per_run(tmp_path):
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000)})
+        sup = await h.open()
+        await h.run(1)
+        assert Path(h.factory.procs[0].env["NIGHTSHIFT_CHECKPOINT_DIR"]) == \
+            Path(sup.cfg["job"]["checkpoint_dir"]) / "run-1"
+    run(go())
