@@ -4,11 +4,28 @@ A run is a first-class row (never a global), so a daemon restarted after any sto
 included, continues the same run with the same counts, and a queue of runs fits later.
 Every write is its own short transaction: a crash loses at most the write in flight.
 Used from the daemon's event loop thread and, read-only, from the HTTP handlers (same thread).
+
+A sick disk never stops the daemon (issue 13): every statement goes through ``_Guarded``.
+- A corrupt file (not a database, or failing ``PRAGMA quick_check``) is moved aside as
+  ``nightshift.db.corrupt-<time>`` and a fresh one started, with a ``store_corrupt`` event; the
+  run then continues from its checkpoints on disk.
+- A write that fails for lack of space or a read-only file or file system (ENOSPC, EROFS,
+  SQLite's "database or disk is full", "readonly database", "disk I/O error") is kept in a
+  bounded in-memory queue and retried, in order, before the next write (``retry_pending()``
+  retries on demand); meanwhile ``problem`` says what is wrong and where. A queued INSERT gets
+  its id allocated at once, so ``create_run`` still returns the run's id.
+- A file that cannot be opened at all (a read-only state dir on first start) gives an
+  in-memory store for this process, and ``problem`` says so.
+- The state dir is 0700 and the file 0600: the store holds the run's config and events.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
+import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -103,21 +120,202 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   ("remote_backend", "TEXT"), ("resume_from", "TEXT"))
 
 
+log = logging.getLogger(__name__)
+MAX_PENDING = 10_000  # queued writes while the disk is full; the oldest are dropped beyond
+_WRITE_FAULTS = ("database or disk is full", "readonly database", "read-only file system",
+                 "disk i/o error", "no space left", "unable to open database file")
+_INSERT = re.compile(r"^\s*INSERT (OR IGNORE )?INTO (runs|events|resets|checkpoints)\((.*?)\) VALUES \(",
+                     re.S)
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).lower()
+    if "full" in text or "no space" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text:
+        return "the file or its file system is read-only"
+    return str(e)
+
+
+class _NoRows:
+    """What a failed read or a queued write returns: no rows, and the allocated id if any."""
+
+    def __init__(self, lastrowid: int | None = None):
+        self.lastrowid = lastrowid
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def __iter__(self):
+        return iter(())
+
+
+class _Guarded:
+    """The connection, with disk faults turned into a queue and a ``problem`` (see above)."""
+
+    def __init__(self, conn: sqlite3.Connection, store: Store):
+        self.conn = conn
+        self.store = store
+        self.pending: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
+        self.dropped = 0
+        self.why = "a write failed"
+        self._next_id: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        if sql.lstrip()[:6].upper() in ("SELECT", "PRAGMA"):
+            try:
+                return self.conn.execute(sql, args)
+            except sqlite3.DatabaseError as e:
+                self.store._fault(f"cannot read {self.store.path}: {_why(e)}")
+                return _NoRows()
+        args = tuple(args)
+        if self.pending and not self.retry():
+            return self._queue(sql, args)
+        try:
+            cur = self.conn.execute(sql, args)
+        except sqlite3.OperationalError as e:
+            if not any(f in str(e).lower() for f in _WRITE_FAULTS):
+                raise
+            return self._queue(sql, args, e)
+        m = _INSERT.match(sql)
+        if m and cur.lastrowid:
+            self._next_id[m.group(2)] = max(self._next_id.get(m.group(2), 0), cur.lastrowid + 1)
+        return cur
+
+    def _queue(self, sql: str, args: tuple[Any, ...], e: BaseException | None = None) -> _NoRows:
+        rowid = None
+        m = _INSERT.match(sql)
+        if m:  # allocate the id now: the caller (create_run) needs it
+            table = m.group(2)
+            try:
+                top = self.conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+            except sqlite3.DatabaseError:
+                top = 0
+            rowid = max(top + 1, self._next_id.get(table, 0))
+            self._next_id[table] = rowid + 1
+            sql = sql[:m.start(3)] + "id, " + sql[m.start(3):m.end()] + "?, " + sql[m.end():]
+            args = (rowid, *args)
+        if len(self.pending) >= MAX_PENDING:
+            self.pending.popleft()
+            self.dropped += 1
+        self.pending.append((sql, args))
+        if e is not None:
+            self.why = _why(e)
+        dropped = f", {self.dropped} dropped" if self.dropped else ""
+        problem = (f"cannot write {self.store.path}: {self.why}; {len(self.pending)} write(s) "
+                   f"kept in memory{dropped} and retried (free space or fix the permissions of "
+                   f"{self.store.path.parent})")
+        if self.store.problem is None or e is not None and self.why not in self.store.problem:
+            self.store._fault(problem)  # logged when it starts or its cause changes
+        self.store.problem = problem
+        return _NoRows(rowid)
+
+    def retry(self) -> bool:
+        """Write the queued statements in order; True when none is left."""
+        while self.pending:
+            sql, args = self.pending[0]
+            try:
+                self.conn.execute(sql, args)
+            except sqlite3.IntegrityError:
+                pass  # an id taken meanwhile (INSERT OR IGNORE semantics): drop that write
+            except sqlite3.DatabaseError:
+                return False
+            self.pending.popleft()
+        if self.store.problem is not None:
+            log.warning("the state store is writable again: %s", self.store.path)
+            self.store.problem = None
+            self.dropped = 0
+        return True
+
+
 class Store:
-    """SQLite-backed state. ``clock`` is injected so replays and tests control time."""
+    """SQLite-backed state. ``clock`` is injected so replays and tests control time.
+
+    ``problem`` is None, or one line saying what is wrong with the file and where."""
 
     def __init__(self, path: str | Path, clock=time.time):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
+        self.problem: str | None = None
+        self.moved_aside: Path | None = None  # where a corrupt file went
+        _private_dir(self.path.parent)
+        try:
+            conn = self._open(self.path)
+        except OSError as e:  # the file cannot even be created: a read-only state dir
+            conn = self._open_in_memory(e)
+        except sqlite3.OperationalError as e:  # "database is locked" is no corruption: raise
+            if not any(f in str(e).lower() for f in _WRITE_FAULTS):
+                raise
+            conn = self._open_in_memory(e)
+        except sqlite3.DatabaseError as e:  # not a database, malformed, failed quick_check
+            conn = self._move_aside_and_open(e)
+        self.db = _Guarded(conn, self)
+        if self.moved_aside:
+            self.add_event(None, "store_corrupt", f"{self.path} was corrupt; moved aside to "
+                           f"{self.moved_aside.name} and a fresh store started (the run goes on "
+                           "from its checkpoints)", "error")
+
+    def _open(self, path: Path | str) -> sqlite3.Connection:
+        if path != ":memory:":
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         # isolation_level=None: autocommit; each statement is its own transaction.
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(_SCHEMA)
-        self._migrate()
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            db.executescript(_SCHEMA)
+            self.db = db  # _migrate runs on the bare connection: a fault here is a fault at open
+            self._migrate()
+        except BaseException:
+            db.close()
+            raise
+        for suffix in ("", "-wal", "-shm"):
+            _private_file(Path(f"{path}{suffix}"))
+        return db
+
+    def _move_aside_and_open(self, e: BaseException) -> sqlite3.Connection:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(self.clock()))
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        log.error("%s is corrupt (%s); moving it aside to %s and starting a fresh one",
+                  self.path, e, aside.name)
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            except FileNotFoundError:
+                pass
+        self.moved_aside = aside
+        return self._open(self.path)
+
+    def _open_in_memory(self, e: BaseException) -> sqlite3.Connection:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else _why(e)
+        self._fault(f"cannot open {self.path}: {why}; keeping state in memory until "
+                    f"restarted (make {self.path.parent} writable)")
+        return self._open(":memory:")
+
+    def _fault(self, problem: str) -> None:
+        if problem != self.problem:
+            log.error("state store: %s", problem)
+        self.problem = problem
+
+    def retry_pending(self) -> bool:
+        """Retry the writes queued while the disk was full or read-only; True when all done."""
+        return self.db.retry() if isinstance(self.db, _Guarded) else True
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self.db.pending) if isinstance(self.db, _Guarded) else 0
 
     def _migrate(self) -> None:
         have = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
@@ -126,6 +324,7 @@ class Store:
                 self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
+        self.retry_pending()
         self.db.close()
 
     # -- runs -------------------------------------------------------------------------------
@@ -268,3 +467,18 @@ class Store:
             stride = len(rows) / limit
             rows = [rows[int(i * stride)] for i in range(limit)]
         return rows
+
+
+def _private_dir(d: Path) -> None:
+    """Create the state dir 0700; tighten an existing one of ours that others can read."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_file(d, 0o700)
+
+
+def _private_file(p: Path, mode: int = 0o600) -> None:
+    try:
+        st = p.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(p, mode)
+    except OSError:
+        pass  # missing, or not ours to change
