@@ -52,6 +52,8 @@ def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, in
                 "(run this as a user who can read the daemon's state directory)", 1)
     except PermissionError:
         return f"cannot read the API token {token_file}: permission denied (try sudo)", 1
+    except auth.InsecureTokenFile as e:
+        return f"refusing to use the API token: {e}", 1
     req = urllib.request.Request(f"{base_url}/control/{action}", method="POST", data=b"",
                                  headers={"Authorization": f"Bearer {token}"})
     try:
