@@ -52,9 +52,11 @@ class ResetEvent:
     temps: dict[str, Any] = field(default_factory=dict)
     last_t: float = 0.0  # wall time of the newest signal
     kernel_ended: bool = False
-    kernel_first_t: float | None = None  # kernel time (as wall time) of its first/last kernel line
+    # kernel time of its first/last kernel line and of its first "end" line, on the wall-time
+    # scale (equal to wall time unless the log's stamps are not from this boot: kerneltime.py)
+    kernel_first_t: float | None = None
     kernel_last_t: float | None = None
-    ended_t: float | None = None  # kernel time of its first "end" line
+    ended_t: float | None = None
     read_t: float = 0.0  # clock() when its newest signal was read (settling)
     emitted: bool = False
     dropped_lines: int = 0
@@ -151,60 +153,61 @@ class ResetDetector:
         m = classify_kernel_line(stamp.text)
         if m is None:
             return
-        w = kc.wall(stamp, now)
+        w, k = kc.convert(stamp, now)
         if m.role == "pm_enter":
-            if self._pm_since is None or w > self._pm_until:
-                self._pm_since = w
-            self._pm_until = w + 120.0  # a sleep whose exit line we never see ends anyway
+            if self._pm_since is None or k > self._pm_until:
+                self._pm_since = k
+            self._pm_until = k + 120.0  # a sleep whose exit line we never see ends anyway
             return
         if m.role == "pm_exit":
-            self._pm_until = w + self.pm_grace_s
+            self._pm_until = k + self.pm_grace_s
             return
         addr = pci_address(stamp.text)
         if self.device and addr and addr != self.device:
-            self._other_device_t = w
+            self._other_device_t = k
             return  # another GPU's reset is not ours to count
-        if self.device and addr is None and self._kernel_target(w, m) is None and (
-                m.role != "start" or abs(w - self._other_device_t) <= self.gap_s):
+        if self.device and addr is None and self._kernel_target(k, m) is None and (
+                m.role != "start" or abs(k - self._other_device_t) <= self.gap_s):
             return  # a line naming no device opens a reset only when no other GPU is resetting
         if m.name in BENIGN_IN_PM and self._pm_since is not None and \
-                self._pm_since - 1.0 <= w <= self._pm_until:
+                self._pm_since - 1.0 <= k <= self._pm_until:
             self.benign.append(line)
             log.info("not a GPU fault (part of suspend/resume): %s", stamp.text.strip())
             return
-        key = (round(w, 3), stamp.text.strip())
+        key = (round(k, 3), stamp.text.strip())
         if key in self._seen:
             return
         self._seen.append(key)
-        self._kernel_signal(line, w, m, now)
+        self._kernel_signal(line, w, k, m, now)
 
-    def _kernel_signal(self, line: str, w: float, m: KernelMatch, now: float) -> None:
-        ev = self._kernel_target(w, m) or self._non_kernel_target(w)
+    def _kernel_signal(self, line: str, w: float, k: float, m: KernelMatch, now: float) -> None:
+        """A kernel line logged at wall time ``w`` (``k`` on the kernel's own scale)."""
+        ev = self._kernel_target(k, m) or self._non_kernel_target(w)
         if ev is None:
             ev = self._new(w, m.name)
         if ev.kernel_first_t is None:
-            ev.kernel_first_t = ev.kernel_last_t = w
+            ev.kernel_first_t = ev.kernel_last_t = k
             if ev.signature in ("job", "sensor", "uevent", "devcoredump"):
                 ev.signature = m.name
-        ev.kernel_first_t = min(ev.kernel_first_t, w)
-        ev.kernel_last_t = max(ev.kernel_last_t or w, w)
+        ev.kernel_first_t = min(ev.kernel_first_t, k)
+        ev.kernel_last_t = max(ev.kernel_last_t or k, k)
         ev.t = min(ev.t, w)
         if m.role == "end" and ev.ended_t is None:
-            ev.ended_t = w
+            ev.ended_t = k
             ev.kernel_ended = True
         self._touch(ev, "kernel", line, w, now)
 
-    def _kernel_target(self, w: float, m: KernelMatch) -> ResetEvent | None:
-        """The reset sequence a kernel line logged at ``w`` belongs to, if any."""
+    def _kernel_target(self, k: float, m: KernelMatch) -> ResetEvent | None:
+        """The reset sequence a kernel line logged at kernel time ``k`` belongs to, if any."""
         for ev in reversed(self.events):
             if ev.kernel_first_t is None or ev.kernel_last_t is None:
                 continue
-            if w < ev.kernel_first_t - self.gap_s:
+            if k < ev.kernel_first_t - self.gap_s:
                 continue  # older than this sequence: an earlier one's
             if ev.ended_t is not None:
-                return ev if w - ev.ended_t <= self.trailer_s else None
+                return ev if k - ev.ended_t <= self.trailer_s else None
             limit = self.continuation_s if m.role in ("cont", "end") else self.gap_s
-            return ev if w - ev.kernel_last_t <= limit else None
+            return ev if k - ev.kernel_last_t <= limit else None
         return None
 
     def _non_kernel_target(self, w: float) -> ResetEvent | None:

@@ -88,20 +88,30 @@ class KernelClock:
         self.max_lag_s = max_lag_s
         self.future_s = future_s
         self.offset: float | None = None  # set once the stamps proved not to be from this boot
+        self.k_offset: float | None = None  # the first calibration, kept: spacing in kernel time
         self.calibrated = False
 
     def _plausible(self, w: float, now: float) -> bool:
         return now - self.max_lag_s <= w <= now + self.future_s
 
     def wall(self, stamp: Stamp, now: float) -> float:
+        return self.convert(stamp, now)[0]
+
+    def convert(self, stamp: Stamp, now: float) -> tuple[float, float]:
+        """(wall time, kernel time on the wall-time scale). They are equal for stamps from this
+        boot; for a calibrated source the second keeps the stamps' own spacing (the simulated
+        GPU's clock runs ``time_scale`` times faster than ours), which is what grouping needs."""
         if stamp.kind == "none" or stamp.value is None:
-            return now
+            return now, now
         if stamp.kind == "wall":
-            return min(stamp.value, now + self.future_s)  # a clock set wrong: never in the future
+            w = min(stamp.value, now + self.future_s)  # a clock set wrong: never in the future
+            return w, w
         base = self.offset if self.offset is not None else self.boot_time()
         w = base + stamp.value
         if not self._plausible(w, now):
             self.offset = now - stamp.value
+            if self.k_offset is None:
+                self.k_offset = self.offset
             self.calibrated = True
             w = now
-        return w
+        return w, (self.k_offset if self.k_offset is not None else base) + stamp.value
