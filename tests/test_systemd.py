@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import JOBS, ROOT, kill_group, start_daemon, wait_for, write_config
+from tests.helpers import JOBS, ROOT, kill_group, nightshift, start_daemon, wait_for, write_config
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None and not os.environ.get("CI"),
@@ -52,6 +52,39 @@ def test_unit_declares_notify_watchdog_killmode_and_gpu_access():
                  "DeviceAllow=char-drm rw", "DeviceAllow=/dev/kfd rw",
                  "SupplementaryGroups=render video", "NoNewPrivileges=yes"):
         assert line in text, line
+
+
+@needs_analyze
+def test_system_unit_exposure_is_below_the_old_3_9_and_keeps_the_gpu(tmp_path):
+    """Issue 13: `systemd-analyze security` said 3.9; the hardening must not cost /dev/dri, /dev/kfd."""
+    text = (ROOT / "systemd" / "nightshiftd.service").read_text()
+    dst = tmp_path / "nightshiftd.service"
+    dst.write_text(text.replace("/opt/nightshift/.venv/bin/nightshift", NIGHTSHIFT_BIN))
+    r = subprocess.run([ANALYZE or "systemd-analyze", "security", "--offline=yes", str(dst)],
+                       capture_output=True, text=True)
+    line = [x for x in r.stdout.splitlines() if "Overall exposure level" in x]
+    assert line, r.stdout + r.stderr
+    exposure = float(line[0].split(":")[1].split()[0])
+    assert exposure < 3.9, line[0]
+    for needed in ("DeviceAllow=char-drm rw", "DeviceAllow=/dev/kfd rw", "StateDirectory=nightshift",
+                   "ConfigurationDirectory=nightshift", "UMask=0077", "LimitNOFILE=",
+                   "SystemCallFilter=@system-service", "ProtectKernelTunables=yes"):
+        assert needed in text, needed
+
+
+def test_system_unit_finds_its_config_and_state_through_systemd_directories(tmp_path):
+    """The unit passes no -c: the daemon reads $CONFIGURATION_DIRECTORY/config.toml, and the
+    default relative state_dir yields to $STATE_DIRECTORY (not /etc/nightshift/state)."""
+    text = (ROOT / "systemd" / "nightshiftd.service").read_text()
+    assert "ExecStart=/opt/nightshift/.venv/bin/nightshift run\n" in text
+    etc, var = tmp_path / "etc", tmp_path / "var"
+    etc.mkdir()
+    (etc / "config.toml").write_text((ROOT / "config.toml").read_text())
+    r = nightshift("check-config", env={"CONFIGURATION_DIRECTORY": str(etc),
+                                        "STATE_DIRECTORY": str(var), "NIGHTSHIFT_CONFIG": ""})
+    assert r.returncode == 0, r.stderr
+    assert f"# {etc / 'config.toml'}: valid" in r.stdout
+    assert f'state_dir = "{var}"' in r.stdout
 
 
 def test_sd_notify_ready_status_watchdog_arrive_on_our_socket(tmp_path):
