@@ -150,3 +150,22 @@ def test_ssh_sync_sends_only_what_changed_and_setup_runs_once_per_environment(ss
         assert count.read_text() == "ran\nran\n"
     finally:
         b.close()
+
+
+def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_path):  # noqa: F811
+    from daemon.config import validate
+    work = make_workdir(tmp_path)
+    (work / "state").mkdir()
+    cfg = validate({"job": {"command": ["python", "x.py"]},
+                    "offload": {"backend": "ssh", "ssh": {k: v for k, v in sshd.cfg(python="/nonexistent/python3").items() if v is not None}}})
+    cfg["job"].update(workdir=str(work), checkpoint_dir=str(work / "ckpt"))
+    cfg["daemon"]["state_dir"] = str(work / "state")
+    b = SshBackend.from_config(cfg)
+    try:
+        assert "/state" in b.exclude and "/ckpt" in b.exclude  # never uploaded
+        b.upload("py", None, [])
+        with pytest.raises(OffloadError, match=r"exit 127.*set \[offload.ssh\] python") as e:
+            b.launch("py", job(10))
+        assert not e.value.retryable
+    finally:
+        b.close()

@@ -21,13 +21,15 @@ SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--b
 def test_ssh_daemon_offload_runs_on_the_box_and_brings_the_result_home(sshd, tmp_path):  # noqa: F811
     job = [sys.executable, "-m", "trainer.reference", "--steps", "200", *SMALL, "--max-steps-per-s", "30"]
     ssh = {k: v for k, v in sshd.cfg(price_usd_per_h=0.69).items() if v is not None}
-    cfg = write_config(tmp_path, {"job": {"command": job},
+    work = tmp_path / "work"  # the job's workdir goes to the box; the sshd's files stay out of it
+    work.mkdir()
+    cfg = write_config(tmp_path, {"job": {"command": job, "workdir": str(work)},
                                   "offload": {"backend": "ssh", "budget_usd": 5.0, "ssh": ssh},
                                   "api": {"enabled": True, "port": free_port()}})
     d = start_daemon(cfg)
     db = tmp_path / "state" / "nightshift.db"
     try:
-        wait_for(lambda: list((tmp_path / "ckpt").rglob("step_*")), 120, what="a local checkpoint")
+        wait_for(lambda: list((work / "ckpt").rglob("step_*")), 120, what="a local checkpoint")
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "offload", "-c", str(cfg)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -50,5 +52,5 @@ def test_ssh_daemon_offload_runs_on_the_box_and_brings_the_result_home(sshd, tmp
     key = next((sshd.remote_dir / "runs").iterdir())
     starts = (key / "run" / "progress.jsonl").read_text().count('"kind": "start"')
     assert starts == 1  # one remote attempt, resumed from the uploaded checkpoint
-    [ns] = [p.parent for p in (tmp_path / "ckpt").rglob("step_*")][:1]  # the run's namespace
+    [ns] = [p.parent for p in (work / "ckpt").rglob("step_*")][:1]  # the run's namespace
     assert find_latest_valid(ns).step == 200  # the result is home

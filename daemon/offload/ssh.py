@@ -142,6 +142,20 @@ class SshBackend(OffloadBackend):
         self.last_state: str | None = None
         self.problem: str | None = None
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> SshBackend:
+        """Built from the whole validated config: [offload.ssh], the job's workdir, checkpoint
+        dir and checkpoint_glob, [offload] exclude/data where present; the daemon's state dir is
+        never uploaded."""
+        job, o = cfg["job"], cfg["offload"]
+        exclude = list(o.get("exclude") or [])
+        state = Path(cfg["daemon"]["state_dir"]).resolve()
+        work = Path(job["workdir"]).resolve()
+        if state.is_relative_to(work) and state != work:
+            exclude.append("/" + state.relative_to(work).as_posix())
+        return cls(o["ssh"], workdir=work, exclude=exclude, data=list(o.get("data") or []),
+                   checkpoint_dir=job["checkpoint_dir"], checkpoint_glob=job.get("checkpoint_glob"))
+
     # call ids ----------------------------------------------------------------------------------
     def call_id(self, run_key: str, pid: int, ticks: str) -> str:
         return f"ssh:{self.link.host}:{self.link.port}:{run_key}:{pid}:{ticks}"
@@ -290,8 +304,10 @@ class SshBackend(OffloadBackend):
     async def _sh(self, conn: Any, cmd: str, what: str, timeout: float | None = None) -> str:
         r = await conn.run(cmd, check=False, timeout=timeout)
         if r.exit_status != 0:
+            hint = (f" (is {self.python!r} on the box? set [offload.ssh] python, or install it with "
+                    "setup_command)") if r.exit_status == 127 else ""
             raise OffloadError(f"ssh {self.link.where}: {what} failed (exit {r.exit_status}): "
-                               f"{str(r.stderr or r.stdout).strip()[-500:]}")
+                               f"{str(r.stderr or r.stdout).strip()[-500:]}{hint}")
         return str(r.stdout)
 
     # launch --------------------------------------------------------------------------------------
