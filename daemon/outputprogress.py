@@ -22,7 +22,8 @@ Choices worth knowing:
 - Lightning's bar counts batches within an epoch: the step is ``epoch * batches + n`` and the
   total is left to ``[job] total_steps`` (Lightning does not print the run's total).
 - nanoGPT does not print ``max_iters``: the total comes from ``[job] total_steps`` too.
-- Non-finite losses (``nan``, ``inf``) are kept as floats: the watchdog counts them as spikes.
+- Records pass daemon.progress.validate_record, like progress.jsonl lines: a non-finite loss
+  becomes the "nan"/"inf" marker the divergence detector counts as a spike.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from daemon.progress import BadRecord, validate_record
 
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf|NaN|Inf)"
 # "  12%|█▏        | 120/1000 [00:10<01:20, 11.2it/s, loss=2.31]" — the n/total and the
@@ -262,7 +265,10 @@ class OutputProgress:
             return None
         # one record a line: the last one with a loss (the watchdog's input), else the last
         with_loss = [r for r in found if r.get("loss") is not None]
-        return with_loss[-1] if with_loss else found[-1]
+        try:  # the same schema as progress.jsonl lines: a NaN loss becomes the "nan" marker
+            return validate_record(with_loss[-1] if with_loss else found[-1])
+        except BadRecord:
+            return None
 
     def feed_chunk(self, text: str) -> list[dict[str, Any]]:
         """Raw output as it arrives (``\\r`` and ``\\n`` both end a segment); an unfinished
@@ -285,6 +291,8 @@ class OutputProgress:
             self.total_steps = h.total
         if h.kind == "eval":
             step = h.step if h.step is not None else self.step
+            if step is None:
+                return None  # the record schema wants a step
             rec = {"kind": "eval", "t": t, "step": step, "metrics": dict(h.metrics or {})}
             if h.epoch is not None:
                 rec["epoch"] = h.epoch

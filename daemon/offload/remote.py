@@ -1,26 +1,131 @@
-"""The remote side of an offload: resume from the volume's newest checkpoint, run the same job
-command, commit the volume after every checkpoint and at exit. The body of the Modal function,
-and the process the local backend starts (`python -m daemon.offload.remote --spec FILE`).
+"""The remote side of an offload: put the job's checkpoints back in place, run the same command in
+the job's own workdir, keep its checkpoints safe on the volume, commit as it goes. The body of
+the Modal function, and the process the local and SSH backends start
+(`python -m daemon.offload.remote --spec FILE --volume DIR`).
 
-A preempted attempt (killed at any moment) is simply run again: it resumes from the volume.
+The volume (``volume_root``)::
+
+    ckpt/step_*/        trainer/ checkpoints (NIGHTSHIFT_CHECKPOINT_DIR)
+    run/progress.jsonl  progress: the job's own (trainer/), or parsed from its output
+                        (``progress_pattern``, daemon.outputprogress) — the daemon polls it
+    adopted/v_*/        a script's own checkpoints (``checkpoint_glob``), adopted like at home
+                        (daemon.adopt): settled, verified, versioned; seeded by the daemon
+    files/<relpath>     checkpoint files the daemon sent, placed at their relative paths
+    job.log
+
+``spec`` keys: command, resume_command, env, total_steps, checkpoint_interval; optional
+``workdir`` (the job's working directory: Modal's image layer, the local/SSH copy; default the
+volume root), ``data`` + ``data_root`` (each data dir is linked at its relative path from the
+data volume), ``checkpoint_glob``, ``progress_pattern``, ``keep``, ``settle_s``.
+
+A preempted attempt (killed at any moment) is simply run again: it restores the newest adopted
+copy / resumes from the newest valid trainer checkpoint. A cancellation (Modal's
+``FunctionCall.cancel()`` raises ``InputCancellation`` here from its SIGUSR1 handler; the local
+runner gets SIGTERM) stops the job with SIGTERM to its process group, waits at most
+``term_grace_s`` (then SIGKILL), adopts what it left, commits, and re-raises or reports
+"cancelled" — so the checkpoint written on the way out reaches the daemon, and the daemon pulls
+only after the call has settled.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("nightshift.remote")
+PROJECT = Path(__file__).resolve().parents[2]  # holds daemon/ and trainer/ (shipped sources)
+
+
+def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[[bool], bool]:
+    """The volume commit, never fatal: a failed commit is retried (final) or left for the next
+    one; returns whether it succeeded. Counted in ``guarded.failures``."""
+    def run(final: bool = False) -> bool:
+        for i in range(attempts if final else 1):
+            try:
+                commit()
+                return True
+            except Exception as e:  # noqa: BLE001 - an SDK/network failure; the job goes on
+                run.failures += 1  # type: ignore[attr-defined]
+                log.warning("volume commit failed (%s)%s", e, "; retrying" if final and i + 1 < attempts else "")
+                if final and i + 1 < attempts:
+                    time.sleep(1.0 * (i + 1))
+        return False
+    run.failures = 0  # type: ignore[attr-defined]
+    return run
+
+
+def _place_sent_files(files_dir: Path, workdir: Path) -> list[str]:
+    """The checkpoint files the daemon sent go to their relative paths in the workdir."""
+    placed = []
+    if not files_dir.is_dir():
+        return placed
+    from daemon.adopt import place
+    for f in sorted(p for p in files_dir.rglob("*") if p.is_file()):
+        rel = f.relative_to(files_dir).as_posix()
+        place(f, workdir / rel)
+        placed.append(rel)
+    return placed
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the job's process group, a bounded wait, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class _Output(threading.Thread):
+    """Copies the job's output to job.log and, with a pattern, progress records to progress.jsonl."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path, progress_path: Path, pattern: str | None,
+                 total_steps: int | None):
+        super().__init__(daemon=True, name="job-output")
+        from daemon.outputprogress import OutputProgress
+        self.proc, self.log_path, self.progress_path = proc, log_path, progress_path
+        self.parser = OutputProgress(pattern, total_steps=total_steps) if pattern else None
+        self.records = 0
+
+    @property
+    def step(self) -> int | None:
+        return self.parser.step if self.parser else None
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.log_path, "ab") as log_f, open(self.progress_path, "a", buffering=1) as prog:
+            for raw in iter(self.proc.stdout.readline, b""):
+                log_f.write(raw)
+                log_f.flush()
+                if self.parser is None:
+                    continue
+                rec = self.parser.feed(raw.decode(errors="replace"))
+                if rec is not None:
+                    prog.write(json.dumps(rec) + "\n")
+                    self.records += 1
+
 
 def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None] = lambda: None,
-               poll_s: float = 0.5) -> dict[str, Any]:
+               poll_s: float = 0.5, term_grace_s: float = 20.0, commit_every_s: float = 60.0) -> dict[str, Any]:
+    from daemon.adopt import Adopter
+    from daemon.offload.carry import link_data
     from daemon.progress import ProgressTail
     from trainer.format import find_latest_valid
 
@@ -28,49 +133,119 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
     ckpt_dir, run_dir = vol / "ckpt", vol / "run"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(spec.get("workdir") or vol)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save = _guarded(commit)
+    if spec.get("data") and spec.get("data_root"):
+        link_data(workdir, Path(spec["data_root"]), spec["data"])
+    placed = _place_sent_files(vol / "files", workdir)
+    adopter = None
+    restored = None
+    if spec.get("checkpoint_glob"):
+        adopter = Adopter(workdir, spec["checkpoint_glob"], vol / "adopted", keep=int(spec.get("keep") or 3),
+                          settle_s=float(spec.get("settle_s") or 2.0), log=log.info)
+        restored = adopter.restore_newest()  # the newest valid copy, in place, before the command
     info = find_latest_valid(ckpt_dir)
-    command = spec["resume_command"] if info and spec.get("resume_command") else spec["command"]
-    if command and command[0] == "python":
+    resume = info is not None or restored is not None
+    command = spec["resume_command"] if resume and spec.get("resume_command") else spec["command"]
+    if command and command[0] in ("python", "python3"):
         command = [sys.executable, *command[1:]]
     env = {**os.environ, **(spec.get("env") or {}), "NIGHTSHIFT_RUN_DIR": str(run_dir),
            "NIGHTSHIFT_CHECKPOINT_DIR": str(ckpt_dir), "NIGHTSHIFT_RESUME": str(info.path) if info else ""}
+    # the shipped sources (daemon/, trainer/) must be importable by the job the container starts
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH", "")) if p)
     env.pop("NIGHTSHIFT_SIM_GPU", None)  # the cloud GPU is not the flaky local one
     if spec.get("total_steps"):
         env["NIGHTSHIFT_TOTAL_STEPS"] = str(spec["total_steps"])
     if spec.get("checkpoint_interval"):
         env["NIGHTSHIFT_CHECKPOINT_INTERVAL"] = str(spec["checkpoint_interval"])
+    if spec.get("data_root"):
+        env["NIGHTSHIFT_DATA_DIR"] = str(spec["data_root"])
     (run_dir / "control.json").unlink(missing_ok=True)
     tail = ProgressTail(run_dir / "progress.jsonl", from_end=True)
-    with open(vol / "job.log", "ab") as log:
-        proc = subprocess.Popen(command, cwd=spec.get("workdir") or str(vol), env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    log.info("running %s in %s (resume: %s; placed %s)", command, workdir,
+             (info.path.name if info else None) or (restored.relpath if restored else None), placed or "-")
+    proc = subprocess.Popen(command, cwd=str(workdir), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    out = _Output(proc, vol / "job.log", run_dir / "progress.jsonl", spec.get("progress_pattern"),
+                  spec.get("total_steps"))
+    out.start()
+    terminated = threading.Event()
 
-        def forward(signum: int, frame: Any) -> None:  # cancel/preemption: let the job checkpoint
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        signal.signal(signal.SIGTERM, forward)
-        done = False
+    term_at: list[float] = []
+
+    def forward(signum: int, frame: Any) -> None:  # preemption / local cancel: let the job save
+        if terminated.is_set():
+            return  # once: a second TERM would hit a script in its own save-on-TERM handler
+        terminated.set()
+        term_at.append(time.monotonic())
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, forward)
+    done = cooperative = False
+    last_commit, seen = time.monotonic(), 0
+
+    def absorb() -> bool:
+        nonlocal done, cooperative
+        durable = False
+        for rec in tail.read():
+            kind = rec.get("kind")
+            durable = durable or kind == "checkpoint"
+            done = done or kind == "done"
+            cooperative = cooperative or (kind == "start" and bool(rec.get("protocol")))
+        return durable
+
+    try:
         while True:
             try:
                 rc = proc.wait(timeout=poll_s)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            for rec in tail.read():
-                if rec.get("kind") == "checkpoint":
-                    commit()  # durable and visible to the daemon's poll/pull
-                done = done or rec.get("kind") == "done"
-    for rec in tail.read():
-        done = done or rec.get("kind") == "done"
-    commit()
+            if term_at and time.monotonic() - term_at[0] > term_grace_s:
+                _stop(proc, 0.0)  # TERMed a grace ago and still running: bounded, so KILL
+            durable = absorb()
+            if adopter is not None and adopter.observe(out.step) is not None:
+                durable = True
+            if durable or (out.records != seen and time.monotonic() - last_commit >= commit_every_s):
+                save()  # durable and visible to the daemon's poll/pull
+                last_commit, seen = time.monotonic(), out.records
+    except BaseException:
+        # Modal's cancellation (InputCancellation, from its SIGUSR1 handler), an interrupt:
+        # the job's checkpoint on the way out must reach the volume before we go.
+        _stop(proc, term_grace_s)
+        out.join(timeout=5.0)
+        if adopter is not None:
+            adopter.observe(out.step, writer_stopped=True)
+        save(True)
+        raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    out.join(timeout=5.0)
+    absorb()
+    if adopter is not None:
+        adopter.observe(out.step, writer_stopped=True)
+    committed = save(True)
     final = find_latest_valid(ckpt_dir)
-    result = {"state": "succeeded" if rc == 0 and done else ("cancelled" if rc == 0 else "failed"),
-              "returncode": rc, "step": final.step if final else None,
-              "final_checkpoint": str(final.path) if final else None,
-              "error": None if rc == 0 else _tail(vol / "job.log")}
-    return result
+    newest = adopter.newest() if adopter is not None else None
+    if rc == 0 and (done or not cooperative):
+        state = "succeeded"
+    elif terminated.is_set() or (rc == 0 and cooperative):
+        state = "cancelled"  # stopped on request (or a trainer job's exit command), after saving
+    else:
+        state = "failed"
+    return {"state": state, "returncode": rc,
+            "step": final.step if final else (newest.step if newest else out.step),
+            "final_checkpoint": str(final.path) if final else None,
+            "adopted": {"relpath": newest.relpath, "step": newest.step, "version": newest.version}
+            if newest else None,
+            "committed": committed,
+            "error": None if state in ("succeeded", "cancelled") else _tail(vol / "job.log")}
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -85,9 +260,13 @@ def main() -> int:
     ap.add_argument("--spec", required=True)
     ap.add_argument("--volume", required=True)
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s remote: %(message)s")
     spec = json.loads(Path(a.spec).read_text())
     t0 = time.time()
-    res = run_remote(spec, a.volume)
+    try:
+        res = run_remote(spec, a.volume)
+    except OSError as e:  # the command could not start (a missing executable): the job's failure
+        res = {"state": "failed", "returncode": None, "step": None, "error": f"cannot start the job: {e}"}
     res["seconds"] = time.time() - t0
     tmp = Path(a.volume) / "status.json.tmp"
     tmp.write_text(json.dumps(res))
@@ -97,3 +276,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
