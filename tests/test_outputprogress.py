@@ -165,3 +165,18 @@ def test_config_validates_progress_pattern_naming_the_key():
     with pytest.raises(config_mod.ConfigError, match="job.progress_pattern") as e:
         config_mod.validate({"job": base["job"] | {"progress_pattern": "nanogtp"}}, "c.toml")
     assert e.value.key == "job.progress_pattern"
+
+
+def test_the_readme_your_own_script_examples_are_valid_configs_with_existing_presets():
+    import re
+    import tomllib
+
+    from tests.helpers import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own script"):]
+    section = section[:section.index("\n## ", 5)]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    patterns = [config_mod.validate(tomllib.loads(b), "README.md")["job"]["progress_pattern"] for b in blocks]
+    assert patterns == ["nanogpt", "hf"]
