@@ -41,9 +41,10 @@ def build_parts(cfg: dict[str, Any], store: Store, **overrides: Any) -> Parts:
     p = Parts(
         store=store,
         make_runner=lambda run_dir: JobRunner(run_dir, **runner_kw),
+        make_adopter=lambda run_id: build.adopter(cfg, run_id, time.time),
         offloader=Offloader(cfg, backends=overrides.pop("backends", None)),
         sensor=sensor,
-        detector=build.detector(cfg, sim),
+        detector=build.detector(cfg, sim, sensor),
         simgpu=sim,
         notifier=build.notifier(cfg),
         schedule=build.schedule(cfg),

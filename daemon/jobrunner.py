@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
-
 from daemon.control import JobControl
 from daemon.progress import ProgressTail
 from trainer.protocol import PROGRESS_FILE
@@ -42,6 +40,7 @@ class Process(Protocol):
     def signal(self, sig: int) -> bool: ...
     def hold(self) -> None: ...
     def release(self) -> None: ...
+    def cpu_time(self) -> float: ...  # CPU seconds of the job's whole tree, non-decreasing
 
 
 Spawn = Callable[..., Process]  # (command, *, cwd, env, log_path, on_line) -> Process
@@ -51,23 +50,6 @@ def default_spawn(command: list[str], *, cwd: str, env: dict[str, str], log_path
                   on_line: Callable[[str], None], **kw: Any) -> Process:
     from daemon.jobproc import JobProcess
     return JobProcess(command, cwd=cwd, env=env, log_path=log_path, on_line=on_line, **kw)
-
-
-def tree_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds of the job and its children (a DataLoader's workers count as life too)."""
-    if not pid:
-        return None
-    try:
-        p = psutil.Process(pid)
-        total = sum(p.cpu_times()[:2])
-        for c in p.children(recursive=True):
-            try:
-                total += sum(c.cpu_times()[:2])
-            except psutil.Error:
-                continue
-        return total
-    except psutil.Error:
-        return None
 
 
 @dataclass
@@ -81,14 +63,12 @@ class _Stop:
 
 class JobRunner:
     def __init__(self, run_dir: Path, *, spawn: Spawn = default_spawn, clock=time.time,
-                 cpu_time: Callable[[int | None], float | None] = tree_cpu_s,
                  spawn_kw: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.spawn = spawn
         self.spawn_kw = spawn_kw or {}
         self.clock = clock
-        self.cpu_time = cpu_time
         self.control = JobControl(self.run_dir)
         self.tail = ProgressTail(self.run_dir / PROGRESS_FILE)
         self.proc: Process | None = None
@@ -146,11 +126,10 @@ class JobRunner:
         """Called per poll: remember when the job's CPU time last grew."""
         if not self.running or self.proc is None:
             return
-        cpu = self.cpu_time(self.proc.pid)
-        if cpu is not None and self._cpu_s is not None and cpu > self._cpu_s + 0.01:
+        cpu = self.proc.cpu_time()  # a DataLoader's workers count as life too
+        if self._cpu_s is not None and cpu > self._cpu_s + 0.01:
             self.last_cpu_growth_t = now
-        if cpu is not None:
-            self._cpu_s = cpu
+        self._cpu_s = cpu
 
     def exited(self) -> int | None:
         """The attempt's exit status once it ended (and its output was read), else None."""

@@ -3,6 +3,7 @@ the composition root (daemon/app.py) at start and by live reload (daemon/reconfi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ def sensor(cfg: dict[str, Any], sim: Any) -> Any:
     if sim is not None:
         gpu["sysfs_root"] = str(sim.root)
     from daemon.sensors import open_sensor
-    return open_sensor(gpu)
+    # the job's HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES say which GPU it uses
+    return open_sensor(gpu, env={**os.environ, **cfg["job"]["env"]})
 
 
-def detector(cfg: dict[str, Any], sim: Any) -> Any:
+def detector(cfg: dict[str, Any], sim: Any, sensor: Any = None) -> Any:
     if not cfg["resets"]["sources"]:
         return None
     from daemon.resets import ResetDetector
@@ -34,8 +36,10 @@ def detector(cfg: dict[str, Any], sim: Any) -> Any:
         sysfs_root, kernel_log = str(sim.root), str(sim.root / "kmsg.log")
         # under time compression a simulated minute is shorter: two resets must not merge
         merge = max(2.0, 60.0 / float(cfg["gpu"]["simulated"].get("time_scale", 1.0)))
+    # only the watched GPU's resets count (an APU beside a discrete card logs both)
+    device = getattr(sensor, "pci_address", None) if sensor is not None else None
     return ResetDetector(cfg["resets"], sysfs_root=sysfs_root, kernel_log=kernel_log,
-                         merge_window_s=merge)
+                         merge_window_s=merge, device=device)
 
 
 def notifier(cfg: dict[str, Any]) -> Any:
@@ -65,7 +69,22 @@ def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
     if not cfg["thermal"]["clock_cap"] or not dev:
         return None
     from daemon.clockcap import ClockCap
-    return ClockCap(Path(dev), cfg["thermal"]["clock_cap_mhz"])
+    cap = ClockCap(Path(dev), cfg["thermal"]["clock_cap_mhz"])
+    problem = cap.check()  # outside the card's OD_RANGE: refused at start, nothing written
+    if problem:
+        from daemon.config import ConfigError
+        raise ConfigError(f"thermal.clock_cap_mhz: {problem}", cfg.get("_path"), "thermal.clock_cap_mhz")
+    return cap
+
+
+def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
+    """A script's own checkpoints ([job] checkpoint_glob), copied into a versioned store per run."""
+    if not cfg["job"]["checkpoint_glob"]:
+        return None
+    from daemon.adopt import Adopter
+    return Adopter(cfg["job"]["workdir"], cfg["job"]["checkpoint_glob"],
+                   Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}",
+                   keep=int(cfg["checkpoint"]["keep"]), clock=clock)
 
 
 def output_progress(cfg: dict[str, Any]) -> Any:

@@ -43,6 +43,11 @@ class JobFacts:
             if self.max_step is not None and self.max_step > start:
                 self.steps_lost += self.max_step - start
                 self.max_step = start
+        if kind == "progress" and not self.cooperative and self.max_step is not None \
+                and isinstance(rec.get("step"), int) and rec["step"] < self.max_step:
+            # a script (no start record) resumed behind where it was: at least this much is redone
+            self.steps_lost += self.max_step - rec["step"]
+            self.max_step = rec["step"]
         if "step" in rec and rec["step"] is not None:
             self.step = int(rec["step"])
             if kind != "start":

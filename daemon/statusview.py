@@ -3,15 +3,30 @@ stable field names documented in docs/api.md.
 
 Built once per tick by the Supervisor from its own fields (read only) and published as its
 snapshot; nothing reads the Supervisor's live structures from outside the loop.
+
+What a user sees first is ``display_state``: one word they can tell apart on a phone (RUNNING,
+PAUSED, COOLING, RECOVERING, CLOUD, STARTING, STOPPED, DONE, FAILED) with ``display_detail``
+saying by whom or why ("by you", "by the schedule"). The ETA divides what is left by the steady
+rate times the measured duty cycle (daemon/policy/eta.py); rate and ETA are null whenever the
+job is not training towards the end (paused by you or the schedule, stopped, done, failed), so
+nothing stale stays on screen.
+
+The duty cycle needs the run's timeline; the Supervisor does not keep one, so this module keeps a
+``DutyMeter`` per Supervisor (fed once per build, i.e. once per tick, seeded from the store's
+events when first seen after a daemon start). It is derived display state, never read back by
+the Supervisor.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
+from daemon.states import State
 
 if TYPE_CHECKING:
     from daemon.supervisor import Supervisor
@@ -40,6 +55,61 @@ def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
+_CLOUD_DETAIL = {State.OFFLOADING: "moving the job to the cloud",
+                 State.REMOTE: "training in the cloud",
+                 State.PULLING: "bringing the result home"}
+_HOLD_DETAIL = {"user": "by you", "schedule": "by the schedule"}
+
+
+def display_state(state: State, holds: frozenset[str] | set[str]) -> tuple[str, str]:
+    """(word, detail) for the phone. A pause by you or the schedule wins over cooling: it is
+    what decides when the job goes on (cooling ends by itself within minutes)."""
+    if state in (State.RUNNING, State.COOLING):
+        for owner in ("user", "schedule"):
+            if owner in holds:
+                extra = " (and cooling)" if "thermal" in holds or state == State.COOLING else ""
+                return "PAUSED", _HOLD_DETAIL[owner] + extra
+        if state == State.COOLING or "thermal" in holds:
+            return "COOLING", "paused until the GPU has cooled"
+        return "RUNNING", "training on this machine"
+    if state in _CLOUD_DETAIL:
+        return "CLOUD", _CLOUD_DETAIL[state]
+    return {
+        State.IDLE: ("STARTING", "about to start the job"),
+        State.STARTING: ("STARTING", "starting the job"),
+        State.RECOVERING: ("RECOVERING", "waiting for the GPU after a reset"),
+        State.STOPPED: ("STOPPED", "stopped; `nightshift resume` continues it"),
+        State.SUCCEEDED: ("DONE", "training finished"),
+        State.FAILED: ("FAILED", "the run gave up; see failure"),
+    }[state]
+
+
+def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
+    """The reason of the hold the display names, in full (the phone wraps it, never cuts it)."""
+    if word == "PAUSED":
+        return holds.get("user") or holds.get("schedule")
+    if word == "COOLING":
+        return holds.get("thermal")
+    return None
+
+
+_METERS: weakref.WeakKeyDictionary[Any, tuple[int, eta_mod.DutyMeter]] = weakref.WeakKeyDictionary()
+
+
+def _meter(s: Supervisor) -> eta_mod.DutyMeter:
+    known = _METERS.get(s)
+    if known is not None and known[0] == s.run_id:
+        return known[1]
+    meter = eta_mod.DutyMeter()
+    try:  # after a daemon restart the last hour is in the store, the downtime included
+        evs = s.store.events(s.run_id, limit=5000) if s.run_id else []
+        meter.seed(eta_mod.transitions_from_events(reversed(evs)))
+    except Exception:  # noqa: BLE001 - a sick store only costs the history
+        pass
+    _METERS[s] = (s.run_id, meter)
+    return meter
+
+
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     f = s.facts
     run = s.run
@@ -47,17 +117,29 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     ckpt = None
     if f.checkpoint and f.checkpoint.get("path"):
         ckpt = {"step": f.checkpoint.get("step"), "path": f.checkpoint["path"],
+                "adopted": f.checkpoint.get("adopted"),
                 "name": Path(str(f.checkpoint["path"])).name,
                 "age_s": round(now - f.checkpoint["t"], 1) if f.checkpoint.get("t") else None}
     diag = s.diagnosis
     cloud = _cloud(s, run, now)
-    live = s.state.value in ("running", "cooling", "remote")
-    eta = f.eta_s() if live else None
-    if s.state.value == "remote" and cloud.get("eta_s") is not None:
-        eta = cloud["eta_s"]
-    owner = shown_hold(frozenset(s.holds))
+    holds = frozenset(s.holds)
+    word, detail = display_state(s.state, holds)
+    running = s.runner is not None and s.runner.running
+    meter = _meter(s)
+    meter.note(now, s.state == State.RUNNING and not holds and running)
+    # rate and ETA only while the job is on its way to the end without waiting for someone
+    live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
+    remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
+    duty = meter.duty(now)
+    est = eta_mod.estimate(remaining, f.steps_per_s, duty) if live else None
+    eta = est.seconds if est is not None else None
+    if s.state == State.REMOTE:
+        eta = cloud.get("eta_s")
+    owner = shown_hold(holds)
     return {
         "state": s.state.value,
+        "display_state": word,
+        "display_detail": detail,
         "run_id": s.run_id,
         "job": s.cfg["job"]["name"],
         "pid": s.runner.pid if s.runner is not None else None,
@@ -68,10 +150,18 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "loss_trend": [x for x in f.loss_trend() if math.isfinite(x)],
         "steps_per_s": round(f.steps_per_s, 3) if f.steps_per_s and live else None,
         "eta_s": round(eta) if eta is not None and math.isfinite(eta) else None,
+        "eta_steady_s": round(est.steady_s) if est is not None and est.steady_s is not None
+        and s.state != State.REMOTE else None,
+        "eta_basis": ("cloud" if s.state == State.REMOTE else est.basis) if est is not None else None,
+        "eta_why": est.why if est is not None and s.state != State.REMOTE else None,
+        "duty_cycle": round(duty.fraction, 3) if duty is not None else None,
+        "duty_window_s": round(duty.observed_s) if duty is not None else None,
         "temps": {"edge_c": _num(getattr(r, "edge_c", None)), "tctl_c": _num(getattr(r, "tctl_c", None))},
         "power_w": _num(getattr(r, "power_w", None)),
         "gpu_busy_pct": _num(getattr(r, "busy_pct", None)),
         "sensor": getattr(r, "source", None) or (None if r is None else "unknown"),
+        "gpu": {"card": getattr(s.p.sensor, "card", None),
+                "why": getattr(s.p.sensor, "card_reason", None)},
         "resets": {
             "in_window": s.resets_in_window(now),
             "total": run.get("resets", 0),
@@ -90,7 +180,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         },
         "held_by": owner,
         "holds": dict(s.holds),
-        "paused_reason": s.holds.get(owner) if owner else None,
+        "paused_reason": _paused_reason(word, s.holds),
         "last_event": s.last_event,
         "failure": s.failure or run.get("failure"),
         "restarts": run.get("restarts", 0),

@@ -52,6 +52,7 @@ class Parts:
     store: Store
     make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
     offloader: Offloader
+    make_adopter: Callable[[int], Any] | None = None  # run id -> adopt.Adopter (checkpoint_glob)
     sensor: Any = None  # .read() -> Reading
     detector: Any = None  # resets.ResetDetector
     simgpu: Any = None
@@ -91,6 +92,7 @@ class Supervisor:
         self.p = parts
         self.store = parts.store
         self.runner: JobRunner = None  # type: ignore[assignment] - made by open(), for the run's dir
+        self.adopter: Any = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
         self.clock = clock
         self.new_run = new_run
         self.resume_from = resume_from
@@ -197,6 +199,7 @@ class Supervisor:
                 self.holds["user"] = "paused by the user"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
         self._rebuild()
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
                 self.run.get("remote_call_id"):
@@ -221,6 +224,9 @@ class Supervisor:
         for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
             if c["stall_s"] is not None:
                 self.facts.checkpoint_costs.append(float(c["stall_s"]))
+        newest = self.adopter.newest() if self.adopter is not None else None
+        if newest is not None and self.facts.checkpoint is None:
+            self.facts.checkpoint = _adopted_fact(newest)
 
     # ================================================================== the tick
     async def tick(self) -> None:
@@ -310,6 +316,9 @@ class Supervisor:
         self.holds.pop("schedule", None)
         self.thermal = None
         self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
+        if self.adopter is not None:  # the writer has stopped: a verifiable file is final now
+            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step,
+                                                  writer_stopped=True))
         if self.p.detector is not None:
             from daemon.resets.signatures import match_job_output
             if match_job_output(tail):
@@ -440,6 +449,12 @@ class Supervisor:
                     self.event("schedule", f"waiting to start: {why}")
                 return
             self.holds.pop("schedule", None)
+        if self.adopter is not None:
+            # a torn ckpt.pt (killed mid-save) costs one interval, never the run
+            restored = await asyncio.to_thread(self.adopter.restore_newest)
+            if restored is not None:
+                self.event("restored", f"put the adopted checkpoint of step {restored.step} back at "
+                           f"{restored.relpath} before the restart")
         ckpt_dir = self.checkpoint_dir
         info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
         plan = rules.plan_start(self.cfg["job"], trainer_checkpoint=str(info.path) if info else None,
@@ -471,10 +486,12 @@ class Supervisor:
         return find_latest_valid(ckpt_dir, log=lambda m: log.warning("checkpoint: %s", m))
 
     def _script_checkpoint(self) -> str | None:
-        """A ``checkpoint_glob`` file this run produced (an older run's file does not count)."""
+        """A ``checkpoint_glob`` file this run produced or adopted (an older run's does not count)."""
         pattern = self.cfg["job"]["checkpoint_glob"]
         if not pattern:
             return None
+        if self.adopter is not None and self.adopter.has_any():
+            return self.adopter.newest().relpath
         created = float(self.run.get("created") or 0.0)
         found = [p for p in Path(self.cfg["job"]["workdir"]).glob(pattern)
                  if p.is_file() and p.stat().st_mtime >= created - 1.0]
@@ -591,10 +608,24 @@ class Supervisor:
                 if problem not in self.problems.values():
                     self.problems[f"source:{problem[:40]}"] = problem
                     self.event("source_problem", problem, "warn")
+        if self.adopter is not None and self.runner.running:
+            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
         self._thermal(now, reading)
         self._schedule(now)
         self._interval(now)
         self._consider_offload(now)
+
+    def _adopted(self, c: Any) -> None:
+        if c is None:
+            return
+        self.facts.checkpoint = _adopted_fact(c)
+        try:
+            self.store.add_checkpoint(self.run_id, c.step or 0, f"adopted v{c.version}: {c.relpath}",
+                                      c.t, c.bytes)
+        except Exception as e:  # noqa: BLE001
+            self.problems["store"] = f"cannot write the state database: {e}"
+        if c.step is not None:
+            self._update_run(step=c.step)
 
     def _poll_resets(self) -> None:
         for ev in self.p.detector.poll():
@@ -1152,6 +1183,10 @@ class Supervisor:
 def _gpu_signature(tail: str) -> str | None:
     from daemon.resets.signatures import match_job_output
     return match_job_output(tail)
+
+
+def _adopted_fact(c: Any) -> dict[str, Any]:
+    return {"step": c.step, "path": str(c.path), "t": c.t, "bytes": c.bytes, "adopted": c.relpath}
 
 
 def _finite(x: Any) -> float | None:

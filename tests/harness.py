@@ -105,6 +105,9 @@ class FakeProc:
     def hold(self) -> None:
         self.stopped_by_signal = True
 
+    def cpu_time(self) -> float:
+        return self.cpu
+
     def release(self) -> None:
         self.stopped_by_signal = False
 
@@ -209,9 +212,6 @@ class FakeFactory:
         self.procs.append(p)
         return p
 
-    def cpu(self, pid: int | None) -> float | None:
-        return next((p.cpu for p in self.procs if p.pid == pid), None)
-
     def advance(self, now: float) -> None:
         for p in self.procs:
             p.advance(now)
@@ -293,8 +293,7 @@ class Harness:
         self.store = store or Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db", clock=self.clock)
         self.parts = Parts(
             store=self.store,
-            make_runner=lambda d: JobRunner(d, spawn=self.factory.spawn, clock=self.clock,
-                                            cpu_time=self.factory.cpu),
+            make_runner=lambda d: JobRunner(d, spawn=self.factory.spawn, clock=self.clock),
             offloader=Offloader(cfg, backends=backends), sensor=sensor, detector=detector,
             find_checkpoint=find_fake_checkpoint, **parts)
         self.sup: Supervisor | None = None

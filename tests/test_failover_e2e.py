@@ -63,7 +63,7 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     [estimate] = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offload_estimate'")]
     assert "min, $" in estimate and "unknown" not in estimate  # the remote rate is known here
     assert seen_remote[-1]["backend"] == "cloud" and seen_remote[-1]["cloud"]["cost_usd"] > 0
-    got, meta = load_checkpoint(find_latest_valid(work / "ckpt").path)
+    got, meta = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
     assert meta["step"] == 240
     for group in ("model", "optimizer"):
         for k in expected[group]:
@@ -80,7 +80,7 @@ def test_daemon_restart_during_a_remote_run_reattaches_by_id_and_preemption_resu
                      api={"enabled": True, "port": port})
     d = start_daemon(cfg)
     try:
-        wait_for(lambda: list((tmp_path / "ckpt").glob("step_*")), 120, what="a checkpoint")
+        wait_for(lambda: list((tmp_path / "ckpt" / "run-1").glob("step_*")), 120, what="a checkpoint")
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "offload", "-c", str(cfg)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -114,7 +114,7 @@ def test_daemon_restart_during_a_remote_run_reattaches_by_id_and_preemption_resu
     starts = [x for x in records_of(vol) if x["kind"] == "start"]
     assert len(starts) == 2 and starts[1]["resumed_from"]  # the relaunch resumed from the volume
     assert con.execute("SELECT state FROM runs").fetchone()["state"] == "succeeded"
-    assert find_latest_valid(tmp_path / "ckpt").step == 400  # the result is home
+    assert find_latest_valid(tmp_path / "ckpt" / "run-1").step == 400  # the result is home
 
 
 def records_of(vol: Path) -> list[dict]:

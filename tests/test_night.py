@@ -174,4 +174,4 @@ def test_exploding_loss_is_caught_and_rollback_skips_the_batches(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "state" / "runs" / "1" / "progress.jsonl").read_text().splitlines()]
     resumed = [x for x in recs if x["kind"] == "start" and x.get("resumed_from")]
     assert resumed and resumed[0]["step"] <= 80  # the earlier checkpoint, >= rollback_steps before
-    assert (tmp_path / "ckpt" / ".diverged").exists()  # later checkpoints moved aside, not deleted
+    assert (tmp_path / "ckpt" / "run-1" / ".diverged").exists()  # later checkpoints moved aside, not deleted

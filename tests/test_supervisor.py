@@ -38,7 +38,7 @@ def test_hip_abort_is_a_gpu_fault_and_the_job_is_restarted_and_finishes(tmp_path
     assert run["restarts"] == 1 and run["code_errors"] == 0
     exits = [m for k, m in events(tmp_path, "exit")]
     assert "GPU fault" in exits[0] and "recover" in exits[0]
-    assert (tmp_path / "ckpt" / "attempts").read_text() == "2"
+    assert (tmp_path / "ckpt" / "run-1" / "attempts").read_text() == "2"
     # the second attempt resumed from the script's own checkpoint (step 10), not from 0
     log = (tmp_path / "state" / "runs" / "1" / "job.log").read_text()
     assert "attempt 2 from step 10" in log
@@ -51,7 +51,7 @@ def test_same_error_at_same_step_twice_is_deterministic_failure(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     run = db(tmp_path).execute("SELECT * FROM runs").fetchone()
     assert run["state"] == "failed"
-    assert (tmp_path / "ckpt" / "attempts").read_text() == "2"  # stopped at the second, not the 6th
+    assert (tmp_path / "ckpt" / "run-1" / "attempts").read_text() == "2"  # stopped at the second, not the 6th
     assert "deterministic failure" in run["failure"]
     assert "ValueError: shape mismatch in layer 3 at step 7" in run["failure"]  # traceback tail kept
 
@@ -88,7 +88,7 @@ def test_daemon_kill9_then_restart_continues_the_same_run_with_no_second_job(tmp
     cfg = write_config(tmp_path, {"job": {"command": plain(60, "sleepy")}})
     d1 = start_daemon(cfg)
     try:
-        wait_for(lambda: (tmp_path / "ckpt" / "plain.json").exists(), 30, what="first checkpoint")
+        wait_for(lambda: (tmp_path / "ckpt" / "run-1" / "plain.json").exists(), 30, what="first checkpoint")
         jobs = wait_for(lambda: _jobs_of(cfg), 10, what="the job")
         assert len(jobs) == 1
         first_job = jobs[0]
@@ -120,7 +120,7 @@ def test_sigterm_stops_gracefully_with_honest_status_and_run_continues_later(tmp
     cfg = write_config(tmp_path, {"job": {"command": plain(200, "sleepy")}})
     d = start_daemon(cfg)
     try:
-        wait_for(lambda: (tmp_path / "ckpt" / "plain.json").exists(), 30, what="a checkpoint")
+        wait_for(lambda: (tmp_path / "ckpt" / "run-1" / "plain.json").exists(), 30, what="a checkpoint")
         d.send_signal(signal.SIGTERM)
         out, _ = d.communicate(timeout=30)
     finally:
@@ -153,15 +153,15 @@ def test_check_config_prints_effective_config(tmp_path):
 
 
 def test_unmodified_script_checkpoints_are_seen_through_the_glob(tmp_path):
-    cfg = write_config(tmp_path, {"job": {"command": plain(30, "ok"), "checkpoint_glob": "ckpt/plain.json"}})
+    cfg = write_config(tmp_path, {"job": {"command": plain(30, "ok"), "checkpoint_glob": "ckpt/*/plain.json"}})
     r = nightshift("run", "-c", str(cfg), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     paths = [row["path"] for row in db(tmp_path).execute("SELECT path FROM checkpoints")]
-    assert paths and all("plain.json" in p for p in paths)
+    assert paths and all("adopted" in p and "plain.json" in p for p in paths)
 
 
 def test_resume_command_is_used_once_the_job_has_run(tmp_path):
-    cfg = write_config(tmp_path, {"job": {"command": plain(20, "hip", 8),
+    cfg = write_config(tmp_path, {"job": {"command": plain(20, "hip", 8), "checkpoint_glob": "ckpt/*/plain.json",
                                           "resume_command": plain(20, "ok") + ["--resumed"]}})
     r = nightshift("run", "-c", str(cfg), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -393,3 +393,21 @@ def test_checkpoint_dir_is_per_run(tmp_path):
         assert Path(h.factory.procs[0].env["NIGHTSHIFT_CHECKPOINT_DIR"]) == \
             Path(sup.cfg["job"]["checkpoint_dir"]) / "run-1"
     run(go())
+
+
+def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
+    """Issue 14: an unmodified script's kills lost 20-50 iterations and steps_lost stayed 0."""
+    lines = [(1.0 + i * 0.5, "line", f"iter {i * 10}: loss 2.0, time 5.00ms, mfu 1.00%") for i in range(6)]
+    async def go():
+        cfg = config(tmp_path, job={"command": ["s"], "progress_pattern": "nanogpt", "restart_backoff_s": 1.0})
+        from daemon import parts as build
+        first = Behaviour(script=lines + [(4.2, "exit", -9)])
+        h = Harness(tmp_path, cfg, {"s": first}, output_progress=build.output_progress(cfg))
+        sup = await h.open()
+        await h.run(4.5)
+        assert sup.facts.step == 50
+        h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", "iter 20: loss 2.0, time 5.00ms, mfu 1.00%"),
+                                                      (100.0, "exit", 0)])
+        await h.run(3)
+        assert len(h.spawned) == 2 and sup.snapshot["steps_lost"] == 30
+    run(go())

@@ -103,7 +103,7 @@ def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
     reset = con.execute("SELECT * FROM resets").fetchone()
     assert reset is not None and "kernel" in reset["sources"] and "job" in reset["sources"]
     assert json.loads(reset["temps"])["edge_c"] is not None  # temperatures just before, recorded
-    got, _ = load_checkpoint(find_latest_valid(work / "ckpt").path)
+    got, _ = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
     for group in ("model", "optimizer"):
         for k in expected[group]:
             assert torch.equal(got[group][k], expected[group][k]), f"{group}.{k}"
