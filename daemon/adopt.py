@@ -66,6 +66,12 @@ class AdoptedCheckpoint:
     source_mtime_ns: int
     verified: str  # "zip-crc" | "contents" | "settled"
 
+    def as_record(self) -> dict[str, Any]:
+        """A progress.jsonl ``checkpoint`` record, so JobFacts (newest checkpoint, status) takes
+        an adopted copy like a trainer checkpoint."""
+        return {"kind": "checkpoint", "t": self.t, "step": self.step if self.step is not None else 0,
+                "path": str(self.path), "bytes": self.bytes}
+
     def to_status(self, now: float) -> dict[str, Any]:
         """The fields status shows: step, path, age."""
         return {"step": self.step, "path": self.relpath, "t": self.t, "bytes": self.bytes,
@@ -419,7 +425,8 @@ class Adopter:
                 json.dump(meta, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            fsync_dir(tmp)
+            for d in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda x: -len(x.parts)):
+                fsync_dir(d)  # out/ inside the copy too, deepest first
             os.rename(tmp, self.store / name)
             fsync_dir(self.store)
         except Unverifiable as e:

@@ -65,6 +65,11 @@ def test_a_checkpoint_is_adopted_only_once_it_has_settled_and_its_zip_crcs_check
     clock.t += 10
     assert a.observe(step=300) is None  # unchanged: not adopted twice
     assert c.to_status(clock.t)["age_s"] == 10.0
+    from daemon.progress import validate_record
+    from daemon.status import JobFacts
+    facts = JobFacts()
+    facts.observe(validate_record(c.as_record()))  # status sees it as the newest checkpoint
+    assert facts.checkpoint["step"] == 250 and facts.checkpoint["t"] == 1002.5
 
 
 def test_a_file_rewritten_between_observations_restarts_the_settle_wait(tmp_path):

@@ -219,6 +219,39 @@ def test_a_cancellation_terms_the_job_which_checkpoints_then_the_volume_is_commi
     assert Adopter(job, "out/ckpt.pt", vol / "adopted").newest().step == saved
 
 
+def test_a_sigterm_without_a_cancel_is_a_preemption_the_job_saves_and_the_daemon_relaunches(tmp_path):
+    """The machine going away (Modal's preemption, a reboot of the box) TERMs the body: the job
+    is TERMed once, saves, the save is adopted and committed, and the result says "preempted"."""
+    w = user_workdir(tmp_path)
+    (w / "out/ckpt.pt").unlink()
+    c = carry_for(w, tmp_path)
+    _first_night(w, c.adopted_store)
+    vol, job, spec = _container(tmp_path, w, c)
+    spec["command"] = [*SCRIPT, "--sleep=0.05", "--save_on_term=True"]
+    spec["resume_command"] = [*spec["command"], "--init_from=resume"]
+    commits: list[int | None] = []
+
+    def commit() -> None:
+        n = Adopter(job, "out/ckpt.pt", vol / "adopted").newest()
+        commits.append(n.step if n else None)
+
+    def term_soon() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (vol / "job.log").exists() and "iter 25:" in (vol / "job.log").read_text():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=term_soon, daemon=True).start()
+    res = run_remote(spec, str(vol), commit=commit, poll_s=0.1)
+    assert res["state"] == "preempted" and res["returncode"] == 143
+    tail = (vol / "job.log").read_text().rsplit("iter ", 1)[1]
+    assert tail.count("saving checkpoint to out") == 1  # TERMed once: one save on the way out
+    assert res["adopted"]["step"] > 25 and commits[-1] == res["adopted"]["step"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
 class FakeCall:
     """The boundary: modal.FunctionCall.from_id's object, with get() behaving as the SDK's does."""
 

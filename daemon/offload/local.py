@@ -36,6 +36,7 @@ from daemon.offload.base import (
     progress_summary,
 )
 from daemon.offload.carry import Carry, manifest_name, newest_adopted_dir, sync_dir
+from daemon.offload.remote import CANCEL_MARK
 from trainer.format import find_latest_valid, fsync_dir, verify
 
 
@@ -113,6 +114,7 @@ class LocalBackend(OffloadBackend):
         vol = self._vol(run_key)
         vol.mkdir(parents=True, exist_ok=True)
         (vol / "status.json").unlink(missing_ok=True)
+        (vol / CANCEL_MARK).unlink(missing_ok=True)  # cleared here, before the runner exists: no race
         spec = job.to_dict()
         spec["env"] = {**spec["env"], **self.env}
         if self.steps_per_s:
@@ -181,6 +183,7 @@ class LocalBackend(OffloadBackend):
         if cooperative:
             JobControl(vol / "run").command("exit", job_pid)
         elif same_process_alive(pid, ct):
+            (vol / CANCEL_MARK).touch()  # the runner reports the TERM as a cancel, not a preemption
             os.kill(pid, signal.SIGTERM)  # once: the runner TERMs the job and bounds the wait itself
         deadline = time.monotonic() + (self.cancel_grace_s if grace_s is None else grace_s)
         while time.monotonic() < deadline and same_process_alive(pid, ct):

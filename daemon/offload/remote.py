@@ -23,7 +23,8 @@ copy / resumes from the newest valid trainer checkpoint. A cancellation (Modal's
 ``FunctionCall.cancel()`` raises ``InputCancellation`` here from its SIGUSR1 handler; the local
 runner gets SIGTERM) stops the job with SIGTERM to its process group, waits at most
 ``term_grace_s`` (then SIGKILL), adopts what it left, commits, and re-raises or reports
-"cancelled" — so the checkpoint written on the way out reaches the daemon, and the daemon pulls
+"cancelled" (a SIGTERM without the backend's ``cancel_requested`` mark is a preemption:
+"preempted") — so the checkpoint written on the way out reaches the daemon, and the daemon pulls
 only after the call has settled.
 """
 
@@ -44,6 +45,7 @@ from typing import Any
 
 log = logging.getLogger("nightshift.remote")
 PROJECT = Path(__file__).resolve().parents[2]  # holds daemon/ and trainer/ (shipped sources)
+CANCEL_MARK = "cancel_requested"  # in the volume: a SIGTERM that follows it is a cancel
 
 
 def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[[bool], bool]:
@@ -233,10 +235,14 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
     committed = save(True)
     final = find_latest_valid(ckpt_dir)
     newest = adopter.newest() if adopter is not None else None
-    if rc == 0 and (done or not cooperative):
+    if done or (rc == 0 and not cooperative and not terminated.is_set()):
         state = "succeeded"
-    elif terminated.is_set() or (rc == 0 and cooperative):
-        state = "cancelled"  # stopped on request (or a trainer job's exit command), after saving
+    elif terminated.is_set():
+        # SIGTERM: the backend's cancel (it leaves cancel_requested first) or the machine going
+        # away (a preempted container): "preempted" makes the daemon launch again, resuming
+        state = "cancelled" if (vol / CANCEL_MARK).exists() else "preempted"
+    elif rc == 0 and cooperative:
+        state = "cancelled"  # a trainer/ job's exit command, after its final checkpoint
     else:
         state = "failed"
     return {"state": state, "returncode": rc,
