@@ -97,9 +97,39 @@ def _q(s: str) -> str:
 
 def _alive_sh(pid: int, ticks: str) -> str:
     """A shell test: is <pid> still the process that started at <ticks>, and not a zombie?
-    (A container's pid 1 often never reaps, so a finished runner can linger as one.)"""
-    return (f"{{ _st=$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null); case \"$_st\" in ''|[ZX]*) false;; "
-            f"*) [ \"$(echo \"$_st\" | cut -d' ' -f20)\" = {_q(ticks)} ];; esac; }}")
+    (A container's pid 1 often never reaps, so a finished runner can linger as one.) Builtins
+    only: a poll on a loaded box should not pay for forks."""
+    return (f"{{ _l=; read -r _l 2>/dev/null < /proc/{pid}/stat; _r=\"${{_l##*) }}\"; set -- $_r; "
+            f"case \"$1\" in ''|Z|X) false;; *) [ \"${{20}}\" = {_q(ticks)} ];; esac; }}")
+
+
+def proc_alive(stat: bytes | None, ticks: str) -> bool:
+    """/proc/PID/stat says: the process that started at <ticks>, not a zombie."""
+    if not stat:
+        return False
+    rest = stat.rsplit(b")", 1)[-1].split()
+    return len(rest) > 19 and rest[0] not in (b"Z", b"X") and rest[19].decode() == ticks
+
+
+async def _read(sftp: Any, path: str, size: int = -1) -> bytes | None:
+    """A small remote file's bytes, None if absent. ``size`` for /proc files (they stat as 0)."""
+    import asyncssh
+    try:
+        async with sftp.open(path, "rb") as f:
+            return await f.read(size)
+    except asyncssh.SFTPNoSuchFile:
+        return None
+
+
+async def _tail(sftp: Any, path: str, n: int) -> bytes:
+    import asyncssh
+    try:
+        size = (await sftp.stat(path)).size or 0
+        async with sftp.open(path, "rb") as f:
+            await f.seek(max(0, size - n))
+            return await f.read(n)
+    except asyncssh.SFTPNoSuchFile:
+        return b""
 
 
 def remote_command(command: list[str]) -> list[str]:
@@ -327,6 +357,10 @@ class SshBackend(OffloadBackend):
                 return self.call_id(run_key, int(prev["pid"]), str(prev["ticks"]))
         except (ValueError, KeyError, TypeError):
             pass
+        r = await conn.run(f"test -d {_q(posixpath.join(run, 'work'))}", check=False)
+        if r.exit_status != 0:  # starting fresh here would silently throw the night's steps away
+            raise OffloadError(f"ssh {self.link.where}: nothing was uploaded for run {run_key} under "
+                               f"{root} (was the box re-created?): upload before launching")
         spec = job.to_dict()
         spec["command"] = remote_command(spec["command"])
         if spec.get("resume_command"):
@@ -334,7 +368,6 @@ class SshBackend(OffloadBackend):
         spec["env"] = {**spec["env"], **(self.cfg.get("env") or {})}
         spec["workdir"] = posixpath.join(run, "work")
         async with conn.start_sftp_client() as sftp:
-            await sftp.makedirs(posixpath.join(run, "work"), exist_ok=True)
             await write_remote(sftp, posixpath.join(run, "spec.json"), json.dumps(spec).encode())
         out = await self._sh(conn, f"cd {_q(run)} && rm -f status.json cancel_requested && "
                                    f"{self._exports(root)}exec {_q(self.python)} -c {_q(LAUNCHER)}",
@@ -358,15 +391,18 @@ class SshBackend(OffloadBackend):
         return st
 
     async def _poll(self, conn: Any, key: str, pid: int, ticks: str) -> RemoteStatus:
+        """Over the kept SFTP session, no command: liveness first, then the result, so a runner
+        that wrote its result and exited between the two reads is never taken for preempted."""
         run = self._run_dir(await self._root_dir(conn), key)
-        r = await conn.run(
-            f"cd {_q(run)} || exit 3; if {_alive_sh(pid, ticks)}; then echo alive; else echo gone; fi; "
-            f"echo {_SEP}; cat status.json 2>/dev/null; echo {_SEP}; cat runner.json 2>/dev/null; "
-            f"echo {_SEP}; test -e cancel_requested && echo cancelled; echo {_SEP}; "
-            f"tail -c {TAIL_BYTES} run/progress.jsonl 2>/dev/null", check=False)
-        if r.exit_status == 3:
+        sftp = await self.link.sftp(conn)
+        if not await sftp.isdir(run):
             return RemoteStatus("preempted", error=f"the run's directory {run} is gone from the box")
-        alive, status, runner, cancelled, progress = (str(r.stdout).split(_SEP + "\n") + [""] * 5)[:5]
+        alive = proc_alive(await _read(sftp, f"/proc/{pid}/stat", 4096), ticks)
+        status = (await _read(sftp, posixpath.join(run, "status.json")) or b"").decode(errors="replace")
+        runner = (await _read(sftp, posixpath.join(run, "runner.json")) or b"").decode(errors="replace")
+        cancelled = await sftp.exists(posixpath.join(run, "cancel_requested"))
+        progress = (await _tail(sftp, posixpath.join(run, "run", "progress.jsonl"), TAIL_BYTES)).decode(
+            errors="replace")
         recs = []
         for line in progress.splitlines():
             try:
@@ -385,14 +421,14 @@ class SshBackend(OffloadBackend):
             state, rc = res.get("state", "failed"), res.get("returncode")
             err = res.get("error")
             if state == "failed" and isinstance(rc, int) and rc < 0:  # killed by a signal
-                if cancelled.strip():
+                if cancelled:
                     state = "cancelled"
                 else:  # not by us: the box's OOM killer, a reboot, someone's kill
                     state, err = "preempted", f"the remote job was killed by signal {-rc}"
             return RemoteStatus(state, res.get("step") or prog["step"], *args[1:], err, started)
-        if alive.strip() == "alive":
+        if alive:
             return RemoteStatus("running", *args, None, started)
-        if cancelled.strip():
+        if cancelled:
             return RemoteStatus("cancelled", *args[:3], None, "cancelled", started)
         return RemoteStatus("preempted", *args[:3], None, f"the remote runner (pid {pid}) ended without a "
                             "result: the box restarted or the job was killed", started)
