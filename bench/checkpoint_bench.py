@@ -1,35 +1,54 @@
-"""Issue 2's measurement: one ~100M-parameter model with AdamW state (~1.2 GB), side by side.
+"""Issue 18's measurement: checkpoint I/O against the disk's limit and against torch, in
+interleaved pairs (A B, then B A, ...) so a disk or a neighbour that changes speed from one
+minute to the next hits both sides of a pair alike; each ratio is the median over the pairs,
+with its min and max.
 
-    .venv/bin/python bench/checkpoint_bench.py [--params 100e6] [--dir /path/on/the/disk]
+    .venv/bin/python bench/checkpoint_bench.py [--params 100e6] [--pairs 5] [--dir DIR] [--out FILE]
 
-1. persist throughput: our writer (trainer.checkpoint.save_checkpoint: safetensors written
-   directly, CRCs, fsync, atomic rename) against a raw sequential write of the same bytes with
-   fsync (the disk's limit) and against torch.save (+ fsync);
-2. training-loop stall per checkpoint: the two-phase save (AsyncCheckpointer.snapshot) against
-   a synchronous save of the same state;
-3. restore: load_checkpoint (verified) against torch.load.
-Every writer fsyncs, so the page cache can't flatter one of them; each is run --repeat times
-and the median kept. Goals: persist >= 0.85x raw and >= 2x torch.save; stall <= 0.15x sync;
-restore <= 0.5x torch.load.
+The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M parameters,
+1.21 GB). Per pair:
+1. persist: trainer.checkpoint.save_checkpoint (safetensors written directly, xxh3 digests,
+   fsync, atomic rename) against a plain write of the same bytes + fsync ("raw") and against
+   torch.save + fsync; a raw write that also starts writeback as it goes is reported too.
+   Every writer writes a new file (the previous one deleted first).
+2. restore into the model and the optimizer: load_checkpoint (verified: sizes, headers, every
+   digest) + trainer.state.restore, against torch.load + load_state_dict (unverified) and
+   safetensors' load_file + load_state_dict (unverified); warm (files in the page cache) and
+   cold (posix_fadvise DONTNEED on every file just before each run). Our optimizer state stays
+   on copy-on-write mappings of the file, so its first step pays the page copies torch.load
+   paid while loading: restore + one AdamW step is reported too, so nothing hides there.
+3. stall: the training loop's wait for a two-phase save (AsyncCheckpointer.snapshot) against a
+   synchronous save of the same state.
+Memory: the peak resident set above the one before the operation (VmHWM, reset through
+/proc/self/clear_refs) during our persist and our restore, against the largest tensor group.
+The restore's figure counts the restored optimizer state itself (the old state is still alive
+in the benchmark), so it is an upper bound of what a resume adds.
+Goals: persist >= 0.95x raw and >= 1x torch.save in every pair; restore <= 0.5x torch.load warm,
+<= 1.0x cold, <= 1.0x safetensors; peak extra <= the largest group; stall <= 0.05x sync.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import re
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from trainer.checkpoint import AsyncCheckpointer, load_checkpoint, save_checkpoint  # noqa: E402
-from trainer.state import capture  # noqa: E402
+from trainer.checkpoint import AsyncCheckpointer, _start_writeback, load_checkpoint, save_checkpoint  # noqa: E402
+from trainer.state import capture, load_optimizer_state, restore  # noqa: E402
 
 
 def model_and_optimizer(n_params: float):
@@ -39,39 +58,63 @@ def model_and_optimizer(n_params: float):
     model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(layers)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+        p.grad = torch.randn_like(p)
     opt.step()  # materialize exp_avg / exp_avg_sq
     return model, opt
 
 
-def timed(fn, repeat: int) -> float:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+def _status(key: str) -> int:
+    return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def measured(fn: Callable[[], object]) -> tuple[float, int]:
+    """(seconds, peak resident bytes above the resident set before the call)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    before = _status("VmRSS")
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return dt, max(0, _status("VmHWM") - before)
+
+
+def evict(paths: list[Path]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", type=float, default=100e6)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--dir", default=None, help="a directory on the disk to measure (default: temp)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "checkpoint.json"))
     a = ap.parse_args()
     torch.set_num_threads(2)
     model, opt = model_and_optimizer(a.params)
     groups, meta = capture(model, opt, step=1)
-    nbytes = sum(t.numel() * t.element_size() for g in groups.values() for t in g.values())
+    group_bytes = {g: sum(t.numel() * t.element_size() for t in ts.values()) for g, ts in groups.items()}
+    nbytes = sum(group_bytes.values())
     n_params = sum(p.numel() for p in model.parameters())
+    baseline_opt = opt.state_dict()  # the optimizer is put back on it after every restore
+    flat = [t.contiguous().view(-1).view(torch.uint8).numpy() for g in groups.values() for t in g.values()]
+    times: dict[str, list[float]] = {k: [] for k in (
+        "raw", "raw_early_writeback", "torch_save", "ours",
+        "warm_ours", "warm_torch", "warm_safetensors", "cold_ours", "cold_torch", "cold_safetensors",
+        "step_ours", "step_torch", "stall", "sync")}
+    peaks: dict[str, list[int]] = {"persist": [], "restore": [], "torch_save": [], "torch_load": []}
+
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp_s:
         tmp = Path(tmp_s)
-        flat = [t.contiguous().view(-1).view(torch.uint8).numpy() for g in groups.values() for t in g.values()]
-
-        # Every writer writes a NEW file each time (a checkpoint always is one) and the previous
-        # one is deleted first: overwriting an existing file is faster on this disk and would
-        # flatter whoever gets to do it.
         seq = iter(range(1_000_000))
 
         def fresh(name: str) -> Path:
@@ -79,12 +122,19 @@ def main() -> None:
                 old.unlink()
             return tmp / f"{name}.{next(seq)}"
 
-        def raw() -> None:
+        def raw(early: bool = False) -> None:
             fd = os.open(fresh("raw"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            pos = 0
             for b in flat:
                 mv = memoryview(b)
-                while len(mv):
-                    mv = mv[os.write(fd, mv):]
+                for i in range(0, len(mv), 64 << 20):
+                    piece = mv[i:i + (64 << 20)]
+                    n = len(piece)
+                    while len(piece):
+                        piece = piece[os.write(fd, piece):]
+                    if early and _start_writeback:
+                        _start_writeback(fd, pos, n)
+                    pos += n
             os.fsync(fd)
             os.close(fd)
 
@@ -95,56 +145,143 @@ def main() -> None:
                 f.flush()
                 os.fsync(f.fileno())
 
-        step = iter(range(10, 10_000))
+        steps = iter(range(10, 1_000_000))
 
         def ours() -> None:
-            import shutil
             shutil.rmtree(tmp / "ckpt", ignore_errors=True)
-            save_checkpoint(tmp / "ckpt", next(step), groups, meta)
+            save_checkpoint(tmp / "ckpt", next(steps), groups, meta)
 
-        t_raw = timed(raw, a.repeat)
-        t_torch = timed(tsave, a.repeat)
-        t_ours = timed(ours, a.repeat)
+        def ckpt_files() -> list[Path]:
+            return sorted(next((tmp / "ckpt").glob("step_*")).glob("*"))
 
-        # stall: what the training loop waits for, per checkpoint
-        ck = AsyncCheckpointer(tmp / "async", keep=2)
-        g, m = capture(model, opt, step=99)
-        t0 = time.perf_counter()
-        ck.snapshot(99, g, m)  # the first snapshot allocates its CPU buffers (page faults)
-        first_stall = time.perf_counter() - t0
+        def load_ours() -> None:
+            g, m = load_checkpoint(next((tmp / "ckpt").glob("step_*")))
+            restore(g, m, model, opt)
+
+        def load_torch() -> None:
+            s = torch.load(next(tmp.glob("torch.*")), weights_only=True)
+            model.load_state_dict(s["model"])
+            opt.load_state_dict(s["optimizer"])
+
+        def load_st() -> None:
+            d = next((tmp / "ckpt").glob("step_*"))
+            model.load_state_dict(load_file(d / "model.safetensors"))
+            load_optimizer_state(opt, load_file(d / "optimizer.safetensors"), meta["optimizer"])
+
+        def reset() -> None:
+            opt.load_state_dict(baseline_opt)  # drop what the last restore put in (and its mappings)
+            gc.collect()
+
+        ck = AsyncCheckpointer(tmp / "async", keep=1)
+        ck.snapshot(1, groups, meta)  # the first snapshot allocates its CPU buffers
         ck.wait()
-        stalls = []
-        for i in range(a.repeat):
-            g, m = capture(model, opt, step=100 + i)
+
+        def stall() -> float:
+            g, m = capture(model, opt, step=next(steps))
             t0 = time.perf_counter()
-            ck.snapshot(100 + i, g, m)
-            stalls.append(time.perf_counter() - t0)
+            ck.snapshot(int(m["step"]), g, m)
+            dt = time.perf_counter() - t0
             ck.wait()
+            return dt
+
+        def sync() -> float:
+            t0 = time.perf_counter()
+            save_checkpoint(tmp / "sync", next(steps), *capture(model, opt, step=1))
+            return time.perf_counter() - t0
+
+        for i in range(a.pairs):
+            flip = i % 2 == 1  # A B, then B A: neither side always goes first
+            # persist
+            order: list[tuple[str, Callable[[], None]]] = [
+                ("raw", raw), ("ours", ours), ("torch_save", tsave), ("raw_early_writeback", lambda: raw(True))]
+            for name, fn in (reversed(order) if flip else order):
+                dt, peak = measured(fn)
+                times[name].append(dt)
+                if name == "ours":
+                    peaks["persist"].append(peak)
+                elif name == "torch_save":
+                    peaks["torch_save"].append(peak)
+            # restore, warm (one untimed read of each first) then cold
+            loads = [("ours", load_ours), ("torch", load_torch), ("safetensors", load_st)]
+            files = {"ours": ckpt_files(), "safetensors": ckpt_files(), "torch": list(tmp.glob("torch.*"))}
+            for _, fn in loads:
+                fn()
+                reset()
+            for name, fn in (reversed(loads) if flip else loads):
+                dt, peak = measured(fn)
+                times[f"warm_{name}"].append(dt)
+                if name == "ours":
+                    peaks["restore"].append(peak)
+                elif name == "torch":
+                    peaks["torch_load"].append(peak)
+                reset()
+            for name, fn in (reversed(loads) if flip else loads):
+                evict(files[name])
+                dt, _ = measured(fn)
+                times[f"cold_{name}"].append(dt)
+                reset()
+            # zero-copy defers work: the optimizer's first step copies its state's pages out of
+            # the mapping (copy-on-write). Restore + one AdamW step, warm, shows the whole bill.
+            for name, fn in (reversed(loads[:2]) if flip else loads[:2]):
+                t0 = time.perf_counter()
+                fn()
+                opt.step()
+                times[f"step_{name}"].append(time.perf_counter() - t0)
+                reset()
+            # stall
+            for name, fn in ((("sync", sync), ("stall", stall)) if flip else (("stall", stall), ("sync", sync))):
+                times[name].append(fn())
+            print(f"pair {i + 1}/{a.pairs}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in times.items()),
+                  flush=True)
+            shutil.rmtree(tmp / "sync", ignore_errors=True)
         ck.close()
-        sync = timed(lambda: save_checkpoint(tmp / "sync", next(step), *capture(model, opt, step=1)), a.repeat)
-        stall = statistics.median(stalls)
 
-        last = sorted((tmp / "ckpt").glob("step_*"))[-1]
-        t_load = timed(lambda: load_checkpoint(last), a.repeat)
-        t_tload = timed(lambda: torch.load(next(tmp.glob("torch.*")), weights_only=True), a.repeat)
+    def ratio(num: str, den: str) -> dict[str, float]:
+        return summary([x / y for x, y in zip(times[num], times[den], strict=True)])
 
-    gb = nbytes / 1e9
+    largest = max(group_bytes.values())
+    peak_extra = max(max(peaks["persist"]), max(peaks["restore"]))
     res = {
-        "params": n_params, "bytes": nbytes,
-        "persist_GBps": {"raw_fsync": gb / t_raw, "ours": gb / t_ours, "torch_save": gb / t_torch},
-        "persist_vs_raw": t_raw / t_ours, "persist_vs_torch_save": t_torch / t_ours,
-        "stall_s": {"two_phase": stall, "two_phase_first": first_stall, "synchronous": sync},
-        "stall_ratio": stall / sync,
-        "restore_s": {"ours_verified": t_load, "torch_load": t_tload}, "restore_ratio": t_load / t_tload,
+        "params": n_params, "bytes": nbytes, "group_bytes": group_bytes, "pairs": a.pairs,
+        "command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
+        "seconds": {k: summary(v) for k, v in times.items()},
+        "persist_GBps": {k: nbytes / 1e9 / statistics.median(times[k])
+                         for k in ("raw", "raw_early_writeback", "torch_save", "ours")},
+        # a ratio > 1 means ours is faster (persist) / costs less (restore, stall: ours / theirs)
+        "persist_vs_raw": ratio("raw", "ours"),
+        "persist_vs_raw_early_writeback": ratio("raw_early_writeback", "ours"),
+        "persist_vs_torch_save": ratio("torch_save", "ours"),
+        "restore_warm_vs_torch_load": ratio("warm_ours", "warm_torch"),
+        "restore_cold_vs_torch_load": ratio("cold_ours", "cold_torch"),
+        "restore_warm_vs_safetensors": ratio("warm_ours", "warm_safetensors"),
+        "restore_cold_vs_safetensors": ratio("cold_ours", "cold_safetensors"),
+        "restore_then_first_step_vs_torch_load": ratio("step_ours", "step_torch"),
+        "stall_ratio": ratio("stall", "sync"),
+        "peak_extra_bytes": peak_extra,
+        "peak_extra_bytes_by_phase": {k: max(v) for k, v in peaks.items()},
+        "largest_group_bytes": largest,
+        "peak_extra_vs_largest_group": peak_extra / largest,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2))
-    print(f"{n_params / 1e6:.0f}M params, {gb:.2f} GB of model + AdamW state")
-    print(f"persist: ours {gb / t_ours:.2f} GB/s, raw+fsync {gb / t_raw:.2f} GB/s, torch.save {gb / t_torch:.2f} GB/s"
-          f" -> {res['persist_vs_raw']:.2f}x raw (goal >= 0.85), {res['persist_vs_torch_save']:.2f}x torch.save (goal >= 2)")
-    print(f"stall: two-phase {stall:.3f} s (first, allocating: {first_stall:.3f} s) vs synchronous "
-          f"{sync:.3f} s -> {res['stall_ratio']:.3f} (goal <= 0.15)")
-    print(f"restore: ours (verified) {t_load:.3f} s vs torch.load {t_tload:.3f} s -> {res['restore_ratio']:.2f} (goal <= 0.5)")
+    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+
+    def fmt(k: str) -> str:
+        r = res[k]
+        return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+    gb = nbytes / 1e9
+    print(f"{n_params / 1e6:.0f}M params, {gb:.2f} GB of model + AdamW state, {a.pairs} interleaved pairs")
+    print(f"persist: {fmt('persist_vs_raw')} x raw write+fsync (goal >= 0.95), "
+          f"{fmt('persist_vs_torch_save')} x torch.save (goal >= 1 in every pair); "
+          f"{fmt('persist_vs_raw_early_writeback')} x raw with early writeback")
+    print(f"restore (ours/theirs): warm {fmt('restore_warm_vs_torch_load')} of torch.load (goal <= 0.5), "
+          f"cold {fmt('restore_cold_vs_torch_load')} (goal <= 1.0); vs safetensors warm "
+          f"{fmt('restore_warm_vs_safetensors')}, cold {fmt('restore_cold_vs_safetensors')} (goal <= 1.0)")
+    print(f"restore + first AdamW step: {fmt('restore_then_first_step_vs_torch_load')} of torch.load's")
+    print(f"stall: {fmt('stall_ratio')} of a synchronous save (goal <= 0.05)")
+    print(f"peak extra memory: persist {max(peaks['persist']) / 1e6:.0f} MB, restore "
+          f"{max(peaks['restore']) / 1e6:.0f} MB (torch.save {max(peaks['torch_save']) / 1e6:.0f} MB, "
+          f"torch.load {max(peaks['torch_load']) / 1e6:.0f} MB); largest group {largest / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":
