@@ -145,12 +145,14 @@ class SshBackend(OffloadBackend):
     def __init__(self, cfg_ssh: dict[str, Any], *, workdir: str | os.PathLike | None = None,
                  exclude: Sequence[str] = (), data: Sequence[str] = (),
                  checkpoint_dir: str | os.PathLike | None = None, checkpoint_glob: str | None = None,
-                 sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0):
+                 sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0,
+                 gitignore: bool = True):
         """``cfg_ssh`` is the validated ``[offload.ssh]`` table. ``workdir`` (the job's), with
         ``exclude`` patterns (plus .gitignore, the data dirs and the checkpoint dir), goes up to
         the box; ``data`` are dirs relative to the workdir synced once by manifest;
         ``checkpoint_glob`` (relative to the workdir) names a script's own checkpoint files,
-        brought home by ``pull``. ``sources`` are the packages the runner needs remotely."""
+        brought home by ``pull``. ``sources`` are the packages the runner needs remotely.
+        ``gitignore``: the workdir's .gitignore patterns are excluded too."""
         if not cfg_ssh.get("host"):
             raise OffloadError("the ssh backend needs [offload.ssh] host")
         self.cfg = cfg_ssh
@@ -162,6 +164,7 @@ class SshBackend(OffloadBackend):
         self.python: str = cfg_ssh.get("python") or "python3"
         self.price_usd_per_h = float(cfg_ssh.get("price_usd_per_h") or 0.0)
         self.sources = [Path(s) for s in (sources or [PROJECT / s for s in SOURCES])]
+        self.gitignore = gitignore
         self.exclude = list(exclude) + [f"/{d}" for d in self.data]
         if self.workdir and checkpoint_dir:
             ck = Path(checkpoint_dir).resolve()
@@ -175,8 +178,8 @@ class SshBackend(OffloadBackend):
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SshBackend:
         """Built from the whole validated config: [offload.ssh], the job's workdir, checkpoint
-        dir and checkpoint_glob, [offload] exclude/data where present; the daemon's state dir is
-        never uploaded."""
+        dir and checkpoint_glob, [offload] data and exclude (which, when set, replaces the
+        .gitignore patterns); the daemon's state dir is never uploaded."""
         job, o = cfg["job"], cfg["offload"]
         exclude = list(o.get("exclude") or [])
         state = Path(cfg["daemon"]["state_dir"]).resolve()
@@ -184,7 +187,8 @@ class SshBackend(OffloadBackend):
         if state.is_relative_to(work) and state != work:
             exclude.append("/" + state.relative_to(work).as_posix())
         return cls(o["ssh"], workdir=work, exclude=exclude, data=list(o.get("data") or []),
-                   checkpoint_dir=job["checkpoint_dir"], checkpoint_glob=job.get("checkpoint_glob"))
+                   checkpoint_dir=job["checkpoint_dir"], checkpoint_glob=job.get("checkpoint_glob"),
+                   gitignore=o.get("exclude") is None)
 
     # call ids ----------------------------------------------------------------------------------
     def call_id(self, run_key: str, pid: int, ticks: str) -> str:
@@ -243,7 +247,7 @@ class SshBackend(OffloadBackend):
                     posixpath.join(root, "manifests", f"src-{src.name}.json"))
             work = posixpath.join(run, "work")
             if self.workdir is not None:
-                ex = [*gitignore_patterns(self.workdir), *self.exclude,
+                ex = [*(gitignore_patterns(self.workdir) if self.gitignore else []), *self.exclude,
                       *(self._rel(f) for f in files if self._rel(f))]
                 stats["work"] = await push_tree(
                     sftp, self.workdir, work, posixpath.join(root, "manifests", f"run-{run_key}-work.json"),
