@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from tests.helpers import ROOT
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.format import CHUNK, CorruptCheckpoint, chunk_digests, find_latest_valid, verify
 from trainer.state import capture, restore
@@ -138,3 +142,29 @@ def test_restored_optimizer_state_keeps_training_bit_exactly(tmp_path):
             o.zero_grad()
     for a, b in zip(model.parameters(), m2.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_without_the_xxhash_package_checkpoints_fall_back_to_crc32_and_say_what_is_missing(tmp_path):
+    """A cloud image built from an older package list: the job still checkpoints (format-1
+    crc32 digests) and resumes; an xxh3 checkpoint is skipped naming the missing package."""
+    model, opt = trained(10)
+    save_checkpoint(tmp_path / "x", 1, *capture(model, opt, step=1))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["xxhash"] = None  # import xxhash -> ImportError
+        import torch
+        from trainer.checkpoint import load_checkpoint, save_checkpoint
+        from trainer.format import find_latest_valid
+        msgs = []
+        assert find_latest_valid({str(tmp_path / "x")!r}, log=msgs.append) is None
+        print("SKIPPED", msgs[0])
+        p = save_checkpoint({str(tmp_path / "c")!r}, 2, {{"model": {{"w": torch.arange(10.0)}}}}, {{}})
+        groups, meta = load_checkpoint(p)
+        assert torch.equal(groups["model"]["w"], torch.arange(10.0))
+        print("ENTRY", sorted(meta["files"]["model.safetensors"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "SKIPPED" in r.stdout and "xxhash package is not installed" in r.stdout
+    assert "ENTRY ['chunk', 'crc32', 'size']" in r.stdout
+    assert find_latest_valid(tmp_path / "c").step == 2  # and this side, with xxhash, reads it

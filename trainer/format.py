@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xxhash
+try:
+    import xxhash
+except ImportError:  # an environment without it (say a cloud image built from an old list)
+    xxhash = None  # type: ignore[assignment]  # still writes and checks format-1 crc32 digests
 
 FORMAT = 2
 META = "meta.json"
@@ -93,7 +96,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+DIGEST = "xxh3" if xxhash is not None else "crc32"  # what new checkpoints carry
+
+
 def xxh3_hex(buf: memoryview | bytes) -> str:
+    if xxhash is None:
+        raise RuntimeError("this checkpoint's xxh3 digests need the xxhash package: "
+                           "pip install 'xxhash>=3'")
     return f"{xxhash.xxh3_64_intdigest(buf):016x}"
 
 
@@ -118,6 +127,9 @@ def chunk_digests(buf: memoryview | bytes | mmap.mmap, chunk: int = CHUNK,
 def digest_kind(entry: dict[str, Any]) -> tuple[str, Callable[[Any], Any]]:
     """Which checksum a file entry carries: xxh3 (format 2) or zlib crc32 (format 1)."""
     if "xxh3" in entry:
+        if xxhash is None:
+            raise KeyError("xxh3 digests, and the xxhash package is not installed "
+                           "(pip install 'xxhash>=3')")
         return "xxh3", xxh3_hex
     if "crc32" in entry:
         return "crc32", zlib.crc32
