@@ -103,3 +103,21 @@ def test_a_cancel_terms_the_unmodified_job_and_poll_says_cancelled_only_once_set
     saved = status["adopted"]["step"]
     assert saved >= 30 and saved == step_of(tmp_path / "vols/run1/work/out/ckpt.pt")  # the TERM save
     assert step_of(b.pull("run1", call, tmp_path / "home")) == saved
+
+
+def test_carry_from_a_validated_config(tmp_path):
+    from daemon import config as config_mod
+    from daemon.offload.carry import from_config
+
+    w = tmp_path / "proj"
+    w.mkdir()
+    (w / ".gitignore").write_text("*.log\n# c\n")
+    cfg = config_mod.validate({"job": {"command": ["python", "train.py"], "workdir": str(w),
+                                       "checkpoint_glob": "out/ckpt.pt", "progress_pattern": "nanogpt"},
+                               "offload": {"data": ["data/owt"]}, "checkpoint": {"keep": 4}})
+    config_mod.resolve_paths(cfg, tmp_path)
+    c = from_config(cfg, tmp_path / "state/adopted/r1")
+    assert c.workdir == w.resolve() and c.data == ("data/owt",) and c.keep == 4
+    assert {"*.log", "/data/owt", "/out/ckpt.pt", "/checkpoints", ".git"} <= set(c.exclude)
+    cfg["offload"]["exclude"] = ["wandb"]
+    assert "*.log" not in from_config(cfg).exclude and "wandb" in from_config(cfg).exclude

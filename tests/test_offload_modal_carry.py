@@ -360,6 +360,96 @@ def test_pull_fails_clearly_when_a_listed_file_is_missing_instead_of_retrying(mo
     shutil.rmtree("/tmp/nowhere-pull", ignore_errors=True)
 
 
+class DirVolume:
+    """The boundary: modal.Volume's client calls used by upload, backed by a directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.puts: list[str] = []
+
+    def read_file(self, path):
+        p = self.root / path.lstrip("/")
+        if not p.is_file():
+            raise FileNotFoundError(path)  # what the SDK raises for a missing path
+        yield p.read_bytes()
+
+    def listdir(self, path):
+        d = self.root / path.lstrip("/")
+        if not d.is_dir():
+            raise FileNotFoundError(path)
+        return [type("FileEntry", (), {"path": (d / n).relative_to(self.root).as_posix()})()
+                for n in sorted(os.listdir(d))]
+
+    def remove_file(self, path, recursive=False):
+        (self.root / path.lstrip("/")).unlink()
+
+    def batch_upload(self, force=False):
+        vol = self
+
+        class Batch:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def put_file(self, local, remote):
+                dest = vol.root / remote.lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, dest)
+                vol.puts.append(remote)
+
+            def put_directory(self, local, remote):
+                for f in sorted(Path(local).rglob("*")):
+                    if f.is_file():
+                        self.put_file(f, f"{remote}/{f.relative_to(local).as_posix()}")
+        return Batch()
+
+
+def test_upload_sends_data_once_by_manifest_and_the_adopted_copy_and_glob_files_at_their_paths(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-x")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-x")
+    vols: dict[str, DirVolume] = {}
+    monkeypatch.setattr(modal.Volume, "from_name", staticmethod(
+        lambda name, **kw: vols.setdefault(name, DirVolume(tmp_path / "modal" / name))))
+    w = user_workdir(tmp_path)
+    (w / "out/ckpt.pt").unlink()
+    c = carry_for(w, tmp_path)
+    _first_night(w, c.adopted_store)
+    b = ModalBackend(CFG, carry=c)
+    b.upload("run1", None, [w / "out/ckpt.pt"])
+    run, data = vols["nightshift-run1"], vols[data_volume_name(w.resolve())]
+    assert sorted(run.puts) == ["/adopted/v_000001/meta.json", "/adopted/v_000001/out/ckpt.pt",
+                                "/files/out/ckpt.pt"]
+    assert sorted(data.puts) == ["/.nightshift/data-data.json", "/data/corpus.bin", "/data/val.bin"]
+    assert b.last_sync["data/data"]["files"] == 2
+    data.puts.clear()
+    (w / "data/val.bin").write_bytes(b"changed")
+    b.upload("run2", None, [])  # the next night: only what changed goes up
+    assert sorted(data.puts) == ["/.nightshift/data-data.json", "/data/val.bin"]
+    assert (data.root / "data/val.bin").read_bytes() == b"changed"
+
+
+def test_pull_brings_the_newest_valid_adopted_copy_home_skipping_a_corrupt_newer_one(tmp_path, monkeypatch):
+    vols: dict[str, DirVolume] = {}
+    monkeypatch.setattr(modal.Volume, "from_name", staticmethod(
+        lambda name, **kw: vols.setdefault(name, DirVolume(tmp_path / "modal" / name))))
+    w = user_workdir(tmp_path)
+    (w / "out/ckpt.pt").unlink()
+    c = carry_for(w, tmp_path)
+    remote_store = tmp_path / "modal/nightshift-run1/adopted"
+    _first_night(w, remote_store)  # v_000001, step 20, as the remote body left it
+    shutil.copytree(remote_store / "v_000001", remote_store / "v_000002")
+    bad = remote_store / "v_000002/out/ckpt.pt"
+    raw = bytearray(bad.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # corrupted on the volume: same size, wrong bytes
+    bad.write_bytes(bytes(raw))
+    (w / "out/ckpt.pt").unlink()
+    got = ModalBackend(CFG, carry=c).pull("run1", "fc", tmp_path / "ckpt-home")
+    assert got == w.resolve() / "out/ckpt.pt" and step_of(got) == 20
+
+
 def test_a_cpu_device_flag_going_to_a_paid_gpu_is_warned_about():
     assert launch_warnings(JobSpec(command=["python", "train.py", "--device=cpu"]), "A100-40GB")
     assert launch_warnings(JobSpec(command=["python", "-m", "trainer.reference", "--device", "cpu"]), "A100-40GB")

@@ -252,6 +252,7 @@ class ModalBackend(OffloadBackend):
     def _sync_data(self) -> int:
         """Each data dir to the data volume, sending only what changed since its manifest."""
         import modal
+        import modal.exception as mx
 
         from daemon.offload.sync import dump_manifest, load_manifest, plan, scan
         assert self.carry is not None
@@ -262,7 +263,7 @@ class ModalBackend(OffloadBackend):
             mpath = f"/{MANIFEST_DIR}/{manifest_name(rel)}"
             try:
                 old = load_manifest(b"".join(dvol.read_file(mpath)))
-            except FileNotFoundError:
+            except (FileNotFoundError, mx.NotFoundError):
                 old = {}  # first night
             local = scan(src)
             p = plan(src, local, old)
@@ -276,7 +277,7 @@ class ModalBackend(OffloadBackend):
             for f in p.delete:
                 try:
                     dvol.remove_file(f"/{rel}/{f}")
-                except FileNotFoundError:
+                except (FileNotFoundError, mx.NotFoundError):
                     pass
             b = sum(local[f][0] for f in p.send)
             self.last_sync[f"data/{rel}"] = {"files": len(p.send), "bytes": b, "hashed": p.hashed}
