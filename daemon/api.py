@@ -24,13 +24,14 @@ import json
 import logging
 import math
 import resource
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from importlib import resources
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon import auth, metrics, statusfmt
@@ -133,11 +134,21 @@ class _NoTraceback:
                 await send({"type": "http.response.body", "body": body})
 
 
+class QueueEntry(BaseModel):
+    name: str | None = Field(None, max_length=200)
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=1000)
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict, max_length=200)
+    total_steps: int | None = Field(None, ge=1, le=2**53)
+
+
 class StatusSource(Protocol):
     def status(self) -> dict[str, Any]: ...
     def history(self, since: float | None) -> list[dict[str, Any]]: ...
     def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]: ...
     async def control(self, action: str) -> dict[str, Any]: ...
+    def runs(self) -> list[dict[str, Any]]: ...
+    def queue(self) -> list[dict[str, Any]]: ...
+    def submit(self, action: str, arg: Any = None) -> Awaitable[dict[str, Any]]: ...
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -173,36 +184,68 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
             return SafeJSONResponse(st)
         return PlainTextResponse(statusfmt.render(_finite(st)))  # a NaN reads as unknown
 
+    # the store is read on the loop too (short indexed queries): nothing runs in a thread pool
     @app.get("/events")
-    def events(limit: int = Query(50, ge=1, le=1000),
+    async def events(limit: int = Query(50, ge=1, le=1000),
                before: int | None = Query(None, ge=0, le=MAX_EVENT_ID),
                kind: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
         return source.events(limit, before, kind)
 
     @app.get("/api/history")
-    def history(since: float | None = Query(None, ge=0, le=1e12)) -> list[dict[str, Any]]:
+    async def history(since: float | None = Query(None, ge=0, le=1e12)) -> list[dict[str, Any]]:
         return source.history(since)
 
     @app.get("/metrics", response_model=None)
     async def prometheus() -> Response:
         return Response(metrics.exposition(registry), media_type="text/plain; version=0.0.4")
 
-    @app.get("/", response_class=HTMLResponse)
-    def dashboard() -> str:
-        return resources.files("daemon").joinpath("dashboard.html").read_text()
+    dashboard_html = resources.files("daemon").joinpath("dashboard.html").read_text()
 
-    @app.post("/control/{action}")
-    async def control(action: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        if action not in ACTIONS:
-            raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> str:
+        return dashboard_html
+
+    def authorize(authorization: str | None) -> None:
         if token is None:
             raise HTTPException(403, "controls are disabled: the daemon has no API token")
         if not auth.check(authorization, token):
             raise HTTPException(401, "missing or wrong token: send Authorization: Bearer <token> "
                                 "(the token file is in the daemon's state directory)",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/control/{action}")
+    async def control(action: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        if action not in ACTIONS:
+            raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        authorize(authorization)
         log.info("control %s requested over HTTP", action)
         return await source.control(action)
+
+    @app.get("/runs")
+    async def runs() -> dict[str, Any]:
+        """Every run, oldest first: the night's comparison table."""
+        return {"runs": source.runs()}
+
+    @app.get("/queue")
+    async def queue() -> dict[str, Any]:
+        return {"queue": source.queue()}
+
+    @app.post("/queue")
+    async def queue_add(entry: QueueEntry, authorization: str | None = Header(None)) -> dict[str, Any]:
+        authorize(authorization)
+        return await source.submit("queue_add", entry.model_dump())
+
+    @app.delete("/queue/{entry_id}")
+    async def queue_remove(entry_id: int = Path(ge=1, le=MAX_EVENT_ID),
+                           authorization: str | None = Header(None)) -> dict[str, Any]:
+        authorize(authorization)
+        return await source.submit("queue_remove", {"id": entry_id})
+
+    @app.post("/queue/{entry_id}/move")
+    async def queue_move(entry_id: int = Path(ge=1, le=MAX_EVENT_ID), to: int = Query(ge=1, le=10000),
+                         authorization: str | None = Header(None)) -> dict[str, Any]:
+        authorize(authorization)
+        return await source.submit("queue_move", {"id": entry_id, "to": to})
 
     return app
 

@@ -88,6 +88,43 @@ def cmd_control(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from daemon import queuecli
+
+    text, code = queuecli.show_runs(_base_url(_load(args.config)), json_out=args.json)
+    print(text)
+    return code
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from daemon import queuecli
+
+    cfg = _load(args.config)
+    base, token = _base_url(cfg), cfg["api"]["token_file"]
+    if args.op is None:
+        text, code = queuecli.show_queue(base)
+    elif args.op == "add":
+        command = [c for c in args.cmd if c != "--"]
+        if not command:
+            print("nightshift queue add: give the command after --, e.g. "
+                  "nightshift queue add --name lr3e-4 -- python train.py --lr 3e-4", file=sys.stderr)
+            return 2
+        env = {}
+        for kv in args.env or []:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                print(f"nightshift queue add: --env {kv!r} is not K=V", file=sys.stderr)
+                return 2
+            env[k] = v
+        text, code = queuecli.edit_queue(base, token, "add", name=args.name, command=command, env=env)
+    elif args.op == "remove":
+        text, code = queuecli.edit_queue(base, token, "remove", id=args.id)
+    else:
+        text, code = queuecli.edit_queue(base, token, "move", id=args.id, to=args.to)
+    print(text)
+    return code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon import demo
 
@@ -98,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def with_config(sp: argparse.ArgumentParser, nested: bool = False) -> argparse.ArgumentParser:
+        # nested (queue add/remove/move): no default, so `queue -c FILE add` keeps FILE
         sp.add_argument("-c", "--config", help="config file (default: $NIGHTSHIFT_CONFIG, "
-                        "./config.toml, /etc/nightshift/config.toml)")
+                        "./config.toml, /etc/nightshift/config.toml)",
+                        **({"default": argparse.SUPPRESS} if nested else {}))
         return sp
 
     r = with_config(sub.add_parser("run", help="run the daemon in the foreground (what systemd "
@@ -124,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=20)
     e.add_argument("--kind")
     e.set_defaults(fn=cmd_events)
+    rs = with_config(sub.add_parser("runs", help="every run with its fingerprint: best loss, "
+                                    "where the climb started, what changed"))
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(fn=cmd_runs)
+    q = with_config(sub.add_parser("queue", help="the night's queue of runs (no argument: show it)"))
+    qs = q.add_subparsers(dest="op", metavar="add|remove|move")
+    qa = with_config(qs.add_parser("add", help="queue a run: nightshift queue add [--name N] "
+                                   "[--env K=V ...] -- COMMAND..."), nested=True)
+    qa.add_argument("--name")
+    qa.add_argument("--env", action="append", metavar="K=V")
+    qa.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    qr = with_config(qs.add_parser("remove", help="remove a waiting run by its #"), nested=True)
+    qr.add_argument("id", type=int)
+    qm = with_config(qs.add_parser("move", help="move a waiting run to a position (1 = next)"), nested=True)
+    qm.add_argument("id", type=int)
+    qm.add_argument("to", type=int)
+    q.set_defaults(fn=cmd_queue)
     for action in CONTROL_ACTIONS:
         with_config(sub.add_parser(action, help=f"{action} the job (needs the API token)")
                     ).set_defaults(fn=cmd_control)

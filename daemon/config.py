@@ -181,10 +181,9 @@ SUBTABLES: dict[tuple[str, str], dict[str, Spec]] = {
 BACKENDS = {"none", "modal", "local", "ssh"}
 
 CHOICES = {
-    ("job", "control"): {"auto", "trainer", "signals"},
     ("gpu", "sensor"): {"auto", "amdgpu-sysfs", "pyamdgpuinfo", "psutil", "simulated", "none"},
     ("offload", "backend"): BACKENDS,
-    ("divergence", "action"): {"alert", "stop", "rollback"},
+    ("divergence", "action"): {"alert", "stop", "rollback", "next"},
     ("daemon", "log_level"): {"debug", "info", "warning", "error"},
 }
 
@@ -297,9 +296,46 @@ def _describe(kinds: tuple[str, ...]) -> str:
     return " or ".join(names.get(k, k.replace("list[", "a list of ").replace("table[", "a table of ").rstrip("]")) for k in kinds)
 
 
+# [[queue]]: runs to start one after another, each a [job] with its own command and env.
+QUEUE_KEYS: dict[str, Spec] = {
+    "name": _k("str|none"),
+    "command": _k("list[str]", None),  # required
+    "resume_command": _k("list[str]|none"),
+    "env": _k("table[str]", {}),
+    "total_steps": _k("int|none"),
+}
+
+
+def _validate_queue(entries: Any, path: Any) -> list[dict[str, Any]]:
+    if not isinstance(entries, list):
+        raise ConfigError("queue must be an array of tables: write each entry as [[queue]]", path, "queue")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"queue[{i}]"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{where} must be a table ([[queue]] with command = [...])", path, where)
+        item = {k: copy.deepcopy(spec[1]) for k, spec in QUEUE_KEYS.items()}
+        for key, value in e.items():
+            if key not in QUEUE_KEYS:
+                raise ConfigError(f"unknown key {where}.{key}; keys allowed: {', '.join(QUEUE_KEYS)}",
+                                  path, f"{where}.{key}")
+            _check_value(f"{where}.{key}", QUEUE_KEYS[key][0], value, path)
+            item[key] = copy.deepcopy(value)
+        if not item["command"]:
+            raise ConfigError(f"{where}.command is required: the program and its arguments as a list",
+                              path, f"{where}.command")
+        if item["total_steps"] is not None and item["total_steps"] < 1:
+            raise ConfigError(f"{where}.total_steps must be at least 1", path, f"{where}.total_steps")
+        item["name"] = item["name"] or f"queue-{i + 1}"
+        out.append(item)
+    return out
+
+
 def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Check ``raw`` (parsed TOML) against SCHEMA; return defaults merged with it."""
     cfg = defaults()
+    raw = dict(raw)
+    cfg["queue"] = _validate_queue(raw.pop("queue", []), path)  # type: ignore[assignment]
     for sec, body in raw.items():
         if sec not in SCHEMA:
             raise ConfigError(f"unknown section [{sec}]; known sections: {', '.join(SCHEMA)}", path, sec)
@@ -595,6 +631,10 @@ def dump(cfg: dict[str, Any]) -> str:
                 lines.append(f"# {key} = (unset)")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    for item in cfg.get("queue", []):
+        lines.append("[[queue]]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
         "backend": run.get("remote_backend") or (names[0] if names else "none"),
         "backends": names, "gpu": o["gpu"], "call_id": run.get("remote_call_id"),
         "cost_usd": round(s.cost_now(now), 4), "budget_usd": o["budget_usd"],
-        "estimate_usd": round(s.off.estimate.usd, 2) if s.off.estimate is not None else None,
+        "estimate_usd": round(s.off.estimate.usd, 2) if s.off.estimate is not None and s.off.estimate.usd is not None else None,
         "remote_state": getattr(st, "state", None), "problem": s.off.problem, "eta_s": _num(eta),
     }
 
@@ -93,21 +94,40 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-_METERS: weakref.WeakKeyDictionary[Any, tuple[int, eta_mod.DutyMeter]] = weakref.WeakKeyDictionary()
+@dataclass
+class _Track:
+    run_id: int
+    meter: eta_mod.DutyMeter
+    pid: int | None = None
+    pid_seen_t: float = 0.0  # when this attempt's process was first seen
 
 
-def _meter(s: Supervisor) -> eta_mod.DutyMeter:
-    known = _METERS.get(s)
-    if known is not None and known[0] == s.run_id:
-        return known[1]
+_TRACKS: weakref.WeakKeyDictionary[Any, _Track] = weakref.WeakKeyDictionary()
+
+
+def _track(s: Supervisor) -> _Track:
+    known = _TRACKS.get(s)
+    if known is not None and known.run_id == s.run_id:
+        return known
     meter = eta_mod.DutyMeter()
     try:  # after a daemon restart the last hour is in the store, the downtime included
         evs = s.store.events(s.run_id, limit=5000) if s.run_id else []
         meter.seed(eta_mod.transitions_from_events(reversed(evs)))
     except Exception:  # noqa: BLE001 - a sick store only costs the history
         pass
-    _METERS[s] = (s.run_id, meter)
-    return meter
+    _TRACKS[s] = tr = _Track(s.run_id, meter)
+    return tr
+
+
+def _training(s: Supervisor, tr: _Track, now: float) -> bool:
+    """Running, not held, and this attempt has reported since it started: the interpreter's
+    start-up, the torch import and the restore before the job's first record are not training."""
+    pid = s.runner.pid if s.runner is not None else None
+    if pid != tr.pid:
+        tr.pid, tr.pid_seen_t = pid, now
+    last = s.facts.last_record_t
+    return (s.state == State.RUNNING and not s.holds and pid is not None
+            and last is not None and last >= tr.pid_seen_t)
 
 
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
@@ -124,9 +144,9 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     cloud = _cloud(s, run, now)
     holds = frozenset(s.holds)
     word, detail = display_state(s.state, holds)
-    running = s.runner is not None and s.runner.running
-    meter = _meter(s)
-    meter.note(now, s.state == State.RUNNING and not holds and running)
+    tr = _track(s)
+    meter = tr.meter
+    meter.note(now, _training(s, tr, now))
     # rate and ETA only while the job is on its way to the end without waiting for someone
     live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
     remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
@@ -187,5 +207,6 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "steps_lost": f.steps_lost,
         "pauses": run.get("pauses", 0),
         "problems": sorted(set(s.problems.values())),
+        "queue": {"waiting": len(s.queue()), "plan": getattr(s.queue_plan, "reason", None)},
         "updated": now,
     }

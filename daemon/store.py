@@ -106,18 +106,36 @@ CREATE TABLE IF NOT EXISTS readings (
     loss REAL
 );
 CREATE INDEX IF NOT EXISTS readings_run ON readings(run_id, t);
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY,
+    pos REAL NOT NULL,
+    name TEXT NOT NULL,
+    command TEXT NOT NULL,
+    resume_command TEXT,
+    env TEXT NOT NULL DEFAULT '{}',
+    total_steps INTEGER,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    run_id INTEGER,
+    source TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 _RUN_FIELDS = {
     "state", "total_steps", "step", "restarts", "code_errors", "resets", "pauses", "has_run",
     "job_pid", "job_create_time", "backend", "remote_call_id", "remote_started", "cloud_seconds",
     "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated", "user_hold",
-    "restart_times", "remote_backend", "resume_from",
+    "restart_times", "remote_backend", "resume_from", "command", "env", "queue_id", "best_loss",
+    "best_step", "climb_step", "final_loss", "ended",
 }
 # Columns added after the first release: (name, declaration), added to an older file on open.
 _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   ("restart_times", "TEXT NOT NULL DEFAULT '[]'"),
-                  ("remote_backend", "TEXT"), ("resume_from", "TEXT"))
+                  ("remote_backend", "TEXT"), ("resume_from", "TEXT"),
+                  # a night's queue: what the run ran, and its fingerprint (issue 14)
+                  ("command", "TEXT"), ("env", "TEXT"), ("queue_id", "INTEGER"),
+                  ("best_loss", "REAL"), ("best_step", "INTEGER"), ("climb_step", "INTEGER"),
+                  ("final_loss", "REAL"), ("ended", "REAL"))
 
 
 log = logging.getLogger(__name__)
@@ -335,6 +353,40 @@ class Store:
             (name, now, now, "idle", json.dumps(config, default=str), total_steps),
         )
         return int(cur.lastrowid)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first."""
+        return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+
+    # -- the queue (edited through the Supervisor only: one writer) -------------------------
+    def queue_add(self, name: str, command: list[str], env: dict[str, str], source: str,
+                  resume_command: list[str] | None = None, total_steps: int | None = None) -> int:
+        row = self.db.execute("SELECT MAX(pos) FROM queue").fetchone()
+        pos = (row[0] if row and row[0] is not None else 0.0) + 1.0
+        cur = self.db.execute(
+            "INSERT INTO queue(pos, name, command, resume_command, env, total_steps, source, created) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
+             json.dumps(env), total_steps, source, self.clock()))
+        return int(cur.lastrowid)
+
+    def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM queue" + (" WHERE state='waiting'" if waiting_only else "") + " ORDER BY pos, id"
+        out = []
+        for r in self.db.execute(sql):
+            d = dict(r)
+            d["command"] = json.loads(d["command"])
+            d["resume_command"] = json.loads(d["resume_command"]) if d["resume_command"] else None
+            d["env"] = json.loads(d["env"] or "{}")
+            out.append(d)
+        return out
+
+    def queue_set(self, entry_id: int, **fields: Any) -> None:
+        bad = set(fields) - {"state", "run_id", "pos"}
+        if bad:
+            raise KeyError(f"unknown queue fields: {sorted(bad)}")
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE queue SET {cols} WHERE id=?", (*fields.values(), entry_id))
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()

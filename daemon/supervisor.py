@@ -130,6 +130,10 @@ class Supervisor:
         self.poll_due = True
         self.snapshot: dict[str, Any] = {}
         self.on_state: Callable[[str], None] | None = None  # sd_notify STATUS=, set by app.py
+        self._queue_entry: dict[str, Any] | None = None  # the queue entry this run came from
+        self.loss_series: list[tuple[int, float]] = []  # (step, loss) of this run: its fingerprint
+        self.queue_plan: Any = None
+        self._next_run_due = False
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
@@ -163,6 +167,21 @@ class Supervisor:
         return self.store.get_run(self.run_id) or {}
 
     @property
+    def job(self) -> dict[str, Any]:
+        """[job] with this run's own command and env (a queued run overrides them)."""
+        run = self.run
+        job = dict(self.cfg["job"])
+        if run.get("command"):
+            job["command"] = json.loads(run["command"])
+            job["resume_command"] = None
+            job["env"] = {**job["env"], **json.loads(run.get("env") or "{}")}
+            job["name"] = run.get("name") or job["name"]
+            job["total_steps"] = run.get("total_steps") or job["total_steps"]
+            if self._queue_entry is not None:
+                job["resume_command"] = self._queue_entry.get("resume_command")
+        return job
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.cfg["daemon"]["state_dir"]) / "runs" / str(self.run_id)
 
@@ -174,16 +193,25 @@ class Supervisor:
     # ================================================================== opening the run
     async def open(self) -> None:
         """Continue the unfinished run (after any stop, kill -9 included) or start a new one."""
+        self._seed_queue()
         row = None if self.new_run or self.resume_from else self.store.current_run()
         if row is None:
-            self.run_id = self.store.create_run(self.cfg["job"]["name"], _public_config(self.cfg),
-                                                self.cfg["job"]["total_steps"])
+            latest = self.store.latest_run()
+            waiting = self.store.queue()
+            if latest is not None and not waiting and not (self.new_run or self.resume_from):
+                # every run has ended and nothing waits: show the last one, start nothing
+                self.run_id = latest["id"]
+                self.state = State(latest["state"])
+                self.runner = self.p.make_runner(self.run_dir)
+                self._rebuild()
+                self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
+                           "(`nightshift queue add` or `nightshift run --new` starts another)")
+                return
+            self._create_run(waiting[0] if waiting and not (self.new_run or self.resume_from) else None)
             if self.resume_from:
                 self._update_run(resume_from=self.resume_from)
                 self.forced_resume = self.resume_from
-            self.event("run", f"new run {self.run_id} of job {self.cfg['job']['name']!r}"
-                       + (f", resuming from {self.resume_from}" if self.resume_from else ""))
-            self.state = State.IDLE
+                self.event("run", f"run {self.run_id} resumes from {self.resume_from}")
         else:
             self.run_id = row["id"]
             self.state = State(row["state"])
@@ -197,6 +225,9 @@ class Supervisor:
             self._update_run(job_pid=None, job_create_time=None)
             if row["user_hold"]:
                 self.holds["user"] = "paused by the user"
+            if row["queue_id"]:
+                self._queue_entry = next((q for q in self.store.queue(waiting_only=False)
+                                          if q["id"] == row["queue_id"]), None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
@@ -215,7 +246,8 @@ class Supervisor:
         checkpoint costs (for the interval) and the restart history."""
         for rec in self.runner.records():
             self._observe_record(rec, replay=True)
-        for r in self.store.resets(self.run_id):
+        # resets belong to the machine, not the run: a queue's next run inherits the count
+        for r in self.store.resets(None, since=self.clock() - float(self.cfg["resets"]["window_s"])):
             self.reset_times.append(float(r["t"]))
             self.reset_rows.append({"t": r["t"], "temps": r["temps"]})
         if self.reset_rows:
@@ -255,6 +287,8 @@ class Supervisor:
                 fut.set_result({**res, "state": self.state.value})
         if self.stop_signal is not None and not self.shutting_down:
             self._begin_shutdown(now)
+        if self._next_run_due and not self.runner.running and not self.shutting_down:
+            self._start_next_run(now)
         if self.poll_due:
             self.poll_due = False
             await self._poll(now)
@@ -281,6 +315,9 @@ class Supervisor:
         except (TypeError, ValueError, OverflowError):
             return  # a record of the wrong shape: skipped (daemon/progress.py counts them)
         kind = rec.get("kind")
+        if kind == "progress" and isinstance(rec.get("step"), int) and \
+                isinstance(rec.get("loss"), (int, float)):
+            self._remember_loss(rec["step"], float(rec["loss"]))
         if replay:
             return
         self.suspect_since = None if kind != "heartbeat" or self.holds else self.suspect_since
@@ -402,21 +439,154 @@ class Supervisor:
 
     def _finish(self) -> None:
         self.set_state(State.SUCCEEDED, f"finished at step {self.facts.step}")
-        self.event("finished", f"training finished at step {self.facts.step}")
+        fp = self._fingerprint()
+        self.event("finished", f"run {self.run_id} ({self.job['name']}) finished at step "
+                   f"{self.facts.step}: {fp.line()}")
         self.holds.clear()
         self._update_run(user_hold=0)
-        if self.cfg["daemon"]["exit_when_done"]:
-            self.done.set()
+        self._run_ended()
 
     def _fail(self, reason: str, detail: str | None = None) -> None:
         self.failure = reason + (f"\n{detail}" if detail else "")
         self._update_run(failure=self.failure)
         self.set_state(State.FAILED, reason)
-        self.event("failed", reason, "error")
+        fp = self._fingerprint()
+        self.event("failed", f"run {self.run_id} ({self.job['name']}): {reason}; {fp.line()}", "error")
         if self.runner.running:
             self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
-        if self.cfg["daemon"]["exit_when_done"]:
+        self._run_ended()
+
+    # ================================================================== runs and the queue
+    def _remember_loss(self, step: int, loss: float) -> None:
+        self.loss_series.append((step, loss))
+        if len(self.loss_series) > 5000:  # a long night: keep every other point
+            self.loss_series = self.loss_series[::2]
+
+    def _fingerprint(self) -> Any:
+        from daemon.policy.fingerprint import fingerprint
+        fp = fingerprint(sorted(self.loss_series))
+        self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
+                         final_loss=fp.final_loss, ended=self.clock())
+        return fp
+
+    def _run_ended(self) -> None:
+        """The next queued run starts now; with nothing queued, a one-shot daemon leaves."""
+        if self.store.queue():
+            self._next_run_due = True
+        elif self.cfg["daemon"]["exit_when_done"]:
             self.done.set()
+
+    def _seed_queue(self) -> None:
+        """[[queue]] entries from the config join the stored queue once (a restart re-reads
+        the config; an entry already queued, started or removed is not added again)."""
+        have = {(q["name"], json.dumps(q["command"])) for q in self.store.queue(waiting_only=False)}
+        for item in self.cfg.get("queue", []):
+            if (item["name"], json.dumps(item["command"])) not in have:
+                self.store.queue_add(item["name"], item["command"], item["env"], "config",
+                                     item["resume_command"], item["total_steps"])
+
+    def _create_run(self, entry: dict[str, Any] | None) -> None:
+        name = entry["name"] if entry else self.cfg["job"]["name"]
+        total = (entry or {}).get("total_steps") or self.cfg["job"]["total_steps"]
+        self.run_id = self.store.create_run(name, _public_config(self.cfg), total)
+        self._queue_entry = entry
+        if entry is not None:
+            self._update_run(command=json.dumps(entry["command"]), env=json.dumps(entry["env"]),
+                             queue_id=entry["id"])
+            self.store.queue_set(entry["id"], state="started", run_id=self.run_id)
+        else:
+            self._update_run(command=None, env=None)
+        self.event("run", f"new run {self.run_id}: {name}"
+                   + (f" (queued: {' '.join(entry['command'])})" if entry else ""))
+        self.state = State.IDLE
+
+    def _start_next_run(self, now: float) -> None:
+        self._next_run_due = False
+        waiting = self.store.queue()
+        if not waiting:
+            return
+        self._create_run(waiting[0])
+        self.facts = type(self.facts)()
+        self.loss_series = []
+        self.failure = None
+        self.holds.pop("thermal", None)
+        self.interval_steps = None
+        self.off = _Offload()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        if self.p.divergence is not None:
+            self.p.divergence.reset()
+        if self.holds:
+            self._update_run(user_hold=1 if "user" in self.holds else 0)
+        self._restart_now(f"next in the queue: {self.job['name']}")
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The comparison table (GET /runs, `nightshift runs`), oldest first."""
+        from daemon.policy.fingerprint import changes, fingerprint
+        rows = self.store.runs()
+        queued = [r for r in rows if r.get("queue_id")]
+        base = queued[0] if queued else (rows[0] if rows else None)
+
+        def cmd_env(r: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+            if r.get("command"):
+                return json.loads(r["command"]), json.loads(r.get("env") or "{}")
+            return list(self.cfg["job"]["command"]), {}
+        bcmd, benv = cmd_env(base) if base else ([], {})
+        out = []
+        for r in rows:
+            cmd, env = cmd_env(r)
+            best = (r.get("best_loss"), r.get("best_step"), r.get("climb_step"), r.get("final_loss"))
+            if r["id"] == self.run_id and r.get("ended") is None:
+                fp = fingerprint(sorted(self.loss_series))  # live for the current run
+                best = (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss)
+            out.append({
+                "id": r["id"], "name": r["name"], "state": r["state"], "command": cmd,
+                "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env),
+                "steps": r.get("step"), "best_loss": best[0], "best_step": best[1],
+                "climb_step": best[2], "final_loss": best[3],
+                "backend": r.get("remote_backend") if r.get("remote_backend") else "local",
+                "cost_usd": round(float(r.get("cloud_cost_usd") or 0.0), 4),
+                "started": r.get("created"), "ended": r.get("ended"),
+            })
+        return out
+
+    def queue(self) -> list[dict[str, Any]]:
+        return [{"id": q["id"], "name": q["name"], "command": q["command"], "env": q["env"],
+                 "total_steps": q["total_steps"], "source": q["source"]} for q in self.store.queue()]
+
+    def _queue_command(self, action: str, arg: dict[str, Any]) -> dict[str, Any]:
+        waiting = self.store.queue()
+        if action == "queue_add":
+            command = arg.get("command")
+            if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+                return {"ok": False, "message": "a queued run needs a command: nightshift queue add -- python train.py ..."}
+            env = arg.get("env") or {}
+            name = arg.get("name") or f"run-{len(self.store.queue(waiting_only=False)) + 1}"
+            qid = self.store.queue_add(name, command, env, "cli", total_steps=arg.get("total_steps"))
+            self.event("queue", f"queued {name!r} (#{qid}): {' '.join(command)}")
+            if self.state in (State.SUCCEEDED, State.FAILED) and not self.runner.running:
+                self._next_run_due = True  # the daemon was idle: start it now
+            return {"ok": True, "message": f"queued {name!r} as #{qid}, position {len(waiting) + 1}",
+                    "queue": self.queue()}
+        ids = [q["id"] for q in waiting]
+        qid = arg.get("id")
+        if qid not in ids:
+            return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
+                    f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
+        if action == "queue_remove":
+            self.store.queue_set(qid, state="removed")
+            self.event("queue", f"removed #{qid} from the queue")
+            return {"ok": True, "message": f"removed #{qid}", "queue": self.queue()}
+        if action == "queue_move":
+            to = max(1, min(int(arg.get("to") or 1), len(ids)))
+            order = [i for i in ids if i != qid]
+            order.insert(to - 1, qid)
+            for pos, i in enumerate(order, 1):
+                self.store.queue_set(i, pos=float(pos))
+            self.event("queue", f"moved #{qid} to position {to}")
+            return {"ok": True, "message": f"#{qid} is now number {to}", "queue": self.queue()}
+        raise AssertionError(action)
 
     def _restart_now(self, reason: str, resume: str | None = None) -> None:
         self.forced_resume = resume
@@ -457,7 +627,8 @@ class Supervisor:
                            f"{restored.relpath} before the restart")
         ckpt_dir = self.checkpoint_dir
         info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
-        plan = rules.plan_start(self.cfg["job"], trainer_checkpoint=str(info.path) if info else None,
+        job = self.job
+        plan = rules.plan_start(job, trainer_checkpoint=str(info.path) if info else None,
                                 script_checkpoint=self._script_checkpoint(),
                                 forced_resume=self.forced_resume)
         self.forced_resume = None
@@ -501,7 +672,8 @@ class Supervisor:
         env = dict(os.environ)
         # "python" in job.command means the daemon's own interpreter (its venv has trainer/).
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env.update(self.cfg["job"]["env"])
+        job = self.job
+        env.update(job["env"])
         ck = self.cfg["checkpoint"]
         env.update({
             protocol.ENV_RUN_DIR: str(self.run_dir),
@@ -512,8 +684,8 @@ class Supervisor:
         })
         if ck["best_metric"]:
             env[protocol.ENV_BEST_METRIC] = ck["best_metric"]
-        if self.cfg["job"]["total_steps"]:
-            env[protocol.ENV_TOTAL_STEPS] = str(self.cfg["job"]["total_steps"])
+        if job["total_steps"]:
+            env[protocol.ENV_TOTAL_STEPS] = str(job["total_steps"])
         if self.interval_steps:
             env[protocol.ENV_CHECKPOINT_INTERVAL] = str(self.interval_steps)
         skip = self.run.get("skip_steps") or ""
@@ -847,6 +1019,34 @@ class Supervisor:
         dec = decide_failover(obs, self.cfg)
         if dec.offload:
             self._begin_offload(now, dec.reason)
+            return
+        self._plan_queue(now, obs.budget_usd)
+
+    def _plan_queue(self, now: float, budget_left: float) -> None:
+        """With a deadline and runs waiting: will the whole queue finish? Move this run to the
+        cloud when the plan says so; say early what cannot finish."""
+        from daemon.policy.queueplan import QueueItem, plan_queue
+        waiting = self.store.queue()
+        deadline = self._deadline(now)
+        if not waiting or deadline is None:
+            return
+        o = self.cfg["offload"]
+        default = self.facts.total_steps or self.job["total_steps"] or 0
+        items = [QueueItem(f"run {self.run_id} ({self.job['name']})",
+                           max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
+        items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
+        names = self.p.offloader.names
+        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=self.facts.steps_per_s,
+                          cloud_speedup=float(o["speedup"].get(o["gpu"], 0.0)) if names else None,
+                          usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
+                          budget_usd=budget_left if self.p.offloader.available else 0.0)
+        if plan is None:
+            return
+        if self.queue_plan is None or plan.reason != self.queue_plan.reason:
+            self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
+        self.queue_plan = plan
+        if plan.where(items[0].name) == "cloud" and self.p.offloader.available:
+            self._begin_offload(now, f"queue plan: {plan.reason}")
 
     def _begin_offload(self, now: float, reason: str) -> None:
         self.off.reason, self.off.decided_at, self.off.forced = reason, now, False
@@ -857,21 +1057,19 @@ class Supervisor:
             self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
 
     def _job_spec(self) -> JobSpec:
-        j = self.cfg["job"]
+        j = self.job
         return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
                        env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
                        checkpoint_interval=self.interval_steps)
 
     def _estimate_text(self, remaining: int) -> str:
-        from daemon.offload.cost import estimate
+        from daemon.offload.cost import offload_estimate
         o = self.cfg["offload"]
-        rate = o["remote_steps_per_s"] or (o["local_steps_per_s"] if o["backend"] == "local" else None)
-        if rate:
-            self.off.estimate = estimate(remaining, rate, o["gpu"], o["prices_usd_per_h"])
-            return f"about {self.off.estimate.seconds / 60:.0f} min, ${self.off.estimate.usd:.2f}"
-        self.off.estimate = None
-        return (f"${float(o['prices_usd_per_h'].get(o['gpu'], 0.0)):.2f}/h, duration unknown "
-                "(set offload.remote_steps_per_s for an estimate)")
+        remote = o["remote_steps_per_s"] or (o["local_steps_per_s"] if o["backend"] == "local" else None)
+        self.off.estimate = offload_estimate(remaining, o["gpu"], o["prices_usd_per_h"], o["speedup"],
+                                             local_steps_per_s=self.facts.steps_per_s,
+                                             remote_steps_per_s=remote)
+        return self.off.estimate.basis
 
     async def _launch_remote(self, now: float) -> None:
         """Upload and launch on the first backend that works, in [offload] backends order."""
@@ -1105,6 +1303,8 @@ class Supervisor:
             return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
         if action == "reconfigure":
             return await self._reconfigure(*arg)
+        if action.startswith("queue_"):
+            return self._queue_command(action, arg or {})
         raise AssertionError(action)
 
     def _answer_later(self, fut: asyncio.Future | None) -> None:
