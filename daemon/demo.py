@@ -1,9 +1,18 @@
-"""`nightshift demo`: the whole story on a simulated GPU, in a few minutes on 2 CPU cores.
+"""`nightshift demo`: the whole story on a simulated GPU, under a minute on 2 CPU cores.
 
 The reference job trains under the real daemon; the simulated 780M heats under its load, the
-daemon pauses it before the reset temperature (no step lost), it cools and resumes; then a
-GPU reset is injected, the job dies with ROCm's message, the daemon probes the GPU, resumes
-from the newest checkpoint and the job finishes. The terminal shows it as it happens.
+daemon pauses it before the reset temperature (no step lost), it cools and resumes, again and
+again; then a GPU reset is injected, the job dies with ROCm's message, the daemon probes the
+GPU, resumes from the newest checkpoint and the job finishes. The terminal shows it as it
+happens, with the ETA the phone would show, and the summary compares that ETA with the time
+the rest actually took.
+
+Same length whatever the load: the job is a tiny model paced to a fixed step rate
+(``--max-steps-per-s``) far below what even a starved CPU manages, and the simulated GPU runs
+on simulated time, so heating, cooling and the reset take the same wall time on an idle or a
+busy machine. What still varies is the job's start-up (interpreter + torch import, twice: at the
+start and after the reset), a few seconds. ``--long`` tells the same story over more steps with
+two resets.
 """
 
 from __future__ import annotations
@@ -20,19 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from daemon import config as config_mod
+from daemon import statusfmt
 
-STEPS_FULL, STEPS_FAST = 900, 300
+# steps, paced rate, resets injected at these fractions of the steps
+SHORT = {"steps": 300, "rate": 10.0, "inject_at": (0.6,)}
+LONG = {"steps": 1500, "rate": 10.0, "inject_at": (0.35, 0.7)}
+TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--batch", "8",
+        "--eval-every", "100", "--threads", "1"]
 
 
-def demo_config(workdir: Path, steps: int, port: int) -> dict[str, Any]:
+def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"]) -> dict[str, Any]:
     raw = {
         "job": {"name": "demo", "command": [sys.executable, "-m", "trainer.reference",
-                                            "--steps", str(steps)],
+                                            "--steps", str(steps), *TINY,
+                                            "--max-steps-per-s", str(rate)],
                 "checkpoint_dir": "checkpoints", "heartbeat_timeout_s": 60.0},
         "daemon": {"state_dir": "state", "exit_when_done": True, "log_level": "warning"},
         "gpu": {"sensor": "simulated", "poll_interval_s": 0.5,
-                # One real second is a simulated minute: the chip heats in ~15 s of load.
-                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 60.0,
+                # One real second is a simulated minute: under load the chip would settle at
+                # 92 C, so it crosses pause_at_c after ~8 s of training and cools in ~3 s.
+                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 47.0,
                               "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
                               "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}},
         "thermal": {"pause_at_c": 88.0, "resume_at_c": 74.0, "tctl_pause_at_c": 95.0,
@@ -63,98 +79,128 @@ class Screen:
         self.seen = 0
         self.t0 = time.monotonic()
         self.last_line = 0.0
+        self.etas: list[tuple[float, int, float]] = []  # (elapsed s, step, ETA shown)
 
     def clock(self) -> str:
         s = int(time.monotonic() - self.t0)
         return f"{s // 60:02d}:{s % 60:02d}"
 
-    def line(self) -> str:
+    def line(self) -> str | None:
         st = self.d.status()
-        t = st["temps"]["edge_c"]
-        step = f"{st['step'] or 0}/{st['total_steps'] or '?'}"
-        loss = f"{st['loss']:.3f}" if st["loss"] is not None else "-"
+        if not st:  # before the first tick has published a snapshot
+            return None
+        t = (st.get("temps") or {}).get("edge_c")
+        step = f"{st.get('step') or 0}/{st.get('total_steps') or '?'}"
         temp = f"{t:5.1f}C" if t is not None else "  ?  "
-        return f"[{self.clock()}] {st['state']:<10} step {step:<9} edge {temp}  loss {loss}"
+        word = st.get("display_state") or st["state"].upper()
+        eta = st.get("eta_s")
+        if eta is not None and st.get("step"):
+            self.etas.append((time.monotonic() - self.t0, st["step"], float(eta)))
+        duty = f" ({st['duty_cycle']:.0%} training)" if st.get("duty_cycle") is not None else ""
+        eta_txt = f"ETA {statusfmt.duration(eta)}{duty}" if eta is not None else ""
+        return f"[{self.clock()}] {word:<10} step {step:<8} edge {temp}  {eta_txt}"
 
     def update(self) -> None:
         for ev in reversed(self.d.store.events(None, limit=50)):
             if ev["id"] <= self.seen:
                 continue
             self.seen = ev["id"]
-            if ev["kind"] in ("state", "run"):
-                msg = ev["message"]
-            else:
-                msg = f"{ev['kind']}: {ev['message']}"
+            msg = ev["message"] if ev["kind"] in ("state", "run") else f"{ev['kind']}: {ev['message']}"
             print(f"[{self.clock()}] * {msg}", file=self.out, flush=True)
         if time.monotonic() - self.last_line >= 2.0:
-            self.last_line = time.monotonic()
-            print(self.line(), file=self.out, flush=True)
+            line = self.line()
+            if line is not None:
+                self.last_line = time.monotonic()
+                print(line, file=self.out, flush=True)
 
 
-async def _drive(d: Any, screen: Screen, inject_at_step: int) -> None:
-    injected = False
+async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
+    pending = sorted(inject_at_steps)
     while not d.done.is_set():
         screen.update()
         step = d.facts.step or 0
-        sim = d.p.simgpu
-        if not injected and step >= inject_at_step and d.state == "running":
-            injected = True
+        if pending and step >= pending[0] and d.state == "running" and not d.holds:
+            pending.pop(0)
             print(f"[{screen.clock()}] >>> injecting a GPU reset (as the 780M's firmware does)",
-                  flush=True)
-            sim.inject_reset()
+                  file=screen.out, flush=True)
+            d.p.simgpu.inject_reset()
         await asyncio.sleep(0.25)
     screen.update()
 
 
-async def run_demo(workdir: Path, steps: int) -> tuple[int, dict[str, Any]]:
+async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout) -> tuple[int, dict[str, Any], Screen]:
     from daemon import app, logs
     from daemon.store import Store
     from daemon.supervisor import Supervisor
 
     logs.setup("error")  # the screen shows the events; the log would repeat them
-    cfg = demo_config(workdir, steps, _free_port())
+    steps = int(story["steps"])
+    cfg = demo_config(workdir, steps, _free_port(), float(story["rate"]))
     store = Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
     d = Supervisor(cfg, app.build_parts(cfg, store))
     await d.open()
-    screen = Screen(d)
-    print(f"nightshift demo in {workdir}\n  status while it runs: curl http://127.0.0.1:"
-          f"{cfg['api']['port']}/status\n", flush=True)
-    drive = asyncio.get_running_loop().create_task(_drive(d, screen, inject_at_step=int(steps * 0.6)))
-    code = await app.run_loop(cfg, d)
-    await drive
-    return code, d.status()
+    screen = Screen(d, out)
+    print(f"nightshift demo in {workdir}\n  the phone's view while it runs: curl http://127.0.0.1:"
+          f"{cfg['api']['port']}/status\n", file=out, flush=True)
+    injects = [int(steps * f) for f in story["inject_at"]]
+    drive = asyncio.get_running_loop().create_task(_drive(d, screen, injects))
+    try:
+        code = await app.run_loop(cfg, d)
+    finally:
+        d.done.set()
+        await drive
+    return code, d.status(), screen
 
 
-def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]]) -> str:
+def eta_check(etas: list[tuple[float, int, float]], end_s: float) -> list[str]:
+    """The ETA shown at about a third and two thirds of the way, against what the rest took."""
+    out = []
+    if not etas:
+        return out
+    total = max(step for _, step, _ in etas) or 1
+    for frac in (0.33, 0.66):
+        near = min(etas, key=lambda e: abs(e[1] / total - frac))
+        took = end_s - near[0]
+        out.append(f"ETA at step {near[1]}: {near[2]:.0f} s shown, {took:.0f} s taken")
+    return out
+
+
+def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
+            etas: list[str] | None = None) -> str:
     kinds = [e["kind"] for e in events]
+    resets = (st.get("resets") or {})
     lines = [
         "",
         "== summary ==",
-        f"result:          {st['state']} at step {st['step']}/{st['total_steps']}",
+        f"result:          {st.get('display_state', st.get('state'))} at step {st.get('step')}"
+        f"/{st.get('total_steps')}",
         f"wall time:       {wall_s:.0f} s",
-        f"thermal pauses:  {kinds.count('paused_hot')} (steps lost to pauses: 0 by design: the "
-        "job is held at a step boundary)",
-        f"GPU resets:      {st['resets']['total']}, recovered by probing the GPU and resuming "
-        "from the newest checkpoint",
-        f"steps recomputed after resets: {st['steps_lost']}",
-        f"final loss:      {st['loss']:.4f}" if st["loss"] is not None else "final loss: -",
-        f"diagnosis:       {st['resets']['diagnosis'] or 'n/a'}",
+        f"thermal pauses:  {kinds.count('paused_hot')}; no step is lost to a pause: the job is "
+        "held at a step boundary",
+        f"GPU resets:      {resets.get('total', 0)}, each recovered by probing the GPU and "
+        "resuming from the newest checkpoint",
+        f"steps recomputed after resets: {st.get('steps_lost')}",
+        f"final loss:      {st['loss']:.4f}" if st.get("loss") is not None else "final loss: -",
+        f"diagnosis:       {(resets.get('diagnosis') or 'n/a').replace(chr(10), ' ')}",
     ]
+    lines += [f"{'ETA check:':<17}{e}" for e in etas or []]
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    steps = STEPS_FAST if args.fast else STEPS_FULL
+    story = LONG if getattr(args, "long", False) else SHORT
     keep = bool(args.workdir)
     workdir = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="nightshift-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    code, st = asyncio.run(run_demo(workdir, steps))
+    code, st, screen = asyncio.run(run_demo(workdir, story))
+    wall = time.monotonic() - t0
     from daemon.store import Store
     store = Store(workdir / "state" / "nightshift.db")
     events = store.events(None, limit=10000)
-    print(summary(st, time.monotonic() - t0, events))
-    (workdir / "summary.json").write_text(json.dumps(st, indent=2, default=str))
+    print(summary(st, wall, events, eta_check(screen.etas, time.monotonic() - screen.t0)))
+    (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1)}, indent=2,
+                                                     default=str))
     store.close()
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

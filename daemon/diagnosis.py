@@ -11,7 +11,8 @@ just under it, not far above. A verdict needs MIN_RESETS resets with a known tem
 clear majority (MAJORITY) of one kind; otherwise heat_correlated is None and the summary says why.
 
 ``summary`` is short lines of at most 40 columns (a phone); ``headline`` is its first line, for
-one-line contexts (an event message, a log line).
+one-line contexts (an event message, a log line), so the first line is always a whole sentence
+on its own.
 """
 
 from __future__ import annotations
@@ -67,30 +68,32 @@ def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagn
     counts = dict(hot=hot, normal=normal, unknown=unknown)
     pause_at = float(cfg_thermal["pause_at_c"])
     if not resets:
-        return Diagnosis(None, "no resets yet", [], **counts)
+        return Diagnosis(None, "No GPU resets so far.", [], **counts)
     if known < MIN_RESETS:
-        why = ("no temps recorded at resets" if known == 0
-               else f"only {known} reset with temps")
-        return Diagnosis(None, _lines("too little data to say if heat:", why,
-                                      f"(need {MIN_RESETS} resets with temps)"), [], **counts)
+        why = ("No temps recorded at any reset yet;" if known == 0
+               else "Only 1 reset with temps recorded yet;")
+        return Diagnosis(None, _lines("Too little data to tell if it is heat.", why,
+                                      f"{MIN_RESETS} resets with temps are needed."), [], **counts)
     if hot / known >= MAJORITY:
-        return Diagnosis(True, _lines(f"resets heat-correlated ({hot}/{known} hot)",
-                                      f"pause earlier: pause_at_c < {pause_at:g}",
-                                      "or cap the clock (clock_cap)"),
+        return Diagnosis(True, _lines(f"Resets are heat-correlated ({hot}/{known} hot).",
+                                      f"Pause earlier (pause_at_c below {pause_at:g})",
+                                      "or cap the clock (clock_cap = true)."),
                          [f"lower thermal.pause_at_c (now {pause_at:g})",
                           "thermal.clock_cap = true", "better cooling"], **counts)
     if normal / known >= MAJORITY:
-        return Diagnosis(False, _lines(f"resets not heat-correlated ({normal}/{known})",
-                                       "firmware hang at normal temps:",
-                                       "cooling harder won't help;",
-                                       "try the firmware mitigations"),
+        return Diagnosis(False, _lines(f"Resets are not heat-correlated ({normal}/{known}).",
+                                       "They are firmware hangs at normal temps:",
+                                       "cooling harder won't help; try the",
+                                       "firmware mitigations."),
                          list(MITIGATIONS), **counts)
-    return Diagnosis(None, _lines(f"mixed: {hot} hot, {normal} at normal temps",
-                                  "both heat and firmware hangs"),
+    return Diagnosis(None, _lines(f"Causes are mixed: {hot} hot, {normal} normal.",
+                                  "Both heat and firmware hangs happen."),
                      list(MITIGATIONS) + [f"lower thermal.pause_at_c (now {pause_at:g})"],
                      **counts)
 
 
 def _lines(*lines: str) -> str:
-    # Our own lines are written to fit; cut anything (e.g. huge counts) that still doesn't.
-    return "\n".join(line[:WIDTH] for line in lines)
+    # Our own lines are written to fit; wrap (never cut mid-word) one that still doesn't,
+    # e.g. with huge counts.
+    import textwrap
+    return "\n".join(w for line in lines for w in textwrap.wrap(line, WIDTH, break_long_words=False))

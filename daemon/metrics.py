@@ -1,4 +1,12 @@
-"""Prometheus exposition of the status, through prometheus-client, on a per-app registry."""
+"""Prometheus exposition of the status, through prometheus-client, on a per-app registry.
+
+Counts that only grow within a run are counters (``nightshift_resets_total``,
+``nightshift_restarts_total``, ``nightshift_pauses_total``, ``nightshift_steps_lost_total``), so
+``rate()`` and ``increase()`` work on them; they start again at 0 for a new run, which
+Prometheus treats as a counter reset. Everything that can go down is a gauge. A value the
+daemon does not know (no temperature sensor, no rate yet) is left out rather than sent as 0.
+docs/grafana-dashboard.json charts these.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,41 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from daemon.states import ALL_STATES as STATES
+
+# (metric name without _total, status key, help)
+COUNTERS = (
+    ("nightshift_resets", ("resets", "total"), "GPU resets in this run"),
+    ("nightshift_restarts", ("restarts",), "job restarts in this run"),
+    ("nightshift_pauses", ("pauses",), "times the job was paused (heat, user, schedule) in this run"),
+    ("nightshift_steps_lost", ("steps_lost",), "steps recomputed after restarts in this run"),
+)
+GAUGES = (
+    ("nightshift_step", ("step",), "training step"),
+    ("nightshift_total_steps", ("total_steps",), "steps to train"),
+    ("nightshift_loss", ("loss",), "latest training loss"),
+    ("nightshift_steps_per_second", ("steps_per_s",), "training rate while training"),
+    ("nightshift_eta_seconds", ("eta_s",), "estimated seconds to finish, pauses included"),
+    ("nightshift_eta_steady_seconds", ("eta_steady_s",), "seconds to finish at the steady rate"),
+    ("nightshift_duty_cycle_ratio", ("duty_cycle",), "time training / wall time, last hour"),
+    ("nightshift_resets_in_window", ("resets", "in_window"), "GPU resets in the configured window"),
+    ("nightshift_power_watts", ("power_w",), "GPU power"),
+    ("nightshift_gpu_busy_percent", ("gpu_busy_pct",), "GPU busy"),
+    ("nightshift_checkpoint_age_seconds", ("checkpoint", "age_s"), "age of the newest checkpoint"),
+    ("nightshift_cloud_cost_usd", ("cloud", "cost_usd"), "cloud spend in this run"),
+    ("nightshift_cloud_budget_usd", ("cloud", "budget_usd"), "cloud budget"),
+)
+
+
+def _get(st: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    v: Any = st
+    for k in path:
+        if not isinstance(v, dict):
+            return None
+        v = v.get(k)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 class StatusCollector:
@@ -18,41 +58,35 @@ class StatusCollector:
     def collect(self):
         st = self.status()
         temps = st.get("temps") or {}
-        g = GaugeMetricFamily("nightshift_temperature_celsius", "GPU edge and CPU-die Tctl", labels=["sensor"])
+        g = GaugeMetricFamily("nightshift_temperature_celsius", "GPU edge and CPU-die Tctl",
+                              labels=["sensor"])
         for name in ("edge_c", "tctl_c"):
-            if temps.get(name) is not None:
+            if isinstance(temps.get(name), (int, float)):
                 g.add_metric([name[:-2]], temps[name])
         yield g
-        for name, key, doc in (("nightshift_step", "step", "training step"),
-                               ("nightshift_total_steps", "total_steps", "steps to train"),
-                               ("nightshift_loss", "loss", "latest training loss"),
-                               ("nightshift_steps_per_second", "steps_per_s", "training rate"),
-                               ("nightshift_eta_seconds", "eta_s", "estimated time to finish"),
-                               ("nightshift_restarts", "restarts", "job restarts in this run"),
-                               ("nightshift_steps_lost", "steps_lost", "steps recomputed after restarts")):
+        for name, path, doc in COUNTERS:
+            c = CounterMetricFamily(name, doc)  # exposed as <name>_total
+            c.add_metric([], _get(st, path) or 0.0)
+            yield c
+        for name, path, doc in GAUGES:
             m = GaugeMetricFamily(name, doc)
-            if st.get(key) is not None:
-                m.add_metric([], float(st[key]))
+            v = _get(st, path)
+            if v is not None:
+                m.add_metric([], v)
             yield m
-        r = st.get("resets") or {}
-        m = GaugeMetricFamily("nightshift_resets_total", "GPU resets in this run")
-        m.add_metric([], float(r.get("total") or 0))
-        yield m
-        m = GaugeMetricFamily("nightshift_resets_in_window", "GPU resets in the configured window")
-        m.add_metric([], float(r.get("in_window") or 0))
-        yield m
         m = GaugeMetricFamily("nightshift_state", "1 for the current state", labels=["state"])
         for s in STATES:
             m.add_metric([s], 1.0 if st.get("state") == s else 0.0)
         yield m
-        ck = st.get("checkpoint") or {}
-        m = GaugeMetricFamily("nightshift_checkpoint_age_seconds", "age of the newest checkpoint")
-        if ck.get("age_s") is not None:
-            m.add_metric([], float(ck["age_s"]))
+        m = GaugeMetricFamily("nightshift_held", "1 while the job is held, by owner",
+                              labels=["owner"])
+        holds = st.get("holds") or {}
+        for owner in ("thermal", "user", "schedule"):
+            m.add_metric([owner], 1.0 if owner in holds else 0.0)
         yield m
-        cloud = st.get("cloud") or {}
-        m = GaugeMetricFamily("nightshift_cloud_cost_usd", "cloud spend in this run")
-        m.add_metric([], float(cloud.get("cost_usd") or 0.0))
+        m = GaugeMetricFamily("nightshift_run", "the current run's id", labels=["job"])
+        if st.get("run_id") is not None:
+            m.add_metric([str(st.get("job") or "")], float(st["run_id"]))
         yield m
 
 

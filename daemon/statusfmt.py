@@ -1,11 +1,21 @@
-"""/status as text for curl on a phone: about 40 columns, one fact per line."""
+"""/status as text for curl on a phone: 40 columns, one fact per line, whole sentences.
+
+Read at 3 am by someone half awake: the first line says what is happening in one word a person
+can tell apart from the others (RUNNING, PAUSED by you, COOLING, CLOUD, STOPPED, DONE...), a
+label column of six characters, then the value. Long reasons and messages are wrapped onto
+indented lines, never cut mid-word. Nothing that belongs to a live job (rate, ETA, why it is
+paused) is shown once the run has stopped, finished or failed.
+"""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
 BARS = "▁▂▃▄▅▆▇█"
+WIDTH = 40
+LABEL = 6  # "temp  " then the value
 
 
 def sparkline(values: list[float], width: int = 24) -> str:
@@ -32,40 +42,90 @@ def _c(v: float | None) -> str:
     return "?" if v is None else f"{v:.0f}C"
 
 
-def render(st: dict[str, Any]) -> str:
-    lines = [f"nightshift  {st['state'].upper()}", f"job   {st.get('job') or '?'}"]
+def field(label: str, text: str, width: int = WIDTH) -> list[str]:
+    """``label`` padded to the label column, ``text`` wrapped under it at word boundaries."""
+    body = textwrap.wrap(str(text), width - LABEL, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+    return [f"{label:<{LABEL}}{body[0]}"] + [" " * LABEL + line for line in body[1:]]
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?)" else text + "."
+
+
+def _heat(r: dict[str, Any]) -> str | None:
+    if not r.get("total"):
+        return None
+    return {True: "They look heat-related.", False: "They are not heat-related.",
+            None: "Too few so far to tell if heat causes them."}[r.get("heat_correlated")]
+
+
+def render(st: dict[str, Any], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    word = st.get("display_state") or str(st.get("state", "?")).upper()
+    detail = st.get("display_detail") or ""
+    head = f"nightshift  {word}"
+    if detail and word in ("PAUSED", "CLOUD"):
+        head += f" {detail}"
+    lines = textwrap.wrap(head, WIDTH, subsequent_indent=" " * LABEL, break_long_words=False)
+    lines += field("job", f"{st.get('job') or '?'} (run {st.get('run_id') or '?'})")
     step, total = st.get("step"), st.get("total_steps")
-    pct = f" {st['progress_pct']:.1f}%" if st.get("progress_pct") is not None else ""
-    lines.append(f"step  {step if step is not None else '?'}/{total or '?'}{pct}")
+    pct = f" ({st['progress_pct']:.1f}%)" if st.get("progress_pct") is not None else ""
+    lines += field("step", f"{step if step is not None else '?'} of {total or '?'}{pct}")
     if st.get("loss") is not None:
-        lines.append(f"loss  {st['loss']:.4g} {sparkline(st.get('loss_trend') or [], 20)}")
+        lines += field("loss", f"{st['loss']:.4g} {sparkline(st.get('loss_trend') or [], 20)}")
     rate = st.get("steps_per_s")
-    lines.append(f"rate  {rate:.2f} st/s  ETA {duration(st.get('eta_s'))}" if rate else
-                 f"rate  ?  ETA {duration(st.get('eta_s'))}")
+    if rate:
+        lines += field("rate", f"{rate:.2f} steps/s while training")
+    if st.get("eta_s") is not None or st.get("eta_why"):
+        lines += _eta_lines(st)
     t = st.get("temps") or {}
-    lines.append(f"temp  edge {_c(t.get('edge_c'))}  Tctl {_c(t.get('tctl_c'))}")
+    lines += field("temp", f"edge {_c(t.get('edge_c'))}, Tctl {_c(t.get('tctl_c'))}")
+    if st.get("paused_reason"):
+        lines += field("why", _sentence(st["paused_reason"]))
     r = st.get("resets") or {}
-    heat = {True: "heat", False: "not heat", None: "?"}[r.get("heat_correlated")]
-    lines.append(f"reset {r.get('in_window', 0)} in {duration(r.get('window_s'))}, "
-                 f"{r.get('total', 0)} total ({heat})")
+    resets = (f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
+              f"{r.get('total', 0)} in this run.")
+    heat = _heat(r)
+    lines += field("reset", resets + (f" {heat}" if heat else ""))
     cloud = st.get("cloud") or {}
     if st.get("backend") == "cloud" or (cloud.get("cost_usd") or 0) > 0:
-        lines.append(f"cloud {cloud.get('gpu')} ${cloud.get('cost_usd', 0):.2f}"
-                     f"/${cloud.get('budget_usd', 0):.2f}")
+        lines += field("cloud", f"{cloud.get('gpu')}, ${cloud.get('cost_usd') or 0:.2f} of "
+                       f"${cloud.get('budget_usd') or 0:.2f} budget")
     else:
-        lines.append("where local GPU")
+        lines += field("where", "the local GPU")
     ck = st.get("checkpoint")
     if ck:
-        lines.append(f"ckpt  step {ck['step']}, {duration(ck.get('age_s'))} ago")
-    if st.get("paused_reason"):
-        lines.append(f"why   {st['paused_reason'][:34]}")
+        lines += field("ckpt", f"step {ck['step']}, saved {duration(ck.get('age_s'))} ago")
     ev = st.get("last_event")
     if ev:
-        ago = duration(time.time() - ev["t"]) if ev.get("t") else "?"
-        lines.append(f"last  {ev['kind']} {ago} ago")
-        lines.append(f"      {ev['message'][:34]}")
-    if st.get("failure"):
-        lines.append(f"FAIL  {st['failure'].splitlines()[0][:34]}")
-    if (cloud.get("problem")):
-        lines.append(f"cloud {cloud['problem'][:34]}")
+        ago = duration(now - ev["t"]) if ev.get("t") else "?"
+        lines += field("last", f"{ago} ago: {_sentence(ev.get('message') or ev.get('kind', ''))}")
+    if st.get("failure") and word == "FAILED":
+        lines += field("FAIL", _sentence(st["failure"].splitlines()[0]))
+    if cloud.get("problem"):
+        lines += field("cloud", _sentence(cloud["problem"]))
+    for p in st.get("problems") or []:
+        lines += field("!", _sentence(p))
     return "\n".join(lines) + "\n"
+
+
+def _eta_lines(st: dict[str, Any]) -> list[str]:
+    eta, steady, basis = st.get("eta_s"), st.get("eta_steady_s"), st.get("eta_basis")
+    if eta is None:
+        text = f"unknown: {st.get('eta_why') or 'no rate yet'}."
+        if steady is not None:
+            text += f" {duration(steady)} of training is left."
+        return field("ETA", text)
+    if basis == "duty" and st.get("duty_cycle") is not None:
+        text = (f"{duration(eta)} (it trains {st['duty_cycle']:.0%} of the time); "
+                f"{duration(steady)} at the steady rate.")
+    elif basis == "cloud":
+        text = f"{duration(eta)} at the cloud's rate."
+    else:
+        text = f"{duration(eta)} at the steady rate (too early to count pauses)."
+    return field("ETA", text)

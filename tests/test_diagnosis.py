@@ -62,13 +62,13 @@ def test_an_even_mix_has_no_verdict_and_says_mixed():
 
 def test_no_resets_and_too_little_data_say_so():
     none = diagnose([], TH)
-    assert none.heat_correlated is None and none.summary == "no resets yet"
+    assert none.heat_correlated is None and none.summary == "No GPU resets so far."
     blind = diagnose([reset(), reset()], TH)
     assert blind.heat_correlated is None and blind.unknown == 2
-    assert "too little data" in blind.headline and "no temps recorded" in blind.summary
+    assert "Too little data" in blind.headline and "No temps recorded" in blind.summary
     one = diagnose([reset(95.0), reset()], TH)
-    assert one.heat_correlated is None and "only 1 reset with temps" in one.summary
-    assert "need 2" in one.summary and fits_a_phone(one.summary)
+    assert one.heat_correlated is None and "Only 1 reset with temps" in one.summary
+    assert "2 resets with temps are needed" in one.summary and fits_a_phone(one.summary)
 
 
 def test_unknown_resets_do_not_dilute_a_verdict():
