@@ -22,8 +22,16 @@ Policies, same profiles and seeds:
   interval, and failover to the local backend standing in for the A100 (throttled to the
   A100's scaled rate), an 8-hour deadline and the story's budget;
 - nightshiftd-no-deadline: the same without the deadline, so failover comes only from the
-  resets themselves (shows the firmware diagnosis driving it).
-Writes bench/results/night_replay.json and prints a Markdown table for the README.
+  resets themselves (shows the firmware diagnosis driving it);
+- nightshiftd-governor (issue 20): no deadline, local only (no offload backend), pausing as
+  the safety net and the thermal governor (daemon/policy/governor.py) on the clock cap. Until
+  the supervisor runs it, a sidecar thread here makes exactly the supervisor's calls (sensor
+  reading -> decide_governor -> GovernorPort.set, every poll) against the daemon's simulated
+  GPU tree; the cap reaches the chip through its pp_od_clk_voltage like on hardware;
+- sweep (the oracle for this model): the same daemon, no governor, the simulated GPU's clock
+  fixed at each of ``--sweep`` MHz (rows ``nightshiftd-fixed-<MHz>``).
+Every row reports ``mean_clock_mhz``: the chip's clock averaged over the polls it was busy.
+Writes bench/results/night_replay.json (``--out``) and prints a Markdown table for the README.
 
 Known distortion: a job restart costs the real interpreter + torch import (~2-3 s real), which
 the compression turns into 20-30 simulated minutes, for every policy alike (a real ROCm
@@ -69,6 +77,51 @@ def progress(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
+class ClockSampler:
+    """Polls the simulated GPU tree's freq1_input/gpu_busy_percent: mean clock while busy."""
+
+    def __init__(self, root: Path, poll_s: float = 0.25):
+        self.root, self.poll_s, self.samples = root, poll_s, []
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        dev = self.root / "class" / "drm" / "card0" / "device"
+        while not self.stop.wait(self.poll_s):
+            try:
+                busy = float((dev / "gpu_busy_percent").read_text())
+                mhz = float((dev / "hwmon" / "hwmon3" / "freq1_input").read_text()) / 1e6
+            except (OSError, ValueError):
+                continue
+            if busy > 0:
+                self.samples.append(mhz)
+
+    def mean(self) -> float | None:
+        self.stop.set()
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
+def governor_sidecar(root: Path, thermal: dict, poll_s: float, stop: threading.Event, log: list) -> None:
+    """The calls the supervisor will make each poll (daemon/governor_io.py's docstring)."""
+    from daemon import simgpu
+    from daemon.governor_io import GovernorPort, obs_from_reading
+    from daemon.policy.governor import GovState, decide_governor
+    from daemon.sensors import open_sensor
+    while not (root / "class/drm/card0/device/pp_od_clk_voltage").exists():
+        if stop.wait(0.05):
+            return
+    sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(root), "card": None})
+    port = GovernorPort(sensor.device_dir, write=simgpu.sysfs_write)
+    state = GovState.start(None)
+    while not stop.wait(poll_s):
+        dec = decide_governor(obs_from_reading(sensor.read(), port, poll_s), state, thermal)
+        state = dec.state
+        msg = port.set(dec.cap_mhz)
+        if not log or log[-1][1] != dec.cap_mhz or msg:
+            log.append((time.time(), dec.cap_mhz, msg or dec.reason))
+    log.append((time.time(), "learned", state.learned_mhz))
+
+
 def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -77,6 +130,7 @@ def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: fl
                "NIGHTSHIFT_SIM_GPU": str(sim.root), "NIGHTSHIFT_MAX_STEPS_PER_S": f"{local_rate:.3f}",
                "NIGHTSHIFT_CHECKPOINT_INTERVAL": str(max(1, round(STORY_CKPT / a.k)))}
         sim.start()
+        sampler = ClockSampler(sim.root)
         t0 = time.time()
         p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "watchdog_baseline.py"),
                               "--sleep-s", f"{15 * 60 / a.scale:.3f}", "--", *job_cmd(steps)],
@@ -95,7 +149,7 @@ def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: fl
         sim.stop()
         recs = progress(tmp / "run" / "progress.jsonl")
         return summarize(recs, wall, a, resets=sim.resets, cloud_s=0.0, cost=0.0,
-                         extra={"causes": sorted(set(sim.reset_causes))})
+                         extra={"causes": sorted(set(sim.reset_causes)), "mean_clock_mhz": sampler.mean()})
 
 
 def summarize(recs: list[dict], wall: float, a: argparse.Namespace, *, resets: int, cloud_s: float,
@@ -124,30 +178,47 @@ def summarize(recs: list[dict], wall: float, a: argparse.Namespace, *, resets: i
 
 
 def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: float, cloud_rate: float,
-               deadline: bool) -> dict:
+               deadline: bool, *, clock_mhz: float = 0.0, governor: bool = False,
+               offload: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         S = a.scale
         sched = {"deadline_after_s": 8 * 3600 / S} if deadline else {}
+        thermal = {"pause_at_c": 88.0, "resume_at_c": 75.0, "min_cooldown_s": 120 / S,
+                   "max_cooldown_s": 1800 / S}
         cfg = write_config(tmp, {
             "job": {"command": job_cmd(steps), "heartbeat_timeout_s": 60.0,
                     "restart_backoff_s": 0.2, "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": f"{local_rate:.3f}"}},
             "gpu": {"sensor": "simulated", "poll_interval_s": 0.25,
-                    "simulated": PROFILES[profile] | {"time_scale": S, "seed": float(a.seed)}},
-            "thermal": {"pause_at_c": 88.0, "resume_at_c": 75.0, "min_cooldown_s": 120 / S,
-                        "max_cooldown_s": 1800 / S},
+                    "simulated": PROFILES[profile] | {"time_scale": S, "seed": float(a.seed),
+                                                      "clock_mhz": clock_mhz}},
+            "thermal": thermal,
             "resets": {"sources": ["auto"], "cooldown_s": 60 / S, "probe": True, "window_s": 3 * 3600 / S,
                        "offload_after": 3, "probe_timeout_s": 30.0},
             "checkpoint": {"interval": "auto"},
             "schedule": sched,
-            "offload": {"backend": "local", "gpu": "A100-40GB", "budget_usd": 6.0,
+            "offload": {"backend": "local" if offload else "none", "gpu": "A100-40GB", "budget_usd": 6.0,
                         "prices_usd_per_h": {"A100-40GB": PRICE_A100 * S},
                         "local_dir": str(tmp / "volume"), "local_steps_per_s": cloud_rate},
         })
+        sim_root = tmp / "state" / "simgpu"
+        sampler, stop, gov_log = ClockSampler(sim_root), threading.Event(), []
+        if governor:
+            threading.Thread(target=governor_sidecar, daemon=True, args=(
+                sim_root, thermal | {"governor": "clock", "setpoint_margin_c": 3.0}, 0.25, stop,
+                gov_log)).start()
         t0 = time.time()
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
                            capture_output=True, text=True, timeout=a.timeout)
         wall = time.time() - t0
+        stop.set()
+        time.sleep(0.3)
+        gov = {}
+        if governor:
+            caps = [c for _, c, _ in gov_log if isinstance(c, int)]
+            gov = {"cap_changes": len(caps), "final_cap_mhz": caps[-1] if caps else None,
+                   "learned_mhz": next((m for _, c, m in reversed(gov_log) if c == "learned"), None),
+                   "cap_problems": sorted({m for _, c, m in gov_log if isinstance(m, str) and "governor:" in m})[:3]}
         con = sqlite3.connect(tmp / "state" / "nightshift.db")
         con.row_factory = sqlite3.Row
         run = dict(con.execute("SELECT * FROM runs").fetchone())
@@ -161,7 +232,40 @@ def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: floa
                              "finished": run["state"] == "succeeded", "state": run["state"],
                              "exit": r.returncode, "pauses": kinds.count("paused_hot"),
                              "offloaded": "offloaded" in kinds,
-                             "diagnosis": msgs[-1].split(". ")[-1] if msgs else None})
+                             "diagnosis": msgs[-1].split(". ")[-1] if msgs else None,
+                             "mean_clock_mhz": sampler.mean(), **gov})
+
+
+def governor_goals(rows: dict[str, dict]) -> dict | None:
+    """Issue 20's goals: governor time <= 0.6x baseline, and within 10% of the best fixed clock."""
+    gov, base = rows.get("nightshiftd-governor"), rows.get("baseline")
+    sweep = {int(k.rsplit("-", 1)[1]): r for k, r in rows.items() if k.startswith("nightshiftd-fixed-")}
+    if gov is None:
+        return None
+    done = {mhz: r for mhz, r in sweep.items() if r["finished"]}
+    best = min(done, key=lambda m: done[m]["time_h"]) if done else None
+    out: dict = {"sweep_curve": [[mhz, round(r["time_h"], 2), r.get("pauses"), r["resets"],
+                                  r["finished"]] for mhz, r in sorted(sweep.items())]}
+    if base:
+        out["vs_baseline"] = round(gov["time_h"] / base["time_h"], 3)
+        out["goal_0.6x_baseline"] = out["vs_baseline"] <= 0.6
+        out["full_clock_no_stop_lower_bound_vs_baseline"] = round(
+            STORY_STEPS / LOCAL_RATE / 3600 / base["time_h"], 3)
+    if best is not None:
+        out["best_fixed_mhz"], out["best_fixed_time_h"] = best, round(done[best]["time_h"], 2)
+        out["vs_best_fixed"] = round(gov["time_h"] / done[best]["time_h"], 3)
+        out["goal_within_10pct_of_best_fixed"] = out["vs_best_fixed"] <= 1.10
+    return out
+
+
+def write(a: argparse.Namespace, steps: int, local_rate: float, cloud_rate: float,
+          results: dict[str, dict[str, dict]]) -> None:
+    meta = {"scale": a.scale, "k": a.k, "seed": a.seed, "story_steps": STORY_STEPS,
+            "real_steps": steps, "local_steps_per_s_real": local_rate, "cloud_steps_per_s_real": cloud_rate,
+            "command": " ".join(sys.argv)}
+    goals = {p: g for p, rows in results.items() if (g := governor_goals(rows))}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"meta": meta, "results": results, "governor_goals": goals}, indent=2))
 
 
 def main() -> None:
@@ -172,6 +276,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--profiles", default="thermal,firmware")
     ap.add_argument("--policies", default="baseline,nightshiftd,nightshiftd-no-deadline")
+    ap.add_argument("--sweep", default="2000,2200,2300,2400,2450,2500,2600,2700",
+                    help="fixed clocks (MHz) for the policy 'sweep'")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "night_replay.json"))
     a = ap.parse_args()
     steps = STORY_STEPS // a.k
@@ -179,25 +285,29 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for profile in a.profiles.split(","):
         results[profile] = {}
-        for name, fn in (("baseline", lambda: run_baseline(profile, a, steps, local_rate)),  # noqa: B023 - called at once
-                         ("nightshiftd", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, True)),  # noqa: B023
-                         ("nightshiftd-no-deadline", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, False))):  # noqa: B023
-            if name not in a.policies.split(","):
+        runs = [("baseline", lambda: run_baseline(profile, a, steps, local_rate)),  # noqa: B023 - called at once
+                ("nightshiftd", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, True)),  # noqa: B023
+                ("nightshiftd-no-deadline", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, False)),  # noqa: B023
+                ("nightshiftd-governor", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, False,  # noqa: B023
+                                                            governor=True, offload=False))]
+        if "sweep" in a.policies.split(","):
+            runs += [(f"nightshiftd-fixed-{mhz}", lambda mhz=mhz, profile=profile: run_daemon(
+                profile, a, steps, local_rate, cloud_rate, False, clock_mhz=float(mhz), offload=False))
+                for mhz in a.sweep.split(",")]
+        for name, fn in runs:
+            if name not in a.policies.split(",") and not name.startswith("nightshiftd-fixed-"):
                 continue
             print(f"{profile} / {name} ...", flush=True)
             results[profile][name] = fn()
             print("  ", json.dumps(results[profile][name]), flush=True)
-    meta = {"scale": a.scale, "k": a.k, "seed": a.seed, "story_steps": STORY_STEPS,
-            "real_steps": steps, "local_steps_per_s_real": local_rate, "cloud_steps_per_s_real": cloud_rate}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print("\n| profile | policy | finished | time (h) | goodput | resets | steps lost / reset | cloud h | cost |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            write(a, steps, local_rate, cloud_rate, results)  # a crash later keeps what ran
+    print("\n| profile | policy | finished | time (h) | goodput | resets | pauses | mean clock | steps lost / reset | cloud h | cost |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for profile, rows in results.items():
         for name, r in rows.items():
             print(f"| {profile} | {name} | {'yes' if r['finished'] else 'no'} | {r['time_h']:.1f} | "
-                  f"{r['goodput']:.2f} | {r['resets']} | {r['steps_lost_per_reset_story']:.0f} | "
-                  f"{r['cloud_h']:.2f} | ${r['cost_usd']:.2f} |")
+                  f"{r['goodput']:.2f} | {r['resets']} | {r.get('pauses', '-')} | {r.get('mean_clock_mhz')} | "
+                  f"{r['steps_lost_per_reset_story']:.0f} | {r['cloud_h']:.2f} | ${r['cost_usd']:.2f} |")
 
 
 if __name__ == "__main__":

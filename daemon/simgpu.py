@@ -5,8 +5,21 @@ The daemon reads it through the same code paths as hardware (sensors.amdgpu_sysf
 resets.FileTail on the log). Time can be compressed: ``time_scale`` simulated seconds pass per
 real second, so a night fits in minutes; all time parameters are in simulated seconds.
 
-Load: the job's trainer/simhook touches ``<root>/busy`` while it computes; a held or
-SIGSTOPped job stops touching it and the chip cools. A reset (too hot for too long, a random
+Load: the larger of two signals. The job's trainer/simhook touches ``<root>/busy`` while it
+computes; and any job, hook or not, is measured: the CPU seconds the attached job (``attach_job``)
+burns per second, via psutil, with ``busy_cpu_frac`` of a core counting as full load. A starved
+job on a loaded machine still reads as busy, a held or SIGSTOPped one reads idle (~0 CPU), so an
+unmodified script heats the chip and cools when held, like a trainer/ one.
+
+Clock: the chip has an overdrive file ``pp_od_clk_voltage`` in the real 7840U format (OD_SCLK,
+OD_RANGE); the top level (``1:``) is the cap while ``power_dpm_force_performance_level`` is
+``manual``. ``sysfs_write`` emulates the driver's side of writing it ("s 1 <MHz>", "c", "r"; EINVAL
+outside OD_RANGE, ENOENT without overdrive, EACCES by file mode, EPERM while resetting), so
+daemon/clockcap.ClockCap drives it unchanged (pass ``write=simgpu.sysfs_write``; plain file writes
+cannot stage a value and commit it in two writes). At clock f (load > 0) the dynamic power and the
+steady heat scale as (f/f_max)^3 above the idle floor (power = idle + k*f^3), and a step runs at
+(f/f_max)^mem_bound_alpha of full speed (a memory-bound APU gains less than linearly from clock):
+the sim writes that factor to ``<root>/speed`` and trainer/simhook paces the job by it. A reset (too hot for too long, a random
 firmware hang at ``reset_rate_per_h``, or injected) writes the 780M's MES-hang sequence to the
 log, makes reads fail with EPERM for ``reset_duration_s`` (``<root>/.resetting``), and kills the
 job: its simhook sees ``<root>/fault``, prints ROCm's message and aborts; a job without the hook
@@ -15,9 +28,11 @@ gets SIGABRT on its process group after a short grace.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -38,8 +53,20 @@ DEFAULTS: dict[str, float] = {
     "seed": 0.0,
     "tctl_offset_c": 4.0,     # CPU-die Tctl runs a little above edge under load
     "power_idle_w": 8.0,
-    "power_load_w": 45.0,
+    "power_load_w": 45.0,     # at full load and the top clock
+    "sclk_min_mhz": 800.0,    # OD_RANGE of a real 7840U
+    "sclk_max_mhz": 2700.0,
+    "clock_mhz": 0.0,         # the cap committed at start (0 = none: the top of OD_RANGE)
+    "mem_bound_alpha": 0.6,   # step speed ~ (f/f_max)^alpha
+    "overdrive": 1.0,         # 0: no pp_od_clk_voltage (amdgpu.ppfeaturemask without 0x4000)
+    "busy_cpu_frac": 0.2,     # CPU seconds/second of the attached job that count as full load
 }
+LEVEL, OD = "power_dpm_force_performance_level", "pp_od_clk_voltage"
+LEVELS = {"auto", "low", "high", "manual", "profile_standard", "profile_min_sclk",
+          "profile_min_mclk", "profile_peak"}
+# below this the job is idle (a held trainer polls its control file, an interpreter ticks)
+CPU_IDLE_FRAC = 0.02
+CPU_WINDOW_S = 0.5  # real seconds a CPU-use measurement spans (cpu_times has 10 ms resolution)
 ABORT_MESSAGE = "HW Exception by GPU node-1 (Agent handle: 0x5581e2c4a0f0) reason :GPU Hang"
 RESET_LINES = [
     "amdgpu 0000:c4:00.0: amdgpu: MES failed to respond to msg=REMOVE_QUEUE",
@@ -68,6 +95,86 @@ def busy_marker_load(root: Path, window_s: float = 1.0):
     return load
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds used by ``pid`` and its reaped children; None if it is gone."""
+    try:
+        import psutil
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+    except Exception:  # psutil missing, process gone or not ours: "no measurement"
+        return None
+
+
+def od_table(lo: float, hi: float, cap: float) -> str:
+    """pp_od_clk_voltage as a real 7840U prints it."""
+    return f"OD_SCLK:\n0: {int(lo)}Mhz\n1: {int(cap)}Mhz\nOD_RANGE:\nSCLK: {int(lo)}Mhz {int(hi)}Mhz\n"
+
+
+def parse_od(text: str) -> tuple[int | None, tuple[int, int] | None]:
+    """(committed top clock, OD_RANGE (lo, hi)) from pp_od_clk_voltage's text; None = absent."""
+    sclk = re.search(r"OD_SCLK:\s*\n(?:.*\n)*?\s*1:\s*(\d+)\s*Mhz", text, re.I)
+    rng = re.search(r"OD_RANGE:\s*\n(?:.*\n)*?\s*SCLK:\s*(\d+)\s*Mhz\s+(\d+)\s*Mhz", text, re.I)
+    return (int(sclk.group(1)) if sclk else None,
+            (int(rng.group(1)), int(rng.group(2))) if rng else None)
+
+
+def _fail(err: int, path: Path) -> OSError:
+    return OSError(err, os.strerror(err), str(path))
+
+
+def sysfs_write(path: Path, text: str) -> None:
+    """The driver's side of a write to the simulated GPU's sysfs (a ClockCap ``write=``).
+
+    pp_od_clk_voltage: "s 0|1 <MHz>" stages a level (EINVAL outside OD_RANGE), "r" stages the
+    defaults, "c" commits the staged table into the file; the staged table lives in a hidden
+    file beside it, so any process can drive the chip. Like the kernel: EPERM while the GPU
+    resets, EACCES when the file's mode has no owner write bit (we may run as root, which the
+    kernel would let through: the mode is how the sim plays "no permission"), ENOENT without
+    overdrive. Any other file is written plainly.
+    """
+    path = Path(path)
+    dev = path.parent
+    root = dev.parents[3] if len(dev.parents) > 3 else dev
+    if path.name not in (LEVEL, OD):
+        SimulatedGPU._put(path, text.strip())
+        return
+    if not path.exists():
+        raise _fail(errno.ENOENT, path)
+    if (root / ".resetting").exists():
+        raise _fail(errno.EPERM, path)
+    if not path.stat().st_mode & 0o200:
+        raise _fail(errno.EACCES, path)
+    cmd = text.strip()
+    if path.name == LEVEL:
+        if cmd not in LEVELS:
+            raise _fail(errno.EINVAL, path)
+        SimulatedGPU._put(path, cmd)
+        return
+    cur, rng = parse_od(path.read_text())
+    if rng is None or cur is None:
+        raise _fail(errno.EIO, path)
+    staged_file = dev / ".pp_od_staged"
+    try:
+        lo_s, hi_s = (int(x) for x in staged_file.read_text().split())
+    except (OSError, ValueError):
+        lo_s, hi_s = rng[0], cur
+    parts = cmd.split()
+    if parts[:1] == ["s"] and len(parts) == 3 and parts[1] in ("0", "1") and parts[2].isdigit():
+        mhz = int(parts[2])
+        if not rng[0] <= mhz <= rng[1]:
+            raise _fail(errno.EINVAL, path)
+        lo_s, hi_s = (mhz, hi_s) if parts[1] == "0" else (lo_s, mhz)
+        SimulatedGPU._put(staged_file, f"{lo_s} {hi_s}")
+    elif cmd == "r":
+        SimulatedGPU._put(staged_file, f"{rng[0]} {rng[1]}")
+    elif cmd == "c":
+        if lo_s > hi_s:
+            raise _fail(errno.EINVAL, path)
+        SimulatedGPU._put(path, od_table(lo_s, rng[1], hi_s).rstrip("\n"))
+    else:
+        raise _fail(errno.EINVAL, path)
+
+
 def probe(root: str | os.PathLike) -> bool:
     """False while the simulated GPU refuses compute (resetting)."""
     return not (Path(root) / ".resetting").exists()
@@ -75,7 +182,8 @@ def probe(root: str | os.PathLike) -> bool:
 
 class SimulatedGPU:
     def __init__(self, root: str | os.PathLike, params: dict[str, Any] | None = None, *,
-                 clock=time.monotonic, load_fn=None, tick_s: float = 0.1):
+                 clock=time.monotonic, load_fn=None, tick_s: float = 0.1,
+                 cpu_fn=process_cpu_seconds):
         self.root = Path(root)
         unknown = set(params or {}) - set(DEFAULTS)
         if unknown:
@@ -86,8 +194,13 @@ class SimulatedGPU:
         self.tick_s = tick_s
         self.rng = random.Random(int(self.p["seed"]))
         self.load_fn = load_fn or busy_marker_load(self.root)
+        self.cpu_fn = cpu_fn
+        self.cpu_load = 0.0
+        self._cpu_prev: tuple[float, float] | None = None  # (clock, CPU seconds) of the job
         self.temp = self.p["ambient_c"]
         self.load = 0.0
+        self.cap_mhz = self.p["sclk_max_mhz"]
+        self.clock_mhz = self.p["sclk_min_mhz"]
         self.sim_time = 0.0
         self.hot_for = 0.0
         self.loaded_for = 0.0
@@ -116,6 +229,16 @@ class SimulatedGPU:
         self._put(self.hwmon / "temp1_label", "edge")
         self._put(self.k10 / "name", "k10temp")
         self._put(self.k10 / "temp1_label", "Tctl")
+        self.device_dir = self.dev
+        p = self.p
+        cap = p["clock_mhz"] if p["clock_mhz"] > 0 else p["sclk_max_mhz"]
+        cap = min(max(cap, p["sclk_min_mhz"]), p["sclk_max_mhz"])
+        (self.dev / ".pp_od_staged").unlink(missing_ok=True)
+        self._put(self.dev / LEVEL, "manual" if cap < p["sclk_max_mhz"] else "auto")
+        if p["overdrive"]:
+            self._put(self.dev / OD, od_table(p["sclk_min_mhz"], p["sclk_max_mhz"], cap).rstrip("\n"))
+        else:
+            (self.dev / OD).unlink(missing_ok=True)
         self.kmsg = self.root / "kmsg.log"
         self.kmsg.touch()
         self._write_values()
@@ -126,12 +249,51 @@ class SimulatedGPU:
         tmp.write_text(text + "\n")
         os.replace(tmp, path)  # a reader never sees a half-written value
 
+    def read_cap(self) -> float:
+        """The effective sclk cap: OD_SCLK level 1 while the level is manual, else the top."""
+        p = self.p
+        try:
+            level = (self.dev / LEVEL).read_text().strip()
+            cap, _ = parse_od((self.dev / OD).read_text()) if level == "manual" else (None, None)
+        except OSError:
+            cap = None
+        cap = p["sclk_max_mhz"] if cap is None else cap
+        return min(max(float(cap), p["sclk_min_mhz"]), p["sclk_max_mhz"])
+
+    def rel_clock(self) -> float:
+        return self.cap_mhz / self.p["sclk_max_mhz"]
+
+    def speed(self) -> float:
+        """A step's speed at the current cap relative to the top clock."""
+        return self.rel_clock() ** self.p["mem_bound_alpha"]
+
+    def power_w(self) -> float:
+        p = self.p
+        return p["power_idle_w"] + self.load * (p["power_load_w"] - p["power_idle_w"]) * self.rel_clock() ** 3
+
+    def _measure_cpu(self) -> float:
+        """The attached job's CPU use as a load in [0, 1] (unchanged between measurements)."""
+        if self.pgid is None or self.cpu_fn is None:
+            return 0.0
+        now, used = self.clock(), self.cpu_fn(self.pgid)
+        if used is None:
+            self._cpu_prev, self.cpu_load = None, 0.0
+            return 0.0
+        if self._cpu_prev is None:
+            self._cpu_prev = (now, used)
+        elif now - self._cpu_prev[0] >= CPU_WINDOW_S:
+            frac = (used - self._cpu_prev[1]) / (now - self._cpu_prev[0])
+            busy = max(self.p["busy_cpu_frac"], CPU_IDLE_FRAC * 2)
+            self.cpu_load = min(1.0, max(0.0, (frac - CPU_IDLE_FRAC) / (busy - CPU_IDLE_FRAC)))
+            self._cpu_prev = (now, used)
+        return self.cpu_load
+
     def _write_values(self) -> None:
         p = self.p
         self._put(self.hwmon / "temp1_input", str(int(self.temp * 1000)))
-        power = p["power_idle_w"] + self.load * (p["power_load_w"] - p["power_idle_w"])
-        self._put(self.hwmon / "power1_average", str(int(power * 1e6)))
-        self._put(self.hwmon / "freq1_input", str(int((800 + 1900 * self.load) * 1e6)))
+        self._put(self.hwmon / "power1_average", str(int(self.power_w() * 1e6)))
+        self._put(self.hwmon / "freq1_input", str(int(self.clock_mhz * 1e6)))
+        self._put(self.root / "speed", f"{self.speed():.4f}")
         self._put(self.dev / "gpu_busy_percent", str(int(self.load * 100)))
         self._put(self.k10 / "temp1_input", str(int((self.temp + p["tctl_offset_c"] * self.load) * 1000)))
 
@@ -150,8 +312,12 @@ class SimulatedGPU:
         dt = real_dt * p["time_scale"]
         with self.lock:
             self.sim_time += dt
-            self.load = 0.0 if self.resetting else float(self.load_fn())
-            target = p["ambient_c"] + self.load * p["load_c"]
+            cpu = self._measure_cpu()
+            self.load = 0.0 if self.resetting else max(float(self.load_fn()), cpu)
+            self.cap_mhz = self.read_cap()
+            self.clock_mhz = self.cap_mhz if self.load > 0 else p["sclk_min_mhz"]
+            # steady rise ~ dynamic power ~ f^3 (V rises with f) above the idle floor
+            target = p["ambient_c"] + self.load * p["load_c"] * self.rel_clock() ** 3
             tau = p["tau_heat_s"] if target > self.temp else p["tau_cool_s"]
             self.temp += (target - self.temp) * (1 - math.exp(-dt / max(tau, 1e-6)))
             if self.resetting:
@@ -206,7 +372,11 @@ class SimulatedGPU:
 
     # control -------------------------------------------------------------------------------
     def attach_job(self, pgid: int) -> None:
-        self.pgid = pgid
+        """The job to heat with (its CPU use) and to kill at a reset (its process group)."""
+        with self.lock:
+            if pgid != self.pgid:
+                self._cpu_prev, self.cpu_load = None, 0.0
+            self.pgid = pgid
 
     def inject_reset(self) -> None:
         with self.lock:
@@ -214,7 +384,9 @@ class SimulatedGPU:
                 self._reset("injected")
 
     def state(self) -> dict[str, Any]:
-        return {"temp_c": round(self.temp, 2), "load": self.load, "resetting": self.resetting,
+        return {"temp_c": round(self.temp, 2), "load": self.load, "cap_mhz": self.cap_mhz,
+                "speed": round(self.speed(), 4), "power_w": round(self.power_w(), 2),
+                "resetting": self.resetting,
                 "resets": self.resets, "causes": list(self.reset_causes), "sim_time_s": self.sim_time}
 
     def _run(self) -> None:

@@ -79,3 +79,74 @@ def test_firmware_resets_strike_at_normal_temperatures(tmp_path):
             temps.append(sim.temp)
     assert 20 <= sim.resets <= 100 and set(sim.reset_causes) == {"firmware"}
     assert max(temps) < 70
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def steady(sim: SimulatedGPU, clock: FakeClock, seconds: int) -> None:
+    for _ in range(seconds):
+        clock.t += 1.0
+        sim.step(1.0)
+
+
+def test_the_cap_in_pp_od_clk_voltage_sets_heat_power_and_speed(tmp_path):
+    """Cube law above the idle floor, speed ~ f^alpha; ClockCap (unchanged) writes the cap."""
+    from daemon.clockcap import ClockCap
+    from daemon.simgpu import sysfs_write
+    clock = FakeClock()
+    sim = SimulatedGPU(tmp_path, {"ambient_c": 40, "load_c": 50, "tau_heat_s": 10, "tau_cool_s": 10,
+                                  "mem_bound_alpha": 0.6}, clock=clock, load_fn=lambda: 1.0, cpu_fn=None)
+    steady(sim, clock, 200)
+    assert abs(sim.temp - 90) < 0.1 and abs(sim.power_w() - 45) < 0.01 and sim.speed() == 1.0
+    assert ClockCap(sim.device_dir, 1350, write=sysfs_write).apply() is None
+    steady(sim, clock, 200)
+    x = 1350 / 2700
+    assert sim.cap_mhz == 1350 and abs(sim.temp - (40 + 50 * x ** 3)) < 0.1
+    assert abs(sim.power_w() - (8 + 37 * x ** 3)) < 0.01
+    assert float((tmp_path / "speed").read_text()) == round(x ** 0.6, 4)
+    assert (sim.hwmon / "freq1_input").read_text().strip() == str(1350 * 10 ** 6)
+
+
+def test_an_unmodified_jobs_cpu_use_heats_the_chip_and_a_stopped_one_cools(tmp_path):
+    """Fake clock and fake CPU counter: 0.5 CPU-s/s is full load; no CPU is idle."""
+    clock, cpu = FakeClock(), {"s": 0.0}
+    sim = SimulatedGPU(tmp_path, {"ambient_c": 40, "load_c": 50, "tau_heat_s": 10, "tau_cool_s": 10},
+                       clock=clock, load_fn=lambda: 0.0, cpu_fn=lambda pid: cpu["s"])
+    sim.attach_job(12345)
+    for _ in range(100):
+        clock.t += 1.0
+        cpu["s"] += 0.5
+        sim.step(1.0)
+    assert sim.load == 1.0 and sim.temp > 85
+    steady(sim, clock, 100)  # SIGSTOPped: the counter stands still
+    assert sim.load == 0.0 and sim.temp < 45
+
+
+def test_a_plain_script_without_the_hook_heats_the_simulated_gpu(tmp_path):
+    """A real child that only computes and prints (no trainer/ import), measured by psutil."""
+    job = subprocess.Popen([sys.executable, "-c", "import time\nwhile True:\n    sum(range(10000))\n"
+                            "    print('iter', flush=True)\n    time.sleep(0.001)"],
+                           stdout=subprocess.DEVNULL, start_new_session=True)
+    sim = SimulatedGPU(tmp_path, {"time_scale": 60, "ambient_c": 40, "load_c": 50, "tau_heat_s": 60})
+    sim.attach_job(job.pid)
+    sim.start()
+    try:
+        wait_for(lambda: sim.temp > 55, 20, what="heating from the script's CPU use")
+    finally:
+        sim.stop()
+        job.kill()
+        job.wait()
+
+
+def test_simhook_paces_a_step_to_the_clock_even_under_a_rate_limit():
+    from trainer.simhook import pace_sleep_s
+    assert pace_sleep_s(0.1, 1.0) == 0.0
+    assert abs(pace_sleep_s(0.1, 0.5) - 0.1) < 1e-9  # a 0.1 s step takes 0.2 s at half speed
+    # rate-limited to 1 step/s: the limiter absorbed the compute; the step lasts 1/speed s
+    assert abs(pace_sleep_s(0.05, 0.5, period_s=1.0) - 1.95) < 1e-9
