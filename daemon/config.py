@@ -77,6 +77,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "trend": _k("bool", True),
         "clock_cap": _k("bool", False),
         "clock_cap_mhz": _k("int", 1800),
+        # "clock": hold edge at pause_at_c - setpoint_margin_c with a learned sclk cap
+        # (daemon/policy/governor.py); pausing stays the safety net. Default "off": it needs
+        # overdrive (amdgpu.ppfeaturemask bit 0x4000) and root on most machines, and the night
+        # replay gains 21% (30.8 h vs 38.8 h), not the 40% goal; README "Thermal governor".
+        "governor": _k("str", "off"),
+        "setpoint_margin_c": _k("float", 3.0),
     },
     "resets": {
         # any of kmsg, journal, uevent, devcoredump, sensor, job; or ["auto"]
@@ -182,6 +188,7 @@ BACKENDS = {"none", "modal", "local", "ssh"}
 
 CHOICES = {
     ("gpu", "sensor"): {"auto", "amdgpu-sysfs", "pyamdgpuinfo", "psutil", "simulated", "none"},
+    ("thermal", "governor"): {"off", "clock"},
     ("offload", "backend"): BACKENDS,
     ("divergence", "action"): {"alert", "stop", "rollback", "next"},
     ("daemon", "log_level"): {"debug", "info", "warning", "error"},
