@@ -515,8 +515,9 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        if self.p.divergence is not None:
-            self.p.divergence.reset()
+        if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
+            from daemon import parts as build
+            self.p.divergence = build.divergence(self.cfg)
         if self.holds:
             self._update_run(user_hold=1 if "user" in self.holds else 0)
         self._restart_now(f"next in the queue: {self.job['name']}")

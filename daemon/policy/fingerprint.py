@@ -78,12 +78,14 @@ def changes(base_command: list[str], base_env: dict[str, str], command: list[str
     out = []
     if command != base_command:
         old, new = _args(base_command), _args(command)
+        def show(k: str, v: str) -> str:  # positionals are shown by value alone
+            return v if k.startswith(" arg") else (f"{k} {v}" if v else k)
         for k in new:
             if k not in old:
-                out.append(f"{k} {new[k]}".strip() if new[k] else k)
+                out.append(show(k, new[k]))
             elif old[k] != new[k]:
-                out.append(f"{k} {new[k]} (was {old[k]})")
-        out += [f"without {k}" for k in old if k not in new]
+                out.append(f"{show(k, new[k])} (was {old[k]})")
+        out += [f"without {show(k, old[k])}" for k in old if k not in new]
         if not out:
             out.append(f"command: {shlex.join(command)}")
     for k in sorted(set(env) | set(base_env)):
@@ -108,7 +110,7 @@ def _args(cmd: list[str]) -> dict[str, str]:
         elif a.startswith("-"):
             out[a] = ""
         else:
-            out[f"arg{pos}"] = a
+            out[f" arg{pos}"] = a  # the space keeps it apart from any real --flag
             pos += 1
         i += 1
     return out

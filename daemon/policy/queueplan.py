@@ -2,10 +2,12 @@
 
 Given the steps left in the current run and in each waiting run, the local rate, the cloud's
 expected speed-up and price, the budget left and the deadline, plan which runs must go to the
-cloud so that the queue finishes, and say which cannot. Greedy and explainable: runs are taken
-in queue order; each goes local if the local timeline still meets the deadline, else to the
-cloud if the budget allows (cloud runs are sequential too: one job at a time), else it is
-reported as not finishing. The plan is recomputed each poll, so it adapts as rates change.
+cloud so that the queue finishes, and say which cannot. The daemon runs one job at a time, so
+the night is one timeline. Greedy and explainable, in queue order: a run stays local while
+the rest of the queue, all local, still meets the deadline; otherwise it goes to the cloud if
+the cloud is faster for it (start-up included) and the budget allows; a run that finishes
+after the deadline either way is reported as late, early. Recomputed each poll, so the plan
+follows the measured rate.
 """
 
 from __future__ import annotations
@@ -51,25 +53,22 @@ def plan_queue(items: list[QueueItem], *, now: float, deadline: float | None,
     if deadline is None or not local_steps_per_s or not items:
         return None
     left = deadline - now
-    local_t = 0.0  # when the local GPU is free, seconds from now
-    cloud_t = 0.0
+    t = 0.0  # the timeline, seconds from now
     spent = 0.0
     out = []
-    for it in items:
-        t_local = it.steps / local_steps_per_s
-        if local_t + t_local <= left:
-            local_t += t_local
-            out.append(Placement(it.name, "local", local_t, 0.0))
+    local = [it.steps / local_steps_per_s for it in items]
+    for i, it in enumerate(items):
+        t_local = local[i]
+        t_cloud = (cloud_startup_s + it.steps / (local_steps_per_s * cloud_speedup)
+                   if cloud_speedup else float("inf"))
+        usd = t_cloud * usd_per_h / 3600.0 if cloud_speedup else 0.0
+        if t + sum(local[i:]) > left and t_cloud < t_local and spent + usd <= budget_usd:
+            t += t_cloud
+            spent += usd
+            out.append(Placement(it.name, "cloud", t, round(usd, 2)))
             continue
-        if cloud_speedup:
-            t_cloud = cloud_startup_s + it.steps / (local_steps_per_s * cloud_speedup)
-            usd = t_cloud * usd_per_h / 3600.0
-            if cloud_t + t_cloud <= left and spent + usd <= budget_usd:
-                cloud_t += t_cloud
-                spent += usd
-                out.append(Placement(it.name, "cloud", cloud_t, round(usd, 2)))
-                continue
-        out.append(Placement(it.name, "late", float("inf"), 0.0))
+        t += t_local
+        out.append(Placement(it.name, "local" if t <= left else "late", t, 0.0))
     cloud = [p.name for p in out if p.where == "cloud"]
     late = [p.name for p in out if p.where == "late"]
     parts = []

@@ -1,0 +1,207 @@
+"""A night of experiments: a queue of runs, early stops on divergence, the comparison table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import sys
+
+import pytest
+
+from daemon.offload.base import RemoteStatus, UploadResult
+from daemon.policy.fingerprint import changes, fingerprint
+from daemon.policy.queueplan import QueueItem, plan_queue
+from daemon.states import State
+from tests.harness import Behaviour, Harness, config
+from tests.helpers import free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------ pure parts
+def test_fingerprint_finds_the_best_and_where_the_climb_began():
+    down = [(s, 3.0 - s * 0.02) for s in range(0, 100)]  # 3.0 -> 1.02
+    up = [(s, 1.02 + (s - 100) * 0.02) for s in range(100, 160)]  # climbs again
+    fp = fingerprint(down + up)
+    assert fp.best_step is not None and 95 <= fp.best_step <= 105
+    assert fp.best_loss is not None and 1.0 < fp.best_loss < 1.2
+    assert fp.climb_step is not None and 100 <= fp.climb_step <= 115
+    assert fp.final_loss == pytest.approx(up[-1][1])
+    assert fingerprint(down).climb_step is None  # never climbed
+    assert fingerprint([(1, 2.0), (2, math.nan)]).climb_step == 2  # a NaN is a climb
+    assert "no climb" in fingerprint(down).line()
+
+
+def test_changes_name_what_differs_from_the_first_run():
+    base = ["python", "train.py", "--lr", "1e-3", "--hidden", "256"]
+    assert changes(base, {}, ["python", "train.py", "--lr", "3e-4", "--hidden", "256"], {}) == \
+        ["--lr 3e-4 (was 1e-3)"]
+    assert changes(base, {"A": "1"}, base + ["--no-prior"], {}) == ["--no-prior", "without A"]
+    assert changes(base, {}, base, {}) == []
+
+
+def test_queue_plan_moves_what_cannot_finish_locally_and_names_what_cannot_finish_at_all():
+    items = [QueueItem("a", 3600), QueueItem("b", 3600), QueueItem("c", 3600)]
+    plan = plan_queue(items, now=0.0, deadline=2 * 3600.0, local_steps_per_s=1.0, cloud_speedup=10.0,
+                      usd_per_h=2.0, budget_usd=10.0)
+    # one job at a time: 3 h of local work in 2 h means moving two runs (0.13 h each in the cloud)
+    assert [p.where for p in plan.placements] == ["cloud", "cloud", "local"]
+    assert "a, b go to the cloud" in plan.reason and not plan.late
+    assert plan.placements[-1].finish_s <= 2 * 3600
+    broke = plan_queue(items, now=0.0, deadline=2 * 3600.0, local_steps_per_s=1.0, cloud_speedup=None,
+                       usd_per_h=2.0, budget_usd=10.0)
+    assert broke.late == ["c"] and "c cannot finish" in broke.reason
+    assert plan_queue(items, now=0.0, deadline=None, local_steps_per_s=1.0, cloud_speedup=10.0,
+                      usd_per_h=2.0, budget_usd=10.0) is None
+
+
+# ------------------------------------------------------------------ histories
+def spiky(diverge_at: int | None, steps: int = 40) -> Behaviour:
+    """A trainer whose loss falls, then (optionally) explodes at ``diverge_at``."""
+    b = Behaviour(trainer=True, steps=steps, step_s=0.5, interval=5)
+    if diverge_at:
+        b.script = [(diverge_at * 0.5 + 0.01 + i * 0.5, "record",
+                     {"kind": "progress", "step": diverge_at + i, "loss": 1e4}) for i in range(3)]
+    return b
+
+
+def test_a_queue_runs_in_order_a_diverged_run_stops_early_and_a_restart_continues_it(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["base"]},
+                     divergence={"enabled": True, "action": "next", "window": 5, "rtol": 2.0})
+        cfg["queue"] = [{"name": "lr-1e-3", "command": ["a", "--lr", "1e-3"], "env": {}, "resume_command": None, "total_steps": 40},
+                        {"name": "lr-1e-2", "command": ["b", "--lr", "1e-2"], "env": {}, "resume_command": None, "total_steps": 40},
+                        {"name": "lr-3e-4", "command": ["c", "--lr", "3e-4"], "env": {"X": "1"}, "resume_command": None, "total_steps": 40}]
+        from daemon import parts as build
+        beh = {"a": spiky(None), "b": spiky(15), "c": spiky(None, steps=200)}
+        h = Harness(tmp_path, cfg, beh, divergence=build.divergence(cfg))
+        sup = await h.open()
+        await h.run(200, until=lambda s: s.run_id == 3 and s.state == State.RUNNING)
+        assert [p.command[0] for p in h.factory.procs] == ["a", "b", "c"]
+        runs = {r["name"]: r for r in sup.runs()}
+        assert runs["lr-1e-3"]["state"] == "succeeded" and runs["lr-1e-3"]["best_loss"] is not None
+        assert runs["lr-1e-2"]["state"] == "failed" and runs["lr-1e-2"]["steps"] < 40
+        assert runs["lr-1e-2"]["climb_step"] is not None and runs["lr-1e-2"]["climb_step"] <= 17
+        assert runs["lr-3e-4"]["changes"] == ["c (was a)", "--lr 3e-4 (was 1e-3)", "X=1"]
+        assert any("diverged" in m for m in h.events("failed"))
+        # kill -9 of the daemon mid-run 3: a new one continues run 3, never starts 1 or 2 again
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store, divergence=build.divergence(cfg))
+        sup2 = await h2.open()
+        await h2.run(3)
+        assert sup2.run_id == 3 and [p.command[0] for p in h2.factory.procs] == ["c"]
+        assert len(h.store.runs()) == 3
+    run(go())
+
+
+def test_queue_commands_add_remove_move_and_an_idle_daemon_starts_the_added_run(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["a"]})
+        h = Harness(tmp_path, cfg, {"a": Behaviour(script=[(1.0, "exit", 0)]),
+                                    "b": Behaviour(script=[(50.0, "exit", 0)])})
+        sup = await h.open()
+        await h.run(3)
+        assert sup.state == State.SUCCEEDED
+        r1 = await _submit(h, "queue_add", {"name": "one", "command": ["b", "1"]})
+        r2 = await _submit(h, "queue_add", {"name": "two", "command": ["b", "2"]})
+        assert r1["ok"] and r2["ok"]
+        # the idle daemon started "one" at once; "two" waits
+        assert sup.run_id == 2 and sup.state == State.RUNNING and [q["name"] for q in sup.queue()] == ["two"]
+        r3 = await _submit(h, "queue_add", {"name": "three", "command": ["b", "3"]})
+        three = r3["queue"][-1]["id"]
+        assert (await _submit(h, "queue_move", {"id": three, "to": 1}))["ok"]
+        assert [q["name"] for q in sup.queue()] == ["three", "two"]
+        assert (await _submit(h, "queue_remove", {"id": three}))["ok"]
+        assert [q["name"] for q in sup.queue()] == ["two"]
+        bad = await _submit(h, "queue_remove", {"id": 999})
+        assert not bad["ok"] and "no waiting run #999" in bad["message"]
+    run(go())
+
+
+async def _submit(h: Harness, action: str, arg):
+    fut = h.sup.submit(action, arg)
+    await h.run(0.4)
+    return fut.result()
+
+
+class LocalCloud:
+    """The stand-in cloud at its boundary: accepts the job and reports it running."""
+
+    def __init__(self):
+        self.launched = []
+
+    def upload(self, key, ckpt, files):
+        return UploadResult(1, 0.1)
+
+    def launch(self, key, spec):
+        self.launched.append(spec.command)
+        return f"call-{len(self.launched)}"
+
+    def poll(self, call_id):
+        return RemoteStatus(state="running", step=1, total_steps=100)
+
+    def cancel(self, call_id):
+        pass
+
+    def pull(self, key, call_id, dest):
+        return dest
+
+
+def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_cloud_and_says_so(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["a"], "total_steps": 1000},
+                     schedule={"deadline_after_s": 1500.0},
+                     offload={"backend": "local", "budget_usd": 5.0, "local_steps_per_s": 10.0})
+        cfg["queue"] = [{"name": "first", "command": ["a"], "env": {}, "resume_command": None, "total_steps": 1000},
+                        {"name": "second", "command": ["a", "--x"], "env": {}, "resume_command": None, "total_steps": 1000}]
+        cloud = LocalCloud()
+        h = Harness(tmp_path, cfg, {"a": Behaviour(trainer=True, steps=1000, step_s=1.0)},
+                    backends={"local": cloud})
+        sup = await h.open()
+        await h.run(30, until=lambda s: s.state == State.REMOTE)
+        assert sup.state == State.REMOTE and cloud.launched
+        [plan] = h.events("queue_plan")[:1]
+        assert "go to the cloud" in plan
+    run(go())
+
+
+# ------------------------------------------------------------------ the real daemon
+SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "8",
+         "--eval-every", "10", "--checkpoint-interval", "10"]
+
+
+@pytest.mark.torture
+def test_a_queue_of_three_reference_runs_with_a_divergent_second_and_a_kill_9(tmp_path):
+    ref = [sys.executable, "-m", "trainer.reference", "--steps", "60", *SMALL, "--max-steps-per-s", "20"]
+    port = free_port()
+    cfg = write_config(tmp_path, {
+        "job": {"command": ref, "heartbeat_timeout_s": 120.0},
+        "daemon": {"exit_when_done": True},
+        "divergence": {"enabled": True, "action": "next", "window": 4, "rtol": 2.0},
+        "api": {"enabled": True, "port": port}})
+    text = cfg.read_text()
+    for name, extra in (("base", []), ("spike", ["--diverge-at", "30"]), ("lr", ["--lr", "1e-3"])):
+        text += f"\n[[queue]]\nname = {json.dumps(name)}\ncommand = {json.dumps(ref + extra)}\n"
+    cfg.write_text(text)
+    d = start_daemon(cfg)
+    try:
+        con = lambda: sqlite3.connect(tmp_path / "state" / "nightshift.db")  # noqa: E731
+        wait_for(lambda: con().execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 3, 400,
+                 interval=0.5, what="the third run to start")
+        d.kill()  # kill -9 mid-queue
+        d.wait()
+        d = start_daemon(cfg)
+        assert d.wait(timeout=400) == 0, d.stdout.read()
+        rows = con().execute("SELECT name, state, step, best_loss, climb_step FROM runs ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == ["base", "spike", "lr"]  # none started twice
+        assert rows[0][1] == "succeeded" and rows[2][1] == "succeeded"
+        assert rows[1][1] == "failed" and rows[1][2] < 60 and rows[1][4] is not None
+        assert all(r[3] is not None for r in rows)
+    finally:
+        kill_group(d)
+    r = nightshift("runs", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1  # the daemon has exited: the CLI says so instead of a traceback
+    assert "not running" in r.stdout
