@@ -47,7 +47,8 @@ def test_ssh_failover_and_return_carries_the_job_and_brings_the_checkpoint_home(
         assert (rwork / "job.toml").read_text() == MODEL
         assert not (rwork / "secret.txt").exists() and not (rwork / "train.log").exists()  # .gitignore
         assert not (rwork / "ckpt").exists()  # checkpoints travel as checkpoints, not as workdir files
-        assert (rwork / "data" / "shard0.bin").read_bytes() == (work / "data" / "shard0.bin").read_bytes()
+        shard = (work / "data" / "shard0.bin").read_bytes()
+        assert (sshd.remote_dir / "data" / "data" / "shard0.bin").read_bytes() == shard  # shared by runs
         assert (sshd.remote_dir / "runs" / "night1" / "ckpt" / here.path.name / "meta.json").exists()
 
         call = b.launch("night1", job(60))
@@ -56,6 +57,7 @@ def test_ssh_failover_and_return_carries_the_job_and_brings_the_checkpoint_home(
         st = poll_until(b, call, lambda s: s.state != "running", 90, "the remote run to end")
         assert st.state == "succeeded", st
         assert st.step == 60 and st.total_steps == 60 and st.started_at
+        assert (rwork / "data" / "shard0.bin").read_bytes() == shard  # linked at its relative path
         start = [r for r in remote_records(sshd, "night1") if r["kind"] == "start"]
         assert start[0]["resumed_from"].endswith(here.path.name)  # NIGHTSHIFT_RESUME on the box
 
@@ -162,7 +164,7 @@ def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_
     cfg["daemon"]["state_dir"] = str(work / "state")
     b = SshBackend.from_config(cfg)
     try:
-        assert "/state" in b.exclude and "/ckpt" in b.exclude  # never uploaded
+        assert "/state" in b.carry.exclude and "/ckpt" in b.carry.exclude  # never uploaded
         b.upload("py", None, [])
         with pytest.raises(OffloadError, match=r"exit 127.*set \[offload.ssh\] python") as e:
             b.launch("py", job(10))

@@ -37,7 +37,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,13 @@ from daemon.offload.base import (
     UploadResult,
     progress_summary,
 )
+from daemon.offload.carry import Carry, manifest_name, newest_adopted_dir
+from daemon.offload.carry import from_config as carry_from_config
+from daemon.offload.remote import CANCEL_MARK
 from daemon.offload.sshlink import SshLink
 from daemon.offload.sync import (
     TMP_PREFIX,
     SyncResult,
-    gitignore_patterns,
     push_tree,
     put_file,
     write_remote,
@@ -142,53 +144,36 @@ def remote_command(command: list[str]) -> list[str]:
 class SshBackend(OffloadBackend):
     name = "ssh"
 
-    def __init__(self, cfg_ssh: dict[str, Any], *, workdir: str | os.PathLike | None = None,
-                 exclude: Sequence[str] = (), data: Sequence[str] = (),
-                 checkpoint_dir: str | os.PathLike | None = None, checkpoint_glob: str | None = None,
-                 sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0,
-                 gitignore: bool = True):
-        """``cfg_ssh`` is the validated ``[offload.ssh]`` table. ``workdir`` (the job's), with
-        ``exclude`` patterns (plus .gitignore, the data dirs and the checkpoint dir), goes up to
-        the box; ``data`` are dirs relative to the workdir synced once by manifest;
-        ``checkpoint_glob`` (relative to the workdir) names a script's own checkpoint files,
-        brought home by ``pull``. ``sources`` are the packages the runner needs remotely.
-        ``gitignore``: the workdir's .gitignore patterns are excluded too."""
+    def __init__(self, cfg_ssh: dict[str, Any], *, carry: Carry | None = None,
+                 sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0):
+        """``cfg_ssh`` is the validated ``[offload.ssh]`` table; ``carry`` what of the job travels
+        (daemon.offload.carry: workdir minus exclusions, data dirs, checkpoint_glob and the
+        adopted store, progress_pattern), as for the local and Modal backends; without it only
+        the checkpoint goes up and the job runs in an empty workdir. ``sources`` are the packages
+        the runner needs on the box (default: this project's daemon/ and trainer/)."""
         if not cfg_ssh.get("host"):
             raise OffloadError("the ssh backend needs [offload.ssh] host")
         self.cfg = cfg_ssh
         self.link = SshLink(cfg_ssh)
-        self.workdir = Path(workdir).resolve() if workdir else None
-        self.data = [d.strip("/") for d in data]
-        self.checkpoint_glob = checkpoint_glob
+        self.carry = carry
         self.cancel_grace_s = cancel_grace_s
         self.python: str = cfg_ssh.get("python") or "python3"
         self.price_usd_per_h = float(cfg_ssh.get("price_usd_per_h") or 0.0)
         self.sources = [Path(s) for s in (sources or [PROJECT / s for s in SOURCES])]
-        self.gitignore = gitignore
-        self.exclude = list(exclude) + [f"/{d}" for d in self.data]
-        if self.workdir and checkpoint_dir:
-            ck = Path(checkpoint_dir).resolve()
-            if ck.is_relative_to(self.workdir) and ck != self.workdir:
-                self.exclude.append("/" + ck.relative_to(self.workdir).as_posix())
         self._root: str | None = None
         self.last_sync: dict[str, Any] = {}
         self.last_state: str | None = None
         self.problem: str | None = None
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> SshBackend:
-        """Built from the whole validated config: [offload.ssh], the job's workdir, checkpoint
-        dir and checkpoint_glob, [offload] data and exclude (which, when set, replaces the
-        .gitignore patterns); the daemon's state dir is never uploaded."""
-        job, o = cfg["job"], cfg["offload"]
-        exclude = list(o.get("exclude") or [])
+    def from_config(cls, cfg: dict[str, Any], adopted_store: str | os.PathLike | None = None) -> SshBackend:
+        """From the whole validated config: ``[offload.ssh]`` and the job's Carry (the daemon's
+        state dir, when it lies inside the workdir, never travels)."""
+        c = carry_from_config(cfg, adopted_store)
         state = Path(cfg["daemon"]["state_dir"]).resolve()
-        work = Path(job["workdir"]).resolve()
-        if state.is_relative_to(work) and state != work:
-            exclude.append("/" + state.relative_to(work).as_posix())
-        return cls(o["ssh"], workdir=work, exclude=exclude, data=list(o.get("data") or []),
-                   checkpoint_dir=job["checkpoint_dir"], checkpoint_glob=job.get("checkpoint_glob"),
-                   gitignore=o.get("exclude") is None)
+        if state != c.workdir and state.is_relative_to(c.workdir):
+            c = replace(c, exclude=(*c.exclude, "/" + state.relative_to(c.workdir).as_posix()))
+        return cls(cfg["offload"]["ssh"], carry=c)
 
     # call ids ----------------------------------------------------------------------------------
     def call_id(self, run_key: str, pid: int, ticks: str) -> str:
@@ -238,6 +223,8 @@ class SshBackend(OffloadBackend):
         root = await self._root_dir(conn)
         run = self._run_dir(root, run_key)
         stats: dict[str, SyncResult] = {}
+        c = self.carry
+        sent = 0
         async with conn.start_sftp_client() as sftp:
             for d in ("ckpt", "run", "work"):
                 await sftp.makedirs(posixpath.join(run, d), exist_ok=True)
@@ -245,63 +232,59 @@ class SshBackend(OffloadBackend):
                 stats[f"src/{src.name}"] = await push_tree(
                     sftp, src, posixpath.join(root, "src", src.name),
                     posixpath.join(root, "manifests", f"src-{src.name}.json"))
-            work = posixpath.join(run, "work")
-            if self.workdir is not None:
-                ex = [*(gitignore_patterns(self.workdir) if self.gitignore else []), *self.exclude,
-                      *(self._rel(f) for f in files if self._rel(f))]
+            if c is not None:
                 stats["work"] = await push_tree(
-                    sftp, self.workdir, work, posixpath.join(root, "manifests", f"run-{run_key}-work.json"),
-                    ex)
-                for d in self.data:
+                    sftp, c.workdir, posixpath.join(run, "work"),
+                    posixpath.join(root, "manifests", f"run-{run_key}-work.json"), c.exclude)
+                for d in c.data:  # shared by every run; the runner links them into the workdir
                     stats[f"data/{d}"] = await push_tree(
-                        sftp, self.workdir / d, posixpath.join(root, "data", d),
-                        posixpath.join(root, "manifests", "data-" + re.sub(r"[^A-Za-z0-9._-]", "_", d) + ".json"))
-            sent = sum(s.bytes for s in stats.values())
+                        sftp, c.workdir / d, posixpath.join(root, "data", d),
+                        posixpath.join(root, "manifests", manifest_name(d)))
+                newest = newest_adopted_dir(c.adopted_store)
+                if newest is not None:
+                    sent += await self._put_dir(sftp, newest, posixpath.join(run, "adopted"))
+            sent += sum(s.bytes for s in stats.values())
             if checkpoint is not None:
-                sent += await self._put_checkpoint(sftp, Path(checkpoint), posixpath.join(run, "ckpt"))
-            for f in files:  # a script's own checkpoint files, at their relative paths
-                rel = self._rel(f) or posixpath.join("..", "files", Path(f).name)
-                dest = posixpath.normpath(posixpath.join(work, rel))
+                sent += await self._put_dir(sftp, Path(checkpoint), posixpath.join(run, "ckpt"))
+            files_dir = posixpath.join(run, "files")  # the runner puts them at their relative paths
+            if await sftp.exists(files_dir):
+                await sftp.rmtree(files_dir)
+            for f in files:
+                dest = posixpath.join(files_dir, self._rel(Path(f)))
                 await sftp.makedirs(posixpath.dirname(dest), exist_ok=True)
                 await put_file(sftp, Path(f), dest)
                 sent += Path(f).stat().st_size
-        for d in self.data:  # the job sees its data at the same relative path as at home
-            link = posixpath.join(work, d)
-            await self._sh(conn, f"mkdir -p {_q(posixpath.dirname(link))} && rm -rf {_q(link)} && "
-                                 f"ln -s {_q(posixpath.join(root, 'data', d))} {_q(link)}", "linking data")
         self.last_sync = {k: asdict(v) for k, v in stats.items()}
-        await self._setup(conn, root, work)
+        await self._setup(conn, root, posixpath.join(run, "work"))
         return sent
 
-    def _rel(self, f: Path) -> str | None:
-        if self.workdir is None:
-            return None
-        p = Path(f).resolve()
-        return p.relative_to(self.workdir).as_posix() if p.is_relative_to(self.workdir) else None
+    def _rel(self, f: Path) -> str:
+        w = self.carry.workdir if self.carry is not None else None
+        p = f.resolve()
+        return p.relative_to(w).as_posix() if w is not None and p.is_relative_to(w) else p.name
 
-    async def _put_checkpoint(self, sftp: Any, ckpt: Path, remote_ckpt: str) -> int:
-        dest = posixpath.join(remote_ckpt, ckpt.name)
-        if await sftp.isdir(dest):  # already there (a relaunch): the box's copy is the same step
+    async def _put_dir(self, sftp: Any, src: Path, remote_parent: str) -> int:
+        """A checkpoint (or adopted copy) directory, whole, under a temporary name then renamed:
+        the runner never sees half of one. Already there (a relaunch): nothing to send."""
+        dest = posixpath.join(remote_parent, src.name)
+        if await sftp.isdir(dest):
             return 0
-        tmp = posixpath.join(remote_ckpt, f"{TMP_PREFIX}{ckpt.name}")
+        tmp = posixpath.join(remote_parent, f"{TMP_PREFIX}{src.name}")
         if await sftp.exists(tmp):
             await sftp.rmtree(tmp)
-        await sftp.makedirs(tmp, exist_ok=True)
-        total = 0
-        for f in sorted(ckpt.iterdir()):
-            await sftp.put(str(f), posixpath.join(tmp, f.name))
-            total += f.stat().st_size
+        await sftp.makedirs(remote_parent, exist_ok=True)
+        await sftp.put(str(src), tmp, recurse=True)
         await sftp.posix_rename(tmp, dest)
-        return total
+        return sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
 
     def fingerprint(self) -> str:
         """What the remote environment is made from: setup_command, python, env, requirements."""
         h = hashlib.sha256(json.dumps([self.cfg.get("setup_command"), self.python,
                                        sorted((self.cfg.get("env") or {}).items())]).encode())
-        if self.workdir is not None:
+        if self.carry is not None:
             for name in ENV_FILES:
                 try:
-                    h.update(name.encode() + b"\0" + (self.workdir / name).read_bytes())
+                    h.update(name.encode() + b"\0" + (self.carry.workdir / name).read_bytes())
                 except OSError:
                     pass
         return h.hexdigest()[:16]
@@ -371,9 +354,13 @@ class SshBackend(OffloadBackend):
             spec["resume_command"] = remote_command(spec["resume_command"])
         spec["env"] = {**spec["env"], **(self.cfg.get("env") or {})}
         spec["workdir"] = posixpath.join(run, "work")
+        c = self.carry
+        if c is not None:
+            spec.update(data=list(c.data), data_root=posixpath.join(root, "data"),
+                        checkpoint_glob=c.checkpoint_glob, progress_pattern=c.progress_pattern, keep=c.keep)
         async with conn.start_sftp_client() as sftp:
             await write_remote(sftp, posixpath.join(run, "spec.json"), json.dumps(spec).encode())
-        out = await self._sh(conn, f"cd {_q(run)} && rm -f status.json cancel_requested && "
+        out = await self._sh(conn, f"cd {_q(run)} && rm -f status.json {CANCEL_MARK} && "
                                    f"{self._exports(root)}exec {_q(self.python)} -c {_q(LAUNCHER)}",
                              "starting the remote runner")
         try:
@@ -404,7 +391,7 @@ class SshBackend(OffloadBackend):
         alive = proc_alive(await _read(sftp, f"/proc/{pid}/stat", 4096), ticks)
         status = (await _read(sftp, posixpath.join(run, "status.json")) or b"").decode(errors="replace")
         runner = (await _read(sftp, posixpath.join(run, "runner.json")) or b"").decode(errors="replace")
-        cancelled = await sftp.exists(posixpath.join(run, "cancel_requested"))
+        cancelled = await sftp.exists(posixpath.join(run, CANCEL_MARK))
         progress = (await _tail(sftp, posixpath.join(run, "run", "progress.jsonl"), TAIL_BYTES)).decode(
             errors="replace")
         recs = []
@@ -439,15 +426,16 @@ class SshBackend(OffloadBackend):
 
     # cancel --------------------------------------------------------------------------------------
     def cancel(self, call_id: str) -> None:
-        """A final checkpoint if the job speaks trainer/'s control protocol; then TERM, a bounded
-        wait, KILL: to the runner's process group and the job's, nothing else."""
+        """A final checkpoint if the job speaks trainer/'s control protocol; then TERM to the
+        runner, a bounded wait, KILL: to the runner's process group and the job's, nothing else.
+        At most 2 x ``cancel_grace_s``; poll says "cancelled" once the runner has settled."""
         key, pid, ticks = self.parse(call_id)
-        self.link.call(lambda conn: self._cancel(conn, key, pid, ticks), timeout=self.cancel_grace_s + 60)
+        self.link.call(lambda conn: self._cancel(conn, key, pid, ticks), timeout=2 * self.cancel_grace_s + 60)
 
     async def _cancel(self, conn: Any, key: str, pid: int, ticks: str) -> None:
         root = await self._root_dir(conn)
         run = self._run_dir(root, key)
-        r = await conn.run(f"cd {_q(run)} && touch cancel_requested && {_alive_sh(pid, ticks)} && "
+        r = await conn.run(f"cd {_q(run)} && touch {CANCEL_MARK} && {_alive_sh(pid, ticks)} && "
                            f"cat /proc/{pid}/task/{pid}/children; echo {_SEP}; "
                            f"tail -c {TAIL_BYTES} run/progress.jsonl 2>/dev/null", check=False)
         kids_txt, _, progress = str(r.stdout).partition(_SEP + "\n")
@@ -470,7 +458,8 @@ class SshBackend(OffloadBackend):
             # the box's copy of daemon.control, so the file's format is the one its trainer reads
             script += (f"{self._exports(root)}{_q(self.python)} -c {_q(EXIT_COMMAND)} "
                        f"{_q(posixpath.join(run, 'run'))} {job}; {wait(grace)}")
-            grace = 50
+        # TERM once: the runner TERMs the job, bounds that wait itself, keeps what it saved
+        # and reports "cancelled" (the mark above says this TERM is ours, not a preemption)
         script += f"if {alive}; then kill -TERM -{pid} 2>/dev/null; fi; {wait(grace)}"
         script += f"if {alive}; then kill -KILL -{pid} 2>/dev/null; "
         script += "".join(f"kill -KILL -{k} 2>/dev/null; " for k in kids)
@@ -517,22 +506,37 @@ class SshBackend(OffloadBackend):
                 fsync_dir(dest)
                 got = final
                 break
-            if self.checkpoint_glob and self.workdir is not None:
-                work = posixpath.join(run, "work")
-                for remote in await sftp.glob(posixpath.join(work, self.checkpoint_glob)):
-                    rel = posixpath.relpath(remote, work)
-                    local = self.workdir / rel
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = local.with_name(f".tmp-{local.name}-{os.getpid()}")
-                    await sftp.get(remote, str(tmp))
-                    with open(tmp, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, local)
-                    fsync_dir(local.parent)
-                    got = got or local
+            c = self.carry
+            if c is not None and c.checkpoint_glob:
+                got = got or await self._pull_adopted(sftp, posixpath.join(run, "adopted"), dest)
         if got is None:
             raise OffloadError(f"ssh {self.link.where}: no valid checkpoint under {run} to bring home")
         return got
+
+    async def _pull_adopted(self, sftp: Any, remote_store: str, dest: Path) -> Path | None:
+        """The newest adopted copy on the box that verifies, put back at its relative path in
+        the job's workdir (by daemon.adopt, like at home). Newest first, one version at a time:
+        the store may hold ``keep`` copies of a large file."""
+        from daemon.adopt import Adopter
+        c = self.carry
+        assert c is not None and c.checkpoint_glob
+        if not await sftp.isdir(remote_store):
+            return None
+        versions = sorted((n for n in await sftp.listdir(remote_store) if re.fullmatch(r"v_\d+", n)),
+                          reverse=True)
+        for name in versions:
+            staging = dest / f".tmp-pull-adopted-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            (staging / "store").mkdir(parents=True)
+            try:
+                await sftp.get(posixpath.join(remote_store, name), str(staging / "store" / name), recurse=True)
+                done = Adopter(staging / "work", c.checkpoint_glob, staging / "store",
+                               keep=c.keep).restore_newest(c.workdir)  # verifies, places atomically
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            if done is not None:
+                return c.workdir / done.relpath
+        return None
 
     # status --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
