@@ -50,6 +50,7 @@ def build_parts(cfg: dict[str, Any], store: Store, **overrides: Any) -> Parts:
         schedule=build.schedule(cfg),
         divergence=build.divergence(cfg),
         clockcap=build.clockcap(cfg, sensor),
+        governor=build.governor(cfg, sensor, sim),
         probe=_probe if cfg["resets"]["probe"] else None,
         output_progress=build.output_progress(cfg),
         job_env={"NIGHTSHIFT_SIM_GPU": str(sim.root)} if sim is not None else {},
@@ -149,6 +150,12 @@ async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio
     api.check_bind(a["host"], token)
     server, task = await api.serve(api.create_app(sup, token), a["host"], a["port"])
     log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], a["token_file"])
+    from daemon import client
+    try:  # the CLI finds us here even after an edit of [api] port that waits for a restart
+        client.write_served_address(cfg["daemon"]["state_dir"], a["host"], a["port"])
+    except OSError as e:
+        log.warning("cannot write %s/api.json (the CLI then uses the configured address): %s",
+                    cfg["daemon"]["state_dir"], e)
     return server, task
 
 

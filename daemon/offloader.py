@@ -23,34 +23,47 @@ class Launched:
     call_id: str
     backend: str
     upload: UploadResult
+    warnings: tuple[str, ...] = ()  # e.g. --device cpu going to a paid GPU
 
 
 def run_key(job_name: str, run_id: int) -> str:
     return re.sub(r"[^a-zA-Z0-9-]", "-", f"{job_name}-run{run_id}")[:60]
 
 
-def build_backend(name: str, cfg: dict[str, Any]) -> OffloadBackend:
+def build_backend(name: str, cfg: dict[str, Any], run_id: int) -> OffloadBackend:
+    """A backend that carries the job (workdir minus exclusions, data by manifest, the run's
+    adopted checkpoints at their relative paths): daemon/offload/carry.py."""
+    from daemon.offload.carry import from_config
     o = cfg["offload"]
+    carry = from_config(cfg, adopted_store=Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}")
     if name == "local":
         from daemon.offload.local import LocalBackend
         vol = Path(o["local_dir"] or Path(cfg["daemon"]["state_dir"]) / "volume")
-        return LocalBackend(vol, env=o["local_env"], steps_per_s=o["local_steps_per_s"])
+        return LocalBackend(vol, env=o["local_env"], steps_per_s=o["local_steps_per_s"], carry=carry)
     if name == "modal":
         from daemon.offload.modal_backend import ModalBackend
-        return ModalBackend(o)
+        return ModalBackend(o, carry=carry)
     if name == "ssh":
         from daemon.offload.ssh import SshBackend
-        return SshBackend(o["ssh"])
+        return SshBackend(o["ssh"], carry=carry)
     raise OffloadError(f"unknown offload backend {name!r}: use modal, ssh or local")
 
 
 class Offloader:
     def __init__(self, cfg: dict[str, Any], *,
                  backends: dict[str, OffloadBackend] | None = None,
-                 build: Callable[[str, dict[str, Any]], OffloadBackend] = build_backend):
+                 build: Callable[[str, dict[str, Any], int], OffloadBackend] = build_backend):
         self.cfg = cfg
-        self._backends = dict(backends or {})
+        self._given = dict(backends or {})  # injected (tests): kept across runs
+        self._backends = dict(self._given)
         self._build = build
+        self.run_id = 0
+
+    def for_run(self, run_id: int) -> None:
+        """Backends built for another run carry that run's files: build anew."""
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self._backends = dict(self._given)
 
     @property
     def names(self) -> list[str]:
@@ -67,7 +80,7 @@ class Offloader:
 
     def backend(self, name: str) -> OffloadBackend:
         if name not in self._backends:
-            self._backends[name] = self._build(name, self.cfg)
+            self._backends[name] = self._build(name, self.cfg, self.run_id)
         return self._backends[name]
 
     def price_per_s(self, name: str) -> float:
@@ -82,7 +95,7 @@ class Offloader:
         up = await asyncio.to_thread(b.upload, key, checkpoint, files)
         call_id = await asyncio.to_thread(b.launch, key, spec)
         self.remember(name, call_id, key)
-        return Launched(call_id, name, up)
+        return Launched(call_id, name, up, tuple(getattr(b, "warnings", ()) or ()))
 
     def remember(self, name: str, call_id: str, key: str) -> None:
         b = self.backend(name)

@@ -66,8 +66,8 @@ def schedule(cfg: dict[str, Any]) -> Any:
 
 def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
     dev = getattr(sensor, "device_dir", None) if sensor is not None else None
-    if not cfg["thermal"]["clock_cap"] or not dev:
-        return None
+    if not cfg["thermal"]["clock_cap"] or not dev or cfg["thermal"]["governor"] == "clock":
+        return None  # the governor owns the cap when it is on: one writer of pp_od_clk_voltage
     from daemon.clockcap import ClockCap
     cap = ClockCap(Path(dev), cfg["thermal"]["clock_cap_mhz"])
     problem = cap.check()  # outside the card's OD_RANGE: refused at start, nothing written
@@ -75,6 +75,18 @@ def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
         from daemon.config import ConfigError
         raise ConfigError(f"thermal.clock_cap_mhz: {problem}", cfg.get("_path"), "thermal.clock_cap_mhz")
     return cap
+
+
+def governor(cfg: dict[str, Any], sensor: Any, sim: Any) -> Any:
+    """The clock governor's port ([thermal] governor = "clock"), or None."""
+    if cfg["thermal"]["governor"] != "clock":
+        return None
+    from daemon.governor_io import GovernorPort
+    dev = getattr(sensor, "device_dir", None) if sensor is not None else None
+    if sim is not None:
+        from daemon.simgpu import sysfs_write
+        return GovernorPort(dev or sim.device_dir, write=sysfs_write)
+    return GovernorPort(dev) if dev else None
 
 
 def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
@@ -92,4 +104,5 @@ def output_progress(cfg: dict[str, Any]) -> Any:
     if not pattern:
         return None
     from daemon.outputprogress import OutputProgress
-    return OutputProgress(pattern)
+    # nanoGPT and Lightning never print the run's total: [job] total_steps supplies it
+    return OutputProgress(pattern, total_steps=cfg["job"]["total_steps"])

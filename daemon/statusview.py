@@ -130,6 +130,14 @@ def _training(s: Supervisor, tr: _Track, now: float) -> bool:
             and last is not None and last >= tr.pid_seen_t)
 
 
+def _governor(s: Supervisor, r: Any) -> dict[str, Any] | None:
+    if s.gov is None:
+        return None
+    from daemon.policy.governor import status_line
+    return {"cap_mhz": s.gov.cap_mhz, "learned_mhz": s.gov.learned_mhz, "reason": s.gov_reason,
+            "line": status_line(s.gov, getattr(r, "edge_c", None), pauses=int(s.run.get("pauses") or 0))}
+
+
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     f = s.facts
     run = s.run
@@ -177,6 +185,8 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "duty_cycle": round(duty.fraction, 3) if duty is not None else None,
         "duty_window_s": round(duty.observed_s) if duty is not None else None,
         "temps": {"edge_c": _num(getattr(r, "edge_c", None)), "tctl_c": _num(getattr(r, "tctl_c", None))},
+        "thresholds": {k: s.cfg["thermal"][k] for k in ("pause_at_c", "resume_at_c",
+                                                          "tctl_pause_at_c")},
         "power_w": _num(getattr(r, "power_w", None)),
         "gpu_busy_pct": _num(getattr(r, "busy_pct", None)),
         "sensor": getattr(r, "source", None) or (None if r is None else "unknown"),
@@ -208,5 +218,6 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "pauses": run.get("pauses", 0),
         "problems": sorted(set(s.problems.values())),
         "queue": {"waiting": len(s.queue()), "plan": getattr(s.queue_plan, "reason", None)},
+        "governor": _governor(s, r),
         "updated": now,
     }

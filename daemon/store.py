@@ -106,6 +106,10 @@ CREATE TABLE IF NOT EXISTS readings (
     loss REAL
 );
 CREATE INDEX IF NOT EXISTS readings_run ON readings(run_id, t);
+CREATE TABLE IF NOT EXISTS memory (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY,
     pos REAL NOT NULL,
@@ -357,6 +361,15 @@ class Store:
     def runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first."""
         return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+
+    # -- what the daemon learns about this machine (e.g. the governor's sustainable clock) --
+    def remember(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO memory(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value=excluded.value", (key, json.dumps(value)))
+
+    def recall(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM memory WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     # -- the queue (edited through the Supervisor only: one writer) -------------------------
     def queue_add(self, name: str, command: list[str], env: dict[str, str], source: str,

@@ -60,6 +60,7 @@ class Parts:
     schedule: Any = None
     divergence: Any = None
     clockcap: Any = None
+    governor: Any = None  # governor_io.GovernorPort when [thermal] governor = "clock"
     probe: Callable[[list[str] | None, float, dict[str, str]], Awaitable[Any]] | None = None
     find_checkpoint: Callable[[str], Any] | None = None  # ckpt dir -> CheckpointInfo | None
     output_progress: Any = None  # outputprogress.OutputProgress for [job] progress_pattern
@@ -134,6 +135,8 @@ class Supervisor:
         self.loss_series: list[tuple[int, float]] = []  # (step, loss) of this run: its fingerprint
         self.queue_plan: Any = None
         self._next_run_due = False
+        self.gov: Any = None  # policy.governor.GovState (its memory outlives the night)
+        self.gov_reason = ""
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
@@ -231,7 +234,11 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        self.p.offloader.for_run(self.run_id)
         self._rebuild()
+        if self.p.governor is not None:
+            from daemon.policy.governor import GovState
+            self.gov = GovState.start(self.store.recall("governor"))  # last night's clock
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
                 self.run.get("remote_call_id"):
             self._reattach()
@@ -502,6 +509,8 @@ class Supervisor:
 
     def _start_next_run(self, now: float) -> None:
         self._next_run_due = False
+        self.gov: Any = None  # policy.governor.GovState (its memory outlives the night)
+        self.gov_reason = ""
         waiting = self.store.queue()
         if not waiting:
             return
@@ -515,6 +524,7 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        self.p.offloader.for_run(self.run_id)
         if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
             from daemon import parts as build
             self.p.divergence = build.divergence(self.cfg)
@@ -783,6 +793,7 @@ class Supervisor:
                     self.event("source_problem", problem, "warn")
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
+        self._govern(now, reading)
         self._thermal(now, reading)
         self._schedule(now)
         self._interval(now)
@@ -836,6 +847,32 @@ class Supervisor:
             self.set_state(State.RUNNING, dec.reason)
             if cap is not None:
                 cap.restore()
+
+    def _govern(self, now: float, reading: Any) -> None:
+        """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
+        pause policy below stays the safety net."""
+        if self.p.governor is None or reading is None or self.gov is None or \
+                self.state not in (State.RUNNING, State.COOLING):
+            return
+        from daemon.governor_io import obs_from_reading
+        from daemon.policy.governor import decide_governor
+        before = self.gov.cap_mhz
+        dec = decide_governor(obs_from_reading(reading, self.p.governor,
+                                               float(self.cfg["gpu"]["poll_interval_s"]), now=now),
+                              self.gov, self.cfg["thermal"])
+        self.gov, self.gov_reason = dec.state, dec.reason
+        msg = self.p.governor.set(dec.cap_mhz)
+        if msg is not None or dec.fallback:
+            text = msg or dec.reason
+            if self.problems.get("governor") != text:  # said once, not every poll
+                self.problems["governor"] = text
+                self.event("governor", text, "warn")
+        else:
+            self.problems.pop("governor", None)
+        moved = (before is None) != (dec.cap_mhz is None) or \
+            (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= 200)
+        if moved:
+            self.event("governor", dec.reason)
 
     def _schedule(self, now: float) -> None:
         if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):
@@ -1107,6 +1144,8 @@ class Supervisor:
                        + (f" (after {', '.join(n for n, _, _ in failures)} failed)" if failures else ""),
                        upload_bytes=got.upload.bytes,
                        decision_to_launch_s=self.off.launched_at - (self.off.decided_at or now))
+            for w in got.warnings:
+                self.event("offload_warning", w, "warn")
             return
         self.off.attempts += 1
         retryable = any(r for _, _, r in failures)
@@ -1220,6 +1259,9 @@ class Supervisor:
             return
         self.event("pulled", f"result brought home: {path}")
         self._update_run(backend="local", remote_call_id=None)
+        if self.adopter is not None:  # a script's checkpoint came home in place: keep a copy now
+            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step,
+                                                  writer_stopped=True))
         if self.off.after_pull == "finish":
             self._finish()
         elif self.off.after_pull == "stopped":
@@ -1344,6 +1386,15 @@ class Supervisor:
 
     def close(self) -> None:
         self._update_run(job_pid=None, job_create_time=None)
+        if self.p.governor is not None:
+            msg = self.p.governor.restore()  # the GPU is never left capped behind us
+            if msg:
+                log.warning("governor: %s", msg)
+            if self.gov is not None:
+                try:
+                    self.store.remember("governor", self.gov.memory())  # tomorrow starts here
+                except Exception as e:  # noqa: BLE001
+                    log.warning("cannot remember the governor's clock: %s", e)
         if self.stop_signal is not None:
             self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
                        "continues when the daemon starts again")
