@@ -1,5 +1,5 @@
-"""The `nightshift` command. Errors become exit codes only here: 0 ok, 2 usage, 78 bad config,
-75 another daemon holds the state dir, 1 other failure, 128+N when the daemon was stopped by signal N.
+"""The `nightshift` command: the daemon (`run`), its clients, and the only place where errors
+become exit codes (EXIT_CODES below, shown by `nightshift --help`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,28 @@ from daemon.config import EX_CONFIG, ConfigError
 log = logging.getLogger("nightshift")
 
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
+DESCRIPTION = ("nightshift supervises one training job overnight on a flaky GPU: it pauses the "
+               "job before the chip overheats, resumes it after a GPU reset from the newest "
+               "checkpoint, and can move it to the cloud. `nightshift run` is the daemon; the "
+               "other commands talk to it or inspect this machine.")
+EXIT_CODES = """exit codes:
+  0    success
+  1    another failure (the message says what)
+  2    wrong command-line usage
+  75   another daemon already holds the state directory
+  78   the configuration is invalid (the message names the key and the file)
+  128+N  the daemon was stopped by signal N (143 = SIGTERM)
+
+The config is found in this order: -c FILE, $NIGHTSHIFT_CONFIG,
+$CONFIGURATION_DIRECTORY/config.toml (systemd), ./config.toml,
+~/.config/nightshift/config.toml, /etc/nightshift/config.toml."""
+CONTROL_HELP = {
+    "pause": "pause the job at the next step boundary (it stays paused until you resume it)",
+    "resume": "lift your pause, or continue a stopped run from its newest checkpoint",
+    "checkpoint": "ask the job for a checkpoint now",
+    "offload": "move the job to the configured cloud backend now",
+    "stop": "checkpoint and stop the job; the run can be resumed later",
+}
 
 
 def _load(path: str | None) -> dict[str, Any]:
@@ -23,12 +45,19 @@ def _load(path: str | None) -> dict[str, Any]:
 
 
 def _base_url(cfg: dict[str, Any]) -> str:
-    host = cfg["api"]["host"]
+    """Where the daemon is serving: the address it wrote to <state_dir>/api.json when it started
+    (a port edited in the config waits for a restart, so the file's port may not be live yet),
+    else the configured one."""
+    from daemon import client
+    host, port = cfg["api"]["host"], cfg["api"]["port"]
+    served = client.served_address(cfg["daemon"]["state_dir"])
+    if served is not None:
+        host, port = served
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"  # a wildcard bind is reached through loopback from this machine
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{cfg['api']['port']}"
+    return f"http://{host}:{port}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -125,6 +154,28 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from daemon import joblog
+
+    cfg = _load(args.config)
+    try:
+        path = joblog.log_path(cfg["daemon"]["state_dir"], args.run)
+    except PermissionError as e:
+        print(f"nightshift: cannot read the job's log: {e}; run this as the daemon's user "
+              "or with sudo", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"nightshift: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    for line in joblog.last_lines(path, args.lines):
+        print(line)
+    if args.follow:
+        sys.stdout.flush()
+        for line in joblog.follow(path):
+            print(line, flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon import demo
 
@@ -132,7 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog="nightshift", description=DESCRIPTION, epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp: argparse.ArgumentParser, nested: bool = False) -> argparse.ArgumentParser:
@@ -148,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "unfinished one (its checkpoints stay where they are)")
     r.add_argument("--resume-from", metavar="PATH", help="start a new run from this checkpoint")
     r.set_defaults(fn=cmd_run)
-    d = sub.add_parser("demo", help="the whole story on a simulated GPU, in a few minutes")
+    d = sub.add_parser("demo", help="the whole story on a simulated GPU, in under a minute")
     d.add_argument("--workdir", help="where to put the demo's files (default: a temp dir)")
-    d.add_argument("--fast", action="store_true", help="a shorter demo (for tests)")
+    d.add_argument("--long", action="store_true", help="the longer story: five times the steps "
+                   "and two GPU resets (about four minutes)")
+    d.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default now
     d.set_defaults(fn=cmd_demo)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration")
                 ).set_defaults(fn=cmd_check_config)
@@ -180,8 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     qm.add_argument("id", type=int)
     qm.add_argument("to", type=int)
     q.set_defaults(fn=cmd_queue)
+    lg = with_config(sub.add_parser("logs", help="the job's output (job.log of the newest run)"))
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    lg.add_argument("--run", type=int, metavar="N", help="the run's number (default: the newest)")
+    lg.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+                    help="how many of the last lines to print first (default 50)")
+    lg.set_defaults(fn=cmd_logs)
     for action in CONTROL_ACTIONS:
-        with_config(sub.add_parser(action, help=f"{action} the job (needs the API token)")
+        with_config(sub.add_parser(action, help=CONTROL_HELP[action] + " (needs the API token)")
                     ).set_defaults(fn=cmd_control)
     return p
 

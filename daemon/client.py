@@ -3,16 +3,56 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from daemon import auth
 
+API_FILE = "api.json"  # written by the daemon (daemon/app.py) once it listens
+
+
+def served_address(state_dir: str | Path) -> tuple[str, int] | None:
+    """(host, port) the daemon of this state dir is listening on, from <state_dir>/api.json, if
+    that daemon is still alive; None otherwise (or when the file cannot be read)."""
+    try:
+        info = json.loads((Path(state_dir) / API_FILE).read_text())
+        host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # that daemon is gone: the config's address is the best guess
+    except PermissionError:
+        pass  # alive, another user's (the system service)
+    return host, port
+
+
+def write_served_address(state_dir: str | Path, host: str, port: int) -> None:
+    """Atomically (tmp + rename), mode 0600 like everything in the state dir."""
+    path = Path(state_dir) / API_FILE
+    tmp = path.with_name(f".{API_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": host, "port": port, "pid": os.getpid(),
+                   "url": f"http://{host}:{port}"}, f)
+    os.replace(tmp, path)
+
 
 def _not_running(base_url: str, why: str) -> tuple[str, int]:
-    return (f"nightshift daemon is not running at {base_url} ({why}). Start it with "
+    return (f"The nightshift daemon is not running at {base_url} ({why}). Start it with "
             "`nightshift run` or `systemctl start nightshiftd`.", 1)
+
+
+def _sentence(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?)" else text + "."
 
 
 def _get(base_url: str, path: str, accept: str = "text/plain") -> tuple[int, bytes]:
@@ -48,10 +88,10 @@ def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, in
     try:
         token = auth.read_token(token_file)
     except FileNotFoundError:
-        return (f"no API token at {token_file}: the daemon creates it on its first start "
-                "(run this as a user who can read the daemon's state directory)", 1)
+        return (f"There is no API token at {token_file}. The daemon creates it on its first "
+                "start; run this as a user who can read the daemon's state directory.", 1)
     except PermissionError:
-        return f"cannot read the API token {token_file}: permission denied (try sudo)", 1
+        return f"Cannot read the API token {token_file}: permission denied (try sudo).", 1
     except auth.InsecureTokenFile as e:
         return f"refusing to use the API token: {e}", 1
     req = urllib.request.Request(f"{base_url}/control/{action}", method="POST", data=b"",
@@ -61,7 +101,17 @@ def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, in
             res = json.loads(r.read())
     except urllib.error.HTTPError as e:
         detail = json.loads(e.read() or b"{}").get("detail", e.reason)
-        return f"{action} refused ({e.code}): {detail}", 1
+        return f"The daemon refused {action} (HTTP {e.code}): {_sentence(str(detail))}", 1
     except urllib.error.URLError as e:
         return _not_running(base_url, str(getattr(e, "reason", e)))
-    return f"{res.get('message')} (state: {res.get('state')})", 0 if res.get("ok") else 1
+    return _control_text(res), 0 if res.get("ok") else 1
+
+
+def _control_text(res: dict[str, Any]) -> str:
+    """The daemon's answer as sentences; the run's state is added only when the answer does not
+    already name it ("nothing to pause: the run is stopped" says it once, not twice)."""
+    msg = _sentence(str(res.get("message") or ""))
+    state = str(res.get("state") or "")
+    if state and state not in msg.lower():
+        msg += f" The run is now {state}."
+    return msg

@@ -2,12 +2,20 @@
 
 watchdog's observer thread hands events to the asyncio loop (call_soon_threadsafe); the file's
 directory is watched because editors save by writing a new file and renaming it over the old.
+
+Each thing is said once, by the callbacks (the Supervisor turns them into one event each, which
+is also the log line; this module logs nothing of its own):
+- a rejected edit once, however many file events the save made; the same broken file saved
+  again is not news, a different error is;
+- a key that needs a restart once per new value, compared with the config the daemon started
+  with (``started``), not with the previous edit; reverting it to the running value is reported
+  as applied ("now in force"), and no restart warning follows any more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +25,16 @@ from watchdog.observers import Observer
 
 from daemon import config as config_mod
 
-log = logging.getLogger(__name__)
+_UNSET = object()
+
+
+def _needs_restart(key: str) -> bool:
+    return tuple(key.split(".", 1)) in config_mod.RESTART_KEYS
+
+
+def _value(cfg: dict[str, Any], key: str) -> Any:
+    sec, k = key.split(".", 1)
+    return cfg.get(sec, {}).get(k)
 
 
 def diff_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -40,6 +57,9 @@ class ConfigWatcher:
         self.on_error = on_error
         self.debounce_s = debounce_s
         self.current = current if current is not None else config_mod.load(self.path)
+        self.started = copy.deepcopy(self.current)  # what the daemon runs with
+        self.waiting: dict[str, Any] = {}  # restart key -> the value already reported as waiting
+        self._last_error: str | None = None
         self._pending: asyncio.TimerHandle | None = None
         self.observer = Observer()
 
@@ -66,15 +86,24 @@ class ConfigWatcher:
         try:
             new = config_mod.load(self.path)
         except config_mod.ConfigError as e:
-            log.error("config edit rejected, the previous config stays in force: %s", e)
-            self.on_error(e)
+            if str(e) != self._last_error:  # several file events per save: say it once
+                self._last_error = str(e)
+                self.on_error(e)
             return
-        keys = diff_keys(self.current, new)
-        if not keys:
-            return
-        restart = [k for k in keys if tuple(k.split(".", 1)) in config_mod.RESTART_KEYS]
+        self._last_error = None
+        keys, restart = self.changes(new)
         self.current = new
-        self.on_change(new, keys, restart)
+        if keys:
+            self.on_change(new, keys, restart)
+
+    def changes(self, new: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """(keys to report, of which those that wait for a restart), and remember what was said."""
+        live = [k for k in diff_keys(self.current, new) if not _needs_restart(k)]
+        waiting = {k: _value(new, k) for k in diff_keys(self.started, new) if _needs_restart(k)}
+        restart = [k for k, v in waiting.items() if self.waiting.get(k, _UNSET) != v]
+        reverted = [k for k in self.waiting if k not in waiting]  # back to the running value
+        self.waiting = waiting
+        return live + reverted + restart, restart
 
     def stop(self) -> None:
         if self._pending is not None:

@@ -97,8 +97,9 @@ def transitions_from_events(events: Iterable[dict[str, Any]]) -> list[tuple[floa
     """Rebuild the (t, training) timeline from stored events, oldest first.
 
     Folds ``state`` events (data.new), hold events (``paused``, ``paused_hot``, the schedule's
-    "holding the job") and ``released``; a ``run`` event (a daemon starting) means the daemon was
-    down before it: not training until a state event says otherwise."""
+    "holding the job") and ``released``; a ``daemon`` event (the daemon stopping) or a ``run``
+    event (a daemon starting) means no training until a state event says otherwise, so the time
+    the daemon was down counts against the duty cycle."""
     out: list[tuple[float, bool]] = []
     state, held = None, False
     for ev in events:
@@ -112,8 +113,8 @@ def transitions_from_events(events: Iterable[dict[str, Any]]) -> list[tuple[floa
             held = True
         elif kind == _RELEASE_KIND:
             held = False
-        elif kind == "run":
-            state = None
+        elif kind in ("run", "daemon"):
+            state = None  # a daemon starting or stopping: nothing trained before the next state
         else:
             continue
         on = state == "running" and not held
