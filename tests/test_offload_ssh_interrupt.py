@@ -10,7 +10,9 @@ import signal
 import time
 
 import psutil
+import pytest
 
+from daemon.offload.base import OffloadError
 from tests.fixtures.sshd import sshd  # noqa: F401 - the fixture
 from tests.fixtures.sshjob import backend, job, make_workdir, poll_until, remote_records
 from tests.helpers import wait_for
@@ -28,6 +30,13 @@ def test_ssh_connection_dropped_mid_run_job_keeps_running_and_a_new_backend_reat
         assert psutil.pid_exists(pid)
         st = b.poll(call)  # one reconnect, no error
         assert st.state == "running" and b.link.connects == 2
+        sshd.go_down()  # the box unreachable for a while: retryable, the job untouched
+        with pytest.raises(OffloadError) as e:
+            b.poll(call)
+        assert e.value.retryable and "connection refused" in str(e.value)
+        assert psutil.pid_exists(pid)
+        sshd.come_back()
+        assert b.poll(call).state == "running"
     finally:
         b.close()
     # a restarted daemon: a new backend object knows only the call id
