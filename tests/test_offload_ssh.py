@@ -171,3 +171,24 @@ def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_
         assert not e.value.retryable
     finally:
         b.close()
+
+
+def test_ssh_config_table_is_validated_naming_the_key_and_the_file(tmp_path):
+    from daemon.config import ConfigError, load
+    base = '[job]\ncommand = ["python", "train.py"]\n'
+    good = tmp_path / "good.toml"
+    good.write_text(base + '[offload]\nbackends = ["ssh", "modal"]\nbudget_usd = 5.0\n'
+                    '[offload.ssh]\nhost = "box"\nport = 2222\nkey_file = "keys/id"\nenv = { HF_HOME = "/w" }\n')
+    cfg = load(good)
+    ssh = cfg["offload"]["ssh"]
+    assert ssh["port"] == 2222 and ssh["key_file"] == str(tmp_path / "keys/id")  # relative to the file
+    assert ssh["remote_dir"] == "nightshift" and ssh["accept_new_host_key"] is False
+    for body, key in [('[offload.ssh]\nhots = "box"\n', "offload.ssh.hots"),
+                      ('[offload.ssh]\nhost = "box"\nport = "22"\n', "offload.ssh.port"),
+                      ('[offload]\nbackends = ["sssh"]\n', "offload.backends"),
+                      ('[offload]\nbackend = "ssh"\n', "offload.ssh.host")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(base + body)
+        with pytest.raises(ConfigError) as e:
+            load(bad)
+        assert e.value.key == key and str(bad) in str(e.value)
