@@ -322,8 +322,15 @@ class Supervisor:
         except (TypeError, ValueError, OverflowError):
             return  # a record of the wrong shape: skipped (daemon/progress.py counts them)
         kind = rec.get("kind")
-        if kind == "progress" and isinstance(rec.get("step"), int) and \
+        if kind == "progress" and isinstance(rec.get("step"), int) and rec.get("loss") == "nan":
+            self._remember_loss(rec["step"], math.nan)  # the trainer's marker for a NaN loss
+        elif kind == "progress" and isinstance(rec.get("step"), int) and \
                 isinstance(rec.get("loss"), (int, float)):
+            # records are rate-limited: the worst loss since the last one (and its step) is what
+            # a climb or a spike between two records looks like
+            worst, at = rec.get("loss_max"), rec.get("loss_max_step")
+            if isinstance(worst, (int, float)) and isinstance(at, int) and at != rec["step"]:
+                self._remember_loss(at, float(worst))
             self._remember_loss(rec["step"], float(rec["loss"]))
         if replay:
             return
