@@ -770,6 +770,7 @@ class Supervisor:
     # ================================================================== polling
     async def _poll(self, now: float) -> None:
         self.runner.sample_cpu(now)
+        self.store.retry_pending()  # writes queued while the disk was full or read-only
         reading = None
         if self.p.sensor is not None:
             reading = self.p.sensor.read()
