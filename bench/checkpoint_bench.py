@@ -14,15 +14,15 @@ The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M
 2. restore into the model and the optimizer: load_checkpoint (verified: sizes, headers, every
    digest) + trainer.state.restore, against torch.load + load_state_dict (unverified) and
    safetensors' load_file + load_state_dict (unverified); warm (files in the page cache) and
-   cold (posix_fadvise DONTNEED on every file just before each run). Our optimizer state stays
-   on copy-on-write mappings of the file, so its first step pays the page copies torch.load
-   paid while loading: restore + one AdamW step is reported too, so nothing hides there.
+   cold (posix_fadvise DONTNEED on every file just before each run). Restore + one AdamW step
+   is reported too, so no cost can hide in the first step (copy-on-write pages, say).
 3. stall: the training loop's wait for a two-phase save (AsyncCheckpointer.snapshot) against a
    synchronous save of the same state.
-Memory: the peak resident set above the one before the operation (VmHWM, reset through
-/proc/self/clear_refs) during our persist and our restore, against the largest tensor group.
-The restore's figure counts the restored optimizer state itself (the old state is still alive
-in the benchmark), so it is an upper bound of what a resume adds.
+Memory: peak extra = the peak resident set (VmHWM, reset through /proc/self/clear_refs) above
+the larger of the resident sets before and after the operation, i.e. what existed only while
+it ran, during our persist and our restore, against the largest tensor group. The peak above
+the resident set before is reported too: for a restore it also counts the restored optimizer
+state itself (the benchmark keeps the old state alive), an upper bound of what a resume adds.
 Goals: persist >= 0.95x raw and >= 1x torch.save in every pair; restore <= 0.5x torch.load warm,
 <= 1.0x cold, <= 1.0x safetensors; peak extra <= the largest group; stall <= 0.05x sync.
 """
@@ -67,15 +67,17 @@ def _status(key: str) -> int:
     return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def measured(fn: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, peak resident bytes above the resident set before the call)."""
+def measured(fn: Callable[[], object]) -> tuple[float, int, int]:
+    """(seconds, peak resident bytes above the larger of the resident sets before and after
+    the call: memory that existed only during it; peak above the one before)."""
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     before = _status("VmRSS")
     t0 = time.perf_counter()
     fn()
     dt = time.perf_counter() - t0
-    return dt, max(0, _status("VmHWM") - before)
+    peak, after = _status("VmHWM"), _status("VmRSS")
+    return dt, max(0, peak - max(before, after)), max(0, peak - before)
 
 
 def evict(paths: list[Path]) -> None:
@@ -111,7 +113,8 @@ def main() -> None:
         "raw", "raw_early_writeback", "torch_save", "ours",
         "warm_ours", "warm_torch", "warm_safetensors", "cold_ours", "cold_torch", "cold_safetensors",
         "step_ours", "step_torch", "stall", "sync")}
-    peaks: dict[str, list[int]] = {"persist": [], "restore": [], "torch_save": [], "torch_load": []}
+    peaks: dict[str, list[int]] = {"persist": [], "restore": [], "torch_save": [], "torch_load": [],
+                                   "restore_above_before": [], "torch_load_above_before": []}
 
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp_s:
         tmp = Path(tmp_s)
@@ -195,7 +198,7 @@ def main() -> None:
             order: list[tuple[str, Callable[[], None]]] = [
                 ("raw", raw), ("ours", ours), ("torch_save", tsave), ("raw_early_writeback", lambda: raw(True))]
             for name, fn in (reversed(order) if flip else order):
-                dt, peak = measured(fn)
+                dt, peak, _ = measured(fn)
                 times[name].append(dt)
                 if name == "ours":
                     peaks["persist"].append(peak)
@@ -208,20 +211,22 @@ def main() -> None:
                 fn()
                 reset()
             for name, fn in (reversed(loads) if flip else loads):
-                dt, peak = measured(fn)
+                dt, peak, above = measured(fn)
                 times[f"warm_{name}"].append(dt)
                 if name == "ours":
                     peaks["restore"].append(peak)
+                    peaks["restore_above_before"].append(above)
                 elif name == "torch":
                     peaks["torch_load"].append(peak)
+                    peaks["torch_load_above_before"].append(above)
                 reset()
             for name, fn in (reversed(loads) if flip else loads):
                 evict(files[name])
-                dt, _ = measured(fn)
+                dt, _, _ = measured(fn)
                 times[f"cold_{name}"].append(dt)
                 reset()
-            # zero-copy defers work: the optimizer's first step copies its state's pages out of
-            # the mapping (copy-on-write). Restore + one AdamW step, warm, shows the whole bill.
+            # nothing may hide in the first step (pages still to copy out of a mapping, say):
+            # restore + one AdamW step, warm, shows the whole bill.
             for name, fn in (reversed(loads[:2]) if flip else loads[:2]):
                 t0 = time.perf_counter()
                 fn()
@@ -281,7 +286,9 @@ def main() -> None:
     print(f"stall: {fmt('stall_ratio')} of a synchronous save (goal <= 0.05)")
     print(f"peak extra memory: persist {max(peaks['persist']) / 1e6:.0f} MB, restore "
           f"{max(peaks['restore']) / 1e6:.0f} MB (torch.save {max(peaks['torch_save']) / 1e6:.0f} MB, "
-          f"torch.load {max(peaks['torch_load']) / 1e6:.0f} MB); largest group {largest / 1e6:.0f} MB")
+          f"torch.load {max(peaks['torch_load']) / 1e6:.0f} MB); largest group {largest / 1e6:.0f} MB; "
+          f"restore above the RSS before it {max(peaks['restore_above_before']) / 1e6:.0f} MB "
+          f"(torch.load {max(peaks['torch_load_above_before']) / 1e6:.0f} MB)")
 
 
 if __name__ == "__main__":

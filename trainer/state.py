@@ -182,6 +182,8 @@ def restore(groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], mo
     # Group by group, each released once restored: from a lazily mapped checkpoint
     # (trainer.checkpoint.LoadedGroups) only one group's pages are mapped beyond the state.
     release = getattr(groups, "release", lambda group: None)
+    if optimizer is not None and hasattr(groups, "writable"):
+        groups.writable("optimizer")  # its pages populate in a thread while the model copies
     model.load_state_dict(groups["model"], strict=True)
     release("model")
     if optimizer is not None:
