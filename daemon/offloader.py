@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ def build_backend(name: str, cfg: dict[str, Any], run_id: int) -> OffloadBackend
     from daemon.offload.carry import from_config
     o = cfg["offload"]
     carry = from_config(cfg, adopted_store=Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}")
+    state = Path(cfg["daemon"]["state_dir"]).resolve()
+    if state != carry.workdir and state.is_relative_to(carry.workdir):
+        # the daemon's own state (database, run dirs, token) never travels with the workdir
+        carry = replace(carry, exclude=(*carry.exclude, "/" + state.relative_to(carry.workdir).as_posix()))
     if name == "local":
         from daemon.offload.local import LocalBackend
         vol = Path(o["local_dir"] or Path(cfg["daemon"]["state_dir"]) / "volume")
@@ -107,6 +111,11 @@ class Offloader:
         call_id = await asyncio.to_thread(self.backend(name).launch, key, spec)
         self.remember(name, call_id, key)
         return call_id
+
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """The backend's own view for status (e.g. ssh: host, connected, remote state); cheap."""
+        describe = getattr(self.backend(name), "describe", None)
+        return describe() if describe is not None else None
 
     async def poll(self, name: str, call_id: str) -> RemoteStatus:
         return await asyncio.to_thread(self.backend(name).poll, call_id)

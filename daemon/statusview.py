@@ -53,6 +53,7 @@ def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
         "cost_usd": round(s.cost_now(now), 4), "budget_usd": o["budget_usd"],
         "estimate_usd": round(s.off.estimate.usd, 2) if s.off.estimate is not None and s.off.estimate.usd is not None else None,
         "remote_state": getattr(st, "state", None), "problem": s.off.problem, "eta_s": _num(eta),
+        "remote": s.remote_description(),
     }
 
 

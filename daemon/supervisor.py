@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,8 @@ from trainer import protocol
 
 log = logging.getLogger("nightshift")
 RESET_NEAR_S = 10.0  # a reset seen this close to a job's death explains the death
+UNREACHABLE_S = 600.0  # a remote box silent this long is given up on (next backend, or local)
+MAX_PREEMPTIONS = 5  # remote attempts that died without a result before moving on
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
 NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
                  "budget": "Cloud budget reached", "divergence": "Loss diverged",
@@ -83,7 +86,8 @@ class _Offload:
     after_pull: str = "finish"  # finish | local | stopped
     launched_at: float | None = None
     poll_failures: int = 0
-    tried: list[str] = field(default_factory=list)
+    preemptions: int = 0
+    tried: list[str] = field(default_factory=list)  # backends given up on in this offload
 
 
 class Supervisor:
@@ -1125,7 +1129,7 @@ class Supervisor:
         key = run_key(self.cfg["job"]["name"], self.run_id)
         files = [Path(p) for p in ([self._script_checkpoint()] if self._script_checkpoint() else [])]
         failures = []
-        for name in self.p.offloader.names:
+        for name in [n for n in self.p.offloader.names if n not in self.off.tried]:
             self.event("offload_estimate", f"moving {remaining} steps to {name} {o['gpu']}: "
                        f"{self._estimate_text(remaining)} (budget ${o['budget_usd']:.2f})")
             try:
@@ -1156,6 +1160,7 @@ class Supervisor:
                 self.event("offload_warning", w, "warn")
             return
         self.off.attempts += 1
+        self.off.tried = []  # the next attempt (after the backoff) tries them all again
         retryable = any(r for _, _, r in failures)
         wait = rules.offload_retry_s(self.off.attempts, retryable)
         why = "; ".join(f"{n}: {m}" for n, m, _ in failures) or "no backend configured"
@@ -1180,6 +1185,12 @@ class Supervisor:
     def _remote_name(self) -> str:
         return self.run.get("remote_backend") or (self.p.offloader.names or ["?"])[0]
 
+    def remote_description(self) -> dict[str, Any] | None:
+        """What the backend says about the remote side (host, connection, state) for status."""
+        if self.state not in (State.REMOTE, State.PULLING, State.OFFLOADING) or not self.run.get("remote_backend"):
+            return None
+        return self.p.offloader.describe(self._remote_name())
+
     def cost_now(self, now: float) -> float:
         run = self.run
         spent = float(run.get("cloud_cost_usd") or 0.0)
@@ -1197,6 +1208,9 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - unreachable now; the budget still counts
             self.off.poll_failures += 1
             self.off.problem = f"cannot reach the remote run ({self.off.poll_failures} tries): {e}"
+            if self.off.poll_failures * 2.0 >= UNREACHABLE_S:
+                await self._fall_back(now, f"{name} unreachable for {UNREACHABLE_S / 60:.0f} min ({e})")
+                return
             if rules.over_budget(self.cost_now(now), float(self.cfg["offload"]["budget_usd"])):
                 await self._cancel_remote(now, "budget reached while the remote run was unreachable")
                 self.off.after_pull = "local"
@@ -1221,7 +1235,13 @@ class Supervisor:
             self.set_state(State.PULLING, "remote run finished: bringing the result home")
         elif st.state == "preempted":
             # The remote attempt died without a result: run it again; it resumes from the
-            # volume's newest checkpoint, so only the steps since are redone.
+            # volume's newest checkpoint, so only the steps since are redone. Not forever: a
+            # job that dies every time (out of memory, say) moves on.
+            self.off.preemptions += 1
+            if self.off.preemptions > MAX_PREEMPTIONS:
+                await self._fall_back(now, f"the job on {name} died {self.off.preemptions} times "
+                                      f"({st.error or 'no error message'})")
+                return
             try:
                 new_id = await self.p.offloader.relaunch(name, run_key(self.cfg["job"]["name"], self.run_id),
                                                          self._job_spec())
@@ -1234,6 +1254,25 @@ class Supervisor:
         elif st.state in ("failed", "cancelled"):
             self._settle_cost(now)
             self._fail(f"the remote run {st.state}: {st.error or 'no error message'}")
+
+    async def _fall_back(self, now: float, why: str) -> None:
+        """The remote box is gone or its job keeps dying: the next backend in [offload] backends,
+        else the local GPU (the last resort), from the newest checkpoint here."""
+        name = self._remote_name()
+        with contextlib.suppress(Exception):
+            await self.p.offloader.cancel(name, self.run["remote_call_id"])
+        self._settle_cost(now)
+        self.off.tried.append(name)
+        self.off.poll_failures = self.off.preemptions = 0
+        rest = [n for n in self.p.offloader.names if n not in self.off.tried]
+        self._update_run(backend="local", remote_call_id=None, remote_backend=None)
+        if rest:
+            self.event("offload_failed", f"{why}; falling back to {rest[0]}", "error")
+            self.set_state(State.OFFLOADING, f"falling back to {rest[0]}: {why}")
+        else:
+            self.off.tried = []
+            self.event("offload_failed", f"{why}; back to the local GPU (no other backend)", "error")
+            self._restart_now(f"continuing locally: {why}")
 
     async def _cancel_remote(self, now: float, why: str) -> None:
         try:

@@ -411,3 +411,49 @@ def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
         await h.run(3)
         assert len(h.spawned) == 2 and sup.snapshot["steps_lost"] == 30
     run(go())
+
+
+class FlakyBox:
+    """A rented box at its boundary: unreachable, or its job dies every time."""
+
+    def __init__(self, mode: str):
+        self.mode, self.launched, self.cancelled = mode, 0, 0
+
+    def upload(self, key, ckpt, files):
+        return UploadResult(1, 0.1)
+
+    def launch(self, key, spec):
+        self.launched += 1
+        return f"{self.mode}-{self.launched}"
+
+    def poll(self, call_id):
+        if self.mode == "gone":
+            raise OffloadError("connection refused", retryable=True)
+        return RemoteStatus(state="preempted", step=3, error="Killed (out of memory)")
+
+    def cancel(self, call_id):
+        self.cancelled += 1
+
+    def pull(self, key, call_id, dest):
+        raise OffloadError("gone", retryable=True)
+
+
+def test_an_unreachable_box_falls_back_to_the_next_backend_then_a_dying_job_to_the_local_gpu(tmp_path):
+    """Issue 15: an interrupted box -> the next backend in [offload] backends, saying which and
+    why; a job that dies every time is not relaunched forever; the local GPU is the last resort."""
+    async def go():
+        cfg = config(tmp_path, offload={"backends": ["ssh", "local"], "budget_usd": 50.0,
+                                        "ssh": {"host": "gpu-box.example", "user": "me"}})
+        gone, dying = FlakyBox("gone"), FlakyBox("dying")
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=100000)},
+                    backends={"ssh": gone, "local": dying})
+        sup = await h.open()
+        await h.run(3)
+        assert (await h.command("offload"))["ok"]
+        await h.run(700, dt=1.0, until=lambda s: s.run.get("remote_backend") == "local")
+        assert any("ssh unreachable for 10 min (connection refused); falling back to local" in m
+                   for m in h.events("offload_failed"))
+        await h.run(60, dt=1.0, until=lambda s: s.state == State.RUNNING)
+        assert sup.state == State.RUNNING and dying.launched == 1 + 5  # the first and 5 relaunches
+        assert any("back to the local GPU" in m for m in h.events("offload_failed"))
+    run(go())
