@@ -110,7 +110,7 @@ def test_controls_need_the_token_and_change_the_job_end_to_end(daemon):
     wait_for(lambda: any(r["kind"] == "released" for r in recs()), 30, what="released")
     # the CLI client does the same with the token file
     r = nightshift("pause", "-c", str(daemon["cfg"]))
-    assert r.returncode == 0 and "paused" in r.stdout
+    assert r.returncode == 0 and r.stdout.startswith("Paused")  # a sentence (issue 19)
     r = nightshift("resume", "-c", str(daemon["cfg"]))
     assert r.returncode == 0
     r = nightshift("status", "-c", str(daemon["cfg"]))
