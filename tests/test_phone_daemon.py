@@ -19,7 +19,15 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+from tests.helpers import (
+    ROOT,
+    free_port,
+    kill_group,
+    nightshift,
+    start_daemon,
+    wait_for,
+    write_config,
+)
 from tests.test_trainer_resume import SMALL
 
 CHROMIUM = shutil.which("chromium")
