@@ -24,6 +24,19 @@ Choices, each deliberate:
   tau > 0) the governor keeps the cap it starts with (last night's learned clock, else none)
   and, if edge reaches the setpoint, steps down 10% of the top clock at most every
   ``LEARN_STEP_POLLS`` polls: a safe move that is also the input variation the fit needs.
+- The fit learns only from readings away from the setpoint (more than ``SETTLED_C``: the
+  heat-up, a step, a room that warms past what the offset has caught). Holding is not
+  information. Learning from it caused a limit cycle (issue 20, second pass). At the setpoint
+  the only input change is the governor's own one-step dither, chosen from the temperature.
+  Those readings pin down one combination of (a, b, tau), namely "this input holds this
+  temperature", and they carry what the first-order model lacks (a chip heats more slowly
+  than it cools). Recursive least squares then slid along the direction those readings leave
+  free: b decayed towards 0 over a few hundred polls, so the model's clock per degree grew
+  without bound. The cap then swung by the move limit at every poll, 2275-2700 MHz, and edge
+  sat 4-5 C under the setpoint (ambient 36, rise 59, tau 100 s, 10-15 polls per tau; 45 of a
+  600-chip grid failed). Frozen while holding, the fit keeps the gain it measured from real
+  steps. The steady-state miss that remains (a wrong a, a warmer room) is ``offset_c``'s, an
+  integrator that cannot change the loop's gain.
 - Above the setpoint the cap never rises (hot means "not faster", whatever the model says).
 - Caps are multiples of ``STEP_MHZ`` inside OD_RANGE and change only by at least one step, so
   noise does not rewrite the cap every poll.
@@ -180,7 +193,7 @@ def _u_to_clock(state: GovState, u: float, lo: float, hi: float) -> float:
     return lo if x3 <= 0 else min(hi, max(lo, hi * x3 ** (1 / 3)))
 
 
-def _learn(state: GovState, obs: GovObs, hi: float) -> GovState:
+def _learn(state: GovState, obs: GovObs, hi: float, target: float) -> GovState:
     """Fold this reading into the fits (the previous reading's input drove this change)."""
     if state.input is None:
         state = replace(state, input="power" if obs.power_w is not None else "clock")
@@ -213,8 +226,11 @@ def _learn(state: GovState, obs: GovObs, hi: float) -> GovState:
                 miss = m.tau_s * (rate - (a + b * u0 + c * e0)) - off
                 state = replace(state, offset_c=off + (1 - math.exp(-dt / m.tau_s)) * miss)
                 rate -= off / m.tau_s
-            fit = state.thermal.update((1.0, u0, e0), rate, lam)
-            state = replace(state, thermal=fit)
+            # Near the setpoint the readings are the loop's own dither: learning from them
+            # drifts b towards 0 (see the module docstring). Only a transient teaches the fit.
+            if m is None or abs(e0 - target) > SETTLED_C:
+                fit = state.thermal.update((1.0, u0, e0), rate, lam)
+                state = replace(state, thermal=fit)
     return replace(state, last=(obs.now, obs.edge_c, u))
 
 
@@ -233,7 +249,7 @@ def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDec
                            st, fallback=True)
     lo, hi = obs.od_range or (800, 2700)
     target = setpoint_c(cfg)
-    state = _learn(replace(state, problem=None), obs, hi)
+    state = _learn(replace(state, problem=None), obs, hi, target)
     cap = state.cap_mhz if state.cap_mhz is not None else hi
     edge = obs.edge_c
     if edge is None:
