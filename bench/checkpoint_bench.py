@@ -15,7 +15,10 @@ The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M
    digest) + trainer.state.restore, against torch.load + load_state_dict (unverified) and
    safetensors' load_file + load_state_dict (unverified); warm (files in the page cache) and
    cold (posix_fadvise DONTNEED on every file just before each run). Restore + one AdamW step
-   is reported too, so no cost can hide in the first step (copy-on-write pages, say).
+   is reported too, so no cost can hide in the first step (copy-on-write pages, say). In this
+   process torch.load gets its memory from pages freed by the previous run; a real resume is a
+   fresh process whose optimizer has no state, where every approach pays for new pages: that
+   is measured too (a child process per run, warm files, restore and restore + one step).
 3. stall: the training loop's wait for a two-phase save (AsyncCheckpointer.snapshot) against a
    synchronous save of the same state.
 Memory: peak extra = the peak resident set (VmHWM, reset through /proc/self/clear_refs) above
@@ -36,6 +39,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,13 +98,41 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def child(kind: str, n_params: float, ckpt: str, tfile: str) -> None:
+    """A resume as it really happens, in a fresh process: build the model and an optimizer with
+    no state, restore, take one step. Prints the times as JSON."""
+    torch.set_num_threads(2)
+    d = 2048
+    model = torch.nn.Sequential(*[torch.nn.Linear(d, d) for _ in range(max(1, round(n_params / (d * d + d))))])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    t0 = time.perf_counter()
+    if kind == "ours":
+        g, m = load_checkpoint(ckpt)
+        restore(g, m, model, opt)
+        del g
+    else:
+        s = torch.load(tfile, weights_only=True)
+        model.load_state_dict(s["model"])
+        opt.load_state_dict(s["optimizer"])
+        del s
+    t1 = time.perf_counter()
+    opt.step()
+    t2 = time.perf_counter()
+    print(json.dumps({"restore": t1 - t0, "restore_then_step": t2 - t0}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", type=float, default=100e6)
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "CKPT", "TORCH_FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None, help="a directory on the disk to measure (default: temp)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "checkpoint.json"))
     a = ap.parse_args()
+    if a.child:
+        return child(a.child[0], a.params, a.child[1], a.child[2])
     torch.set_num_threads(2)
     model, opt = model_and_optimizer(a.params)
     groups, meta = capture(model, opt, step=1)
@@ -112,7 +144,8 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in (
         "raw", "raw_early_writeback", "torch_save", "ours",
         "warm_ours", "warm_torch", "warm_safetensors", "cold_ours", "cold_torch", "cold_safetensors",
-        "step_ours", "step_torch", "stall", "sync")}
+        "step_ours", "step_torch", "fresh_ours", "fresh_torch", "fresh_step_ours", "fresh_step_torch",
+        "stall", "sync")}
     peaks: dict[str, list[int]] = {"persist": [], "restore": [], "torch_save": [], "torch_load": [],
                                    "restore_above_before": [], "torch_load_above_before": []}
 
@@ -233,6 +266,14 @@ def main() -> None:
                 opt.step()
                 times[f"step_{name}"].append(time.perf_counter() - t0)
                 reset()
+            # a real resume: a fresh process, an optimizer without state (warm files)
+            for name in (("torch", "ours") if flip else ("ours", "torch")):
+                out = subprocess.run([sys.executable, __file__, "--params", str(a.params), "--child", name,
+                                      str(next((tmp / "ckpt").glob("step_*"))), str(next(tmp.glob("torch.*")))],
+                                     capture_output=True, text=True, check=True).stdout
+                got = json.loads(out.strip().splitlines()[-1])
+                times[f"fresh_{name}"].append(got["restore"])
+                times[f"fresh_step_{name}"].append(got["restore_then_step"])
             # stall
             for name, fn in ((("sync", sync), ("stall", stall)) if flip else (("stall", stall), ("sync", sync))):
                 times[name].append(fn())
@@ -261,6 +302,8 @@ def main() -> None:
         "restore_warm_vs_safetensors": ratio("warm_ours", "warm_safetensors"),
         "restore_cold_vs_safetensors": ratio("cold_ours", "cold_safetensors"),
         "restore_then_first_step_vs_torch_load": ratio("step_ours", "step_torch"),
+        "restore_fresh_process_vs_torch_load": ratio("fresh_ours", "fresh_torch"),
+        "restore_fresh_process_then_first_step_vs_torch_load": ratio("fresh_step_ours", "fresh_step_torch"),
         "stall_ratio": ratio("stall", "sync"),
         "peak_extra_bytes": peak_extra,
         "peak_extra_bytes_by_phase": {k: max(v) for k, v in peaks.items()},
@@ -282,7 +325,9 @@ def main() -> None:
     print(f"restore (ours/theirs): warm {fmt('restore_warm_vs_torch_load')} of torch.load (goal <= 0.5), "
           f"cold {fmt('restore_cold_vs_torch_load')} (goal <= 1.0); vs safetensors warm "
           f"{fmt('restore_warm_vs_safetensors')}, cold {fmt('restore_cold_vs_safetensors')} (goal <= 1.0)")
-    print(f"restore + first AdamW step: {fmt('restore_then_first_step_vs_torch_load')} of torch.load's")
+    print(f"restore + first AdamW step: {fmt('restore_then_first_step_vs_torch_load')} of torch.load's; "
+          f"in a fresh process (a real resume): restore {fmt('restore_fresh_process_vs_torch_load')}, "
+          f"restore + first step {fmt('restore_fresh_process_then_first_step_vs_torch_load')}")
     print(f"stall: {fmt('stall_ratio')} of a synchronous save (goal <= 0.05)")
     print(f"peak extra memory: persist {max(peaks['persist']) / 1e6:.0f} MB, restore "
           f"{max(peaks['restore']) / 1e6:.0f} MB (torch.save {max(peaks['torch_save']) / 1e6:.0f} MB, "
