@@ -188,9 +188,10 @@ def test_a_queue_of_three_reference_runs_with_a_divergent_second_and_a_kill_9(tm
     cfg.write_text(text)
     d = start_daemon(cfg)
     try:
-        con = lambda: sqlite3.connect(tmp_path / "state" / "nightshift.db")  # noqa: E731
-        wait_for(lambda: con().execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 3, 400,
-                 interval=0.5, what="the third run to start")
+        db = tmp_path / "state" / "nightshift.db"
+        con = lambda: sqlite3.connect(db)  # noqa: E731
+        wait_for(lambda: db.exists() and con().execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 3,
+                 400, interval=0.5, what="the third run to start")
         d.kill()  # kill -9 mid-queue
         d.wait()
         d = start_daemon(cfg)
