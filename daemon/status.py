@@ -19,7 +19,6 @@ class JobFacts:
     loss: float | None = None
     losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
     steps_per_s: float | None = None
-    samples_per_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     last_record_t: float | None = None
     done: bool = False  # the current attempt reported "done"
@@ -57,8 +56,6 @@ class JobFacts:
             if isinstance(loss, (int, float)):
                 self.loss = float(loss)
                 self.losses.append(float(loss))
-            if rec.get("samples_per_s") is not None:
-                self.samples_per_s = float(rec["samples_per_s"])
             self._update_rate(t, rec)
             if isinstance(rec.get("metrics"), dict):
                 self.metrics.update(rec["metrics"])
