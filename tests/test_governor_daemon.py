@@ -1,0 +1,93 @@
+"""The governor through the real Supervisor (tests/harness.py): the simulated GPU's thermal
+model stepped by the harness's fake clock, read by the real sensor on its sysfs tree, capped by
+the real GovernorPort through the simulated driver's pp_od_clk_voltage. A short night: the cap
+reaches the chip, edge holds under pause_at_c, status says "governed at", and at stop the chip
+is uncapped and the learned clock remembered, so the next start begins there."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from daemon import simgpu
+from daemon.governor_io import GovernorPort
+from daemon.policy.governor import STEP_MHZ
+from daemon.sensors import open_sensor
+from daemon.simgpu import LEVEL, OD, SimulatedGPU, parse_od
+from daemon.statusview import build_status
+from tests.harness import Behaviour, FakeClock, Harness, config
+
+SCALE = 60.0  # simulated seconds per fake second: tau_heat 1200 s is 20 s, 40 polls per tau
+CHIP = {"time_scale": SCALE, "ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 1200.0,
+        "tau_cool_s": 600.0, "reset_at_c": 99.0, "reset_after_s": 1e9}
+TRAINER = {"trainer": Behaviour(trainer=True, steps=100_000, step_s=0.5, interval=1000)}
+
+
+def chip_harness(tmp: Path, cfg: dict, sim: SimulatedGPU, clock: FakeClock, **kw) -> Harness:
+    """A harness whose ticks also step the chip; the job heats it while it runs unheld."""
+    sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(sim.root), "card": None}, clock=clock)
+    port = GovernorPort(sim.device_dir, write=simgpu.sysfs_write)
+    h = Harness(tmp, cfg, TRAINER, clock=clock, sensor=sensor, governor=port, **kw)
+    sim.load_fn = lambda: float(any(p.returncode is None and not p.held and not p.stopped_by_signal
+                                    for p in h.factory.procs))
+    advance, last = h.factory.advance, [clock.t]
+
+    def advance_with_chip(now: float) -> None:
+        advance(now)
+        sim.step(now - last[0])
+        last[0] = now
+    h.factory.advance = advance_with_chip
+    return h
+
+
+def committed_cap(sim: SimulatedGPU) -> int | None:
+    """The cap in effect on the chip: OD_SCLK level 1 while the level is manual, else None."""
+    if (sim.device_dir / LEVEL).read_text().strip() != "manual":
+        return None
+    return parse_od((sim.device_dir / OD).read_text())[0]
+
+
+def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learned_clock(tmp_path):
+    async def go():
+        clock = FakeClock()
+        sim = SimulatedGPU(tmp_path / "sim", CHIP, clock=clock, cpu_fn=None)
+        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
+                     thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0})
+        h = chip_harness(tmp_path, cfg, sim, clock)
+        sup = await h.open()
+        assert sup.gov is not None and sup.gov.cap_mhz is None  # no memory yet: full clock
+        await h.run(200, dt=0.5)  # 10 heating time constants of the chip
+        temps = []
+        for _ in range(40):  # the last 20 s: settled
+            await h.run(0.5, dt=0.5)
+            temps.append(sim.temp)
+        cap = sup.gov.cap_mhz
+        assert cap is not None and cap < 2700
+        assert committed_cap(sim) == cap == sim.cap_mhz  # written through pp_od_clk_voltage
+        assert 85.0 - 1.5 <= min(temps) and max(temps) <= 85.0 + 1.5
+        assert not h.events("paused_hot")  # the safety net never fired
+        gov = build_status(sup, clock())["governor"]
+        assert gov["line"].startswith(f"governed at {cap} MHz") and "0 pauses" in gov["line"]
+        learned = sup.gov.learned_mhz
+        ideal = 2700 * ((85.0 - 45.0) / 55.0) ** (1 / 3)  # the chip's sustainable clock, 2429 MHz
+        assert abs(learned - ideal) <= 3 * STEP_MHZ
+
+        sup.request_stop(signal.SIGTERM)
+        await h.run(10, until=lambda s: s.done.is_set())
+        assert sup.done.is_set()
+        sup.close()
+        assert committed_cap(sim) is None and sim.read_cap() == 2700  # never left capped
+        assert h.store.recall("governor") == {"learned_mhz": learned}
+
+        # the next night: a new daemon on the same store starts at the learned clock
+        h2 = chip_harness(tmp_path, cfg, sim, clock, store=h.store)
+        sup2 = await h2.open()
+        assert sup2.gov.cap_mhz == learned
+        await h2.run(1.0)
+        assert committed_cap(sim) == learned
+        sup2.request_stop(signal.SIGTERM)
+        await h2.run(10, until=lambda s: s.done.is_set())
+        sup2.close()
+        assert committed_cap(sim) is None
+    asyncio.run(go())
