@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole story on a simulated GPU, in under a minute")
     d.add_argument("--workdir", help="where to put the demo's files (default: a temp dir)")
     d.add_argument("--long", action="store_true", help="the longer story: five times the steps "
-                   "and two GPU resets (about four minutes)")
+                   "and two GPU resets (about four and a half minutes)")
     d.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default now
     d.set_defaults(fn=cmd_demo)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration")

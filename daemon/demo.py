@@ -32,7 +32,7 @@ from daemon import config as config_mod
 from daemon import statusfmt
 
 # steps, paced rate, resets injected at these fractions of the steps
-SHORT = {"steps": 300, "rate": 10.0, "inject_at": (0.6,)}
+SHORT = {"steps": 250, "rate": 10.0, "inject_at": (0.6,)}
 LONG = {"steps": 1500, "rate": 10.0, "inject_at": (0.35, 0.7)}
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--batch", "8",
         "--eval-every", "100", "--threads", "1"]
@@ -48,7 +48,12 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
         "gpu": {"sensor": "simulated", "poll_interval_s": 0.5,
                 # One real second is a simulated minute: under load the chip would settle at
                 # 92 C, so it crosses pause_at_c after ~8 s of training and cools in ~3 s.
+                # Heat comes from training (the job's simhook marks the GPU busy each step), and
+                # only a little from CPU use (busy_cpu_frac = 4 cores' worth for full load), so
+                # a torch import slowed by a busy machine does not heat the chip into an extra
+                # pause: the story keeps its length whatever the load.
                 "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 47.0,
+                              "busy_cpu_frac": 4.0,
                               "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
                               "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}},
         "thermal": {"pause_at_c": 88.0, "resume_at_c": 74.0, "tctl_pause_at_c": 95.0,
