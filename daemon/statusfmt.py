@@ -89,7 +89,7 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         lines += field("why", _sentence(st["paused_reason"]))
     r = st.get("resets") or {}
     resets = (f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
-              f"{r.get('total', 0)} in this run.")
+              f"{r.get('total', 0)} in this run." if r.get("total") else "none in this run.")
     heat = _heat(r)
     lines += field("reset", resets + (f" {heat}" if heat else ""))
     cloud = st.get("cloud") or {}

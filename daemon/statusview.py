@@ -23,14 +23,15 @@ import math
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
 from daemon.states import State
 
-if TYPE_CHECKING:
-    from daemon.supervisor import Supervisor
+# ``s`` below is the Supervisor, read only. It is not imported, not even for typing: data flows
+# from the Supervisor to this view, never back (no import cycle, type-only ones included).
+Supervisor = Any
 
 
 def _num(x: Any) -> Any:
@@ -66,14 +67,15 @@ _HOLD_DETAIL = {"user": "by you", "schedule": "by the schedule"}
 def display_state(state: State, holds: frozenset[str] | set[str]) -> tuple[str, str]:
     """(word, detail) for the phone. A pause by you or the schedule wins over cooling: it is
     what decides when the job goes on (cooling ends by itself within minutes)."""
-    if state in (State.RUNNING, State.COOLING):
-        for owner in ("user", "schedule"):
+    if state in (State.RUNNING, State.COOLING, State.STARTING, State.IDLE):
+        for owner in ("user", "schedule"):  # also before the start: waiting for the night window
             if owner in holds:
                 extra = " (and cooling)" if "thermal" in holds or state == State.COOLING else ""
                 return "PAUSED", _HOLD_DETAIL[owner] + extra
-        if state == State.COOLING or "thermal" in holds:
+        if state == State.COOLING or (state == State.RUNNING and "thermal" in holds):
             return "COOLING", "paused until the GPU has cooled"
-        return "RUNNING", "training on this machine"
+        if state == State.RUNNING:
+            return "RUNNING", "training on this machine"
     if state in _CLOUD_DETAIL:
         return "CLOUD", _CLOUD_DETAIL[state]
     return {

@@ -102,6 +102,8 @@ def test_meter_keeps_the_transition_in_force_at_the_window_start():
     (State.SUCCEEDED, set(), "DONE", "finished"),
     (State.FAILED, set(), "FAILED", "gave up"),
     (State.STARTING, set(), "STARTING", "starting"),
+    (State.STARTING, {"schedule"}, "PAUSED", "by the schedule"),  # waiting for the night window
+    (State.IDLE, {"user"}, "PAUSED", "by you"),
 ])
 def test_every_state_has_a_word_a_tired_user_can_tell_apart(state, holds, word, detail):
     w, d = display_state(state, frozenset(holds))
@@ -176,12 +178,14 @@ def test_nothing_stale_after_the_run_ends(word, state):
     text = statusfmt.render(st, now=1010.0)
     assert text.splitlines()[0] == f"nightshift  {word}"
     assert "ETA" not in text and "rate" not in text and "why" not in text
+    assert "reset 1 in the last 1h00m, 1 in this run." in _flat(text)
     assert ("FAIL  Job failed: ValueError: bad." in text) == (word == "FAILED")
 
 
 def test_a_minimal_or_hostile_status_still_renders():
     text = statusfmt.render({"state": "running", "temps": {"edge_c": None}, "eta_s": None})
     assert text.startswith("nightshift  RUNNING") and _fits(text)
+    assert "reset none in this run." in text
 
 
 # ------------------------------------------------------------------ Prometheus

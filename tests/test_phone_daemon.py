@@ -204,3 +204,10 @@ def test_stop_then_pause_reads_stopped_once_and_nothing_stale(night):
     assert r.returncode == 1
     assert r.stdout.strip() == "Nothing to pause: the run is stopped."
     assert r.stdout.count("stopped") == 1
+
+
+def test_the_log_says_each_config_thing_once(night):
+    kill_group(night["proc"])
+    out = night["proc"].stdout.read()
+    assert out.count("config edit rejected") == 1, out
+    assert out.count("wait for a daemon restart") == 1
