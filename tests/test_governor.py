@@ -138,6 +138,17 @@ def test_before_the_model_is_known_it_steps_down_at_the_setpoint_but_not_every_p
     assert all(b - a >= 5 for a, b in zip(changes, changes[1:], strict=False))
 
 
+def test_before_the_model_is_known_a_fast_rise_steps_down_before_the_setpoint_is_crossed():
+    """Few polls per time constant (the night replay has ~8): heating at full clock crosses the
+    setpoint and the pause threshold between two readings, so the learning step looks one ahead."""
+    fast = decide_governor(GovObs(0.0, 80.0, 2700, 45.0, (LO, HI), None, 150.0), GovState.start(None), CFG)
+    fast = decide_governor(GovObs(150.0, 83.5, 2700, 45.0, (LO, HI), None, 150.0), fast.state, CFG)
+    assert fast.cap_mhz == 2425 and "by the next reading" in fast.reason
+    slow = decide_governor(GovObs(0.0, 83.0, 2700, 45.0, (LO, HI), None, 150.0), GovState.start(None), CFG)
+    slow = decide_governor(GovObs(150.0, 83.5, 2700, 45.0, (LO, HI), None, 150.0), slow.state, CFG)
+    assert slow.cap_mhz is None  # 84.0 C by the next reading: not yet
+
+
 def test_no_overdrive_or_no_permission_falls_back_to_pausing_and_names_the_fix():
     fix = "amdgpu.ppfeaturemask is 0xfff7bfff ...: add amdgpu.ppfeaturemask=0xfff7ffff"
     dec = decide_governor(GovObs(0.0, 80.0, 2700, 40.0, None, fix), GovState(cap_mhz=2400), CFG)

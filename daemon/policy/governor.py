@@ -22,7 +22,8 @@ model, and the fit corrects a wrong one as the readings come in.
 Choices, each deliberate:
 - Until the fit is trustworthy (enough samples, the input has varied, physical signs: b > 0,
   tau > 0) the governor keeps the cap it starts with (last night's learned clock, else none)
-  and, if edge reaches the setpoint, steps down 10% of the top clock at most every
+  and, if edge reaches the setpoint by the next reading (at its current slope), steps down
+  10% of the top clock at most every
   ``LEARN_STEP_POLLS`` polls: a safe move that is also the input variation the fit needs.
 - The fit learns only from readings away from the setpoint (more than ``SETTLED_C``: the
   heat-up, a step, a room that warms past what the offset has caught). Holding is not
@@ -249,6 +250,7 @@ def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDec
                            st, fallback=True)
     lo, hi = obs.od_range or (800, 2700)
     target = setpoint_c(cfg)
+    prev = state.last
     state = _learn(replace(state, problem=None), obs, hi, target)
     cap = state.cap_mhz if state.cap_mhz is not None else hi
     edge = obs.edge_c
@@ -257,11 +259,18 @@ def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDec
     m = model_of(state)
     if m is None:
         waited = obs.now - state.changed_at if state.changed_at is not None else math.inf
-        if edge >= target and waited >= LEARN_STEP_POLLS * obs.poll_interval_s and cap > lo:
+        # By the next reading at this slope: with few polls per time constant a chip heating
+        # at full clock crosses the setpoint and the pause threshold between two polls.
+        rising = 0.0
+        if prev is not None and 0 < obs.now - prev[0] <= 10 * obs.poll_interval_s:
+            rising = max(0.0, (edge - prev[1]) / (obs.now - prev[0]))
+        soon = edge + rising * obs.poll_interval_s
+        if soon >= target and waited >= LEARN_STEP_POLLS * obs.poll_interval_s and cap > lo:
             new = _quantize(cap - 0.1 * hi, lo, hi, down=True)
             st = replace(state, cap_mhz=new, changed_at=obs.now)
-            return GovDecision(new, f"learning: edge {edge:.1f} C >= setpoint {target:g} C before the "
-                               f"model is known: stepping down to {new} MHz", st)
+            return GovDecision(new, f"learning: edge {edge:.1f} C reaches the setpoint {target:g} C by "
+                               f"the next reading before the model is known: stepping down to {new} MHz",
+                               st)
         return GovDecision(state.cap_mhz, f"learning the chip ({state.thermal.n} readings): edge "
                            f"{edge:.1f} C, cap {_fmt(state.cap_mhz)}", state)
     # the clock whose temperature one time constant ahead is the setpoint
