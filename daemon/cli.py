@@ -183,7 +183,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nightshift", description=DESCRIPTION, epilog=EXIT_CODES,
+    import textwrap
+    p = argparse.ArgumentParser(prog="nightshift", description=textwrap.fill(DESCRIPTION, 78),
+                                epilog=EXIT_CODES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
