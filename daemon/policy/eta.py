@@ -130,6 +130,7 @@ class DutyMeter:
 
     window_s: float = WINDOW_S
     transitions: list[tuple[float, bool]] = field(default_factory=list)
+    _cache: tuple[Any, float, Duty | None] | None = field(default=None, repr=False)
 
     def seed(self, transitions: list[tuple[float, bool]]) -> None:
         self.transitions = list(transitions)
@@ -142,10 +143,17 @@ class DutyMeter:
         self._prune(now)
 
     def duty(self, now: float) -> Duty | None:
-        return duty_cycle(self.transitions, now, self.window_s)
+        # an hour of thermal cycling is ~700 transitions: recomputed at most once a second, or
+        # at once when a transition came in (the tick runs 5 times a second)
+        key = (len(self.transitions), self.transitions[-1] if self.transitions else None)
+        if self._cache is not None and self._cache[0] == key and 0 <= now - self._cache[1] < 1.0:
+            return self._cache[2]
+        d = duty_cycle(self.transitions, now, self.window_s)
+        self._cache = (key, now, d)
+        return d
 
     def _prune(self, now: float) -> None:
         cut = now - self.window_s
-        i = bisect.bisect_right([t for t, _ in self.transitions], cut) - 1
+        i = bisect.bisect_right(self.transitions, (cut, True)) - 1  # sorted by time
         if i > 0:  # the transition in force at the window's start stays
             del self.transitions[:i]
