@@ -1,0 +1,133 @@
+"""Issue 14 under the real daemon: an unmodified script with nanoGPT's habits (tests/jobs/nanogpt_like.py,
+copied as-is into a workdir outside the project) and the config a user would write for it: `command`,
+`resume_command`, `checkpoint_glob` and `progress_pattern = "nanogpt"`. Nothing in the script changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.helpers import JOBS, free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+
+# Seconds per iter. The daemon adopts a checkpoint once it has stayed unchanged for 2 s (settle_s,
+# checked once per poll), so checkpoints must be a few seconds apart (nanoGPT's are minutes apart).
+SLEEP = 0.1
+
+
+def user_config(tmp: Path, iters: int, every: int, sleep: float = SLEEP, **sections: dict[str, Any]) -> Path:
+    """The script copied to ``tmp/work`` and the config a nanoGPT user writes for it."""
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copy(JOBS / "nanogpt_like.py", work / "train.py")
+    train = ["python", "train.py", "--out_dir=out", f"--max_iters={iters}", f"--eval_interval={every}",
+             f"--sleep={sleep}"]
+    job = {"workdir": str(work), "command": train, "resume_command": [*train, "--init_from=resume"],
+           "checkpoint_glob": "out/ckpt.pt", "progress_pattern": "nanogpt", "total_steps": iters,
+           "heartbeat_timeout_s": 60.0}
+    return write_config(tmp, {"job": job | sections.pop("job", {}),
+                              "api": {"enabled": True, "port": free_port()}, **sections})
+
+
+def db(tmp: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(tmp / "state" / "nightshift.db")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def run_row(tmp: Path) -> dict[str, Any] | None:
+    try:
+        row = db(tmp).execute("SELECT * FROM runs").fetchone()
+    except sqlite3.OperationalError:  # the daemon has not created its tables yet
+        return None
+    return dict(row) if row else None
+
+
+def events(tmp: Path, kind: str) -> list[str]:
+    return [r["message"] for r in db(tmp).execute("SELECT message FROM events WHERE kind=? ORDER BY id", (kind,))]
+
+
+def starts(tmp: Path) -> list[str]:
+    """How each attempt was started ("job started (pid N): <why>"), in order."""
+    return [m for m in events(tmp, "state") if "job started" in m]
+
+
+def job_pid(tmp: Path, attempt: int) -> int | None:
+    """The pid of the ``attempt``-th job once it runs."""
+    row = run_row(tmp)
+    return row["job_pid"] if row and row["job_pid"] and len(starts(tmp)) == attempt else None
+
+
+def status(cfg: Path) -> dict[str, Any]:
+    """`nightshift status --json`; {} while the daemon is not serving yet."""
+    r = nightshift("status", "--json", "-c", str(cfg), timeout=30)
+    if r.returncode != 0 and "not running" in r.stdout + r.stderr:
+        return {}
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def adopted_steps(tmp: Path) -> list[int]:
+    return [r["step"] for r in db(tmp).execute("SELECT step, path FROM checkpoints ORDER BY id")
+            if "adopted" in r["path"]]
+
+
+def job_log(tmp: Path) -> str:
+    p = tmp / "state" / "runs" / "1" / "job.log"
+    return p.read_text() if p.exists() else ""
+
+
+def iters_in_log(tmp: Path) -> list[int]:
+    return [int(n) for n in re.findall(r"(?m)^iter (\d+):", job_log(tmp))]
+
+
+def redone(iters: list[int]) -> int:
+    """Iters printed again after a restart: each drop of the iter counter."""
+    return sum(a - b for a, b in zip(iters, iters[1:]) if b < a)
+
+
+def saved_iter(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["iter_num"]
+
+
+@pytest.mark.torture
+def test_kill9_before_the_first_checkpoint_restarts_fresh_and_after_it_resumes_from_the_adopted_copy(tmp_path):
+    cfg = user_config(tmp_path, iters=150, every=50)
+    ckpt = tmp_path / "work" / "out" / "ckpt.pt"
+    d = start_daemon(cfg)
+    try:
+        wait_for(lambda: (status(cfg).get("step") or 0) >= 5, 60, 0.3, "the first iters in status")
+        assert not ckpt.exists()
+        os.kill(job_pid(tmp_path, 1), signal.SIGKILL)  # before its first checkpoint
+        pid2 = wait_for(lambda: job_pid(tmp_path, 2), 30, what="the second attempt")
+        assert not ckpt.exists()
+        wait_for(lambda: 50 in adopted_steps(tmp_path), 60, 0.2, "ckpt.pt of iter 50 adopted")
+        os.kill(pid2, signal.SIGKILL)  # after it, some iters past it
+        wait_for(lambda: job_pid(tmp_path, 3), 30, what="the third attempt")
+        wait_for(lambda: "Resuming training from out\n" in job_log(tmp_path), 60, what="the resumed attempt")
+        # every iter printed again (attempt 1's from 0, attempt 2's past iter 50) is a step lost
+        st = wait_for(lambda: (s := status(cfg)).get("steps_lost") == redone(iters_in_log(tmp_path)) > 5 and s,
+                      30, 0.3, "the resumed attempt's progress in status")
+        assert 50 <= st["step"] < max(iters_in_log(tmp_path)) and st["total_steps"] == 150
+        assert isinstance(st["loss"], float)
+        assert st["checkpoint"]["step"] == 50 and st["checkpoint"]["adopted"] == "out/ckpt.pt"
+        assert d.wait(timeout=120) == 0, d.stdout.read()[-3000:]
+    finally:
+        kill_group(d)
+    first, second, third = starts(tmp_path)
+    assert "fresh start" in first and "fresh start" in second  # the plain command: nothing to resume
+    assert "resume_command, from out/ckpt.pt" in third
+    log = job_log(tmp_path)
+    assert log.count("Initializing a new model from scratch") == 2 and log.count("Resuming training from out") == 1
+    assert run_row(tmp_path)["state"] == "succeeded"
+    assert saved_iter(ckpt) == 150
