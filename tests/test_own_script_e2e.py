@@ -5,20 +5,28 @@ copied as-is into a workdir outside the project) and the config a user would wri
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shutil
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.helpers import JOBS, free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+from tests.helpers import (
+    JOBS,
+    free_port,
+    kill_group,
+    nightshift,
+    start_daemon,
+    wait_for,
+    write_config,
+)
 
 # Seconds per iter. The daemon adopts a checkpoint once it has stayed unchanged for 2 s (settle_s,
 # checked once per poll), so checkpoints must be a few seconds apart (nanoGPT's are minutes apart).
@@ -93,7 +101,7 @@ def iters_in_log(tmp: Path) -> list[int]:
 
 def redone(iters: list[int]) -> int:
     """Iters printed again after a restart: each drop of the iter counter."""
-    return sum(a - b for a, b in zip(iters, iters[1:]) if b < a)
+    return sum(a - b for a, b in itertools.pairwise(iters) if b < a)
 
 
 def saved_iter(path: Path) -> int:
