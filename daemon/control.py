@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from trainer.protocol import CONTROL_FILE, ONE_SHOT_COMMANDS
 
+# How to wake the job after a write: its pid (SIGUSR1 to that process), a callable, or None (the
+# job reads the file within a second anyway). Only a job that announced the protocol may be
+# woken: before trainer/ installs its handler, SIGUSR1's default action kills the process.
+Wake = int | Callable[[], object] | None
 MAX_PENDING = 32  # unacknowledged commands kept in the file (a job that never acks: bounded)
 
 
@@ -34,23 +39,23 @@ class JobControl:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return 0
 
-    def set_hold(self, hold: bool, pid: int | None) -> None:
+    def set_hold(self, hold: bool, wake: Wake = None) -> None:
         if hold != self.hold:
             self.hold = hold
-            self._write(pid)
+            self._write(wake)
 
-    def set_interval(self, steps: int | None, pid: int | None) -> None:
+    def set_interval(self, steps: int | None, wake: Wake = None) -> None:
         if steps != self.interval:
             self.interval = steps
-            self._write(pid)
+            self._write(wake)
 
-    def command(self, command: str, pid: int | None) -> int:
+    def command(self, command: str, wake: Wake = None) -> int:
         """Queue a one-shot command; returns its seq."""
         if command not in ONE_SHOT_COMMANDS:
             raise ValueError(f"unknown job command {command!r}; expected one of {ONE_SHOT_COMMANDS}")
         self.seq += 1
         self.pending = [*self.pending, {"seq": self.seq, "command": command}][-MAX_PENDING:]
-        self._write(pid)
+        self._write(wake)
         return self.seq
 
     def acked(self, seq: int) -> None:
@@ -63,7 +68,7 @@ class JobControl:
         self.hold = hold
         self._write(None)
 
-    def _write(self, pid: int | None) -> None:
+    def _write(self, wake: Wake) -> None:
         body = {"seq": self.seq, "hold": self.hold, "commands": self.pending,
                 "checkpoint_interval": self.interval}
         tmp = self.path.with_suffix(".json.tmp")
@@ -73,10 +78,12 @@ class JobControl:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        if pid:
+        if callable(wake):
+            wake()
+        elif wake:
             try:
                 # the job's main process only: a DataLoader worker started with spawn has no
                 # handler, and SIGUSR1's default action would kill it
-                os.kill(pid, signal.SIGUSR1)
+                os.kill(wake, signal.SIGUSR1)
             except (ProcessLookupError, PermissionError):
                 pass  # already gone: the file still says what to do if it comes back

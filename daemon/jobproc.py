@@ -377,6 +377,16 @@ class JobProcess:
             return False
         return signal_group(self.pid, sig)
 
+    def wake(self) -> None:
+        """SIGUSR1 to the main process only: a DataLoader worker started with spawn has no
+        handler, and SIGUSR1's default action would kill it."""
+        if self.pid is None or self.returncode is not None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def hold(self) -> None:
         """SIGSTOP the whole group (for jobs that don't speak the control protocol)."""
         if self.signal(signal.SIGSTOP):

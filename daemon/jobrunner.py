@@ -40,6 +40,7 @@ class Process(Protocol):
     def signal(self, sig: int) -> bool: ...
     def hold(self) -> None: ...
     def release(self) -> None: ...
+    def wake(self) -> None: ...  # SIGUSR1 to the main process only (trainer/'s control wake-up)
     def cpu_time(self) -> float: ...  # CPU seconds of the job's whole tree, non-decreasing
 
 
@@ -149,8 +150,14 @@ class JobRunner:
         self._stop = None
 
     # ------------------------------------------------------------------ holding, commands
+    def _wake(self) -> None:
+        """SIGUSR1 to the job's main process, only once it announced the protocol (before its
+        handler is installed the signal would kill it); otherwise the file alone does it."""
+        if self.running and self.cooperative and self.proc is not None:
+            self.proc.wake()
+
     def set_hold(self, hold: bool) -> None:
-        self.control.set_hold(hold, self.pid)
+        self.control.set_hold(hold, self._wake)
         if self.proc is None or not self.running or self.cooperative:
             return
         if hold and not self.proc.stopped_by_signal:
@@ -162,10 +169,10 @@ class JobRunner:
         """A one-shot command for a trainer/ job; None when the job cannot take it."""
         if not self.running or not self.cooperative:
             return None
-        return self.control.command(name, self.pid)
+        return self.control.command(name, self._wake)
 
     def set_interval(self, steps: int | None) -> None:
-        self.control.set_interval(steps, self.pid)
+        self.control.set_interval(steps, self._wake)
 
     # ------------------------------------------------------------------ stopping
     @property
@@ -184,7 +191,7 @@ class JobRunner:
         cooperative = graceful and self.cooperative
         if cooperative:
             self.control.set_hold(False, None)
-            self.control.command("exit", self.proc.pid)
+            self.control.command("exit", self._wake)
         term_at = now + timeout_s if cooperative else now
         self._stop = _Stop(graceful, term_at, term_at + TERM_S)
         self.advance(now)

@@ -49,6 +49,7 @@ class Behaviour:
     cpu_per_s: float = 1.0  # CPU seconds per second while running (0: a hung GPU kernel)
     ignores_term: bool = False
     silent: bool = False  # a trainer that writes no progress records (hung in a kernel)
+    slow_start: float = 0.0  # seconds before a trainer announces the protocol (importing torch)
 
 
 class FakeProc:
@@ -75,11 +76,18 @@ class FakeProc:
         self._next_step_at = 0.0
         self._done_script = 0
         self.term_at: float | None = None
+        self.started_protocol = False
 
     async def start(self) -> None:
         self.started_at = self.create_time = self._last = self.clock()
         self._next_step_at = self.started_at + self.b.step_s
+        if self.b.trainer and not self.b.slow_start:
+            self.announce()
+
+    def announce(self) -> None:
+        """The start record: from now on the job has its SIGUSR1 handler (trainer/runtime)."""
         if self.b.trainer:
+            self.started_protocol = True
             resume = self.env.get("NIGHTSHIFT_RESUME") or ""
             self.step = int(Path(resume).name.split("_")[-1]) if resume else 0
             self.record("start", step=self.step, resumed_from=resume or None, protocol=2,
@@ -104,6 +112,12 @@ class FakeProc:
 
     def hold(self) -> None:
         self.stopped_by_signal = True
+
+    def wake(self) -> None:
+        """SIGUSR1: a trainer whose handler is not installed yet (no start record) dies of it."""
+        self.wakes = getattr(self, "wakes", 0) + 1
+        if self.returncode is None and not self.started_protocol:
+            self.exit(-signal.SIGUSR1)
 
     def cpu_time(self) -> float:
         return self.cpu
@@ -183,6 +197,11 @@ class FakeProc:
                 return
         if not self.b.trainer:
             return
+        if not self.started_protocol:
+            if t < self.b.slow_start:
+                return
+            self.announce()
+            self._next_step_at = now + self.b.step_s
         self._obey()
         while self.returncode is None and not self.held and now >= self._next_step_at:
             self._next_step_at += self.b.step_s

@@ -48,7 +48,7 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
                                                    timeout=5).read())
             if st["state"] == "remote" and st["cloud"]["remote_state"] == "running" and st["step"]:
                 seen_remote.append(st)
-            return seen_remote
+            return len(seen_remote) >= 3  # the cost grows while it runs: look more than once
         wait_for(remote_visible, 120, interval=0.2, what="the remote run in status")
         out, _ = d.communicate(timeout=180)
         assert d.returncode == 0, out[-3000:]
@@ -63,6 +63,8 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     [estimate] = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offload_estimate'")]
     assert "min, $" in estimate and "unknown" not in estimate  # the remote rate is known here
     assert seen_remote[-1]["backend"] == "cloud" and seen_remote[-1]["cloud"]["cost_usd"] > 0
+    costs = [s["cloud"]["cost_usd"] for s in seen_remote]
+    assert costs == sorted(costs)  # shown live, never going back
     got, meta = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
     assert meta["step"] == 240
     for group in ("model", "optimizer"):

@@ -457,3 +457,28 @@ def test_an_unreachable_box_falls_back_to_the_next_backend_then_a_dying_job_to_t
         assert sup.state == State.RUNNING and dying.launched == 1 + 5  # the first and 5 relaunches
         assert any("back to the local GPU" in m for m in h.events("offload_failed"))
     run(go())
+
+
+def test_a_pause_while_the_trainer_is_still_starting_never_signals_it_to_death(tmp_path):
+    """A hot GPU at start-up: the hold was sent with SIGUSR1 before trainer/ had installed its
+    handler (torch still importing), and SIGUSR1's default action killed the job, every time."""
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        sensor.edge_c = 95.0  # hot from the start
+        cfg = config(tmp_path, thermal={"trend": False, "min_cooldown_s": 5.0})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=30, slow_start=4.0)},
+                    clock=clock, sensor=sensor)
+        sup = await h.open()
+        await h.run(2.6)  # the second poll sees it hot while it is still importing
+        assert sup.state == State.COOLING
+        proc = h.factory.procs[0]
+        assert proc.returncode is None, "woken to death before its handler existed"
+        # not announced yet = not known to speak the protocol: held like a script (SIGSTOP)
+        assert proc.stopped_by_signal and getattr(proc, "wakes", 0) == 0
+        await h.run(4)
+        assert proc.returncode is None and proc.step == 0
+        sensor.edge_c = 60.0
+        await h.run(60, until=lambda s: s.state == State.SUCCEEDED)
+        assert sup.state == State.SUCCEEDED and len(h.spawned) == 1
+    run(go())
