@@ -130,7 +130,8 @@ class RemoteSteps:
         remaining = max(0, (self.facts.total_steps or 0) - (self.facts.step or 0))
         o = self.cfg["offload"]
         key = run_key(self.cfg["job"]["name"], self.run_id)
-        files = [Path(p) for p in ([self._script_checkpoint()] if self._script_checkpoint() else [])]
+        # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
+        files = [Path(self.cfg["job"]["workdir"]) / p for p in filter(None, [self._script_checkpoint()])]
         failures = []
         for name in [n for n in self.p.offloader.names if n not in self.off.tried]:
             self.event("offload_estimate", f"moving {remaining} steps to {name} {o['gpu']}: "
