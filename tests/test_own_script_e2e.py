@@ -34,13 +34,14 @@ from tests.helpers import (
 SLEEP = 0.1
 
 
-def user_config(tmp: Path, iters: int, every: int, sleep: float = SLEEP, **sections: dict[str, Any]) -> Path:
+def user_config(tmp: Path, iters: int, every: int, sleep: float = SLEEP, args: tuple[str, ...] = (),
+                **sections: dict[str, Any]) -> Path:
     """The script copied to ``tmp/work`` and the config a nanoGPT user writes for it."""
     work = tmp / "work"
     work.mkdir()
     shutil.copy(JOBS / "nanogpt_like.py", work / "train.py")
     train = ["python", "train.py", "--out_dir=out", f"--max_iters={iters}", f"--eval_interval={every}",
-             f"--sleep={sleep}"]
+             f"--sleep={sleep}", *args]
     job = {"workdir": str(work), "command": train, "resume_command": [*train, "--init_from=resume"],
            "checkpoint_glob": "out/ckpt.pt", "progress_pattern": "nanogpt", "total_steps": iters,
            "heartbeat_timeout_s": 60.0}
@@ -202,3 +203,38 @@ def test_the_unmodified_script_heats_the_simulated_gpu_is_sigstop_held_while_coo
     iters = iters_in_log(tmp_path)
     assert iters == list(range(500)) and held_at < 499  # every iter once: no step lost to the pause
     assert run_row(tmp_path)["state"] == "succeeded"
+
+
+@pytest.mark.torture
+def test_failover_to_the_local_backend_carries_workdir_data_and_checkpoint_and_brings_the_result_home(tmp_path):
+    """`nightshift offload` for a script in a workdir outside the project, with a data dir."""
+    data = tmp_path / "work" / "data"
+    # the script reads its corpus from the data dir, by a relative path
+    cfg = user_config(tmp_path, iters=150, every=50, args=("--data=data/corpus.bin",),
+                      offload={"backend": "local", "budget_usd": 5.0, "local_dir": str(tmp_path / "volume"),
+                               "data": ["data"]})
+    data.mkdir()
+    (data / "corpus.bin").write_bytes(os.urandom(4096))
+    d = start_daemon(cfg)
+    try:
+        wait_for(lambda: 50 in adopted_steps(tmp_path), 90, 0.2, "ckpt.pt of iter 50 adopted")
+        r = nightshift("offload", "-c", str(cfg), timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert d.wait(timeout=180) == 0, d.stdout.read()[-3000:]
+    finally:
+        kill_group(d)
+    assert run_row(tmp_path)["state"] == "succeeded"
+    [offloaded] = events(tmp_path, "offloaded")
+    assert "forced by the user" in offloaded and events(tmp_path, "pulled")
+    [vol] = [p for p in (tmp_path / "volume").iterdir() if (p / "job.log").exists()]
+    remote_log = (vol / "job.log").read_text()
+    # it ran from its copied workdir, read the same corpus, resumed from the adopted checkpoint
+    assert (vol / "work" / "train.py").read_bytes() == (tmp_path / "work" / "train.py").read_bytes()
+    [seed] = set(re.findall(r"data: data/corpus.bin \(seed (\d+)\)", job_log(tmp_path)))
+    assert f"data: data/corpus.bin (seed {seed})" in remote_log
+    assert "Resuming training from out" in remote_log and "iter 149:" in remote_log
+    assert "iter 149:" not in job_log(tmp_path)  # the end was trained remotely
+    # the result came home to the workdir's relative path
+    home = tmp_path / "work" / "out" / "ckpt.pt"
+    assert saved_iter(home) == 150
+    assert home.read_bytes() == (vol / "work" / "out" / "ckpt.pt").read_bytes()
