@@ -30,6 +30,7 @@ class FakeSource:
 
     def __init__(self) -> None:
         self.controls: list[str] = []
+        self.edits: list[str] = []  # queue edits that reached the daemon
         self.fail_events = False
 
     def status(self) -> dict[str, Any]:
@@ -48,6 +49,16 @@ class FakeSource:
     async def control(self, action: str) -> dict[str, Any]:
         self.controls.append(action)
         return {"ok": True, "action": action}
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [{"id": 1, "name": "r", "state": "running", "best_loss": math.nan, "final_loss": math.inf}]
+
+    def queue(self) -> list[dict[str, Any]]:
+        return [{"id": 2, "name": "next", "command": ["python", "train.py"], "env": {}}]
+
+    async def submit(self, action: str, arg: Any = None) -> dict[str, Any]:
+        self.edits.append(action)
+        return {"ok": True, "message": action, "queue": []}
 
 
 class Served:
@@ -193,10 +204,13 @@ def test_schemathesis_every_operation_with_no_wrong_and_right_token(served):
                 failures.append((operation.method, case.path, dict(case.path_parameters or {}),
                                  resp.status_code))
             action = (case.path_parameters or {}).get("action")
+            right = auth == f"Bearer {TOKEN}"
             if operation.method.upper() == "POST" and action in api.ACTIONS:
-                right = auth == f"Bearer {TOKEN}"
                 if resp.status_code != (200 if right else 401):
                     failures.append(("token" if right else "no/wrong token", action, resp.status_code))
+            elif operation.method.upper() in ("POST", "DELETE") and not right and \
+                    resp.status_code not in (401, 404, 422):  # an edit needs the token (404: no such action)
+                failures.append(("no/wrong token", operation.path, resp.status_code))
         check()
 
     for operation in ops:
@@ -215,3 +229,4 @@ def test_schemathesis_every_operation_with_no_wrong_and_right_token(served):
                 failures.append((action, auth, code))
     assert not failures, failures[:10]
     assert set(served.source.controls) == set(api.ACTIONS)
+    assert set(served.source.edits) <= {"queue_add", "queue_remove", "queue_move"}

@@ -60,7 +60,7 @@ def test_interval_checkpoints_progress_and_done_records(tmp_path):
     done = records(tmp_path, "done")[0]
     assert done["step"] == 10 and Path(done["checkpoint"]).is_dir()
     start = records(tmp_path, "start")[0]
-    assert start["protocol"] == 1 and start["resumed_from"] is None
+    assert start["protocol"] == 2 and start["resumed_from"] is None
 
 
 def test_resume_skips_a_bit_flipped_newest_checkpoint_and_says_why(tmp_path, capsys):
