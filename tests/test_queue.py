@@ -190,8 +190,13 @@ def test_a_queue_of_three_reference_runs_with_a_divergent_second_and_a_kill_9(tm
     try:
         db = tmp_path / "state" / "nightshift.db"
         con = lambda: sqlite3.connect(db)  # noqa: E731
-        wait_for(lambda: db.exists() and con().execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 3,
-                 400, interval=0.5, what="the third run to start")
+
+        def runs_started() -> int:
+            try:
+                return con().execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            except sqlite3.OperationalError:  # not created yet
+                return 0
+        wait_for(lambda: runs_started() >= 3, 400, interval=0.5, what="the third run to start")
         d.kill()  # kill -9 mid-queue
         d.wait()
         d = start_daemon(cfg)
