@@ -227,6 +227,8 @@ class RemoteSteps:
         if st.loss is not None:
             self.facts.loss = st.loss
             self.facts.losses.append(st.loss)
+            if st.step is not None:  # the run's fingerprint covers its remote part too
+                self._remember_loss(int(st.step), float(st.loss))
         budget = float(self.cfg["offload"]["budget_usd"])
         if st.state == "running" and rules.over_budget(self.cost_now(now), budget):
             self.event("budget", f"cloud budget ${budget:.2f} reached: final checkpoint, then cancel", "warn")
