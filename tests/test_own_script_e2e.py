@@ -234,6 +234,11 @@ def test_failover_to_the_local_backend_carries_workdir_data_and_checkpoint_and_b
     assert f"data: data/corpus.bin (seed {seed})" in remote_log
     assert "Resuming training from out" in remote_log and "iter 149:" in remote_log
     assert "iter 149:" not in job_log(tmp_path)  # the end was trained remotely
+    assert (vol / "work" / "data").is_symlink()  # the data dir went to the data volume, linked
+    assert (vol / "work" / "data" / "corpus.bin").read_bytes() == (data / "corpus.bin").read_bytes()
+    # the run's fingerprint ends where the remote run ended
+    last_loss = float(re.findall(r"(?m)^iter 149: loss ([\d.]+)", remote_log)[0])
+    assert run_row(tmp_path)["final_loss"] == pytest.approx(last_loss, abs=1e-4)
     # the result came home to the workdir's relative path
     home = tmp_path / "work" / "out" / "ckpt.pt"
     assert saved_iter(home) == 150
