@@ -155,7 +155,7 @@ class RemoteSteps:
                              remote_started=self.off.launched_at)
             self.set_state(State.REMOTE, f"running on {name} ({o['gpu']}), call {got.call_id}")
             self.event("offloaded", f"job moved to {name} {o['gpu']} from "
-                       f"{info.path.name if info else 'scratch'}: {self.off.reason}; uploaded "
+                       f"{info.path.name if info else self._script_checkpoint() or 'scratch'}: {self.off.reason}; uploaded "
                        f"{got.upload.bytes / 2**20:.1f} MB in {got.upload.seconds:.1f} s"
                        + (f" (after {', '.join(n for n, _, _ in failures)} failed)" if failures else ""),
                        upload_bytes=got.upload.bytes,
