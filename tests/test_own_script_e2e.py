@@ -225,7 +225,7 @@ def test_failover_to_the_local_backend_carries_workdir_data_and_checkpoint_and_b
         kill_group(d)
     assert run_row(tmp_path)["state"] == "succeeded"
     [offloaded] = events(tmp_path, "offloaded")
-    assert "forced by the user" in offloaded and events(tmp_path, "pulled")
+    assert "from out/ckpt.pt: forced by the user" in offloaded and events(tmp_path, "pulled")
     [vol] = [p for p in (tmp_path / "volume").iterdir() if (p / "job.log").exists()]
     remote_log = (vol / "job.log").read_text()
     # it ran from its copied workdir, read the same corpus, resumed from the adopted checkpoint
