@@ -3,6 +3,7 @@ the composition root (daemon/app.py) at start and by live reload (daemon/reconfi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,10 @@ def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
     if not cfg["job"]["checkpoint_glob"]:
         return None
     from daemon.adopt import Adopter
+    log = logging.getLogger("nightshift.adopt")  # why a torn ckpt.pt was refused, what was restored
     return Adopter(cfg["job"]["workdir"], cfg["job"]["checkpoint_glob"],
                    Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}",
-                   keep=int(cfg["checkpoint"]["keep"]), clock=clock)
+                   keep=int(cfg["checkpoint"]["keep"]), clock=clock, log=log.info)
 
 
 def output_progress(cfg: dict[str, Any]) -> Any:
