@@ -81,7 +81,7 @@ class ModalSettings:
 
 
 def settings_from_config(cfg_offload: dict[str, Any], run_key: str, carry: Carry | None = None) -> ModalSettings:
-    pkgs = [TORCH_PIN, "safetensors", "numpy", "psutil", *cfg_offload.get("requirements", [])]
+    pkgs = [TORCH_PIN, "safetensors", "numpy", "psutil", "xxhash", *cfg_offload.get("requirements", [])]
     timeout = int(min(24 * 3600, max(60, cfg_offload["timeout_s"])))  # Modal's per-attempt cap is 24 h
     return ModalSettings(app_name=cfg_offload["app_name"], volume_name=volume_name(run_key),
                          gpu=cfg_offload["gpu"], timeout_s=timeout, max_retries=int(cfg_offload["retries"]),
