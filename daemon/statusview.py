@@ -11,17 +11,13 @@ rate times the measured duty cycle (daemon/policy/eta.py); rate and ETA are null
 job is not training towards the end (paused by you or the schedule, stopped, done, failed), so
 nothing stale stays on screen.
 
-The duty cycle needs the run's timeline; the Supervisor does not keep one, so this module keeps a
-``DutyMeter`` per Supervisor (fed once per build, i.e. once per tick, seeded from the store's
-events when first seen after a daemon start). It is derived display state, never read back by
-the Supervisor.
+The duty cycle comes from the Supervisor's ``DutyMeter`` (fed once per tick, seeded from the
+store's events after a daemon start); the failover's deadline check uses the same ETA.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,42 +93,6 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-@dataclass
-class _Track:
-    run_id: int
-    meter: eta_mod.DutyMeter
-    pid: int | None = None
-    pid_seen_t: float = 0.0  # when this attempt's process was first seen
-
-
-_TRACKS: weakref.WeakKeyDictionary[Any, _Track] = weakref.WeakKeyDictionary()
-
-
-def _track(s: Supervisor) -> _Track:
-    known = _TRACKS.get(s)
-    if known is not None and known.run_id == s.run_id:
-        return known
-    meter = eta_mod.DutyMeter()
-    try:  # after a daemon restart the last hour is in the store, the downtime included
-        evs = s.store.events(s.run_id, limit=5000) if s.run_id else []
-        meter.seed(eta_mod.transitions_from_events(reversed(evs)))
-    except Exception:  # noqa: BLE001 - a sick store only costs the history
-        pass
-    _TRACKS[s] = tr = _Track(s.run_id, meter)
-    return tr
-
-
-def _training(s: Supervisor, tr: _Track, now: float) -> bool:
-    """Running, not held, and this attempt has reported since it started: the interpreter's
-    start-up, the torch import and the restore before the job's first record are not training."""
-    pid = s.runner.pid if s.runner is not None else None
-    if pid != tr.pid:
-        tr.pid, tr.pid_seen_t = pid, now
-    last = s.facts.last_record_t
-    return (s.state == State.RUNNING and not s.holds and pid is not None
-            and last is not None and last >= tr.pid_seen_t)
-
-
 def _governor(s: Supervisor, r: Any) -> dict[str, Any] | None:
     if s.gov is None:
         return None
@@ -155,9 +115,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     cloud = _cloud(s, run, now)
     holds = frozenset(s.holds)
     word, detail = display_state(s.state, holds)
-    tr = _track(s)
-    meter = tr.meter
-    meter.note(now, _training(s, tr, now))
+    meter = s.duty  # the Supervisor's own duty-cycle meter, fed once per tick
     # rate and ETA only while the job is on its way to the end without waiting for someone
     live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
     remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None

@@ -64,7 +64,7 @@ class RemoteSteps:
         names = self.p.offloader.names
         spent = float(self.run.get("cloud_cost_usd") or 0.0)
         obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
-                          gpu_unusable=self.gpu_unusable, local_eta_s=self.facts.eta_s(),
+                          gpu_unusable=self.gpu_unusable, local_eta_s=self.local_eta_s(now),
                           deadline=self._deadline(now), forced=self.off.forced,
                           backend=names[0] if names else "none",
                           budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
@@ -89,7 +89,11 @@ class RemoteSteps:
                            max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
         items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
         names = self.p.offloader.names
-        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=self.facts.steps_per_s,
+        duty = self.duty.duty(now)
+        rate = self.facts.steps_per_s
+        if rate and duty is not None and duty.fraction > 0:
+            rate *= duty.fraction  # the night's real pace: pauses and restarts included
+        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
                           cloud_speedup=float(o["speedup"].get(o["gpu"], 0.0)) if names else None,
                           usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
                           budget_usd=budget_left if self.p.offloader.available else 0.0)

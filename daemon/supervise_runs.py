@@ -77,6 +77,7 @@ class RunsAndQueue:
         self.holds.pop("thermal", None)
         self.interval_steps = None
         self.off = _Offload()
+        self.duty = type(self.duty)()  # a new run's duty cycle starts with it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None

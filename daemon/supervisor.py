@@ -31,6 +31,7 @@ from daemon.classify import ExitInfo, classify_exit, traceback_tail
 from daemon.jobproc import same_process_alive, stop_orphan
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
+from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.states import LOCAL_STATES, State
 from daemon.status import JobFacts
@@ -119,6 +120,9 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         self.queue_plan: Any = None
         self._next_run_due = False
         self.gov: Any = None  # policy.governor.GovState (its memory outlives the night)
+        self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
+        self._duty_pid: int | None = None
+        self._duty_pid_t = 0.0
         self.gov_reason = ""
 
     # ================================================================== events, state
@@ -219,6 +223,11 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
         self.p.offloader.for_run(self.run_id)
         self._rebuild()
+        try:  # after a daemon restart the last hour is in the store, the downtime included
+            evs = self.store.events(self.run_id, limit=5000)
+            self.duty.seed(eta_mod.transitions_from_events(reversed(evs)))
+        except Exception:  # noqa: BLE001 - a sick store only costs the history
+            pass
         if self.p.governor is not None:
             from daemon.policy.governor import GovState
             self.gov = GovState.start(self.store.recall("governor"))  # last night's clock
@@ -1025,8 +1034,26 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
+    def _note_duty(self, now: float) -> None:
+        """Training = running, not held, and this attempt has reported since it started (the
+        interpreter's start-up, the torch import and the restore are not training)."""
+        pid = self.runner.pid if self.runner is not None else None
+        if pid != self._duty_pid:
+            self._duty_pid, self._duty_pid_t = pid, now
+        last = self.facts.last_record_t
+        self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
+                       and last is not None and last >= self._duty_pid_t)
+
+    def local_eta_s(self, now: float) -> float | None:
+        """Time to the end here at the steady rate divided by the measured duty cycle."""
+        f = self.facts
+        remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
+        est = eta_mod.estimate(remaining, f.steps_per_s, self.duty.duty(now))
+        return est.seconds if est is not None else None
+
     def _publish(self, now: float) -> None:
         from daemon.statusview import build_status
+        self._note_duty(now)
         try:
             self.snapshot = build_status(self, now)
         except Exception as e:  # noqa: BLE001 - keep the last good snapshot
