@@ -192,6 +192,7 @@ def test_dashboard_renders_its_charts_in_headless_chromium(daemon, tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert 'data-ready="1"' in dom
     assert "<polyline" in dom and 'id="tchart"' in dom and 'data-points="' in dom
+    assert 'id="runs" data-rows="1"' in dom  # the comparison table is filled from GET /runs
     subprocess.run([CHROMIUM or "chromium", *flags, f"--screenshot={art / 'dashboard.png'}",
                     daemon["base"] + "/"], capture_output=True, timeout=120)
     assert (art / "dashboard.png").stat().st_size > 5000
