@@ -111,8 +111,10 @@ def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
 
 @pytest.mark.torture
 def test_resets_at_normal_temperature_are_diagnosed_not_heat_correlated(tmp_path):
-    cfg = sim_config(tmp_path, {"load_c": 15.0, "inject_every_s": 150.0, "reset_duration_s": 20.0},
-                     resets={"offload_after": 99})
+    # a reset every 6 real seconds and a checkpoint every 10 steps: progress between resets even
+    # on a loaded machine (the job's start-up, torch import included, eats into each interval)
+    cfg = sim_config(tmp_path, {"load_c": 15.0, "inject_every_s": 360.0, "reset_duration_s": 20.0},
+                     resets={"offload_after": 99}, checkpoint={"interval": 10})
     run_to_end(cfg, timeout=300)
     con = db(tmp_path)
     resets = con.execute("SELECT temps FROM resets").fetchall()
