@@ -350,13 +350,17 @@ class Store:
         self.db.close()
 
     # -- runs -------------------------------------------------------------------------------
-    def create_run(self, name: str, config: dict[str, Any], total_steps: int | None) -> int:
+    def create_run(self, name: str, config: dict[str, Any], total_steps: int | None,
+                   run_id: int | None = None, created: float | None = None) -> int:
+        """``run_id``/``created``: re-create a run found on disk after the database was lost
+        (its run dir and checkpoint namespace keep their number)."""
         now = self.clock()
         cur = self.db.execute(
-            "INSERT INTO runs(name, created, updated, state, config, total_steps) VALUES (?,?,?,?,?,?)",
-            (name, now, now, "idle", json.dumps(config, default=str), total_steps),
+            "INSERT INTO runs(id, name, created, updated, state, config, total_steps) VALUES (?,?,?,?,?,?,?)",
+            (run_id, name, now if created is None else created, now, "idle",
+             json.dumps(config, default=str), total_steps),
         )
-        return int(cur.lastrowid)
+        return int(run_id if run_id is not None else cur.lastrowid)
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first."""

@@ -10,6 +10,7 @@ stored when it ends; ``runs()`` is the comparison table.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from daemon.config import public_config
@@ -51,6 +52,18 @@ class RunsAndQueue:
     def _create_run(self, entry: dict[str, Any] | None) -> None:
         name = entry["name"] if entry else self.cfg["job"]["name"]
         total = (entry or {}).get("total_steps") or self.cfg["job"]["total_steps"]
+        found = self._run_on_disk() if entry is None else None
+        if found is not None:
+            # the database was lost (moved aside as corrupt, or deleted): the newest run on disk
+            # keeps its number, so its run dir and checkpoints carry on where they were
+            run_id, created = found
+            self.run_id = self.store.create_run(name, public_config(self.cfg), total,
+                                                run_id=run_id, created=created)
+            self._queue_entry = None
+            self.event("run", f"continuing run {run_id} from its files: the state database was "
+                       "new, the run's directory and checkpoints were not", "warn")
+            self.state = State.IDLE
+            return
         self.run_id = self.store.create_run(name, public_config(self.cfg), total)
         self._queue_entry = entry
         if entry is not None:
@@ -62,6 +75,25 @@ class RunsAndQueue:
         self.event("run", f"new run {self.run_id}: {name}"
                    + (f" (queued: {' '.join(entry['command'])})" if entry else ""))
         self.state = State.IDLE
+
+    def _run_on_disk(self) -> tuple[int, float] | None:
+        """The newest run that has files but no row (only when the store holds no run at all)."""
+        if self.store.latest_run() is not None or self.new_run or self.resume_from:
+            return None
+        ids: dict[int, float] = {}
+        for base, prefix in ((Path(self.cfg["daemon"]["state_dir"]) / "runs", ""),
+                             (Path(self.cfg["job"]["checkpoint_dir"]), "run-")):
+            try:
+                for d in base.iterdir():
+                    n = d.name[len(prefix):] if d.name.startswith(prefix) else ""
+                    if d.is_dir() and n.isdigit():
+                        ids[int(n)] = min(ids.get(int(n), d.stat().st_mtime), d.stat().st_mtime)
+            except OSError:
+                continue
+        if not ids:
+            return None
+        newest = max(ids)
+        return newest, ids[newest]
 
     def _start_next_run(self, now: float) -> None:
         self._next_run_due = False

@@ -482,3 +482,31 @@ def test_a_pause_while_the_trainer_is_still_starting_never_signals_it_to_death(t
         await h.run(60, until=lambda s: s.state == State.SUCCEEDED)
         assert sup.state == State.SUCCEEDED and len(h.spawned) == 1
     run(go())
+
+
+def test_a_corrupt_database_is_moved_aside_and_the_run_continues_from_its_checkpoints(tmp_path):
+    """Issue 13, item 5: with a corrupt nightshift.db on every start no job ever ran again; a
+    fresh store must not start the run over either (the run keeps its number and namespace)."""
+    async def go():
+        cfg = config(tmp_path)
+        beh = {"trainer": Behaviour(trainer=True, steps=1000, interval=5)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(12)
+        reached = h.factory.procs[0].step
+        h.store.close()
+        db = Path(cfg["daemon"]["state_dir"]) / "nightshift.db"
+        for p in db.parent.glob("nightshift.db*"):
+            p.unlink()
+        db.write_bytes(b"this is not a database" * 100)
+        from daemon.store import Store
+        store = Store(db, clock=h.clock)
+        assert store.moved_aside is not None
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=store)
+        sup2 = await h2.open()
+        await h2.run(2)
+        assert sup2.run_id == sup.run_id == 1
+        resume = h2.factory.procs[0].env["NIGHTSHIFT_RESUME"]
+        assert resume.endswith(f"step_{reached - reached % 5:09d}"), resume
+        assert any("continuing run 1 from its files" in m for m in h2.events("run"))
+    run(go())
