@@ -627,13 +627,13 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             reading = self.p.sensor.read()
             self.last_reading = reading
             self.readings.append(reading)
-            msg = rules.sensor_problem(reading)
-            if msg is not None and "sensor" not in self.problems:
-                self.event("sensor", msg, "warn")
-            if msg is None:
-                self.problems.pop("sensor", None)
-            else:
-                self.problems["sensor"] = msg
+        msg = rules.sensor_problem(reading)  # no temperature = no thermal protection: say so
+        if msg is not None and self.problems.get("sensor") != msg:
+            self.event("sensor", msg, "warn")
+        if msg is None:
+            self.problems.pop("sensor", None)
+        else:
+            self.problems["sensor"] = msg
         f = self.facts
         try:
             self.store.add_reading(self.run_id, now, getattr(reading, "edge_c", None),

@@ -510,3 +510,21 @@ def test_a_corrupt_database_is_moved_aside_and_the_run_continues_from_its_checkp
         assert resume.endswith(f"step_{reached - reached % 5:09d}"), resume
         assert any("continuing run 1 from its files" in m for m in h2.events("run"))
     run(go())
+
+
+def test_no_temperature_is_a_problem_said_once_until_one_appears(tmp_path):
+    """Issue 17, item 5: a missing temperature sensor was reported nowhere (problems: [])."""
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        sensor.edge_c = None  # and so no Tctl either
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000)},
+                    clock=clock, sensor=sensor)
+        sup = await h.open()
+        await h.run(10)
+        assert any("thermal protection off" in p for p in sup.snapshot["problems"])
+        assert len([m for m in h.events("sensor") if "thermal protection off" in m]) == 1
+        sensor.edge_c = 60.0
+        await h.run(3)
+        assert not any("thermal protection off" in p for p in sup.snapshot["problems"])
+    run(go())

@@ -24,6 +24,7 @@ from typing import Any
 
 from daemon.classify import ExitInfo
 from daemon.policy.restart import decide_restart
+from daemon.sensors import THERMAL_OFF
 
 MIN_BACKOFF_S = 1.0
 HOLD_OWNERS = ("thermal", "user", "schedule")  # precedence for what status shows
@@ -157,11 +158,11 @@ def sensor_problem(reading: Any) -> str | None:
     """No temperature at all means the thermal policy cannot pause anything: say so loudly
     (status, the phone text, the log) until a temperature appears."""
     if reading is None:
-        return None
+        return THERMAL_OFF + ' ([gpu] sensor = "none")'
     if getattr(reading, "resetting", False):
         return None  # reads fail while the GPU resets: that is the reset, not a missing sensor
     if reading.edge_c is None and reading.tctl_c is None:
-        return "thermal protection off: no temperature sensor (run `nightshift sensors`)"
+        return THERMAL_OFF + " (run `nightshift sensors` to see why)"
     return None
 
 
