@@ -140,6 +140,7 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
             p.simgpu.stop()
         if p.detector is not None:
             p.detector.close()
+        p.offloader.close()
     return sup.exit_code()
 
 

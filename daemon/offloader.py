@@ -112,6 +112,16 @@ class Offloader:
         self.remember(name, call_id, key)
         return call_id
 
+    def close(self) -> None:
+        """At shutdown: backends that keep a connection (ssh: a thread and a session) let go."""
+        for b in self._backends.values():
+            close = getattr(b, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
+                    pass
+
     def describe(self, name: str) -> dict[str, Any] | None:
         """The backend's own view for status (e.g. ssh: host, connected, remote state); cheap."""
         describe = getattr(self.backend(name), "describe", None)
