@@ -24,14 +24,16 @@ Policies, same profiles and seeds:
 - nightshiftd-no-deadline: the same without the deadline, so failover comes only from the
   resets themselves (shows the firmware diagnosis driving it);
 - nightshiftd-governor (issue 20): no deadline, local only (no offload backend), pausing as
-  the safety net and the thermal governor (daemon/policy/governor.py) on the clock cap. Until
-  the supervisor runs it, a sidecar thread here makes exactly the supervisor's calls (sensor
-  reading -> decide_governor -> GovernorPort.set, every poll) against the daemon's simulated
-  GPU tree; the cap reaches the chip through its pp_od_clk_voltage like on hardware;
+  the safety net and ``[thermal] governor = "clock"``: the daemon's own Supervisor runs the
+  governor (daemon/policy/governor.py) every poll and writes the cap through the simulated
+  GPU's pp_od_clk_voltage like on hardware; the row's ``learned_mhz`` is what the daemon
+  remembered for the next night (its store's memory table);
 - sweep (the oracle for this model): the same daemon, no governor, the simulated GPU's clock
   fixed at each of ``--sweep`` MHz (rows ``nightshiftd-fixed-<MHz>``).
 Every row reports ``mean_clock_mhz``: the chip's clock averaged over the polls it was busy.
 Writes bench/results/night_replay.json (``--out``) and prints a Markdown table for the README.
+``--keep`` starts from the rows already in ``--out`` and re-runs only the policies asked for
+(a long sweep can be finished in parts); every row records the command that produced it.
 
 Known distortion: a job restart costs the real interpreter + torch import (~2-3 s real), which
 the compression turns into 20-30 simulated minutes, for every policy alike (a real ROCm
@@ -99,27 +101,6 @@ class ClockSampler:
     def mean(self) -> float | None:
         self.stop.set()
         return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
-
-
-def governor_sidecar(root: Path, thermal: dict, poll_s: float, stop: threading.Event, log: list) -> None:
-    """The calls the supervisor will make each poll (daemon/governor_io.py's docstring)."""
-    from daemon import simgpu
-    from daemon.governor_io import GovernorPort, obs_from_reading
-    from daemon.policy.governor import GovState, decide_governor
-    from daemon.sensors import open_sensor
-    while not (root / "class/drm/card0/device/pp_od_clk_voltage").exists():
-        if stop.wait(0.05):
-            return
-    sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(root), "card": None})
-    port = GovernorPort(sensor.device_dir, write=simgpu.sysfs_write)
-    state = GovState.start(None)
-    while not stop.wait(poll_s):
-        dec = decide_governor(obs_from_reading(sensor.read(), port, poll_s), state, thermal)
-        state = dec.state
-        msg = port.set(dec.cap_mhz)
-        if not log or log[-1][1] != dec.cap_mhz or msg:
-            log.append((time.time(), dec.cap_mhz, msg or dec.reason))
-    log.append((time.time(), "learned", state.learned_mhz))
 
 
 def run_baseline(profile: str, a: argparse.Namespace, steps: int, local_rate: float) -> dict:
@@ -192,7 +173,7 @@ def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: floa
             "gpu": {"sensor": "simulated", "poll_interval_s": 0.25,
                     "simulated": PROFILES[profile] | {"time_scale": S, "seed": float(a.seed),
                                                       "clock_mhz": clock_mhz}},
-            "thermal": thermal,
+            "thermal": thermal | ({"governor": "clock"} if governor else {}),
             "resets": {"sources": ["auto"], "cooldown_s": 60 / S, "probe": True, "window_s": 3 * 3600 / S,
                        "offload_after": 3, "probe_timeout_s": 30.0},
             "checkpoint": {"interval": "auto"},
@@ -202,25 +183,20 @@ def run_daemon(profile: str, a: argparse.Namespace, steps: int, local_rate: floa
                         "local_dir": str(tmp / "volume"), "local_steps_per_s": cloud_rate},
         })
         sim_root = tmp / "state" / "simgpu"
-        sampler, stop, gov_log = ClockSampler(sim_root), threading.Event(), []
-        if governor:
-            threading.Thread(target=governor_sidecar, daemon=True, args=(
-                sim_root, thermal | {"governor": "clock", "setpoint_margin_c": 3.0}, 0.25, stop,
-                gov_log)).start()
+        sampler = ClockSampler(sim_root)
         t0 = time.time()
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
                            capture_output=True, text=True, timeout=a.timeout)
         wall = time.time() - t0
-        stop.set()
-        time.sleep(0.3)
-        gov = {}
-        if governor:
-            caps = [c for _, c, _ in gov_log if isinstance(c, int)]
-            gov = {"cap_changes": len(caps), "final_cap_mhz": caps[-1] if caps else None,
-                   "learned_mhz": next((m for _, c, m in reversed(gov_log) if c == "learned"), None),
-                   "cap_problems": sorted({m for _, c, m in gov_log if isinstance(m, str) and "governor:" in m})[:3]}
         con = sqlite3.connect(tmp / "state" / "nightshift.db")
         con.row_factory = sqlite3.Row
+        gov = {}
+        if governor:
+            mem = con.execute("SELECT value FROM memory WHERE key='governor'").fetchone()
+            evs = [dict(e) for e in con.execute("SELECT level, message FROM events WHERE kind='governor'")]
+            gov = {"learned_mhz": json.loads(mem[0]).get("learned_mhz") if mem else None,
+                   "governor_events": len(evs),
+                   "cap_problems": sorted({e["message"] for e in evs if e["level"] != "info"})[:3]}
         run = dict(con.execute("SELECT * FROM runs").fetchone())
         kinds = [e["kind"] for e in con.execute("SELECT kind FROM events")]
         msgs = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='reset'")]
@@ -264,6 +240,8 @@ def write(a: argparse.Namespace, steps: int, local_rate: float, cloud_rate: floa
             "real_steps": steps, "local_steps_per_s_real": local_rate, "cloud_steps_per_s_real": cloud_rate,
             "command": " ".join(sys.argv)}
     goals = {p: g for p, rows in results.items() if (g := governor_goals(rows))}
+    meta["kept_rows_from"] = sorted({r["command"] for rows in results.values() for r in rows.values()
+                                     if r.get("command") and r["command"] != meta["command"]})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "results": results, "governor_goals": goals}, indent=2))
 
@@ -279,12 +257,22 @@ def main() -> None:
     ap.add_argument("--sweep", default="2000,2200,2300,2400,2450,2500,2600,2700",
                     help="fixed clocks (MHz) for the policy 'sweep'")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "night_replay.json"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the rows already in --out; re-run only the policies asked for")
     a = ap.parse_args()
     steps = STORY_STEPS // a.k
     local_rate, cloud_rate = LOCAL_RATE * a.scale / a.k, CLOUD_RATE * a.scale / a.k
     results: dict[str, dict[str, dict]] = {}
+    if a.keep and Path(a.out).exists():
+        old = json.loads(Path(a.out).read_text())
+        if any(old["meta"][k] != v for k, v in (("scale", a.scale), ("k", a.k), ("seed", a.seed))):
+            raise SystemExit(f"--keep: {a.out} was made with another scale, k or seed")
+        for rows in old["results"].values():
+            for r in rows.values():
+                r.setdefault("command", old["meta"]["command"])
+        results = old["results"]
     for profile in a.profiles.split(","):
-        results[profile] = {}
+        results.setdefault(profile, {})
         runs = [("baseline", lambda: run_baseline(profile, a, steps, local_rate)),  # noqa: B023 - called at once
                 ("nightshiftd", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, True)),  # noqa: B023
                 ("nightshiftd-no-deadline", lambda: run_daemon(profile, a, steps, local_rate, cloud_rate, False)),  # noqa: B023
@@ -298,7 +286,7 @@ def main() -> None:
             if name not in a.policies.split(",") and not name.startswith("nightshiftd-fixed-"):
                 continue
             print(f"{profile} / {name} ...", flush=True)
-            results[profile][name] = fn()
+            results[profile][name] = fn() | {"command": " ".join(sys.argv)}
             print("  ", json.dumps(results[profile][name]), flush=True)
             write(a, steps, local_rate, cloud_rate, results)  # a crash later keeps what ran
     print("\n| profile | policy | finished | time (h) | goodput | resets | pauses | mean clock | steps lost / reset | cloud h | cost |")
