@@ -23,8 +23,11 @@ holds it, so restoring group by group holds at most one group's pages beyond the
 state. The file a CPU optimizer's state came from stays mapped (its disk space held after
 retention deletes it) until those tensors are replaced or the process exits.
 
-Two-phase save (CheckFreq): ``AsyncCheckpointer.snapshot`` copies the state into reusable CPU
-buffers at a step boundary (the only stall) and a background thread persists them.
+Two-phase save (CheckFreq): ``AsyncCheckpointer.snapshot`` takes the state of a step boundary
+into reusable CPU buffers and a background thread persists them. Only what forward mutates
+(buffers) and the small state are copied while the loop waits; parameters and optimizer state
+are copied by the background thread while forward/backward run, and the optimizer's next
+``step()`` waits for that copy (a step pre-hook): the snapshot is exactly the step's state.
 """
 
 from __future__ import annotations
@@ -441,7 +444,20 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu",
 
 
 class AsyncCheckpointer:
-    """Two-phase checkpointing: a short snapshot in the loop, the write in a background thread."""
+    """Two-phase checkpointing: a short snapshot at a step boundary, the copy and the write in a
+    background thread.
+
+    What ``optimizer.step()`` writes (its parameters and its state tensors) is copied into the
+    reusable CPU buffers by the background thread while the loop runs on: forward and backward
+    only read those tensors. The optimizer gets a step pre-hook (registered once) that makes its
+    next ``step()`` wait until that copy is done, so no update can reach the snapshot. Everything
+    else in the groups (buffers that forward updates in place, such as BatchNorm's running
+    stats; parameters the optimizer does not own; RNG states) is copied before ``snapshot``
+    returns, and the JSON meta is already a value. Caveat, documented in the Runtime: a tensor
+    the optimizer owns that the loop changes in place *outside* ``optimizer.step()`` before the
+    next step (an EMA written into optimized weights, say) must call ``wait_copy()`` first.
+    Without an optimizer every tensor is copied in the snapshot, as before.
+    """
 
     def __init__(self, ckpt_dir: str | os.PathLike, keep: int = 3, best_metric: str | None = None,
                  on_persisted: Callable[[dict[str, Any]], None] | None = None,
@@ -456,53 +472,100 @@ class AsyncCheckpointer:
         self.last_error: BaseException | None = None
         self._buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._thread: threading.Thread | None = None
+        self._copied = threading.Event()  # set when the background copy of the last snapshot is done
+        self._copied.set()
+        self._hooks: dict[int, Any] = {}  # id(optimizer) -> its step pre-hook's handle
+        self.fence_wait_s = 0.0  # how long optimizer.step() waited for the last snapshot's copy
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def wait(self) -> None:
+        """Until the last snapshot is persisted (or has failed)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def _copy(self, groups: Groups) -> dict[str, dict[str, torch.Tensor]]:
-        out: dict[str, dict[str, torch.Tensor]] = {}
-        for g, tensors in groups.items():
-            unique, aliases = dedupe(tensors)
-            snap: dict[str, torch.Tensor] = {}
-            for name, t in unique.items():
-                buf = self._buffers.get((g, name))
-                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                    buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
-                    self._buffers[(g, name)] = buf
-                buf.copy_(t.detach(), non_blocking=False)
-                snap[name] = buf
-            for alias, target in aliases.items():
-                snap[alias] = snap[target]
-            out[g] = snap
-        return out
+    def wait_copy(self) -> float:
+        """Until the last snapshot's background copy is done (the state may change after it).
+        Returns the seconds waited."""
+        if self._copied.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        self._copied.wait()
+        return time.perf_counter() - t0
+
+    def _fence(self, optimizer: torch.optim.Optimizer) -> None:
+        if id(optimizer) not in self._hooks:
+            def before_step(opt: Any, args: Any, kwargs: Any) -> None:
+                if not self._copied.is_set():
+                    self.fence_wait_s += self.wait_copy()
+            self._hooks[id(optimizer)] = optimizer.register_step_pre_hook(before_step)
+
+    def _copy(self, group: str, tensors: Mapping[str, torch.Tensor], names: list[str],
+              snap: dict[str, torch.Tensor]) -> None:
+        for name in names:
+            t = tensors[name]
+            buf = self._buffers.get((group, name))
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+                self._buffers[(group, name)] = buf
+            buf.copy_(t.detach(), non_blocking=False)
+            snap[name] = buf
 
     def snapshot(self, step: int, groups: Groups, meta: dict[str, Any],
-                 metric: float | None = None) -> float:
-        """Copy the state to CPU buffers and persist in the background. Returns the stall (s)."""
+                 metric: float | None = None, optimizer: torch.optim.Optimizer | None = None) -> float:
+        """Snapshot the state of ``step`` and persist it in the background. Returns the stall (s)
+        spent here; the wait of the optimizer's next step (if the copy is still running) adds
+        to ``fence_wait_s`` and to the ``stall_s`` reported when the checkpoint is durable."""
         t0 = time.perf_counter()
         self.wait()  # the buffers are reused: never overwrite a snapshot still being written
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        snap = self._copy(groups)
+        owned: set[int] = set()
+        if optimizer is not None:
+            owned = {p.untyped_storage().data_ptr() for g in optimizer.param_groups for p in g["params"]}
+            owned |= {t.untyped_storage().data_ptr() for st in optimizer.state.values()
+                      for t in st.values() if isinstance(t, torch.Tensor)}
+        snap: dict[str, dict[str, torch.Tensor]] = {}
+        later: list[tuple[str, Mapping[str, torch.Tensor], list[str]]] = []
+        aliases_of: dict[str, dict[str, str]] = {}
+        for g, tensors in groups.items():
+            unique, aliases_of[g] = dedupe(tensors)
+            snap[g] = {}
+            deferred = [n for n, t in unique.items() if t.numel() and t.untyped_storage().data_ptr() in owned]
+            now = [n for n in unique if n not in set(deferred)]
+            self._copy(g, unique, now, snap[g])
+            if deferred:
+                later.append((g, unique, deferred))
+        if later:
+            self._copied.clear()
+            self._fence(optimizer)  # type: ignore[arg-type]  # later is empty without an optimizer
+        self.fence_wait_s = 0.0
         stall = time.perf_counter() - t0
         body = dict(meta)
         if metric is not None and self.best_metric:
             body.setdefault("metrics", {})[self.best_metric] = metric
-        self._thread = threading.Thread(target=self._persist, args=(step, snap, body, stall),
+        self._thread = threading.Thread(target=self._persist, args=(step, snap, later, aliases_of, body, stall),
                                         name=f"ckpt-{step}", daemon=True)
         self._thread.start()
         return stall
 
-    def _persist(self, step: int, snap: Groups, meta: dict[str, Any], stall: float) -> None:
+    def _persist(self, step: int, snap: dict[str, dict[str, torch.Tensor]],
+                 later: list[tuple[str, Mapping[str, torch.Tensor], list[str]]],
+                 aliases_of: dict[str, dict[str, str]], meta: dict[str, Any], stall: float) -> None:
         t0 = time.perf_counter()
         try:
+            try:
+                for g, tensors, names in later:
+                    self._copy(g, tensors, names, snap[g])
+            finally:
+                later.clear()  # drop the references to the live tensors
+                self._copied.set()  # a failed copy must not block the loop forever
+            for g, aliases in aliases_of.items():
+                for alias, target in aliases.items():
+                    snap[g][alias] = snap[g][target]
             path = save_checkpoint(self.dir, step, snap, meta)
             size = sum(f.stat().st_size for f in path.iterdir())
             _retention(self.dir, self.keep, self.best_metric)
@@ -514,9 +577,14 @@ class AsyncCheckpointer:
                 self.on_error(step, e)
             return
         if self.on_persisted:
-            self.on_persisted({"step": step, "path": str(path), "bytes": size, "stall_s": stall,
-                               "persist_s": time.perf_counter() - t0})
+            # the fence wait was recorded when the next step ran; a loop slower than the copy
+            # never waited (0). Read after the write, so a step that ran meanwhile is counted.
+            self.on_persisted({"step": step, "path": str(path), "bytes": size,
+                               "stall_s": stall + self.fence_wait_s, "persist_s": time.perf_counter() - t0})
 
     def close(self) -> None:
         self.wait()
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks.clear()
         self._buffers.clear()

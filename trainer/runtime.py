@@ -12,6 +12,11 @@
 Environment (set by the daemon; all optional for a plain run): NIGHTSHIFT_RUN_DIR,
 NIGHTSHIFT_CHECKPOINT_DIR, NIGHTSHIFT_RESUME, NIGHTSHIFT_CHECKPOINT_INTERVAL,
 NIGHTSHIFT_TOTAL_STEPS, NIGHTSHIFT_SKIP_STEPS.
+
+Checkpoints are two-phase (trainer.checkpoint.AsyncCheckpointer): the optimizer's next
+``step()`` waits until the snapshot's parameters and optimizer state are copied, so code that
+changes optimized weights in place between ``step_end`` and that step calls
+``rt.ckpt.wait_copy()`` first.
 """
 
 from __future__ import annotations
@@ -180,7 +185,13 @@ class Runtime:
         self.progress.write("eval", step=self.step if step is None else step, metrics=metrics)
 
     def checkpoint(self, wait: bool = False) -> None:
-        """Snapshot now (short stall), persist in the background; ``wait`` for it to be durable."""
+        """Snapshot now, persist in the background; ``wait`` for it to be durable.
+
+        The stall is the copy of buffers and small state only: parameters and optimizer state
+        are copied in the background while the next forward/backward run, and the optimizer's
+        next ``step()`` waits for that copy. A loop that changes optimized weights in place
+        outside ``optimizer.step()`` (an EMA written into them, say) calls
+        ``self.ckpt.wait_copy()`` before doing so."""
         if self.last_ckpt_step == self.step and not self.ckpt.busy and self.ckpt.last_error is None \
                 and (self.ckpt_dir / f"step_{self.step:09d}").exists():
             return  # this exact state is already on disk
@@ -188,7 +199,7 @@ class Runtime:
                                scheduler=self.scheduler, scaler=self.scaler, extra=self.extra,
                                metrics=self.metrics)
         metric = self.metrics.get(self.best_metric) if self.best_metric else None
-        self.ckpt.snapshot(self.step, groups, meta, metric=metric)
+        self.ckpt.snapshot(self.step, groups, meta, metric=metric, optimizer=self.optimizer)
         self.last_ckpt_step = self.step
         if wait:
             self.ckpt.wait()
