@@ -19,8 +19,16 @@ The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M
    process torch.load gets its memory from pages freed by the previous run; a real resume is a
    fresh process whose optimizer has no state, where every approach pays for new pages: that
    is measured too (a child process per run, warm files, restore and restore + one step).
-3. stall: the training loop's wait for a two-phase save (AsyncCheckpointer.snapshot) against a
-   synchronous save of the same state.
+3. stall: the training loop's wait for a two-phase save against a synchronous save of the
+   same state. A loop iteration is forward + backward on a batch of --batch rows, then
+   ``optimizer.step()``. With a two-phase save the loop captures the state and calls
+   AsyncCheckpointer.snapshot (buffers, RNG, JSON), runs on through forward/backward while a
+   thread copies parameters and optimizer state, and the next step waits for that copy:
+   stall = capture + snapshot + that wait. The whole iteration's extra time against an
+   iteration without a checkpoint (adjacent, same pair) is reported too
+   (``loop_extra_vs_sync``): it also counts the copy's competition with forward/backward for
+   the cores and memory. ``--only stall`` measures just this part and updates the stall
+   figures of an existing --out file, leaving the others as they were.
 Memory: peak extra = the peak resident set (VmHWM, reset through /proc/self/clear_refs) above
 the larger of the resident sets before and after the operation, i.e. what existed only while
 it ran, during our persist and our restore, against the largest tensor group. The peak above
@@ -130,6 +138,8 @@ def main() -> None:
     ap.add_argument("--child", nargs=3, metavar=("KIND", "CKPT", "TORCH_FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None, help="a directory on the disk to measure (default: temp)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "checkpoint.json"))
+    ap.add_argument("--only", choices=("all", "stall"), default="all")
+    ap.add_argument("--batch", type=int, default=32, help="rows per forward/backward in the stall loop")
     a = ap.parse_args()
     if a.child:
         return child(a.child[0], a.params, a.child[1], a.child[2])
@@ -145,7 +155,7 @@ def main() -> None:
         "raw", "raw_early_writeback", "torch_save", "ours",
         "warm_ours", "warm_torch", "warm_safetensors", "cold_ours", "cold_torch", "cold_safetensors",
         "step_ours", "step_torch", "fresh_ours", "fresh_torch", "fresh_step_ours", "fresh_step_torch",
-        "stall", "sync")}
+        "stall", "sync", "fence_wait", "step_plain", "step_with_snapshot", "fwd_bwd")}
     peaks: dict[str, list[int]] = {"persist": [], "restore": [], "torch_save": [], "torch_load": [],
                                    "restore_above_before": [], "torch_load_above_before": []}
 
@@ -209,24 +219,46 @@ def main() -> None:
             gc.collect()
 
         ck = AsyncCheckpointer(tmp / "async", keep=1)
-        ck.snapshot(1, groups, meta)  # the first snapshot allocates its CPU buffers
+        ck.snapshot(1, groups, meta, optimizer=opt)  # the first snapshot allocates its CPU buffers
         ck.wait()
+        x = torch.randn(a.batch, 2048)
 
-        def stall() -> float:
-            g, m = capture(model, opt, step=next(steps))
+        def fwd_bwd() -> None:
+            model(x).square().mean().backward()
+
+        def plain() -> None:  # a loop iteration without a checkpoint
             t0 = time.perf_counter()
-            ck.snapshot(int(m["step"]), g, m)
-            dt = time.perf_counter() - t0
-            ck.wait()
-            return dt
+            fwd_bwd()
+            times["fwd_bwd"].append(time.perf_counter() - t0)
+            opt.step()
+            times["step_plain"].append(time.perf_counter() - t0)
 
-        def sync() -> float:
+        def stall() -> None:
+            t0 = time.perf_counter()
+            g, m = capture(model, opt, step=next(steps))
+            ck.snapshot(int(m["step"]), g, m, optimizer=opt)
+            snap = time.perf_counter() - t0
+            fwd_bwd()  # the copy runs meanwhile
+            opt.step()  # waits for the copy (the step pre-hook) if it is still running
+            times["step_with_snapshot"].append(time.perf_counter() - t0)
+            times["fence_wait"].append(ck.fence_wait_s)
+            times["stall"].append(snap + ck.fence_wait_s)
+            ck.wait()
+
+        def sync() -> None:
             t0 = time.perf_counter()
             save_checkpoint(tmp / "sync", next(steps), *capture(model, opt, step=1))
-            return time.perf_counter() - t0
+            times["sync"].append(time.perf_counter() - t0)
 
         for i in range(a.pairs):
             flip = i % 2 == 1  # A B, then B A: neither side always goes first
+            if a.only == "stall":
+                for fn in ((sync, stall, plain) if flip else (plain, stall, sync)):
+                    fn()
+                print(f"pair {i + 1}/{a.pairs}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in times.items() if v),
+                      flush=True)
+                shutil.rmtree(tmp / "sync", ignore_errors=True)
+                continue
             # persist
             order: list[tuple[str, Callable[[], None]]] = [
                 ("raw", raw), ("ours", ours), ("torch_save", tsave), ("raw_early_writeback", lambda: raw(True))]
@@ -275,8 +307,8 @@ def main() -> None:
                 times[f"fresh_{name}"].append(got["restore"])
                 times[f"fresh_step_{name}"].append(got["restore_then_step"])
             # stall
-            for name, fn in ((("sync", sync), ("stall", stall)) if flip else (("stall", stall), ("sync", sync))):
-                times[name].append(fn())
+            for fn in ((sync, stall, plain) if flip else (plain, stall, sync)):
+                fn()
             print(f"pair {i + 1}/{a.pairs}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in times.items()),
                   flush=True)
             shutil.rmtree(tmp / "sync", ignore_errors=True)
@@ -285,12 +317,32 @@ def main() -> None:
     def ratio(num: str, den: str) -> dict[str, float]:
         return summary([x / y for x, y in zip(times[num], times[den], strict=True)])
 
+    stall_figures = {
+        "stall_ratio": ratio("stall", "sync"),
+        "loop_extra_vs_sync": summary([(w - p) / y for w, p, y in zip(
+            times["step_with_snapshot"], times["step_plain"], times["sync"], strict=True)]),
+        "stall_batch_rows": a.batch,
+        "stall_seconds": {k: summary(times[k]) for k in (
+            "stall", "fence_wait", "sync", "fwd_bwd", "step_plain", "step_with_snapshot")},
+        "stall_command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
+        "stall_load_average": os.getloadavg(),
+    }
+    if a.only == "stall":
+        res = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
+        res.update(stall_figures)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+        st, lx = res["stall_ratio"], res["loop_extra_vs_sync"]
+        print(f"stall: {st['median']:.3f} ({st['min']:.3f}-{st['max']:.3f}) of a synchronous save (goal <= 0.05); "
+              f"the iteration's extra time {lx['median']:.3f} ({lx['min']:.3f}-{lx['max']:.3f}); seconds: "
+              + ", ".join(f"{k} {v['median']:.3f}" for k, v in res["stall_seconds"].items()))
+        return
     largest = max(group_bytes.values())
     peak_extra = max(max(peaks["persist"]), max(peaks["restore"]))
     res = {
         "params": n_params, "bytes": nbytes, "group_bytes": group_bytes, "pairs": a.pairs,
         "command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
-        "seconds": {k: summary(v) for k, v in times.items()},
+        "seconds": {k: summary(v) for k, v in times.items() if v},
         "persist_GBps": {k: nbytes / 1e9 / statistics.median(times[k])
                          for k in ("raw", "raw_early_writeback", "torch_save", "ours")},
         # a ratio > 1 means ours is faster (persist) / costs less (restore, stall: ours / theirs)
@@ -304,7 +356,7 @@ def main() -> None:
         "restore_then_first_step_vs_torch_load": ratio("step_ours", "step_torch"),
         "restore_fresh_process_vs_torch_load": ratio("fresh_ours", "fresh_torch"),
         "restore_fresh_process_then_first_step_vs_torch_load": ratio("fresh_step_ours", "fresh_step_torch"),
-        "stall_ratio": ratio("stall", "sync"),
+        **stall_figures,
         "peak_extra_bytes": peak_extra,
         "peak_extra_bytes_by_phase": {k: max(v) for k, v in peaks.items()},
         "largest_group_bytes": largest,

@@ -13,6 +13,14 @@ Hostile local clients (issue 13): anyone on the machine can connect without a to
 - RLIMIT_NOFILE is raised to its hard limit when serving (the units set ``LimitNOFILE=``);
 - every JSON response is strict JSON (a NaN from a job becomes null);
 - no client input produces a traceback: a handler's exception becomes one log line and a 500.
+
+/status is what phones and dashboards poll, so it has a fast path (``_StatusFastPath``): the
+daemon publishes one immutable status snapshot per tick, its JSON and text bytes are rendered
+once per snapshot (``StatusCache``), and a plain ``GET /status`` (no query, or exactly
+``format=json``/``format=text``) is answered from them without FastAPI's routing, parameter
+validation and response building. Any other /status request (an invalid ``format``, other
+parameters) takes the FastAPI route, which serves the same cached bytes, so validation errors
+and the OpenAPI schema are unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import logging
 import math
 import resource
+import time
 from collections.abc import Awaitable, Iterator
 from importlib import resources
 from typing import Annotated, Any, Protocol
@@ -68,13 +77,87 @@ def _finite(v: Any) -> Any:
     return v
 
 
-class SafeJSONResponse(JSONResponse):
+def strict_json(content: Any) -> bytes:
     """Strict JSON whatever the content: NaN and +-Infinity become null (JSON has neither,
     and a client's parser rejects the whole document over one of them)."""
+    return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, default=str,
+                      separators=(",", ":")).encode("utf-8")
+
+
+class SafeJSONResponse(JSONResponse):
+    """Every JSON response of the API: strict_json."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, default=str,
-                          separators=(",", ":")).encode("utf-8")
+        return strict_json(content)
+
+
+class StatusCache:
+    """The /status bodies of one snapshot, rendered once. The source publishes a new dict each
+    tick and never mutates a published one, so the dict's identity is the key; the cache holds
+    the dict itself, so its id cannot be recycled while cached. The text view says "N s ago",
+    so it is also re-rendered once it is a second old (a snapshot outlives its tick only when
+    the supervisor is stuck, and then the "ago" must keep counting)."""
+
+    TEXT_MAX_AGE_S = 1.0
+
+    def __init__(self, source: StatusSource, clock: Any = None):
+        self.source = source
+        self.clock = clock or time.time
+        self._json: tuple[Any, bytes] | None = None
+        self._text: tuple[Any, float, bytes] | None = None
+
+    def json(self) -> bytes:
+        st = self.source.status()
+        if self._json is None or self._json[0] is not st:
+            self._json = (st, strict_json(st))
+        return self._json[1]
+
+    def text(self) -> bytes:
+        st, now = self.source.status(), self.clock()
+        c = self._text
+        if c is None or c[0] is not st or not 0 <= now - c[1] < self.TEXT_MAX_AGE_S:
+            body = statusfmt.render(_finite(st), now=now).encode("utf-8")  # a NaN reads as unknown
+            self._text = c = (st, now, body)
+        return c[2]
+
+
+JSON_TYPE = b"application/json"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+
+
+def wants_json(format: str | None, accept: str) -> bool:
+    """``?format=`` wins; without it, an Accept naming application/json gets JSON, else text."""
+    return format == "json" or (format is None and "application/json" in accept)
+
+
+class _StatusFastPath:
+    """ASGI middleware: answers a plain ``GET /status`` from the StatusCache (two sends, no
+    routing or validation); everything else goes on to FastAPI unchanged."""
+
+    QUERIES = {b"": None, b"format=json": "json", b"format=text": "text"}
+
+    def __init__(self, app: Any, cache: StatusCache):
+        self.app = app
+        self.cache = cache
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or scope["path"] != "/status" or scope["method"] != "GET"
+                or scope["query_string"] not in self.QUERIES or scope.get("root_path")):
+            return await self.app(scope, receive, send)
+        fmt = self.QUERIES[scope["query_string"]]
+        accept = ""
+        if fmt is None:
+            for k, v in scope["headers"]:
+                if k == b"accept":
+                    accept = v.decode("latin-1")
+                    break
+        if wants_json(fmt, accept):
+            body, ctype = self.cache.json(), JSON_TYPE
+        else:
+            body, ctype = self.cache.text(), TEXT_TYPE
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", ctype)]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -142,7 +225,9 @@ class QueueEntry(BaseModel):
 
 
 class StatusSource(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]:
+        """The published snapshot: the same object until the next one, never mutated."""
+        ...
     def history(self, since: float | None) -> list[dict[str, Any]]: ...
     def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]: ...
     async def control(self, action: str) -> dict[str, Any]: ...
@@ -166,6 +251,8 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
     app = FastAPI(title="nightshiftd", version="1", description="Status and controls of the "
                   "nightshift daemon. Controls need `Authorization: Bearer <token>`.",
                   default_response_class=SafeJSONResponse)
+    cache = StatusCache(source)
+    app.add_middleware(_StatusFastPath, cache=cache)  # innermost: errors still pass _NoTraceback
     app.add_middleware(_NoTraceback)
     registry = metrics.make_registry(source.status)
 
@@ -177,12 +264,10 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
     @app.get("/status", response_model=None)
     async def status(request: Request,
                      format: str | None = Query(None, pattern="^(json|text)$")) -> Response:
-        st = source.status()
-        wants_json = format == "json" or (format is None and "application/json" in
-                                          request.headers.get("accept", ""))
-        if wants_json:
-            return SafeJSONResponse(st)
-        return PlainTextResponse(statusfmt.render(_finite(st)))  # a NaN reads as unknown
+        # a plain GET /status is answered by _StatusFastPath; this route serves the rest
+        if wants_json(format, request.headers.get("accept", "")):
+            return Response(cache.json(), media_type="application/json")
+        return PlainTextResponse(cache.text())
 
     # the store is read on the loop too (short indexed queries): nothing runs in a thread pool
     @app.get("/events")
