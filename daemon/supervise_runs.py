@@ -97,8 +97,6 @@ class RunsAndQueue:
 
     def _start_next_run(self, now: float) -> None:
         self._next_run_due = False
-        self.gov: Any = None  # policy.governor.GovState (its memory outlives the night)
-        self.gov_reason = ""
         waiting = self.store.queue()
         if not waiting:
             return

@@ -715,7 +715,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             return
         from daemon.governor_io import obs_from_reading
         from daemon.policy.governor import decide_governor
-        before = self.gov.cap_mhz
+        before, learned = self.gov.cap_mhz, self.gov.learned_mhz
         dec = decide_governor(obs_from_reading(reading, self.p.governor,
                                                float(self.cfg["gpu"]["poll_interval_s"]), now=now),
                               self.gov, self.cfg["thermal"])
@@ -732,6 +732,11 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= 200)
         if moved:
             self.event("governor", dec.reason)
+        if self.gov.learned_mhz != learned:  # kept at once: a kill -9 must not lose the night's learning
+            try:
+                self.store.remember("governor", self.gov.memory())
+            except Exception as e:  # noqa: BLE001
+                self.problems["store"] = f"cannot write the state database: {e}"
 
     def _schedule(self, now: float) -> None:
         if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):

@@ -91,3 +91,28 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
         sup2.close()
         assert committed_cap(sim) is None
     asyncio.run(go())
+
+
+def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_at_once(tmp_path):
+    """A queue's second run lost the governor (its state was reset to None: the chip stayed at the
+    last cap with nobody adjusting it); and the learned clock was only kept at a clean stop."""
+    async def go():
+        clock = FakeClock()
+        sim = SimulatedGPU(tmp_path / "sim", CHIP, clock=clock, cpu_fn=None)
+        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
+                     thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0})
+        cfg["queue"] = [{"name": n, "command": ["trainer"], "env": {}, "resume_command": None,
+                         "total_steps": 300} for n in ("one", "two")]
+        TRAINER["trainer"] = Behaviour(trainer=True, steps=300, step_s=0.5, interval=1000)
+        try:
+            h = chip_harness(tmp_path, cfg, sim, clock)
+            sup = await h.open()
+            await h.run(400, dt=0.5, until=lambda s: s.run_id == 2 and s.state == "running")
+            assert sup.run_id == 2 and sup.gov is not None
+            assert h.store.recall("governor") is not None  # kept while running, not only at stop
+            await h.run(60, dt=0.5)
+            assert committed_cap(sim) == sup.gov.cap_mhz is not None
+            assert max(sim.temp for _ in [0]) <= 88.0
+        finally:
+            TRAINER["trainer"] = Behaviour(trainer=True, steps=100_000, step_s=0.5, interval=1000)
+    asyncio.run(go())
