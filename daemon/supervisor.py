@@ -326,7 +326,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self._remember_loss(rec["step"], float(rec["loss"]))
         if replay:
             return
-        self.suspect_since = None if kind != "heartbeat" or self.holds else self.suspect_since
+        if kind != "heartbeat" or self.holds:
+            self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
         if kind == "checkpoint" and isinstance(rec.get("step"), int):
             try:
                 self.store.add_checkpoint(self.run_id, int(rec["step"]), str(rec.get("path")),
@@ -583,7 +584,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self.exit_intent = "hang"
             self.event("hang", f"stopping the hung job: {v.reason}", "warn")
             self.runner.begin_stop(now, graceful=False, timeout_s=0)
-        elif v.action == "ok" and self.suspect_since is not None and v.reason == "alive":
+        elif v.action == "alive":
             self.suspect_since = None
         # the checkpoint-age warning
         ck = self.facts.checkpoint

@@ -43,7 +43,7 @@ class Liveness:
 
 @dataclass(frozen=True)
 class HangVerdict:
-    action: str  # ok | suspect | terminate
+    action: str  # alive | ok (held, or waiting for the asked checkpoint) | suspect | terminate
     reason: str
     silent_s: float = 0.0
 
@@ -56,7 +56,7 @@ def judge_liveness(obs: Liveness, now: float, cfg_job: dict[str, Any]) -> HangVe
     silent = now - last
     timeout = float(cfg_job["heartbeat_timeout_s"])
     if silent <= timeout:
-        return HangVerdict("ok", "alive")
+        return HangVerdict("alive", "a record, an output line or CPU use within the timeout")
     if obs.suspect_since is None:
         return HangVerdict("suspect", f"no progress record, output or CPU use for {silent:.0f} s "
                            f"(job.heartbeat_timeout_s = {timeout:.0f})", silent)

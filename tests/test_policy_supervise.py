@@ -1,0 +1,97 @@
+"""The supervisor's rules with plain values (daemon/policy/supervise.py), boundaries included."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from daemon import config as config_mod
+from daemon.classify import ExitInfo
+from daemon.policy import supervise as rules
+
+JOB = {"heartbeat_timeout_s": 60.0, "command": ["train"], "resume_command": ["train", "--resume"]}
+
+
+def live(**kw) -> rules.Liveness:
+    base = dict(started_at=0.0, last_record_t=None, last_output_t=None, last_cpu_growth_t=None,
+                held=False, suspect_since=None)
+    return rules.Liveness(**(base | kw))
+
+
+@pytest.mark.parametrize("sign", ["last_record_t", "last_output_t", "last_cpu_growth_t"])
+def test_any_sign_of_life_resets_the_hang_clock(sign):
+    assert rules.judge_liveness(live(**{sign: 100.0}), 160.0, JOB).action == "alive"  # exactly at the timeout
+    assert rules.judge_liveness(live(**{sign: 100.0}), 160.1, JOB).action == "suspect"
+
+
+def test_a_held_job_is_never_hung_however_long():
+    assert rules.judge_liveness(live(held=True), 1e6, JOB).action == "ok"
+
+
+def test_suspect_then_terminate_after_the_grace():
+    assert rules.judge_liveness(live(suspect_since=100.0), 129.9, JOB).action == "ok"  # grace = min(30, 60/2)
+    assert rules.judge_liveness(live(suspect_since=100.0), 130.0, JOB).action == "terminate"
+
+
+def test_resume_command_only_with_a_checkpoint():
+    assert rules.plan_start(JOB, trainer_checkpoint=None, script_checkpoint=None, forced_resume=None).command == ["train"]
+    assert rules.plan_start(JOB, trainer_checkpoint=None, script_checkpoint="out/ckpt.pt",
+                            forced_resume=None).command == ["train", "--resume"]
+    p = rules.plan_start({**JOB, "resume_command": None}, trainer_checkpoint="/c/step_1",
+                         script_checkpoint=None, forced_resume=None)
+    assert p.command == ["train"] and p.resume == "/c/step_1"
+    assert rules.plan_start(JOB, trainer_checkpoint="/c/step_1", script_checkpoint=None,
+                            forced_resume="/c/step_0").resume == "/c/step_0"
+
+
+def cfg(**job) -> dict:
+    c = config_mod.defaults()
+    c["job"].update(job)
+    return c
+
+
+def test_restarts_are_bounded_in_the_window_for_every_cause():
+    sig = ExitInfo("signal", "killed by SIGKILL", signal_name="SIGKILL")
+    c = cfg(restart_limit=3, restart_window_s=100.0, restart_backoff_s=0.0)
+    assert rules.decide_exit(sig, code_errors=0, last_error_sig=None, recent_restarts=[10, 20],
+                             now=50, cfg=c).action == "restart"
+    d = rules.decide_exit(sig, code_errors=0, last_error_sig=None, recent_restarts=[10, 20, 30],
+                          now=50, cfg=c)
+    assert d.action == "fail" and "job.restart_limit = 3" in d.reason
+    # old restarts fall out of the window
+    assert rules.decide_exit(sig, code_errors=0, last_error_sig=None, recent_restarts=[10, 20, 30],
+                             now=130.1, cfg=c).action == "restart"
+
+
+def test_a_zero_backoff_still_waits_the_minimum():
+    sig = ExitInfo("signal", "killed", signal_name="SIGKILL")
+    d = rules.decide_exit(sig, code_errors=0, last_error_sig=None, recent_restarts=[], now=0,
+                          cfg=cfg(restart_backoff_s=0.0))
+    assert d.delay_s == rules.MIN_BACKOFF_S
+
+
+def test_checkpoint_age_warns_past_half_an_hour_or_three_intervals_and_at_most_hourly():
+    assert rules.checkpoint_age_warning(1800.0, 0.0, None, None, None) is None
+    assert rules.checkpoint_age_warning(1800.1, 0.0, None, None, None) is not None
+    # 1 step/s, 1000-step interval: three intervals (3000 s) is the limit
+    assert rules.checkpoint_age_warning(2999.0, 0.0, 1.0, 1000, None) is None
+    assert rules.checkpoint_age_warning(3001.0, 0.0, 1.0, 1000, None) is not None
+    assert rules.checkpoint_age_warning(5000.0, 0.0, None, None, 2000.0) is None  # warned < 1 h ago
+
+
+def test_offload_backoff_doubles_to_half_an_hour_and_never_retries_the_hopeless():
+    assert [rules.offload_retry_s(n, True) for n in (1, 2, 3)] == [30.0, 60.0, 120.0]
+    assert rules.offload_retry_s(20, True) == 1800.0
+    assert rules.offload_retry_s(1, False) is None
+
+
+def test_exit_status_tells_the_truth():
+    assert rules.exit_code(signal.SIGTERM, "running") == 143
+    assert rules.exit_code(None, "failed") == 1 and rules.exit_code(None, "succeeded") == 0
+
+
+def test_holds_show_thermal_first():
+    assert rules.shown_hold(frozenset({"user", "thermal"})) == "thermal"
+    assert rules.shown_hold(frozenset({"schedule", "user"})) == "user"
+    assert rules.shown_hold(frozenset()) is None
