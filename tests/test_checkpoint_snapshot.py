@@ -4,6 +4,7 @@ the state of step k, whatever the loop did after the snapshot returned."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -137,3 +138,19 @@ def test_close_removes_the_step_hook(tmp_path):
     assert len(opt._optimizer_step_pre_hooks) == 1
     ck.close()
     assert len(opt._optimizer_step_pre_hooks) == 0
+
+
+def test_an_optimizer_created_after_another_was_dropped_is_fenced_too(tmp_path):
+    """The hook registry is weak: a new optimizer (which may get the dropped one's id) gets
+    its own hook instead of passing for one already fenced."""
+    model, opt = trained()
+    ck = AsyncCheckpointer(tmp_path)
+    ck.snapshot(2, *capture(model, opt, step=2), optimizer=opt)
+    ck.wait()
+    del opt
+    gc.collect()
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.1)
+    ck.snapshot(3, *capture(model, opt2, step=3), optimizer=opt2)
+    ck.wait()
+    assert len(opt2._optimizer_step_pre_hooks) == 1
+    ck.close()

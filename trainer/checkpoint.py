@@ -474,7 +474,9 @@ class AsyncCheckpointer:
         self._thread: threading.Thread | None = None
         self._copied = threading.Event()  # set when the background copy of the last snapshot is done
         self._copied.set()
-        self._hooks: dict[int, Any] = {}  # id(optimizer) -> its step pre-hook's handle
+        # optimizer -> its step pre-hook's handle; weak, so a dropped optimizer's id, reused by
+        # a new one, can never pass for "already fenced"
+        self._hooks: weakref.WeakKeyDictionary[torch.optim.Optimizer, Any] = weakref.WeakKeyDictionary()
         self.fence_wait_s = 0.0  # how long optimizer.step() waited for the last snapshot's copy
 
     @property
@@ -497,11 +499,11 @@ class AsyncCheckpointer:
         return time.perf_counter() - t0
 
     def _fence(self, optimizer: torch.optim.Optimizer) -> None:
-        if id(optimizer) not in self._hooks:
+        if optimizer not in self._hooks:
             def before_step(opt: Any, args: Any, kwargs: Any) -> None:
                 if not self._copied.is_set():
                     self.fence_wait_s += self.wait_copy()
-            self._hooks[id(optimizer)] = optimizer.register_step_pre_hook(before_step)
+            self._hooks[optimizer] = optimizer.register_step_pre_hook(before_step)
 
     def _copy(self, group: str, tensors: Mapping[str, torch.Tensor], names: list[str],
               snap: dict[str, torch.Tensor]) -> None:
@@ -584,7 +586,7 @@ class AsyncCheckpointer:
 
     def close(self) -> None:
         self.wait()
-        for handle in self._hooks.values():
+        for handle in list(self._hooks.values()):
             handle.remove()
         self._hooks.clear()
         self._buffers.clear()
