@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -91,6 +92,9 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=10, help="seconds per quiet or loaded window")
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
+    ap.add_argument("--pin-daemon", action="store_true",
+                    help="pin the daemon to the load generator's core (a diagnostic: the job's core then "
+                         "carries no API work at all)")
     a = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     job_core, load_core = cores[0], cores[-1]
@@ -101,7 +105,8 @@ def main() -> None:
         cfg = write_config(tmp, {"job": {"command": [*pin, sys.executable, "-m", "trainer.reference",
                                                      "--steps", "100000000", "--threads", "1"]},
                                  "api": {"enabled": True, "port": port}, "gpu": {"sensor": "auto"}})
-        d = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
+        dpin = [shutil.which("taskset"), "-c", str(load_core)] if a.pin_daemon and pin else []
+        d = subprocess.Popen([*dpin, sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         daemon = psutil.Process(d.pid)
         try:
@@ -115,6 +120,8 @@ def main() -> None:
                     raise SystemExit("the daemon did not get the reference job training")
                 time.sleep(0.5)
             time.sleep(3)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status?format=json", timeout=5) as r:
+                status_bytes = len(r.read())
             code = (f"import os, sys, json; os.sched_setaffinity(0, {{{load_core}}}); "
                     f"sys.path.insert(0, {str(ROOT)!r}); from bench.api_bench import load; "
                     f"print(json.dumps(load({port}, {a.rps}, {a.window})))")
@@ -154,7 +161,8 @@ def main() -> None:
         "command": "bench/api_bench.py " + " ".join(sys.argv[1:]),
         "rps": a.rps, "window_s": a.window, "pairs": a.pairs,
         "pinning": {"job_core": job_core, "load_generator_core": load_core, "job_threads": 1,
-                    "daemon": "unpinned"},
+                    "daemon": f"core {load_core}" if a.pin_daemon else "unpinned"},
+        "status_json_bytes": status_bytes, "load_average_after": os.getloadavg(),
         "requests": sum(x["requests"] for x in loaded), "errors": sum(x["errors"] for x in loaded),
         "achieved_rps": summary([x["achieved_rps"] for x in loaded]),
         "p50_ms": summary([x["p50_ms"] for x in loaded]),
@@ -166,6 +174,8 @@ def main() -> None:
         "steps_per_s_loaded": summary([x["steps_per_s"] for x in loaded]),
         "pair_details": pairs,
     }
+    res["verdict"] = {"throughput_ratio": "met" if res["throughput_ratio"]["median"] >= 0.98 else "MISS (goal >= 0.98)",
+                      "p99_ms": "met" if res["p99_ms"]["median"] < 20 else "MISS (goal < 20)"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     t, c, p99 = res["throughput_ratio"], res["cpu_s_per_1000_status"], res["p99_ms"]

@@ -8,11 +8,12 @@ for the same uvicorn + GuardedH11Protocol server (daemon.api.serve) in front of
 - ``uncached``: the fast path with a source that publishes a new snapshot per request, so
   the JSON/text are rendered every time (the cost the cache removes).
 
-    .venv/bin/python bench/api_cost_split.py [--requests 3000] [--rounds 5] [--snapshot FILE]
+    .venv/bin/python bench/api_cost_split.py [--requests 3000] [--rounds 5] [--rps 0] [--snapshot FILE]
 
 Each variant is a server process pinned to one core, the client to the other; rounds rotate
 the order so a busy neighbour hits all variants alike; figures are medians with min-max over
-the rounds. Requests are sequential on one keep-alive connection, half text, half JSON.
+the rounds. Requests are sequential on one keep-alive connection, half text, half JSON, back
+to back or paced (``--rps``: each request then finds the server idle, as in api_bench.py).
 """
 
 from __future__ import annotations
@@ -70,9 +71,13 @@ def serve(variant: str, port: int, snap_file: str | None) -> None:
     asyncio.run(main())
 
 
-def run(port: int, n: int, path: str) -> None:
+def run(port: int, n: int, path: str, rps: float = 0) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    nxt = time.monotonic()
     for i in range(n):
+        if rps:  # paced: every request wakes an idle server, as at 200 req/s from phones
+            nxt += 1 / rps
+            time.sleep(max(0.0, nxt - time.monotonic()))
         conn.request("GET", path + ("format=json" if i % 2 else "format=text"))
         r = conn.getresponse()
         r.read()
@@ -86,6 +91,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--snapshot", default=None, help="a /status?format=json body to serve")
+    ap.add_argument("--rps", type=float, default=0, help="pace the requests (0: back to back)")
     ap.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "api_cost_split.json"))
     a = ap.parse_args()
@@ -116,7 +122,7 @@ def main() -> None:
                 p, port = servers[v]
                 proc = psutil.Process(p.pid)
                 c0 = sum(proc.cpu_times()[:2])
-                run(port, a.requests, paths[v])
+                run(port, a.requests, paths[v], a.rps)
                 time.sleep(0.05)
                 ms[v].append(1000 * (sum(proc.cpu_times()[:2]) - c0) / a.requests)
             print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{v} {ms[v][-1]:.3f}" for v in VARIANTS),
@@ -132,7 +138,7 @@ def main() -> None:
     st = snapshot(a.snapshot)
     from daemon import api
     res = {"command": "bench/api_cost_split.py " + " ".join(sys.argv[1:]),
-           "requests_per_round": a.requests, "rounds": a.rounds,
+           "requests_per_round": a.requests, "rounds": a.rounds, "rps": a.rps or "back to back",
            "status_json_bytes": len(api.strict_json(st)),
            "cpu_ms_per_request": {v: s(ms[v]) for v in VARIANTS},
            "load_average": os.getloadavg()}
