@@ -330,6 +330,11 @@ class JobProcess:
             await asyncio.sleep(0.05)
         if self._signal_tree(signal.SIGKILL):
             log.warning("killed what was left of job %s's process tree", self.pid)
+            # SIGKILL is delivered asynchronously: wait (briefly) until the tree is really gone,
+            # so that "reaped" means gone for whoever restarts the job next.
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and (self._tree_alive() or self._group_alive()):
+                await asyncio.sleep(0.02)
 
     def _group_alive(self) -> bool:
         try:
