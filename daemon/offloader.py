@@ -62,12 +62,17 @@ class Offloader:
         self._backends = dict(self._given)
         self._build = build
         self.run_id = 0
+        # A backend that refused our credentials (ssh: the key or the host key) is skipped until
+        # its config changes (config_changed) or the daemon restarts; the others are still tried.
+        self.refused: dict[str, str] = {}
+        self._calls: dict[str, dict[str, str]] = {}  # name -> {call_id: run key}, replayed on a rebuild
 
     def for_run(self, run_id: int) -> None:
         """Backends built for another run carry that run's files: build anew."""
         if run_id != self.run_id:
             self.run_id = run_id
             self._backends = dict(self._given)
+            self._calls = {}
 
     @property
     def names(self) -> list[str]:
@@ -79,12 +84,43 @@ class Offloader:
         return [] if o["backend"] == "none" else [o["backend"]]
 
     @property
+    def usable(self) -> list[str]:
+        """``names`` without the backends that refused our credentials."""
+        return [n for n in self.names if n not in self.refused]
+
+    def refuse(self, name: str, why: str) -> None:
+        self.refused[name] = why
+
+    def config_changed(self, keys: list[str]) -> list[str]:
+        """A live edit of ``[offload]`` keys: the backends they configure are built anew (a
+        cached SshBackend keeps the old host and key otherwise) and may be tried again.
+        ``offload.ssh`` touches only ssh; any other offload key touches every backend.
+        Returns the names whose refusal was lifted."""
+        keys = [k for k in keys if k.startswith("offload.")]
+        if not keys:
+            return []
+        touched = {"ssh"} if all(k == "offload.ssh" for k in keys) else set(self._backends) | set(self.refused)
+        for name in touched:
+            if name in self._backends and name not in self._given:
+                close = getattr(self._backends.pop(name), "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001 - the old connection is dropped either way
+                        pass
+        return [n for n in touched if self.refused.pop(n, None) is not None]
+
+    @property
     def available(self) -> bool:
         return bool(self.names) and float(self.cfg["offload"]["budget_usd"]) > 0
 
     def backend(self, name: str) -> OffloadBackend:
         if name not in self._backends:
-            self._backends[name] = self._build(name, self.cfg, self.run_id)
+            self._backends[name] = b = self._build(name, self.cfg, self.run_id)
+            remember = getattr(b, "remember", None)
+            for call_id, key in self._calls.get(name, {}).items():  # rebuilt: still follows its calls
+                if remember is not None:
+                    remember(call_id, key)
         return self._backends[name]
 
     def price_per_s(self, name: str) -> float:
@@ -102,6 +138,7 @@ class Offloader:
         return Launched(call_id, name, up, tuple(getattr(b, "warnings", ()) or ()))
 
     def remember(self, name: str, call_id: str, key: str) -> None:
+        self._calls.setdefault(name, {})[call_id] = key
         b = self.backend(name)
         remember = getattr(b, "remember", None)  # modal and ssh read progress by run key
         if remember is not None:

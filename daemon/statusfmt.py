@@ -94,7 +94,12 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     lines += field("reset", resets + (f" {heat}" if heat else ""))
     cloud = st.get("cloud") or {}
     if st.get("backend") == "cloud" or (cloud.get("cost_usd") or 0) > 0:
-        lines += field("cloud", f"{cloud.get('gpu')}, ${cloud.get('cost_usd') or 0:.2f} of "
+        remote = cloud.get("remote") or {}
+        # a box over SSH is named by its host (Modal's [offload] gpu says nothing about it)
+        where = f"ssh {remote['host']}" if remote.get("host") else cloud.get("gpu")
+        if remote.get("remote_state"):
+            where += f" ({remote['remote_state']})"
+        lines += field("cloud", f"{where}, ${cloud.get('cost_usd') or 0:.2f} of "
                        f"${cloud.get('budget_usd') or 0:.2f} budget")
     else:
         lines += field("where", "the local GPU")

@@ -61,14 +61,16 @@ class RemoteSteps:
                 or self.exit_intent is not None:
             return
         from daemon.policy.failover import FailoverObs, decide_failover
-        names = self.p.offloader.names
+        names = self.p.offloader.usable  # a backend that refused our key is not tried again
         spent = float(self.run.get("cloud_cost_usd") or 0.0)
         obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
                           gpu_unusable=self.gpu_unusable, local_eta_s=self.local_eta_s(now),
                           deadline=self._deadline(now), forced=self.off.forced,
                           backend=names[0] if names else "none",
                           budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
-                          auth_ok=self.off.auth_ok, state=self.state.value)
+                          # credentials refused by every backend listed: no point trying
+                          auth_ok=False if self.p.offloader.names and not names else self.off.auth_ok,
+                          state=self.state.value)
         dec = decide_failover(obs, self.cfg)
         if dec.offload:
             self._begin_offload(now, dec.reason)
@@ -88,7 +90,7 @@ class RemoteSteps:
         items = [QueueItem(f"run {self.run_id} ({self.job['name']})",
                            max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
         items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
-        names = self.p.offloader.names
+        names = self.p.offloader.usable
         duty = self.duty.duty(now)
         rate = self.facts.steps_per_s
         if rate and duty is not None and duty.fraction > 0:
@@ -96,13 +98,13 @@ class RemoteSteps:
         plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
                           cloud_speedup=float(o["speedup"].get(o["gpu"], 0.0)) if names else None,
                           usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
-                          budget_usd=budget_left if self.p.offloader.available else 0.0)
+                          budget_usd=budget_left if self.p.offloader.available and names else 0.0)
         if plan is None:
             return
         if self.queue_plan is None or plan.reason != self.queue_plan.reason:
             self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
         self.queue_plan = plan
-        if plan.where(items[0].name) == "cloud" and self.p.offloader.available:
+        if plan.where(items[0].name) == "cloud" and self.p.offloader.available and names:
             self._begin_offload(now, f"queue plan: {plan.reason}")
 
     def _begin_offload(self, now: float, reason: str) -> None:
@@ -119,11 +121,24 @@ class RemoteSteps:
                        env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
                        checkpoint_interval=self.interval_steps)
 
-    def _estimate_text(self, remaining: int) -> str:
+    def _where(self, name: str) -> str:
+        """A backend as a person knows it: ssh by its box (user@host:port), the others by the
+        [offload] gpu they rent (Modal's GPU name means nothing for a box over SSH)."""
+        if name == "ssh":
+            desc = self.p.offloader.describe(name) or {}
+            ssh = self.cfg["offload"].get("ssh") or {}
+            host = desc.get("host") or (f"{ssh['user']}@{ssh['host']}" if ssh.get("user") else ssh.get("host"))
+            return f"ssh {host}"
+        return f"{name} {self.cfg['offload']['gpu']}"
+
+    def _estimate_text(self, remaining: int, name: str | None = None) -> str:
         from daemon.offload.cost import offload_estimate
         o = self.cfg["offload"]
         remote = o["remote_steps_per_s"] or (o["local_steps_per_s"] if o["backend"] == "local" else None)
-        self.off.estimate = offload_estimate(remaining, o["gpu"], o["prices_usd_per_h"], o["speedup"],
+        prices, gpu = o["prices_usd_per_h"], o["gpu"]
+        if name == "ssh":  # the box's own hourly price, not Modal's for [offload] gpu
+            gpu, prices = "ssh", {"ssh": self.p.offloader.price_per_s("ssh") * 3600}
+        self.off.estimate = offload_estimate(remaining, gpu, prices, o["speedup"],
                                              local_steps_per_s=self.facts.steps_per_s,
                                              remote_steps_per_s=remote)
         return self.off.estimate.basis
@@ -137,14 +152,17 @@ class RemoteSteps:
         # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
         files = [Path(self.cfg["job"]["workdir"]) / p for p in filter(None, [self._script_checkpoint()])]
         failures = []
-        for name in [n for n in self.p.offloader.names if n not in self.off.tried]:
-            self.event("offload_estimate", f"moving {remaining} steps to {name} {o['gpu']}: "
-                       f"{self._estimate_text(remaining)} (budget ${o['budget_usd']:.2f})")
+        for name in [n for n in self.p.offloader.usable if n not in self.off.tried]:
+            self.event("offload_estimate", f"moving {remaining} steps to {self._where(name)}: "
+                       f"{self._estimate_text(remaining, name)} (budget ${o['budget_usd']:.2f})")
             try:
                 got = await self.p.offloader.launch(name, key, info.path if info else None, files,
                                                     self._job_spec())
             except OffloadAuthError as e:
-                self.off.auth_ok = False
+                # only this backend stops (until its config changes); the next one is tried
+                self.p.offloader.refuse(name, str(e))
+                if not self.p.offloader.usable:
+                    self.off.auth_ok = False
                 failures.append((name, str(e), None))
                 continue
             except OffloadError as e:
@@ -157,8 +175,8 @@ class RemoteSteps:
             self.off.launched_at = self.clock()
             self._update_run(backend="cloud", remote_call_id=got.call_id, remote_backend=name,
                              remote_started=self.off.launched_at)
-            self.set_state(State.REMOTE, f"running on {name} ({o['gpu']}), call {got.call_id}")
-            self.event("offloaded", f"job moved to {name} {o['gpu']} from "
+            self.set_state(State.REMOTE, f"running on {self._where(name)}, call {got.call_id}")
+            self.event("offloaded", f"job moved to {self._where(name)} from "
                        f"{info.path.name if info else self._script_checkpoint() or 'scratch'}: {self.off.reason}; uploaded "
                        f"{got.upload.bytes / 2**20:.1f} MB in {got.upload.seconds:.1f} s"
                        + (f" (after {', '.join(n for n, _, _ in failures)} failed)" if failures else ""),
@@ -179,6 +197,15 @@ class RemoteSteps:
                    "error")
         self._update_run(backend="local")
         self._restart_now("continuing locally")
+
+    def _offload_config_changed(self, keys: list[str]) -> None:
+        """A live edit of [offload] keys: rebuilt backends, and one that refused our key (a
+        new key_file, say) is tried again at the next reason to offload."""
+        lifted = self.p.offloader.config_changed(keys)
+        if lifted:
+            self.off.auth_ok, self.off.problem, self.off.attempts = None, None, 0
+            self.off.next_attempt_at = 0.0
+            self.event("offload", f"{', '.join(sorted(lifted))}: config changed, will be tried again")
 
     def _reattach(self) -> None:
         run = self.run

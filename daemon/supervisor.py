@@ -965,6 +965,13 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                 self.off.after_pull = "stopped"
                 self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
                 return self._answer_later(fut)
+            budget = float(self.cfg["offload"]["budget_usd"])
+            if rules.budget_left(budget, float(self.run.get("cloud_cost_usd") or 0.0)) <= 0:
+                return {"ok": False, "message": f"this run has spent its cloud budget (${budget:.2f}): "
+                        "raise [offload] budget_usd to move it again"}
+            if not self.p.offloader.usable:  # every backend refused our credentials: say which
+                return {"ok": False, "message": "; ".join(self.p.offloader.refused.values())
+                        + " (fix the config and save it: the backend is tried again)"}
             if self.runner.running:
                 self.exit_intent = "stop"
                 self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
@@ -1044,6 +1051,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         """Training = running, not held, and this attempt has reported since it started (the
         interpreter's start-up, the torch import and the restore are not training)."""
         pid = self.runner.pid if self.runner is not None else None
+        self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
         if pid != self._duty_pid:
             self._duty_pid, self._duty_pid_t = pid, now
         last = self.facts.last_record_t

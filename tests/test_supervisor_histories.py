@@ -438,7 +438,7 @@ class FlakyBox:
         raise OffloadError("gone", retryable=True)
 
 
-def test_an_unreachable_box_falls_back_to_the_next_backend_then_a_dying_job_to_the_local_gpu(tmp_path):
+def test_an_unreachable_ssh_box_falls_back_to_the_next_backend_then_a_dying_job_to_the_local_gpu(tmp_path):
     """Issue 15: an interrupted box -> the next backend in [offload] backends, saying which and
     why; a job that dies every time is not relaunched forever; the local GPU is the last resort."""
     async def go():

@@ -16,9 +16,9 @@ The runner (``python -m daemon.offload.remote``, the same body Modal runs) is st
 session with stdin/stdout detached, so it survives the SSH connection dropping and the daemon
 restarting. Its pid and kernel start time (clock ticks since boot, /proc/PID/stat field 22) are
 the call id: ``ssh:<host>:<port>:<run_key>:<pid>:<ticks>``, so a new backend object re-attaches
-from the id alone and a recycled pid is never taken for the job. Polling is one shell command
-(liveness, status.json, the tail of progress.jsonl); nothing on the box needs more than POSIX sh
-and the configured python.
+from the id alone and a recycled pid is never taken for the job. Polling runs no command: a few
+reads over a kept SFTP session (/proc/<pid>/stat for liveness, status.json, runner.json, the
+tail of progress.jsonl); nothing on the box needs more than POSIX sh and the configured python.
 
 A runner that is gone without a result, or a job killed by a signal, is ``preempted``: the caller
 launches again and the job resumes from the newest checkpoint on the box. Cancel asks a trainer/
