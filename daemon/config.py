@@ -229,11 +229,16 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
 MAX_INT = 2**53  # larger integers lose precision in JSON and overflow SQLite's 64 bits
 MAX_CONFIG_BYTES = 1 << 20
 
-# Keys whose change needs a restart of the job (see configwatch): everything else applies live.
+# Keys whose change needs a restart of the daemon (see configwatch): everything else applies
+# live (daemon/reconfig.py rebuilds the parts that depend on them, the rest is read at use).
+# A key read only when a part is built at start belongs here, so that a reload never announces
+# as "in force" what is not.
 RESTART_KEYS = {("job", "command"), ("job", "resume_command"), ("job", "workdir"),
-                ("job", "checkpoint_dir"), ("job", "env"), ("daemon", "state_dir"),
-                ("api", "host"), ("api", "port"), ("gpu", "sensor"), ("gpu", "sysfs_root"),
-                ("offload", "backend")}
+                ("job", "checkpoint_dir"), ("job", "env"), ("job", "log_max_bytes"),
+                ("daemon", "state_dir"), ("api", "enabled"), ("api", "host"), ("api", "port"),
+                ("api", "token_file"), ("gpu", "sensor"), ("gpu", "sysfs_root"), ("gpu", "card"),
+                ("gpu", "simulated"), ("resets", "sources"), ("resets", "kernel_log"),
+                ("resets", "probe"), ("offload", "backend")}
 
 
 class ConfigError(Exception):

@@ -7,6 +7,7 @@ calls ``apply`` from its tick (never from the watcher's thread) and assigns what
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from daemon import parts as build
@@ -14,7 +15,16 @@ from daemon import parts as build
 
 async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: Any) -> dict[str, Any]:
     """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
-    by attribute name of ``Parts`` (the Supervisor assigns them)."""
+    by attribute name of ``Parts`` (the Supervisor assigns them). Raises ``ConfigError`` with
+    nothing changed when the edit cannot apply (a clock cap outside the card's OD_RANGE)."""
+    cap_keys = {"thermal.clock_cap", "thermal.clock_cap_mhz"} & set(keys)
+    new_cap = None
+    if cap_keys:
+        # built and checked against the card's range before anything changes: a bad cap raises
+        # here, with the old config and the old cap (still applied) in force
+        th = {k.split(".", 1)[1]: new["thermal"][k.split(".", 1)[1]] for k in keys
+              if k.startswith("thermal.")}
+        new_cap = build.clockcap({**cfg, "thermal": {**cfg["thermal"], **th}}, p.sensor)
     for k in keys:
         sec, key = k.split(".", 1)
         cfg[sec][key] = new[sec][key]
@@ -30,12 +40,14 @@ async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: An
         changed["notifier"] = build.notifier(cfg)
         if changed["notifier"] is not None:
             await changed["notifier"].start()
-    if {"thermal.clock_cap", "thermal.clock_cap_mhz"} & set(keys):
+    if cap_keys:
         if p.clockcap is not None:
             p.clockcap.restore()  # the old cap is lifted before a new one can apply
-        changed["clockcap"] = build.clockcap(cfg, p.sensor)
+        changed["clockcap"] = new_cap
     if "job.progress_pattern" in keys:
         changed["output_progress"] = build.output_progress(cfg)
+    if "daemon.log_level" in keys:
+        logging.getLogger().setLevel(str(cfg["daemon"]["log_level"]).upper())
     if "gpu.poll_interval_s" in keys and p.reschedule_poll is not None:
         p.reschedule_poll(float(cfg["gpu"]["poll_interval_s"]))
     return changed

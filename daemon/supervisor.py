@@ -282,6 +282,11 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
                 log.exception("control %s failed", action)
                 res = {"ok": False, "message": f"{action} failed: {type(e).__name__}: {e}"}
+                # the user sees it even when nobody waits for the answer (a live config edit)
+                self.problems[f"command:{action}"] = res["message"]
+                self.event("error", f"{res['message']}; the daemon carries on", "error")
+            else:
+                self.problems.pop(f"command:{action}", None)
             if fut is not None and res is not None and not fut.done():
                 fut.set_result({**res, "state": self.state.value})
         if self.stop_signal is not None and not self.shutting_down:
@@ -498,9 +503,14 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         ckpt_dir = self.checkpoint_dir
         info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
         job = self.job
+        script_ckpt = self._script_checkpoint()
+        forced = self.forced_resume
+        if forced is None and info is None and script_ckpt is None:
+            # `run --resume-from PATH` holds until the run has a checkpoint of its own: a job
+            # killed (or a daemon restarted) before that must not start from scratch
+            forced = (self.store.get_run(self.run_id) or {}).get("resume_from") or None
         plan = rules.plan_start(job, trainer_checkpoint=str(info.path) if info else None,
-                                script_checkpoint=self._script_checkpoint(),
-                                forced_resume=self.forced_resume)
+                                script_checkpoint=script_ckpt, forced_resume=forced)
         self.forced_resume = None
         try:
             pid = await self.runner.start(plan.command, cwd=self.cfg["job"]["workdir"],

@@ -528,3 +528,101 @@ def test_no_temperature_is_a_problem_said_once_until_one_appears(tmp_path):
         await h.run(3)
         assert not any("thermal protection off" in p for p in sup.snapshot["problems"])
     run(go())
+
+
+# ---------------------------------------------------------------- --resume-from holds
+def test_resume_from_holds_until_the_run_has_a_checkpoint_of_its_own(tmp_path):
+    """`run --resume-from PATH` once applied only to the first attempt: a job killed before its
+    first checkpoint, or a daemon restarted then, started the run from scratch."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["train"], "restart_backoff_s": 1.0})
+        dies = Behaviour(script=[(1.0, "line", "loading"), (3.0, "exit", -9)])
+        h = Harness(tmp_path, cfg, {"train": dies})
+        sup = await h.open(resume_from="/data/old/step_500")
+        await h.run(9)
+        assert len(h.spawned) >= 2
+        assert [p.env["NIGHTSHIFT_RESUME"] for p in h.factory.procs] == ["/data/old/step_500"] * len(h.spawned)
+        # the daemon restarts before the run has a checkpoint: still the same starting point
+        h2 = Harness(tmp_path, cfg, {"train": Behaviour(trainer=True, steps=1000, interval=5)},
+                     clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        assert sup2.run_id == sup.run_id
+        await h2.run(12)
+        assert h2.factory.procs[0].env["NIGHTSHIFT_RESUME"] == "/data/old/step_500"
+        assert sup2.facts.checkpoint is not None  # now the run has its own checkpoints...
+        h2.factory.procs[0].exit(-9)
+        await h2.run(3, until=lambda s: len(h2.spawned) == 2)
+        await h2.run(1)
+        own = h2.factory.procs[1].env["NIGHTSHIFT_RESUME"]  # ...and they win
+        assert own.startswith(str(Path(cfg["job"]["checkpoint_dir"]) / f"run-{sup2.run_id}")), own
+    run(go())
+
+
+# ---------------------------------------------------------------- 8: a failing command
+class FailingCap(FakeCap):
+    def restore(self):  # the sysfs write fails (EIO from the driver)
+        raise OSError(5, "Input/output error", "/sys/class/drm/card0/device/pp_od_clk_voltage")
+
+
+def test_a_failing_command_is_an_event_and_a_problem_and_the_job_trains_on(tmp_path, monkeypatch):
+    """Old: a live reload whose handler raised was one log line; the user saw nothing."""
+    async def go():
+        caps: list[str] = []
+        from daemon import parts as build
+        monkeypatch.setattr(build, "clockcap", lambda c, s: FakeCap(caps, c["thermal"]["clock_cap_mhz"]))
+        cfg = config(tmp_path, thermal={"clock_cap": True, "clock_cap_mhz": 1800})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)},
+                    clockcap=FailingCap(caps, 1800))
+        sup = await h.open()
+        await h.run(2)
+        new = config(tmp_path, thermal={"clock_cap": True, "clock_cap_mhz": 1500})
+        sup.commands.append(("reconfigure", (new, ["thermal.clock_cap_mhz"], []), None))
+        await h.run(1)
+        [err] = [m for m in h.events("error") if "reconfigure failed" in m]
+        assert "Input/output error" in err
+        assert any("Input/output error" in p for p in sup.snapshot["problems"])
+        assert not sup.done.is_set() and sup.state == State.RUNNING
+        step = sup.facts.step
+        await h.run(3)
+        assert sup.facts.step > step
+    run(go())
+
+
+# ---------------------------------------------------------------- 7: keys read only at start
+def test_a_reload_never_calls_in_force_a_key_read_only_at_start(tmp_path):
+    """Old: resets.probe, gpu.card, api.enabled, job.log_max_bytes... were announced "now in
+    force" and changed nothing; daemon.log_level now applies live."""
+    import logging
+
+    from daemon import config as config_mod
+    from daemon.configwatch import ConfigWatcher
+
+    async def go():
+        path = tmp_path / "config.toml"
+        base = f'[job]\ncommand = ["trainer"]\nworkdir = "{tmp_path}"\n[daemon]\nstate_dir = "state"\n'
+        path.write_text(base)
+        cfg = config_mod.load(path)
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)})
+        sup = await h.open()
+        await h.run(1)
+        watcher = ConfigWatcher(path, asyncio.get_running_loop(),
+                                on_change=lambda new, keys, restart: sup.commands.append(
+                                    ("reconfigure", (new, keys, restart), None)),
+                                on_error=lambda e: None, current=config_mod.load(path))
+        probe = not cfg["resets"]["probe"]
+        path.write_text(base.replace('state_dir = "state"', 'state_dir = "state"\nlog_level = "debug"')
+                        + f"[resets]\nprobe = {str(probe).lower()}\n[gpu]\ncard = \"card1\"\n"
+                        + "[api]\nenabled = false\n")
+        level = logging.getLogger().level
+        try:
+            watcher.reload()
+            await h.run(0.6)
+            applied = [m for m in h.events("config") if "in force" in m]
+            waits = [m for m in h.events("config") if "restart" in m]
+            assert applied and "daemon.log_level" in applied[-1]
+            assert logging.getLogger().level == logging.DEBUG
+            for key in ("resets.probe", "gpu.card", "api.enabled"):
+                assert key not in applied[-1] and key in waits[-1], (applied, waits)
+        finally:
+            logging.getLogger().setLevel(level)
+    run(go())
