@@ -69,19 +69,26 @@ for i in range(int(sys.argv[1])):
 """
 
 
-def test_a_script_that_only_prints_runs_to_its_end_with_a_short_heartbeat(tmp_path):
-    """Issue 12, failure 2: an unmodified script writes no progress records; it was killed as hung."""
+@pytest.mark.parametrize("pattern", ["nanogpt", None])
+def test_a_script_that_only_prints_runs_to_its_end_with_a_short_heartbeat(tmp_path, pattern):
+    """Issue 12, failure 2: an unmodified script writes no progress records; it was killed as hung.
+    Without a progress_pattern its lines are not progress at all: a bare output line is life."""
     script = tmp_path / "train.py"
     script.write_text(PRINTER)
-    cfg = write_config(tmp_path, {"job": {"command": [sys.executable, str(script), "16"],
-                                          "heartbeat_timeout_s": 2.0, "progress_pattern": "nanogpt"},
-                                  "api": {"enabled": True, "port": free_port()}})
+    job = {"command": [sys.executable, str(script), "16"], "heartbeat_timeout_s": 2.0}
+    if pattern:
+        job["progress_pattern"] = pattern
+    cfg = write_config(tmp_path, {"job": job, "api": {"enabled": True, "port": free_port()}})
     d = start_daemon(cfg)
     try:
         assert d.wait(timeout=90) == 0, d.stdout.read()
         con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
         kinds = [k for (k,) in con.execute("SELECT kind FROM events")]
-        assert "hang" not in kinds and con.execute("SELECT restarts, state, step FROM runs").fetchone() == (0, "succeeded", 15)
+        assert "hang" not in kinds
+        restarts, state, step = con.execute("SELECT restarts, state, step FROM runs").fetchone()
+        assert (restarts, state) == (0, "succeeded")
+        if pattern:
+            assert step == 15
     finally:
         if d.poll() is None:
             kill_group(d)

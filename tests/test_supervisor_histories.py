@@ -626,3 +626,84 @@ def test_a_reload_never_calls_in_force_a_key_read_only_at_start(tmp_path):
         finally:
             logging.getLogger().setLevel(level)
     run(go())
+
+
+# ---------------------------------------------------------------- signals: one SIGINT is graceful
+def test_a_single_sigint_is_a_graceful_stop_with_a_final_checkpoint(tmp_path):
+    """Ctrl-C once = what systemctl stop does: checkpoint, let the job exit, exit 130."""
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000, interval=50)})
+        sup = await h.open()
+        await h.run(20)
+        sup.request_stop(signal.SIGINT)
+        await h.run(10, until=lambda s: s.done.is_set())
+        assert sup.done.is_set() and sup.exit_code() == 130
+        proc = h.factory.procs[-1]
+        assert proc.returncode == 0 and sup.facts.checkpoint["step"] == proc.step
+    run(go())
+
+
+# ---------------------------------------------------------------- liveness: the schedule's hold
+def test_a_job_held_by_the_schedule_is_never_hung(tmp_path):
+    """The night window closes on a running job: held (SIGSTOP for a script), never hung."""
+    from datetime import datetime, timedelta
+
+    async def go():
+        clock = FakeClock()
+        now = datetime.fromtimestamp(clock.t)
+        end = now + timedelta(minutes=2)  # the window closes two minutes from now
+        cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 5.0},
+                     schedule={"enabled": True, "window_start": (now - timedelta(hours=1)).strftime("%H:%M"),
+                               "window_end": end.strftime("%H:%M")})
+        from daemon import parts as build
+        h = Harness(tmp_path, cfg, {"script": Behaviour(script=[(1.0, "line", "hi"), (5000.0, "exit", 0)])},
+                    clock=clock, schedule=build.schedule(cfg))
+        h.parts.schedule.clock = clock
+        sup = await h.open()
+        await h.run(200, dt=0.5)
+        assert sup.snapshot["held_by"] == "schedule", sup.snapshot["held_by"]
+        assert h.factory.procs[0].stopped_by_signal
+        await h.run(300, dt=0.5)
+        assert not h.events("hang") and len(h.spawned) == 1 and h.factory.procs[0].returncode is None
+    run(go())
+
+
+# ---------------------------------------------------------------- a restart forgets nothing
+def test_a_restarted_daemon_keeps_checkpoint_costs_and_the_restart_history(tmp_path):
+    """The interval's measured checkpoint costs and the restart budget survive a daemon restart:
+    three deaths before it and two after it exceed restart_limit = 4 in the window."""
+    async def go():
+        cfg = config(tmp_path, job={"restart_limit": 4, "restart_backoff_s": 1.0},
+                     checkpoint={"interval": "auto"})
+        beh = {"trainer": Behaviour(trainer=True, steps=1000, interval=3)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        for _ in range(3):
+            await h.run(6)
+            h.factory.procs[-1].exit(-9)
+        await h.run(4)
+        costs = list(sup.facts.checkpoint_costs)
+        assert costs and sup.run["restarts"] == 3
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        assert list(sup2.facts.checkpoint_costs)[-len(costs):] == costs
+        await h2.run(5)
+        h2.factory.procs[-1].exit(-9)
+        await h2.run(5)
+        assert sup2.state == State.RUNNING
+        h2.factory.procs[-1].exit(-9)
+        await h2.run(5)
+        assert sup2.state == State.FAILED and "restart_limit = 4" in (sup2.run["failure"] or "")
+    run(go())
+
+
+# ---------------------------------------------------------------- checkpoint.keep / best_metric
+def test_checkpoint_keep_and_best_metric_reach_the_job(tmp_path):
+    async def go():
+        cfg = config(tmp_path, checkpoint={"keep": 7, "best_metric": "val_loss"})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=100)})
+        await h.open()
+        await h.run(2)
+        env = h.factory.procs[0].env
+        assert env["NIGHTSHIFT_CHECKPOINT_KEEP"] == "7" and env["NIGHTSHIFT_BEST_METRIC"] == "val_loss"
+    run(go())
