@@ -129,6 +129,29 @@ class GovernorPort:
                 f"RUN+=\"/bin/chmod 0666 /sys%p/device/{OD} /sys%p/device/{LEVEL}\"")
 
 
+class NoDevicePort:
+    """The port when the sensor found no amdgpu card: nothing to write, and ``problem()`` says
+    what to change, so the Supervisor reports it once and the governor falls back to pausing."""
+    current = None
+
+    def __init__(self, why: str = "the sensor found no amdgpu GPU"):
+        self.why = why
+
+    def problem(self) -> str:
+        return (f"no amdgpu device to cap ({self.why}): name the card in [gpu] card (the cardN "
+                "whose device/ has pp_od_clk_voltage: ls /sys/class/drm/card*/device/pp_od_clk_voltage), "
+                "or set [thermal] governor = \"off\"")
+
+    def od_range(self) -> None:
+        return None
+
+    def set(self, mhz: int | None) -> None:
+        return None  # nothing to cap: the decision already falls back to pausing
+
+    def restore(self) -> None:
+        return None
+
+
 def obs_from_reading(reading: Any, port: GovernorPort | None, poll_interval_s: float,
                      now: float | None = None) -> GovObs:
     """A sensors.base.Reading (+ the port's range and problem) as the governor's observation."""

@@ -87,7 +87,11 @@ def governor(cfg: dict[str, Any], sensor: Any, sim: Any) -> Any:
     if sim is not None:
         from daemon.simgpu import sysfs_write
         return GovernorPort(dev or sim.device_dir, write=sysfs_write)
-    return GovernorPort(dev) if dev else None
+    if not dev:  # said once as a problem, naming the fix; pausing protects the chip
+        from daemon.governor_io import NoDevicePort
+        return NoDevicePort("the sensor found none" if sensor is None else
+                            "the sensor reads no amdgpu card")
+    return GovernorPort(dev)
 
 
 def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:

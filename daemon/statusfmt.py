@@ -85,6 +85,9 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         lines += _eta_lines(st)
     t = st.get("temps") or {}
     lines += field("temp", f"edge {_c(t.get('edge_c'))}, Tctl {_c(t.get('tctl_c'))}")
+    gov = st.get("governor")
+    if gov and gov.get("line"):  # [thermal] governor = "clock": the cap, its speed, its pauses
+        lines += field("gov", gov["line"])
     if st.get("paused_reason"):
         lines += field("why", _sentence(st["paused_reason"]))
     r = st.get("resets") or {}

@@ -93,12 +93,18 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-def _governor(s: Supervisor, r: Any) -> dict[str, Any] | None:
+def _governor(s: Supervisor, r: Any, now: float) -> dict[str, Any] | None:
     if s.gov is None:
         return None
     from daemon.policy.governor import status_line
+    # speed: measured step rate under the cap / at full clock (None until both are measured)
+    speed = s.gov_speed.speed(s.gov_min_s()) if s.gov_speed is not None else None
+    governed = now - s.gov_since if s.gov_since is not None else None
     return {"cap_mhz": s.gov.cap_mhz, "learned_mhz": s.gov.learned_mhz, "reason": s.gov_reason,
-            "line": status_line(s.gov, getattr(r, "edge_c", None), pauses=int(s.run.get("pauses") or 0))}
+            "speed": speed, "top_mhz": s.gov_top, "pauses": s.gov_pauses, "governed_s": governed,
+            "problem": s.gov.problem or s.problems.get("governor"),
+            "line": status_line(s.gov, getattr(r, "edge_c", None), speed=speed, pauses=s.gov_pauses,
+                                governed_s=governed, top_mhz=s.gov_top or 2700)}
 
 
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
@@ -183,6 +189,6 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "bad_progress_lines": {"count": s.runner.tail.bad_lines if s.runner is not None else 0,
                                "last": s.runner.tail.last_bad if s.runner is not None else None},
         "queue": {"waiting": len(s.queue()), "plan": getattr(s.queue_plan, "reason", None)},
-        "governor": _governor(s, r),
+        "governor": _governor(s, r, now),
         "updated": now,
     }

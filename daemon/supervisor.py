@@ -124,6 +124,11 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         self._duty_pid: int | None = None
         self._duty_pid_t = 0.0
         self.gov_reason = ""
+        self.gov_key: str | None = None  # store key of the learned clock: this machine (state dir) + job
+        self.gov_speed: Any = None  # policy.governor.SpeedMeter: the measured "0.85x speed"
+        self.gov_since: float | None = None  # when the governor engaged (its first governed reading)
+        self.gov_pauses = 0  # thermal pauses since then (the phone line's "0 pauses in 2 h")
+        self.gov_top: int | None = None  # the card's OD_RANGE top clock (the "x clock" fallback)
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
@@ -229,8 +234,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
         if self.p.governor is not None:
-            from daemon.policy.governor import GovState
-            self.gov = GovState.start(self.store.recall("governor"))  # last night's clock
+            self._gov_start()  # last night's clock for this job
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
                 self.run.get("remote_call_id"):
             self._reattach()
@@ -705,6 +709,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         dec = decide_thermal(obs, self.thermal, th)
         if dec.action == "pause" and self.state == State.RUNNING and self.runner.running:
             self.thermal = ThermalState(paused=True, paused_at=now, reason=dec.reason)
+            if self.gov_since is not None:
+                self.gov_pauses += 1  # the governor's safety net fired: the phone line counts it
             self._hold("thermal", dec.reason)
             self.set_state(State.COOLING, dec.reason)
             self.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
@@ -721,33 +727,72 @@ class Supervisor(RemoteSteps, RunsAndQueue):
     def _govern(self, now: float, reading: Any) -> None:
         """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
         pause policy below stays the safety net."""
-        if self.p.governor is None or reading is None or self.gov is None or \
-                self.state not in (State.RUNNING, State.COOLING):
+        if self.p.governor is None or self.gov is None or self.state not in (State.RUNNING, State.COOLING):
             return
+        if self._gov_job_key() != self.gov_key:  # the queue's next run is another job: its own clock
+            self._gov_start()
         from daemon.governor_io import obs_from_reading
         from daemon.policy.governor import decide_governor
+        if reading is None:  # nothing to govern by; a port that can never cap still says why
+            problem = self.p.governor.problem()
+            if problem:
+                from dataclasses import replace
+                self.gov = replace(self.gov, problem=problem, cap_mhz=None)  # the phone line says so
+                self._gov_problem(f"cannot cap the clock, falling back to pausing: {problem}")
+            return
         before, learned = self.gov.cap_mhz, self.gov.learned_mhz
-        dec = decide_governor(obs_from_reading(reading, self.p.governor,
-                                               float(self.cfg["gpu"]["poll_interval_s"]), now=now),
-                              self.gov, self.cfg["thermal"])
+        obs = obs_from_reading(reading, self.p.governor, float(self.cfg["gpu"]["poll_interval_s"]), now=now)
+        dec = decide_governor(obs, self.gov, self.cfg["thermal"])
         self.gov, self.gov_reason = dec.state, dec.reason
+        self.gov_top = obs.od_range[1] if obs.od_range else self.gov_top
         msg = self.p.governor.set(dec.cap_mhz)
         if msg is not None or dec.fallback:
-            text = msg or dec.reason
-            if self.problems.get("governor") != text:  # said once, not every poll
-                self.problems["governor"] = text
-                self.event("governor", text, "warn")
+            self._gov_problem(msg or dec.reason)
         else:
             self.problems.pop("governor", None)
+        if not dec.fallback and self.gov_since is None:
+            self.gov_since = now  # engaged: pauses and hours count from here
+        training = self.state == State.RUNNING and not self.holds and self.runner.running
+        self.gov_speed = self.gov_speed.add(now, self.facts.step, dec.cap_mhz is not None, training)
         moved = (before is None) != (dec.cap_mhz is None) or \
             (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= 200)
         if moved:
             self.event("governor", dec.reason)
         if self.gov.learned_mhz != learned:  # kept at once: a kill -9 must not lose the night's learning
             try:
-                self.store.remember("governor", self.gov.memory())
+                self._gov_remember()
             except Exception as e:  # noqa: BLE001
                 self.problems["store"] = f"cannot write the state database: {e}"
+
+    def _gov_problem(self, text: str) -> None:
+        if self.problems.get("governor") != text:  # said once, not every poll
+            self.problems["governor"] = text
+            self.event("governor", text, "warn")
+
+    def gov_min_s(self) -> float:
+        """How long a step rate must be measured before the phone line calls it a speed."""
+        return 10 * float(self.cfg["gpu"]["poll_interval_s"])
+
+    def _gov_job_key(self) -> str:
+        """The learned clock belongs to this machine (the state dir's store) and this job: its
+        command, workdir and env decide its heat (a bigger batch runs hotter)."""
+        import hashlib
+        job = self.job
+        ident = json.dumps([job["command"], job["workdir"], job["env"]], sort_keys=True, default=str)
+        return "governor:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def _gov_start(self) -> None:
+        """The governor's state for this run's job, from what the store remembers of it."""
+        from daemon.policy.governor import GovState, SpeedMeter
+        self.gov_key = self._gov_job_key()
+        mem = self.store.recall(self.gov_key) or {}
+        self.gov = GovState.start(mem)
+        self.gov_speed = SpeedMeter(full_rate=mem.get("full_steps_per_s"))
+        self.gov_since, self.gov_pauses = None, 0
+
+    def _gov_remember(self) -> None:
+        full = self.gov_speed.full_steps_per_s(self.gov_min_s()) if self.gov_speed else None
+        self.store.remember(self.gov_key, {**self.gov.memory(), "full_steps_per_s": full})
 
     def _schedule(self, now: float) -> None:
         if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):
@@ -1036,7 +1081,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                 log.warning("governor: %s", msg)
             if self.gov is not None:
                 try:
-                    self.store.remember("governor", self.gov.memory())  # tomorrow starts here
+                    self._gov_remember()  # tomorrow starts here
                 except Exception as e:  # noqa: BLE001
                     log.warning("cannot remember the governor's clock: %s", e)
         if self.stop_signal is not None:

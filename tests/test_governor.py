@@ -18,6 +18,7 @@ from daemon.policy.governor import (
     GovDecision,
     GovObs,
     GovState,
+    SpeedMeter,
     decide_governor,
     setpoint_c,
     status_line,
@@ -158,8 +159,26 @@ def test_no_overdrive_or_no_permission_falls_back_to_pausing_and_names_the_fix()
 
 
 def test_status_line_and_the_firmware_honesty_sentence():
-    line = status_line(GovState(cap_mhz=1900), 84.4, speed=0.85, pauses=0, hours=2)
+    line = status_line(GovState(cap_mhz=1900), 84.4, speed=0.85, pauses=0, governed_s=7200)
     assert line == "governed at 1900 MHz (0.85x speed), edge 84 C, 0 pauses in 2 h"
+    # no measured speed: the clock ratio, said as such, against the card's own top clock
+    assert status_line(GovState(cap_mhz=1900), 84.4, pauses=1, governed_s=1500, top_mhz=2000) == \
+        "governed at 1900 MHz (0.95x clock), edge 84 C, 1 pause in 25 min"
+
+
+def test_the_speed_is_the_measured_step_rate_under_the_cap_over_full_clock():
+    m = SpeedMeter()
+    for t in range(0, 60, 2):  # full clock: 2 steps/s
+        m = m.add(float(t), 2 * t, capped=t >= 58, training=True)
+    assert m.speed(20.0) is None  # nothing measured under a cap yet
+    step = 116
+    for t in range(60, 120, 2):  # capped: 1.7 steps/s
+        step += round(1.7 * 2 * 10) / 10
+        m = m.add(float(t), int(step), capped=True, training=True)
+    assert abs(m.speed(20.0) - 0.85) < 0.02
+    held = m.add(120.0, None, capped=True, training=False).add(500.0, 9999, capped=True, training=True)
+    assert held.capped == m.capped  # a pause is no rate: the first reading after it is a new start
+    assert SpeedMeter(full_rate=2.0, capped=(17.0, 20.0)).speed(20.0) == 0.425  # remembered full rate
     assert "cannot help firmware hangs at normal temperature" in FIRMWARE_NOTE
 
 

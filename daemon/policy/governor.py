@@ -302,18 +302,64 @@ def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDec
 
 
 def status_line(state: GovState, edge_c: float | None, *, speed: float | None = None,
-                pauses: int = 0, hours: float | None = None, top_mhz: int = 2700) -> str:
-    """For the phone: "governed at 1900 MHz (0.85x speed), edge 84 C, 0 pauses in 2 h"."""
-    if state.problem:
-        return f"governor unable ({state.problem}); pausing only"
+                pauses: int = 0, governed_s: float | None = None, top_mhz: int = 2700) -> str:
+    """For the phone: "governed at 1900 MHz (0.85x speed), edge 84 C, 0 pauses in 2 h".
+
+    ``speed``: the measured step rate under the cap / at full clock (``SpeedMeter``); unknown,
+    the clock ratio is given instead and labelled "clock". ``pauses``: thermal pauses since the
+    governor engaged, ``governed_s`` ago."""
+    if state.problem:  # the fix itself is a status problem of its own (long: said once)
+        return "governor cannot cap the clock; pausing only (see the problem)"
     if state.cap_mhz is None:
         head = "governor: full clock"
     else:
         rel = f"{speed:.2f}x speed" if speed is not None else f"{state.cap_mhz / top_mhz:.2f}x clock"
         head = f"governed at {state.cap_mhz} MHz ({rel})"
     edge = "edge ?" if edge_c is None else f"edge {edge_c:.0f} C"
-    tail = f", {pauses} pauses" + (f" in {hours:.0f} h" if hours is not None else "")
+    tail = f", {pauses} pause{'' if pauses == 1 else 's'}"
+    if governed_s is not None:
+        tail += f" in {governed_s / 3600:.0f} h" if governed_s >= 3600 else f" in {governed_s / 60:.0f} min"
     return f"{head}, {edge}{tail}"
+
+
+SPEED_WINDOW_S = 600.0  # the rate under the cap is the recent one (the cap moves with the room)
+
+
+@dataclass(frozen=True)
+class SpeedMeter:
+    """The "0.85x speed" of the phone line, measured: the job's steps per second between two
+    governor readings, both while it trains, counted as full clock or capped by the cap that
+    was in effect between them. Full clock is what this job ran at before any cap (this night,
+    else remembered with the learned clock); capped decays over ``SPEED_WINDOW_S``."""
+    full: tuple[float, float] = (0.0, 0.0)  # (steps, seconds) with no cap
+    capped: tuple[float, float] = (0.0, 0.0)  # (steps, seconds) under a cap, recent
+    last: tuple[float, int, bool] | None = None  # (t, step, capped from then on)
+    full_rate: float | None = None  # remembered steps/s at full clock (another night)
+
+    def add(self, now: float, step: int | None, capped: bool, training: bool) -> SpeedMeter:
+        if not training or step is None:
+            return replace(self, last=None)  # a pause or a restart is no step rate
+        m = self
+        if self.last is not None:
+            t0, s0, was_capped = self.last
+            dt, ds = now - t0, step - s0
+            if dt > 0 and ds >= 0:
+                if was_capped:
+                    k = math.exp(-dt / SPEED_WINDOW_S)
+                    m = replace(m, capped=(m.capped[0] * k + ds, m.capped[1] * k + dt))
+                else:
+                    m = replace(m, full=(m.full[0] + ds, m.full[1] + dt))
+        return replace(m, last=(now, step, capped))
+
+    def full_steps_per_s(self, min_s: float) -> float | None:
+        return self.full[0] / self.full[1] if self.full[1] >= min_s else self.full_rate
+
+    def speed(self, min_s: float) -> float | None:
+        """Capped rate / full-clock rate, each measured over at least ``min_s``; else None."""
+        full = self.full_steps_per_s(min_s)
+        if not full or self.capped[1] < min_s:
+            return None
+        return self.capped[0] / self.capped[1] / full
 
 
 def _fmt(mhz: int | None) -> str:
