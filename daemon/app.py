@@ -169,7 +169,8 @@ def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEv
         wake.set()
 
     def failed(err: Exception) -> None:
-        sup.event("config", f"config edit rejected, the previous config stays in force: {err}", "error")
+        sup.event("config", "Config edit rejected, the previous config stays in force: "
+                  f"{str(err).rstrip('.')}.", "error")  # a whole sentence, like the Supervisor's
 
     w = ConfigWatcher(cfg["_path"], loop, changed, failed)
     w.start()

@@ -85,6 +85,10 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         lines += _eta_lines(st)
     t = st.get("temps") or {}
     lines += field("temp", f"edge {_c(t.get('edge_c'))}, Tctl {_c(t.get('tctl_c'))}")
+    gpu = st.get("gpu") or {}
+    if gpu.get("card"):  # which GPU those are from, and why in short (the JSON has the whole why)
+        why = (gpu.get("why") or "").split(" (")[0].split(";")[0]
+        lines += field("gpu", f"{gpu['card']}, {why}." if why else gpu["card"])  # "card2" stays lower case
     gov = st.get("governor")
     if gov and gov.get("line"):  # [thermal] governor = "clock": the cap, its speed, its pauses
         lines += field("gov", gov["line"])

@@ -642,7 +642,9 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             reading = self.p.sensor.read()
             self.last_reading = reading
             self.readings.append(reading)
-        msg = rules.sensor_problem(reading)  # no temperature = no thermal protection: say so
+        # no temperature = no thermal protection: say so (a sleeping GPU's reading keeps the verdict)
+        msg = rules.sensor_problem(reading, self.problems.get("sensor"))
+        self._static_sensor_problems()
         if msg is not None and self.problems.get("sensor") != msg:
             self.event("sensor", msg, "warn")
         if msg is None:
@@ -1008,6 +1010,13 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                         "and budget_usd > 0 in the config"}
             if st not in LOCAL_STATES:
                 return {"ok": False, "message": f"cannot offload while {st}"}
+            budget = float(self.cfg["offload"]["budget_usd"])
+            if rules.budget_left(budget, float(self.run.get("cloud_cost_usd") or 0.0)) <= 0:
+                return {"ok": False, "message": f"this run has spent its cloud budget (${budget:.2f}): "
+                        "raise [offload] budget_usd to move it again"}
+            if not self.p.offloader.usable:  # every backend refused our credentials: say which
+                return {"ok": False, "message": "; ".join(self.p.offloader.refused.values())
+                        + " (fix the config and save it: the backend is tried again)"}
             self.off.next_attempt_at = 0.0
             self._begin_offload(now, "forced by the user (nightshift offload)")
             return {"ok": True, "message": "moving the job to the cloud"}
@@ -1020,13 +1029,6 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                 self.off.after_pull = "stopped"
                 self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
                 return self._answer_later(fut)
-            budget = float(self.cfg["offload"]["budget_usd"])
-            if rules.budget_left(budget, float(self.run.get("cloud_cost_usd") or 0.0)) <= 0:
-                return {"ok": False, "message": f"this run has spent its cloud budget (${budget:.2f}): "
-                        "raise [offload] budget_usd to move it again"}
-            if not self.p.offloader.usable:  # every backend refused our credentials: say which
-                return {"ok": False, "message": "; ".join(self.p.offloader.refused.values())
-                        + " (fix the config and save it: the backend is tried again)"}
             if self.runner.running:
                 self.exit_intent = "stop"
                 self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
@@ -1088,17 +1090,41 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
                        "continues when the daemon starts again")
 
+    def _static_sensor_problems(self) -> None:
+        """What the sensor found wrong at start (a HIP_VISIBLE_DEVICES matching no card, a
+        wrong ``[gpu] card``...): in status and one event each, like a reset source's problem.
+        Its "no temperature" problem is the one above (``sensor_problem``), not said twice."""
+        from daemon.sensors import THERMAL_OFF
+        for problem in getattr(self.p.sensor, "problems", None) or []:
+            key = f"gpu:{problem[:60]}"
+            if not problem.startswith(THERMAL_OFF) and key not in self.problems:
+                self.problems[key] = problem
+                self.event("sensor", problem, "warn")
+
     # ================================================================== live config
     async def _reconfigure(self, new: dict[str, Any], keys: list[str], restart: list[str]) -> dict[str, Any]:
         from daemon import reconfig
-        live = [k for k in keys if k not in restart]
-        for name, part in (await reconfig.apply(self.cfg, new, live, self.p)).items():
+        from daemon.config import RESTART_KEYS, ConfigError
+        # a restart key edited back to the value we run with: nothing to apply, nothing to wait for
+        reverted = [k for k in keys if k not in restart and tuple(k.split(".", 1)) in RESTART_KEYS]
+        live = [k for k in keys if k not in restart and k not in reverted]
+        try:
+            changed = await reconfig.apply(self.cfg, new, live, self.p)
+        except ConfigError as e:  # e.g. a clock cap outside the card's range: nothing changed
+            self.event("config", f"Config edit rejected, the previous config stays in force: "
+                       f"{str(e).rstrip('.')}.", "error")
+            return {"ok": False, "message": str(e)}
+        for name, part in changed.items():
             setattr(self.p, name, part)
+        self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
         if live:
-            self.event("config", "config reloaded; now in force: " + ", ".join(live))
+            self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")
+        if reverted:
+            self.event("config", "Config reloaded: " + ", ".join(reverted) + " edited back to the "
+                       "value the daemon runs with, so nothing was applied and no restart is needed.")
         if restart:
-            self.event("config", "changed keys wait for a daemon restart: " + ", ".join(restart)
-                       + " (systemctl restart nightshiftd)", "warn")
+            self.event("config", "Changed keys wait for a daemon restart: " + ", ".join(restart)
+                       + " (systemctl restart nightshiftd).", "warn")
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
@@ -1106,7 +1132,6 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         """Training = running, not held, and this attempt has reported since it started (the
         interpreter's start-up, the torch import and the restore are not training)."""
         pid = self.runner.pid if self.runner is not None else None
-        self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
         if pid != self._duty_pid:
             self._duty_pid, self._duty_pid_t = pid, now
         last = self.facts.last_record_t

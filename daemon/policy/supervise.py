@@ -154,13 +154,15 @@ def over_budget(cost_now_usd: float, budget_usd: float) -> bool:
 
 
 # --------------------------------------------------------------------------- sensors
-def sensor_problem(reading: Any) -> str | None:
+def sensor_problem(reading: Any, previous: str | None = None) -> str | None:
     """No temperature at all means the thermal policy cannot pause anything: say so loudly
-    (status, the phone text, the log) until a temperature appears."""
+    (status, the phone text, the log) until a temperature appears. ``previous`` is the verdict
+    in force: a reading taken while the GPU resets or sleeps (runtime-suspended) says nothing
+    either way and keeps it, as ``sensors.Sensor`` does for its own problems."""
     if reading is None:
         return THERMAL_OFF + ' ([gpu] sensor = "none")'
-    if getattr(reading, "resetting", False):
-        return None  # reads fail while the GPU resets: that is the reset, not a missing sensor
+    if getattr(reading, "resetting", False) or getattr(reading, "suspended", False):
+        return previous  # reads fail during a reset or sleep: not a missing sensor, nor a found one
     if reading.edge_c is None and reading.tctl_c is None:
         return THERMAL_OFF + " (run `nightshift sensors` to see why)"
     return None
