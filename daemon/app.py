@@ -147,7 +147,17 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
 async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio.Task]:
     from daemon import api, auth
     a = cfg["api"]
-    token = auth.load_or_create_token(a["token_file"])
+    try:
+        token = auth.load_or_create_token(a["token_file"])
+    except auth.InsecureTokenFile:
+        raise
+    except OSError as e:  # a read-only state dir without a token yet: one in the fallback dir
+        fb = cfg["daemon"].get("_fallback_dir")
+        if not fb:
+            raise
+        log.warning("cannot create the token %s (%s); using %s/token (the CLI looks there too)",
+                    a["token_file"], e.strerror, fb)
+        token = auth.load_or_create_token(Path(fb) / "token")
     api.check_bind(a["host"], token)
     server, task = await api.serve(api.create_app(sup, token), a["host"], a["port"])
     log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], a["token_file"])
@@ -155,8 +165,12 @@ async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio
     try:  # the CLI finds us here even after an edit of [api] port that waits for a restart
         client.write_served_address(cfg["daemon"]["state_dir"], a["host"], a["port"])
     except OSError as e:
-        log.warning("cannot write %s/api.json (the CLI then uses the configured address): %s",
-                    cfg["daemon"]["state_dir"], e)
+        fb = cfg["daemon"].get("_fallback_dir")
+        if fb:  # the CLI looks in the fallback dir of the state dir it resolves (client.py)
+            client.write_served_address(fb, a["host"], a["port"])
+        else:
+            log.warning("cannot write %s/api.json (the CLI then uses the configured address): %s",
+                        cfg["daemon"]["state_dir"], e)
     return server, task
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -44,6 +45,18 @@ def _load(path: str | None) -> dict[str, Any]:
     return config_mod.load(config_mod.find_config(path))
 
 
+def _token_file(cfg: dict[str, Any]) -> str:
+    """The token a client sends: the configured file, or -- when the daemon ran on a read-only
+    state dir and had to create its token elsewhere -- the one in that state dir's fallback."""
+    from daemon.lock import fallback_dir
+    configured = cfg["api"]["token_file"]
+    if not os.path.exists(configured):
+        fb = fallback_dir(cfg["daemon"]["state_dir"]) / "token"
+        if fb.exists():
+            return str(fb)
+    return configured
+
+
 def _base_url(cfg: dict[str, Any]) -> str:
     """Where the daemon is serving: the address it wrote to <state_dir>/api.json when it started
     (a port edited in the config waits for a restart, so the file's port may not be live yet),
@@ -71,6 +84,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StateDirLocked as e:
         print(f"nightshift: {e}", file=sys.stderr)
         return EX_TEMPFAIL
+    if lock.fallback is not None:  # a read-only or full state dir: run anyway, say what and where
+        fb = lock.path.parent
+        cfg["daemon"]["_fallback_dir"] = str(fb)  # run files, token, api.json (Supervisor, app)
+        log.error("cannot write the state dir %s: %s. Running anyway: the lock, this run's files "
+                  "(progress, control, job.log) and a new token are in %s; the store keeps its "
+                  "state in memory (lost at exit); checkpoints stay in %s. Fix: make %s writable "
+                  "(or free space), or set [daemon] state_dir to a writable dir, then restart",
+                  cfg["daemon"]["state_dir"], lock.fallback.strerror, fb,
+                  cfg["job"]["checkpoint_dir"], cfg["daemon"]["state_dir"])
     log.info("nightshiftd starting with %s", cfg["_path"])
     with lock:
         return asyncio.run(app.serve(cfg, new_run=args.new, resume_from=args.resume_from))
@@ -112,7 +134,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     from daemon import client
 
     cfg = _load(args.config)
-    text, code = client.control(_base_url(cfg), cfg["api"]["token_file"], args.command)
+    text, code = client.control(_base_url(cfg), _token_file(cfg), args.command)
     print(text)
     return code
 
@@ -129,7 +151,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from daemon import queuecli
 
     cfg = _load(args.config)
-    base, token = _base_url(cfg), cfg["api"]["token_file"]
+    base, token = _base_url(cfg), _token_file(cfg)
     if args.op is None:
         text, code = queuecli.show_queue(base)
     elif args.op == "add":

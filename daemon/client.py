@@ -17,10 +17,15 @@ API_FILE = "api.json"  # written by the daemon (daemon/app.py) once it listens
 def served_address(state_dir: str | Path) -> tuple[str, int] | None:
     """(host, port) the daemon of this state dir is listening on, from <state_dir>/api.json, if
     that daemon is still alive; None otherwise (or when the file cannot be read)."""
-    try:
-        info = json.loads((Path(state_dir) / API_FILE).read_text())
-        host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    from daemon.lock import fallback_dir  # a daemon on a read-only state dir wrote it there
+    for d in (Path(state_dir), fallback_dir(state_dir)):
+        try:
+            info = json.loads((d / API_FILE).read_text())
+            host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    else:
         return None
     try:
         os.kill(pid, 0)

@@ -199,7 +199,12 @@ class JobProcess:
             os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
         except OSError as e:
             log.warning("cannot rotate %s: %s", self.log_path, e.strerror)
-        return open(self.log_path, "ab", buffering=0)  # noqa: SIM115
+        try:
+            return open(self.log_path, "ab", buffering=0)  # noqa: SIM115
+        except OSError as e:  # a full or read-only disk must not end the reader (the pipe fills)
+            log.warning("cannot reopen %s: %s; the job's output is kept only in memory until "
+                        "the next rotation", self.log_path, e.strerror)
+            return open(os.devnull, "ab", buffering=0)  # noqa: SIM115
 
     def _lines(self, text: str) -> str:
         """Emit every complete line of ``text``; return the incomplete rest (at most MAX_LINE)."""

@@ -249,7 +249,9 @@ class _Guarded:
             except sqlite3.DatabaseError:
                 return False
             self.pending.popleft()
-        if self.store.problem is not None:
+        # clear only a problem the queue raised: an in-memory fallback (the file could not be
+        # opened at all) stays said until restart -- the per-tick retry used to erase it at once
+        if self.store.problem is not None and "keeping state in memory" not in self.store.problem:
             log.warning("the state store is writable again: %s", self.store.path)
             self.store.problem = None
             self.dropped = 0

@@ -178,7 +178,9 @@ class Supervisor(RemoteSteps, RunsAndQueue):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg["daemon"]["state_dir"]) / "runs" / str(self.run_id)
+        # an unwritable state dir (cli.cmd_run) puts the run files in the lock's fallback dir
+        base = self.cfg["daemon"].get("_fallback_dir") or self.cfg["daemon"]["state_dir"]
+        return Path(base) / "runs" / str(self.run_id)
 
     @property
     def checkpoint_dir(self) -> str:

@@ -126,3 +126,13 @@ def test_state_dir_is_0700_and_db_0600(tmp_path):
         p = tmp_path / "state" / name
         if p.exists():
             assert p.stat().st_mode & 0o077 == 0, name
+
+
+def test_in_memory_fallback_stays_said_after_the_per_tick_retry(tmp_path):
+    """The Supervisor calls retry_pending() every tick; with nothing queued it used to clear the
+    problem, so status said all was well while nothing was being kept."""
+    (tmp_path / "nightshift.db").mkdir()
+    store = Store(tmp_path / "nightshift.db")
+    store.create_run("job", {}, 1)
+    assert store.retry_pending()
+    assert store.problem and "in memory" in store.problem
