@@ -46,6 +46,14 @@ def test_user_unit_passes_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("unit", ["nightshiftd.service", "user/nightshiftd.service"])
+def test_both_units_raise_limit_nofile_exactly_once(unit):
+    """Issue 13: 1000 half-open sockets exhaust 1024 fds; the user unit had no limit, the system
+    unit set it twice."""
+    lines = (ROOT / "systemd" / unit).read_text().splitlines()
+    assert [x for x in lines if x.startswith("LimitNOFILE=")] == ["LimitNOFILE=65536"]
+
+
 def test_unit_declares_notify_watchdog_killmode_and_gpu_access():
     text = (ROOT / "systemd" / "nightshiftd.service").read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "KillMode=mixed",
