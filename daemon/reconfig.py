@@ -17,7 +17,8 @@ async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: An
     """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
     by attribute name of ``Parts`` (the Supervisor assigns them). Raises ``ConfigError`` with
     nothing changed when the edit cannot apply (a clock cap outside the card's OD_RANGE)."""
-    cap_keys = {"thermal.clock_cap", "thermal.clock_cap_mhz"} & set(keys)
+    # the governor owns the cap when on (one writer): turning it on or off rebuilds the fixed cap too
+    cap_keys = {"thermal.clock_cap", "thermal.clock_cap_mhz", "thermal.governor"} & set(keys)
     new_cap = None
     if cap_keys:
         # built and checked against the card's range before anything changes: a bad cap raises
@@ -44,6 +45,12 @@ async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: An
         if p.clockcap is not None:
             p.clockcap.restore()  # the old cap is lifted before a new one can apply
         changed["clockcap"] = new_cap
+    if "thermal.governor" in keys:  # setpoint_margin_c needs nothing: read at every poll
+        if p.governor is not None:
+            msg = p.governor.restore()  # off = full clock at once; "clock" again starts clean
+            if msg:
+                logging.getLogger("nightshift").warning("%s", msg)
+        changed["governor"] = build.governor(cfg, p.sensor, p.simgpu)  # None when off
     if "job.progress_pattern" in keys:
         changed["output_progress"] = build.output_progress(cfg)
     if "daemon.log_level" in keys:

@@ -1118,6 +1118,13 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             return {"ok": False, "message": str(e)}
         for name, part in changed.items():
             setattr(self.p, name, part)
+        if "thermal.governor" in live:  # its port was built or torn down: its state follows
+            if self.gov is not None and self.gov_key is not None:
+                self._gov_remember()  # what it learned stays for the next time it is on
+            self.gov, self.gov_reason = None, ""
+            self.problems.pop("governor", None)
+            if self.p.governor is not None:
+                self._gov_start()
         self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
         if live:
             self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")

@@ -17,6 +17,7 @@ import pytest
 
 from daemon import parts as build
 from daemon import simgpu
+from daemon.configwatch import _needs_restart, diff_keys
 from daemon.governor_io import GovernorPort
 from daemon.policy.governor import STEP_MHZ
 from daemon.sensors import open_sensor
@@ -36,7 +37,7 @@ def chip_harness(tmp: Path, cfg: dict, sim: SimulatedGPU, clock: FakeClock, **kw
     steps at the simulated GPU's speed for its cap (memory-bound exponent 0.6), as
     trainer/simhook paces a real job."""
     sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(sim.root), "card": None}, clock=clock)
-    port = kw.pop("governor", None) or GovernorPort(sim.device_dir, write=simgpu.sysfs_write)
+    port = kw.pop("governor") if "governor" in kw else GovernorPort(sim.device_dir, write=simgpu.sysfs_write)
     h = Harness(tmp, cfg, TRAINER, clock=clock, sensor=sensor, governor=port, **kw)
     sim.load_fn = lambda: float(any(p.returncode is None and not p.held and not p.stopped_by_signal
                                     for p in h.factory.procs))
@@ -157,6 +158,90 @@ def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_prot
         assert len(h.events("paused_hot")) >= 2
         assert sum("cooling -> running" in e for e in h.events("state")) >= 1
         assert max(temps) < 88.5 and sup.facts.step > 100
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("case", ["no_overdrive", "no_permission", "no_device"])
+def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_protects(tmp_path, case):
+    """No overdrive (ppfeaturemask without 0x4000), a clock file we cannot write, or no amdgpu
+    card at all: the port the daemon builds (parts.governor) names the change, the Supervisor
+    says it once (an event and a status problem), never caps, and the pause policy still
+    pauses the job before pause_at_c and resumes it."""
+    async def go():
+        clock = FakeClock()
+        chip = {**CHIP, "overdrive": 0.0} if case == "no_overdrive" else CHIP
+        sim = SimulatedGPU(tmp_path / "sim", chip, clock=clock, cpu_fn=None)
+        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
+                     thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0,
+                              "min_cooldown_s": 5.0})
+        if case == "no_overdrive":
+            mask = sim.root / "module" / "amdgpu" / "parameters" / "ppfeaturemask"
+            mask.parent.mkdir(parents=True)
+            mask.write_text("0xfff7bfff\n")
+            fix = "amdgpu.ppfeaturemask=0xfff7ffff"
+        elif case == "no_permission":
+            (sim.device_dir / OD).chmod(0o444)
+            fix = "udev rule"
+        else:
+            fix = "[gpu] card"
+        # the port as the daemon builds it: no amdgpu device dir -> one that names the fix
+        port = build.governor(cfg, SimpleNamespace(device_dir=None) if case == "no_device" else
+                              SimpleNamespace(device_dir=sim.device_dir), sim if case != "no_device" else None)
+        h = chip_harness(tmp_path, cfg, sim, clock, governor=port)
+        sup = await h.open()
+        temps: list[float] = []
+        await h.run(200, dt=0.5, until=lambda s: temps.append(sim.temp) and False)
+        said = [e for e in h.events("governor") if fix in e]
+        assert len(said) == 1 and "falling back to pausing" in said[0], h.events("governor")
+        st = build_status(sup, clock())
+        assert any(fix in p for p in st["problems"])
+        assert "pausing only" in st["governor"]["line"] and fix in st["governor"]["problem"]
+        assert sim.read_cap() == 2700 and sim.cap_mhz == 2700  # never capped
+        # stop-and-go: paused hot more than once, so it resumed in between, and went on training
+        assert len(h.events("paused_hot")) >= 2
+        assert sum("cooling -> running" in e for e in h.events("state")) >= 1
+        assert max(temps) < 88.5 and sup.facts.step > 100
+    asyncio.run(go())
+
+
+def test_governor_and_setpoint_margin_reload_live(tmp_path):
+    """A config edit turns the governor on (its port is built, the chip is capped and held under
+    the setpoint), moves the setpoint (setpoint_margin_c), and turns it off: the cap is lifted
+    at once, the status block and the phone line are gone, pausing alone protects the chip."""
+    async def go():
+        clock = FakeClock()
+        sim = SimulatedGPU(tmp_path / "sim", {**CHIP, "reset_at_c": 150.0}, clock=clock, cpu_fn=None)
+        th = {"pause_at_c": 88.0, "resume_at_c": 75.0, "min_cooldown_s": 5.0}
+        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5}, thermal=th)
+        h = chip_harness(tmp_path, cfg, sim, clock, governor=None, simgpu=sim)
+        sup = await h.open()
+        await h.run(5, dt=0.5)
+        assert sup.gov is None and build_status(sup, clock())["governor"] is None
+
+        async def reload(**thermal) -> None:
+            new = config(tmp_path, gpu={"poll_interval_s": 0.5}, thermal={**th, **thermal})
+            keys = diff_keys(sup.cfg, new)
+            sup.commands.append(("reconfigure", (new, keys, [k for k in keys if _needs_restart(k)]), None))
+            await h.run(0.5, dt=0.5)
+            assert "now in force: " + ", ".join(keys) in h.events("config")[-1], h.events("config")
+
+        await reload(governor="clock")
+        await h.run(200, dt=0.5)
+        cap = sup.gov.cap_mhz
+        assert cap is not None and committed_cap(sim) == cap < 2700
+        assert abs(sim.temp - 85.0) <= 1.5 and "governed at" in build_status(sup, clock())["governor"]["line"]
+
+        await reload(governor="clock", setpoint_margin_c=6.0)  # read at every poll: no rebuild
+        await h.run(200, dt=0.5)
+        assert abs(sim.temp - 82.0) <= 1.5 and committed_cap(sim) < cap
+
+        await reload()  # governor back to "off"
+        assert committed_cap(sim) is None and sim.read_cap() == 2700  # lifted at once
+        assert sup.p.governor is None and sup.gov is None
+        st = build_status(sup, clock())
+        assert st["governor"] is None and "\ngov " not in render(st, clock())
+        await h.run(100, dt=0.5)  # full clock again: the pause policy is what protects the chip
+        assert h.events("paused_hot") and committed_cap(sim) is None
     asyncio.run(go())
 
 
