@@ -213,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(sp: argparse.ArgumentParser, nested: bool = False) -> argparse.ArgumentParser:
         # nested (queue add/remove/move): no default, so `queue -c FILE add` keeps FILE
-        sp.add_argument("-c", "--config", help="config file (default: $NIGHTSHIFT_CONFIG, "
-                        "./config.toml, /etc/nightshift/config.toml)",
+        # the same places, in the same order, as the epilog (config.find_config)
+        sp.add_argument("-c", "--config", help="config file (default: the first of "
+                        "$NIGHTSHIFT_CONFIG, $CONFIGURATION_DIRECTORY/config.toml (systemd), "
+                        "./config.toml, ~/.config/nightshift/config.toml, "
+                        "/etc/nightshift/config.toml)",
                         **({"default": argparse.SUPPRESS} if nested else {}))
         return sp
 
@@ -226,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
     d = sub.add_parser("demo", help="the whole story on a simulated GPU, in under a minute")
     d.add_argument("--workdir", help="where to put the demo's files (default: a temp dir)")
-    d.add_argument("--long", action="store_true", help="the longer story: five times the steps "
+    d.add_argument("--long", action="store_true", help="the longer story: six times the steps "
                    "and two GPU resets (about four and a half minutes)")
     d.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default now
     d.set_defaults(fn=cmd_demo)
