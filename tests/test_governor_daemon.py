@@ -161,49 +161,6 @@ def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_prot
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("case", ["no_overdrive", "no_permission", "no_device"])
-def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_protects(tmp_path, case):
-    """No overdrive (ppfeaturemask without 0x4000), a clock file we cannot write, or no amdgpu
-    card at all: the port the daemon builds (parts.governor) names the change, the Supervisor
-    says it once (an event and a status problem), never caps, and the pause policy still
-    pauses the job before pause_at_c and resumes it."""
-    async def go():
-        clock = FakeClock()
-        chip = {**CHIP, "overdrive": 0.0} if case == "no_overdrive" else CHIP
-        sim = SimulatedGPU(tmp_path / "sim", chip, clock=clock, cpu_fn=None)
-        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
-                     thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0,
-                              "min_cooldown_s": 5.0})
-        if case == "no_overdrive":
-            mask = sim.root / "module" / "amdgpu" / "parameters" / "ppfeaturemask"
-            mask.parent.mkdir(parents=True)
-            mask.write_text("0xfff7bfff\n")
-            fix = "amdgpu.ppfeaturemask=0xfff7ffff"
-        elif case == "no_permission":
-            (sim.device_dir / OD).chmod(0o444)
-            fix = "udev rule"
-        else:
-            fix = "[gpu] card"
-        # the port as the daemon builds it: no amdgpu device dir -> one that names the fix
-        port = build.governor(cfg, SimpleNamespace(device_dir=None) if case == "no_device" else
-                              SimpleNamespace(device_dir=sim.device_dir), sim if case != "no_device" else None)
-        h = chip_harness(tmp_path, cfg, sim, clock, governor=port)
-        sup = await h.open()
-        temps: list[float] = []
-        await h.run(200, dt=0.5, until=lambda s: temps.append(sim.temp) and False)
-        said = [e for e in h.events("governor") if fix in e]
-        assert len(said) == 1 and "falling back to pausing" in said[0], h.events("governor")
-        st = build_status(sup, clock())
-        assert any(fix in p for p in st["problems"])
-        assert "pausing only" in st["governor"]["line"] and fix in st["governor"]["problem"]
-        assert sim.read_cap() == 2700 and sim.cap_mhz == 2700  # never capped
-        # stop-and-go: paused hot more than once, so it resumed in between, and went on training
-        assert len(h.events("paused_hot")) >= 2
-        assert sum("cooling -> running" in e for e in h.events("state")) >= 1
-        assert max(temps) < 88.5 and sup.facts.step > 100
-    asyncio.run(go())
-
-
 def test_governor_and_setpoint_margin_reload_live(tmp_path):
     """A config edit turns the governor on (its port is built, the chip is capped and held under
     the setpoint), moves the setpoint (setpoint_margin_c), and turns it off: the cap is lifted
