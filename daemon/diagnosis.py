@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.policy.governor import FIRMWARE_NOTE
+
 MITIGATIONS = [
     "amdgpu.cwsr_enable=0 (kernel cmdline)",
     "amdgpu.ppfeaturemask=0xffff7fff (kernel)",
@@ -74,21 +76,29 @@ def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagn
                else "Only 1 reset with temps recorded yet;")
         return Diagnosis(None, _lines("Too little data to tell if it is heat.", why,
                                       f"{MIN_RESETS} resets with temps are needed."), [], **counts)
+    governed = cfg_thermal.get("governor") == "clock"
+    # heat: the governor holds the chip under pause_at_c at the clock it can sustain (a fixed
+    # clock_cap is the cruder lever); already on, what is left is a larger margin or pausing earlier
+    heat_fix = ('[thermal] governor = "clock"' if not governed else
+                f"larger thermal.setpoint_margin_c (now {float(cfg_thermal.get('setpoint_margin_c', 3.0)):g})")
     if hot / known >= MAJORITY:
         return Diagnosis(True, _lines(f"Resets are heat-correlated ({hot}/{known} hot).",
-                                      f"Pause earlier (pause_at_c below {pause_at:g})",
-                                      "or cap the clock (clock_cap = true)."),
-                         [f"lower thermal.pause_at_c (now {pause_at:g})",
-                          "thermal.clock_cap = true", "better cooling"], **counts)
+                                      "Let the governor hold the clock" if not governed else
+                                      "The governor is on: raise its margin",
+                                      f"({heat_fix})" if not governed else "(setpoint_margin_c)",
+                                      f"or pause earlier (pause_at_c < {pause_at:g})."),
+                         [heat_fix, f"lower thermal.pause_at_c (now {pause_at:g})"]
+                         + ([] if governed else ["thermal.clock_cap = true (a fixed cap)"])
+                         + ["better cooling"], **counts)
     if normal / known >= MAJORITY:
         return Diagnosis(False, _lines(f"Resets are not heat-correlated ({normal}/{known}).",
                                        "They are firmware hangs at normal temps:",
                                        "cooling harder won't help; try the",
-                                       "firmware mitigations."),
+                                       "firmware mitigations.", FIRMWARE_NOTE),
                          list(MITIGATIONS), **counts)
     return Diagnosis(None, _lines(f"Causes are mixed: {hot} hot, {normal} normal.",
                                   "Both heat and firmware hangs happen."),
-                     list(MITIGATIONS) + [f"lower thermal.pause_at_c (now {pause_at:g})"],
+                     list(MITIGATIONS) + [f"lower thermal.pause_at_c (now {pause_at:g})", heat_fix],
                      **counts)
 
 

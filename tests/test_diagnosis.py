@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.diagnosis import MITIGATIONS, classify_reset, diagnose
+from daemon.policy.governor import FIRMWARE_NOTE
 
 TH = {"pause_at_c": 90.0, "resume_at_c": 75.0, "tctl_pause_at_c": 95.0, "min_cooldown_s": 60.0,
       "max_cooldown_s": 900.0, "trend": True}
@@ -27,6 +28,12 @@ def test_resets_near_the_pause_threshold_are_heat_correlated():
     assert any("pause_at_c" in m for m in d.mitigations)
     assert not any("cwsr" in m for m in d.mitigations)
     assert fits_a_phone(d.summary)
+    # the governor is the first lever for heat (issue 20), before a fixed clock_cap
+    assert d.mitigations[0] == '[thermal] governor = "clock"'
+    assert 'governor = "clock"' in " ".join(d.summary.split())
+    on = diagnose([reset(88.0), reset(91.5)], {**TH, "governor": "clock", "setpoint_margin_c": 3.0})
+    assert on.mitigations[0] == "larger thermal.setpoint_margin_c (now 3)"
+    assert "governor is on" in on.summary and fits_a_phone(on.summary)
 
 
 def test_resets_at_normal_temperatures_are_firmware_and_list_the_mitigations():
@@ -34,6 +41,9 @@ def test_resets_at_normal_temperatures_are_firmware_and_list_the_mitigations():
     assert d.heat_correlated is False and (d.hot, d.normal) == (0, 3)
     assert "not heat-correlated" in d.headline
     assert "cooling harder won't help" in d.summary
+    # and a governor would not help either: the diagnosis says so (policy/governor.FIRMWARE_NOTE)
+    assert FIRMWARE_NOTE in " ".join(d.summary.split())
+    assert not any("governor" in m for m in d.mitigations)
     for knob in ("amdgpu.cwsr_enable=0", "amdgpu.ppfeaturemask=0xffff7fff", "HSA_ENABLE_SDMA=0",
                  "GPU_MAX_HW_QUEUES=1", "power_dpm_force_performance_level=high"):
         assert any(knob in m for m in d.mitigations), knob

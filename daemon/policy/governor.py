@@ -57,9 +57,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-FIRMWARE_NOTE = ("A clock governor cannot help firmware hangs at normal temperature: those "
-                 "resets are not heat (see the diagnosis); it only replaces pauses with a "
-                 "lower steady clock.")
+FIRMWARE_NOTE = ("A clock governor cannot help firmware hangs at normal temperature: they "
+                 "are not heat; it only replaces pauses with a lower steady clock.")
 STEP_MHZ = 25
 MAX_MOVE = 0.05  # of the OD range per decision
 MEMORY_TAUS = 8.0  # forgetting time of the fit, in learned time constants
