@@ -58,6 +58,14 @@ def night(tmp_path_factory):
         kill_group(d)
 
 
+def chromium_flags(tmp_path) -> list[str]:
+    """Headless Chromium at a phone's width (390 px), 8 s of virtual time for the page's fetches."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=390,1400",
+            "--virtual-time-budget=8000"]
+
+
 def _get(base, path, accept="application/json"):
     import urllib.error
     import urllib.request
@@ -141,10 +149,7 @@ def test_logs_prints_the_jobs_output_and_follows_it(night):
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
 def test_dashboard_at_phone_width_has_axes_thresholds_markers_and_whole_reasons(night, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=390,1400",
-             "--virtual-time-budget=8000"]
+    flags = chromium_flags(tmp_path)
     dom = subprocess.run([CHROMIUM or "chromium", *flags, "--dump-dom", night["base"] + "/"],
                          capture_output=True, text=True, timeout=120).stdout
     assert 'data-ready="1"' in dom
