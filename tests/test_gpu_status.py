@@ -129,6 +129,25 @@ def test_a_runtime_suspended_watched_card_without_tctl_is_not_thermal_protection
     run(go())
 
 
+def test_no_temperature_is_on_the_phone_text(tmp_path):
+    """A machine with no temperature at all: the phone says thermal protection is off."""
+    from tests.harness import FakeClock, FakeSensor
+
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        sensor.edge_c = None
+        h = Harness(tmp_path, config(tmp_path), trainer(), clock=clock, sensor=sensor)
+        sup = await h.open()
+        await h.run(3)
+        text = " ".join(statusfmt.render(sup.snapshot, now=clock.t).split())
+        assert "! Thermal protection off: no temperature sensor" in text
+        sensor.edge_c = 60.0
+        await h.run(3)
+        assert "Thermal protection off" not in statusfmt.render(sup.snapshot, now=clock.t)
+    run(go())
+
+
 # ------------------------------------------------------------------ OD_RANGE
 def _od_files(dev: Path) -> None:
     (dev / LEVEL).write_text("auto\n")
