@@ -39,6 +39,12 @@ GAUGES = (
     ("nightshift_checkpoint_age_seconds", ("checkpoint", "age_s"), "age of the newest checkpoint"),
     ("nightshift_cloud_cost_usd", ("cloud", "cost_usd"), "cloud spend in this run"),
     ("nightshift_cloud_budget_usd", ("cloud", "budget_usd"), "cloud budget"),
+    # [thermal] governor = "clock" (absent when it is off, or no cap: full clock)
+    ("nightshift_governor_cap_mhz", ("governor", "cap_mhz"), "sclk cap set by the thermal governor"),
+    ("nightshift_governor_learned_mhz", ("governor", "learned_mhz"),
+     "sustainable clock the governor learned for this machine and job"),
+    ("nightshift_governor_speed_ratio", ("governor", "speed"),
+     "measured step rate under the governor's cap / at full clock"),
 )
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from daemon import api, metrics, simgpu
 from daemon import parts as build
-from daemon import simgpu
 from daemon.configwatch import _needs_restart, diff_keys
 from daemon.governor_io import GovernorPort
 from daemon.policy.governor import STEP_MHZ
@@ -25,6 +27,8 @@ from daemon.simgpu import LEVEL, OD, SimulatedGPU, parse_od
 from daemon.statusfmt import render
 from daemon.statusview import build_status
 from tests.harness import Behaviour, FakeClock, Harness, config
+from tests.helpers import free_port
+from tests.test_phone_daemon import CHROMIUM, chromium_flags
 
 SCALE = 60.0  # simulated seconds per fake second: tau_heat 1200 s is 20 s, 40 polls per tau
 CHIP = {"time_scale": SCALE, "ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 1200.0,
@@ -93,6 +97,12 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
         assert int(m.group(1)) == cap and abs(int(m.group(3)) - sim.temp) <= 1.5
         assert abs(float(m.group(2)) - sim.speed()) <= 0.03 and float(m.group(2)) > cap / 2700 + 0.02
         assert int(m.group(4)) == round((clock() - sup.gov_since) / 60) and 3 <= int(m.group(4)) <= 4
+        # /metrics carries the cap, the learned clock and the speed (from the same snapshot)
+        fams = {f.name: f for f in text_string_to_metric_families(
+            metrics.exposition(metrics.make_registry(lambda: build_status(sup, clock()))).decode())}
+        assert fams["nightshift_governor_cap_mhz"].samples[0].value == cap
+        assert fams["nightshift_governor_learned_mhz"].samples[0].value == sup.gov.learned_mhz
+        assert fams["nightshift_governor_speed_ratio"].samples[0].value == pytest.approx(float(m.group(2)), abs=0.006)
         learned = sup.gov.learned_mhz
         ideal = 2700 * ((85.0 - 45.0) / 55.0) ** (1 / 3)  # the chip's sustainable clock, 2429 MHz
         assert abs(learned - ideal) <= 3 * STEP_MHZ
@@ -200,6 +210,40 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
         await h.run(100, dt=0.5)  # full clock again: the pause policy is what protects the chip
         assert h.events("paused_hot") and committed_cap(sim) is None
     asyncio.run(go())
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+def test_the_dashboard_shows_the_cap(tmp_path):
+    """The real dashboard in headless Chromium, served by the real API over a governed night."""
+    async def go() -> tuple[str, int]:
+        clock = FakeClock()
+        sim = SimulatedGPU(tmp_path / "sim", CHIP, clock=clock, cpu_fn=None)
+        cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
+                     thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0})
+        h = chip_harness(tmp_path, cfg, sim, clock)
+        sup = await h.open()
+        await h.run(120, dt=0.5)
+        cap = sup.gov.cap_mhz
+        assert cap is not None
+        sup.snapshot = build_status(sup, clock())
+        port = free_port()
+        server, task = await api.serve(api.create_app(sup, None), "127.0.0.1", port)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                CHROMIUM or "chromium", *chromium_flags(tmp_path), "--dump-dom",
+                f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL)
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+            return out.decode(), cap
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+    dom, cap = asyncio.run(go())
+    assert 'data-ready="1"' in dom
+    m = re.search(r'<div class="sub" id="gov">([^<]*)</div>', dom)  # shown: no "hidden"
+    assert m and m.group(1).startswith(f"governed at {cap} MHz ("), dom[:3000]
 
 
 def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_at_once(tmp_path):
