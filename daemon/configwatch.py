@@ -9,7 +9,8 @@ is also the log line; this module logs nothing of its own):
   again is not news, a different error is;
 - a key that needs a restart once per new value, compared with the config the daemon started
   with (``started``), not with the previous edit; reverting it to the running value is reported
-  as applied ("now in force"), and no restart warning follows any more.
+  once more (the Supervisor says nothing was applied and no restart is needed), and no restart
+  warning follows any more.
 """
 
 from __future__ import annotations
