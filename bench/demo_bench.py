@@ -32,13 +32,15 @@ def _burn() -> None:  # one busy CPU until killed
         pass
 
 
-def run_demo(extra: list[str]) -> dict:
+def run_demo(extra: list[str], log: Path | None = None) -> dict:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="demo-bench-") as work:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", "--workdir", work, *extra],
                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
         wall = time.monotonic() - t0
+    if log is not None:  # the whole terminal story, for reading (not kept in the results)
+        log.write_text(r.stdout + r.stderr)
     tail = (r.stdout + r.stderr).strip().splitlines()[-12:]
     return {"wall_s": round(wall, 1), "rc": r.returncode, "load1_before": round(load0, 2),
             "load1_after": round(os.getloadavg()[0], 2), "tail": tail}
@@ -50,6 +52,7 @@ def main() -> int:
     ap.add_argument("--burners", type=int, default=0, help="extra CPU burners during the runs")
     ap.add_argument("--long", action="store_true", help="time `nightshift demo --long` instead")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "demo.json"))
+    ap.add_argument("--log-dir", help="write each run's whole output to DIR/demo-N.log")
     a = ap.parse_args()
     burners = [mp.Process(target=_burn, daemon=True) for _ in range(a.burners)]
     for b in burners:
@@ -59,7 +62,8 @@ def main() -> int:
             time.sleep(20)  # let the load average see them before the first run
         runs = []
         for i in range(a.runs):
-            res = run_demo(["--long"] if a.long else [])
+            log = Path(a.log_dir) / f"demo-{i + 1}.log" if a.log_dir else None
+            res = run_demo(["--long"] if a.long else [], log)
             runs.append(res)
             print(f"run {i + 1}: {res['wall_s']} s, rc {res['rc']}, load {res['load1_before']} -> "
                   f"{res['load1_after']}", flush=True)
