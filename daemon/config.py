@@ -605,7 +605,7 @@ _SECRET_WORDS = ("key", "identity", "password", "token", "secret", "url")
 def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config with its secrets replaced by "<redacted>": what may be stored with a run.
 
-    Redacted: the values of every ``env`` table ([job] env, [offload] local_env, [offload.ssh]
+    Redacted: the values of every ``env`` table ([job] env, [[queue]] env, [offload] local_env, [offload.ssh]
     env; the names stay: which variables were set is useful, their values may be API keys),
     the notify URLs (an ntfy topic or a webhook URL is a credential), and under [offload] any
     key naming a key, identity, password, token, secret or URL (the SSH key file's path), at
@@ -631,6 +631,9 @@ def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("offload"), dict):
         scrub(out["offload"], all_keys=True)
     return out
+    for item in out.get("queue") or []:  # [[queue]] env: the same kind of secret as [job] env
+        if isinstance(item, dict):
+            scrub(item, all_keys=False)
 
 
 def dump(cfg: dict[str, Any]) -> str:

@@ -386,11 +386,26 @@ class Store:
             "INSERT INTO queue(pos, name, command, resume_command, env, total_steps, source, created) "
             "VALUES (?,?,?,?,?,?,?,?)",
             (pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
-             json.dumps(env), total_steps, source, self.clock()))
+             json.dumps(_names_only(env)), total_steps, source, self.clock()))
         return int(cur.lastrowid)
 
     def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
         sql = "SELECT * FROM queue" + (" WHERE state='waiting'" if waiting_only else "") + " ORDER BY pos, id"
+    def take_queue_env(self) -> dict[int, dict[str, str]]:
+        """Env values an older version stored in the queue table: returned (for QueueEnv) and
+        replaced by their names there and in runs.env, so the file holds no value any more."""
+        found: dict[int, dict[str, str]] = {}
+        for r in self.db.execute("SELECT id, env FROM queue").fetchall():
+            env = json.loads(r["env"] or "{}")
+            if any(v != REDACTED for v in env.values()):
+                found[int(r["id"])] = env
+                self.db.execute("UPDATE queue SET env=? WHERE id=?", (json.dumps(_names_only(env)), r["id"]))
+        for r in self.db.execute("SELECT id, env FROM runs WHERE env IS NOT NULL").fetchall():
+            env = json.loads(r["env"] or "{}")
+            if any(v != REDACTED for v in env.values()):
+                self.db.execute("UPDATE runs SET env=? WHERE id=?", (json.dumps(_names_only(env)), r["id"]))
+        return found
+
         out = []
         for r in self.db.execute(sql):
             d = dict(r)
@@ -542,6 +557,13 @@ class Store:
 
 def _private_dir(d: Path) -> None:
     """Create the state dir 0700; tighten an existing one of ours that others can read."""
+REDACTED = "<redacted>"  # as config.public_config: the names of env vars stay, never values
+
+
+def _names_only(env: dict[str, str]) -> dict[str, str]:
+    return {k: REDACTED for k in env}
+
+
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     _private_file(d, 0o700)
 

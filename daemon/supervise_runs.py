@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.config import public_config
+from daemon.config import REDACTED, public_config
+from daemon.queueenv import QueueEnv
 from daemon.states import State
 from daemon.supervise_remote import _Offload
 
@@ -42,12 +43,30 @@ class RunsAndQueue:
 
     def _seed_queue(self) -> None:
         """[[queue]] entries from the config join the stored queue once (a restart re-reads
+    @property
+    def _qenv(self) -> QueueEnv:
+        """Queued runs' env values (daemon/queueenv.py): never in the store, never served."""
+        if getattr(self, "_qenv_obj", None) is None:
+            d = self.cfg["daemon"]
+            self._qenv_obj = QueueEnv(d.get("_fallback_dir") or d["state_dir"])
+            for qid, env in self.store.take_queue_env().items():  # values an older db held
+                self._qenv.put(qid, env)
+        return self._qenv_obj
+
+    def _queued_env(self, run: dict[str, Any]) -> dict[str, str]:
+        """A queued run's env with its values (names whose value is unknown are left out)."""
+        names = json.loads(run.get("env") or "{}")
+        values = self._qenv.get(run.get("queue_id")) or {}
+        return {k: values.get(k, v) for k, v in names.items() if values.get(k, v) != REDACTED}
+
         the config; an entry already queued, started or removed is not added again)."""
-        have = {(q["name"], json.dumps(q["command"])) for q in self.store.queue(waiting_only=False)}
+        have = {(q["name"], json.dumps(q["command"])): q["id"] for q in self.store.queue(waiting_only=False)}
         for item in self.cfg.get("queue", []):
-            if (item["name"], json.dumps(item["command"])) not in have:
-                self.store.queue_add(item["name"], item["command"], item["env"], "config",
-                                     item["resume_command"], item["total_steps"])
+            qid = have.get((item["name"], json.dumps(item["command"])))
+            if qid is None:
+                qid = self.store.queue_add(item["name"], item["command"], item["env"], "config",
+                                           item["resume_command"], item["total_steps"])
+            self._qenv.put(qid, item["env"])  # the values, from the config, kept out of the store
 
     def _create_run(self, entry: dict[str, Any] | None) -> None:
         name = entry["name"] if entry else self.cfg["job"]["name"]
@@ -127,8 +146,8 @@ class RunsAndQueue:
         base = queued[0] if queued else (rows[0] if rows else None)
 
         def cmd_env(r: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-            if r.get("command"):
-                return json.loads(r["command"]), json.loads(r.get("env") or "{}")
+            if r.get("command"):  # env values compared here, shown redacted (show_values=False)
+                return json.loads(r["command"]), self._queued_env(r)
             return list(self.cfg["job"]["command"]), {}
         bcmd, benv = cmd_env(base) if base else ([], {})
         out = []
@@ -140,7 +159,7 @@ class RunsAndQueue:
                 best = (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss)
             out.append({
                 "id": r["id"], "name": r["name"], "state": r["state"], "command": cmd,
-                "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env),
+                "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env, show_values=False),
                 "steps": r.get("step"), "best_loss": best[0], "best_step": best[1],
                 "climb_step": best[2], "final_loss": best[3],
                 "backend": r.get("remote_backend") if r.get("remote_backend") else "local",
@@ -171,6 +190,7 @@ class RunsAndQueue:
         qid = arg.get("id")
         if qid not in ids:
             return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
+            self._qenv.put(qid, env)  # values kept out of the store (daemon/queueenv.py)
                     f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
         if action == "queue_remove":
             self.store.queue_set(qid, state="removed")

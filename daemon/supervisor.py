@@ -169,7 +169,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         if run.get("command"):
             job["command"] = json.loads(run["command"])
             job["resume_command"] = None
-            job["env"] = {**job["env"], **json.loads(run.get("env") or "{}")}
+            job["env"] = {**job["env"], **self._queued_env(run)}  # values: daemon/queueenv.py
             job["name"] = run.get("name") or job["name"]
             job["total_steps"] = run.get("total_steps") or job["total_steps"]
             if self._queue_entry is not None:

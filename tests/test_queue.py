@@ -86,7 +86,9 @@ def test_a_queue_runs_in_order_a_diverged_run_stops_early_and_a_restart_continue
         assert runs["lr-1e-3"]["state"] == "succeeded" and runs["lr-1e-3"]["best_loss"] is not None
         assert runs["lr-1e-2"]["state"] == "failed" and runs["lr-1e-2"]["steps"] < 40
         assert runs["lr-1e-2"]["climb_step"] is not None and runs["lr-1e-2"]["climb_step"] <= 17
-        assert runs["lr-3e-4"]["changes"] == ["c (was a)", "--lr 3e-4 (was 1e-3)", "X=1"]
+        # a changed env var is named, its value redacted (GET /runs needs no token)
+        assert runs["lr-3e-4"]["changes"] == ["c (was a)", "--lr 3e-4 (was 1e-3)", "X=<redacted>"]
+        assert h.factory.procs[2].env["X"] == "1"  # the job still gets the value
         assert any("diverged" in m for m in h.events("failed"))
         # kill -9 of the daemon mid-run 3: a new one continues run 3, never starts 1 or 2 again
         h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store, divergence=build.divergence(cfg))
@@ -119,6 +121,63 @@ def test_queue_commands_add_remove_move_and_an_idle_daemon_starts_the_added_run(
         bad = await _submit(h, "queue_remove", {"id": 999})
         assert not bad["ok"] and "no waiting run #999" in bad["message"]
     run(go())
+
+
+def test_queued_env_values_are_never_stored_or_served_and_survive_a_restart(tmp_path):
+    """Issue 13: [[queue]] env and `queue add --env` values sat in plain text in the queue and
+    runs tables, and GET /queue (no token) served them; [job] env values are never stored."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["a"]})
+        cfg["queue"] = [{"name": "cfg", "command": ["b", "1"], "env": {"WANDB_API_KEY": "s3cret-wandb"},
+                         "resume_command": None, "total_steps": None},
+                        {"name": "cfg2", "command": ["b", "2"], "env": {"WANDB_API_KEY": "other-wandb"},
+                         "resume_command": None, "total_steps": None}]
+        beh = {"a": Behaviour(script=[(1.0, "exit", 0)]), "b": Behaviour(script=[(1.0, "exit", 0)]),
+               "c": Behaviour(script=[(500.0, "exit", 0)])}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        r = await _submit(h, "queue_add", {"name": "cli", "command": ["c"],
+                                           "env": {"HF_TOKEN": "hf_s3cret_cli"}})
+        assert r["ok"]
+        served = json.dumps([sup.queue(), r])  # what GET /queue and POST /queue answer
+        assert "s3cret" not in served and "other-wandb" not in served and "HF_TOKEN" in served
+        await h.run(60, until=lambda s: s.state == State.RUNNING and s.job["command"] == ["c"])
+        assert h.factory.procs[-1].command == ["c"]
+        envs = {tuple(p.command): p.env for p in h.factory.procs}
+        assert envs[("b", "1")]["WANDB_API_KEY"] == "s3cret-wandb"  # the jobs got their values
+        assert envs[("b", "2")]["WANDB_API_KEY"] == "other-wandb"
+        assert envs[("c",)]["HF_TOKEN"] == "hf_s3cret_cli"
+        runs = json.dumps(sup.runs())  # GET /runs
+        assert "s3cret" not in runs and "other-wandb" not in runs and "WANDB_API_KEY=<redacted>" in runs
+        # nothing in the database file (WAL included) holds a value
+        con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
+        dump = "\n".join(con.iterdump())
+        con.close()
+        assert "s3cret" not in dump and "other-wandb" not in dump
+        # kill -9 and a new daemon: the running queued run still gets its value
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        await h2.open()
+        await h2.run(3)
+        assert [p.command for p in h2.factory.procs] == [["c"]]
+        assert h2.factory.procs[0].env["HF_TOKEN"] == "hf_s3cret_cli"
+        assert (tmp_path / "state" / "queue-env.json").stat().st_mode & 0o077 == 0
+    run(go())
+
+
+def test_env_values_an_older_version_stored_are_moved_out_of_the_database(tmp_path):
+    from daemon.queueenv import QueueEnv
+    from daemon.store import Store
+    store = Store(tmp_path / "nightshift.db")
+    qid = store.queue_add("old", ["b"], {}, "cli")
+    store.db.execute("UPDATE queue SET env=? WHERE id=?", (json.dumps({"K": "plain-old"}), qid))
+    run_id = store.create_run("old", {}, None)
+    store.update_run(run_id, env=json.dumps({"K": "plain-old"}), queue_id=qid)
+    assert store.take_queue_env() == {qid: {"K": "plain-old"}}
+    assert store.queue()[0]["env"] == {"K": "<redacted>"} and "plain-old" not in store.get_run(run_id)["env"]
+    assert store.take_queue_env() == {}
+    q = QueueEnv(tmp_path)
+    q.put(qid, {"K": "plain-old"})
+    assert QueueEnv(tmp_path).get(qid) == {"K": "plain-old"}
 
 
 async def _submit(h: Harness, action: str, arg):

@@ -73,8 +73,10 @@ def fingerprint(series: list[tuple[int, float]], span: int = 10, rtol: float = 0
 
 
 def changes(base_command: list[str], base_env: dict[str, str], command: list[str],
-            env: dict[str, str]) -> list[str]:
-    """What a run changed against the queue's first run: arguments and environment."""
+            env: dict[str, str], show_values: bool = True) -> list[str]:
+    """What a run changed against the queue's first run: arguments and environment.
+    ``show_values=False``: a changed env var is named, its value is not (GET /runs needs no
+    token and queued env values may be secrets)."""
     out = []
     if command != base_command:
         old, new = _args(base_command), _args(command)
@@ -90,7 +92,8 @@ def changes(base_command: list[str], base_env: dict[str, str], command: list[str
             out.append(f"command: {shlex.join(command)}")
     for k in sorted(set(env) | set(base_env)):
         if env.get(k) != base_env.get(k):
-            out.append(f"{k}={env[k]}" if k in env else f"without {k}")
+            shown = env.get(k) if show_values else "<redacted>"
+            out.append(f"{k}={shown}" if k in env else f"without {k}")
     return out
 
 
