@@ -133,7 +133,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "window_start": _k("str|none"),  # "22:30"
         "window_end": _k("str|none"),  # "07:00"
         "deadline": _k("str|none"),  # "07:00": the morning the job must be done by
-        # or relative: done within this many seconds of the run's start (benchmarks, one-offs)
+        # or relative: done within this many seconds of the run's start (benchmarks, one-offs);
+        # for a queue, of the first run's start: the queue's runs share one deadline
         "deadline_after_s": _k("float|none"),
         "timezone": _k("str|none"),
     },

@@ -130,7 +130,7 @@ _RUN_FIELDS = {
     "job_pid", "job_create_time", "backend", "remote_call_id", "remote_started", "cloud_seconds",
     "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated", "user_hold",
     "restart_times", "remote_backend", "resume_from", "command", "env", "queue_id", "best_loss",
-    "best_step", "climb_step", "final_loss", "ended",
+    "best_step", "climb_step", "final_loss", "ended", "night_start",
 }
 # Columns added after the first release: (name, declaration), added to an older file on open.
 _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
@@ -139,7 +139,9 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   # a night's queue: what the run ran, and its fingerprint (issue 14)
                   ("command", "TEXT"), ("env", "TEXT"), ("queue_id", "INTEGER"),
                   ("best_loss", "REAL"), ("best_step", "INTEGER"), ("climb_step", "INTEGER"),
-                  ("final_loss", "REAL"), ("ended", "REAL"))
+                  ("final_loss", "REAL"), ("ended", "REAL"),
+                  # when the night's queue began: [schedule] deadline_after_s counts from it
+                  ("night_start", "REAL"))
 
 
 log = logging.getLogger(__name__)

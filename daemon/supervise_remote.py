@@ -52,7 +52,8 @@ class RemoteSteps:
         deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
         after = self.cfg["schedule"]["deadline_after_s"]
         if after is not None:
-            rel = float(self.run.get("created") or now) + float(after)
+            run = self.run  # from the queue's start, so the deadline does not move with each run
+            rel = float(run.get("night_start") or run.get("created") or now) + float(after)
             deadline = rel if deadline is None else min(deadline, rel)
         return deadline
 

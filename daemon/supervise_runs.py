@@ -18,6 +18,8 @@ from daemon.queueenv import QueueEnv
 from daemon.states import State
 from daemon.supervise_remote import _Offload
 
+NIGHT_GAP_S = 60.0  # a queued run starting this soon after the last one ended continues its night
+
 
 class RunsAndQueue:
     """Mixed into Supervisor; uses its fields (cfg, p, store, run_id, facts, holds, ...)."""
@@ -83,11 +85,18 @@ class RunsAndQueue:
                        "new, the run's directory and checkpoints were not", "warn")
             self.state = State.IDLE
             return
+        prev = self.run if self.run_id else {}
         self.run_id = self.store.create_run(name, public_config(self.cfg), total)
         self._queue_entry = entry
         if entry is not None:
+            # the next run of a queue belongs to the same night as the one that just ended (a
+            # run added to an idle daemon starts a night of its own): deadline_after_s counts
+            # from the night's start, not from each run's creation
+            night = None
+            if prev.get("ended") is not None and self.clock() - float(prev["ended"]) <= NIGHT_GAP_S:
+                night = prev.get("night_start") or prev.get("created")
             self._update_run(command=json.dumps(entry["command"]), env=json.dumps(entry["env"]),
-                             queue_id=entry["id"])
+                             queue_id=entry["id"], night_start=night)
             self.store.queue_set(entry["id"], state="started", run_id=self.run_id)
         else:
             self._update_run(command=None, env=None)
