@@ -631,10 +631,10 @@ def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
             out["notify"][k] = REDACTED
     if isinstance(out.get("offload"), dict):
         scrub(out["offload"], all_keys=True)
-    return out
     for item in out.get("queue") or []:  # [[queue]] env: the same kind of secret as [job] env
         if isinstance(item, dict):
             scrub(item, all_keys=False)
+    return out
 
 
 def dump(cfg: dict[str, Any]) -> str:

@@ -391,8 +391,6 @@ class Store:
              json.dumps(_names_only(env)), total_steps, source, self.clock()))
         return int(cur.lastrowid)
 
-    def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM queue" + (" WHERE state='waiting'" if waiting_only else "") + " ORDER BY pos, id"
     def take_queue_env(self) -> dict[int, dict[str, str]]:
         """Env values an older version stored in the queue table: returned (for QueueEnv) and
         replaced by their names there and in runs.env, so the file holds no value any more."""
@@ -408,6 +406,8 @@ class Store:
                 self.db.execute("UPDATE runs SET env=? WHERE id=?", (json.dumps(_names_only(env)), r["id"]))
         return found
 
+    def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM queue" + (" WHERE state='waiting'" if waiting_only else "") + " ORDER BY pos, id"
         out = []
         for r in self.db.execute(sql):
             d = dict(r)
@@ -557,8 +557,6 @@ class Store:
         return rows
 
 
-def _private_dir(d: Path) -> None:
-    """Create the state dir 0700; tighten an existing one of ours that others can read."""
 REDACTED = "<redacted>"  # as config.public_config: the names of env vars stay, never values
 
 
@@ -566,6 +564,8 @@ def _names_only(env: dict[str, str]) -> dict[str, str]:
     return {k: REDACTED for k in env}
 
 
+def _private_dir(d: Path) -> None:
+    """Create the state dir 0700; tighten an existing one of ours that others can read."""
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     _private_file(d, 0o700)
 

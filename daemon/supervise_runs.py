@@ -43,8 +43,6 @@ class RunsAndQueue:
         elif self.cfg["daemon"]["exit_when_done"]:
             self.done.set()
 
-    def _seed_queue(self) -> None:
-        """[[queue]] entries from the config join the stored queue once (a restart re-reads
     @property
     def _qenv(self) -> QueueEnv:
         """Queued runs' env values (daemon/queueenv.py): never in the store, never served."""
@@ -61,6 +59,8 @@ class RunsAndQueue:
         values = self._qenv.get(run.get("queue_id")) or {}
         return {k: values.get(k, v) for k, v in names.items() if values.get(k, v) != REDACTED}
 
+    def _seed_queue(self) -> None:
+        """[[queue]] entries from the config join the stored queue once (a restart re-reads
         the config; an entry already queued, started or removed is not added again)."""
         have = {(q["name"], json.dumps(q["command"])): q["id"] for q in self.store.queue(waiting_only=False)}
         for item in self.cfg.get("queue", []):
@@ -190,6 +190,7 @@ class RunsAndQueue:
             env = arg.get("env") or {}
             name = arg.get("name") or f"run-{len(self.store.queue(waiting_only=False)) + 1}"
             qid = self.store.queue_add(name, command, env, "cli", total_steps=arg.get("total_steps"))
+            self._qenv.put(qid, env)  # values kept out of the store (daemon/queueenv.py)
             self.event("queue", f"queued {name!r} (#{qid}): {' '.join(command)}")
             if self.state in (State.SUCCEEDED, State.FAILED) and not self.runner.running:
                 self._next_run_due = True  # the daemon was idle: start it now
@@ -199,7 +200,6 @@ class RunsAndQueue:
         qid = arg.get("id")
         if qid not in ids:
             return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
-            self._qenv.put(qid, env)  # values kept out of the store (daemon/queueenv.py)
                     f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
         if action == "queue_remove":
             self.store.queue_set(qid, state="removed")
