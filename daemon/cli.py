@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--long", action="store_true", help="the longer story: six times the steps "
                    "and two GPU resets (about four and a half minutes)")
     d.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default now
+    d.add_argument("--governor", action="store_true", help='with [thermal] governor = "clock": '
+                   "the simulated chip held at the clock it sustains instead of pausing")
     d.set_defaults(fn=cmd_demo)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration")
                 ).set_defaults(fn=cmd_check_config)

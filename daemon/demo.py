@@ -12,7 +12,11 @@ Same length whatever the load: the job is a tiny model paced to a fixed step rat
 on simulated time, so heating, cooling and the reset take the same wall time on an idle or a
 busy machine. What still varies is the job's start-up (interpreter + torch import, twice: at the
 start and after the reset), a few seconds. ``--long`` tells the same story over more steps with
-two resets.
+two resets. ``--governor`` runs it with ``[thermal] governor = "clock"``: the simulated chip's
+clock model (heat ~ cap cubed, step speed ~ cap^0.6, trainer/simhook paces the job by it) lets
+the governor learn the clock the chip sustains under pause_at_c and hold it instead of pausing;
+the injected reset stays (a governor cannot help firmware hangs). The default story stays the
+pause policy's, since the governor is off by default (README "Thermal governor").
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--ba
         "--eval-every", "100", "--threads", "1"]
 
 
-def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"]) -> dict[str, Any]:
+def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"],
+                governor: bool = False) -> dict[str, Any]:
     raw = {
         "job": {"name": "demo", "command": [sys.executable, "-m", "trainer.reference",
                                             "--steps", str(steps), *TINY,
@@ -57,13 +62,19 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
                               "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
                               "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}},
         "thermal": {"pause_at_c": 88.0, "resume_at_c": 74.0, "tctl_pause_at_c": 95.0,
-                    "min_cooldown_s": 3.0, "max_cooldown_s": 60.0},
+                    "min_cooldown_s": 3.0, "max_cooldown_s": 60.0,
+                    "governor": "clock" if governor else "off"},
         "resets": {"sources": ["auto"], "cooldown_s": 2.0, "probe": True, "probe_timeout_s": 60.0,
                    "window_s": 3600.0, "offload_after": 5},
         "checkpoint": {"interval": 25, "keep": 3},
         "divergence": {"enabled": True, "action": "alert"},
         "api": {"enabled": True, "host": "127.0.0.1", "port": port},
     }
+    if governor:
+        # The demo chip heats in seconds (8 polls per time constant at 0.5 s): a governor reads
+        # a real chip 50 times per time constant (tau ~100 s, 2 s polls). Polling at 0.2 s gives
+        # it 20, enough to learn the chip before the first pause; nothing else changes.
+        raw["gpu"]["poll_interval_s"] = 0.2
     cfg = config_mod.validate(raw, "<demo>")
     config_mod.resolve_paths(cfg, workdir)
     return cfg
@@ -103,7 +114,9 @@ class Screen:
             self.etas.append((time.monotonic() - self.t0, st["step"], float(eta)))
         duty = f" ({st['duty_cycle']:.0%} training)" if st.get("duty_cycle") is not None else ""
         eta_txt = f"ETA {statusfmt.duration(eta)}{duty}" if eta is not None else ""
-        return f"[{self.clock()}] {word:<10} step {step:<8} edge {temp}  {eta_txt}"
+        gov = st.get("governor") or {}  # --governor: the cap in force
+        cap = f"  cap {gov['cap_mhz'] or 'none'}" + (" MHz" if gov.get("cap_mhz") else "") if gov else ""
+        return f"[{self.clock()}] {word:<10} step {step:<8} edge {temp}{cap}  {eta_txt}"
 
     def update(self) -> None:
         for ev in reversed(self.d.store.events(None, limit=50)):
@@ -133,14 +146,15 @@ async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
     screen.update()
 
 
-async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout) -> tuple[int, dict[str, Any], Screen]:
+async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout,
+                   governor: bool = False) -> tuple[int, dict[str, Any], Screen]:
     from daemon import app, logs
     from daemon.store import Store
     from daemon.supervisor import Supervisor
 
     logs.setup("error")  # the screen shows the events; the log would repeat them
     steps = int(story["steps"])
-    cfg = demo_config(workdir, steps, _free_port(), float(story["rate"]))
+    cfg = demo_config(workdir, steps, _free_port(), float(story["rate"]), governor=governor)
     store = Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
     d = Supervisor(cfg, app.build_parts(cfg, store))
     await d.open()
@@ -189,6 +203,10 @@ def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
         f"diagnosis:       {(resets.get('diagnosis') or 'n/a').replace(chr(10), ' ')}",
     ]
     lines += [f"{'ETA check:':<17}{e}" for e in etas or []]
+    gov = st.get("governor")
+    if gov:  # --governor: what it held and learned (the phone's line, from the last snapshot)
+        lines.append(f"{'governor:':<17}{gov['line']}; learned {gov.get('learned_mhz') or '-'} MHz "
+                     "(the next night of this job starts there)")
     return "\n".join(lines)
 
 
@@ -198,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="nightshift-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    code, st, screen = asyncio.run(run_demo(workdir, story))
+    code, st, screen = asyncio.run(run_demo(workdir, story, governor=bool(getattr(args, "governor", False))))
     wall = time.monotonic() - t0
     from daemon.store import Store
     store = Store(workdir / "state" / "nightshift.db")

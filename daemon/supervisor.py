@@ -757,7 +757,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         if not dec.fallback and self.gov_since is None:
             self.gov_since = now  # engaged: pauses and hours count from here
         training = self.state == State.RUNNING and not self.holds and self.runner.running
-        self.gov_speed = self.gov_speed.add(now, self.facts.step, dec.cap_mhz is not None, training)
+        capped = dec.cap_mhz is not None and dec.cap_mhz < (self.gov_top or 1 << 30)  # the top clock is no cap
+        self.gov_speed = self.gov_speed.add(now, self.facts.step, capped, training)
         moved = (before is None) != (dec.cap_mhz is None) or \
             (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= 200)
         if moved:

@@ -167,9 +167,11 @@ def test_status_line_and_the_firmware_honesty_sentence():
 
 
 def test_the_speed_is_the_measured_step_rate_under_the_cap_over_full_clock():
-    m = SpeedMeter()
+    m = SpeedMeter().add(-4.0, 0, capped=False, training=True)
+    m = m.add(-2.0, 0, capped=False, training=True)  # starting (torch import): no step, no rate
     for t in range(0, 60, 2):  # full clock: 2 steps/s
         m = m.add(float(t), 2 * t, capped=t >= 58, training=True)
+    assert m.full == (112.0, 56.0)  # counted from the reading that saw the first step: start-up left out
     assert m.speed(20.0) is None  # nothing measured under a cap yet
     step = 116
     for t in range(60, 120, 2):  # capped: 1.7 steps/s

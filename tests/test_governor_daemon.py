@@ -11,6 +11,8 @@ import dataclasses
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,6 +246,24 @@ def test_the_dashboard_shows_the_cap(tmp_path):
     assert 'data-ready="1"' in dom
     m = re.search(r'<div class="sub" id="gov">([^<]*)</div>', dom)  # shown: no "hidden"
     assert m and m.group(1).startswith(f"governed at {cap} MHz ("), dom[:3000]
+
+
+@pytest.mark.slow
+def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
+    """The real `nightshift demo --governor` (the reference job, the simulated chip's clock
+    model): the governor caps the chip below its top clock and the story ends DONE, with at most
+    one thermal pause (the default demo pauses twice on the same chip; a loaded machine can
+    delay a poll past the first crossing)."""
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", "--governor", "--workdir",
+                        str(tmp_path / "demo")], cwd=Path(__file__).parent.parent, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "result:          DONE at step 250/250" in r.stdout
+    m = re.search(r"governor: +governed at (\d+) MHz \((\d\.\d\d)x (speed|clock)\), edge \d+ C, "
+                  r"(\d+) pauses? in \d+ (min|h); learned (\d+) MHz", r.stdout)
+    assert m and int(m.group(1)) < 2700 and int(m.group(6)) < 2700, r.stdout[-2000:]
+    pauses = int(re.search(r"thermal pauses: +(\d+)", r.stdout).group(1))
+    assert pauses <= 1 and int(m.group(4)) <= pauses
 
 
 def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_at_once(tmp_path):

@@ -334,11 +334,16 @@ class SpeedMeter:
     capped: tuple[float, float] = (0.0, 0.0)  # (steps, seconds) under a cap, recent
     last: tuple[float, int, bool] | None = None  # (t, step, capped from then on)
     full_rate: float | None = None  # remembered steps/s at full clock (another night)
+    primed: bool = False  # a step has advanced since the job (re)started or was released
 
     def add(self, now: float, step: int | None, capped: bool, training: bool) -> SpeedMeter:
         if not training or step is None:
-            return replace(self, last=None)  # a pause or a restart is no step rate
+            return replace(self, last=None, primed=False)  # a pause or a restart is no step rate
         m = self
+        if self.last is not None and not self.primed:
+            if step == self.last[1]:  # still starting (imports, loading the checkpoint): not a rate
+                return replace(self, last=(now, step, capped))
+            return replace(self, last=(now, step, capped), primed=True)
         if self.last is not None:
             t0, s0, was_capped = self.last
             dt, ds = now - t0, step - s0
