@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from daemon import config as config_mod
@@ -43,6 +44,33 @@ CONTROL_HELP = {
 
 def _load(path: str | None) -> dict[str, Any]:
     return config_mod.load(config_mod.find_config(path))
+
+
+def _load_client(path: str | None) -> dict[str, Any]:
+    """The config a client command (status, pause, logs, queue ...) talks through.
+
+    ./config.toml is looked up before ~/.config and /etc, so right after the README's install
+    steps (which leave you in the checkout, next to the repo's own config.toml) a client found
+    ./state -- no daemon, no token -- instead of the service's. When the config came from
+    that ./config.toml lookup (no -c, no $NIGHTSHIFT_CONFIG) and no daemon serves its state dir,
+    the next candidate whose state dir has a live daemon (its api.json) is used, and said."""
+    from daemon import client
+    found = config_mod.find_config(path)
+    cfg = config_mod.load(found)
+    if path or os.environ.get("NIGHTSHIFT_CONFIG") or found != Path("config.toml") \
+            or client.served_address(cfg["daemon"]["state_dir"]) is not None:
+        return cfg
+    cands = config_mod.config_candidates()
+    for cand in cands[cands.index(found) + 1:]:
+        try:
+            other = config_mod.load(cand) if cand.exists() else None
+        except (ConfigError, OSError):
+            continue
+        if other is not None and client.served_address(other["daemon"]["state_dir"]) is not None:
+            print(f"nightshift: using {cand} (its daemon is running; ./config.toml's state dir "
+                  f"{cfg['daemon']['state_dir']} has none; -c FILE chooses)", file=sys.stderr)
+            return other
+    return cfg
 
 
 def _token_file(cfg: dict[str, Any]) -> str:
@@ -117,7 +145,7 @@ def cmd_sensors(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon import client
 
-    text, code = client.status(_base_url(_load(args.config)), json_out=args.json)
+    text, code = client.status(_base_url(_load_client(args.config)), json_out=args.json)
     print(text)
     return code
 
@@ -125,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     from daemon import client
 
-    text, code = client.events(_base_url(_load(args.config)), args.limit, args.kind)
+    text, code = client.events(_base_url(_load_client(args.config)), args.limit, args.kind)
     print(text)
     return code
 
@@ -133,7 +161,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     from daemon import client
 
-    cfg = _load(args.config)
+    cfg = _load_client(args.config)
     text, code = client.control(_base_url(cfg), _token_file(cfg), args.command)
     print(text)
     return code
@@ -142,7 +170,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from daemon import queuecli
 
-    text, code = queuecli.show_runs(_base_url(_load(args.config)), json_out=args.json)
+    text, code = queuecli.show_runs(_base_url(_load_client(args.config)), json_out=args.json)
     print(text)
     return code
 
@@ -150,7 +178,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     from daemon import queuecli
 
-    cfg = _load(args.config)
+    cfg = _load_client(args.config)
     base, token = _base_url(cfg), _token_file(cfg)
     if args.op is None:
         text, code = queuecli.show_queue(base)
@@ -179,7 +207,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from daemon import joblog
 
-    cfg = _load(args.config)
+    cfg = _load_client(args.config)
     try:
         path = joblog.log_path(cfg["daemon"]["state_dir"], args.run)
     except PermissionError as e:
