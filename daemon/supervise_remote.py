@@ -23,6 +23,7 @@ from daemon.states import LOCAL_STATES, State
 
 UNREACHABLE_S = 600.0  # a remote box silent this long is given up on (next backend, or local)
 MAX_PREEMPTIONS = 5  # remote attempts that died without a result before moving on
+LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
 
 
 @dataclass
@@ -96,10 +97,16 @@ class RemoteSteps:
         rate = self.facts.steps_per_s
         if rate and duty is not None and duty.fraction > 0:
             rate *= duty.fraction  # the night's real pace: pauses and restarts included
+        # the cloud's pace: [offload] remote_steps_per_s when set (what _estimate_text uses
+        # too), else the speed-up of [offload] gpu; the stand-in cloud is a local process that
+        # starts in seconds, not a remote image (120 s)
+        speedup = float(o["remote_steps_per_s"]) / rate if o["remote_steps_per_s"] and rate \
+            else float(o["speedup"].get(o["gpu"], 0.0))
         plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
-                          cloud_speedup=float(o["speedup"].get(o["gpu"], 0.0)) if names else None,
+                          cloud_speedup=speedup if names else None,
                           usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
-                          budget_usd=budget_left if self.p.offloader.available and names else 0.0)
+                          budget_usd=budget_left if self.p.offloader.available and names else 0.0,
+                          cloud_startup_s=LOCAL_STARTUP_S if names and names[0] == "local" else 120.0)
         if plan is None:
             return
         if self.queue_plan is None or plan.reason != self.queue_plan.reason:
@@ -141,7 +148,8 @@ class RemoteSteps:
             gpu, prices = "ssh", {"ssh": self.p.offloader.price_per_s("ssh") * 3600}
         self.off.estimate = offload_estimate(remaining, gpu, prices, o["speedup"],
                                              local_steps_per_s=self.facts.steps_per_s,
-                                             remote_steps_per_s=remote)
+                                             remote_steps_per_s=remote,
+                                             startup_s=LOCAL_STARTUP_S if name == "local" else 120.0)
         return self.off.estimate.basis
 
     async def _launch_remote(self, now: float) -> None:

@@ -1,0 +1,61 @@
+"""Issue 16, the deadline with the real parts: the real daemon, a queue of reference runs that
+cannot all finish locally by `deadline_after_s`, and the local stand-in cloud
+(daemon/offload/local.py: a detached process and a directory as the volume). The plan moves a
+run there, says so, and the result comes home."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+
+import pytest
+
+from tests.helpers import kill_group, start_daemon, write_config
+from trainer.format import find_latest_valid
+
+SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--batch", "8",
+         "--checkpoint-interval", "20"]
+
+
+@pytest.mark.slow
+def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cloud(tmp_path):
+    # two runs of 200 steps at 5 steps/s here (40 s each) against 60 s: the first alone would
+    # finish in time (no failover for it), the queue would not: the plan moves a run to the
+    # stand-in cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env)
+    ref = [sys.executable, "-m", "trainer.reference", "--steps", "200", *SMALL]
+    cfg = write_config(tmp_path, {
+        "job": {"command": ref, "heartbeat_timeout_s": 120.0, "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": "5"}},
+        "daemon": {"exit_when_done": True},
+        "schedule": {"deadline_after_s": 60.0},
+        "divergence": {"enabled": False},
+        "offload": {"backend": "local", "budget_usd": 5.0, "local_dir": str(tmp_path / "volume"),
+                    "local_steps_per_s": 60.0, "remote_steps_per_s": 60.0},
+        "api": {"enabled": False}})
+    text = cfg.read_text()
+    for name in ("first", "second"):
+        text += f"\n[[queue]]\nname = {json.dumps(name)}\ncommand = {json.dumps(ref)}\n"
+    cfg.write_text(text)
+    d = start_daemon(cfg)
+    try:
+        out, _ = d.communicate(timeout=240)
+        assert d.returncode == 0, out[-3000:]
+    finally:
+        kill_group(d)
+    con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
+    con.row_factory = sqlite3.Row
+    runs = con.execute("SELECT * FROM runs ORDER BY id").fetchall()
+    assert [r["name"] for r in runs] == ["first", "second"]
+    assert all(r["state"] == "succeeded" for r in runs)
+    moved = [r for r in runs if r["remote_backend"] == "local"]
+    assert moved and all(r["cloud_cost_usd"] > 0 for r in moved)
+    plans = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='queue_plan'")]
+    assert any("go to the cloud" in m for m in plans), plans
+    offloaded = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offloaded'")]
+    assert "from step_" in offloaded[0] and "queue plan:" in offloaded[0], offloaded
+    assert con.execute("SELECT COUNT(*) FROM events WHERE kind='pulled'").fetchone()[0] == len(moved)
+    vol = tmp_path / "volume"
+    assert any((vol / v / "run" / "progress.jsonl").exists() for v in (p.name for p in vol.iterdir()))
+    for r in runs:  # every run's result is in its own namespace, at its last step
+        ns = tmp_path / "ckpt" / f"run-{r['id']}"
+        assert find_latest_valid(ns).step == 200
