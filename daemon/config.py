@@ -78,9 +78,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "clock_cap": _k("bool", False),
         "clock_cap_mhz": _k("int", 1800),
         # "clock": hold edge at pause_at_c - setpoint_margin_c with a learned sclk cap
-        # (daemon/policy/governor.py); pausing stays the safety net. Default "off": it needs
-        # overdrive (amdgpu.ppfeaturemask bit 0x4000) and root on most machines, and the night
-        # replay gains 22% (30.4 h vs 38.8 h: 0.78x, 1.06x the best fixed clock), not the 0.6x goal; README "Thermal governor".
+        # (daemon/policy/governor.py); pausing stays the safety net. Default "off", measured:
+        # the night replay's hot chip takes 0.84x the pause policy's time with it (30.4 h vs
+        # 36.0 h at the full clock), but only with overdrive (amdgpu.ppfeaturemask bit 0x4000,
+        # off in the stock mask) and writable clock files (root): on by default it would act on
+        # almost no machine as installed and warn on every one; README "Thermal governor".
+        # Both keys apply on a live edit (daemon/reconfig.py).
         "governor": _k("str", "off"),
         "setpoint_margin_c": _k("float", 3.0),
     },
