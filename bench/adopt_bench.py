@@ -1,6 +1,6 @@
 """Adopted checkpoints and progress parsing, timed: what an unmodified script costs the daemon.
 
-    .venv/bin/python bench/adopt_bench.py [--mib 190]
+    .venv/bin/python bench/adopt_bench.py [--mib 190] [--out bench/results/adopt.json]
 
 A real torch.save zip of ``--mib`` MiB: the idle poll (nothing changed), the adoption (copy,
 zip CRC check, sha256, fsync, rename), restoring it over a torn file; then OutputProgress's
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ import torch
 
 from daemon.adopt import Adopter
 from daemon.outputprogress import OutputProgress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Clock:
@@ -31,7 +35,10 @@ class Clock:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=190)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "adopt.json"),
+                    help="where the results go (the README's row quotes this file)")
     a = ap.parse_args()
+    load = os.getloadavg()[0]  # the machine is shared: the figures are read against this
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as td:
         w = Path(td) / "work"
@@ -69,7 +76,13 @@ def main() -> None:
         for line in ls:
             op.feed(line)
         out[f"{name}_lines_per_s"] = len(ls) / (time.perf_counter() - t0)
-    print(json.dumps({k: round(v, 3) for k, v in out.items()}, indent=1))
+    res = {k: round(v, 3) for k, v in out.items()} | {
+        "load_1m_before": round(load, 2), "load_1m_after": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "command": "bench/adopt_bench.py --mib " + str(a.mib)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":
