@@ -208,6 +208,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from daemon import joblog
 
     cfg = _load_client(args.config)
+    state = cfg["daemon"]["state_dir"]
+    from daemon.lock import fallback_dir  # a daemon on a read-only state dir keeps runs there
+    fb = fallback_dir(state)
+    if joblog.run_ids(fb) and (not joblog.run_ids(state) or joblog.runs_dir(fb).stat().st_mtime
+                               > joblog.runs_dir(state).stat().st_mtime):  # the newer runs
+        state = str(fb)
     try:
         path = joblog.log_path(cfg["daemon"]["state_dir"], args.run)
     except PermissionError as e:

@@ -132,6 +132,8 @@ def test_daemon_on_an_unwritable_state_dir_runs_the_job_says_why_and_stays_contr
         p = nightshift("pause", "-c", str(cfg), env=env, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr
         wait_for(lambda: any(r["kind"] == "held" for r in _progress(run_dir)), 60, what="held")
+        lg = nightshift("logs", "-n", "5", "-c", str(cfg), env=env, timeout=60)  # the job's output
+        assert lg.returncode == 0 and lg.stdout.strip(), lg.stdout + lg.stderr
     finally:
         if d.poll() is None:
             d.terminate()
