@@ -215,7 +215,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                                > joblog.runs_dir(state).stat().st_mtime):  # the newer runs
         state = str(fb)
     try:
-        path = joblog.log_path(cfg["daemon"]["state_dir"], args.run)
+        path = joblog.log_path(state, args.run)
     except PermissionError as e:
         print(f"nightshift: cannot read the job's log: {e}; run this as the daemon's user "
               "or with sudo", file=sys.stderr)
