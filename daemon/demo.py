@@ -71,10 +71,12 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
         "api": {"enabled": True, "host": "127.0.0.1", "port": port},
     }
     if governor:
-        # The demo chip heats in seconds (8 polls per time constant at 0.5 s): a governor reads
-        # a real chip 50 times per time constant (tau ~100 s, 2 s polls). Polling at 0.2 s gives
-        # it 20, enough to learn the chip before the first pause; nothing else changes.
+        # The default demo chip heats in 4 s (8 polls per time constant at 0.5 s), to show many
+        # pauses in a minute; a governor reads a real chip ~50 times per time constant (tau
+        # ~100 s, 2 s polls). Here: tau 10 s read every 0.2 s, and a chip whose full clock
+        # would settle at 100 C (sustainable at the 85 C setpoint: ~2430 MHz, 0.94x speed).
         raw["gpu"]["poll_interval_s"] = 0.2
+        raw["gpu"]["simulated"].update(tau_heat_s=600.0, tau_cool_s=400.0, load_c=55.0)
     cfg = config_mod.validate(raw, "<demo>")
     config_mod.resolve_paths(cfg, workdir)
     return cfg

@@ -775,8 +775,9 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self.event("governor", text, "warn")
 
     def gov_min_s(self) -> float:
-        """How long a step rate must be measured before the phone line calls it a speed."""
-        return 10 * float(self.cfg["gpu"]["poll_interval_s"])
+        """How long a step rate must be measured before the phone line calls it a speed: 30 s
+        at least (a job's first steps, eval, a checkpoint make a shorter window noise)."""
+        return max(30.0, 10 * float(self.cfg["gpu"]["poll_interval_s"]))
 
     def _gov_job_key(self) -> str:
         """The learned clock belongs to this machine (the state dir's store) and this job: its
