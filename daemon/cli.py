@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default now
     d.add_argument("--governor", action="store_true", help='with [thermal] governor = "clock": '
                    "the simulated chip held at the clock it sustains instead of pausing")
+    d.add_argument("--governor-chip-pause-only", action="store_true", help=argparse.SUPPRESS)  # bench A/B
     d.set_defaults(fn=cmd_demo)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration")
                 ).set_defaults(fn=cmd_check_config)

@@ -43,7 +43,10 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--ba
 
 
 def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"],
-                governor: bool = False) -> dict[str, Any]:
+                governor: bool = False, governor_chip: bool | None = None) -> dict[str, Any]:
+    """``governor_chip`` (default: as ``governor``): the chip of the --governor story; with
+    governor off it is the A/B baseline of bench/demo_governor.py (the pause policy alone)."""
+    governor_chip = governor if governor_chip is None else governor_chip
     raw = {
         "job": {"name": "demo", "command": [sys.executable, "-m", "trainer.reference",
                                             "--steps", str(steps), *TINY,
@@ -70,7 +73,7 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
         "divergence": {"enabled": True, "action": "alert"},
         "api": {"enabled": True, "host": "127.0.0.1", "port": port},
     }
-    if governor:
+    if governor_chip:
         # The default demo chip heats in 4 s (8 polls per time constant at 0.5 s), to show many
         # pauses in a minute; a governor reads a real chip ~50 times per time constant (tau
         # ~100 s, 2 s polls). Here: tau 10 s read every 0.2 s, and a chip whose full clock
@@ -148,15 +151,16 @@ async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
     screen.update()
 
 
-async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout,
-                   governor: bool = False) -> tuple[int, dict[str, Any], Screen]:
+async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout, governor: bool = False,
+                   governor_chip: bool | None = None) -> tuple[int, dict[str, Any], Screen]:
     from daemon import app, logs
     from daemon.store import Store
     from daemon.supervisor import Supervisor
 
     logs.setup("error")  # the screen shows the events; the log would repeat them
     steps = int(story["steps"])
-    cfg = demo_config(workdir, steps, _free_port(), float(story["rate"]), governor=governor)
+    cfg = demo_config(workdir, steps, _free_port(), float(story["rate"]), governor=governor,
+                      governor_chip=governor_chip)
     store = Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
     d = Supervisor(cfg, app.build_parts(cfg, store))
     await d.open()
@@ -218,7 +222,9 @@ def main(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="nightshift-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    code, st, screen = asyncio.run(run_demo(workdir, story, governor=bool(getattr(args, "governor", False))))
+    pause_only = bool(getattr(args, "governor_chip_pause_only", False))  # the bench's A/B baseline
+    code, st, screen = asyncio.run(run_demo(workdir, story, governor=bool(getattr(args, "governor", False)),
+                                            governor_chip=True if pause_only else None))
     wall = time.monotonic() - t0
     from daemon.store import Store
     store = Store(workdir / "state" / "nightshift.db")
