@@ -4,6 +4,7 @@ minute to the next hits both sides of a pair alike; each ratio is the median ove
 with its min and max.
 
     .venv/bin/python bench/checkpoint_bench.py [--params 100e6] [--pairs 5] [--dir DIR] [--out FILE]
+                                               [--only stall] [--batch 32]
 
 The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M parameters,
 1.21 GB). Per pair:
@@ -27,8 +28,12 @@ The state is a stack of 2048x2048 linears with AdamW state (--params 100e6: 101M
    stall = capture + snapshot + that wait. The whole iteration's extra time against an
    iteration without a checkpoint (adjacent, same pair) is reported too
    (``loop_extra_vs_sync``): it also counts the copy's competition with forward/backward for
-   the cores and memory. ``--only stall`` measures just this part and updates the stall
-   figures of an existing --out file, leaving the others as they were.
+   the cores and memory. ``--only stall`` measures just this part and writes only its own
+   figures, to its own file (default bench/results/checkpoint_stall.json): it never merges into
+   an earlier run's JSON.
+The JSON keeps each pair's values too (``per_pair``: every ratio, seconds and peak, in pair
+order, e.g. the stall's fence waits), the load average before and after the run, and the
+UTC start and end, so a claim such as "3 of 7 pairs slower" can be checked from the file.
 Memory: peak extra = the peak resident set (VmHWM, reset through /proc/self/clear_refs) above
 the larger of the resident sets before and after the operation, i.e. what existed only while
 it ran, during our persist and our restore, against the largest tensor group. The peak above
@@ -137,12 +142,18 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--child", nargs=3, metavar=("KIND", "CKPT", "TORCH_FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", default=None, help="a directory on the disk to measure (default: temp)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "checkpoint.json"))
+    ap.add_argument("--out", default=None, help="JSON file (default: bench/results/checkpoint.json, "
+                    "or checkpoint_stall.json with --only stall)")
     ap.add_argument("--only", choices=("all", "stall"), default="all")
     ap.add_argument("--batch", type=int, default=32, help="rows per forward/backward in the stall loop")
     a = ap.parse_args()
     if a.child:
         return child(a.child[0], a.params, a.child[1], a.child[2])
+    if a.out is None:
+        a.out = str(ROOT / "bench" / "results" / ("checkpoint_stall.json" if a.only == "stall" else "checkpoint.json"))
+    run_info = {"command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
+                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average_before": os.getloadavg()}
     torch.set_num_threads(2)
     model, opt = model_and_optimizer(a.params)
     groups, meta = capture(model, opt, step=1)
@@ -314,24 +325,31 @@ def main() -> None:
             shutil.rmtree(tmp / "sync", ignore_errors=True)
         ck.close()
 
-    def ratio(num: str, den: str) -> dict[str, float]:
-        return summary([x / y for x, y in zip(times[num], times[den], strict=True)])
+    run_info["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_info["load_average_after"] = os.getloadavg()
+    per_pair: dict[str, dict] = {"ratios": {}, "seconds": {k: v for k, v in times.items() if v},
+                                 "peak_bytes": {k: v for k, v in peaks.items() if v}}
 
+    def ratio(num: str, den: str, name: str | None = None) -> dict[str, float]:
+        xs = [x / y for x, y in zip(times[num], times[den], strict=True)]
+        per_pair["ratios"][name or f"{num}/{den}"] = xs
+        return summary(xs)
+
+    loop_extra = [(w - p) / y for w, p, y in zip(
+        times["step_with_snapshot"], times["step_plain"], times["sync"], strict=True)]
+    per_pair["ratios"]["loop_extra_vs_sync"] = loop_extra
     stall_figures = {
-        "stall_ratio": ratio("stall", "sync"),
-        "loop_extra_vs_sync": summary([(w - p) / y for w, p, y in zip(
-            times["step_with_snapshot"], times["step_plain"], times["sync"], strict=True)]),
+        "stall_ratio": ratio("stall", "sync", "stall_ratio"),
+        "loop_extra_vs_sync": summary(loop_extra),
         "stall_batch_rows": a.batch,
         "stall_seconds": {k: summary(times[k]) for k in (
             "stall", "fence_wait", "sync", "fwd_bwd", "step_plain", "step_with_snapshot")},
-        "stall_command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
-        "stall_load_average": os.getloadavg(),
+        "stall_command": run_info["command"],
+        "stall_load_average": run_info["load_average_after"],
     }
     if a.only == "stall":
-        res = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
-        res.update(stall_figures)
-        for k in ("stall", "sync"):  # an older full run's stall seconds would contradict these
-            res.get("seconds", {}).pop(k, None)
+        # only this run's figures, never merged into an earlier run's file
+        res = {**stall_figures, "pairs": a.pairs, "params": n_params, "run": run_info, "per_pair": per_pair}
         res["stall_verdict"] = "met" if res["stall_ratio"]["median"] <= 0.05 else "MISS"
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
@@ -344,27 +362,30 @@ def main() -> None:
     peak_extra = max(max(peaks["persist"]), max(peaks["restore"]))
     res = {
         "params": n_params, "bytes": nbytes, "group_bytes": group_bytes, "pairs": a.pairs,
-        "command": "bench/checkpoint_bench.py " + " ".join(sys.argv[1:]),
+        "command": run_info["command"], "run": run_info,
         "seconds": {k: summary(v) for k, v in times.items() if v},
         "persist_GBps": {k: nbytes / 1e9 / statistics.median(times[k])
                          for k in ("raw", "raw_early_writeback", "torch_save", "ours")},
         # a ratio > 1 means ours is faster (persist) / costs less (restore, stall: ours / theirs)
-        "persist_vs_raw": ratio("raw", "ours"),
-        "persist_vs_raw_early_writeback": ratio("raw_early_writeback", "ours"),
-        "persist_vs_torch_save": ratio("torch_save", "ours"),
-        "restore_warm_vs_torch_load": ratio("warm_ours", "warm_torch"),
-        "restore_cold_vs_torch_load": ratio("cold_ours", "cold_torch"),
-        "restore_warm_vs_safetensors": ratio("warm_ours", "warm_safetensors"),
-        "restore_cold_vs_safetensors": ratio("cold_ours", "cold_safetensors"),
-        "restore_then_first_step_vs_torch_load": ratio("step_ours", "step_torch"),
-        "restore_fresh_process_vs_torch_load": ratio("fresh_ours", "fresh_torch"),
-        "restore_fresh_process_then_first_step_vs_torch_load": ratio("fresh_step_ours", "fresh_step_torch"),
+        **{k: ratio(num, den, k) for k, (num, den) in {
+            "persist_vs_raw": ("raw", "ours"),
+            "persist_vs_raw_early_writeback": ("raw_early_writeback", "ours"),
+            "persist_vs_torch_save": ("torch_save", "ours"),
+            "restore_warm_vs_torch_load": ("warm_ours", "warm_torch"),
+            "restore_cold_vs_torch_load": ("cold_ours", "cold_torch"),
+            "restore_warm_vs_safetensors": ("warm_ours", "warm_safetensors"),
+            "restore_cold_vs_safetensors": ("cold_ours", "cold_safetensors"),
+            "restore_then_first_step_vs_torch_load": ("step_ours", "step_torch"),
+            "restore_fresh_process_vs_torch_load": ("fresh_ours", "fresh_torch"),
+            "restore_fresh_process_then_first_step_vs_torch_load": ("fresh_step_ours", "fresh_step_torch"),
+        }.items()},
         **stall_figures,
         "stall_verdict": "met" if stall_figures["stall_ratio"]["median"] <= 0.05 else "MISS",
         "peak_extra_bytes": peak_extra,
         "peak_extra_bytes_by_phase": {k: max(v) for k, v in peaks.items()},
         "largest_group_bytes": largest,
         "peak_extra_vs_largest_group": peak_extra / largest,
+        "per_pair": per_pair,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
