@@ -74,6 +74,9 @@ def load(port: int, rps: float, duration: float, threads: int = 8) -> dict:
 def rate(progress: Path, t0: float, t1: float) -> float:
     recs = [json.loads(x) for x in progress.read_text().splitlines() if x.strip()]
     pts = [(r["t"], r["step"]) for r in recs if r.get("kind") == "progress" and t0 <= r["t"] <= t1]
+    if len(pts) < 2 or pts[-1][0] <= pts[0][0]:
+        raise SystemExit(f"api_bench: fewer than two progress records in a {t1 - t0:.1f} s window; "
+                         "use a longer --window (records come at most every 0.5 s)")
     return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
 
 
