@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -113,9 +114,23 @@ def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
 def test_resets_at_normal_temperature_are_diagnosed_not_heat_correlated(tmp_path):
     # a reset every 6 real seconds and a checkpoint every 10 steps: progress between resets even
     # on a loaded machine (the job's start-up, torch import included, eats into each interval)
+    # The job is long enough for any machine's speed (a quiet one trained 240 steps between two
+    # resets and finished after one); the test ends it once the diagnosis has been said.
+    job = [sys.executable, "-m", "trainer.reference", "--steps", "5000", *SMALL, "--max-steps-per-s", "30"]
     cfg = sim_config(tmp_path, {"load_c": 15.0, "inject_every_s": 360.0, "reset_duration_s": 20.0},
-                     resets={"offload_after": 99}, checkpoint={"interval": 10})
-    run_to_end(cfg, timeout=300)
+                     job={"command": job}, resets={"offload_after": 99}, checkpoint={"interval": 10})
+    d = start_daemon(cfg)
+    try:
+        def said() -> bool:
+            if not (tmp_path / "state" / "nightshift.db").exists():
+                return False
+            msgs = [r["message"] for r in db(tmp_path).execute("SELECT message FROM events WHERE kind='reset'")]
+            return any("not heat-correlated" in m for m in msgs)
+        wait_for(said, 240, 0.5, "a reset diagnosed as not heat-correlated")
+        os.killpg(d.pid, signal.SIGTERM)
+        assert d.wait(timeout=120) == 143
+    finally:
+        kill_group(d)
     con = db(tmp_path)
     resets = con.execute("SELECT temps FROM resets").fetchall()
     assert len(resets) >= 2
