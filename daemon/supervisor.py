@@ -937,7 +937,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                 steps[int(read_meta(p)["step"])] = p
             except Exception:  # noqa: BLE001 - an unreadable one is simply not a candidate
                 continue
-        plan = plan_rollback(spike.step, sorted(steps), dv["rollback_steps"], dv["skip_batches"])
+        plan = plan_rollback(spike.step, sorted(steps), dv["rollback_steps"], dv["skip_batches"],
+                             last_ok_step=getattr(spike, "last_ok_step", None))
         if plan is None or plan.checkpoint_step is None:
             self._diverged_reason = f"the loss diverged at step {spike.step} and no earlier checkpoint exists"
             self.exit_intent = "diverged"

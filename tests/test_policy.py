@@ -166,3 +166,19 @@ def test_rollback_plan_and_skip_format():
     assert plan.checkpoint_step == 400 and plan.skip == ((490, 550),)
     assert plan_rollback(50, [], 100, 10).checkpoint_step is None
     assert parse_skip(format_skip([(1, 2), (5, 9)])) == [(1, 2), (5, 9)]
+
+
+def test_a_rollback_skips_from_the_last_normal_report_when_the_worst_loss_came_later():
+    """Records are rate-limited and carry the worst loss since the previous one: poisoned batches
+    99-103 reported as a spike at step 103 (the worst) after a normal report at step 96. The
+    skip started at 100 (103 - rollback_steps // 10) and batch 99 spiked again after the rollback."""
+    d = DivergenceDetector(window=4, rtol=2.0)
+    for step in (84, 88, 92, 96):
+        assert d.observe(step, 2.0) is None
+    spike = d.observe(103, 40.0)
+    assert spike is not None and spike.last_ok_step == 96
+    plan = plan_rollback(spike.step, [20, 40, 60, 80, 100], rollback_steps=30, skip_batches=20,
+                         last_ok_step=spike.last_ok_step)
+    assert plan.checkpoint_step == 60
+    [(lo, hi)] = plan.skip
+    assert lo <= 97 and all(lo <= s <= hi for s in range(99, 104))
