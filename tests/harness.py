@@ -22,6 +22,7 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon.jobrunner import JobRunner
+from daemon.offload.base import RemoteStatus, UploadResult
 from daemon.offloader import Offloader
 from daemon.store import Store
 from daemon.supervisor import Parts, Supervisor
@@ -355,3 +356,25 @@ class Harness:
     @property
     def spawned(self) -> list[list[str]]:
         return [p.command for p in self.factory.procs]
+
+
+class RunningCloud:
+    """A cloud backend at its boundary: accepts the job and reports it running at ``step``."""
+
+    def __init__(self, step: int = 42, total_steps: int = 1000):
+        self.step, self.total_steps = step, total_steps
+
+    def upload(self, key, ckpt, files):
+        return UploadResult(1, 0.1)
+
+    def launch(self, key, spec):
+        return "call-1"
+
+    def poll(self, call_id):
+        return RemoteStatus(state="running", step=self.step, total_steps=self.total_steps, steps_per_s=5.0)
+
+    def cancel(self, call_id):
+        pass
+
+    def pull(self, key, call_id, dest):
+        return None

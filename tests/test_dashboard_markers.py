@@ -13,31 +13,19 @@ import re
 import pytest
 
 from daemon import api
-from daemon.offload.base import RemoteStatus, UploadResult
 from daemon.resets import ResetEvent
 from daemon.states import State
-from tests.harness import Behaviour, FakeClock, FakeDetector, FakeSensor, Harness, config
+from tests.harness import (
+    Behaviour,
+    FakeClock,
+    FakeDetector,
+    FakeSensor,
+    Harness,
+    RunningCloud,
+    config,
+)
 from tests.helpers import free_port
 from tests.test_phone_daemon import CHROMIUM, chromium_flags
-
-
-class Cloud:
-    """The cloud at its boundary: takes the job and reports it running."""
-
-    def upload(self, key, ckpt, files):
-        return UploadResult(1, 0.1)
-
-    def launch(self, key, spec):
-        return "call-1"
-
-    def poll(self, call_id):
-        return RemoteStatus(state="running", step=60, total_steps=100000, steps_per_s=5.0)
-
-    def cancel(self, call_id):
-        pass
-
-    def pull(self, key, call_id, dest):
-        return None
 
 
 async def _night(tmp_path) -> Harness:
@@ -45,7 +33,7 @@ async def _night(tmp_path) -> Harness:
     det = FakeDetector()
     cfg = config(tmp_path, offload={"backend": "local", "budget_usd": 5.0})
     h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=100000)}, clock=clock,
-                sensor=FakeSensor(clock), detector=det, backends={"local": Cloud()})
+                sensor=FakeSensor(clock), detector=det, backends={"local": RunningCloud(step=60, total_steps=100000)})
     sup = await h.open()
     await h.run(20)
     det.events.append(ResetEvent(t=clock.t, sources=["kmsg"], lines=["amdgpu: GPU reset begin!"],

@@ -9,10 +9,17 @@ from datetime import datetime, timedelta
 
 from daemon import cli, demo, statusfmt
 from daemon import parts as build
-from daemon.offload.base import RemoteStatus, UploadResult
 from daemon.resets import ResetEvent
 from daemon.states import State
-from tests.harness import Behaviour, FakeClock, FakeDetector, FakeSensor, Harness, config
+from tests.harness import (
+    Behaviour,
+    FakeClock,
+    FakeDetector,
+    FakeSensor,
+    Harness,
+    RunningCloud,
+    config,
+)
 
 HW_EXCEPTION = "HW Exception by GPU node-1 (Agent handle: 0x5581e2c4a0f0) reason :GPU Hang"
 
@@ -80,23 +87,6 @@ def test_recovering_after_a_gpu_reset(tmp_path):
     run(go())
 
 
-class Cloud:
-    """The cloud at its boundary: accepts the job and reports it running."""
-
-    def upload(self, key, ckpt, files):
-        return UploadResult(1, 0.1)
-
-    def launch(self, key, spec):
-        return "call-1"
-
-    def poll(self, call_id):
-        return RemoteStatus(state="running", step=42, total_steps=1000, steps_per_s=5.0)
-
-    def cancel(self, call_id):
-        pass
-
-    def pull(self, key, call_id, dest):
-        return None
 
 
 def test_cloud_while_the_job_runs_remotely(tmp_path):
@@ -104,7 +94,7 @@ def test_cloud_while_the_job_runs_remotely(tmp_path):
         clock = FakeClock()
         cfg = config(tmp_path, offload={"backend": "local", "budget_usd": 5.0})
         h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=1000)}, clock=clock,
-                    sensor=FakeSensor(clock), backends={"local": Cloud()})
+                    sensor=FakeSensor(clock), backends={"local": RunningCloud(step=42, total_steps=1000)})
         sup = await h.open()
         await h.run(3)
         assert (await h.command("offload"))["ok"]
