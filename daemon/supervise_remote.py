@@ -35,7 +35,6 @@ class _Offload:
     attempts: int = 0
     next_attempt_at: float = 0.0
     problem: str | None = None
-    auth_ok: bool | None = None
     remote: RemoteStatus | None = None
     next_poll_at: float = 0.0
     estimate: Any = None
@@ -70,8 +69,9 @@ class RemoteSteps:
                           deadline=self._deadline(now), forced=self.off.forced,
                           backend=names[0] if names else "none",
                           budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
-                          # credentials refused by every backend listed: no point trying
-                          auth_ok=False if self.p.offloader.names and not names else self.off.auth_ok,
+                          # credentials refused by every backend listed (Offloader.refused,
+                          # the one record of it): no point trying
+                          auth_ok=False if self.p.offloader.names and not names else None,
                           state=self.state.value)
         dec = decide_failover(obs, self.cfg)
         if dec.offload:
@@ -170,8 +170,6 @@ class RemoteSteps:
             except OffloadAuthError as e:
                 # only this backend stops (until its config changes); the next one is tried
                 self.p.offloader.refuse(name, str(e))
-                if not self.p.offloader.usable:
-                    self.off.auth_ok = False
                 failures.append((name, str(e), None))
                 continue
             except OffloadError as e:
@@ -180,7 +178,7 @@ class RemoteSteps:
             except Exception as e:  # noqa: BLE001 - an SDK's own error is a failed attempt, not a crash
                 failures.append((name, f"{type(e).__name__}: {e}", True))
                 continue
-            self.off.auth_ok, self.off.problem, self.off.attempts = True, None, 0
+            self.off.problem, self.off.attempts = None, 0
             self.off.launched_at = self.clock()
             self._update_run(backend="cloud", remote_call_id=got.call_id, remote_backend=name,
                              remote_started=self.off.launched_at)
@@ -212,7 +210,7 @@ class RemoteSteps:
         new key_file, say) is tried again at the next reason to offload."""
         lifted = self.p.offloader.config_changed(keys)
         if lifted:
-            self.off.auth_ok, self.off.problem, self.off.attempts = None, None, 0
+            self.off.problem, self.off.attempts = None, 0
             self.off.next_attempt_at = 0.0
             self.event("offload", f"{', '.join(sorted(lifted))}: config changed, will be tried again")
 
