@@ -147,20 +147,22 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
 async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio.Task]:
     from daemon import api, auth
     a = cfg["api"]
+    token_file = a["token_file"]
     try:
-        token = auth.load_or_create_token(a["token_file"])
-    except auth.InsecureTokenFile:
+        token = auth.load_or_create_token(token_file)
+    except auth.InsecureTokenFile:  # an OSError too, but its fix is the file's mode, not a fallback
         raise
     except OSError as e:  # a read-only state dir without a token yet: one in the fallback dir
         fb = cfg["daemon"].get("_fallback_dir")
         if not fb:
             raise
         log.warning("cannot create the token %s (%s); using %s/token (the CLI looks there too)",
-                    a["token_file"], e.strerror, fb)
-        token = auth.load_or_create_token(Path(fb) / "token")
+                    token_file, e.strerror, fb)
+        token_file = str(Path(fb) / "token")
+        token = auth.load_or_create_token(token_file)
     api.check_bind(a["host"], token)
     server, task = await api.serve(api.create_app(sup, token), a["host"], a["port"])
-    log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], a["token_file"])
+    log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], token_file)
     from daemon import client
     try:  # the CLI finds us here even after an edit of [api] port that waits for a restart
         client.write_served_address(cfg["daemon"]["state_dir"], a["host"], a["port"])

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.config import REDACTED  # the names of env vars stay, never values
 from daemon.states import ENDED_STATES as TERMINAL_STATES  # a stopped run is continued
 
 _SCHEMA = """
@@ -555,9 +556,6 @@ class Store:
             stride = len(rows) / limit
             rows = [rows[int(i * stride)] for i in range(limit)]
         return rows
-
-
-REDACTED = "<redacted>"  # as config.public_config: the names of env vars stay, never values
 
 
 def _names_only(env: dict[str, str]) -> dict[str, str]:
