@@ -102,8 +102,8 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     cloud = st.get("cloud") or {}
     if st.get("backend") == "cloud" or (cloud.get("cost_usd") or 0) > 0:
         remote = cloud.get("remote") or {}
-        # a box over SSH is named by its host (Modal's [offload] gpu says nothing about it)
-        where = f"ssh {remote['host']}" if remote.get("host") else cloud.get("gpu")
+        # named as the Supervisor names it in events (an ssh box by its host, not Modal's gpu)
+        where = cloud.get("where") or cloud.get("gpu")
         if remote.get("remote_state"):
             where += f" ({remote['remote_state']})"
         lines += field("cloud", f"{where}, ${cloud.get('cost_usd') or 0:.2f} of "

@@ -44,8 +44,9 @@ def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
     if st is not None and st.steps_per_s and st.total_steps and st.step is not None:
         eta = (st.total_steps - st.step) / st.steps_per_s
     names = s.p.offloader.names
+    backend = run.get("remote_backend") or (names[0] if names else "none")
     return {
-        "backend": run.get("remote_backend") or (names[0] if names else "none"),
+        "backend": backend, "where": s._where(backend),  # ssh: its box; else [offload] gpu
         "backends": names, "gpu": o["gpu"], "call_id": run.get("remote_call_id"),
         "cost_usd": round(s.cost_now(now), 4), "budget_usd": o["budget_usd"],
         "estimate_usd": round(s.off.estimate.usd, 2) if s.off.estimate is not None and s.off.estimate.usd is not None else None,
