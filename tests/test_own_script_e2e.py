@@ -133,7 +133,8 @@ def test_kill9_before_the_first_checkpoint_restarts_fresh_and_after_it_resumes_f
         # every iter printed again (attempt 1's from 0, attempt 2's past iter 50) is a step lost
         st = wait_for(lambda: (s := status(cfg)).get("steps_lost") == redone(iters_in_log(tmp_path)) > 5 and s,
                       30, 0.3, "the resumed attempt's progress in status")
-        assert 50 <= st["step"] < max(iters_in_log(tmp_path)) and st["total_steps"] == 150
+        # the status never runs ahead of what the script printed (it may have caught up with it)
+        assert 50 <= st["step"] <= max(iters_in_log(tmp_path)) and st["total_steps"] == 150
         assert isinstance(st["loss"], float)
         assert st["checkpoint"]["step"] == 50 and st["checkpoint"]["adopted"] == "out/ckpt.pt"
         assert d.wait(timeout=120) == 0, d.stdout.read()[-3000:]
