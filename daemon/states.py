@@ -17,6 +17,8 @@ class State(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+    CANCELLED = "cancelled"  # `nightshift cancel`: ended on a durable checkpoint, the queue moves on
+    INTERRUPTED = "interrupted"  # an older unfinished run a restarted daemon did not continue
 
 
 ALL_STATES = tuple(s.value for s in State)
@@ -24,4 +26,5 @@ ALL_STATES = tuple(s.value for s in State)
 LOCAL_STATES = frozenset({State.RUNNING.value, State.COOLING.value, State.RECOVERING.value,
                           State.STARTING.value})
 # a run in these states has ended; only a new run (`nightshift run --new`) follows
-ENDED_STATES = frozenset({State.SUCCEEDED.value, State.FAILED.value})
+ENDED_STATES = frozenset({State.SUCCEEDED.value, State.FAILED.value, State.CANCELLED.value,
+                          State.INTERRUPTED.value})

@@ -82,6 +82,8 @@ def display_state(state: State, holds: frozenset[str] | set[str]) -> tuple[str, 
         State.STOPPED: ("STOPPED", "stopped; `nightshift resume` continues it"),
         State.SUCCEEDED: ("DONE", "training finished"),
         State.FAILED: ("FAILED", "the run gave up; see failure"),
+        State.CANCELLED: ("CANCELLED", "cancelled by you; the queue moves on"),
+        State.INTERRUPTED: ("STOPPED", "interrupted; a newer run was continued"),
     }[state]
 
 

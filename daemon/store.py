@@ -132,6 +132,7 @@ _RUN_FIELDS = {
     "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated", "user_hold",
     "restart_times", "remote_backend", "resume_from", "command", "env", "queue_id", "best_loss",
     "best_step", "climb_step", "final_loss", "ended", "night_start",
+    "resume_command", "workdir", "config_hash", "created",  # a run's history (daemon/runbook.py)
 }
 # Columns added after the first release: (name, declaration), added to an older file on open.
 _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
@@ -142,7 +143,9 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   ("best_loss", "REAL"), ("best_step", "INTEGER"), ("climb_step", "INTEGER"),
                   ("final_loss", "REAL"), ("ended", "REAL"),
                   # when the night's queue began: [schedule] deadline_after_s counts from it
-                  ("night_start", "REAL"))
+                  ("night_start", "REAL"),
+                  # a run's own history, recorded at creation (issue 28, daemon/runbook.py)
+                  ("resume_command", "TEXT"), ("workdir", "TEXT"), ("config_hash", "TEXT"))
 
 
 log = logging.getLogger(__name__)
@@ -382,15 +385,18 @@ class Store:
 
     # -- the queue (edited through the Supervisor only: one writer) -------------------------
     def queue_add(self, name: str, command: list[str], env: dict[str, str], source: str,
-                  resume_command: list[str] | None = None, total_steps: int | None = None) -> int:
+                  resume_command: list[str] | None = None, total_steps: int | None = None,
+                  entry_id: int | None = None, state: str = "waiting", run_id: int | None = None) -> int:
+        """``entry_id``/``state``/``run_id``: an entry re-created from a run's own files after
+        the store was lost (its env values are still kept under that id)."""
         row = self.db.execute("SELECT MAX(pos) FROM queue").fetchone()
         pos = (row[0] if row and row[0] is not None else 0.0) + 1.0
         cur = self.db.execute(
-            "INSERT INTO queue(pos, name, command, resume_command, env, total_steps, source, created) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            (pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
-             json.dumps(_names_only(env)), total_steps, source, self.clock()))
-        return int(cur.lastrowid)
+            "INSERT INTO queue(id, pos, name, command, resume_command, env, total_steps, source, created, "
+            "state, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (entry_id, pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
+             json.dumps(_names_only(env)), total_steps, source, self.clock(), state, run_id))
+        return int(entry_id if entry_id is not None else cur.lastrowid)
 
     def take_queue_env(self) -> dict[int, dict[str, str]]:
         """Env values an older version stored in the queue table: returned (for QueueEnv) and

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -33,11 +34,11 @@ from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
-from daemon.states import LOCAL_STATES, State
+from daemon.runbook import RunBook
+from daemon.states import ENDED_STATES, LOCAL_STATES, State
 from daemon.status import JobFacts
 from daemon.store import TERMINAL_STATES, Store
 from daemon.supervise_remote import RemoteSteps, _Offload
-from daemon.supervise_runs import RunsAndQueue
 from trainer import protocol
 
 log = logging.getLogger("nightshift")
@@ -70,7 +71,7 @@ class Parts:
     job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
 
 
-class Supervisor(RemoteSteps, RunsAndQueue):
+class Supervisor(RemoteSteps):
     def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time,
                  new_run: bool = False, resume_from: str | None = None):
         self.cfg = cfg
@@ -82,6 +83,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         self.new_run = new_run
         self.resume_from = resume_from
         self.run_id = 0
+        base = Path(cfg["daemon"].get("_fallback_dir") or cfg["daemon"]["state_dir"])
+        self.book = RunBook(parts.store, cfg, clock, base / "runs")  # runs, queue, history
         self.state = State.IDLE
         self.facts = JobFacts()
         self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
@@ -115,7 +118,6 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         self.poll_due = True
         self.snapshot: dict[str, Any] = {}
         self.on_state: Callable[[str], None] | None = None  # sd_notify STATUS=, set by app.py
-        self._queue_entry: dict[str, Any] | None = None  # the queue entry this run came from
         self.loss_series: list[tuple[int, float]] = []  # (step, loss) of this run: its fingerprint
         self.queue_plan: Any = None
         self._next_run_due = False
@@ -147,6 +149,8 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             return
         old, self.state = self.state, state
         self._update_run(state=state.value)
+        if state.value in ENDED_STATES:  # beside its history, for a store rebuilt later
+            self.book.ended(self.run_id, state.value, self.clock())
         self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value)
         if self.on_state is not None:
             self.on_state(f"{state.value}: {reason}"[:200])
@@ -163,18 +167,10 @@ class Supervisor(RemoteSteps, RunsAndQueue):
 
     @property
     def job(self) -> dict[str, Any]:
-        """[job] with this run's own command and env (a queued run overrides them)."""
+        """[job] with this run's own command, env, workdir and total (its history: runbook.py),
+        never what the config says today."""
         run = self.run
-        job = dict(self.cfg["job"])
-        if run.get("command"):
-            job["command"] = json.loads(run["command"])
-            job["resume_command"] = None
-            job["env"] = {**job["env"], **self._queued_env(run)}  # values: daemon/queueenv.py
-            job["name"] = run.get("name") or job["name"]
-            job["total_steps"] = run.get("total_steps") or job["total_steps"]
-            if self._queue_entry is not None:
-                job["resume_command"] = self._queue_entry.get("resume_command")
-        return job
+        return self.book.job(run) if run else dict(self.cfg["job"])
 
     @property
     def run_dir(self) -> Path:
@@ -189,13 +185,25 @@ class Supervisor(RemoteSteps, RunsAndQueue):
 
     # ================================================================== opening the run
     async def open(self) -> None:
-        """Continue the unfinished run (after any stop, kill -9 included) or start a new one."""
-        self._seed_queue()
-        row = None if self.new_run or self.resume_from else self.store.current_run()
+        """Continue the newest unfinished run (after any stop, kill -9 included) with its own
+        command, or start a new one. Older unfinished runs are closed as interrupted: a restart
+        never resurrects them (issue 28)."""
+        fresh = self.new_run or bool(self.resume_from)
+        recovered = [] if fresh else self.book.recover_from_disk()
+        self.book.seed()  # after: a recovered run's entry is not queued again
+        for rec in recovered[:-1]:
+            self.event("run", f"run {rec.id} ({rec.name}) re-created from its own files (the state "
+                       f"database was new), with its own command: {shlex.join(rec.command)}", "warn")
+        unfinished = self.book.unfinished()
+        row = None if fresh or not unfinished else unfinished[0]
+        for old in unfinished:
+            if row is None or old["id"] != row["id"]:
+                self._interrupt(old, f"run {row['id']} was continued instead" if row is not None
+                                else "a new run was started (nightshift run --new / --resume-from)")
         if row is None:
             latest = self.store.latest_run()
-            waiting = self.store.queue()
-            if latest is not None and not waiting and not (self.new_run or self.resume_from):
+            waiting = self.book.waiting()
+            if latest is not None and not waiting and not fresh:
                 # every run has ended and nothing waits: show the last one, start nothing
                 self.run_id = latest["id"]
                 self.state = State(latest["state"])
@@ -204,7 +212,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                 self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
                            "(`nightshift queue add` or `nightshift run --new` starts another)")
                 return
-            self._create_run(waiting[0] if waiting and not (self.new_run or self.resume_from) else None)
+            self._create_run(waiting[0] if waiting and not fresh else None)
             if self.resume_from:
                 self._update_run(resume_from=self.resume_from)
                 self.forced_resume = self.resume_from
@@ -213,8 +221,17 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self.run_id = row["id"]
             self.state = State(row["state"])
             self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
-            self.event("run", f"continuing run {self.run_id} (state {row['state']}, "
-                       f"{row['restarts']} restarts, {row['resets']} resets so far)")
+            rec = self.book.record(row)
+            if recovered and recovered[-1].id == row["id"]:
+                self.event("run", f"continuing run {row['id']} from its files: the state database was "
+                           "new, the run's directory, history and checkpoints were not", "warn")
+            self.event("run", f"continuing run {self.run_id} ({rec.name}: {shlex.join(rec.command)}; "
+                       f"state {row['state']}, {row['restarts']} restarts, {row['resets']} resets so far)")
+            differs = self.book.differs(row)
+            if differs:
+                self.event("run", f"[job] changed since run {self.run_id} began ({'; '.join(differs)}): "
+                           f"the run continues as it was created; `nightshift run --new` starts a run "
+                           "with the new [job]", "warn")
             if same_process_alive(row["job_pid"], row["job_create_time"]):
                 await stop_orphan(row["job_pid"], row["job_create_time"])
                 self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous "
@@ -222,9 +239,6 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self._update_run(job_pid=None, job_create_time=None)
             if row["user_hold"]:
                 self.holds["user"] = "paused by the user"
-            if row["queue_id"]:
-                self._queue_entry = next((q for q in self.store.queue(waiting_only=False)
-                                          if q["id"] == row["queue_id"]), None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
@@ -240,7 +254,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
                 self.run.get("remote_call_id"):
             self._reattach()
-        elif self.state not in (State.SUCCEEDED, State.FAILED):
+        elif self.state.value not in ENDED_STATES:
             # stopped, or interrupted anywhere local: continue from the newest checkpoint
             self.state = State.STARTING
             self._update_run(state=State.STARTING.value)
@@ -474,6 +488,121 @@ class Supervisor(RemoteSteps, RunsAndQueue):
             self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
         self._run_ended()
 
+    # ================================================================== runs and the queue
+    # The book (daemon/runbook.py) keeps runs, the queue and their history; here is what
+    # changes the current run's state, which only the Supervisor writes.
+    def _interrupt(self, row: dict[str, Any], why: str) -> None:
+        """An older unfinished run a restart does not continue: closed, with the reason."""
+        now = self.clock()
+        try:
+            self.store.update_run(row["id"], state=State.INTERRUPTED.value, ended=now,
+                                  failure=f"interrupted: {why}")
+        except Exception as e:  # noqa: BLE001
+            self.problems["store"] = f"cannot write the state database: {e}"
+        self.book.ended(row["id"], State.INTERRUPTED.value, now)
+        self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
+                   f"closed as interrupted: {why}", "warn")
+
+    def _remember_loss(self, step: int, loss: float) -> None:
+        self.loss_series.append((step, loss))
+        if len(self.loss_series) > 5000:  # a long night: keep every other point
+            self.loss_series = self.loss_series[::2]
+
+    def _fingerprint(self) -> Any:
+        from daemon.policy.fingerprint import fingerprint
+        fp = fingerprint(sorted(self.loss_series))
+        self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
+                         final_loss=fp.final_loss, ended=self.clock())
+        return fp
+
+    def _run_ended(self) -> None:
+        """The next queued run starts now; with nothing queued, a one-shot daemon leaves."""
+        if self.book.waiting():
+            self._next_run_due = True
+        elif self.cfg["daemon"]["exit_when_done"]:
+            self.done.set()
+
+    def _create_run(self, entry: dict[str, Any] | None) -> None:
+        found = None if entry is not None or self.new_run or self.resume_from else \
+            self.book.legacy_on_disk(self.cfg["job"]["checkpoint_dir"])
+        if found is not None:
+            # the database was lost and the run's files predate run.json: the newest run on
+            # disk keeps its number, so its run dir and checkpoints carry on where they were
+            self.run_id = self.book.create(None, run_id=found[0], created=found[1]).id
+            self.event("run", f"continuing run {self.run_id} from its files: the state database was "
+                       "new, the run's directory and checkpoints were not", "warn")
+            self.state = State.IDLE
+            return
+        rec = self.book.create(entry, self.run if self.run_id else {})
+        self.run_id = rec.id
+        self.event("run", f"new run {self.run_id}: {rec.name}"
+                   + (f" (queued: {shlex.join(rec.command)})" if entry else ""))
+        self.state = State.IDLE
+
+    def _start_next_run(self, now: float) -> None:
+        self._next_run_due = False
+        waiting = self.book.waiting()
+        if not waiting:
+            return
+        self._create_run(waiting[0])
+        self.facts = type(self.facts)()
+        self.loss_series = []
+        self.failure = None
+        self.holds.pop("thermal", None)
+        self.interval_steps = None
+        self.off = _Offload()
+        self.duty = type(self.duty)()  # a new run's duty cycle starts with it
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        self.p.offloader.for_run(self.run_id)
+        if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
+            from daemon import parts as build
+            self.p.divergence = build.divergence(self.cfg)
+        if self.holds:
+            self._update_run(user_hold=1 if "user" in self.holds else 0)
+        self._restart_now(f"next in the queue: {self.job['name']}")
+
+    def _restart_now(self, reason: str, resume: str | None = None) -> None:
+        self.forced_resume = resume
+        self.next_start_at = self.clock()
+        self.set_state(State.STARTING, reason)
+
+    def runs(self, against: int | None = None) -> list[dict[str, Any]]:
+        """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
+        ``against``."""
+        from daemon.policy.fingerprint import fingerprint
+        fp = fingerprint(sorted(self.loss_series))  # live for the current run
+        return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss)},
+                               against)
+
+    def queue(self) -> list[dict[str, Any]]:
+        return self.book.queue()
+
+    def _queue_command(self, action: str, arg: dict[str, Any]) -> dict[str, Any]:
+        if action == "queue_add":
+            answer, qid = self.book.add(arg)
+            if qid is None:
+                return answer
+            self.event("queue", f"queued {arg.get('name') or ''!r} (#{qid}): {shlex.join(arg['command'])}")
+            if self.state.value in ENDED_STATES and not self.runner.running:
+                self._next_run_due = True  # the daemon was idle: start it now
+            return {**answer, "id": qid, "queue": self.book.queue()}
+        ids = [q["id"] for q in self.book.waiting()]
+        qid = arg.get("id")
+        if qid not in ids:
+            return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
+                    f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
+        if action == "queue_remove":
+            self.book.remove(qid)
+            self.event("queue", f"removed #{qid} from the queue")
+            return {"ok": True, "message": f"removed #{qid}", "queue": self.book.queue()}
+        if action == "queue_move":
+            to = self.book.move(qid, int(arg.get("to") or 1))
+            self.event("queue", f"moved #{qid} to position {to}")
+            return {"ok": True, "message": f"#{qid} is now number {to}", "queue": self.book.queue()}
+        raise AssertionError(action)
+
     # ================================================================== per-state work
     async def _advance(self, now: float) -> None:
         if self.state == State.STARTING:
@@ -519,7 +648,7 @@ class Supervisor(RemoteSteps, RunsAndQueue):
                                 script_checkpoint=script_ckpt, forced_resume=forced)
         self.forced_resume = None
         try:
-            pid = await self.runner.start(plan.command, cwd=self.cfg["job"]["workdir"],
+            pid = await self.runner.start(plan.command, cwd=job["workdir"],
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
         except OSError as e:
             self._fail(f"cannot start the job: {e}")

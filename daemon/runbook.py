@@ -1,0 +1,355 @@
+"""The run book: the night's runs, its queue, and their history.
+
+Owned by the Supervisor (it holds the book; the book never sees the Supervisor). The book writes
+what is fixed about a run -- its *history*, recorded once at creation and never rewritten -- and
+the queue; the Supervisor stays the only writer of a run's *state* (state, step, counters).
+
+History (issue 28): a run records, when it is created, its own command, resume command, env
+names, workdir, ``total_steps`` and a hash of the job-relevant config. ``nightshift runs`` and a
+restarted daemon use that record, never today's ``[job]``: a run started with ``--steps 3000``
+stays a 3000-step run after ``[job]`` is edited. The same record is written to the run's own
+directory (``runs/<N>/run.json``, and ``outcome.json`` once it ends), so a store rebuilt after
+corruption re-creates each run with its own command instead of the config's.
+
+The queue lives in the store (names of env vars only; values in ``queue-env.json``,
+daemon/queueenv.py). Edits come from the API through the Supervisor's tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.config import REDACTED, public_config
+from daemon.queueenv import QueueEnv
+from daemon.states import ENDED_STATES
+from daemon.store import Store
+
+log = logging.getLogger("nightshift")
+
+NIGHT_GAP_S = 60.0  # a queued run starting this soon after the last one ended continues its night
+RUN_FILE = "run.json"  # the run's history, in its own directory
+OUTCOME_FILE = "outcome.json"  # how it ended, written once it has
+# what decides what a job computes: a run's config hash covers these [job] keys
+_JOB_KEYS = ("command", "resume_command", "workdir", "total_steps", "checkpoint_glob",
+             "progress_pattern")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run is, fixed when it was created."""
+    id: int
+    name: str
+    command: list[str]
+    resume_command: list[str] | None
+    env_names: list[str]
+    workdir: str
+    total_steps: int | None
+    config_hash: str
+    queue_id: int | None
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunRecord:
+        return cls(id=int(d["id"]), name=str(d["name"]), command=[str(c) for c in d["command"]],
+                   resume_command=[str(c) for c in d["resume_command"]] if d.get("resume_command") else None,
+                   env_names=[str(n) for n in d.get("env_names") or []], workdir=str(d["workdir"]),
+                   total_steps=int(d["total_steps"]) if d.get("total_steps") else None,
+                   config_hash=str(d.get("config_hash") or ""),
+                   queue_id=int(d["queue_id"]) if d.get("queue_id") else None,
+                   created=float(d["created"]))
+
+
+def config_hash(job: dict[str, Any], env_names: list[str]) -> str:
+    """A short hash of what decides the job's computation (env values are left out: secrets)."""
+    ident = {k: job.get(k) for k in _JOB_KEYS} | {"env": sorted(env_names)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunBook:
+    def __init__(self, store: Store, cfg: dict[str, Any], clock: Callable[[], float],
+                 runs_dir: Path):
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self.runs_dir = runs_dir  # <state_dir>/runs (or the read-only fallback's)
+        self._qenv: QueueEnv | None = None
+
+    # ================================================================== history
+    def create(self, entry: dict[str, Any] | None, prev: dict[str, Any] | None = None,
+               run_id: int | None = None, created: float | None = None) -> RunRecord:
+        """A new run, from a queue entry or from ``[job]``; its history written now, once.
+        ``run_id``/``created``: a run found on disk by an older version's files (no run.json)."""
+        job = self.cfg["job"]
+        if entry is not None:
+            name, command = entry["name"], list(entry["command"])
+            resume = entry.get("resume_command")
+            env_names = sorted(set(job["env"]) | set(entry.get("env") or {}))
+            total = entry.get("total_steps") or job["total_steps"]
+        else:
+            name, command, resume = job["name"], list(job["command"]), job["resume_command"]
+            env_names, total = sorted(job["env"]), job["total_steps"]
+        run_id = self.store.create_run(name, public_config(self.cfg), total, run_id=run_id,
+                                       created=created)
+        night = None
+        if entry is not None and prev and prev.get("ended") is not None and \
+                self.clock() - float(prev["ended"]) <= NIGHT_GAP_S:
+            # the next run of a queue belongs to the same night as the one that just ended (a
+            # run added to an idle daemon starts a night of its own): deadline_after_s counts
+            # from the night's start, not from each run's creation
+            night = prev.get("night_start") or prev.get("created")
+        rec = RunRecord(id=run_id, name=name, command=command,
+                        resume_command=list(resume) if resume else None, env_names=env_names,
+                        workdir=str(job["workdir"]), total_steps=total,
+                        config_hash=config_hash({**job, "command": command, "resume_command": resume,
+                                                 "total_steps": total}, env_names),
+                        queue_id=entry["id"] if entry is not None else None,
+                        created=self.clock() if created is None else created)
+        self._write_history(rec, night)
+        if entry is not None:
+            self.store.queue_set(entry["id"], state="started", run_id=run_id)
+        return rec
+
+    def _write_history(self, rec: RunRecord, night: float | None) -> None:
+        self.store.update_run(rec.id, command=json.dumps(rec.command),
+                              resume_command=json.dumps(rec.resume_command) if rec.resume_command else None,
+                              env=json.dumps({n: REDACTED for n in rec.env_names}),
+                              workdir=rec.workdir, config_hash=rec.config_hash,
+                              queue_id=rec.queue_id, night_start=night, created=rec.created)
+        self._write_file(rec.id, RUN_FILE, rec.to_json())
+
+    def _write_file(self, run_id: int, name: str, data: dict[str, Any]) -> None:
+        d = self.runs_dir / str(run_id)
+        tmp = d / f".{name}.{os.getpid()}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / name)
+        except OSError as e:  # the store still has it; only a rebuilt store would miss it
+            log.warning("cannot write %s for run %s: %s", name, run_id, e)
+
+    def ended(self, run_id: int, state: str, when: float) -> None:
+        """How the run ended, beside its history (read back when the store is rebuilt)."""
+        self._write_file(run_id, OUTCOME_FILE, {"state": state, "ended": when})
+
+    def record(self, row: dict[str, Any]) -> RunRecord:
+        """A run's history: from its row; a row of an older version (no command recorded) gives
+        what its stored config said at creation."""
+        if row.get("command"):
+            env = json.loads(row.get("env") or "{}")
+            return RunRecord(
+                id=int(row["id"]), name=row["name"], command=json.loads(row["command"]),
+                resume_command=json.loads(row["resume_command"]) if row.get("resume_command") else None,
+                env_names=sorted(env), workdir=row.get("workdir") or str(self.cfg["job"]["workdir"]),
+                total_steps=row.get("total_steps"), config_hash=row.get("config_hash") or "",
+                queue_id=row.get("queue_id"), created=float(row["created"]))
+        try:
+            job = json.loads(row.get("config") or "{}").get("job") or {}
+        except ValueError:
+            job = {}
+        now = self.cfg["job"]
+        return RunRecord(id=int(row["id"]), name=row["name"],
+                         command=list(job.get("command") or now["command"]),
+                         resume_command=job.get("resume_command") if "command" in job else now["resume_command"],
+                         env_names=sorted(job.get("env") or {}), workdir=str(job.get("workdir") or now["workdir"]),
+                         total_steps=row.get("total_steps"), config_hash="", queue_id=row.get("queue_id"),
+                         created=float(row["created"]))
+
+    def job(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``[job]`` with this run's own command, env, workdir and total: what it runs with."""
+        rec = self.record(row)
+        job = dict(self.cfg["job"])
+        queued = (self._qenv_obj().get(rec.queue_id) or {}) if rec.queue_id else {}
+        env = {**job["env"], **queued}
+        if rec.config_hash:  # the names it was created with (a value unknown now is left out)
+            env = {k: v for k, v in env.items() if k in rec.env_names and v != REDACTED}
+        job.update(name=rec.name, command=rec.command, resume_command=rec.resume_command,
+                   workdir=rec.workdir, total_steps=rec.total_steps, env=env)
+        return job
+
+    def differs(self, row: dict[str, Any]) -> list[str]:
+        """How ``[job]`` now differs from what a ``[job]`` run was created with (a queued run's
+        command came from its entry: the config's [job] is not its command)."""
+        rec = self.record(row)
+        if rec.queue_id is not None:
+            return []
+        job = self.cfg["job"]
+        out = []
+        if list(job["command"]) != rec.command:
+            out.append(f"command is now {shlex.join(job['command'])}")
+        if job["total_steps"] != rec.total_steps and job["total_steps"] is not None:
+            out.append(f"total_steps is now {job['total_steps']}")
+        if str(job["workdir"]) != rec.workdir:
+            out.append(f"workdir is now {job['workdir']}")
+        if sorted(job["env"]) != rec.env_names and rec.config_hash:
+            out.append(f"env is now {', '.join(sorted(job['env'])) or 'empty'}")
+        return out
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Every run that has not ended, newest first."""
+        return [r for r in reversed(self.store.runs()) if r["state"] not in ENDED_STATES]
+
+    def recover_from_disk(self) -> list[RunRecord]:
+        """After the store was lost (moved aside as corrupt, or deleted): every run directory
+        with a ``run.json`` gets its row back, with its own history and, if it ended, its end
+        state. Only when the store holds no run at all."""
+        if self.store.latest_run() is not None:
+            return []
+        found: list[tuple[RunRecord, dict[str, Any]]] = []
+        try:
+            dirs = [d for d in self.runs_dir.iterdir() if d.name.isdigit() and d.is_dir()]
+        except OSError:
+            return []
+        for d in sorted(dirs, key=lambda d: int(d.name)):
+            try:
+                rec = RunRecord.from_json(json.loads((d / RUN_FILE).read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            try:
+                outcome = json.loads((d / OUTCOME_FILE).read_text())
+            except (OSError, ValueError):
+                outcome = {}
+            found.append((rec, outcome))
+        for rec, outcome in found:
+            self.store.create_run(rec.name, public_config(self.cfg), rec.total_steps,
+                                  run_id=rec.id, created=rec.created)
+            if rec.queue_id is not None:  # its env values are still under this id (queue-env.json)
+                self.store.queue_add(rec.name, rec.command, dict.fromkeys(rec.env_names, REDACTED),
+                                     "recovered", rec.resume_command, rec.total_steps,
+                                     entry_id=rec.queue_id, state="started", run_id=rec.id)
+            self._write_history(rec, None)
+            if outcome.get("state"):
+                self.store.update_run(rec.id, state=str(outcome["state"]), ended=outcome.get("ended"))
+            else:
+                self.store.update_run(rec.id, state="stopped")
+        return [rec for rec, _ in found]
+
+    def legacy_on_disk(self, checkpoint_dir: str) -> tuple[int, float] | None:
+        """The newest run that has files but no row and no run.json (an older version's)."""
+        if self.store.latest_run() is not None:
+            return None
+        ids: dict[int, float] = {}
+        for base, prefix in ((self.runs_dir, ""), (Path(checkpoint_dir), "run-")):
+            try:
+                for d in base.iterdir():
+                    n = d.name[len(prefix):] if d.name.startswith(prefix) else ""
+                    if d.is_dir() and n.isdigit():
+                        ids[int(n)] = min(ids.get(int(n), d.stat().st_mtime), d.stat().st_mtime)
+            except OSError:
+                continue
+        if not ids:
+            return None
+        newest = max(ids)
+        return newest, ids[newest]
+
+    # ================================================================== the queue
+    def _qenv_obj(self) -> QueueEnv:
+        """Queued runs' env values (daemon/queueenv.py): never in the store, never served."""
+        if self._qenv is None:
+            d = self.cfg["daemon"]
+            self._qenv = QueueEnv(d.get("_fallback_dir") or d["state_dir"])
+            for qid, env in self.store.take_queue_env().items():  # values an older db held
+                self._qenv.put(qid, env)
+        return self._qenv
+
+    def queued_env(self, row: dict[str, Any]) -> dict[str, str]:
+        """A run's queued env with its values (names whose value is unknown are left out)."""
+        names = json.loads(row.get("env") or "{}")
+        values = self._qenv_obj().get(row.get("queue_id")) or {}
+        return {k: values[k] for k in names if k in values}
+
+    def seed(self) -> None:
+        """[[queue]] entries from the config join the stored queue once (a restart re-reads
+        the config; an entry already queued, started or removed is not added again)."""
+        have = {(q["name"], json.dumps(q["command"])): q["id"] for q in self.store.queue(waiting_only=False)}
+        for item in self.cfg.get("queue", []):
+            qid = have.get((item["name"], json.dumps(item["command"])))
+            if qid is None:
+                qid = self.store.queue_add(item["name"], item["command"], item["env"], "config",
+                                           item["resume_command"], item["total_steps"])
+            self._qenv_obj().put(qid, item["env"])  # the values, from the config, kept out of the store
+
+    def waiting(self) -> list[dict[str, Any]]:
+        return self.store.queue()
+
+    def queue(self) -> list[dict[str, Any]]:
+        return [{"id": q["id"], "name": q["name"], "command": q["command"], "env": q["env"],
+                 "total_steps": q["total_steps"], "source": q["source"]} for q in self.store.queue()]
+
+    def add(self, arg: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """(answer, the new entry's id or None when refused)."""
+        command = arg.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+            return {"ok": False, "message": "a queued run needs a command: nightshift queue add -- python train.py ..."}, None
+        env = arg.get("env") or {}
+        name = arg.get("name") or f"run-{len(self.store.queue(waiting_only=False)) + 1}"
+        qid = self.store.queue_add(name, command, env, "cli", total_steps=arg.get("total_steps"))
+        self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/queueenv.py)
+        pos = len(self.store.queue())
+        return {"ok": True, "message": f"queued {name!r} as #{qid}, position {pos}"}, qid
+
+    def remove(self, qid: int) -> None:
+        self.store.queue_set(qid, state="removed")
+
+    def move(self, qid: int, to: int) -> int:
+        ids = [q["id"] for q in self.store.queue()]
+        to = max(1, min(to, len(ids)))
+        order = [i for i in ids if i != qid]
+        order.insert(to - 1, qid)
+        for pos, i in enumerate(order, 1):
+            self.store.queue_set(i, pos=float(pos))
+        return to
+
+    # ================================================================== the table
+    def table(self, live: dict[int, tuple[Any, ...]] | None = None,
+              against: int | None = None) -> list[dict[str, Any]]:
+        """The comparison table (GET /runs, `nightshift runs`), oldest first; ``live``: the
+        fingerprint of a run still going (run id -> best, best step, climb, final). ``changes``
+        are against run ``against``, by default the first run of the newest night (the queue
+        carries ``night_start`` from run to run)."""
+        from daemon.policy.fingerprint import changes
+        rows = self.store.runs()
+        base = None
+        if against is not None:
+            base = next((r for r in rows if r["id"] == against), None)
+            if base is None:
+                raise KeyError(f"no run {against} (runs: {', '.join(str(r['id']) for r in rows) or 'none'})")
+        elif rows:
+            night = rows[-1].get("night_start") or rows[-1]["created"]
+            base = next((r for r in rows if float(r["created"]) >= float(night) - 1e-6), rows[0])
+
+        def cmd_env(r: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+            # env values compared here, shown redacted (show_values=False)
+            rec = self.record(r)
+            return rec.command, {**dict.fromkeys(rec.env_names, REDACTED), **self.queued_env(r)}
+        bcmd, benv = cmd_env(base) if base else ([], {})
+        out = []
+        for r in rows:
+            cmd, env = cmd_env(r)
+            best = (r.get("best_loss"), r.get("best_step"), r.get("climb_step"), r.get("final_loss"))
+            if live and r["id"] in live and r.get("ended") is None:
+                best = live[r["id"]]
+            out.append({
+                "id": r["id"], "name": r["name"], "state": r["state"], "command": cmd,
+                "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env, show_values=False),
+                "steps": r.get("step"), "total_steps": r.get("total_steps"),
+                "best_loss": best[0], "best_step": best[1], "climb_step": best[2], "final_loss": best[3],
+                "backend": r.get("remote_backend") if r.get("remote_backend") else "local",
+                "cost_usd": round(float(r.get("cloud_cost_usd") or 0.0), 4),
+                "started": r.get("created"), "ended": r.get("ended"),
+                "workdir": self.record(r).workdir, "config_hash": r.get("config_hash"),
+            })
+        return out

@@ -1,0 +1,141 @@
+"""Issue 28, findings 1 and 2: history that does not lie, and a restart that never resurrects
+an old run or gives a run a new command. The real Supervisor, store and run book on the
+harness's fake clock (tests/harness.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+
+from daemon.states import State
+from daemon.store import Store
+from tests.harness import Behaviour, Harness, config
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def trainer(steps: int = 1000) -> Behaviour:
+    return Behaviour(trainer=True, steps=steps, step_s=0.5, interval=5)
+
+
+def test_history_keeps_the_runs_own_command_after_job_is_edited_and_the_restart_continues_it(tmp_path):
+    """`nightshift runs` listed run 1 as `--steps 240` though it ran with 3000, and a restart
+    after editing [job] continued it with the new command (DONE step 435 of 240)."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer", "--steps", "3000"], "total_steps": 3000})
+        beh = {"trainer": trainer(3000)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(10)
+        assert sup.state == State.RUNNING
+        # the user edits [job] and restarts the daemon (kill -9: no close)
+        cfg2 = copy.deepcopy(cfg)
+        cfg2["job"]["command"] = ["trainer", "--steps", "240"]
+        cfg2["job"]["total_steps"] = 240
+        h2 = Harness(tmp_path, cfg2, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        await h2.run(3)
+        assert sup2.run_id == 1
+        assert h2.spawned == [["trainer", "--steps", "3000"]]  # continued as it was created
+        assert h2.factory.procs[0].env["NIGHTSHIFT_TOTAL_STEPS"] == "3000"
+        said = [m for m in h2.events("run") if "[job] changed since run 1 began" in m]
+        assert said and "--steps 240" in said[0] and "nightshift run --new" in said[0], h2.events("run")
+        rows = sup2.runs()
+        assert [r["command"] for r in rows] == [["trainer", "--steps", "3000"]]
+        assert rows[0]["total_steps"] == 3000
+        # the record is in the run's own directory too
+        rec = json.loads((Path(cfg["daemon"]["state_dir"]) / "runs" / "1" / "run.json").read_text())
+        assert rec["command"] == ["trainer", "--steps", "3000"] and rec["total_steps"] == 3000
+        assert rec["workdir"] == str(tmp_path) and len(rec["config_hash"]) == 16
+        # `run --new` starts the new command; the old one is closed, not left running
+        h3 = Harness(tmp_path, cfg2, beh, clock=h.clock, store=h.store)
+        sup3 = await h3.open(new_run=True)
+        await h3.run(3)
+        assert sup3.run_id == 2 and h3.spawned == [["trainer", "--steps", "240"]]
+        states = {r["id"]: r["state"] for r in sup3.runs()}
+        assert states == {1: "interrupted", 2: "running"}
+        assert sup3.runs()[0]["command"] == ["trainer", "--steps", "3000"]  # history unchanged
+    run(go())
+
+
+def test_a_restart_continues_only_the_newest_unfinished_run_and_closes_the_older_ones(tmp_path):
+    """After a restart the daemon said "continuing run 2", then "continuing run 1": an older
+    unfinished run (as an older version left the store) is closed as interrupted, with why."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]})
+        cfg["queue"] = [{"name": "a", "command": ["trainer", "a"], "env": {}, "resume_command": None,
+                         "total_steps": 100},
+                        {"name": "b", "command": ["trainer", "b"], "env": {}, "resume_command": None,
+                         "total_steps": 100}]
+        beh = {"trainer": trainer(100)}
+        h = Harness(tmp_path, cfg, beh)
+        await h.open()
+        await h.run(60, until=lambda s: s.run_id == 2 and s.state == State.RUNNING)
+        h.store.update_run(1, state="stopped", ended=None)  # what an older version left behind
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        await h2.run(3)
+        assert sup2.run_id == 2 and h2.spawned == [["trainer", "b"]]
+        row1 = h.store.get_run(1)
+        assert row1["state"] == "interrupted" and "run 2 was continued instead" in row1["failure"]
+        assert any("run 1 (a, stopped" in m and "closed as interrupted" in m for m in h2.events("run"))
+        assert not any("continuing run 1" in m for m in h2.events("run"))
+        # run 2 finishes; nothing resurrects run 1
+        await h2.run(120, until=lambda s: s.state == State.SUCCEEDED)
+        assert sup2.state == State.SUCCEEDED and h2.spawned == [["trainer", "b"]]
+        h3 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup3 = await h3.open()
+        await h3.run(3)
+        assert h3.spawned == [] and sup3.state == State.SUCCEEDED
+        assert h2.factory.procs[0].step <= 100  # never more steps than the run's total
+    run(go())
+
+
+def test_a_store_rebuilt_after_corruption_continues_the_queued_run_with_its_own_command(tmp_path):
+    """A corrupt database made the daemon continue a queued 100,000-step run with the 40-step
+    [job] command and mark it succeeded. The run's own directory holds its history."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer", "--steps", "40"], "total_steps": 40})
+        cfg["queue"] = [{"name": "long", "command": ["trainer", "--steps", "100000"], "env": {"SEED": "7"},
+                         "resume_command": None, "total_steps": 100000}]
+        beh = {"trainer": trainer(100000)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(10)
+        assert sup.run_id == 1 and h.spawned == [["trainer", "--steps", "100000"]]
+        h.store.close()
+        db = Path(cfg["daemon"]["state_dir"]) / "nightshift.db"
+        for p in db.parent.glob("nightshift.db*"):
+            p.unlink()
+        db.write_bytes(b"this is not a database" * 100)
+        store = Store(db, clock=h.clock)
+        assert store.moved_aside is not None
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=store)
+        sup2 = await h2.open()
+        await h2.run(3)
+        assert sup2.run_id == 1 and h2.spawned == [["trainer", "--steps", "100000"]]
+        env = h2.factory.procs[0].env
+        assert env["NIGHTSHIFT_TOTAL_STEPS"] == "100000" and env["SEED"] == "7"
+        assert env["NIGHTSHIFT_RESUME"]  # from its own checkpoints
+        assert sup2.runs()[0]["name"] == "long" and sup2.state == State.RUNNING
+    run(go())
+
+
+def test_changes_are_measured_against_the_first_run_of_the_night(tmp_path):
+    """`changes` was measured against the first *queued* run, not the night's first run."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer", "--lr", "1e-3"], "total_steps": 10})
+        cfg["queue"] = [{"name": "hot", "command": ["trainer", "--lr", "1.0"], "env": {},
+                         "resume_command": None, "total_steps": 10}]
+        beh = {"trainer": trainer(10)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open(new_run=True)  # the [job] run first, then the queue
+        await h.run(60, until=lambda s: s.run_id == 2 and s.state == State.SUCCEEDED)
+        rows = sup.runs()
+        assert [r["command"] for r in rows] == [["trainer", "--lr", "1e-3"], ["trainer", "--lr", "1.0"]]
+        assert rows[1]["changes"] == ["--lr 1.0 (was 1e-3)"]
+    run(go())
