@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.intent import OFFLOAD
 from daemon.offload.base import JobSpec, OffloadAuthError, OffloadError, RemoteStatus
 from daemon.offloader import run_key
 from daemon.policy import supervise as rules
@@ -119,9 +120,7 @@ class RemoteSteps:
         self.off.reason, self.off.decided_at, self.off.forced = reason, now, False
         self.set_state(State.OFFLOADING, reason)
         if self.runner.running:
-            self.exit_intent = "offload"  # its final checkpoint goes up with it
-            self.stop_asked_at = now
-            self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+            self._ask_exit(OFFLOAD, now)  # its final checkpoint goes up with it
 
     def _job_spec(self) -> JobSpec:
         j = self.job

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon import intent as intents
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.intent import ExitIntent, Why
 from daemon.jobproc import same_process_alive, stop_orphan
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
@@ -38,6 +40,7 @@ from daemon.runbook import RunBook
 from daemon.states import ENDED_STATES, LOCAL_STATES, State
 from daemon.status import JobFacts
 from daemon.store import TERMINAL_STATES, Store
+from daemon.storeguard import StoreGuard
 from daemon.supervise_remote import RemoteSteps, _Offload
 from trainer import protocol
 
@@ -90,7 +93,7 @@ class Supervisor(RemoteSteps):
         self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
-        self.exit_intent: str | None = None  # why we asked the job to end
+        self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
         self.stop_waiters: list[asyncio.Future] = []
         self.suspect_since: float | None = None
@@ -104,6 +107,7 @@ class Supervisor(RemoteSteps):
         self.reset_rows: list[dict[str, Any]] = []
         self.diagnosis: Any = None
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
+        self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
         self.readings: collections.deque = collections.deque(maxlen=120)
         self.last_reading: Any = None
         self.interval_steps: int | None = None
@@ -135,10 +139,7 @@ class Supervisor(RemoteSteps):
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
         getattr(log, "warning" if level == "warn" else level)("%s: %s", kind, message)
-        try:
-            self.store.add_event(self.run_id or None, kind, message, level, data or None)
-        except Exception as e:  # noqa: BLE001 - a sick disk must not stop supervision
-            self.problems["store"] = f"cannot write the state database: {e}"
+        self.stored(self.store.add_event, self.run_id or None, kind, message, level, data or None)
         self.last_event = {"t": self.clock(), "kind": kind, "message": message}
         if self.p.notifier is not None and kind in NOTIFY_TITLES and \
                 kind in self.cfg["notify"]["events"]:
@@ -156,10 +157,7 @@ class Supervisor(RemoteSteps):
             self.on_state(f"{state.value}: {reason}"[:200])
 
     def _update_run(self, **fields: Any) -> None:
-        try:
-            self.store.update_run(self.run_id, **fields)
-        except Exception as e:  # noqa: BLE001
-            self.problems["store"] = f"cannot write the state database: {e}"
+        self.stored(self.store.update_run, self.run_id, **fields)
 
     @property
     def run(self) -> dict[str, Any]:
@@ -354,12 +352,8 @@ class Supervisor(RemoteSteps):
         if kind != "heartbeat" or self.holds:
             self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
         if kind == "checkpoint" and isinstance(rec.get("step"), int):
-            try:
-                self.store.add_checkpoint(self.run_id, int(rec["step"]), str(rec.get("path")),
-                                          rec.get("t"), rec.get("bytes"), rec.get("stall_s"),
-                                          rec.get("persist_s"))
-            except Exception as e:  # noqa: BLE001
-                self.problems["store"] = f"cannot write the state database: {e}"
+            self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
+                        rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=int(rec["step"]))
         elif kind == "checkpoint_error":
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
@@ -406,19 +400,20 @@ class Supervisor(RemoteSteps):
             self._finish()
             self._settle_stop(f"the job had already finished at step {self.facts.step}")
             return
-        if intent in ("stop", "shutdown"):
+        why = intent.why if intent is not None else None
+        if intent is not None and intent.user_stop:
             self._after_stop(intent)
             return
-        if intent == "offload":
+        if why == Why.OFFLOAD:
             await self._launch_remote(now)
             return
-        if intent == "rollback":
-            self._restart_now(self._rollback_reason, resume=self._rollback_target)
+        if intent is not None and why == Why.ROLLBACK:
+            self._restart_now(intent.reason, resume=intent.resume)
             return
-        if intent in ("diverged", "next"):
-            self._fail(self._diverged_reason)
+        if intent is not None and why in (Why.DIVERGED, Why.NEXT):
+            self._fail(intent.reason)
             return
-        if intent == "hang":
+        if why == Why.HANG:
             info = ExitInfo("signal", f"hung job stopped ({info.detail})", signal_name=info.signal_name)
         run = self.run
         times = json.loads(run.get("restart_times") or "[]")
@@ -446,7 +441,7 @@ class Supervisor(RemoteSteps):
             self.next_start_at = now + dec.delay_s
             self.set_state(State.STARTING, dec.reason)
 
-    def _after_stop(self, intent: str) -> None:
+    def _after_stop(self, intent: ExitIntent) -> None:
         ck = self.facts.checkpoint
         fresh = ck is not None and self.stop_asked_at is not None and \
             float(ck.get("t") or 0) >= self.stop_asked_at - 1.0
@@ -457,11 +452,21 @@ class Supervisor(RemoteSteps):
                    "the steps since are lost)")
         else:
             msg = "stopped; no checkpoint exists yet, so the run will start from the beginning"
-        if intent == "stop":
+        if intent.why == Why.STOP:
             self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
         else:
             self.event("daemon", msg + "; the run continues when the daemon starts again")
         self._settle_stop(msg)
+
+    def _ask_exit(self, intent: ExitIntent, now: float, *, graceful: bool | None = None) -> None:
+        """Ask the job to end; ``intent`` says, once it has exited, what happens next.
+        Graceful (a final checkpoint first) unless the intent must not write one."""
+        self.exit_intent = intent
+        graceful = intent.graceful if graceful is None else graceful
+        if graceful:
+            self.stop_asked_at = now  # a checkpoint from now on counts as the stop's own
+        self.runner.begin_stop(now, graceful=graceful,
+                               timeout_s=float(self.cfg["job"]["stop_timeout_s"]) if graceful else 0.0)
 
     def _settle_stop(self, message: str) -> None:
         for fut in self.stop_waiters:
@@ -726,9 +731,8 @@ class Supervisor(RemoteSteps):
                        + ("asking for a checkpoint, then stopping it" if asked else "stopping it soon"),
                        "warn")
         elif v.action == "terminate":
-            self.exit_intent = "hang"
             self.event("hang", f"stopping the hung job: {v.reason}", "warn")
-            self.runner.begin_stop(now, graceful=False, timeout_s=0)
+            self._ask_exit(intents.HANG, now)
         elif v.action == "alive":
             self.suspect_since = None
         # the checkpoint-age warning
@@ -744,10 +748,7 @@ class Supervisor(RemoteSteps):
         held = bool(self.holds)
         self.runner.set_hold(held)
         if held and not before:
-            try:
-                self.store.increment(self.run_id, "pauses")
-            except Exception as e:  # noqa: BLE001
-                self.problems["store"] = f"cannot write the state database: {e}"
+            self.stored(self.store.increment, self.run_id, "pauses")
 
     def _hold(self, owner: str, why: str) -> None:
         before = bool(self.holds)
@@ -783,13 +784,10 @@ class Supervisor(RemoteSteps):
         else:
             self.problems["sensor"] = msg
         f = self.facts
-        try:
-            self.store.add_reading(self.run_id, now, getattr(reading, "edge_c", None),
-                                   getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
-                                   getattr(reading, "busy_pct", None), f.step, _finite(f.loss))
-            self.problems.pop("store", None)
-        except Exception as e:  # noqa: BLE001
-            self.problems["store"] = f"cannot write the state database: {e}"
+        if self.stored(self.store.add_reading, self.run_id, now, getattr(reading, "edge_c", None),
+                       getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
+                       getattr(reading, "busy_pct", None), f.step, _finite(f.loss)):
+            self.stored.healthy()
         if self.p.detector is not None:
             if reading is not None:
                 self.p.detector.note_sensor(reading)
@@ -810,11 +808,8 @@ class Supervisor(RemoteSteps):
         if c is None:
             return
         self.facts.checkpoint = _adopted_fact(c)
-        try:
-            self.store.add_checkpoint(self.run_id, c.step or 0, f"adopted v{c.version}: {c.relpath}",
-                                      c.t, c.bytes)
-        except Exception as e:  # noqa: BLE001
-            self.problems["store"] = f"cannot write the state database: {e}"
+        self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
+                    f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
         if c.step is not None:
             self._update_run(step=c.step)
 
@@ -893,10 +888,7 @@ class Supervisor(RemoteSteps):
         if moved:
             self.event("governor", dec.reason)
         if self.gov.learned_mhz != learned:  # kept at once: a kill -9 must not lose the night's learning
-            try:
-                self._gov_remember()
-            except Exception as e:  # noqa: BLE001
-                self.problems["store"] = f"cannot write the state database: {e}"
+            self.stored(self._gov_remember)
 
     def _gov_problem(self, text: str) -> None:
         if self.problems.get("governor") != text:  # said once, not every poll
@@ -969,12 +961,9 @@ class Supervisor(RemoteSteps):
     def _on_reset(self, ev: Any) -> None:
         temps = ev.temps or self._temps_before(ev.t)
         ev.temps = temps
-        try:
-            self.store.add_reset(self.run_id, ev.t, list(ev.sources), list(ev.lines), temps,
-                                 getattr(ev, "signature", None), self.facts.step)
-            self.store.increment(self.run_id, "resets")
-        except Exception as e:  # noqa: BLE001
-            self.problems["store"] = f"cannot write the state database: {e}"
+        if self.stored(self.store.add_reset, self.run_id, ev.t, list(ev.sources), list(ev.lines),
+                       temps, getattr(ev, "signature", None), self.facts.step):
+            self.stored(self.store.increment, self.run_id, "resets")
         self.reset_times.append(ev.t)
         self.reset_rows.append({"t": ev.t, "temps": temps})
         from daemon.diagnosis import diagnose
@@ -1048,11 +1037,10 @@ class Supervisor(RemoteSteps):
         self.event("divergence", f"loss spike at step {spike.step}: {shown} ({spike.reason}); "
                    f"action: {cfg['action']}", "error", step=spike.step, loss=str(spike.loss))
         if cfg["action"] in ("stop", "next"):
-            self._diverged_reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
-            self.exit_intent = cfg["action"] if cfg["action"] == "next" else "diverged"
-            # graceful: the newest checkpoint is durable before the next run starts
-            self.runner.begin_stop(self.clock(), graceful=cfg["action"] == "next",
-                                   timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+            reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
+            # next is graceful: the newest checkpoint is durable before the next run starts
+            self._ask_exit(intents.next_run(reason) if cfg["action"] == "next"
+                           else intents.diverged(reason), self.clock())
         elif cfg["action"] == "rollback":
             self._plan_rollback(spike)
 
@@ -1069,9 +1057,8 @@ class Supervisor(RemoteSteps):
         plan = plan_rollback(spike.step, sorted(steps), dv["rollback_steps"], dv["skip_batches"],
                              last_ok_step=getattr(spike, "last_ok_step", None))
         if plan is None or plan.checkpoint_step is None:
-            self._diverged_reason = f"the loss diverged at step {spike.step} and no earlier checkpoint exists"
-            self.exit_intent = "diverged"
-            self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+            self._ask_exit(intents.diverged(f"the loss diverged at step {spike.step} and no "
+                                            "earlier checkpoint exists"), self.clock())
             return
         quarantine = Path(self.checkpoint_dir) / ".diverged"
         quarantine.mkdir(exist_ok=True)
@@ -1081,12 +1068,10 @@ class Supervisor(RemoteSteps):
         skip = protocol.parse_skip(self.run.get("skip_steps") or "") + list(plan.skip)
         self._update_run(skip_steps=protocol.format_skip(skip))
         self.facts.losses.clear()
-        self._rollback_target = str(steps[plan.checkpoint_step])
-        self._rollback_reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at "
-                                 f"step {spike.step}; skipping batches {protocol.format_skip(list(plan.skip))}")
+        reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at "
+                  f"step {spike.step}; skipping batches {protocol.format_skip(list(plan.skip))}")
         # Stopped without a checkpoint: the diverged weights must not become the newest one.
-        self.exit_intent = "rollback"
-        self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+        self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.clock())
 
     # ================================================================== commands
     def submit(self, action: str, arg: Any = None) -> asyncio.Future:
@@ -1164,8 +1149,7 @@ class Supervisor(RemoteSteps):
                 self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
                 return self._answer_later(fut)
             if self.runner.running:
-                self.exit_intent = "stop"
-                self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+                self._ask_exit(intents.STOP, now)
                 return self._answer_later(fut)
             self.set_state(State.STOPPED, "stopped by the user")
             return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
@@ -1199,10 +1183,8 @@ class Supervisor(RemoteSteps):
     def _begin_shutdown(self, now: float) -> None:
         self.shutting_down = True
         if self.runner.running:
-            if self.exit_intent is None:
-                self.exit_intent = "shutdown"
-            self.stop_asked_at = now
-            self.runner.begin_stop(now, graceful=True, timeout_s=float(self.cfg["job"]["stop_timeout_s"]))
+            # an exit already asked for (an offload, a user's stop) keeps its meaning
+            self._ask_exit(self.exit_intent or intents.SHUTDOWN, now, graceful=True)
         elif self.state == State.REMOTE:
             self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
 
