@@ -499,11 +499,8 @@ class Supervisor(RemoteSteps):
     def _interrupt(self, row: dict[str, Any], why: str) -> None:
         """An older unfinished run a restart does not continue: closed, with the reason."""
         now = self.clock()
-        try:
-            self.store.update_run(row["id"], state=State.INTERRUPTED.value, ended=now,
-                                  failure=f"interrupted: {why}")
-        except Exception as e:  # noqa: BLE001
-            self.problems["store"] = f"cannot write the state database: {e}"
+        self.stored(self.store.update_run, row["id"], state=State.INTERRUPTED.value, ended=now,
+                    failure=f"interrupted: {why}")
         self.book.ended(row["id"], State.INTERRUPTED.value, now)
         self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
                    f"closed as interrupted: {why}", "warn")
