@@ -14,6 +14,17 @@ Hostile local clients (issue 13): anyone on the machine can connect without a to
 - every JSON response is strict JSON (a NaN from a job becomes null);
 - no client input produces a traceback: a handler's exception becomes one log line and a 500.
 
+Hostile web pages (issue 31): ``_Guard``, the outermost layer, answers before any handler or
+body read. A request whose ``Host`` is not one of the daemon's names (``allowed_hosts``) gets
+421: a page that rebinds its DNS name to 127.0.0.1 cannot read /status, /runs or /events. A
+write (any method but GET/HEAD/OPTIONS) is authorized from its headers alone (401/403) before
+one byte of its body is read: a ``text/plain`` POST is a CORS "simple" request any page can
+send, and FastAPI reads and validates the whole body before a route's own token check. A body
+over ``MAX_BODY`` is refused with 413, from Content-Length at once or while it streams in. Each
+of these answers closes the connection, so the rest of a large body is never read. A 422 never
+echoes the input (it could be a megabyte of it). /docs and /redoc are off: they load Swagger's
+JavaScript from a CDN; /openapi.json stays and lists the 401/403/404/413/421 answers.
+
 /status is what phones and dashboards poll, so it has a fast path (``_StatusFastPath``): the
 daemon publishes one immutable status snapshot per tick, its JSON and text bytes are rendered
 once per snapshot (``StatusCache``), and a plain ``GET /status`` (no query, or exactly
@@ -39,6 +50,7 @@ from typing import Annotated, Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -53,6 +65,9 @@ HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
 MAX_INCOMPLETE_EVENT = 16 * 1024  # bytes of an unfinished request line + headers
 MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER
+MAX_BODY = 64 * 1024  # the largest request body accepted (a queue entry is a few KB at most)
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # everything else needs the token
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -217,6 +232,132 @@ class _NoTraceback:
                 await send({"type": "http.response.body", "body": body})
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def allowed_hosts(host: str, extra: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
+    """The names a client may put in ``Host`` for a daemon bound to ``host`` (lowercase, no
+    port, IPv6 without brackets): the address itself and ``extra`` ([api] allowed_hosts); for a
+    loopback address the loopback names; for a wildcard bind also this machine's host names
+    and interface addresses (what another machine on the network would use)."""
+    names = {host.strip("[]").lower(), *(h.strip("[]").lower() for h in extra)}
+    if _is_loopback(host) or host in ("0.0.0.0", "::", ""):
+        names |= LOOPBACK_NAMES
+    if host in ("0.0.0.0", "::", "") or not _is_loopback(host):
+        import socket
+        with contextlib.suppress(OSError):
+            hn = socket.gethostname()
+            names |= {hn.lower(), socket.getfqdn().lower(), f"{hn.lower()}.local"}
+        if host in ("0.0.0.0", "::", ""):
+            import psutil
+            with contextlib.suppress(OSError):
+                for addrs in psutil.net_if_addrs().values():
+                    names |= {a.address.split("%")[0].lower() for a in addrs
+                              if a.family in (socket.AF_INET, socket.AF_INET6)}
+    names.discard("")
+    return frozenset(names)
+
+
+def _host_name(value: str) -> str:
+    """``Host`` without its port: "127.0.0.1:8742" -> "127.0.0.1", "[::1]:80" -> "::1"."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """ASGI middleware, outermost: the Host check, the token of a write before its body is
+    read, the body limit (see the module's docstring). Its refusals close the connection."""
+
+    def __init__(self, app: Any, token: str | None, hosts: frozenset[str] | None,
+                 max_body: int = MAX_BODY):
+        self.app = app
+        self.token = token
+        self.hosts = hosts  # None: any Host (a test app served on an unknown address)
+        self.max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers: dict[bytes, bytes] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k, v)
+        host = headers.get(b"host")
+        if self.hosts is not None and host is not None and \
+                _host_name(host.decode("latin-1")) not in self.hosts:
+            return await _refuse(send, 421, "this daemon does not answer to the host name "
+                                 f"{_host_name(host.decode('latin-1'))[:100]!r} (a DNS rebinding "
+                                 "page?); use its address, or add the name to [api] allowed_hosts")
+        if scope["method"] not in READ_METHODS:
+            auth_header = headers.get(b"authorization")
+            if self.token is None:
+                return await _refuse(send, 403, "controls are disabled: the daemon has no API token")
+            if not auth.check(auth_header.decode("latin-1") if auth_header else None, self.token):
+                return await _refuse(send, 401, "missing or wrong token: send Authorization: Bearer "
+                                     "<token> (the token file is in the daemon's state directory)",
+                                     [(b"www-authenticate", b"Bearer")])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _refuse(send, 413, f"request body larger than {self.max_body} bytes")
+        seen = 0
+        started = refused = False
+
+        async def limited_receive() -> Any:
+            # FastAPI turns an exception raised while it reads the body into a 400, so the 413
+            # is sent from here and whatever the app answers after it is dropped
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body and not refused:
+                    refused = True
+                    if not started:
+                        await _refuse(send, 413, f"request body larger than {self.max_body} bytes")
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        with contextlib.suppress(_BodyTooLarge):
+            await self.app(scope, limited_receive, tracked_send)
+
+
+async def _refuse(send: Any, status: int, detail: str,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error answer that also closes the connection: the rest of the body stays unread."""
+    body = strict_json({"detail": detail})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong token (Authorization: Bearer <token>)"},
+    403: {"description": "controls are disabled: the daemon has no API token"},
+    404: {"description": "no such action or queue entry"},
+    413: {"description": f"request body larger than {MAX_BODY} bytes"},
+    421: {"description": "the Host header is not one of the daemon's names"},
+}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERROR_RESPONSES[k] for k in (413, 421)}
+
+
 class QueueEntry(BaseModel):
     name: str | None = Field(None, max_length=200)
     command: list[Annotated[str, Field(max_length=4096)]] = Field(min_length=1, max_length=1000)
@@ -247,13 +388,26 @@ def check_bind(host: str, token: str | None) -> None:
                          "addresses need [api] token_file (it is created on first start)")
 
 
-def create_app(source: StatusSource, token: str | None) -> FastAPI:
+def create_app(source: StatusSource, token: str | None,
+               hosts: frozenset[str] | None = allowed_hosts("127.0.0.1")) -> FastAPI:
+    """The API app. ``hosts``: the names accepted in ``Host`` (``allowed_hosts``; the default
+    fits a daemon on 127.0.0.1); None accepts any."""
+    # no /docs or /redoc: FastAPI's pages load Swagger's JavaScript from a CDN
     app = FastAPI(title="nightshiftd", version="1", description="Status and controls of the "
                   "nightshift daemon. Controls need `Authorization: Bearer <token>`.",
-                  default_response_class=SafeJSONResponse)
+                  default_response_class=SafeJSONResponse, docs_url=None, redoc_url=None,
+                  responses=READ_RESPONSES)
     cache = StatusCache(source)
     app.add_middleware(_StatusFastPath, cache=cache)  # innermost: errors still pass _NoTraceback
     app.add_middleware(_NoTraceback)
+    app.add_middleware(_Guard, token=token, hosts=hosts)  # outermost: before any body is read
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # what was wrong and where, never the input itself (it may be large, or a secret)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                  for e in exc.errors()[:20]]
+        return SafeJSONResponse({"detail": errors}, status_code=422)
     registry = metrics.make_registry(source.status)
 
     # async: these only read the status snapshot, so they run on the loop, not in a thread
@@ -298,7 +452,7 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
                                 "(the token file is in the daemon's state directory)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/control/{action}")
+    @app.post("/control/{action}", responses=ERROR_RESPONSES)
     async def control(action: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         if action not in ACTIONS:
             raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
@@ -315,18 +469,18 @@ def create_app(source: StatusSource, token: str | None) -> FastAPI:
     async def queue() -> dict[str, Any]:
         return {"queue": source.queue()}
 
-    @app.post("/queue")
+    @app.post("/queue", responses=ERROR_RESPONSES)
     async def queue_add(entry: QueueEntry, authorization: str | None = Header(None)) -> dict[str, Any]:
         authorize(authorization)
         return await source.submit("queue_add", entry.model_dump())
 
-    @app.delete("/queue/{entry_id}")
+    @app.delete("/queue/{entry_id}", responses=ERROR_RESPONSES)
     async def queue_remove(entry_id: int = Path(ge=1, le=MAX_EVENT_ID),
                            authorization: str | None = Header(None)) -> dict[str, Any]:
         authorize(authorization)
         return await source.submit("queue_remove", {"id": entry_id})
 
-    @app.post("/queue/{entry_id}/move")
+    @app.post("/queue/{entry_id}/move", responses=ERROR_RESPONSES)
     async def queue_move(entry_id: int = Path(ge=1, le=MAX_EVENT_ID), to: int = Query(ge=1, le=10000),
                          authorization: str | None = Header(None)) -> dict[str, Any]:
         authorize(authorization)

@@ -161,7 +161,8 @@ async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio
         token_file = str(Path(fb) / "token")
         token = auth.load_or_create_token(token_file)
     api.check_bind(a["host"], token)
-    server, task = await api.serve(api.create_app(sup, token), a["host"], a["port"])
+    app = api.create_app(sup, token, api.allowed_hosts(a["host"], a["allowed_hosts"]))
+    server, task = await api.serve(app, a["host"], a["port"])
     log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], token_file)
     from daemon import client
     try:  # the CLI finds us here even after an edit of [api] port that waits for a restart

@@ -146,6 +146,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "host": _k("str", "127.0.0.1"),
         "port": _k("int", 8742),
         "token_file": _k("str", "token"),  # relative to state_dir
+        # more names a client may send in Host (the address and, for loopback, its names are
+        # always accepted; others get 421: DNS rebinding), e.g. a LAN name for host = "0.0.0.0"
+        "allowed_hosts": _k("list[str]", []),
     },
     "notify": {
         "ntfy_url": _k("str|none"),
@@ -240,7 +243,7 @@ MAX_CONFIG_BYTES = 1 << 20
 RESTART_KEYS = {("job", "command"), ("job", "resume_command"), ("job", "workdir"),
                 ("job", "checkpoint_dir"), ("job", "env"), ("job", "log_max_bytes"),
                 ("daemon", "state_dir"), ("api", "enabled"), ("api", "host"), ("api", "port"),
-                ("api", "token_file"), ("gpu", "sensor"), ("gpu", "sysfs_root"), ("gpu", "card"),
+                ("api", "token_file"), ("api", "allowed_hosts"), ("gpu", "sensor"), ("gpu", "sysfs_root"), ("gpu", "card"),
                 ("gpu", "simulated"), ("resets", "sources"), ("resets", "kernel_log"),
                 ("resets", "probe"), ("offload", "backend")}
 
