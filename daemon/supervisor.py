@@ -45,7 +45,6 @@ from daemon.supervise_remote import RemoteSteps, _Offload
 from trainer import protocol
 
 log = logging.getLogger("nightshift")
-RESET_NEAR_S = 10.0  # a reset seen this close to a job's death explains the death
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
 NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
                  "budget": "Cloud budget reached", "divergence": "Loss diverged",
@@ -95,6 +94,7 @@ class Supervisor(RemoteSteps):
         self.forced_resume: str | None = None
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
+        self.checkpoint_seen_at: float | None = None  # when the newest checkpoint's record was read
         self.stop_waiters: list[asyncio.Future] = []
         self.suspect_since: float | None = None
         self.failure: str | None = None
@@ -352,6 +352,7 @@ class Supervisor(RemoteSteps):
         if kind != "heartbeat" or self.holds:
             self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
         if kind == "checkpoint" and isinstance(rec.get("step"), int):
+            self.checkpoint_seen_at = self.clock()
             self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=int(rec["step"]))
@@ -388,11 +389,14 @@ class Supervisor(RemoteSteps):
                 self.p.detector.note_job_exit(tail, now)
             self._poll_resets()
         sig = _gpu_signature(tail)
-        info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=self._reset_near(now, started or 0.0),
+        pending = self.p.detector.pending_t() if self.p.detector is not None else None
+        near = rules.reset_explains_death(now, self.reset_times, started_at=started or 0.0,
+                                          pending_t=pending)
+        info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=near,
                              step=self.facts.step, asked_to_exit=intent is not None,
                              done=self.facts.done)
         if info.kind == "gpu_fault" and self.p.detector is None and \
-                not any(abs(now - t) < RESET_NEAR_S for t in self.reset_times):
+                not rules.reset_explains_death(now, self.reset_times):
             from daemon.resets import ResetEvent  # no detector: the dying message is the witness
             self._on_reset(ResetEvent(t=now, sources=["job"], lines=tail.splitlines()[-5:],
                                       signature=info.detail))
@@ -443,15 +447,8 @@ class Supervisor(RemoteSteps):
 
     def _after_stop(self, intent: ExitIntent) -> None:
         ck = self.facts.checkpoint
-        fresh = ck is not None and self.stop_asked_at is not None and \
-            float(ck.get("t") or 0) >= self.stop_asked_at - 1.0
-        if fresh:
-            msg = f"stopped after a checkpoint at step {ck.get('step')}"  # type: ignore[union-attr]
-        elif ck is not None:
-            msg = (f"stopped; no new checkpoint was taken (the newest is at step {ck.get('step')}; "
-                   "the steps since are lost)")
-        else:
-            msg = "stopped; no checkpoint exists yet, so the run will start from the beginning"
+        msg = rules.stop_outcome(ck is not None, ck.get("step") if ck else None,
+                                 self.checkpoint_seen_at, self.stop_asked_at).message
         if intent.why == Why.STOP:
             self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
         else:
@@ -805,6 +802,7 @@ class Supervisor(RemoteSteps):
         if c is None:
             return
         self.facts.checkpoint = _adopted_fact(c)
+        self.checkpoint_seen_at = self.clock()  # adopted once verifiable: as good as a record
         self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
                     f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
         if c.step is not None:
@@ -817,13 +815,12 @@ class Supervisor(RemoteSteps):
     def _thermal(self, now: float, reading: Any) -> None:
         if reading is None or self.state not in (State.RUNNING, State.COOLING):
             return
-        from daemon.policy.thermal import ThermalObs, ThermalState, decide_thermal
+        from daemon.policy.thermal import ThermalObs, ThermalState, clock_cap_due, decide_thermal
         if self.thermal is None:
             self.thermal = ThermalState(paused=False, paused_at=None, reason="")
         th = self.cfg["thermal"]
         cap = self.p.clockcap
-        if cap is not None and reading.edge_c is not None and \
-                reading.edge_c >= (th["pause_at_c"] + th["resume_at_c"]) / 2:
+        if cap is not None and clock_cap_due(reading.edge_c, th):
             msg = cap.apply()
             if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
                 self.problems["clock_cap"] = msg
@@ -974,13 +971,6 @@ class Supervisor(RemoteSteps):
     def resets_in_window(self, now: float) -> int:
         w = float(self.cfg["resets"]["window_s"])
         return sum(1 for t in self.reset_times if now - t <= w)
-
-    def _reset_near(self, t: float, since: float) -> bool:
-        if self.p.detector is not None:
-            pending = self.p.detector.pending_t()
-            if pending is not None and pending >= since and abs(t - pending) <= RESET_NEAR_S:
-                return True
-        return any(rt >= since and abs(t - rt) <= RESET_NEAR_S for rt in self.reset_times)
 
     # ================================================================== recovery
     async def _recover(self, now: float) -> None:

@@ -95,3 +95,42 @@ def test_holds_show_thermal_first():
     assert rules.shown_hold(frozenset({"user", "thermal"})) == "thermal"
     assert rules.shown_hold(frozenset({"schedule", "user"})) == "user"
     assert rules.shown_hold(frozenset()) is None
+
+
+# --------------------------------------------------------------------------- issue 30: rules out of the Supervisor
+def test_a_reset_explains_a_death_within_ten_seconds_either_side():
+    from daemon.policy.supervise import RESET_NEAR_S, reset_explains_death
+    assert RESET_NEAR_S == 10.0
+    assert reset_explains_death(1000.0, [990.0])  # exactly at the bound, before
+    assert reset_explains_death(1000.0, [1010.0])  # and after (the kernel log lags)
+    assert not reset_explains_death(1000.0, [989.9])
+    assert not reset_explains_death(1000.0, [1010.1])
+    assert not reset_explains_death(1000.0, [])
+
+
+def test_a_reset_before_the_attempt_started_explains_nothing_but_a_pending_one_does():
+    from daemon.policy.supervise import reset_explains_death
+    assert not reset_explains_death(1000.0, [995.0], started_at=996.0)  # killed the previous attempt
+    assert reset_explains_death(1000.0, [996.0], started_at=996.0)
+    assert reset_explains_death(1000.0, [], started_at=990.0, pending_t=1004.0)
+    assert not reset_explains_death(1000.0, [], started_at=990.0, pending_t=985.0)
+
+
+def test_only_a_checkpoint_read_after_the_stop_was_asked_is_the_stops_own():
+    from daemon.policy.supervise import stop_outcome
+    fresh = stop_outcome(True, 120, checkpoint_seen_at=500.1, stop_asked_at=500.0)
+    assert fresh.fresh and fresh.message == "stopped after a checkpoint at step 120"
+    same = stop_outcome(True, 100, checkpoint_seen_at=500.0, stop_asked_at=500.0)  # read before, same tick
+    assert not same.fresh and "no new checkpoint was taken (the newest is at step 100" in same.message
+    replayed = stop_outcome(True, 100, checkpoint_seen_at=None, stop_asked_at=500.0)  # from before a restart
+    assert not replayed.fresh
+    none = stop_outcome(False, None, None, 500.0)
+    assert not none.fresh and "no checkpoint exists yet" in none.message
+
+
+def test_the_clock_cap_goes_on_halfway_between_resume_and_pause():
+    from daemon.policy.thermal import clock_cap_due
+    th = {"pause_at_c": 90.0, "resume_at_c": 70.0}
+    assert clock_cap_due(80.0, th) and clock_cap_due(95.0, th)
+    assert not clock_cap_due(79.9, th)
+    assert not clock_cap_due(None, th)  # an unknown edge never caps

@@ -121,6 +121,46 @@ def decide_exit(info: ExitInfo, *, code_errors: int, last_error_sig: str | None,
     return ExitDecision(d.action, max(MIN_BACKOFF_S, d.delay_s), d.reason)
 
 
+# --------------------------------------------------------------------------- deaths and resets
+RESET_NEAR_S = 10.0  # a reset seen this close to a job's death explains the death
+
+
+def reset_explains_death(death_t: float, reset_times: list[float], *,
+                         started_at: float = float("-inf"), pending_t: float | None = None) -> bool:
+    """A GPU reset at most ``RESET_NEAR_S`` before or after the job died, and not before this
+    attempt started (an older reset killed an older attempt), explains the death: it is a GPU
+    fault, not the job's code. ``pending_t``: a reset the detector is still assembling.
+
+    Wall-clock times on both sides (kernel-log timestamps, the death as the daemon saw it),
+    hence the tolerance: a clock step in between is rare and costs one misjudged death."""
+    candidates = list(reset_times) + ([pending_t] if pending_t is not None else [])
+    return any(t >= started_at and abs(death_t - t) <= RESET_NEAR_S for t in candidates)
+
+
+# --------------------------------------------------------------------------- stopping
+@dataclass(frozen=True)
+class StopOutcome:
+    fresh: bool  # the stop's own checkpoint: nothing since the stop was asked is lost
+    message: str
+
+
+def stop_outcome(has_checkpoint: bool, checkpoint_step: int | None,
+                 checkpoint_seen_at: float | None, stop_asked_at: float | None) -> StopOutcome:
+    """What a graceful stop kept. ``checkpoint_seen_at``: when the daemon read the newest
+    checkpoint's record (None: known from before, a replay); ``stop_asked_at``: when it asked
+    the job to stop. One clock for both, the daemon's monotonic one, so a wall-clock step
+    during the stop changes nothing. Only a checkpoint read after the ask is the stop's own
+    (records are read before commands in a tick: one read in the same instant came first)."""
+    if not has_checkpoint:
+        return StopOutcome(False, "stopped; no checkpoint exists yet, so the run will start from "
+                           "the beginning")
+    if checkpoint_seen_at is not None and stop_asked_at is not None and \
+            checkpoint_seen_at > stop_asked_at:
+        return StopOutcome(True, f"stopped after a checkpoint at step {checkpoint_step}")
+    return StopOutcome(False, f"stopped; no new checkpoint was taken (the newest is at step "
+                       f"{checkpoint_step}; the steps since are lost)")
+
+
 # --------------------------------------------------------------------------- checkpoint age
 def checkpoint_age_warning(now: float, checkpoint_t: float | None, steps_per_s: float | None,
                            interval_steps: int | None, last_warned: float | None) -> str | None:

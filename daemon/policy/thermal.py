@@ -32,6 +32,15 @@ TREND_SPAN_S = 30.0
 TREND_MIN_POINTS = 3
 
 
+def clock_cap_due(edge_c: float | None, cfg_thermal: dict[str, Any]) -> bool:
+    """The clock cap (daemon/clockcap.py) goes on halfway between resume_at_c and pause_at_c:
+    early enough to slow the climb before a pause is needed, late enough that a cool GPU runs
+    at full clock. An unknown edge never caps (like it never pauses)."""
+    if edge_c is None:
+        return False
+    return edge_c >= (float(cfg_thermal["pause_at_c"]) + float(cfg_thermal["resume_at_c"])) / 2
+
+
 @dataclass(frozen=True)
 class ThermalState:
     paused: bool
