@@ -1,11 +1,80 @@
-"""Every torture test is also slow: `-m "not slow"` is the fast subset for development."""
+"""Markers and the fast subset's promise.
+
+Every torture test is also slow. `-m "not slow"` is the fast subset for development: it must
+start no real daemon, sshd, browser or torch job (each costs seconds of start-up on 2 cores).
+A test outside `slow` that tries is failed at once with the fix, so the promise keeps holding as
+tests are added (small helper processes -- a shell, a fake job without torch -- are fine).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
+
+HEAVY_EXES = {"sshd": "a real sshd", "chromium": "a browser", "chromium-browser": "a browser",
+              "chrome": "a browser", "nightshift": "the real daemon/CLI"}
+HEAVY_MODULES = {"daemon.cli": "the real daemon/CLI", "daemon": "the real daemon/CLI",
+                 "trainer.reference": "a torch training job"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("torture") is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+
+
+def heavy_process(args: object) -> str | None:
+    """What expensive thing `args` (a Popen argv) starts, or None."""
+    argv = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
+    for i, a in enumerate(argv):
+        if os.path.basename(a) in HEAVY_EXES:
+            return HEAVY_EXES[os.path.basename(a)]
+        if a == "-m" and i + 1 < len(argv) and argv[i + 1] in HEAVY_MODULES:
+            return HEAVY_MODULES[argv[i + 1]]
+        if a.endswith(".py") and os.path.isfile(a):
+            try:
+                if "import torch" in Path(a).read_text(errors="replace"):
+                    return f"a torch job ({os.path.basename(a)})"
+            except OSError:
+                pass
+    return None
+
+
+def _guard(nodeid: str):  # type: ignore[no-untyped-def]
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):  # type: ignore[no-untyped-def]
+        what = heavy_process(args)
+        if what:
+            pytest.fail(f"{nodeid} starts {what} but is not marked slow: add @pytest.mark.slow "
+                        "(the fast subset, -m 'not slow', must start none)", pytrace=False)
+        real_init(self, args, *a, **kw)
+
+    return real_init, guarded
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
+    # Setup, not a fixture: a module- or session-scoped fixture that starts a daemon is set up
+    # inside the first test's setup phase, and must be caught too.
+    yield from _guarded_phase(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    yield from _guarded_phase(item)
+
+
+def _guarded_phase(item: pytest.Item):  # type: ignore[no-untyped-def]
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    real_init, guarded = _guard(item.nodeid)
+    subprocess.Popen.__init__ = guarded  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = real_init  # type: ignore[method-assign]

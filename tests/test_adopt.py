@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from daemon.adopt import Adopter, step_of, verify_file
@@ -249,6 +250,7 @@ def _losses(out: str) -> dict[int, str]:
     return {int(m[1]): m[2] for m in re.finditer(r"iter (\d+): loss (\S+),", out)}
 
 
+@pytest.mark.slow
 def test_nanogpt_like_killed_mid_run_resumes_from_the_restored_copy_with_identical_losses(tmp_path):
     """The script, unmodified, under an Adopter polled like the daemon does; SIGKILL after its
     second save; ckpt.pt torn on top; restore; --init_from=resume reproduces the reference."""

@@ -64,6 +64,7 @@ def _post(base, path, token=None):
         return e.code, json.loads(e.read() or b"{}")
 
 
+@pytest.mark.slow
 def test_status_text_fits_a_phone_and_json_has_the_documented_fields(daemon):
     code, text = _get(daemon["base"], "/status")
     assert code == 200 and "RUNNING" in text and "step" in text and "temp  edge" in text
@@ -75,6 +76,7 @@ def test_status_text_fits_a_phone_and_json_has_the_documented_fields(daemon):
     assert st["state"] == "running" and st["temps"]["edge_c"] is not None
 
 
+@pytest.mark.slow
 def test_metrics_parse_with_the_prometheus_parser(daemon):
     code, text = _get(daemon["base"], "/metrics")
     fams = {f.name: f for f in text_string_to_metric_families(text)}
@@ -84,6 +86,7 @@ def test_metrics_parse_with_the_prometheus_parser(daemon):
     assert any(s.labels["sensor"] == "edge" for s in fams["nightshift_temperature_celsius"].samples)
 
 
+@pytest.mark.slow
 def test_events_paged_newest_first_and_filtered(daemon):
     code, evs = _get(daemon["base"], "/events?limit=2")
     assert code == 200 and len(evs) == 2 and evs[0]["id"] > evs[1]["id"]
@@ -93,6 +96,7 @@ def test_events_paged_newest_first_and_filtered(daemon):
     assert only and all(e["kind"] == "state" for e in only)
 
 
+@pytest.mark.slow
 def test_controls_need_the_token_and_change_the_job_end_to_end(daemon):
     base, token = daemon["base"], daemon["token"]
     assert _post(base, "/control/pause")[0] == 401
@@ -117,6 +121,7 @@ def test_controls_need_the_token_and_change_the_job_end_to_end(daemon):
     assert r.returncode == 0 and "nightshift" in r.stdout
 
 
+@pytest.mark.slow
 def test_no_secret_in_responses_or_logs(daemon):
     token = daemon["token"]
     for path in ("/status", "/status?format=json", "/events?limit=1000", "/metrics", "/"):
@@ -135,12 +140,14 @@ def test_non_loopback_bind_without_token_is_refused():
     check_bind("0.0.0.0", "t")
 
 
+@pytest.mark.slow
 def test_cli_says_clearly_when_the_daemon_is_not_running(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": ["true"]}, "api": {"port": free_port()}})
     r = nightshift("status", "-c", str(cfg))
     assert r.returncode == 1 and "not running" in r.stdout and "nightshift run" in r.stdout
 
 
+@pytest.mark.slow
 def test_openapi_schema_fuzzed_without_5xx(daemon):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, settings
@@ -179,6 +186,7 @@ def schemathesis_given(operation):
 CHROMIUM = shutil.which("chromium")
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
 def test_dashboard_renders_its_charts_in_headless_chromium(daemon, tmp_path):

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,7 @@ def _load(x: list) -> None:
     assert len(x) == 3 and all(math.isfinite(v) and v >= 0 for v in x), x
 
 
+@pytest.mark.slow
 def test_checkpoint_bench_runs_and_keeps_per_pair_values(tmp_path):
     out = tmp_path / "checkpoint.json"
     # one 2048x2048 linear (4.2M parameters, 50 MB with AdamW state), one pair
@@ -63,6 +66,7 @@ def test_checkpoint_bench_runs_and_keeps_per_pair_values(tmp_path):
     assert res["run"]["command"].startswith("bench/checkpoint_bench.py --params 4e6")
 
 
+@pytest.mark.slow
 def test_checkpoint_bench_stall_only_does_not_merge_into_an_older_file(tmp_path):
     out = tmp_path / "checkpoint.json"
     out.write_text(json.dumps({"persist_vs_raw": {"median": 9.0}, "seconds": {"stall": {}}}))

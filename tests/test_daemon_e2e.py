@@ -69,6 +69,7 @@ for i in range(int(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", ["nanogpt", None])
 def test_a_script_that_only_prints_runs_to_its_end_with_a_short_heartbeat(tmp_path, pattern):
     """Issue 12, failure 2: an unmodified script writes no progress records; it was killed as hung.
@@ -94,6 +95,7 @@ def test_a_script_that_only_prints_runs_to_its_end_with_a_short_heartbeat(tmp_pa
             kill_group(d)
 
 
+@pytest.mark.slow
 def test_a_second_daemon_on_the_same_state_dir_exits_75_naming_the_holder(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": [sys.executable, "-c", "import time; time.sleep(60)"]},
                                   "daemon": {"exit_when_done": False}})

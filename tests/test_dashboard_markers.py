@@ -47,6 +47,7 @@ async def _night(tmp_path) -> Harness:
     return h
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
 def test_dashboard_draws_reset_and_cloud_markers_on_both_charts(tmp_path):

@@ -217,6 +217,7 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
     asyncio.run(go())
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
 def test_the_dashboard_shows_the_cap(tmp_path):

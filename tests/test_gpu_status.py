@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from daemon import parts as build
 from daemon import statusfmt
 from daemon.clockcap import LEVEL, OD
@@ -154,6 +156,7 @@ def _od_files(dev: Path) -> None:
     (dev / OD).write_text(OD_TABLE)
 
 
+@pytest.mark.slow
 def test_a_clock_cap_outside_od_range_at_start_is_a_config_error_exit_78(tmp_path):
     sys_root = tmp_path / "sys"
     _od_files(framework16(sys_root)["apu"])

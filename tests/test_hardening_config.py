@@ -66,6 +66,7 @@ def _run_all(tmp_path: Path, files: list[Path]) -> list[subprocess.CompletedProc
     return out
 
 
+@pytest.mark.slow
 def test_bad_config_corpus_exits_78_naming_key_and_file_without_traceback(tmp_path):
     files = []
     for i, (_, body, _) in enumerate(CORPUS):
@@ -142,6 +143,7 @@ def test_config_lookup_includes_configuration_directory_and_xdg(tmp_path, monkey
     assert config_mod.find_config() == confdir / "config.toml"
 
 
+@pytest.mark.slow
 def test_cli_status_from_home_finds_the_user_config(tmp_path):
     """`nightshift status` from $HOME with the user service's config: not exit 78."""
     home = tmp_path / "home"

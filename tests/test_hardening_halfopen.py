@@ -40,6 +40,7 @@ def _soft_1024() -> None:  # in the daemon's child, before exec: systemd's defau
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
+@pytest.mark.slow
 def test_a_thousand_half_open_sockets_leave_the_job_training_and_status_answering(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 4096:

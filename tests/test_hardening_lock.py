@@ -37,6 +37,7 @@ def test_lock_of_a_killed_holder_is_free_and_the_file_is_private(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow
 def test_second_daemon_on_the_same_state_dir_exits_75_naming_the_pid_and_starts_nothing(tmp_path):
     marker = tmp_path / "second-job-ran"
     cfg = write_config(tmp_path, {"job": {"command": [sys.executable, str(JOBS / "plainjob.py"),

@@ -99,6 +99,7 @@ def test_a_daemon_that_can_write_its_state_dir_also_holds_the_fallback_lock(tmp_
         lock.release()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["read-only", "full"])
 def test_daemon_on_an_unwritable_state_dir_runs_the_job_says_why_and_stays_controllable(
         tmp_path, mounts, how):

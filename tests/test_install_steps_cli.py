@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import JOBS, ROOT, free_port, kill_group, start_daemon, wait_for, write_config
 
 
@@ -19,6 +21,7 @@ def _cli(*args: str, cwd, env) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=60)
 
 
+@pytest.mark.slow
 def test_cli_from_the_checkout_finds_the_user_services_daemon_and_token(tmp_path):
     home = tmp_path / "home"
     checkout = home / "nightshift"

@@ -51,6 +51,7 @@ def test_bad_schedule_time_is_a_config_error_naming_the_key():
         config_mod.validate({"job": {"command": ["x"]}, "schedule": {"deadline": "7am"}})
 
 
+@pytest.mark.slow
 def test_daemon_waits_outside_the_window_and_says_why(tmp_path):
     now = datetime.now()
     start = f"{(now.hour + 2) % 24:02d}:00"

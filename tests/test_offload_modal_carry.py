@@ -176,6 +176,7 @@ def test_remote_body_resumes_the_users_script_from_its_adopted_checkpoint_in_its
     assert res["adopted"]["step"] == 60 and step_of(job / "out/ckpt.pt") == 60
 
 
+@pytest.mark.slow
 def test_a_cancellation_terms_the_job_which_checkpoints_then_the_volume_is_committed(tmp_path):
     """Modal's cancel = SIGUSR1 -> InputCancellation in the body (as the SDK's container entry
     point installs it). The job gets SIGTERM, saves, the save is adopted, then the commit runs,
@@ -219,6 +220,7 @@ def test_a_cancellation_terms_the_job_which_checkpoints_then_the_volume_is_commi
     assert Adopter(job, "out/ckpt.pt", vol / "adopted").newest().step == saved
 
 
+@pytest.mark.slow
 def test_a_sigterm_without_a_cancel_is_a_preemption_the_job_saves_and_the_daemon_relaunches(tmp_path):
     """The machine going away (Modal's preemption, a reboot of the box) TERMs the body: the job
     is TERMed once, saves, the save is adopted and committed, and the result says "preempted"."""

@@ -79,6 +79,7 @@ def test_a_commit_that_fails_then_recovers_is_retried_and_the_run_is_committed(t
     assert res["state"] == "succeeded" and res["committed"] is True and len(calls) == 3
 
 
+@pytest.mark.slow
 def test_the_containers_child_imports_the_shipped_sources_through_pythonpath(tmp_path):
     """In the container daemon/ and trainer/ are shipped sources, not an installed package. The
     child runs with -S (no site-packages, so no editable install): only PYTHONPATH can find them,

@@ -20,6 +20,7 @@ from tests.fixtures.sshjob import MODEL, backend, job, make_workdir, poll_until,
 from tests.helpers import wait_for
 
 
+@pytest.mark.slow
 def test_ssh_failover_and_return_carries_the_job_and_brings_the_checkpoint_home(sshd, tmp_path):  # noqa: F811
     """Local run killed after its step-20 checkpoint -> upload (workdir minus excludes, data by
     manifest, the checkpoint) -> launch -> poll to succeeded -> pull: step 60, loadable."""
@@ -72,6 +73,7 @@ def test_ssh_failover_and_return_carries_the_job_and_brings_the_checkpoint_home(
         b.close()
 
 
+@pytest.mark.slow
 def test_ssh_unknown_or_changed_host_key_is_refused_with_the_fix(sshd, tmp_path):  # noqa: F811
     other = _keypair(tmp_path / "other_host_key")
     changed = tmp_path / "known_changed"
@@ -104,6 +106,7 @@ def test_ssh_unknown_or_changed_host_key_is_refused_with_the_fix(sshd, tmp_path)
     b.close()
 
 
+@pytest.mark.slow
 def test_ssh_bad_credentials_and_a_dead_host_say_what_is_wrong(sshd, tmp_path):  # noqa: F811
     _keypair(tmp_path / "stranger")
     b = SshBackend(sshd.cfg(key_file=str(tmp_path / "stranger")))
@@ -126,6 +129,7 @@ def test_ssh_bad_credentials_and_a_dead_host_say_what_is_wrong(sshd, tmp_path): 
     assert not isinstance(e.value, OffloadAuthError)
 
 
+@pytest.mark.slow
 def test_ssh_sync_sends_only_what_changed_and_setup_runs_once_per_environment(sshd, tmp_path):  # noqa: F811
     work = make_workdir(tmp_path)
     for i in range(3):
@@ -154,6 +158,7 @@ def test_ssh_sync_sends_only_what_changed_and_setup_runs_once_per_environment(ss
         b.close()
 
 
+@pytest.mark.slow
 def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_path):  # noqa: F811
     from daemon.config import validate
     work = make_workdir(tmp_path)

@@ -6,6 +6,8 @@ path the script reads."""
 
 from __future__ import annotations
 
+import pytest
+
 from daemon.adopt import step_of
 from daemon.offload import JobSpec
 from daemon.offload.carry import newest_adopted_dir
@@ -15,6 +17,7 @@ from tests.fixtures.sshjob import poll_until
 from tests.test_offload_local_carry import ARGS, first_night, project
 
 
+@pytest.mark.slow
 def test_ssh_failover_of_an_unmodified_script_with_data_and_the_result_home(sshd, tmp_path):  # noqa: F811
     w, c = project(tmp_path)
     first_night(w, c.adopted_store)

@@ -18,6 +18,7 @@ from tests.fixtures.sshjob import backend, job, make_workdir, poll_until, remote
 from tests.helpers import wait_for
 
 
+@pytest.mark.slow
 def test_ssh_connection_dropped_mid_run_job_keeps_running_and_a_new_backend_reattaches(sshd, tmp_path):  # noqa: F811
     work = make_workdir(tmp_path)
     b = backend(sshd, work)
@@ -52,6 +53,7 @@ def test_ssh_connection_dropped_mid_run_job_keeps_running_and_a_new_backend_reat
         b2.close()
 
 
+@pytest.mark.slow
 def test_ssh_remote_job_killed_is_preempted_relaunch_resumes_then_cancel_checkpoints(sshd, tmp_path):  # noqa: F811
     work = make_workdir(tmp_path)
     b = backend(sshd, work)

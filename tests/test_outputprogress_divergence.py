@@ -31,6 +31,7 @@ def _db(tmp, sql):
         con.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["stop", "alert"])
 def test_a_loss_spike_in_a_scripts_output_fires_the_divergence_watchdog(tmp_path, action):
     script = tmp_path / "train.py"

@@ -187,6 +187,7 @@ HOT_GPU = {"sensor": "simulated", "poll_interval_s": 0.25,
 THERMAL = {"pause_at_c": 85.0, "resume_at_c": 70.0, "min_cooldown_s": 1.0, "max_cooldown_s": 60.0}
 
 
+@pytest.mark.slow
 def test_the_unmodified_script_heats_the_simulated_gpu_is_sigstop_held_while_cooling_and_finishes(tmp_path):
     # unpaced: the script keeps a core busy (a paced toy idles and the chip settles below 85 C);
     # long enough that a fast, warm machine does not finish before the chip is hot (2000 iters

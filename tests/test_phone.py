@@ -276,6 +276,7 @@ def test_logs_reach_back_into_the_rotated_file_and_pick_the_newest_run(tmp_path)
         joblog.log_path(tmp_path, 7)
 
 
+@pytest.mark.slow
 def test_follow_goes_on_across_a_rotation(tmp_path):
     path = tmp_path / "job.log"
     path.write_text("before\n")
@@ -317,6 +318,7 @@ def test_the_cli_finds_the_address_the_daemon_wrote_while_it_lives(tmp_path):
     assert client.served_address(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_help_is_whole_sentences_and_lists_the_exit_codes():
     r = subprocess.run([sys.executable, "-m", "daemon.cli", "--help"], cwd=ROOT, capture_output=True,
                        text=True)

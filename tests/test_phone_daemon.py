@@ -30,6 +30,9 @@ from tests.helpers import (
 )
 from tests.test_trainer_resume import SMALL
 
+# One real daemon for the module (a fixture): every test here is end to end.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium")
 
 

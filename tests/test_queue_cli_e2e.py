@@ -10,6 +10,8 @@ import json
 import sys
 import threading
 
+import pytest
+
 from tests.helpers import free_port, kill_group, nightshift, start_daemon, wait_for, write_config
 
 # A script job (no torch: fast) whose nanoGPT-style lines give the daemon its losses. BUMP=1
@@ -40,6 +42,7 @@ class Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notification(tmp_path):
     Hook.got = []
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)

@@ -29,6 +29,7 @@ def events(tmp_path, kind=None):
     return [tuple(r) for r in db(tmp_path).execute(q, (kind,) if kind else ())]
 
 
+@pytest.mark.slow
 def test_hip_abort_is_a_gpu_fault_and_the_job_is_restarted_and_finishes(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(30, "hip", 12)}})
     r = nightshift("run", "-c", str(cfg), timeout=60)
@@ -44,6 +45,7 @@ def test_hip_abort_is_a_gpu_fault_and_the_job_is_restarted_and_finishes(tmp_path
     assert "attempt 2 from step 10" in log
 
 
+@pytest.mark.slow
 def test_same_error_at_same_step_twice_is_deterministic_failure(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(30, "error", 7),
                                           "max_code_error_restarts": 5}})
@@ -56,6 +58,7 @@ def test_same_error_at_same_step_twice_is_deterministic_failure(tmp_path):
     assert "ValueError: shape mismatch in layer 3 at step 7" in run["failure"]  # traceback tail kept
 
 
+@pytest.mark.slow
 def test_a_different_transient_code_error_is_retried(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(20, "flaky", 6)}})
     r = nightshift("run", "-c", str(cfg), timeout=60)
@@ -64,6 +67,7 @@ def test_a_different_transient_code_error_is_retried(tmp_path):
     assert run["state"] == "succeeded" and run["code_errors"] == 1
 
 
+@pytest.mark.slow
 def test_hung_job_is_detected_stopped_and_restarted(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(20, "hang", 8),
                                           "heartbeat_timeout_s": 2.0}})
@@ -84,6 +88,7 @@ def _jobs_of(config_path) -> list[psutil.Process]:
     return out
 
 
+@pytest.mark.slow
 def test_daemon_kill9_then_restart_continues_the_same_run_with_no_second_job(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(60, "sleepy")}})
     d1 = start_daemon(cfg)
@@ -116,6 +121,7 @@ def test_daemon_kill9_then_restart_continues_the_same_run_with_no_second_job(tmp
     assert "attempt 2 from step" in log and "attempt 2 from step 0" not in log
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_with_honest_status_and_run_continues_later(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(200, "sleepy")}})
     d = start_daemon(cfg)
@@ -137,6 +143,7 @@ def test_sigterm_stops_gracefully_with_honest_status_and_run_continues_later(tmp
     ("[job]\ncommand = ['x']\n[nonsense]\n", "nonsense"),
     ("[job]\ncommand = 'python train.py'\n", "job.command"),
 ])
+@pytest.mark.slow
 def test_bad_config_exits_78_and_names_the_key_and_file(tmp_path, body, key):
     p = tmp_path / "bad.toml"
     p.write_text(body)
@@ -145,6 +152,7 @@ def test_bad_config_exits_78_and_names_the_key_and_file(tmp_path, body, key):
     assert key in r.stderr and str(p) in r.stderr
 
 
+@pytest.mark.slow
 def test_check_config_prints_effective_config(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": ["true"]}})
     r = nightshift("check-config", "-c", str(cfg), timeout=30)
@@ -152,6 +160,7 @@ def test_check_config_prints_effective_config(tmp_path):
     assert "pause_at_c = 90.0" in r.stdout and "valid" in r.stdout
 
 
+@pytest.mark.slow
 def test_unmodified_script_checkpoints_are_seen_through_the_glob(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(30, "ok"), "checkpoint_glob": "ckpt/*/plain.json"}})
     r = nightshift("run", "-c", str(cfg), timeout=60)
@@ -160,6 +169,7 @@ def test_unmodified_script_checkpoints_are_seen_through_the_glob(tmp_path):
     assert paths and all("adopted" in p and "plain.json" in p for p in paths)
 
 
+@pytest.mark.slow
 def test_resume_command_is_used_once_the_job_has_run(tmp_path):
     cfg = write_config(tmp_path, {"job": {"command": plain(20, "hip", 8), "checkpoint_glob": "ckpt/*/plain.json",
                                           "resume_command": plain(20, "ok") + ["--resumed"]}})

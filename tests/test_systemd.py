@@ -80,6 +80,7 @@ def test_system_unit_exposure_is_below_the_old_3_9_and_keeps_the_gpu(tmp_path):
         assert needed in text, needed
 
 
+@pytest.mark.slow
 def test_system_unit_finds_its_config_and_state_through_systemd_directories(tmp_path):
     """The unit passes no -c: the daemon reads $CONFIGURATION_DIRECTORY/config.toml, and the
     default relative state_dir yields to $STATE_DIRECTORY (not /etc/nightshift/state)."""
@@ -95,6 +96,7 @@ def test_system_unit_finds_its_config_and_state_through_systemd_directories(tmp_
     assert f'state_dir = "{var}"' in r.stdout
 
 
+@pytest.mark.slow
 def test_sd_notify_ready_status_watchdog_arrive_on_our_socket(tmp_path):
     sock_path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

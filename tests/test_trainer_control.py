@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from daemon.control import JobControl
 from tests.helpers import ROOT, wait_for
@@ -56,6 +57,7 @@ def stop(job: subprocess.Popen) -> None:
     job.stderr.close()
 
 
+@pytest.mark.slow
 def test_checkpoint_hold_release_exit_from_another_process(tmp_path):
     job = start(tmp_path)
     try:
@@ -92,6 +94,7 @@ def test_checkpoint_hold_release_exit_from_another_process(tmp_path):
         stop(job)
 
 
+@pytest.mark.slow
 def test_a_missed_signal_still_takes_effect_within_about_a_second(tmp_path):
     job = start(tmp_path)
     try:
@@ -110,6 +113,7 @@ def test_a_missed_signal_still_takes_effect_within_about_a_second(tmp_path):
         stop(job)
 
 
+@pytest.mark.slow
 def test_a_hold_in_force_when_the_job_starts_applies_before_the_first_step(tmp_path):
     """The daemon held the job, then the job (or the daemon) restarted: the file still says hold."""
     ctl = JobControl(tmp_path)
@@ -126,6 +130,7 @@ def test_a_hold_in_force_when_the_job_starts_applies_before_the_first_step(tmp_p
         stop(job)
 
 
+@pytest.mark.slow
 def test_checkpoint_interval_changes_live_through_the_control_file(tmp_path):
     job = start(tmp_path)
     try:
@@ -139,6 +144,7 @@ def test_checkpoint_interval_changes_live_through_the_control_file(tmp_path):
         stop(job)
 
 
+@pytest.mark.slow
 def test_pause_and_checkpoint_in_the_same_second_both_happen_in_either_order(tmp_path):
     """Issue 12, failure 5: with a last-writer slot, pause then checkpoint left the job training
     while status said paused. Now the hold is a state and the checkpoint a numbered command."""
