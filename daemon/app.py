@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import time
@@ -105,7 +106,7 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
         if p.notifier is not None:
             await p.notifier.start()
         if cfg.get("_path"):
-            watcher = _watch_config(cfg, sup, loop, wake)
+            watcher = await _watch_config(cfg, sup, loop, wake)
         if cfg["api"]["enabled"]:
             server, server_task = await _start_api(cfg, sup)
         sd.ready(f"{sup.state.value}: run {sup.run_id}")
@@ -177,9 +178,16 @@ async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio
     return server, task
 
 
-def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEventLoop,
-                  wake: asyncio.Event) -> Any:
-    from daemon.configwatch import ConfigWatcher
+async def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEventLoop,
+                        wake: asyncio.Event) -> Any:
+    from daemon.config import ConfigError
+    from daemon.configwatch import ConfigWatcher, load_off_loop
+    try:  # what the file says now, read off the loop (a hung mount must not stop the loop)
+        current = await load_off_loop(cfg["_path"])
+    except ConfigError as e:
+        log.warning("cannot read the config again to watch it (%s); edits are compared with "
+                    "the config the daemon started with", e)
+        current = copy.deepcopy({k: v for k, v in cfg.items() if not k.startswith("_")})
 
     def changed(new: dict[str, Any], keys: list[str], restart: list[str]) -> None:
         sup.commands.append(("reconfigure", (new, keys, restart), None))  # applied in the tick
@@ -189,6 +197,6 @@ def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEv
         sup.event("config", "Config edit rejected, the previous config stays in force: "
                   f"{str(err).rstrip('.')}.", "error")  # a whole sentence, like the Supervisor's
 
-    w = ConfigWatcher(cfg["_path"], loop, changed, failed)
+    w = ConfigWatcher(cfg["_path"], loop, changed, failed, current=current)
     w.start()
     return w

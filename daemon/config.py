@@ -529,13 +529,37 @@ def load(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def _read_bytes(p: Path) -> bytes:
+    """The file's bytes. Opened without blocking and refused unless it is a regular file: a
+    FIFO (or a device) would block open() or read() until someone writes to it, and the daemon
+    reads its config on its event loop's behalf (configwatch reads it in a thread with a
+    timeout, for what O_NONBLOCK cannot bound: a hung network mount)."""
+    import stat
     try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError("file not found; pass -c with an existing config file", p) from None
     except OSError as e:
         raise ConfigError(f"cannot read the file: {e.strerror}", p) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory"
+                    if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+            raise ConfigError(f"not a regular file but {kind}: the config must be a plain file "
+                              "(reading anything else could block the daemon); point -c at the "
+                              "config.toml itself", p)
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror}", p) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file", p)
     return data

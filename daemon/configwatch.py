@@ -11,12 +11,18 @@ is also the log line; this module logs nothing of its own):
   with (``started``), not with the previous edit; reverting it to the running value is reported
   once more (the Supervisor says nothing was applied and no restart is needed), and no restart
   warning follows any more.
+
+The file is read off the loop (``load_off_loop``: a daemon thread, ``READ_TIMEOUT_S``): a
+config on a hung network mount must not stop /status, SIGTERM handling and the job's
+supervision (issue 31). A FIFO or other non-regular file is refused by ``config.load`` itself.
+A read that times out is a rejected edit; its thread is left to finish or hang on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,37 @@ from watchdog.observers import Observer
 from daemon import config as config_mod
 
 _UNSET = object()
+READ_TIMEOUT_S = 10.0
+
+
+async def load_off_loop(path: str | Path, timeout_s: float = READ_TIMEOUT_S) -> dict[str, Any]:
+    """``config.load(path)`` in a daemon thread, awaited at most ``timeout_s``: the loop never
+    waits on the file system, and a read stuck for good never blocks the daemon's exit (the
+    default executor's threads are joined at exit; a daemon thread is not)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not fut.done():
+            (fut.set_result if ok else fut.set_exception)(value)
+
+    def work() -> None:
+        try:
+            res: Any = config_mod.load(path)
+            ok = True
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            res, ok = e, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, res)
+        except RuntimeError:
+            pass  # the loop closed while the file system held us
+
+    threading.Thread(target=work, name="nightshift-config-read", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+    except TimeoutError:
+        raise config_mod.ConfigError(f"reading the file took more than {timeout_s:g} s (a hung "
+                                     "network mount?)", path) from None
 
 
 def _needs_restart(key: str) -> bool:
@@ -62,6 +99,9 @@ class ConfigWatcher:
         self.waiting: dict[str, Any] = {}  # restart key -> the value already reported as waiting
         self._last_error: str | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._reading: asyncio.Task | None = None
+        self._again = False
+        self.read_timeout_s = READ_TIMEOUT_S
         self.observer = Observer()
 
     def start(self) -> None:
@@ -80,13 +120,41 @@ class ConfigWatcher:
     def _schedule(self) -> None:
         if self._pending is not None:
             self._pending.cancel()  # several events per save: act once it settled
-        self._pending = self.loop.call_later(self.debounce_s, self.reload)
+        self._pending = self.loop.call_later(self.debounce_s, self._read_due)
+
+    def _read_due(self) -> None:
+        self._pending = None
+        if self._reading is not None and not self._reading.done():
+            self._again = True  # one read at a time; the newest state is read after it
+            return
+        self._reading = self.loop.create_task(self._reload_off_loop())
+
+    async def _reload_off_loop(self) -> None:
+        try:
+            new: dict[str, Any] | config_mod.ConfigError = await load_off_loop(
+                self.path, self.read_timeout_s)
+        except config_mod.ConfigError as e:
+            new = e
+        except Exception as e:  # noqa: BLE001 - whatever the read raised, the old config stays
+            new = config_mod.ConfigError(f"cannot read the file: {type(e).__name__}: {e}", self.path)
+        self.apply(new)
+        if self._again:
+            self._again = False
+            self._schedule()
 
     def reload(self) -> None:
+        """Read the file here and now (tests; the watcher reads off the loop)."""
         self._pending = None
         try:
-            new = config_mod.load(self.path)
+            new: dict[str, Any] | config_mod.ConfigError = config_mod.load(self.path)
         except config_mod.ConfigError as e:
+            new = e
+        self.apply(new)
+
+    def apply(self, new: dict[str, Any] | config_mod.ConfigError) -> None:
+        """A read's outcome: a valid config (its changes reported) or the error (said once)."""
+        if isinstance(new, config_mod.ConfigError):
+            e = new
             if str(e) != self._last_error:  # several file events per save: say it once
                 self._last_error = str(e)
                 self.on_error(e)
@@ -109,5 +177,7 @@ class ConfigWatcher:
     def stop(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
+        if self._reading is not None:
+            self._reading.cancel()
         self.observer.stop()
         self.observer.join(timeout=5)
