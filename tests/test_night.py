@@ -17,7 +17,7 @@ from daemon import config as config_mod
 from daemon.configwatch import ConfigWatcher
 from daemon.notify import Notifier
 from daemon.schedule import NightSchedule, deadline_at, in_window, parse_hhmm
-from tests.helpers import ROOT, nightshift, write_config
+from tests.helpers import ROOT, nightshift, wait_for, write_config
 from tests.test_trainer_resume import SMALL
 from trainer.format import parse_skip
 
@@ -60,10 +60,22 @@ def test_daemon_waits_outside_the_window_and_says_why(tmp_path):
                                   "schedule": {"enabled": True, "window_start": start, "window_end": end}})
     p = __import__("subprocess").Popen([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT)
     try:
-        time.sleep(4)
-        con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
-        msgs = [m for (m,) in con.execute("SELECT message FROM events WHERE kind='schedule'")]
-        assert any(f"opens at {start}" in m for m in msgs)
+        db = tmp_path / "state" / "nightshift.db"
+
+        def said() -> list[str]:
+            if not db.exists():
+                return []
+            c = sqlite3.connect(db)
+            try:
+                return [m for (m,) in c.execute("SELECT message FROM events WHERE kind='schedule'")]
+            except sqlite3.OperationalError:  # the schema is being created
+                return []
+            finally:
+                c.close()
+
+        wait_for(lambda: any(f"opens at {start}" in m for m in said()), 60,
+                 what=f"a schedule event saying the window opens at {start}")
+        con = sqlite3.connect(db)
         assert con.execute("SELECT has_run FROM runs").fetchone()[0] == 0  # not started
     finally:
         p.terminate()

@@ -20,21 +20,27 @@ SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--b
 
 @pytest.mark.slow
 def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cloud(tmp_path):
-    # two runs of 200 steps at 5 steps/s here (40 s each) against 60 s: the first alone would
-    # finish in time (no failover for it), the queue would not: the plan moves a run to the
-    # stand-in cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env)
-    ref = [sys.executable, "-m", "trainer.reference", "--steps", "200", *SMALL]
+    # The first run (100 steps at <= 5 steps/s: 20 s) alone finishes well before the 90 s
+    # deadline even on a machine four times slower than that cap, so the failover's own "local
+    # ETA misses the deadline" rule never fires for it; the queue (+ 500 steps: 100 s more) cannot
+    # finish locally at any speed. Only the queue plan can move the first run to the stand-in
+    # cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env). The test once
+    # used two equal runs against a deadline between one and two runs' time: on a loaded machine
+    # the first run alone missed it, the ETA rule moved it first, and no plan was ever made.
+    steps = {"first": 100, "second": 500}
+    ref = [sys.executable, "-m", "trainer.reference", *SMALL]
     cfg = write_config(tmp_path, {
-        "job": {"command": ref, "heartbeat_timeout_s": 120.0, "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": "5"}},
+        "job": {"command": [*ref, "--steps", "100"], "heartbeat_timeout_s": 120.0,
+                "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": "5"}},
         "daemon": {"exit_when_done": True},
-        "schedule": {"deadline_after_s": 60.0},
+        "schedule": {"deadline_after_s": 90.0},
         "divergence": {"enabled": False},
         "offload": {"backend": "local", "budget_usd": 5.0, "local_dir": str(tmp_path / "volume"),
                     "local_steps_per_s": 60.0, "remote_steps_per_s": 60.0},
         "api": {"enabled": False}})
     text = cfg.read_text()
-    for name in ("first", "second"):
-        text += f"\n[[queue]]\nname = {json.dumps(name)}\ncommand = {json.dumps(ref)}\n"
+    for name, n in steps.items():
+        text += f"\n[[queue]]\nname = {json.dumps(name)}\ncommand = {json.dumps([*ref, '--steps', str(n)])}\n"
     cfg.write_text(text)
     d = start_daemon(cfg)
     try:
@@ -49,6 +55,7 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     assert all(r["state"] == "succeeded" for r in runs)
     moved = [r for r in runs if r["remote_backend"] == "local"]
     assert moved and all(r["cloud_cost_usd"] > 0 for r in moved)
+    assert runs[0]["remote_backend"] == "local", "the queue plan moves the first run"
     plans = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='queue_plan'")]
     assert any("go to the cloud" in m for m in plans), plans
     offloaded = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offloaded'")]
@@ -58,4 +65,4 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     assert any((vol / v / "run" / "progress.jsonl").exists() for v in (p.name for p in vol.iterdir()))
     for r in runs:  # every run's result is in its own namespace, at its last step
         ns = tmp_path / "ckpt" / f"run-{r['id']}"
-        assert find_latest_valid(ns).step == 200
+        assert find_latest_valid(ns).step == steps[r["name"]]
