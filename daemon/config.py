@@ -440,6 +440,7 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
         raise ConfigError("schedule.window_start and schedule.window_end go together", path,
                           "schedule.window_start")
     _check_offload(cfg, path)
+    _check_simulated(cfg, path)
     if cfg["checkpoint"]["keep"] < 1:
         raise ConfigError("checkpoint.keep must be at least 1", path, "checkpoint.keep")
     if cfg["job"]["progress_pattern"] is not None:
@@ -452,6 +453,17 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
         if os.path.isabs(d) or ".." in Path(d).parts or not d.strip("./"):
             raise ConfigError(f"offload.data = {d!r}: name a directory inside the job's workdir, "
                               'relative to it (e.g. "data/openwebtext")', path, "offload.data")
+
+
+def _check_simulated(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+    """[gpu] simulated takes the simulator's own parameters: a typo is an error here, at
+    check-config, not a traceback when `run` builds the simulated GPU."""
+    from daemon.simgpu import DEFAULTS  # no daemon imports of its own: no cycle
+    unknown = sorted(set(cfg["gpu"]["simulated"]) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key {'gpu.simulated.' + unknown[0]!r}; keys allowed in "
+                          f"[gpu] simulated: {', '.join(DEFAULTS)}", path,
+                          f"gpu.simulated.{unknown[0]}")
 
 
 def _check_timezone(cfg: dict[str, dict[str, Any]], path: Any) -> None:

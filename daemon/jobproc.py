@@ -156,7 +156,11 @@ class JobProcess:
                 *command, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:
+            # the same errno for a missing program and a missing cwd: say which it is
+            if not os.path.isdir(self.cwd):
+                raise OSError(f"cannot start the job: its workdir {self.cwd} does not exist (or is "
+                              "not a directory); create it or fix job.workdir in the config") from None
             raise OSError(f"cannot start the job: {self.command[0]!r} not found ({e.strerror}); "
                           "check job.command and job.workdir in the config") from None
         self.pid = self.proc.pid

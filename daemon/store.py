@@ -340,8 +340,44 @@ class Store:
         self.problem = problem
 
     def retry_pending(self) -> bool:
-        """Retry the writes queued while the disk was full or read-only; True when all done."""
+        """Retry the writes queued while the disk was full or read-only; True when all done.
+        Also (each poll) notices a deleted WAL file, see ``_durable``."""
+        self._check_wal()
         return self.db.retry() if isinstance(self.db, _Guarded) else True
+
+    # A deleted -wal file (a cleaner, a user tidying the state dir) does not stop SQLite: it
+    # writes on into the unlinked file, and a crash then loses every write not yet
+    # checkpointed into the database file -- the user's pause and the queue edits with them.
+    # So what the user asked for is checkpointed at once (``_durable``), and a WAL found
+    # missing is checkpointed and created anew.
+    def _durable(self) -> None:
+        """Copy the WAL into the database file now (fsynced): the writes so far survive a
+        crash even if the WAL file is lost."""
+        if self.problem is not None:
+            return
+        try:
+            getattr(self.db, "conn", self.db).execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.DatabaseError:
+            pass  # the WAL still has it; a full or read-only disk is said by the writes
+
+    def _check_wal(self) -> None:
+        if self.problem is not None or not self.path.exists():
+            return
+        wal = Path(f"{self.path}-wal")
+        if wal.exists():
+            return
+        try:
+            conn = getattr(self.db, "conn", self.db)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("PRAGMA journal_mode=WAL")  # a new -wal file
+        except sqlite3.DatabaseError as e:
+            log.warning("the state store's WAL file %s was deleted; could not recreate it: %s",
+                        wal, _why(e))
+            return
+        _private_file(wal)
+        log.warning("the state store's WAL file %s had been deleted; its writes are now in %s "
+                    "and a new WAL file is in use", wal, self.path.name)
 
     @property
     def pending_writes(self) -> int:
@@ -396,6 +432,7 @@ class Store:
             "state, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (entry_id, pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
              json.dumps(_names_only(env)), total_steps, source, self.clock(), state, run_id))
+        self._durable()  # a queue edit is the user's: it must survive a lost WAL
         return int(entry_id if entry_id is not None else cur.lastrowid)
 
     def take_queue_env(self) -> dict[int, dict[str, str]]:
@@ -430,6 +467,7 @@ class Store:
             raise KeyError(f"unknown queue fields: {sorted(bad)}")
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE queue SET {cols} WHERE id=?", (*fields.values(), entry_id))
+        self._durable()
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -453,6 +491,8 @@ class Store:
         fields.setdefault("updated", self.clock())
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*fields.values(), run_id))
+        if "user_hold" in fields or "state" in fields:  # the user's pause; a run's end
+            self._durable()
 
     def increment(self, run_id: int, field: str, by: int | float = 1) -> None:
         if field not in _RUN_FIELDS:

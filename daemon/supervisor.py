@@ -402,7 +402,7 @@ class Supervisor(RemoteSteps):
                                       signature=info.detail))
         if info.kind == "success":
             self._finish()
-            self._settle_stop(f"the job had already finished at step {self.facts.step}")
+            self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
             return
         why = intent.why if intent is not None else None
         if intent is not None and intent.user_stop:
@@ -472,10 +472,10 @@ class Supervisor(RemoteSteps):
         self.stop_waiters.clear()
 
     def _finish(self) -> None:
-        self.set_state(State.SUCCEEDED, f"finished at step {self.facts.step}")
+        self.set_state(State.SUCCEEDED, f"finished{_at_step(self.facts.step)}")
         fp = self._fingerprint()
-        self.event("finished", f"run {self.run_id} ({self.job['name']}) finished at step "
-                   f"{self.facts.step}: {fp.line()}")
+        self.event("finished", f"run {self.run_id} ({self.job['name']}) finished"
+                   f"{_at_step(self.facts.step)}: {fp.line()}")
         self.holds.clear()
         self._update_run(user_hold=0)
         self._run_ended()
@@ -963,7 +963,7 @@ class Supervisor(RemoteSteps):
         from daemon.diagnosis import diagnose
         self.diagnosis = diagnose(self.reset_rows, self.cfg["thermal"])
         edge = temps.get("edge_c")
-        self.event("reset", f"GPU reset ({', '.join(ev.sources)}) at step {self.facts.step}; edge "
+        self.event("reset", f"GPU reset ({', '.join(ev.sources)}){_at_step(self.facts.step)}; edge "
                    f"{'unknown' if edge is None else f'{edge:.0f} C'} just before. "
                    f"{self.diagnosis.headline}", "warn", sources=list(ev.sources),
                    lines=list(ev.lines)[:20], temps=temps)
@@ -1294,3 +1294,8 @@ def _public_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["Parts", "Supervisor", "TERMINAL_STATES"]
+
+
+def _at_step(step: int | None) -> str:
+    """The words ' at step N', or for a job that never reported a step, not 'at step None'."""
+    return f" at step {step}" if step is not None else " (no step reported)"

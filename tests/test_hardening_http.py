@@ -10,8 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -232,9 +230,9 @@ def _status_ok(port: int) -> bool:
         return False
 
 
-def test_check_config_accepts_allowed_hosts(tmp_path):
+def test_check_config_accepts_allowed_hosts(tmp_path, capsys):
+    from daemon import cli
     cfg = write_config(tmp_path, {"job": {"command": ["true"]},
                                   "api": {"allowed_hosts": ["box.lan"]}})
-    r = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "-c", str(cfg)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and 'allowed_hosts = ["box.lan"]' in r.stdout, r.stderr
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0
+    assert 'allowed_hosts = ["box.lan"]' in capsys.readouterr().out
