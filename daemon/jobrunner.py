@@ -6,6 +6,9 @@ CPU time for liveness, carries the hold state and one-shot commands (the control
 trainer/ jobs, SIGSTOP/SIGCONT for scripts), and stops it in bounded steps driven by the
 caller's clock: exit command -> ``stop_timeout_s`` -> SIGTERM -> ``TERM_S`` -> SIGKILL. It never
 sees the Supervisor and holds no run state beyond the attempt.
+
+Every time here is monotonic (the injected ``clock`` and the ``now`` the caller passes): a
+wall-clock step must neither send SIGTERM and SIGKILL in the same second nor delay them.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class _Stop:
 
 
 class JobRunner:
-    def __init__(self, run_dir: Path, *, spawn: Spawn = default_spawn, clock=time.time,
+    def __init__(self, run_dir: Path, *, spawn: Spawn = default_spawn, clock=time.monotonic,
                  spawn_kw: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,7 @@ class JobRunner:
         self.proc: Process | None = None
         self._wait: asyncio.Task | None = None
         self.cooperative = False  # the job announced trainer/'s control protocol
+        self.started_at: float | None = None  # when this attempt was started
         self.last_output_t: float | None = None
         self.last_cpu_growth_t: float | None = None
         self._cpu_s: float | None = None
@@ -92,6 +96,7 @@ class JobRunner:
         self.proc = self.spawn(command, cwd=cwd, env=env, log_path=self.run_dir / "job.log",
                                on_line=self._on_line, **self.spawn_kw)
         await self.proc.start()
+        self.started_at = self.clock()
         self._wait = asyncio.get_running_loop().create_task(self.proc.wait())
         assert self.proc.pid is not None
         return self.proc.pid

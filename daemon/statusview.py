@@ -96,18 +96,19 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-def _governor(s: Supervisor, r: Any, now: float) -> dict[str, Any] | None:
-    if s.gov is None:
+def _governor(s: Supervisor, r: Any, mono: float) -> dict[str, Any] | None:
+    g = s.gov
+    if g is None:
         return None
     from daemon.policy.governor import status_line
     # speed: measured step rate under the cap / at full clock (None until both are measured)
-    speed = s.gov_speed.speed(s.gov_min_s()) if s.gov_speed is not None else None
-    governed = now - s.gov_since if s.gov_since is not None else None
-    return {"cap_mhz": s.gov.cap_mhz, "learned_mhz": s.gov.learned_mhz, "reason": s.gov_reason,
-            "speed": speed, "top_mhz": s.gov_top, "pauses": s.gov_pauses, "governed_s": governed,
-            "problem": s.gov.problem or s.problems.get("governor"),
-            "line": status_line(s.gov, getattr(r, "edge_c", None), speed=speed, pauses=s.gov_pauses,
-                                governed_s=governed, top_mhz=s.gov_top or 2700)}
+    speed = g.speed.speed(g.min_s(float(s.cfg["gpu"]["poll_interval_s"])))
+    governed = g.governed_s(mono)
+    return {"cap_mhz": g.state.cap_mhz, "learned_mhz": g.state.learned_mhz, "reason": g.reason,
+            "speed": speed, "top_mhz": g.top, "pauses": g.pauses, "governed_s": governed,
+            "problem": g.state.problem or s.problems.get("governor"),
+            "line": status_line(g.state, getattr(r, "edge_c", None), speed=speed, pauses=g.pauses,
+                                governed_s=governed, top_mhz=g.top or 2700)}
 
 
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
@@ -192,6 +193,6 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "bad_progress_lines": {"count": s.runner.tail.bad_lines if s.runner is not None else 0,
                                "last": s.runner.tail.last_bad if s.runner is not None else None},
         "queue": {"waiting": len(s.queue()), "plan": getattr(s.queue_plan, "reason", None)},
-        "governor": _governor(s, r, now),
+        "governor": _governor(s, r, s.mono()),
         "updated": now,
     }

@@ -120,7 +120,7 @@ class RemoteSteps:
         self.off.reason, self.off.decided_at, self.off.forced = reason, now, False
         self.set_state(State.OFFLOADING, reason)
         if self.runner.running:
-            self._ask_exit(OFFLOAD, now)  # its final checkpoint goes up with it
+            self._ask_exit(OFFLOAD, self.mono())  # its final checkpoint goes up with it
 
     def _job_spec(self) -> JobSpec:
         j = self.job

@@ -30,12 +30,14 @@ from typing import Any
 
 from daemon import intent as intents
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.governing import Governor, job_key
 from daemon.intent import ExitIntent, Why
 from daemon.jobproc import same_process_alive, stop_orphan
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
+from daemon.policy.timebase import clock_step
 from daemon.runbook import RunBook
 from daemon.states import ENDED_STATES, LOCAL_STATES, State
 from daemon.status import JobFacts
@@ -74,14 +76,20 @@ class Parts:
 
 
 class Supervisor(RemoteSteps):
-    def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time,
+    def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time, mono=time.monotonic,
                  new_run: bool = False, resume_from: str | None = None):
         self.cfg = cfg
         self.p = parts
         self.store = parts.store
         self.runner: JobRunner = None  # type: ignore[assignment] - made by open(), for the run's dir
         self.adopter: Any = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
+        # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
+        # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
+        # cooldown, backoff and hang, so a clock step (NTP, suspend, an RTC in local time)
+        # neither fires nor starves any of them.
         self.clock = clock
+        self.mono = mono
+        self._clock_offset: float | None = None  # wall - mono at the last tick: a jump is a step
         self.new_run = new_run
         self.resume_from = resume_from
         self.run_id = 0
@@ -94,7 +102,8 @@ class Supervisor(RemoteSteps):
         self.forced_resume: str | None = None
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
-        self.checkpoint_seen_at: float | None = None  # when the newest checkpoint's record was read
+        self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
+        self.record_seen_at: float | None = None  # (mono) when this attempt's last record was read
         self.stop_waiters: list[asyncio.Future] = []
         self.suspect_since: float | None = None
         self.failure: str | None = None
@@ -109,6 +118,7 @@ class Supervisor(RemoteSteps):
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
         self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
         self.readings: collections.deque = collections.deque(maxlen=120)
+        self.edges: collections.deque[tuple[float, float]] = collections.deque(maxlen=20)  # (mono, edge_c)
         self.last_reading: Any = None
         self.interval_steps: int | None = None
         self.interval_explanation = ""
@@ -125,16 +135,10 @@ class Supervisor(RemoteSteps):
         self.loss_series: list[tuple[int, float]] = []  # (step, loss) of this run: its fingerprint
         self.queue_plan: Any = None
         self._next_run_due = False
-        self.gov: Any = None  # policy.governor.GovState (its memory outlives the night)
+        self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/governing.py)
         self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
         self._duty_pid: int | None = None
         self._duty_pid_t = 0.0
-        self.gov_reason = ""
-        self.gov_key: str | None = None  # store key of the learned clock: this machine (state dir) + job
-        self.gov_speed: Any = None  # policy.governor.SpeedMeter: the measured "0.85x speed"
-        self.gov_since: float | None = None  # when the governor engaged (its first governed reading)
-        self.gov_pauses = 0  # thermal pauses since then (the phone line's "0 pauses in 2 h")
-        self.gov_top: int | None = None  # the card's OD_RANGE top clock (the "x clock" fallback)
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
@@ -248,7 +252,7 @@ class Supervisor(RemoteSteps):
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
         if self.p.governor is not None:
-            self._gov_start()  # last night's clock for this job
+            self.gov = Governor(self.p.governor, self.store, job_key(self.job))  # last night's clock
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
                 self.run.get("remote_call_id"):
             self._reattach()
@@ -256,7 +260,7 @@ class Supervisor(RemoteSteps):
             # stopped, or interrupted anywhere local: continue from the newest checkpoint
             self.state = State.STARTING
             self._update_run(state=State.STARTING.value)
-            self.next_start_at = self.clock()
+            self.next_start_at = self.mono()
 
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
@@ -279,9 +283,10 @@ class Supervisor(RemoteSteps):
 
     # ================================================================== the tick
     async def tick(self) -> None:
-        now = self.clock()
+        now, mono = self.clock(), self.mono()
+        self._watch_clock(now, mono)
         try:
-            await self._tick(now)
+            await self._tick(now, mono)
         except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
             log.exception("supervisor tick failed")
             self.problems["internal"] = f"{type(e).__name__}: {e}"
@@ -289,14 +294,23 @@ class Supervisor(RemoteSteps):
                        "the daemon carries on", "error")
         self._publish(self.clock())
 
-    async def _tick(self, now: float) -> None:
+    def _watch_clock(self, now: float, mono: float) -> None:
+        step = clock_step(self._clock_offset, now, mono)
+        self._clock_offset = now - mono
+        if step is not None:
+            self.event("clock", f"the wall clock stepped {'forward' if step > 0 else 'back'} "
+                       f"{abs(step):.0f} s (NTP, suspend and resume, or an RTC in local time); "
+                       "timeouts, cooldowns and hang detection run on the monotonic clock and "
+                       "are not affected", "warn", step_s=round(step, 3))
+
+    async def _tick(self, now: float, mono: float) -> None:
         self._read_job(now)
         if self.runner.exited() is not None:
-            await self._on_exit(now)
+            await self._on_exit(now, mono)
         while self.commands:
             action, arg, fut = self.commands.popleft()
             try:
-                res = await self._command(action, arg, now, fut)
+                res = await self._command(action, arg, now, mono, fut)
             except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
                 log.exception("control %s failed", action)
                 res = {"ok": False, "message": f"{action} failed: {type(e).__name__}: {e}"}
@@ -308,14 +322,14 @@ class Supervisor(RemoteSteps):
             if fut is not None and res is not None and not fut.done():
                 fut.set_result({**res, "state": self.state.value})
         if self.stop_signal is not None and not self.shutting_down:
-            self._begin_shutdown(now)
+            self._begin_shutdown(mono)
         if self._next_run_due and not self.runner.running and not self.shutting_down:
             self._start_next_run(now)
         if self.poll_due:
             self.poll_due = False
-            await self._poll(now)
-        await self._advance(now)
-        self.runner.advance(now)
+            await self._poll(now, mono)
+        await self._advance(now, mono)
+        self.runner.advance(mono)
         if self.shutting_down and not self.runner.running:
             self.done.set()
 
@@ -349,10 +363,11 @@ class Supervisor(RemoteSteps):
             self._remember_loss(rec["step"], float(rec["loss"]))
         if replay:
             return
+        self.record_seen_at = self.mono()
         if kind != "heartbeat" or self.holds:
             self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
         if kind == "checkpoint" and isinstance(rec.get("step"), int):
-            self.checkpoint_seen_at = self.clock()
+            self.checkpoint_seen_at = self.record_seen_at
             self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=int(rec["step"]))
@@ -367,7 +382,7 @@ class Supervisor(RemoteSteps):
             self._divergence(rec)
 
     # ================================================================== exits
-    async def _on_exit(self, now: float) -> None:
+    async def _on_exit(self, now: float, mono: float) -> None:
         rc = self.runner.exited()
         assert rc is not None
         self._read_job(now)  # the last records (done, checkpoint) before deciding
@@ -437,12 +452,12 @@ class Supervisor(RemoteSteps):
                          restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
         if dec.action == "recover":
             from daemon.policy.recovery import RecoveryState
-            self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
             self.probe_result = None
             self.gpu_unusable = False
             self.set_state(State.RECOVERING, dec.reason)
         else:
-            self.next_start_at = now + dec.delay_s
+            self.next_start_at = mono + dec.delay_s
             self.set_state(State.STARTING, dec.reason)
 
     def _after_stop(self, intent: ExitIntent) -> None:
@@ -455,14 +470,14 @@ class Supervisor(RemoteSteps):
             self.event("daemon", msg + "; the run continues when the daemon starts again")
         self._settle_stop(msg)
 
-    def _ask_exit(self, intent: ExitIntent, now: float, *, graceful: bool | None = None) -> None:
+    def _ask_exit(self, intent: ExitIntent, mono: float, *, graceful: bool | None = None) -> None:
         """Ask the job to end; ``intent`` says, once it has exited, what happens next.
         Graceful (a final checkpoint first) unless the intent must not write one."""
         self.exit_intent = intent
         graceful = intent.graceful if graceful is None else graceful
         if graceful:
-            self.stop_asked_at = now  # a checkpoint from now on counts as the stop's own
-        self.runner.begin_stop(now, graceful=graceful,
+            self.stop_asked_at = mono  # a checkpoint read from now on is the stop's own
+        self.runner.begin_stop(mono, graceful=graceful,
                                timeout_s=float(self.cfg["job"]["stop_timeout_s"]) if graceful else 0.0)
 
     def _settle_stop(self, message: str) -> None:
@@ -487,7 +502,7 @@ class Supervisor(RemoteSteps):
         fp = self._fingerprint()
         self.event("failed", f"run {self.run_id} ({self.job['name']}): {reason}; {fp.line()}", "error")
         if self.runner.running:
-            self.runner.begin_stop(self.clock(), graceful=False, timeout_s=0)
+            self.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
         self._run_ended()
 
     # ================================================================== runs and the queue
@@ -564,7 +579,7 @@ class Supervisor(RemoteSteps):
 
     def _restart_now(self, reason: str, resume: str | None = None) -> None:
         self.forced_resume = resume
-        self.next_start_at = self.clock()
+        self.next_start_at = self.mono()
         self.set_state(State.STARTING, reason)
 
     def runs(self, against: int | None = None) -> list[dict[str, Any]]:
@@ -603,13 +618,13 @@ class Supervisor(RemoteSteps):
         raise AssertionError(action)
 
     # ================================================================== per-state work
-    async def _advance(self, now: float) -> None:
+    async def _advance(self, now: float, mono: float) -> None:
         if self.state == State.STARTING:
-            await self._maybe_start(now)
+            await self._maybe_start(now, mono)
         elif self.state in (State.RUNNING, State.COOLING):
-            self._liveness(now)
+            self._liveness(now, mono)
         elif self.state == State.RECOVERING:
-            await self._recover(now)
+            await self._recover(mono)
         elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None:
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
@@ -617,8 +632,8 @@ class Supervisor(RemoteSteps):
         elif self.state == State.PULLING:
             await self._pull(now)
 
-    async def _maybe_start(self, now: float) -> None:
-        if self.shutting_down or self.runner.running or self.next_start_at is None or now < self.next_start_at:
+    async def _maybe_start(self, now: float, mono: float) -> None:
+        if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
             return
         if self.p.schedule is not None:
             ok, why = self.p.schedule.should_run(now)
@@ -654,6 +669,7 @@ class Supervisor(RemoteSteps):
             return
         self.facts.done = False
         self.facts.last_record_t = None
+        self.record_seen_at = None
         self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
                          if self.runner.proc else None)
         if self.p.simgpu is not None:
@@ -708,33 +724,36 @@ class Supervisor(RemoteSteps):
         env.update(self.p.job_env)
         return env
 
-    def _liveness(self, now: float) -> None:
+    def _liveness(self, now: float, mono: float) -> None:
         if not self.runner.running or self.runner.stopping:
             return
-        proc = self.runner.proc
-        obs = rules.Liveness(started_at=(proc.started_at if proc and proc.started_at else now),
-                             last_record_t=self.facts.last_record_t,
+        # every time here is monotonic: when the daemon saw each sign of life
+        obs = rules.Liveness(started_at=self.runner.started_at if self.runner.started_at is not None else mono,
+                             last_record_t=self.record_seen_at,
                              last_output_t=self.runner.last_output_t,
                              last_cpu_growth_t=self.runner.last_cpu_growth_t,
                              held=bool(self.holds), suspect_since=self.suspect_since)
-        v = rules.judge_liveness(obs, now, self.cfg["job"])
+        v = rules.judge_liveness(obs, mono, self.cfg["job"])
         if v.action == "suspect":
-            self.suspect_since = now
+            self.suspect_since = mono
             asked = self.runner.command("checkpoint") is not None
             self.event("hang", f"the job looks hung: {v.reason}; "
                        + ("asking for a checkpoint, then stopping it" if asked else "stopping it soon"),
                        "warn")
         elif v.action == "terminate":
             self.event("hang", f"stopping the hung job: {v.reason}", "warn")
-            self._ask_exit(intents.HANG, now)
+            self._ask_exit(intents.HANG, mono)
         elif v.action == "alive":
             self.suspect_since = None
         # the checkpoint-age warning
         ck = self.facts.checkpoint
-        msg = rules.checkpoint_age_warning(now, float(ck["t"]) if ck and ck.get("t") else None,
-                                           self.facts.steps_per_s, self.interval_steps, self.age_warned)
+        ck_at = self.checkpoint_seen_at
+        if ck_at is None and ck and ck.get("t"):  # known from before a restart: its record time
+            ck_at = mono - (now - float(ck["t"]))
+        msg = rules.checkpoint_age_warning(mono, ck_at, self.facts.steps_per_s, self.interval_steps,
+                                           self.age_warned)
         if msg is not None:
-            self.age_warned = now
+            self.age_warned = mono
             self.event("checkpoint_age", msg, "warn")
 
     # ================================================================== holds
@@ -760,14 +779,16 @@ class Supervisor(RemoteSteps):
         return True
 
     # ================================================================== polling
-    async def _poll(self, now: float) -> None:
-        self.runner.sample_cpu(now)
+    async def _poll(self, now: float, mono: float) -> None:
+        self.runner.sample_cpu(mono)
         self.store.retry_pending()  # writes queued while the disk was full or read-only
         reading = None
         if self.p.sensor is not None:
             reading = self.p.sensor.read()
             self.last_reading = reading
             self.readings.append(reading)
+            if reading.edge_c is not None:
+                self.edges.append((mono, reading.edge_c))
         # no temperature = no thermal protection: say so (a sleeping GPU's reading keeps the verdict)
         msg = rules.sensor_problem(reading, self.problems.get("sensor"))
         self._static_sensor_problems()
@@ -792,8 +813,8 @@ class Supervisor(RemoteSteps):
                     self.event("source_problem", problem, "warn")
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
-        self._govern(now, reading)
-        self._thermal(now, reading)
+        self._govern(mono, reading)
+        self._thermal(mono, reading)
         self._schedule(now)
         self._interval(now)
         self._consider_offload(now)
@@ -812,7 +833,7 @@ class Supervisor(RemoteSteps):
         for ev in self.p.detector.poll():
             self._on_reset(ev)
 
-    def _thermal(self, now: float, reading: Any) -> None:
+    def _thermal(self, mono: float, reading: Any) -> None:
         if reading is None or self.state not in (State.RUNNING, State.COOLING):
             return
         from daemon.policy.thermal import ThermalObs, ThermalState, clock_cap_due, decide_thermal
@@ -825,14 +846,13 @@ class Supervisor(RemoteSteps):
             if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
                 self.problems["clock_cap"] = msg
                 self.event("clock_cap", msg, "warn")
-        history = [(r.t, r.edge_c) for r in self.readings if r.edge_c is not None][-20:]
-        obs = ThermalObs(now=now, edge_c=reading.edge_c, tctl_c=reading.tctl_c, history=history,
+        obs = ThermalObs(now=mono, edge_c=reading.edge_c, tctl_c=reading.tctl_c, history=list(self.edges),
                          poll_interval_s=float(self.cfg["gpu"]["poll_interval_s"]))
         dec = decide_thermal(obs, self.thermal, th)
         if dec.action == "pause" and self.state == State.RUNNING and self.runner.running:
-            self.thermal = ThermalState(paused=True, paused_at=now, reason=dec.reason)
-            if self.gov_since is not None:
-                self.gov_pauses += 1  # the governor's safety net fired: the phone line counts it
+            self.thermal = ThermalState(paused=True, paused_at=mono, reason=dec.reason)
+            if self.gov is not None:
+                self.gov.paused()  # the governor's safety net fired: the phone line counts it
             self._hold("thermal", dec.reason)
             self.set_state(State.COOLING, dec.reason)
             self.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
@@ -846,74 +866,25 @@ class Supervisor(RemoteSteps):
             if cap is not None:
                 cap.restore()
 
-    def _govern(self, now: float, reading: Any) -> None:
+    def _govern(self, mono: float, reading: Any) -> None:
         """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
         pause policy below stays the safety net."""
-        if self.p.governor is None or self.gov is None or self.state not in (State.RUNNING, State.COOLING):
+        gov = self.gov
+        if self.p.governor is None or gov is None or self.state not in (State.RUNNING, State.COOLING):
             return
-        if self._gov_job_key() != self.gov_key:  # the queue's next run is another job: its own clock
-            self._gov_start()
-        from daemon.governor_io import obs_from_reading
-        from daemon.policy.governor import decide_governor
-        if reading is None:  # nothing to govern by; a port that can never cap still says why
-            problem = self.p.governor.problem()
-            if problem:
-                from dataclasses import replace
-                self.gov = replace(self.gov, problem=problem, cap_mhz=None)  # the phone line says so
-                self._gov_problem(f"cannot cap the clock, falling back to pausing: {problem}")
-            return
-        before, learned = self.gov.cap_mhz, self.gov.learned_mhz
-        obs = obs_from_reading(reading, self.p.governor, float(self.cfg["gpu"]["poll_interval_s"]), now=now)
-        dec = decide_governor(obs, self.gov, self.cfg["thermal"])
-        self.gov, self.gov_reason = dec.state, dec.reason
-        self.gov_top = obs.od_range[1] if obs.od_range else self.gov_top
-        msg = self.p.governor.set(dec.cap_mhz)
-        if msg is not None or dec.fallback:
-            self._gov_problem(msg or dec.reason)
-        else:
-            self.problems.pop("governor", None)
-        if not dec.fallback and self.gov_since is None:
-            self.gov_since = now  # engaged: pauses and hours count from here
+        key = job_key(self.job)
+        if key != gov.key:  # the queue's next run is another job: its own clock
+            gov.start(key)
         training = self.state == State.RUNNING and not self.holds and self.runner.running
-        capped = dec.cap_mhz is not None and dec.cap_mhz < (self.gov_top or 1 << 30)  # the top clock is no cap
-        self.gov_speed = self.gov_speed.add(now, self.facts.step, capped, training)
-        moved = (before is None) != (dec.cap_mhz is None) or \
-            (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= 200)
-        if moved:
-            self.event("governor", dec.reason)
-        if self.gov.learned_mhz != learned:  # kept at once: a kill -9 must not lose the night's learning
-            self.stored(self._gov_remember)
-
-    def _gov_problem(self, text: str) -> None:
-        if self.problems.get("governor") != text:  # said once, not every poll
-            self.problems["governor"] = text
-            self.event("governor", text, "warn")
-
-    def gov_min_s(self) -> float:
-        """How long a step rate must be measured before the phone line calls it a speed: 30 s
-        at least (a job's first steps, eval, a checkpoint make a shorter window noise)."""
-        return max(30.0, 10 * float(self.cfg["gpu"]["poll_interval_s"]))
-
-    def _gov_job_key(self) -> str:
-        """The learned clock belongs to this machine (the state dir's store) and this job: its
-        command, workdir and env decide its heat (a bigger batch runs hotter)."""
-        import hashlib
-        job = self.job
-        ident = json.dumps([job["command"], job["workdir"], job["env"]], sort_keys=True, default=str)
-        return "governor:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
-
-    def _gov_start(self) -> None:
-        """The governor's state for this run's job, from what the store remembers of it."""
-        from daemon.policy.governor import GovState, SpeedMeter
-        self.gov_key = self._gov_job_key()
-        mem = self.store.recall(self.gov_key) or {}
-        self.gov = GovState.start(mem)
-        self.gov_speed = SpeedMeter(full_rate=mem.get("full_steps_per_s"))
-        self.gov_since, self.gov_pauses = None, 0
-
-    def _gov_remember(self) -> None:
-        full = self.gov_speed.full_steps_per_s(self.gov_min_s()) if self.gov_speed else None
-        self.store.remember(self.gov_key, {**self.gov.memory(), "full_steps_per_s": full})
+        says = gov.step(reading, mono, job_step=self.facts.step, training=training, cfg=self.cfg)
+        for message, level in says.events:
+            self.event("governor", message, level)
+        if says.problem is None:
+            self.problems.pop("governor", None)
+        else:
+            self.problems["governor"] = says.problem
+        if says.learned:  # kept at once: a kill -9 must not lose the night's learning
+            self.stored(gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
 
     def _schedule(self, now: float) -> None:
         if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):
@@ -973,10 +944,10 @@ class Supervisor(RemoteSteps):
         return sum(1 for t in self.reset_times if now - t <= w)
 
     # ================================================================== recovery
-    async def _recover(self, now: float) -> None:
+    async def _recover(self, mono: float) -> None:
         from daemon.policy.recovery import RecoveryState, decide_recovery
         if self.recovery is None:
-            self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
         if self.probe_task is not None:
             if not self.probe_task.done():
                 return
@@ -989,10 +960,10 @@ class Supervisor(RemoteSteps):
                            f"{self.recovery.probes_failed} failed so far", "warn")
             else:
                 self.event("probe", f"GPU probe passed in {res.seconds:.1f} s")
-        act = decide_recovery(self.recovery, now, self.cfg["resets"], self.probe_result)
+        act = decide_recovery(self.recovery, mono, self.cfg["resets"], self.probe_result)
         if act.action == "probe" and self.p.probe is not None:
             env = {**os.environ, **self.p.job_env}
-            self.recovery.last_probe_at = now
+            self.recovery.last_probe_at = mono
             self.probe_result = None
             self.probe_task = asyncio.get_running_loop().create_task(self.p.probe(
                 self.cfg["resets"]["probe_command"], float(self.cfg["resets"]["probe_timeout_s"]), env))
@@ -1004,7 +975,7 @@ class Supervisor(RemoteSteps):
                 self.gpu_unusable = True
                 self.event("gpu_unusable", f"GPU still unusable after the reset: {act.reason}", "error")
             if not self.p.offloader.available:  # failover takes it from here when configured
-                self.recovery = RecoveryState(reset_at=now, probes_failed=0, last_probe_at=None)
+                self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
 
     # ================================================================== divergence
     def _divergence(self, rec: dict[str, Any]) -> None:
@@ -1027,7 +998,7 @@ class Supervisor(RemoteSteps):
             reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
             # next is graceful: the newest checkpoint is durable before the next run starts
             self._ask_exit(intents.next_run(reason) if cfg["action"] == "next"
-                           else intents.diverged(reason), self.clock())
+                           else intents.diverged(reason), self.mono())
         elif cfg["action"] == "rollback":
             self._plan_rollback(spike)
 
@@ -1045,7 +1016,7 @@ class Supervisor(RemoteSteps):
                              last_ok_step=getattr(spike, "last_ok_step", None))
         if plan is None or plan.checkpoint_step is None:
             self._ask_exit(intents.diverged(f"the loss diverged at step {spike.step} and no "
-                                            "earlier checkpoint exists"), self.clock())
+                                            "earlier checkpoint exists"), self.mono())
             return
         quarantine = Path(self.checkpoint_dir) / ".diverged"
         quarantine.mkdir(exist_ok=True)
@@ -1058,7 +1029,7 @@ class Supervisor(RemoteSteps):
         reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at "
                   f"step {spike.step}; skipping batches {protocol.format_skip(list(plan.skip))}")
         # Stopped without a checkpoint: the diverged weights must not become the newest one.
-        self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.clock())
+        self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.mono())
 
     # ================================================================== commands
     def submit(self, action: str, arg: Any = None) -> asyncio.Future:
@@ -1072,7 +1043,7 @@ class Supervisor(RemoteSteps):
             return {"ok": False, "message": f"unknown action {action!r}", "state": self.state.value}
         return await self.submit(action)
 
-    async def _command(self, action: str, arg: Any, now: float,
+    async def _command(self, action: str, arg: Any, now: float, mono: float,
                        fut: asyncio.Future | None) -> dict[str, Any] | None:
         """The answer, or None when it comes later (a stop answers once the job has exited)."""
         running = self.runner.running and not self.runner.stopping
@@ -1129,14 +1100,14 @@ class Supervisor(RemoteSteps):
         if action == "stop":
             if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
                 return {"ok": False, "message": f"nothing to stop: the run is {st}"}
-            self.stop_asked_at = now
+            self.stop_asked_at = mono
             if self.state == State.REMOTE:
                 await self._cancel_remote(now, "stopped by the user")
                 self.off.after_pull = "stopped"
                 self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
                 return self._answer_later(fut)
             if self.runner.running:
-                self._ask_exit(intents.STOP, now)
+                self._ask_exit(intents.STOP, mono)
                 return self._answer_later(fut)
             self.set_state(State.STOPPED, "stopped by the user")
             return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
@@ -1167,11 +1138,11 @@ class Supervisor(RemoteSteps):
         log.info("received %s: checkpointing and stopping the job", signal.Signals(sig).name)
         self.stop_signal = sig
 
-    def _begin_shutdown(self, now: float) -> None:
+    def _begin_shutdown(self, mono: float) -> None:
         self.shutting_down = True
         if self.runner.running:
             # an exit already asked for (an offload, a user's stop) keeps its meaning
-            self._ask_exit(self.exit_intent or intents.SHUTDOWN, now, graceful=True)
+            self._ask_exit(self.exit_intent or intents.SHUTDOWN, mono, graceful=True)
         elif self.state == State.REMOTE:
             self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
 
@@ -1186,7 +1157,7 @@ class Supervisor(RemoteSteps):
                 log.warning("governor: %s", msg)
             if self.gov is not None:
                 try:
-                    self._gov_remember()  # tomorrow starts here
+                    self.gov.remember(float(self.cfg["gpu"]["poll_interval_s"]))  # tomorrow starts here
                 except Exception as e:  # noqa: BLE001
                     log.warning("cannot remember the governor's clock: %s", e)
         if self.stop_signal is not None:
@@ -1220,12 +1191,12 @@ class Supervisor(RemoteSteps):
         for name, part in changed.items():
             setattr(self.p, name, part)
         if "thermal.governor" in live:  # its port was built or torn down: its state follows
-            if self.gov is not None and self.gov_key is not None:
-                self._gov_remember()  # what it learned stays for the next time it is on
-            self.gov, self.gov_reason = None, ""
+            if self.gov is not None:  # what it learned stays for the next time it is on
+                self.stored(self.gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
+            self.gov = None
             self.problems.pop("governor", None)
             if self.p.governor is not None:
-                self._gov_start()
+                self.gov = Governor(self.p.governor, self.store, job_key(self.job))
         self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
         if live:
             self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")

@@ -29,11 +29,28 @@ from daemon.supervisor import Parts, Supervisor
 
 
 class FakeClock:
-    def __init__(self, t: float | None = None):
+    """Both of the daemon's clocks: ``t`` the wall clock, ``mono`` the monotonic one. They
+    start far apart (as on a real machine), so code that mixes them fails loudly; ``step``
+    moves the wall clock alone, as NTP or an RTC in local time does."""
+
+    def __init__(self, t: float | None = None, mono: float = 5000.0):
         self.t = time.time() if t is None else t  # near real time: file mtimes stay comparable
+        self.mono = mono
 
     def __call__(self) -> float:
         return self.t
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, dt: float) -> None:
+        """Time passes: both clocks move."""
+        self.t += dt
+        self.mono += dt
+
+    def step(self, dt: float) -> None:
+        """The wall clock is set (``date -s``, NTP at boot): the monotonic one does not move."""
+        self.t += dt
 
 
 @dataclass
@@ -51,6 +68,7 @@ class Behaviour:
     ignores_term: bool = False
     silent: bool = False  # a trainer that writes no progress records (hung in a kernel)
     slow_start: float = 0.0  # seconds before a trainer announces the protocol (importing torch)
+    exit_takes_s: float = 0.0  # a trainer's final checkpoint on the exit command takes this long
 
 
 class FakeProc:
@@ -73,15 +91,20 @@ class FakeProc:
         self.acked = 0
         self.run_dir = Path(env["NIGHTSHIFT_RUN_DIR"])
         self.ckpt_dir = Path(env["NIGHTSHIFT_CHECKPOINT_DIR"])
-        self._last = 0.0
+        self._last = self._t0 = 0.0
         self._next_step_at = 0.0
         self._done_script = 0
         self.term_at: float | None = None
         self.started_protocol = False
+        self.signals: list[tuple[int, float]] = []  # (signal, monotonic time) as received
+        self.exit_at: float | None = None  # the exit command is being carried out until then
 
     async def start(self) -> None:
-        self.started_at = self.create_time = self._last = self.clock()
-        self._next_step_at = self.started_at + self.b.step_s
+        # started_at and record times are wall clock (as jobproc's and the trainer's); the job's
+        # own pace is real elapsed time (monotonic), so a wall-clock step does not stall it
+        self.started_at = self.create_time = self.clock()
+        self._t0 = self._last = self.clock.monotonic()
+        self._next_step_at = self._t0 + self.b.step_s
         if self.b.trainer and not self.b.slow_start:
             self.announce()
 
@@ -107,6 +130,7 @@ class FakeProc:
     def signal(self, sig: int) -> bool:
         if self.returncode is not None:
             return False
+        self.signals.append((sig, self.clock.monotonic()))
         if sig == signal.SIGKILL or (sig == signal.SIGTERM and not self.b.ignores_term):
             self.exit(-sig)
         return True
@@ -162,9 +186,10 @@ class FakeProc:
             if cmd["command"] == "checkpoint":
                 self.checkpoint()
             elif cmd["command"] == "exit":
-                self.checkpoint()
-                self.record("exiting", step=self.step, reason="exit-command")
-                self.exit(0)
+                if self.b.exit_takes_s:  # writing the final checkpoint: no more steps
+                    self.exit_at = self.clock.monotonic() + self.b.exit_takes_s
+                    return
+                self.finish_exit()
                 return
         hold = c.get("hold") is True
         if hold and not self.held:
@@ -174,14 +199,24 @@ class FakeProc:
             self.record("released", step=self.step)
         self.held = hold
 
+    def finish_exit(self) -> None:
+        self.checkpoint()
+        self.record("exiting", step=self.step, reason="exit-command")
+        self.exit(0)
+
     def advance(self, now: float) -> None:
+        """``now``: the monotonic clock."""
         if self.returncode is not None or self.stopped_by_signal:
             self._last = now
+            return
+        if self.exit_at is not None:
+            if now >= self.exit_at:
+                self.finish_exit()
             return
         if not self.held:
             self.cpu += (now - self._last) * self.b.cpu_per_s
         self._last = now
-        t = now - (self.started_at or now)
+        t = now - self._t0
         while self._done_script < len(self.b.script) and self.b.script[self._done_script][0] <= t:
             _, action, arg = self.b.script[self._done_script]
             self._done_script += 1
@@ -313,13 +348,13 @@ class Harness:
         self.store = store or Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db", clock=self.clock)
         self.parts = Parts(
             store=self.store,
-            make_runner=lambda d: JobRunner(d, spawn=self.factory.spawn, clock=self.clock),
+            make_runner=lambda d: JobRunner(d, spawn=self.factory.spawn, clock=self.clock.monotonic),
             offloader=Offloader(cfg, backends=backends), sensor=sensor, detector=detector,
             find_checkpoint=find_fake_checkpoint, **parts)
         self.sup: Supervisor | None = None
 
     async def open(self, **kw: Any) -> Supervisor:
-        self.sup = Supervisor(self.cfg, self.parts, clock=self.clock, **kw)
+        self.sup = Supervisor(self.cfg, self.parts, clock=self.clock, mono=self.clock.monotonic, **kw)
         await self.sup.open()
         return self.sup
 
@@ -328,14 +363,14 @@ class Harness:
         """Advance fake time by ``seconds`` in ``dt`` steps, polling every poll interval."""
         assert self.sup is not None
         poll = poll_every or float(self.cfg["gpu"]["poll_interval_s"])
-        next_poll = self.clock.t
-        end = self.clock.t + seconds
-        while self.clock.t < end:
-            self.clock.t += dt
-            self.factory.advance(self.clock.t)
-            if self.clock.t >= next_poll:
+        next_poll = self.clock.mono
+        end = self.clock.mono + seconds
+        while self.clock.mono < end:
+            self.clock.advance(dt)
+            self.factory.advance(self.clock.mono)
+            if self.clock.mono >= next_poll:  # the poll timer is monotonic (app.PollTimer)
                 self.sup.poll_due = True
-                next_poll = self.clock.t + poll
+                next_poll = self.clock.mono + poll
             await self.sup.tick()
             await asyncio.sleep(0)  # let the wait() tasks see an exit
             if until is not None and until(self.sup):

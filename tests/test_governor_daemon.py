@@ -47,7 +47,7 @@ def chip_harness(tmp: Path, cfg: dict, sim: SimulatedGPU, clock: FakeClock, **kw
     h = Harness(tmp, cfg, TRAINER, clock=clock, sensor=sensor, governor=port, **kw)
     sim.load_fn = lambda: float(any(p.returncode is None and not p.held and not p.stopped_by_signal
                                     for p in h.factory.procs))
-    advance, last = h.factory.advance, [clock.t]
+    advance, last = h.factory.advance, [clock.mono]  # advance() is given the monotonic clock
 
     def advance_with_chip(now: float) -> None:
         for p in h.factory.procs:  # each job its own Behaviour: TRAINER's is shared
@@ -72,20 +72,20 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
     async def go():
         clock = FakeClock()
         # a chip slow enough (tau 50 s) that the job trains at full clock for over 30 s before
-        # the first cap: the speed is measured only from 30 s of each (Supervisor.gov_min_s)
+        # the first cap: the speed is measured only from 30 s of each (Governor.min_s)
         sim = SimulatedGPU(tmp_path / "sim", {**CHIP, "tau_heat_s": 3000.0, "tau_cool_s": 1500.0},
                            clock=clock, cpu_fn=None)
         cfg = config(tmp_path, gpu={"poll_interval_s": 0.5},
                      thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0})
         h = chip_harness(tmp_path, cfg, sim, clock)
         sup = await h.open()
-        assert sup.gov is not None and sup.gov.cap_mhz is None  # no memory yet: full clock
+        assert sup.gov is not None and sup.gov.state.cap_mhz is None  # no memory yet: full clock
         await h.run(500, dt=0.5)  # 10 heating time constants of the chip
         temps = []
         for _ in range(40):  # the last 20 s: settled
             await h.run(0.5, dt=0.5)
             temps.append(sim.temp)
-        cap = sup.gov.cap_mhz
+        cap = sup.gov.state.cap_mhz
         assert cap is not None and cap < 2700
         assert committed_cap(sim) == cap == sim.cap_mhz  # written through pp_od_clk_voltage
         assert 85.0 - 1.5 <= min(temps) and max(temps) <= 85.0 + 1.5
@@ -101,14 +101,14 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
         assert m, text
         assert int(m.group(1)) == cap and abs(int(m.group(3)) - sim.temp) <= 1.5
         assert abs(float(m.group(2)) - sim.speed()) <= 0.03 and float(m.group(2)) > cap / 2700 + 0.02
-        assert int(m.group(4)) == round((clock() - sup.gov_since) / 60) == 9  # 520 s since it engaged
+        assert int(m.group(4)) == round(sup.gov.governed_s(clock.mono) / 60) == 9  # 520 s since it engaged
         # /metrics carries the cap, the learned clock and the speed (from the same snapshot)
         fams = {f.name: f for f in text_string_to_metric_families(
             metrics.exposition(metrics.make_registry(lambda: build_status(sup, clock()))).decode())}
         assert fams["nightshift_governor_cap_mhz"].samples[0].value == cap
-        assert fams["nightshift_governor_learned_mhz"].samples[0].value == sup.gov.learned_mhz
+        assert fams["nightshift_governor_learned_mhz"].samples[0].value == sup.gov.state.learned_mhz
         assert fams["nightshift_governor_speed_ratio"].samples[0].value == pytest.approx(float(m.group(2)), abs=0.006)
-        learned = sup.gov.learned_mhz
+        learned = sup.gov.state.learned_mhz
         ideal = 2700 * ((85.0 - 45.0) / 55.0) ** (1 / 3)  # the chip's sustainable clock, 2429 MHz
         assert abs(learned - ideal) <= 3 * STEP_MHZ
 
@@ -117,13 +117,13 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
         assert sup.done.is_set()
         sup.close()
         assert committed_cap(sim) is None and sim.read_cap() == 2700  # never left capped
-        mem = h.store.recall(sup.gov_key)  # per machine (this store) and job
+        mem = h.store.recall(sup.gov.key)  # per machine (this store) and job
         assert mem["learned_mhz"] == learned and abs(mem["full_steps_per_s"] - 2.0) < 0.1
 
         # the next night: a new daemon on the same store starts at the learned clock
         h2 = chip_harness(tmp_path, cfg, sim, clock, store=h.store)
         sup2 = await h2.open()
-        assert sup2.gov.cap_mhz == learned
+        assert sup2.gov.state.cap_mhz == learned
         await h2.run(1.0)
         assert committed_cap(sim) == learned
         sup2.request_stop(signal.SIGTERM)
@@ -199,7 +199,7 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
 
         await reload(governor="clock")
         await h.run(200, dt=0.5)
-        cap = sup.gov.cap_mhz
+        cap = sup.gov.state.cap_mhz
         assert cap is not None and committed_cap(sim) == cap < 2700
         assert abs(sim.temp - 85.0) <= 1.5 and "governed at" in build_status(sup, clock())["governor"]["line"]
 
@@ -230,7 +230,7 @@ def test_the_dashboard_shows_the_cap(tmp_path):
         h = chip_harness(tmp_path, cfg, sim, clock)
         sup = await h.open()
         await h.run(120, dt=0.5)
-        cap = sup.gov.cap_mhz
+        cap = sup.gov.state.cap_mhz
         assert cap is not None
         sup.snapshot = build_status(sup, clock())
         port = free_port()
@@ -288,12 +288,12 @@ def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_a
             temps: list[float] = []  # every poll of both runs: the whole run stays under pause_at_c
             await h.run(400, dt=0.5, until=lambda s: temps.append(sim.temp) or
                         (s.run_id == 2 and s.state == "running"))
-            key_one = sup.gov_key
+            key_one = sup.gov.key
             assert sup.run_id == 2 and sup.gov is not None
             assert h.store.recall(key_one)["learned_mhz"]  # kept while running, not only at stop
             await h.run(60, dt=0.5, until=lambda s: temps.append(sim.temp) and False)
-            assert committed_cap(sim) == sup.gov.cap_mhz is not None
-            assert sup.gov_key != key_one and h.store.recall(sup.gov_key)["learned_mhz"]
+            assert committed_cap(sim) == sup.gov.state.cap_mhz is not None
+            assert sup.gov.key != key_one and h.store.recall(sup.gov.key)["learned_mhz"]
             assert len(temps) > 300 and max(temps) < 88.0 and not h.events("paused_hot")
         finally:
             TRAINER["trainer"] = Behaviour(trainer=True, steps=100_000, step_s=0.5, interval=1000)

@@ -1,0 +1,67 @@
+"""The governor loop (daemon/governing.py) on the simulated GPU's real sysfs tree and the real
+GovernorPort and Store, without the Supervisor: what it says, what it remembers, its clock."""
+
+from __future__ import annotations
+
+from daemon import simgpu
+from daemon.config import validate
+from daemon.governing import Governor, job_key
+from daemon.governor_io import GovernorPort, NoDevicePort
+from daemon.sensors.base import Reading
+from daemon.simgpu import SimulatedGPU
+from daemon.store import Store
+
+CFG = validate({"job": {"command": ["train"]}, "gpu": {"poll_interval_s": 1.0},
+                "thermal": {"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0}}, "<test>")
+JOB = {"command": ["train"], "workdir": "/w", "env": {}}
+
+
+def make(tmp_path, port=None):
+    sim = SimulatedGPU(tmp_path / "sim", {"reset_at_c": 150.0}, clock=lambda: 0.0, cpu_fn=None)
+    port = port or GovernorPort(sim.device_dir, write=simgpu.sysfs_write)
+    store = Store(tmp_path / "nightshift.db")
+    return Governor(port, store, job_key(JOB)), store
+
+
+def hot(t: float, edge: float = 86.0) -> Reading:
+    return Reading(t=t, edge_c=edge, power_w=30.0, sclk_mhz=2700.0)
+
+
+def test_a_job_is_keyed_by_command_workdir_and_env():
+    assert job_key(JOB) == job_key(dict(JOB))
+    assert job_key(JOB) != job_key({**JOB, "env": {"BATCH": "64"}})  # a bigger batch heats differently
+
+
+def test_a_hot_chip_is_capped_said_once_and_the_engagement_counts_on_the_monotonic_clock(tmp_path):
+    gov, _ = make(tmp_path)
+    says = [gov.step(hot(1e9 + i), 100.0 + i, job_step=i, training=True, cfg=CFG) for i in range(60)]
+    assert gov.state.cap_mhz is not None and gov.state.cap_mhz < 2700
+    assert sum(len(s.events) for s in says) >= 1 and all(s.problem is None for s in says)
+    assert gov.since is not None and gov.since >= 100.0  # monotonic, never the reading's wall time
+    assert gov.governed_s(gov.since + 7200.0) == 7200.0
+    gov.paused()
+    assert gov.pauses == 1
+
+
+def test_no_device_is_one_problem_said_once_and_pauses_before_engaging_do_not_count(tmp_path):
+    gov, _ = make(tmp_path, port=NoDevicePort("no amdgpu card"))
+    first = gov.step(None, 10.0, job_step=1, training=True, cfg=CFG)
+    again = gov.step(None, 11.0, job_step=2, training=True, cfg=CFG)
+    assert first.problem and "no amdgpu card" in first.problem and len(first.events) == 1
+    assert again.problem == first.problem and again.events == []  # not every poll
+    gov.paused()
+    assert gov.pauses == 0 and gov.since is None and gov.governed_s(100.0) is None
+
+
+def test_last_nights_clock_is_where_it_starts_per_job_and_is_remembered_again(tmp_path):
+    gov, store = make(tmp_path)
+    assert gov.state.cap_mhz is None  # nothing learned yet: full clock
+    store.remember(job_key(JOB), {"learned_mhz": 2100})
+    gov.start(job_key(JOB))
+    assert gov.state.cap_mhz == gov.state.learned_mhz == 2100
+    other = job_key({**JOB, "env": {"BATCH": "64"}})
+    gov.start(other)  # the queue's next run is another job: its own clock, none yet
+    assert gov.key == other and gov.state.cap_mhz is None and gov.since is None
+    gov.start(job_key(JOB))
+    gov.remember(1.0)
+    assert store.recall(job_key(JOB)) == {"learned_mhz": 2100, "full_steps_per_s": None}
