@@ -113,10 +113,12 @@ def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, in
 
 
 def _control_text(res: dict[str, Any]) -> str:
-    """The daemon's answer as sentences; the run's state is added only when the answer does not
-    already name it ("nothing to pause: the run is stopped" says it once, not twice)."""
+    """The daemon's answer, then what the run is now in the status' own first words ("Paused.
+    Now: PAUSED by you."), never a second wording of the state that could contradict it."""
     msg = _sentence(str(res.get("message") or ""))
-    state = str(res.get("state") or "")
-    if state and state not in msg.lower():
-        msg += f" The run is now {state}."
+    if msg.endswith(")"):
+        msg += "."
+    now = res.get("headline") or str(res.get("state") or "").upper()
+    if now and not (res.get("state") and str(res["state"]) in msg.lower()):  # said once
+        msg += f" Now: {now}."
     return msg

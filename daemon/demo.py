@@ -117,8 +117,7 @@ class Screen:
         eta = st.get("eta_s")
         if eta is not None and st.get("step"):
             self.etas.append((time.monotonic() - self.t0, st["step"], float(eta)))
-        duty = f" ({st['duty_cycle']:.0%} training)" if st.get("duty_cycle") is not None else ""
-        eta_txt = f"ETA {statusfmt.duration(eta)}{duty}" if eta is not None else ""
+        eta_txt = statusfmt.eta_text(st) or ""  # the phone's words: "ends about 00:14, in 1m05s"
         gov = st.get("governor") or {}  # --governor: the cap in force
         cap = f"  cap {gov['cap_mhz'] or 'none'}" + (" MHz" if gov.get("cap_mhz") else "") if gov else ""
         return f"[{self.clock()}] {word:<10} step {step:<8} edge {temp}{cap}  {eta_txt}"
@@ -177,17 +176,23 @@ async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout, governo
     return code, d.status(), screen
 
 
-def eta_check(etas: list[tuple[float, int, float]], end_s: float) -> list[str]:
-    """The ETA shown at about a third and two thirds of the way, against what the rest took."""
-    out = []
-    if not etas:
+def eta_check(etas: list[tuple[float, int, float]], end_s: float) -> list[dict[str, float]]:
+    """The ETA shown at a third and at two thirds of the run's wall time, against what the rest
+    really took: [{"at_s", "step", "shown_s", "took_s", "error"}] (error = shown/took - 1)."""
+    out: list[dict[str, float]] = []
+    if not etas or end_s <= 0:
         return out
-    total = max(step for _, step, _ in etas) or 1
-    for frac in (0.33, 0.66):
-        near = min(etas, key=lambda e: abs(e[1] / total - frac))
+    for frac in (1 / 3, 2 / 3):
+        near = min(etas, key=lambda e: abs(e[0] - frac * end_s))
         took = end_s - near[0]
-        out.append(f"ETA at step {near[1]}: {near[2]:.0f} s shown, {took:.0f} s taken")
+        out.append({"at_s": round(near[0], 1), "step": near[1], "shown_s": round(near[2], 1),
+                    "took_s": round(took, 1), "error": round(near[2] / took - 1, 3) if took > 0 else 0.0})
     return out
+
+
+def eta_check_lines(rows: list[dict[str, float]]) -> list[str]:
+    return [f"at {r['at_s']:.0f} s (step {r['step']}): {r['shown_s']:.0f} s shown, "
+            f"{r['took_s']:.0f} s taken ({r['error']:+.0%})" for r in rows]
 
 
 def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
@@ -229,9 +234,10 @@ def main(args: argparse.Namespace) -> int:
     from daemon.store import Store
     store = Store(workdir / "state" / "nightshift.db")
     events = store.events(None, limit=10000)
-    print(summary(st, wall, events, eta_check(screen.etas, time.monotonic() - screen.t0)))
-    (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1)}, indent=2,
-                                                     default=str))
+    checks = eta_check(screen.etas, time.monotonic() - screen.t0)
+    print(summary(st, wall, events, eta_check_lines(checks)))
+    (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1),
+                                                      "eta_check": checks}, indent=2, default=str))
     store.close()
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

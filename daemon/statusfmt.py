@@ -42,10 +42,28 @@ def _c(v: float | None) -> str:
     return "?" if v is None else f"{v:.0f}C"
 
 
+def shorten_path(word: str, room: int) -> str:
+    """A path too long for the card, shortened from the left: the end of a path is what tells
+    checkpoints apart (``.../run-1/step_264``). Other words are left for the wrapper to cut."""
+    if len(word) <= room or "/" not in word:
+        return word
+    parts = word.split("/")
+    tail = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(".../" + part + "/" + tail) > room:
+            break
+        tail = part + "/" + tail
+    short = ".../" + tail
+    return short if len(short) <= room else "..." + word[-(room - 3):]
+
+
 def field(label: str, text: str, width: int = WIDTH) -> list[str]:
-    """``label`` padded to the label column, ``text`` wrapped under it at word boundaries."""
-    body = textwrap.wrap(str(text), width - LABEL, break_long_words=False,
-                         break_on_hyphens=False) or [""]
+    """``label`` padded to the label column, ``text`` wrapped under it at word boundaries; a
+    path too long for a line shortened from the left, any other over-long word cut, so no
+    line is ever wider than the card."""
+    room = width - LABEL
+    text = " ".join(shorten_path(w, room) for w in str(text).split(" "))
+    body = textwrap.wrap(text, room, break_long_words=True, break_on_hyphens=False) or [""]
     return [f"{label:<{LABEL}}{body[0]}"] + [" " * LABEL + line for line in body[1:]]
 
 
@@ -64,13 +82,41 @@ def _heat(r: dict[str, Any]) -> str | None:
             None: "Too few so far to tell if heat causes them."}[r.get("heat_correlated")]
 
 
+def headline(st: dict[str, Any]) -> str:
+    """The first words of the card ("PAUSED by you", "RUNNING"): also what a control reply says
+    the run is now, so the two can never disagree (daemon/client.py)."""
+    word = st.get("display_state") or str(st.get("state", "?")).upper()
+    detail = st.get("display_detail") or ""
+    return f"{word} {detail}" if detail and word in ("PAUSED", "CLOUD") else word
+
+
+def clock(t: float, now: float | None = None) -> str:
+    """A wall time as a person reads it at night: 04:10, with the day when it is not within
+    the next 24 hours."""
+    now = time.time() if now is None else now
+    lt = time.localtime(t)
+    return time.strftime("%H:%M" if -3600 < t - now < 86400 else "%a %H:%M", lt)
+
+
+def eta_text(st: dict[str, Any], now: float | None = None) -> str | None:
+    """When it ends, as a clock time and a duration, a range while the prediction is uncertain:
+    "ends about 04:10, in 2h13m" / "ends 04:00-04:40, in about 2h13m". One sentence, used by
+    the card, the demo's screen, the JSON's eta_text (the dashboard) alike."""
+    eta, at = st.get("eta_s"), st.get("eta_at")
+    if eta is None or at is None:
+        return None
+    now = time.time() if now is None else now
+    lo_at, hi_at = st.get("eta_low_at") or at, st.get("eta_high_at") or at
+    lo, hi = clock(lo_at, now), clock(hi_at, now)
+    if lo != hi and hi_at - lo_at > 0.1 * max(eta, 1):
+        return f"ends {lo}-{hi}, in about {duration(eta)}"
+    return f"ends about {clock(at, now)}, in {duration(eta)}"
+
+
 def render(st: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     word = st.get("display_state") or str(st.get("state", "?")).upper()
-    detail = st.get("display_detail") or ""
-    head = f"nightshift  {word}"
-    if detail and word in ("PAUSED", "CLOUD"):
-        head += f" {detail}"
+    head = f"nightshift  {headline(st)}"
     lines = textwrap.wrap(head, WIDTH, subsequent_indent=" " * LABEL, break_long_words=False)
     lines += field("job", f"{st.get('job') or '?'} (run {st.get('run_id') or '?'})")
     step, total = st.get("step"), st.get("total_steps")
@@ -82,7 +128,7 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     if rate:
         lines += field("rate", f"{rate:.2f} steps/s while training")
     if st.get("eta_s") is not None or st.get("eta_why"):
-        lines += _eta_lines(st)
+        lines += _eta_lines(st, now)
     t = st.get("temps") or {}
     lines += field("temp", f"edge {_c(t.get('edge_c'))}, Tctl {_c(t.get('tctl_c'))}")
     gpu = st.get("gpu") or {}
@@ -126,18 +172,23 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _eta_lines(st: dict[str, Any]) -> list[str]:
+def _eta_lines(st: dict[str, Any], now: float | None = None) -> list[str]:
     eta, steady, basis = st.get("eta_s"), st.get("eta_steady_s"), st.get("eta_basis")
-    if eta is None:
+    text = eta_text(st, now) if eta is not None else None
+    if text is None:
+        if eta is not None:  # an older daemon's document: a duration only
+            return field("ETA", f"in {duration(eta)}.")
         text = f"unknown: {st.get('eta_why') or 'no rate yet'}."
         if steady is not None:
             text += f" {duration(steady)} of training is left."
         return field("ETA", text)
-    if basis == "duty" and st.get("duty_cycle") is not None:
-        text = (f"{duration(eta)} (it trains {st['duty_cycle']:.0%} of the time); "
-                f"{duration(steady)} at the steady rate.")
+    if basis == "progress":
+        text += f" ({st.get('eta_why') or 'from the progress so far'})."
+    elif basis == "duty" and st.get("duty_cycle") is not None:
+        text += (f" (it trains {st['duty_cycle']:.0%} of the time; "
+                 f"{duration(steady)} at the steady rate).")
     elif basis == "cloud":
-        text = f"{duration(eta)} at the cloud's rate."
+        text += " at the cloud's rate."
     else:
-        text = f"{duration(eta)} at the steady rate (too early to count pauses)."
+        text += " at the steady rate (too early to count pauses)."
     return field("ETA", text)

@@ -18,9 +18,11 @@ store's events after a daemon start); the failover's deadline check uses the sam
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
+from daemon import statusfmt
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
 from daemon.states import State
@@ -87,6 +89,13 @@ def display_state(state: State, holds: frozenset[str] | set[str]) -> tuple[str, 
     }[state]
 
 
+def headline(state: State, holds: dict[str, str] | frozenset[str] | set[str]) -> str:
+    """The status' first words for this state and these holds ("PAUSED by you"): what a
+    control reply says the run is now, rendered by the card's own function."""
+    word, detail = display_state(state, frozenset(holds))
+    return statusfmt.headline({"display_state": word, "display_detail": detail})
+
+
 def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     """The reason of the hold the display names, in full (the phone wraps it, never cuts it)."""
     if word == "PAUSED":
@@ -111,6 +120,19 @@ def _governor(s: Supervisor, r: Any, mono: float) -> dict[str, Any] | None:
                                 governed_s=governed, top_mhz=g.top or 2700)}
 
 
+def _eta_at(eta: float | None, est: Any) -> dict[str, Any]:
+    """The ETA as wall-clock times (epoch seconds): when it ends, and the range while uncertain.
+    Wall time from ``time.time()``, not the Supervisor's clock, which measures durations."""
+    if eta is None or not math.isfinite(eta):
+        return {"eta_at": None, "eta_low_at": None, "eta_high_at": None}
+    wall = time.time()
+    lo = getattr(est, "low_s", None)
+    hi = getattr(est, "high_s", None)
+    return {"eta_at": round(wall + eta),
+            "eta_low_at": round(wall + lo) if lo is not None else round(wall + eta),
+            "eta_high_at": round(wall + hi) if hi is not None else round(wall + eta)}
+
+
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     f = s.facts
     run = s.run
@@ -130,12 +152,14 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
     remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
     duty = meter.duty(now)
-    est = eta_mod.estimate(remaining, f.steps_per_s, duty) if live else None
+    net = s.progress.rate() if hasattr(s, "progress") else None
+    est = eta_mod.estimate(remaining, f.steps_per_s, duty, net) if live else None
     eta = est.seconds if est is not None else None
     if s.state == State.REMOTE:
         eta = cloud.get("eta_s")
+    eta_at = _eta_at(eta, est if s.state != State.REMOTE else None)
     owner = shown_hold(holds)
-    return {
+    doc = {
         "state": s.state.value,
         "display_state": word,
         "display_detail": detail,
@@ -151,6 +175,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "eta_s": round(eta) if eta is not None and math.isfinite(eta) else None,
         "eta_steady_s": round(est.steady_s) if est is not None and est.steady_s is not None
         and s.state != State.REMOTE else None,
+        **eta_at,
         "eta_basis": ("cloud" if s.state == State.REMOTE else est.basis) if est is not None else None,
         "eta_why": est.why if est is not None and s.state != State.REMOTE else None,
         "duty_cycle": round(duty.fraction, 3) if duty is not None else None,
@@ -196,3 +221,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "governor": _governor(s, r, s.mono()),
         "updated": now,
     }
+    # the words every reader shows (card, dashboard, control replies): rendered once, here
+    doc["headline"] = statusfmt.headline(doc)
+    doc["eta_text"] = statusfmt.eta_text(doc)
+    return doc

@@ -137,6 +137,7 @@ class Supervisor(RemoteSteps):
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/governing.py)
         self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
+        self.progress = eta_mod.ProgressMeter()  # net steps per second: the ETA's basis
         self._duty_pid: int | None = None
         self._duty_pid_t = 0.0
 
@@ -320,7 +321,10 @@ class Supervisor(RemoteSteps):
             else:
                 self.problems.pop(f"command:{action}", None)
             if fut is not None and res is not None and not fut.done():
-                fut.set_result({**res, "state": self.state.value})
+                # what changed, in the status' own first words (statusview.headline)
+                from daemon.statusview import headline
+                fut.set_result({**res, "state": self.state.value,
+                                "headline": headline(self.state, self.holds)})
         if self.stop_signal is not None and not self.shutting_down:
             self._begin_shutdown(mono)
         if self._next_run_due and not self.runner.running and not self.shutting_down:
@@ -566,6 +570,7 @@ class Supervisor(RemoteSteps):
         self.interval_steps = None
         self.off = _Offload()
         self.duty = type(self.duty)()  # a new run's duty cycle starts with it
+        self.progress = eta_mod.ProgressMeter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
@@ -1218,12 +1223,15 @@ class Supervisor(RemoteSteps):
         last = self.facts.last_record_t
         self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
                        and last is not None and last >= self._duty_pid_t)
+        # the net rate's clock runs while the job is on its way without waiting for a person
+        self.progress.note(now, self.facts.step, self.state.value in LOCAL_STATES
+                           and not ({"user", "schedule"} & set(self.holds)))
 
     def local_eta_s(self, now: float) -> float | None:
         """Time to the end here at the steady rate divided by the measured duty cycle."""
         f = self.facts
         remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
-        est = eta_mod.estimate(remaining, f.steps_per_s, self.duty.duty(now))
+        est = eta_mod.estimate(remaining, f.steps_per_s, self.duty.duty(now), self.progress.rate())
         return est.seconds if est is not None else None
 
     def _publish(self, now: float) -> None:

@@ -149,7 +149,11 @@ def test_running_shows_the_duty_cycle_eta_with_the_steady_one_beside_it():
     assert text.splitlines()[0] == "nightshift  RUNNING"
     assert _fits(text)
     flat = _flat(text)
-    assert "ETA 40s (it trains 45% of the time); 18s at the steady rate." in flat
+    assert "ETA in 40s." in flat  # a document without eta_at (an older daemon): a duration
+    flat = _flat(statusfmt.render(_status(eta_at=1050.0, eta_low_at=1050.0, eta_high_at=1050.0),
+                                  now=1010.0))
+    clock = statusfmt.clock(1050.0, 1010.0)
+    assert f"ETA ends about {clock}, in 40s (it trains 45% of the time; 18s at the steady rate)." in flat
     assert "10.00 steps/s while training" in flat
     assert "Too few so far to tell if heat causes them." in flat
     assert "10s ago: Paused before overheating: " + LONG_REASON + "." in flat  # whole, not cut
@@ -302,8 +306,12 @@ def test_follow_goes_on_across_a_rotation(tmp_path):
 def test_control_answers_name_the_state_once():
     assert client._control_text({"ok": False, "message": "nothing to pause: the run is stopped",
                                  "state": "stopped"}) == "Nothing to pause: the run is stopped."
-    assert client._control_text({"ok": True, "message": "paused", "state": "running"}) == \
-        "Paused. The run is now running."
+    # issue 29 (4): was "Paused. The run is now running." -- now the status' own first words
+    assert client._control_text({"ok": True, "message": "paused", "state": "running",
+                                 "headline": "PAUSED by you"}) == "Paused. Now: PAUSED by you."
+    assert client._control_text({"ok": True, "message": "checkpoint requested (command 1)",
+                                 "state": "running", "headline": "RUNNING"}) == \
+        "Checkpoint requested (command 1). Now: RUNNING."
 
 
 def test_the_cli_finds_the_address_the_daemon_wrote_while_it_lives(tmp_path):

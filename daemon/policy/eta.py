@@ -1,4 +1,18 @@
-"""ETA from the measured duty cycle (pure): how much of the last hour the job actually trained.
+"""ETA (pure): from the run's own net progress once measured, else the duty cycle.
+
+The prediction a user sees comes, once enough of the run has been watched (``MIN_NET_S``), from
+the net progress over a window that grows with the run (``ProgressMeter``): steps gained per
+second of wall time since the job's first report, every thermal pause, reset, restart and step
+recomputed after a reset included. Time held by you or the schedule is left out of that clock
+(it says nothing about how fast the rest goes; the ETA is not shown while held). A window that
+grows with the run converges: an hour of history is not swung by one cooling pause, which is
+what made the old ETA jump 12m55s -> 22m04s within two minutes. While the window is short
+against what is left, the ETA is a range (``low_s``..``high_s``): half-width
+``RANGE_K * remaining / (remaining + observed)`` of the estimate, widened to the estimate from
+the window's recent half when that disagrees. Before that, the duty-cycle estimate below, with
+a wide range.
+
+The duty-cycle estimate: how much of the last hour the job actually trained.
 
 A job on a hot, flaky GPU does not train all the time: it cools, restarts after a reset, waits
 for the schedule, starts up (interpreter, torch import, restore). The rate measured while it
@@ -43,12 +57,75 @@ class Duty:
     training_s: float
 
 
+MIN_NET_S = 20.0  # counted seconds of progress before the net rate is the basis
+RANGE_K = 0.5  # range half-width at the start of a long extrapolation (see the docstring)
+EARLY_RANGE = 0.5  # half-width while only the steady rate or the duty cycle is known
+MAX_SAMPLES = 600
+
+
 @dataclass(frozen=True)
 class Eta:
     seconds: float | None  # None: unknown (no rate, or barely training)
     steady_s: float | None  # at the steady rate, as if nothing stopped the job
-    basis: str  # "duty" | "steady" | "none"
+    basis: str  # "progress" | "duty" | "steady" | "none"
     why: str  # one sentence for the reader
+    low_s: float | None = None  # the range while uncertain (== seconds when it is not)
+    high_s: float | None = None
+
+
+@dataclass(frozen=True)
+class NetRate:
+    """Net steps per counted second over ``observed_s`` (and over its recent half)."""
+
+    rate: float
+    recent_rate: float | None
+    observed_s: float
+
+
+@dataclass
+class ProgressMeter:
+    """(counted time, step) samples of the run, fed every tick.
+
+    Counted time advances only while ``counting`` (the job is on its way to the end without
+    waiting for a person: running, cooling, recovering, starting). The first sample is the
+    job's first report, so the daemon's and the interpreter's first start-up are not a rate.
+    Thinned to ``MAX_SAMPLES`` (every other older one dropped) so a night stays small."""
+
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _counted: float = 0.0
+    _last_now: float | None = None
+    _last_counting: bool = False
+
+    def note(self, now: float, step: int | None, counting: bool) -> None:
+        if self._last_now is not None and self._last_counting and now > self._last_now:
+            self._counted += now - self._last_now
+        self._last_now, self._last_counting = now, counting
+        if step is None or not counting:
+            return
+        if self.samples and self.samples[-1][1] == step and self._counted - self.samples[-1][0] < 1.0:
+            return
+        self.samples.append((self._counted, int(step)))
+        if len(self.samples) > MAX_SAMPLES:
+            head = self.samples[: MAX_SAMPLES // 2]
+            self.samples = head[::2] + self.samples[MAX_SAMPLES // 2:]
+
+    def rate(self) -> NetRate | None:
+        if len(self.samples) < 2:
+            return None
+        t0, s0 = self.samples[0]
+        t1, s1 = self.samples[-1]
+        span = self._counted - t0  # to now, not to the last sample: a stall counts
+        if span <= 0:
+            return None
+        rate = (s1 - s0) / span
+        recent = None
+        half = t0 + span / 2
+        i = bisect.bisect_left(self.samples, (half, -1))
+        if i < len(self.samples) - 1:
+            th, sh = self.samples[i]
+            if self._counted - th > 0:
+                recent = (s1 - sh) / (self._counted - th)
+        return NetRate(rate, recent, span)
 
 
 def duty_cycle(transitions: list[tuple[float, bool]], now: float,
@@ -71,21 +148,48 @@ def duty_cycle(transitions: list[tuple[float, bool]], now: float,
     return Duty(min(1.0, training / observed), observed, training)
 
 
-def estimate(remaining_steps: int | None, steady_rate: float | None, duty: Duty | None) -> Eta:
-    """The ETA a user sees, with the steady-rate one beside it."""
-    if remaining_steps is None or not steady_rate or steady_rate <= 0:
+def estimate(remaining_steps: int | None, steady_rate: float | None, duty: Duty | None,
+             net: NetRate | None = None) -> Eta:
+    """The ETA a user sees, with the steady-rate one beside it and a range while uncertain."""
+    if remaining_steps is None:
         return Eta(None, None, "none", "no training rate measured yet")
-    steady = max(0.0, remaining_steps / steady_rate)
+    steady = max(0.0, remaining_steps / steady_rate) if steady_rate and steady_rate > 0 else None
+    if net is not None and net.observed_s >= MIN_NET_S and net.rate > 0:
+        return _from_progress(remaining_steps, net, steady)
+    if steady is None:
+        return Eta(None, None, "none", "no training rate measured yet")
     if duty is None or duty.observed_s < MIN_OBSERVED_S:
-        return Eta(steady, steady, "steady", "at the steady rate (too early to measure pauses)")
+        return _ranged(Eta(steady, steady, "steady",
+                           "at the steady rate (too early to measure pauses)"), EARLY_RANGE, 0.0)
     if duty.fraction < MIN_DUTY:
         return Eta(None, steady, "none",
                    f"the job hardly trained in the last {_span(duty.observed_s)}")
-    return Eta(steady / duty.fraction, steady, "duty",
-               f"trains {duty.fraction:.0%} of the time (last {_span(duty.observed_s)})")
+    return _ranged(Eta(steady / duty.fraction, steady, "duty",
+                       f"trains {duty.fraction:.0%} of the time (last {_span(duty.observed_s)})"),
+                   EARLY_RANGE, 0.0)
+
+
+def _from_progress(remaining: int, net: NetRate, steady: float | None) -> Eta:
+    eta = max(0.0, remaining / net.rate)
+    rel = RANGE_K * eta / (eta + net.observed_s) if eta > 0 else 0.0
+    other = remaining / net.recent_rate if net.recent_rate and net.recent_rate > 0 else eta
+    e = Eta(eta, steady, "progress",
+            f"from the progress of the last {_span(net.observed_s)}, pauses and resets included")
+    return _ranged(e, rel, other - eta)
+
+
+def _ranged(e: Eta, rel: float, disagreement: float) -> Eta:
+    """``e`` with low/high: +-rel of the estimate, widened to cover ``estimate + disagreement``."""
+    assert e.seconds is not None
+    lo = e.seconds * (1 - rel)
+    hi = e.seconds * (1 + rel)
+    lo, hi = min(lo, e.seconds + disagreement), max(hi, e.seconds + disagreement)
+    return Eta(e.seconds, e.steady_s, e.basis, e.why, max(0.0, lo), hi)
 
 
 def _span(s: float) -> str:
+    if s >= 5400:
+        return f"{s / 3600:.1f} h"
     if s >= 3000:
         return "hour"
     if s >= 90:
