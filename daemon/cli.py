@@ -90,6 +90,7 @@ def _base_url(cfg: dict[str, Any]) -> str:
     (a port edited in the config waits for a restart, so the file's port may not be live yet),
     else the configured one."""
     from daemon import client
+    client.set_config_path(cfg.get("_path"))  # a "not running" message names its service
     host, port = cfg["api"]["host"], cfg["api"]["port"]
     served = client.served_address(cfg["daemon"]["state_dir"])
     if served is not None:
@@ -275,28 +276,32 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("sensors", help="show the sensors and reset sources found")
                 ).set_defaults(fn=cmd_sensors)
     s = with_config(sub.add_parser("status", help="the daemon's status"))
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="the whole status document as JSON "
+                   "(docs/api.md), instead of the 40-column card")
     s.set_defaults(fn=cmd_status)
     e = with_config(sub.add_parser("events", help="recent events, newest first"))
-    e.add_argument("--limit", type=int, default=20)
-    e.add_argument("--kind")
+    e.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="how many of the newest events (default 20)")
+    e.add_argument("--kind", help="only events of this kind (e.g. paused_hot, reset, state)")
     e.set_defaults(fn=cmd_events)
     rs = with_config(sub.add_parser("runs", help="every run with its fingerprint: best loss, "
                                     "where the climb started, what changed"))
-    rs.add_argument("--json", action="store_true")
+    rs.add_argument("--json", action="store_true", help="the runs as JSON (GET /runs)")
     rs.set_defaults(fn=cmd_runs)
     q = with_config(sub.add_parser("queue", help="the night's queue of runs (no argument: show it)"))
     qs = q.add_subparsers(dest="op", metavar="add|remove|move")
     qa = with_config(qs.add_parser("add", help="queue a run: nightshift queue add [--name N] "
                                    "[--env K=V ...] -- COMMAND..."), nested=True)
-    qa.add_argument("--name")
-    qa.add_argument("--env", action="append", metavar="K=V")
-    qa.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    qa.add_argument("--name", help="the run's name in `nightshift runs` (default: from the command)")
+    qa.add_argument("--env", action="append", metavar="K=V",
+                    help="an environment variable for this run; repeat for more")
+    qa.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                    help="the run's command, after --")
     qr = with_config(qs.add_parser("remove", help="remove a waiting run by its #"), nested=True)
-    qr.add_argument("id", type=int)
+    qr.add_argument("id", type=int, help="the waiting run's # (`nightshift queue` lists them)")
     qm = with_config(qs.add_parser("move", help="move a waiting run to a position (1 = next)"), nested=True)
-    qm.add_argument("id", type=int)
-    qm.add_argument("to", type=int)
+    qm.add_argument("id", type=int, help="the waiting run's # (`nightshift queue` lists them)")
+    qm.add_argument("to", type=int, help="its new position (1 = next)")
     q.set_defaults(fn=cmd_queue)
     lg = with_config(sub.add_parser("logs", help="the job's output (job.log of the newest run)"))
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
@@ -314,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader stopped early (`nightshift status | head -3`): that is not an error to
+        # print; stdout goes to /dev/null so the interpreter's final flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as if stopped by SIGPIPE, like other tools in a pipe
     except ConfigError as e:
         print(f"nightshift: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG

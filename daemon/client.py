@@ -47,9 +47,46 @@ def write_served_address(state_dir: str | Path, host: str, port: int) -> None:
     os.replace(tmp, path)
 
 
+# The config this CLI process talks through (set once by daemon/cli.py): it decides which
+# service a "not running" message names. One process, one config, so a module value.
+_config_path: Path | None = None
+
+
+def set_config_path(path: str | Path | None) -> None:
+    global _config_path
+    _config_path = Path(path) if path else None
+
+
+def start_hint(config_path: Path | None, home: Path | None = None) -> str:
+    """How to start the daemon that serves this config: the system service for a config in
+    /etc, the user service (`systemctl --user`) for one in your home, else the foreground."""
+    home = Path.home() if home is None else home
+    if config_path is None:
+        return "`nightshift run` or `systemctl start nightshiftd`"
+    p = Path(os.path.abspath(config_path))
+    if p.is_relative_to("/etc"):
+        return "`sudo systemctl start nightshiftd` (the system service)"
+    fg = f"`nightshift run -c {p}` in the foreground"
+    if p.is_relative_to(home / ".config") or \
+            p.is_relative_to(Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")):
+        return f"`systemctl --user start nightshiftd` (the user service), or {fg}"
+    return fg
+
+
 def _not_running(base_url: str, why: str) -> tuple[str, int]:
-    return (f"The nightshift daemon is not running at {base_url} ({why}). Start it with "
-            "`nightshift run` or `systemctl start nightshiftd`.", 1)
+    where = f" for {_config_path}" if _config_path is not None else ""
+    return (f"The nightshift daemon is not running at {base_url}{where} ({why}). Start it with "
+            f"{start_hint(_config_path)}.", 1)
+
+
+def _reachable(base_url: str) -> bool:
+    try:
+        _get(base_url, "/healthz")
+    except urllib.error.HTTPError:
+        return True  # something answers: a daemon (the token's problem is then the real one)
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
 
 
 def _sentence(text: str) -> str:
@@ -92,12 +129,14 @@ def events(base_url: str, limit: int = 20, kind: str | None = None) -> tuple[str
 def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, int]:
     try:
         token = auth.read_token(token_file)
-    except FileNotFoundError:
-        return (f"There is no API token at {token_file}. The daemon creates it on its first "
-                "start; run this as a user who can read the daemon's state directory.", 1)
-    except PermissionError:
-        return f"Cannot read the API token {token_file}: permission denied (try sudo).", 1
-    except auth.InsecureTokenFile as e:
+    except (FileNotFoundError, PermissionError, auth.InsecureTokenFile) as e:
+        if not _reachable(base_url):  # no daemon: say that first, not the token's problem
+            return _not_running(base_url, "nothing answers")
+        if isinstance(e, FileNotFoundError):
+            return (f"There is no API token at {token_file}. The daemon creates it on its first "
+                    "start; run this as a user who can read the daemon's state directory.", 1)
+        if isinstance(e, PermissionError):
+            return f"Cannot read the API token {token_file}: permission denied (try sudo).", 1
         return f"refusing to use the API token: {e}", 1
     req = urllib.request.Request(f"{base_url}/control/{action}", method="POST", data=b"",
                                  headers={"Authorization": f"Bearer {token}"})
