@@ -18,7 +18,6 @@ store's events after a daemon start); the failover's deadline check uses the sam
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +119,10 @@ def _governor(s: Supervisor, r: Any, mono: float) -> dict[str, Any] | None:
                                 governed_s=governed, top_mhz=g.top or 2700)}
 
 
-def _eta_at(eta: float | None, est: Any) -> dict[str, Any]:
-    """The ETA as wall-clock times (epoch seconds): when it ends, and the range while uncertain.
-    Wall time from ``time.time()``, not the Supervisor's clock, which measures durations."""
+def _eta_at(eta: float | None, est: Any, wall: float) -> dict[str, Any]:
+    """The ETA as wall-clock times (epoch seconds): when it ends, and the range while uncertain."""
     if eta is None or not math.isfinite(eta):
         return {"eta_at": None, "eta_low_at": None, "eta_high_at": None}
-    wall = time.time()
     lo = getattr(est, "low_s", None)
     hi = getattr(est, "high_s", None)
     return {"eta_at": round(wall + eta),
@@ -157,7 +154,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     eta = est.seconds if est is not None else None
     if s.state == State.REMOTE:
         eta = cloud.get("eta_s")
-    eta_at = _eta_at(eta, est if s.state != State.REMOTE else None)
+    eta_at = _eta_at(eta, est if s.state != State.REMOTE else None, now)
     owner = shown_hold(holds)
     doc = {
         "state": s.state.value,

@@ -1224,7 +1224,7 @@ class Supervisor(RemoteSteps):
         self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
                        and last is not None and last >= self._duty_pid_t)
         # the net rate's clock runs while the job is on its way without waiting for a person
-        self.progress.note(now, self.facts.step, self.state.value in LOCAL_STATES
+        self.progress.note(self.mono(), self.facts.step, self.state.value in LOCAL_STATES
                            and not ({"user", "schedule"} & set(self.holds)))
 
     def local_eta_s(self, now: float) -> float | None:
