@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 
 import pytest
@@ -19,14 +20,16 @@ SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--b
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cloud(tmp_path):
-    # The first run (100 steps at <= 5 steps/s: 20 s) alone finishes well before the 90 s
-    # deadline even on a machine four times slower than that cap, so the failover's own "local
-    # ETA misses the deadline" rule never fires for it; the queue (+ 500 steps: 100 s more) cannot
-    # finish locally at any speed. Only the queue plan can move the first run to the stand-in
-    # cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env). The test once
-    # used two equal runs against a deadline between one and two runs' time: on a loaded machine
-    # the first run alone missed it, the ETA rule moved it first, and no plan was ever made.
+    # The first run (100 steps at <= 5 steps/s: 20 s) alone finishes before the 90 s deadline
+    # on a machine up to four times slower than that cap; the queue (+ 500 steps: 100 s more)
+    # cannot finish locally at any speed: the queue plan moves the first run to the stand-in
+    # cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env). On a machine so
+    # loaded that the first run alone misses the deadline, the failover's own "local ETA misses
+    # the deadline" rule moves it first (seen at load 20: 3 steps in 23 s), which is right too:
+    # which rule decides is tested with plain values (test_queue.py); this test is about the
+    # real parts carrying the move out and bringing every result home, so it accepts either.
     steps = {"first": 100, "second": 500}
     ref = [sys.executable, "-m", "trainer.reference", *SMALL]
     cfg = write_config(tmp_path, {
@@ -44,8 +47,12 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     cfg.write_text(text)
     d = start_daemon(cfg)
     try:
-        out, _ = d.communicate(timeout=240)
+        out, _ = d.communicate(timeout=540)
         assert d.returncode == 0, out[-3000:]
+    except subprocess.TimeoutExpired:
+        kill_group(d)
+        out, _ = d.communicate(timeout=30)
+        raise AssertionError(f"the queue did not finish in 540 s; the daemon said:\n{out[-4000:]}") from None
     finally:
         kill_group(d)
     con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
@@ -55,11 +62,14 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     assert all(r["state"] == "succeeded" for r in runs)
     moved = [r for r in runs if r["remote_backend"] == "local"]
     assert moved and all(r["cloud_cost_usd"] > 0 for r in moved)
-    assert runs[0]["remote_backend"] == "local", "the queue plan moves the first run"
+    assert runs[0]["remote_backend"] == "local", "the first run goes to the cloud"
     plans = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='queue_plan'")]
-    assert any("go to the cloud" in m for m in plans), plans
     offloaded = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offloaded'")]
-    assert "from step_" in offloaded[0] and "queue plan:" in offloaded[0], offloaded
+    assert "from step_" in offloaded[0], offloaded
+    if "queue plan:" in offloaded[0]:
+        assert any("go to the cloud" in m for m in plans), plans  # the plan was said before the move
+    else:
+        assert "the local ETA misses the deadline" in offloaded[0], offloaded
     assert con.execute("SELECT COUNT(*) FROM events WHERE kind='pulled'").fetchone()[0] == len(moved)
     vol = tmp_path / "volume"
     assert any((vol / v / "run" / "progress.jsonl").exists() for v in (p.name for p in vol.iterdir()))
