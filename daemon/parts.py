@@ -32,15 +32,18 @@ def detector(cfg: dict[str, Any], sim: Any, sensor: Any = None) -> Any:
         return None
     from daemon.resets import ResetDetector
     sysfs_root, kernel_log = cfg["gpu"]["sysfs_root"], cfg["resets"]["kernel_log"]
-    merge = 60.0
+    merge, rate = 60.0, 1.0
     if sim is not None:
         sysfs_root, kernel_log = str(sim.root), str(sim.root / "kmsg.log")
         # under time compression a simulated minute is shorter: two resets must not merge
-        merge = max(2.0, 60.0 / float(cfg["gpu"]["simulated"].get("time_scale", 1.0)))
-    # only the watched GPU's resets count (an APU beside a discrete card logs both)
+        rate = float(cfg["gpu"]["simulated"].get("time_scale", 1.0))  # its kernel clock's pace
+        merge = max(2.0, 60.0 / rate)
+    # only the watched GPU's resets count (an APU beside a discrete card logs both); a line
+    # naming no card is ours only when it is the only amdgpu card
     device = getattr(sensor, "pci_address", None) if sensor is not None else None
+    cards = sum(1 for c in getattr(sensor, "cards", None) or [] if c.driver == "amdgpu")
     return ResetDetector(cfg["resets"], sysfs_root=sysfs_root, kernel_log=kernel_log,
-                         merge_window_s=merge, device=device)
+                         merge_window_s=merge, device=device, cards=max(cards, 1), log_rate=rate)
 
 
 def notifier(cfg: dict[str, Any]) -> Any:

@@ -45,7 +45,9 @@ def test_a_whole_780m_mes_hang_sequence_is_one_reset(tmp_path):
         for i, line in enumerate(RESET_LINES):
             f.write(kmsg_line(2 + i * 0.1, line))
     assert det.poll() == []  # not settled yet
-    clock.t += 3
+    clock.t += 15
+    assert det.poll() == []  # the kernel has not been quiet for quiet_s (20 s) yet
+    clock.t += 10
     evs = det.poll()
     assert len(evs) == 1
     assert evs[0].sources == ["kernel"] and len(evs[0].lines) == len(RESET_LINES)
@@ -62,14 +64,14 @@ def test_sources_seeing_the_same_reset_merge_and_a_later_one_is_separate(tmp_pat
     det.poll()
     det.note_sensor(Reading(t=clock.t + 0.5, resetting=True))
     det.note_job_exit("HW Exception by GPU node-1 (Agent handle: 0x55) reason :GPU Hang", clock.t + 1)
-    clock.t += 5
+    clock.t += 25
     evs = det.poll()
     assert len(evs) == 1 and sorted(evs[0].sources) == ["job", "kernel", "sensor"]
     clock.t += 600
     with open(log, "a") as f:
         f.write(kmsg_line(700, RESET_LINES[0]))
     det.poll()
-    clock.t += 5
+    clock.t += 25
     assert len(det.poll()) == 1
 
 
@@ -161,7 +163,7 @@ def test_the_event_time_is_the_kernels_not_the_poll_that_read_it(tmp_path):
                         boot_time=1_700_000_000.0)
     log.write_text(kmsg_line(8210.402113, RESET_LINES[0]))
     det.poll()
-    clock.t += 5
+    clock.t += 25
     [ev] = det.poll()
     assert ev.t == pytest.approx(1_700_008_210.402113)
 
@@ -177,12 +179,12 @@ def test_another_gpus_reset_is_not_counted_when_the_watched_device_is_known(tmp_
         for i, line in enumerate(RESET_LINES):
             f.write(kmsg_line(99 + i * 0.01, line.replace("0000:c4:00.0", "0000:03:00.0")))
     det.poll()
-    clock.t += 5
+    clock.t += 25
     assert det.poll() == []
     with open(log, "a") as f:
-        f.write(kmsg_line(104.5, RESET_LINES[0]))
+        f.write(kmsg_line(124.5, RESET_LINES[0]))
     det.poll()
-    clock.t += 5
+    clock.t += 25
     assert len(det.poll()) == 1
 
 
@@ -195,7 +197,7 @@ def test_the_simulated_gpus_resets_are_one_each_with_its_jobs_death(tmp_path):
     sim = SimulatedGPU(tmp_path, {"time_scale": 60.0, "reset_duration_s": 30.0}, clock=clock,
                        load_fn=lambda: 1.0)
     det = ResetDetector({"sources": ["kmsg", "sensor", "job"]}, kernel_log=str(sim.kmsg),
-                        clock=clock, merge_window_s=2.0)
+                        clock=clock, merge_window_s=2.0, log_rate=60.0)
     events = []
     for ticks in (30, 100):  # 3 s, then 10 s, at 0.1 s; the daemon polls every 0.5 s
         sim.inject_reset()

@@ -20,10 +20,10 @@ LOGS = Path(__file__).parent / "fixtures" / "kernel_logs"
 BOOT = 1_700_000_000.0  # wall time at kernel timestamp 0 (injected: the real one is the machine's)
 HW_EXCEPTION = "HW Exception by GPU node-1 (Agent handle: 0x5581e2c4a0f0) reason :GPU Hang\nAborted"
 
-SEQUENCES = {  # fixture -> signature of its first line
+SEQUENCES = {  # fixture -> the signature naming its cause
     "mes_hang_780m_6_8.log": "mes_hang",
     "mes_hang_780m_6_15.log": "mes_hang",
-    "ring_reset_escalates_6_12.log": "devcoredump",
+    "ring_reset_escalates_6_12.log": "ring_timeout",  # the cause, not the first line
     "mes_response_msg3_6_5.log": "mes_hang",
     "mes1_respond_6_13.log": "mes_hang",
     "kfd_reset_7840u_journal.log": "gpu_reset_begin",

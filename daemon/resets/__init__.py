@@ -1,5 +1,6 @@
 """Reset detection: kernel log, uevents, devcoredump, sensor EPERM, the job's dying message."""
 
-from daemon.resets.detector import ResetDetector, ResetEvent
+from daemon.resets.detector import ResetDetector
+from daemon.resets.incident import ResetEvent
 
 __all__ = ["ResetDetector", "ResetEvent"]

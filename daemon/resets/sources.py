@@ -202,4 +202,14 @@ class Devcoredump:
         now = self._scan()
         new = sorted(now - self.seen)
         self.seen = now
-        return new
+        return [f"{line} (device {self.failing_device(line)})" for line in new]
+
+    def failing_device(self, line: str) -> str:
+        """The PCI address of the card that dumped: devcdN/failing_device links to it, a card's
+        devcoredump/data sits in its device directory. "unknown" when neither resolves."""
+        path = Path(line.split(" ", 1)[1])
+        dev = path / "failing_device" if path.name.startswith("devcd") else path.parent.parent
+        try:
+            return dev.resolve(strict=True).name
+        except OSError:
+            return "unknown"
