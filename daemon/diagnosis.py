@@ -62,8 +62,26 @@ def classify_reset(temps: dict[str, Any] | None, cfg_thermal: dict[str, Any]) ->
     return "normal"
 
 
-def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagnosis:
-    """Verdict over the night's resets (each a dict with "temps": {"edge_c", "tctl_c"})."""
+def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any], *, faults: int = 0,
+             soft_recoveries: int = 0) -> Diagnosis:
+    """Verdict over the night's resets (each a dict with "temps": {"edge_c", "tctl_c"}); GPU
+    faults and soft recoveries are not resets: they get a line of their own, never a vote."""
+    d = _diagnose_resets(resets, cfg_thermal)
+    extra = []
+    if faults:
+        extra.append(f"{faults} GPU page fault{'s' if faults != 1 else ''} in the job: usually "
+                     "the job's or ROCm's bug, not the chip.")
+    if soft_recoveries:
+        extra.append(f"{soft_recoveries} soft recover{'ies' if soft_recoveries != 1 else 'y'} "
+                     "(a hung ring recovered without a reset; often another program's).")
+    if not extra:
+        return d
+    summary = d.summary if resets else ""
+    return Diagnosis(d.heat_correlated, _lines(*summary.splitlines(), *extra),
+                     d.mitigations, d.hot, d.normal, d.unknown)
+
+
+def _diagnose_resets(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagnosis:
     kinds = [classify_reset(r.get("temps"), cfg_thermal) for r in resets]
     hot, normal, unknown = kinds.count("hot"), kinds.count("normal"), kinds.count("unknown")
     known = hot + normal

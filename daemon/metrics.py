@@ -1,6 +1,7 @@
 """Prometheus exposition of the status, through prometheus-client, on a per-app registry.
 
 Counts that only grow within a run are counters (``nightshift_resets_total``,
+``nightshift_soft_recoveries_total``, ``nightshift_gpu_faults_total``,
 ``nightshift_restarts_total``, ``nightshift_pauses_total``, ``nightshift_steps_lost_total``), so
 ``rate()`` and ``increase()`` work on them; they start again at 0 for a new run, which
 Prometheus treats as a counter reset. Everything that can go down is a gauge. A value the
@@ -20,7 +21,10 @@ from daemon.states import ALL_STATES as STATES
 
 # (metric name without _total, status key, help)
 COUNTERS = (
-    ("nightshift_resets", ("resets", "total"), "GPU resets in this run"),
+    ("nightshift_resets", ("resets", "total"), "GPU resets in this run (one per incident)"),
+    ("nightshift_soft_recoveries", ("resets", "soft_recoveries", "total"),
+     "ring timeouts the kernel recovered without a reset, in this run"),
+    ("nightshift_gpu_faults", ("resets", "faults", "total"), "GPU page faults in this run"),
     ("nightshift_restarts", ("restarts",), "job restarts in this run"),
     ("nightshift_pauses", ("pauses",), "times the job was paused (heat, user, schedule) in this run"),
     ("nightshift_steps_lost", ("steps_lost",), "steps recomputed after restarts in this run"),
@@ -34,6 +38,14 @@ GAUGES = (
     ("nightshift_eta_steady_seconds", ("eta_steady_s",), "seconds to finish at the steady rate"),
     ("nightshift_duty_cycle_ratio", ("duty_cycle",), "time training / wall time, last hour"),
     ("nightshift_resets_in_window", ("resets", "in_window"), "GPU resets in the configured window"),
+    ("nightshift_kernel_resets_in_window", ("resets", "kernel_resets_in_window"),
+     "kernel resets inside those incidents (a 780M hang often needs two)"),
+    ("nightshift_soft_recoveries_in_window", ("resets", "soft_recoveries", "in_window"),
+     "soft recoveries in the configured window"),
+    ("nightshift_gpu_faults_in_window", ("resets", "faults", "in_window"),
+     "GPU page faults in the configured window"),
+    ("nightshift_gpu_unattributed_in_window", ("resets", "unattributed", "in_window"),
+     "GPU incidents naming no card (several amdgpu cards), not counted toward offload"),
     ("nightshift_power_watts", ("power_w",), "GPU power"),
     ("nightshift_gpu_busy_percent", ("gpu_busy_pct",), "GPU busy"),
     ("nightshift_checkpoint_age_seconds", ("checkpoint", "age_s"), "age of the newest checkpoint"),

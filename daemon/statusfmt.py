@@ -143,8 +143,14 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     r = st.get("resets") or {}
     resets = (f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
               f"{r.get('total', 0)} in this run." if r.get("total") else "none in this run.")
+    kr = r.get("kernel_resets_in_window") or 0
+    if kr > (r.get("in_window") or 0):  # one incident, several kernel resets: said, not counted
+        resets = resets.replace(" in the last", f" ({kr} kernel resets) in the last", 1)
     heat = _heat(r)
     lines += field("reset", resets + (f" {heat}" if heat else ""))
+    other = _other_incidents(r)
+    if other:
+        lines += field("fault", other)
     cloud = st.get("cloud") or {}
     if st.get("backend") == "cloud" or (cloud.get("cost_usd") or 0) > 0:
         remote = cloud.get("remote") or {}
@@ -170,6 +176,18 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     for p in st.get("problems") or []:
         lines += field("!", _sentence(p))
     return "\n".join(lines) + "\n"
+
+
+def _other_incidents(r: dict[str, Any]) -> str:
+    """Soft recoveries, GPU faults and unattributed incidents: not resets, shown apart."""
+    parts = []
+    for key, one, many in (("faults", "GPU page fault", "GPU page faults"),
+                           ("soft_recoveries", "soft recovery", "soft recoveries"),
+                           ("unattributed", "incident naming no card", "incidents naming no card")):
+        n = (r.get(key) or {}).get("total") or 0
+        if n:
+            parts.append(f"{n} {one if n == 1 else many}")
+    return (", ".join(parts) + " in this run (not resets).") if parts else ""
 
 
 def _eta_lines(st: dict[str, Any], now: float | None = None) -> list[str]:

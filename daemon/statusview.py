@@ -140,7 +140,6 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
                 "adopted": f.checkpoint.get("adopted"),
                 "name": Path(str(f.checkpoint["path"])).name,
                 "age_s": round(now - f.checkpoint["t"], 1) if f.checkpoint.get("t") else None}
-    diag = s.diagnosis
     cloud = _cloud(s, run, now)
     holds = frozenset(s.holds)
     word, detail = display_state(s.state, holds)
@@ -185,14 +184,10 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "sensor": getattr(r, "source", None) or (None if r is None else "unknown"),
         "gpu": {"card": getattr(s.p.sensor, "card", None),
                 "why": getattr(s.p.sensor, "card_reason", None)},
-        "resets": {
-            "in_window": s.resets_in_window(now),
-            "total": run.get("resets", 0),
-            "window_s": s.cfg["resets"]["window_s"],
-            "heat_correlated": getattr(diag, "heat_correlated", None),
-            "diagnosis": getattr(diag, "summary", None),
-            "mitigations": list(getattr(diag, "mitigations", []) or []),
-        },
+        # resets count toward offload, the rate and the diagnosis; soft recoveries and faults
+        # are shown apart (daemon/resets/resetlog.py)
+        "resets": {**s.reset_log.status(now, s.run_id or None), "total": run.get("resets", 0),
+                   "window_s": s.cfg["resets"]["window_s"]},
         "backend": "cloud" if run.get("backend") == "cloud" else "local",
         "cloud": cloud,
         "checkpoint": ckpt,

@@ -83,7 +83,9 @@ CREATE TABLE IF NOT EXISTS resets (
     signature TEXT,
     lines TEXT NOT NULL,
     temps TEXT NOT NULL,
-    step INTEGER
+    step INTEGER,
+    kind TEXT NOT NULL DEFAULT 'reset',
+    info TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY,
@@ -388,6 +390,11 @@ class Store:
         for name, decl in _ADDED_COLUMNS:
             if name not in have:
                 self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+        # GPU incidents have kinds (issue 26): reset, soft_recovery, fault; info = label, device...
+        have = {r["name"] for r in self.db.execute("PRAGMA table_info(resets)")}
+        for name, decl in (("kind", "TEXT NOT NULL DEFAULT 'reset'"), ("info", "TEXT")):
+            if name not in have:
+                self.db.execute(f"ALTER TABLE resets ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.retry_pending()
@@ -537,12 +544,20 @@ class Store:
 
     # -- resets -----------------------------------------------------------------------------
     def add_reset(self, run_id: int | None, t: float, sources: list[str], lines: list[str],
-                  temps: dict[str, Any], signature: str | None = None, step: int | None = None) -> int:
+                  temps: dict[str, Any], signature: str | None = None, step: int | None = None,
+                  kind: str = "reset", info: dict[str, Any] | None = None) -> int:
         cur = self.db.execute(
-            "INSERT INTO resets(run_id, t, sources, signature, lines, temps, step) VALUES (?,?,?,?,?,?,?)",
-            (run_id, t, json.dumps(sources), signature, json.dumps(lines), json.dumps(temps), step),
+            "INSERT INTO resets(run_id, t, sources, signature, lines, temps, step, kind, info) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (run_id, t, json.dumps(sources), signature, json.dumps(lines), json.dumps(temps), step,
+             kind, json.dumps(info) if info is not None else None),
         )
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
+
+    def update_reset(self, row_id: int, kind: str, lines: list[str], info: dict[str, Any]) -> None:
+        """A GPU incident the kernel logged more of: its kind and lines, revised in place."""
+        self.db.execute("UPDATE resets SET kind=?, lines=?, info=? WHERE id=?",
+                        (kind, json.dumps(lines), json.dumps(info), row_id))
 
     def resets(self, run_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM resets WHERE 1=1", []
@@ -557,6 +572,7 @@ class Store:
             d = dict(row)
             for k in ("sources", "lines", "temps"):
                 d[k] = json.loads(d[k])
+            d["info"] = json.loads(d["info"]) if d.get("info") else None
             out.append(d)
         return out
 

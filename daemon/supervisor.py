@@ -38,6 +38,7 @@ from daemon.offloader import Offloader
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.timebase import clock_step
+from daemon.resets.resetlog import ResetLog
 from daemon.runbook import RunBook
 from daemon.states import ENDED_STATES, LOCAL_STATES, State
 from daemon.status import JobFacts
@@ -112,11 +113,10 @@ class Supervisor(RemoteSteps):
         self.probe_task: asyncio.Task | None = None
         self.probe_result: bool | None = None
         self.gpu_unusable = False
-        self.reset_times: list[float] = []
-        self.reset_rows: list[dict[str, Any]] = []
-        self.diagnosis: Any = None
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
         self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
+        # GPU incidents: counts per kind, the window, the diagnosis (daemon/resets/resetlog.py)
+        self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
         self.readings: collections.deque = collections.deque(maxlen=120)
         self.edges: collections.deque[tuple[float, float]] = collections.deque(maxlen=20)  # (mono, edge_c)
         self.last_reading: Any = None
@@ -269,12 +269,7 @@ class Supervisor(RemoteSteps):
         for rec in self.runner.records():
             self._observe_record(rec, replay=True)
         # resets belong to the machine, not the run: a queue's next run inherits the count
-        for r in self.store.resets(None, since=self.clock() - float(self.cfg["resets"]["window_s"])):
-            self.reset_times.append(float(r["t"]))
-            self.reset_rows.append({"t": r["t"], "temps": r["temps"]})
-        if self.reset_rows:
-            from daemon.diagnosis import diagnose
-            self.diagnosis = diagnose(self.reset_rows, self.cfg["thermal"])
+        self.reset_log.load(self.clock())
         for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
             if c["stall_s"] is not None:
                 self.facts.checkpoint_costs.append(float(c["stall_s"]))
@@ -409,16 +404,12 @@ class Supervisor(RemoteSteps):
             self._poll_resets()
         sig = _gpu_signature(tail)
         pending = self.p.detector.pending_t() if self.p.detector is not None else None
-        near = rules.reset_explains_death(now, self.reset_times, started_at=started or 0.0,
-                                          pending_t=pending)
+        # a reset or a GPU fault (not a soft recovery: the compositor's) explains the death
+        near = rules.reset_explains_death(now, self.reset_log.death_times(),
+                                          started_at=started or 0.0, pending_t=pending)
         info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=near,
                              step=self.facts.step, asked_to_exit=intent is not None,
                              done=self.facts.done)
-        if info.kind == "gpu_fault" and self.p.detector is None and \
-                not rules.reset_explains_death(now, self.reset_times):
-            from daemon.resets import ResetEvent  # no detector: the dying message is the witness
-            self._on_reset(ResetEvent(t=now, sources=["job"], lines=tail.splitlines()[-5:],
-                                      signature=info.detail))
         if info.kind == "success":
             self._finish()
             self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
@@ -911,7 +902,7 @@ class Supervisor(RemoteSteps):
             if cost is None or not rate:
                 self.interval_explanation = "auto: waiting for a measured checkpoint cost and step rate"
                 return
-            steps, why = auto_interval_steps(cost, list(self.reset_times), now, rate,
+            steps, why = auto_interval_steps(cost, self.reset_log.reset_times(), now, rate,
                                              since=self.run.get("created"))
         if steps != self.interval_steps:
             changed = self.interval_steps is not None
@@ -929,24 +920,19 @@ class Supervisor(RemoteSteps):
         return {}
 
     def _on_reset(self, ev: Any) -> None:
-        temps = ev.temps or self._temps_before(ev.t)
-        ev.temps = temps
-        if self.stored(self.store.add_reset, self.run_id, ev.t, list(ev.sources), list(ev.lines),
-                       temps, getattr(ev, "signature", None), self.facts.step):
-            self.stored(self.store.increment, self.run_id, "resets")
-        self.reset_times.append(ev.t)
-        self.reset_rows.append({"t": ev.t, "temps": temps})
-        from daemon.diagnosis import diagnose
-        self.diagnosis = diagnose(self.reset_rows, self.cfg["thermal"])
-        edge = temps.get("edge_c")
-        self.event("reset", f"GPU reset ({', '.join(ev.sources)}){_at_step(self.facts.step)}; edge "
-                   f"{'unknown' if edge is None else f'{edge:.0f} C'} just before. "
-                   f"{self.diagnosis.headline}", "warn", sources=list(ev.sources),
-                   lines=list(ev.lines)[:20], temps=temps)
+        """One GPU incident (or a revision of one): the reset log records it, we apply."""
+        rec = self.reset_log.record(ev, ev.temps or self._temps_before(ev.t), self.run_id or None,
+                                    self.facts.step)
+        for counter, by in rec.counters.items():  # run state: ours to write
+            self.stored(self.store.increment, self.run_id, counter, by)
+        self.event(rec.event_kind, rec.message, rec.level, **rec.data)
+
+    @property
+    def diagnosis(self) -> Any:
+        return self.reset_log.diagnosis
 
     def resets_in_window(self, now: float) -> int:
-        w = float(self.cfg["resets"]["window_s"])
-        return sum(1 for t in self.reset_times if now - t <= w)
+        return self.reset_log.in_window(now)
 
     # ================================================================== recovery
     async def _recover(self, mono: float) -> None:
