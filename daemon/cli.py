@@ -26,7 +26,7 @@ EXIT_CODES = """exit codes:
   0    success
   1    another failure (the message says what)
   2    wrong command-line usage
-  75   another daemon already holds the state directory
+  75   another daemon already holds the state directory or the checkpoint directory
   78   the configuration is invalid (the message names the key and the file)
   128+N  the daemon was stopped by signal N (143 = SIGTERM)
 
@@ -104,13 +104,19 @@ def _base_url(cfg: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon import app, logs
-    from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_state_lock
+    from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_checkpoint_lock, acquire_state_lock
 
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
     try:  # before anything else touches the state dir: one daemon per state dir
         lock = acquire_state_lock(cfg["daemon"]["state_dir"])
     except StateDirLocked as e:
+        print(f"nightshift: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
+    try:  # and one per checkpoint dir (CheckpointDirLocked is a StateDirLocked)
+        ckpt_lock = acquire_checkpoint_lock(cfg["job"]["checkpoint_dir"])
+    except StateDirLocked as e:
+        lock.release()
         print(f"nightshift: {e}", file=sys.stderr)
         return EX_TEMPFAIL
     if lock.fallback is not None:  # a read-only or full state dir: run anyway, say what and where
@@ -123,8 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   cfg["daemon"]["state_dir"], lock.fallback.strerror, fb,
                   cfg["job"]["checkpoint_dir"], cfg["daemon"]["state_dir"])
     log.info("nightshiftd starting with %s", cfg["_path"])
-    with lock:
-        return asyncio.run(app.serve(cfg, new_run=args.new, resume_from=args.resume_from))
+    try:
+        with lock:
+            return asyncio.run(app.serve(cfg, new_run=args.new, resume_from=args.resume_from))
+    finally:
+        if ckpt_lock is not None:
+            ckpt_lock.release()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

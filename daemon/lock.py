@@ -30,7 +30,21 @@ class StateDirLocked(Exception):
         self.pid = pid
         who = f"pid {pid}" if pid else "another process"
         super().__init__(f"another nightshift daemon ({who}) is using the state dir {self.state_dir}; "
-                         "stop it first, or give this one its own [daemon] state_dir")
+                         "stop it first, or give this one its own [daemon] state_dir AND its own "
+                         "[job] checkpoint_dir (two daemons must share neither)")
+
+
+class CheckpointDirLocked(StateDirLocked):
+    """Another daemon holds the checkpoint dir's lock (its own state dir is elsewhere)."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, pid: int | None):
+        self.state_dir = self.checkpoint_dir = str(checkpoint_dir)
+        self.pid = pid
+        who = f"pid {pid}" if pid else "another process"
+        Exception.__init__(self, f"another nightshift daemon ({who}) is using the checkpoint dir "
+                           f"{self.checkpoint_dir}; its runs' checkpoints would mix with this "
+                           "one's: stop it first, or give each daemon its own [job] checkpoint_dir "
+                           "AND its own [daemon] state_dir")
 
 
 # Errors that mean "this state dir cannot be written" (not "someone else holds it"): a read-only
@@ -111,16 +125,17 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _take(path: Path, state_dir: Path) -> int:
-    """flock ``path`` (created 0600) and write our pid; StateDirLocked if held, OSError if the
-    file cannot be opened. A full disk may refuse the pid: the lock is held all the same."""
+def _take(path: Path, state_dir: Path, locked: type[StateDirLocked] = StateDirLocked) -> int:
+    """flock ``path`` (created 0600) and write our pid; ``locked`` (StateDirLocked) if held,
+    OSError if the file cannot be opened. A full disk may refuse the pid: the lock is held all
+    the same."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = _read_pid(fd)
         os.close(fd)
-        raise StateDirLocked(state_dir, pid) from None
+        raise locked(state_dir, pid) from None
     except BaseException:
         os.close(fd)
         raise
@@ -171,3 +186,25 @@ def acquire_state_lock(state_dir: str | os.PathLike) -> StateLock:
         os.close(fd)  # flock released with it; the fallback lock is the one that stays
         return StateLock(fb_fd, fb / LOCK_NAME, fallback=bad)
     return StateLock(fd, d / LOCK_NAME, extra_fds=(fb_fd,) if fb_fd is not None else ())
+
+
+CHECKPOINT_LOCK_NAME = ".nightshift-daemon.lock"
+
+
+def acquire_checkpoint_lock(checkpoint_dir: str | os.PathLike) -> StateLock | None:
+    """One daemon per checkpoint dir, as per state dir: two daemons with their own state dirs
+    but one checkpoint dir (the default "checkpoints" under a shared workdir) both wrote
+    ``run-1/``, and a killed job resumed the other daemon's model. CheckpointDirLocked if
+    another daemon holds it; None (and a warning) when the dir cannot be written at all -- the
+    job's checkpoints would fail too, and that is reported where it happens."""
+    d = Path(checkpoint_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = _take(d / CHECKPOINT_LOCK_NAME, d, CheckpointDirLocked)
+    except CheckpointDirLocked:
+        raise
+    except OSError as e:
+        log.warning("cannot lock the checkpoint dir %s: %s; another daemon using it would not "
+                    "be noticed", d, e.strerror)
+        return None
+    return StateLock(fd, d / CHECKPOINT_LOCK_NAME)

@@ -183,8 +183,11 @@ class Supervisor(RemoteSteps):
 
     @property
     def checkpoint_dir(self) -> str:
-        """This run's checkpoint namespace: a new run never picks up an older run's files."""
-        return str(Path(self.cfg["job"]["checkpoint_dir"]) / f"run-{self.run_id}")
+        """This run's checkpoint namespace: a new run never picks up an older run's files, nor
+        another state dir's run (daemon/ckptns.py)."""
+        from daemon import ckptns
+        return str(ckptns.namespace(self.cfg["job"]["checkpoint_dir"], self.run_id,
+                                    self.cfg["daemon"]["state_dir"]))
 
     # ================================================================== opening the run
     async def open(self) -> None:
