@@ -9,6 +9,9 @@ policy/supervise.py; the Supervisor carries them out through this port.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,6 +20,13 @@ from typing import Any
 
 from daemon.offload.base import JobSpec, OffloadBackend, OffloadError, RemoteStatus, UploadResult
 
+log = logging.getLogger("nightshift.offload")
+JOURNAL = "remote-calls.jsonl"  # in the run's directory: every call id, written the moment it exists
+
+
+class LaunchAborted(OffloadError):
+    """The daemon is shutting down: the upload happened, nothing was launched."""
+
 
 @dataclass(frozen=True)
 class Launched:
@@ -24,6 +34,7 @@ class Launched:
     backend: str
     upload: UploadResult
     warnings: tuple[str, ...] = ()  # e.g. --device cpu going to a paid GPU
+    adopted: bool = False  # a live call of this run found (launched before a crash), not a new one
 
 
 def run_key(job_name: str, run_id: int) -> str:
@@ -67,12 +78,81 @@ class Offloader:
         self.refused: dict[str, str] = {}
         self._calls: dict[str, dict[str, str]] = {}  # name -> {call_id: run key}, replayed on a rebuild
 
-    def for_run(self, run_id: int) -> None:
-        """Backends built for another run carry that run's files: build anew."""
+    def for_run(self, run_id: int, run_dir: Path | None = None) -> None:
+        """Backends built for another run carry that run's files: build anew. ``run_dir`` holds
+        the launch journal (every call id of the run, fsynced the moment it exists)."""
+        if run_dir is not None:
+            self.journal = Path(run_dir) / JOURNAL
         if run_id != self.run_id:
             self.run_id = run_id
             self._backends = dict(self._given)
             self._calls = {}
+
+    # ------------------------------------------------------------------ the launch journal
+    journal: Path | None = None
+
+    def _journal_write(self, entry: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        line = (json.dumps(entry) + "\n").encode()
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)  # a crash right after spawn must not lose the call id
+        finally:
+            os.close(fd)
+
+    def _journal_calls(self, name: str, key: str) -> list[str]:
+        """Call ids of this run on this backend not yet known to be over, newest first."""
+        if self.journal is None:
+            return []
+        try:
+            lines = self.journal.read_text().splitlines()
+        except OSError:
+            return []
+        live: list[str] = []
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue  # a torn last line (the crash itself)
+            if e.get("backend") != name or e.get("key") != key:
+                continue
+            if e.get("done"):
+                live = [c for c in live if c != e.get("call_id")]
+            elif e.get("call_id") and e["call_id"] not in live:
+                live.append(e["call_id"])
+        return live[::-1]
+
+    def _journal_call(self, name: str, key: str, call_id: str) -> None:
+        if call_id not in self._journal_calls(name, key):
+            self._journal_write({"backend": name, "key": key, "call_id": call_id})
+
+    def forget(self, name: str, call_id: str) -> None:
+        """The call is over (settled, pulled, given up on): a later launch need not look at it."""
+        try:
+            key = self._calls.get(name, {}).get(call_id) or ""
+            self._journal_write({"backend": name, "key": key, "call_id": call_id, "done": True})
+        except OSError as e:
+            log.warning("cannot write the launch journal: %s", e)
+
+    def _live_call(self, name: str, b: OffloadBackend, key: str) -> str | None:
+        """Before a launch: a call of this run still running on this backend (a crash after
+        spawn lost its id to the store). Never two paid GPUs for one run: a call we cannot
+        ask about stops the launch (retryable)."""
+        for call_id in self._journal_calls(name, key):
+            remember = getattr(b, "remember", None)
+            if remember is not None:
+                remember(call_id, key)
+            try:
+                st = b.poll(call_id)
+            except Exception as e:  # noqa: BLE001
+                raise OffloadError(f"call {call_id} of this run may still be running on {name} and it "
+                                   f"cannot be asked ({e}): not launching a second one", retryable=True) from None
+            if st.state == "running":
+                return call_id
+            self._journal_write({"backend": name, "key": key, "call_id": call_id, "done": True})
+        return None
 
     @property
     def names(self) -> list[str]:
@@ -130,12 +210,29 @@ class Offloader:
         return float(o["prices_usd_per_h"].get(o["gpu"], 0.0)) / 3600.0
 
     async def launch(self, name: str, key: str, checkpoint: Path | None, files: list[Path],
-                     spec: JobSpec) -> Launched:
+                     spec: JobSpec, proceed: Callable[[], bool] | None = None) -> Launched:
+        """Look for a live call of this run first (launched before a crash), else upload, ask
+        ``proceed`` (a SIGTERM during the upload: nothing is launched), launch. The call id is
+        journalled the moment the backend has it (``on_call``, called right after Modal's spawn,
+        before leaving ``app.run``), before anything else can fail."""
         b = self.backend(name)
+        live = await asyncio.to_thread(self._live_call, name, b, key)
+        if live is not None:
+            self.remember(name, live, key)
+            return Launched(live, name, UploadResult(0, 0.0), adopted=True)
         up = await asyncio.to_thread(b.upload, key, checkpoint, files)
-        call_id = await asyncio.to_thread(b.launch, key, spec)
+        if proceed is not None and not proceed():
+            raise LaunchAborted(f"shutting down: the upload to {name} is done but nothing was launched")
+        call_id = await asyncio.to_thread(self._launch, name, b, key, spec)
         self.remember(name, call_id, key)
         return Launched(call_id, name, up, tuple(getattr(b, "warnings", ()) or ()))
+
+    def _launch(self, name: str, b: OffloadBackend, key: str, spec: JobSpec) -> str:
+        if hasattr(b, "on_call"):
+            b.on_call = lambda call_id: self._journal_call(name, key, call_id)  # type: ignore[attr-defined]
+        call_id = b.launch(key, spec)
+        self._journal_call(name, key, call_id)
+        return call_id
 
     def remember(self, name: str, call_id: str, key: str) -> None:
         self._calls.setdefault(name, {})[call_id] = key
@@ -145,7 +242,7 @@ class Offloader:
             remember(call_id, key)
 
     async def relaunch(self, name: str, key: str, spec: JobSpec) -> str:
-        call_id = await asyncio.to_thread(self.backend(name).launch, key, spec)
+        call_id = await asyncio.to_thread(self._launch, name, self.backend(name), key, spec)
         self.remember(name, call_id, key)
         return call_id
 

@@ -13,6 +13,7 @@ class State(StrEnum):
     RECOVERING = "recovering"
     OFFLOADING = "offloading"
     REMOTE = "remote"
+    CANCELLING = "cancelling"  # the remote call asked to stop; waiting for its final commit
     PULLING = "pulling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -25,6 +26,8 @@ ALL_STATES = tuple(s.value for s in State)
 # the job is on this machine (or about to be): where failover may start from
 LOCAL_STATES = frozenset({State.RUNNING.value, State.COOLING.value, State.RECOVERING.value,
                           State.STARTING.value})
+# the job is on a remote backend, or its result on the way home (a call id is in the run row)
+REMOTE_STATES = frozenset({State.REMOTE, State.CANCELLING, State.PULLING})
 # a run in these states has ended; only a new run (`nightshift run --new`) follows
 ENDED_STATES = frozenset({State.SUCCEEDED.value, State.FAILED.value, State.CANCELLED.value,
                           State.INTERRUPTED.value})

@@ -24,7 +24,7 @@ from typing import Any
 from daemon import statusfmt
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
-from daemon.states import State
+from daemon.states import REMOTE_STATES, State
 
 # ``s`` below is the Supervisor, read only. It is not imported, not even for typing: data flows
 # from the Supervisor to this view, never back (no import cycle, type-only ones included).
@@ -40,24 +40,26 @@ def _num(x: Any) -> Any:
 
 def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
     o = s.cfg["offload"]
-    st = s.off.remote
+    st = s.remote.remote
     eta = None
     if st is not None and st.steps_per_s and st.total_steps and st.step is not None:
         eta = (st.total_steps - st.step) / st.steps_per_s
     names = s.p.offloader.names
+    est = s.remote.estimate
     backend = run.get("remote_backend") or (names[0] if names else "none")
     return {
-        "backend": backend, "where": s._where(backend),  # ssh: its box; else [offload] gpu
+        "backend": backend, "where": s.remote.where(backend),  # ssh: its box; else [offload] gpu
         "backends": names, "gpu": o["gpu"], "call_id": run.get("remote_call_id"),
         "cost_usd": round(s.cost_now(now), 4), "budget_usd": o["budget_usd"],
-        "estimate_usd": round(s.off.estimate.usd, 2) if s.off.estimate is not None and s.off.estimate.usd is not None else None,
-        "remote_state": getattr(st, "state", None), "problem": s.off.problem, "eta_s": _num(eta),
+        "estimate_usd": round(est.usd, 2) if est is not None and est.usd is not None else None,
+        "remote_state": getattr(st, "state", None), "problem": s.remote.problem, "eta_s": _num(eta),
         "remote": s.remote_description(),
     }
 
 
 _CLOUD_DETAIL = {State.OFFLOADING: "moving the job to the cloud",
                  State.REMOTE: "training in the cloud",
+                 State.CANCELLING: "stopping the cloud run (its final checkpoint first)",
                  State.PULLING: "bringing the result home"}
 _HOLD_DETAIL = {"user": "by you", "schedule": "by the schedule"}
 
@@ -204,7 +206,9 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "restarts": run.get("restarts", 0),
         "steps_lost": f.steps_lost,
         "pauses": run.get("pauses", 0),
-        "problems": sorted(set(s.problems.values()) | ({s.store.problem} if s.store.problem else set())),
+        "problems": sorted(set(s.problems.values()) | ({s.store.problem} if s.store.problem else set())
+                           # the cloud's (a cancel not confirmed: it may still be billing)
+                           | ({s.remote.problem} if s.remote.problem and s.state in REMOTE_STATES else set())),
         "store": {"problem": s.store.problem, "pending_writes": s.store.pending_writes,
                   "moved_aside": str(s.store.moved_aside) if s.store.moved_aside else None},
         "bad_progress_lines": {"count": s.runner.tail.bad_lines if s.runner is not None else 0,

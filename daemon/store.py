@@ -135,6 +135,7 @@ _RUN_FIELDS = {
     "restart_times", "remote_backend", "resume_from", "command", "env", "queue_id", "best_loss",
     "best_step", "climb_step", "final_loss", "ended", "night_start",
     "resume_command", "workdir", "config_hash", "created",  # a run's history (daemon/runbook.py)
+    "remote_state",  # the remote run's record (daemon/remote_run.Record)
 }
 # Columns added after the first release: (name, declaration), added to an older file on open.
 _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
@@ -147,7 +148,10 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   # when the night's queue began: [schedule] deadline_after_s counts from it
                   ("night_start", "REAL"),
                   # a run's own history, recorded at creation (issue 28, daemon/runbook.py)
-                  ("resume_command", "TEXT"), ("workdir", "TEXT"), ("config_hash", "TEXT"))
+                  ("resume_command", "TEXT"), ("workdir", "TEXT"), ("config_hash", "TEXT"),
+                  # the remote run's record (daemon/remote_run.Record, JSON): what follows the
+                  # pull, the cancel asked/confirmed, deaths per backend, a launch in flight
+                  ("remote_state", "TEXT"))
 
 
 log = logging.getLogger(__name__)

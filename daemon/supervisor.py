@@ -34,17 +34,17 @@ from daemon.governing import Governor, job_key
 from daemon.intent import ExitIntent, Why
 from daemon.jobproc import same_process_alive, stop_orphan
 from daemon.jobrunner import JobRunner
-from daemon.offloader import Offloader
+from daemon.offloader import Offloader, run_key
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.timebase import clock_step
+from daemon.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.resets.resetlog import ResetLog
 from daemon.runbook import RunBook
-from daemon.states import ENDED_STATES, LOCAL_STATES, State
+from daemon.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.status import JobFacts
 from daemon.store import TERMINAL_STATES, Store
 from daemon.storeguard import StoreGuard
-from daemon.supervise_remote import RemoteSteps, _Offload
 from trainer import protocol
 
 log = logging.getLogger("nightshift")
@@ -76,7 +76,7 @@ class Parts:
     job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
 
 
-class Supervisor(RemoteSteps):
+class Supervisor:
     def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time, mono=time.monotonic,
                  new_run: bool = False, resume_from: str | None = None):
         self.cfg = cfg
@@ -123,7 +123,7 @@ class Supervisor(RemoteSteps):
         self.interval_steps: int | None = None
         self.interval_explanation = ""
         self.age_warned: float | None = None
-        self.off = _Offload()
+        self.remote = RemoteRun(cfg, parts.offloader)  # the offload carried out (remote_run.py)
         self.last_event: dict[str, Any] | None = None
         self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
         self.stop_signal: int | None = None
@@ -248,7 +248,7 @@ class Supervisor(RemoteSteps):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        self.p.offloader.for_run(self.run_id)
+        self.p.offloader.for_run(self.run_id, self.run_dir)
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included
             evs = self.store.events(self.run_id, limit=5000)
@@ -257,9 +257,13 @@ class Supervisor(RemoteSteps):
             pass
         if self.p.governor is not None:
             self.gov = Governor(self.p.governor, self.store, job_key(self.job))  # last night's clock
-        if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING) and \
-                self.run.get("remote_call_id"):
-            self._reattach()
+        run = self.run
+        if self.state in REMOTE_STATES and run.get("remote_call_id"):
+            self._apply(self.remote.attach(run, self.state, self.clock()))
+        elif self.state == State.OFFLOADING and Record.load(run.get("remote_state")).launching:
+            # a launch was in flight: its call (if it started) is looked for before a second one
+            self.remote.resume_record(run)
+            self.remote.begin(self.clock(), "continuing the move to the cloud after a restart")
         elif self.state.value not in ENDED_STATES:
             # stopped, or interrupted anywhere local: continue from the newest checkpoint
             self.state = State.STARTING
@@ -422,6 +426,11 @@ class Supervisor(RemoteSteps):
             self._after_stop(intent)
             return
         if why == Why.OFFLOAD:
+            if self.shutting_down:  # SIGTERM while moving: nothing is launched (the money stays)
+                self.event("offload", "shutting down: the move to the cloud is cancelled, nothing "
+                           "launched; the run continues from its newest checkpoint at the next start")
+                self._after_stop(intents.SHUTDOWN)
+                return
             await self._launch_remote(now)
             return
         if intent is not None and why == Why.ROLLBACK:
@@ -562,13 +571,13 @@ class Supervisor(RemoteSteps):
         self.failure = None
         self.holds.pop("thermal", None)
         self.interval_steps = None
-        self.off = _Offload()
+        self.remote = RemoteRun(self.cfg, self.p.offloader)
         self.duty = type(self.duty)()  # a new run's duty cycle starts with it
         self.progress = eta_mod.ProgressMeter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        self.p.offloader.for_run(self.run_id)
+        self.p.offloader.for_run(self.run_id, self.run_dir)
         if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
             from daemon import parts as build
             self.p.divergence = build.divergence(self.cfg)
@@ -624,12 +633,15 @@ class Supervisor(RemoteSteps):
             self._liveness(now, mono)
         elif self.state == State.RECOVERING:
             await self._recover(mono)
-        elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None:
+        elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
+                and not self.shutting_down:
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
-            await self._remote(now)
+            self._apply(await self.remote.poll(now, self.run, self._job_spec()))
+        elif self.state == State.CANCELLING:
+            self._apply(await self.remote.cancelling(now, self.run))
         elif self.state == State.PULLING:
-            await self._pull(now)
+            self._apply(await self.remote.pull(now, self.run, Path(self.checkpoint_dir)))
 
     async def _maybe_start(self, now: float, mono: float) -> None:
         if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
@@ -1025,6 +1037,146 @@ class Supervisor(RemoteSteps):
         # Stopped without a checkpoint: the diverged weights must not become the newest one.
         self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.mono())
 
+    # ================================================================== the cloud
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out the remote run's decisions (daemon/remote_run.py), in order."""
+        for a in actions:
+            if isinstance(a, Save):
+                self._update_run(**a.fields)
+            elif isinstance(a, Emit):
+                self.event(a.kind, a.message, a.level, **(a.data or {}))
+            elif isinstance(a, Goto):
+                self.set_state(a.state, a.reason)
+            elif isinstance(a, Seen):
+                self._seen_remote(a.status)
+            elif isinstance(a, End):
+                self._end_remote(a)
+
+    def _seen_remote(self, st: Any) -> None:
+        if st.step is not None:
+            self.facts.step = st.step
+            self.facts.total_steps = st.total_steps or self.facts.total_steps
+        if st.loss is not None:
+            self.facts.loss = st.loss
+            self.facts.losses.append(st.loss)
+            if st.step is not None:  # the run's fingerprint covers its remote part too
+                self._remember_loss(int(st.step), float(st.loss))
+
+    def _end_remote(self, end: End) -> None:
+        if end.how == "fail":
+            self._fail(end.message)
+        elif end.how == "finish":
+            self._finish()
+            self._settle_stop(f"the run had already finished at step {self.facts.step}")
+        elif end.how == "stopped":
+            self.set_state(State.STOPPED, "stopped by the user; " + end.message.removeprefix("stopped; "))
+            self._settle_stop(end.message)
+        else:
+            self._restart_now(end.message)
+            if self.adopter is not None:  # a script's checkpoint came home in place: keep a copy now
+                self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
+
+    def cost_now(self, now: float) -> float:
+        return self.remote.cost_now(now, float(self.run.get("cloud_cost_usd") or 0.0))
+
+    def _deadline(self, now: float) -> float | None:
+        deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
+        after = self.cfg["schedule"]["deadline_after_s"]
+        if after is not None:
+            run = self.run  # from the queue's start, so the deadline does not move with each run
+            rel = float(run.get("night_start") or run.get("created") or now) + float(after)
+            deadline = rel if deadline is None else min(deadline, rel)
+        return deadline
+
+    def _consider_offload(self, now: float) -> None:
+        if self.state.value not in LOCAL_STATES or not self.remote.can_try(now) or self.shutting_down \
+                or self.exit_intent is not None:
+            return
+        from daemon.policy.failover import FailoverObs, decide_failover
+        names = self.p.offloader.usable  # a backend that refused our key is not tried again
+        spent = float(self.run.get("cloud_cost_usd") or 0.0)
+        obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
+                          gpu_unusable=self.gpu_unusable, local_eta_s=self.local_eta_s(now),
+                          deadline=self._deadline(now), forced=False,
+                          backend=names[0] if names else "none",
+                          budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
+                          # credentials refused by every backend listed (Offloader.refused)
+                          auth_ok=False if self.p.offloader.names and not names else None,
+                          state=self.state.value)
+        dec = decide_failover(obs, self.cfg)
+        if dec.offload:
+            self._begin_offload(now, dec.reason)
+            return
+        self._plan_queue(now, obs.budget_usd)
+
+    def _plan_queue(self, now: float, budget_left: float) -> None:
+        """With a deadline and runs waiting: will the whole queue finish? Move this run to the
+        cloud when the plan says so; say early what cannot finish."""
+        from daemon.policy.queueplan import QueueItem, plan_queue
+        waiting = self.store.queue()
+        deadline = self._deadline(now)
+        if not waiting or deadline is None:
+            return
+        o = self.cfg["offload"]
+        default = self.facts.total_steps or self.job["total_steps"] or 0
+        items = [QueueItem(f"run {self.run_id} ({self.job['name']})",
+                           max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
+        items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
+        names = self.p.offloader.usable
+        duty = self.duty.duty(now)
+        rate = self.facts.steps_per_s
+        if rate and duty is not None and duty.fraction > 0:
+            rate *= duty.fraction  # the night's real pace: pauses and restarts included
+        # the cloud's pace: [offload] remote_steps_per_s when set, else the speed-up of
+        # [offload] gpu; the stand-in cloud is a local process that starts in seconds
+        speedup = float(o["remote_steps_per_s"]) / rate if o["remote_steps_per_s"] and rate \
+            else float(o["speedup"].get(o["gpu"], 0.0))
+        from daemon.remote_run import LOCAL_STARTUP_S
+        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
+                          cloud_speedup=speedup if names else None,
+                          usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
+                          budget_usd=budget_left if self.p.offloader.available and names else 0.0,
+                          cloud_startup_s=LOCAL_STARTUP_S if names and names[0] == "local" else 120.0)
+        if plan is None:
+            return
+        if self.queue_plan is None or plan.reason != self.queue_plan.reason:
+            self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
+        self.queue_plan = plan
+        if plan.where(items[0].name) == "cloud" and self.p.offloader.available and names:
+            self._begin_offload(now, f"queue plan: {plan.reason}")
+
+    def _begin_offload(self, now: float, reason: str) -> None:
+        self.remote.begin(now, reason)
+        self.set_state(State.OFFLOADING, reason)
+        if self.runner.running:
+            self._ask_exit(intents.OFFLOAD, self.mono())  # its final checkpoint goes up with it
+
+    def _job_spec(self) -> Any:
+        from daemon.offload.base import JobSpec
+        j = self.job
+        return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
+                       env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
+                       checkpoint_interval=self.interval_steps)
+
+    async def _launch_remote(self, now: float) -> None:
+        info = await asyncio.to_thread(self._find_checkpoint, self.checkpoint_dir)
+        script = self._script_checkpoint()
+        job = LaunchJob(key=run_key(self.cfg["job"]["name"], self.run_id), checkpoint=info.path if info else None,
+                        # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
+                        files=[Path(self.cfg["job"]["workdir"]) / p for p in filter(None, [script])],
+                        spec=self._job_spec(),
+                        remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
+                        local_steps_per_s=self.facts.steps_per_s,
+                        source=info.path.name if info else script or "scratch")
+        self._apply(await self.remote.launch(now, job, persist=lambda f: self._update_run(**f),
+                                             proceed=lambda: self.stop_signal is None))
+
+    def remote_description(self) -> dict[str, Any] | None:
+        """What the backend says about the remote side (host, connection, state) for status."""
+        if self.state not in (*REMOTE_STATES, State.OFFLOADING) or not self.run.get("remote_backend"):
+            return None
+        return self.remote.describe()
+
     # ================================================================== commands
     def submit(self, action: str, arg: Any = None) -> asyncio.Future:
         """Queue a command for the next tick (HTTP handlers, signals, the config watcher)."""
@@ -1088,17 +1240,15 @@ class Supervisor(RemoteSteps):
             if not self.p.offloader.usable:  # every backend refused our credentials: say which
                 return {"ok": False, "message": "; ".join(self.p.offloader.refused.values())
                         + " (fix the config and save it: the backend is tried again)"}
-            self.off.next_attempt_at = 0.0
+            self.remote.retry_now()
             self._begin_offload(now, "forced by the user (nightshift offload)")
             return {"ok": True, "message": "moving the job to the cloud"}
         if action == "stop":
             if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
                 return {"ok": False, "message": f"nothing to stop: the run is {st}"}
             self.stop_asked_at = mono
-            if self.state == State.REMOTE:
-                await self._cancel_remote(now, "stopped by the user")
-                self.off.after_pull = "stopped"
-                self.set_state(State.PULLING, "stopped by the user: bringing the newest checkpoint home")
+            if self.state in REMOTE_STATES:  # cancelled, the final checkpoint home, then stopped
+                self._apply(self.remote.stop(now, self.state))
                 return self._answer_later(fut)
             if self.runner.running:
                 self._ask_exit(intents.STOP, mono)
@@ -1139,6 +1289,8 @@ class Supervisor(RemoteSteps):
             self._ask_exit(self.exit_intent or intents.SHUTDOWN, mono, graceful=True)
         elif self.state == State.REMOTE:
             self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
+        elif self.state in REMOTE_STATES:  # the record says what follows: the next start carries on
+            self.event("daemon", f"stopping while {self.state.value}; the next start carries on from here")
 
     def exit_code(self) -> int:
         return rules.exit_code(self.stop_signal, self.state.value)
@@ -1191,7 +1343,7 @@ class Supervisor(RemoteSteps):
             self.problems.pop("governor", None)
             if self.p.governor is not None:
                 self.gov = Governor(self.p.governor, self.store, job_key(self.job))
-        self._offload_config_changed(live)  # [offload.ssh] edited: a refused ssh is tried again
+        self._apply(self.remote.config_changed(live))  # [offload.ssh] edited: a refused ssh is tried again
         if live:
             self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")
         if reverted:

@@ -166,8 +166,7 @@ class FakeProc:
 
     def checkpoint(self) -> None:
         d = self.ckpt_dir / f"step_{self.step:09d}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "ok").write_text(str(self.step))
+        write_checkpoint(d, self.step)
         self.record("checkpoint", step=self.step, path=str(d), bytes=10, stall_s=0.01, persist_s=0.02)
 
     def _control(self) -> dict[str, Any]:
@@ -252,6 +251,21 @@ class FakeProc:
                 self.exit(0)
                 return
             self._obey()
+
+
+def write_checkpoint(d: Path, step: int) -> None:
+    """A tiny checkpoint that trainer.format.verify accepts (sizes and digests in meta.json),
+    the same bytes for the same step wherever it is written, plus the ``ok`` marker
+    find_fake_checkpoint looks for."""
+    from trainer.format import DIGEST, chunk_digests, digest_kind
+    d.mkdir(parents=True, exist_ok=True)
+    data = (f"weights at step {step}\n" * 4).encode()
+    fn = digest_kind({DIGEST: []})[1]
+    meta = {"step": step, "format": 2, "files": {"weights.bin": {"size": len(data), "chunk": 1 << 23,
+                                                                 DIGEST: chunk_digests(data, 1 << 23, fn=fn)}}}
+    (d / "weights.bin").write_bytes(data)
+    (d / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+    (d / "ok").write_text(str(step))
 
 
 class FakeFactory:

@@ -286,22 +286,24 @@ def test_a_job_oserror_is_the_jobs_failure_and_the_call_is_cancelled(calls):
 
 
 @pytest.mark.parametrize("exc", [mx.ServiceError("unavailable"), mx.InternalError("internal"),
-                                 mx.ConnectionError("reset"), mx.TimeoutError("deadline")])
-def test_modal_transport_errors_are_retried_but_never_unboundedly(calls, exc):
+                                 mx.ConnectionError("reset"), mx.TimeoutError("deadline"),
+                                 mx.ResourceExhaustedError("rate limited")])
+def test_modal_transport_errors_are_retryable_never_a_verdict_on_the_run(calls, exc):
+    """How long to keep trying is the daemon's call (policy/remote.py: 10 min), not a count
+    here: 50 rate-limited polls in a row still say nothing about the job, and never cancel it."""
     calls["fc-2"] = FakeCall([exc])
-    b = ModalBackend(CFG, poll_error_cap=3)
-    for i in (1, 2):
+    b = ModalBackend(CFG)
+    for _ in range(50):
         with pytest.raises(OffloadError) as e:
             b.poll("fc-2")
-        assert e.value.retryable and f"({i}/3)" in str(e.value)
-    st = b.poll("fc-2")
-    assert st.state == "failed" and "3 polls in a row" in st.error and calls["fc-2"].cancelled == 1
+        assert e.value.retryable and type(exc).__name__ in str(e.value)
+    assert calls["fc-2"].cancelled == 0
 
 
-def test_a_successful_poll_resets_the_error_count(calls):
+def test_polls_go_on_after_errors(calls):
     calls["fc-3"] = FakeCall([mx.ServiceError("x"), mx.ServiceError("x"), TimeoutError(), mx.ServiceError("x"),
                               mx.ServiceError("x"), TimeoutError()])
-    b = ModalBackend(CFG, poll_error_cap=3)
+    b = ModalBackend(CFG)
     states = []
     for _ in range(6):
         try:
@@ -356,9 +358,9 @@ def test_pull_fails_clearly_when_a_listed_file_is_missing_instead_of_retrying(mo
             raise FileNotFoundError(f"No such file: {path}")
 
     monkeypatch.setattr(modal.Volume, "from_name", staticmethod(lambda name, **kw: Vol()))
-    with pytest.raises(OffloadError, match="missing on the volume") as e:
+    with pytest.raises(OffloadError, match="no valid checkpoint") as e:
         ModalBackend(CFG).pull("k", "fc", Path("/tmp/nowhere-pull"))
-    assert not e.value.retryable
+    assert not e.value.retryable and not list(Path("/tmp/nowhere-pull").glob(".tmp-*"))
     shutil.rmtree("/tmp/nowhere-pull", ignore_errors=True)
 
 

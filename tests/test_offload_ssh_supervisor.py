@@ -55,6 +55,7 @@ class Box:
 
     def cancel(self, call_id):
         self.cancelled += 1
+        self.polls[:0] = [RemoteStatus(state="cancelled", step=50)]  # the runner TERMed: settled
 
     def pull(self, key, call_id, dest):
         self.pulled += 1
@@ -79,7 +80,7 @@ def test_ssh_status_names_the_box_not_modals_gpu_in_json_text_reason_and_estimat
         sup = await h.open()
         await h.run(3)
         assert (await h.command("offload"))["ok"]
-        await h.run(30, until=lambda s: s.state == State.REMOTE and s.off.remote is not None)
+        await h.run(30, until=lambda s: s.state == State.REMOTE and s.remote.remote is not None)
         st = sup.snapshot
         assert st["cloud"]["remote"]["host"] == f"gpu@{HOST}:22"
         assert st["cloud"]["remote"]["remote_state"] == "running"
@@ -186,7 +187,7 @@ def test_ssh_connection_dropped_keeps_the_remote_run_and_a_restarted_daemon_reat
         await h.run(30, until=lambda s: s.state == State.REMOTE)
         await h.run(4, dt=0.5)
         assert sup.state == State.REMOTE and "connection lost" in sup.snapshot["cloud"]["problem"]
-        await h.run(20, dt=0.5)  # the link is back: the same remote run, no relaunch
+        await h.run(90, dt=0.5)  # the link is back (seen within the backoff): the same remote run
         assert sup.state == State.REMOTE and sup.snapshot["cloud"]["problem"] is None
         assert box.launched == 1 and box.cancelled == 0
         call = sup.run["remote_call_id"]

@@ -318,7 +318,9 @@ def test_a_failing_port_becomes_an_event_and_the_daemon_lives_on(tmp_path):
         assert sup.state == State.REMOTE
         sensor.fail = True  # and a sensor that raises, too
         res = await asyncio.wait_for(_stop_soon(h), 30)
-        assert sup.state in (State.PULLING, State.STOPPED)
+        # the cancel keeps failing: retried, never taken as done (the call may still be billing)
+        assert sup.state == State.CANCELLING
+        assert "may still be running and billing" in sup.snapshot["cloud"]["problem"]
         assert any("cloud said no" in m for m in h.events("offload")), h.events()
         assert h.events("error") and not sup.done.is_set()
         assert res is None or isinstance(res, dict)
@@ -450,10 +452,11 @@ def test_an_unreachable_ssh_box_falls_back_to_the_next_backend_then_a_dying_job_
         sup = await h.open()
         await h.run(3)
         assert (await h.command("offload"))["ok"]
-        await h.run(700, dt=1.0, until=lambda s: s.run.get("remote_backend") == "local")
+        # 10 min of silence, the cancel confirmed, up to SETTLE_S for the call to settle, the pull tried
+        await h.run(1000, dt=1.0, until=lambda s: s.run.get("remote_backend") == "local")
         assert any("ssh unreachable for 10 min (connection refused); falling back to local" in m
                    for m in h.events("offload_failed"))
-        await h.run(60, dt=1.0, until=lambda s: s.state == State.RUNNING)
+        await h.run(300, dt=1.0, until=lambda s: s.state == State.RUNNING)
         assert sup.state == State.RUNNING and dying.launched == 1 + 5  # the first and 5 relaunches
         assert any("back to the local GPU" in m for m in h.events("offload_failed"))
     run(go())

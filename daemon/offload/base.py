@@ -19,6 +19,14 @@ class OffloadError(Exception):
         self.retryable = retryable
 
 
+class OffloadThrottled(OffloadError):
+    """The service answered "slow down" (a rate limit): reachable, so it never counts toward
+    the unreachable window; only the poll's backoff grows."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
 class OffloadAuthError(OffloadError):
     def __init__(self, message: str = "cloud credentials are missing: set MODAL_TOKEN_ID and "
                  "MODAL_TOKEN_SECRET (or run `modal token new`), then `nightshift offload`"):
@@ -53,6 +61,10 @@ class RemoteStatus:
     steps_per_s: float | None = None
     error: str | None = None
     started_at: float | None = None
+    # why an attempt died without a result (state "preempted"): None = the machine went away
+    # (relaunched up to policy.remote.MAX_PREEMPTIONS); "job" = the job's own death, e.g. the
+    # kernel OOM-killed it (relaunched up to MAX_JOB_DEATHS, then the next backend)
+    cause: str | None = None
 
 
 class OffloadBackend(ABC):

@@ -17,13 +17,21 @@ Behaviour checked against the modal 1.6.4 SDK source (no live call is possible h
   OSError from the job is the job's failure, not a network problem); a cancelled input ends as
   GENERIC_STATUS_TERMINATED without data, which ``get`` raises as ``RemoteError``; an attempt
   over its timeout is ``FunctionTimeoutError``; a Modal-side failure of the input is
-  ``InternalFailure``. Modal's ConnectionError / ServiceError / InternalError and its other
-  TimeoutErrors are about reaching Modal: retried, at most ``poll_error_cap`` polls in a row.
+  ``InternalFailure``. Modal's ConnectionError / ServiceError / InternalError /
+  ResourceExhaustedError (a rate limit: the SDK's gRPC layer does not retry RESOURCE_EXHAUSTED)
+  and its other TimeoutErrors are about reaching Modal: a retryable OffloadError, never a
+  verdict on the run (daemon/remote_run.py retries with backoff up to its unreachable window).
 - ``FunctionCall.cancel()`` makes the container send itself SIGUSR1, which the SDK turns into
   ``InputCancellation`` (a BaseException) in a sync body: run_remote catches it, TERMs the job,
   waits, adopts, commits, re-raises. ``poll`` keeps saying "running" until the call has settled,
-  then "cancelled": the daemon pulls only after the final checkpoint is on the volume.
-- ``Volume.read_file`` of a missing path raises the builtin FileNotFoundError: not retryable.
+  then "cancelled": the daemon pulls only after the final checkpoint is on the volume. The body
+  writes ``run/summary.json`` with "state": "final" just before its last commit: seen while
+  ``get`` still says running, the call has settled as far as the volume is concerned.
+- ``Volume.read_file`` of a missing path raises the builtin FileNotFoundError; ``listdir`` of a
+  missing path raises ``modal.exception.NotFoundError`` (the server's NOT_FOUND, unconverted).
+- A poll reads ``run/summary.json`` (a few hundred bytes), never the whole progress.jsonl.
+- ``spawn`` inside ``app.run``: the call id is handed to ``on_call`` (the launch journal) the
+  moment it exists; an error while leaving ``app.run`` after that does not lose the call.
 
 modal is imported lazily: the daemon runs without it unless [offload] backend = "modal".
 """
@@ -47,11 +55,13 @@ from daemon.offload.base import (
     OffloadAuthError,
     OffloadBackend,
     OffloadError,
+    OffloadThrottled,
     RemoteStatus,
     UploadResult,
     progress_summary,
 )
 from daemon.offload.carry import MANIFEST_DIR, Carry, manifest_name, newest_adopted_dir
+from daemon.offload.remote import PROGRESS_KEYS, SUMMARY
 
 log = logging.getLogger("nightshift.offload.modal")
 
@@ -59,7 +69,6 @@ MOUNT = "/vol"
 DATA_MOUNT = "/data"
 REMOTE_WORKDIR = "/job"
 TORCH_PIN = "torch==2.13.0"
-POLL_ERROR_CAP = 20  # retryable poll errors in a row before the run is called failed
 
 
 @dataclass(frozen=True)
@@ -167,11 +176,15 @@ def credentials_present() -> bool:
 
 
 def _reaching_modal(e: BaseException) -> bool:
-    """An error about reaching Modal (worth retrying), by the SDK's exception classes."""
+    """An error about reaching Modal (worth retrying), by the SDK's exception classes: what its
+    gRPC layer raises once its own retries are spent (UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED,
+    CANCELLED, UNKNOWN -> ServiceError/InternalError; OSError -> ConnectionError), and
+    RESOURCE_EXHAUSTED (a rate limit), which it raises at once."""
     import modal.exception as mx
     if isinstance(e, (mx.FunctionTimeoutError, mx.OutputExpiredError)):
         return False  # final outcomes of the call, not transport trouble
-    return isinstance(e, (mx.ConnectionError, mx.ServiceError, mx.InternalError, mx.TimeoutError))
+    return isinstance(e, (mx.ConnectionError, mx.ServiceError, mx.InternalError, mx.TimeoutError,
+                          mx.ResourceExhaustedError, mx.ClientClosed))
 
 
 def _translate(e: BaseException, what: str = "") -> OffloadError:
@@ -185,6 +198,19 @@ def _translate(e: BaseException, what: str = "") -> OffloadError:
         return OffloadError(f"cannot reach Modal{' (' + what + ')' if what else ''}: {e}", retryable=True)
     return OffloadError(f"Modal error{' (' + what + ')' if what else ''}: {type(e).__name__}: {e}",
                         retryable=False)
+
+
+def _same_checkpoint(local: Path, remote_meta: bytes) -> bool:
+    """A local step directory holding what the remote meta.json describes: the same meta (its
+    per-chunk digests name every byte) and files that verify."""
+    from trainer.format import CorruptCheckpoint, verify
+    try:
+        if json.loads((local / "meta.json").read_bytes()) != json.loads(remote_meta):
+            return False
+        verify(local)
+        return True
+    except (OSError, ValueError, CorruptCheckpoint):
+        return False
 
 
 def launch_warnings(job: JobSpec, gpu: str) -> list[str]:
@@ -202,14 +228,14 @@ def launch_warnings(job: JobSpec, gpu: str) -> list[str]:
 class ModalBackend(OffloadBackend):
     name = "modal"
 
-    def __init__(self, cfg_offload: dict[str, Any], carry: Carry | None = None,
-                 poll_error_cap: int = POLL_ERROR_CAP):
+    def __init__(self, cfg_offload: dict[str, Any], carry: Carry | None = None):
         self.cfg = cfg_offload
         self.carry = carry
-        self.poll_error_cap = max(1, int(poll_error_cap))
         self._keys: dict[str, str] = {}  # call id -> run key, to read the run's volume
-        self._errors: dict[str, int] = {}  # call id -> retryable poll errors in a row
+        self._volumes: dict[str, Any] = {}  # run key -> modal.Volume (looked up once)
         self._cancelling: set[str] = set()
+        self.on_call: Any = None  # set by the Offloader: journals a call id the moment it exists
+        self.bytes_read = 0  # bytes downloaded by polls (the bench's figure)
         self.warnings: list[str] = []
         self.last_sync: dict[str, dict[str, int]] = {}
 
@@ -301,19 +327,31 @@ class ModalBackend(OffloadBackend):
         try:
             app, function, _, s, _, _ = build_app(self.cfg, run_key, self.carry)
             spec = self.spec_for(job, s)
-            with app.run(detach=True):
-                fc = function.spawn(spec, MOUNT, True)
         except Exception as e:  # noqa: BLE001 - InvalidError from the build included
             raise _translate(e, "launch") from None
-        self._keys[fc.object_id] = run_key
-        return fc.object_id
+        call_id: str | None = None
+        try:
+            with app.run(detach=True):
+                call_id = function.spawn(spec, MOUNT, True).object_id
+                self._keys[call_id] = run_key
+                if self.on_call is not None:
+                    self.on_call(call_id)  # journalled before anything else can fail
+        except Exception as e:  # noqa: BLE001
+            if call_id is None:
+                raise _translate(e, "launch") from None
+            # the call exists and runs (detached): an error on the way out of app.run must not
+            # make the daemon launch a second paid GPU
+            log.warning("launched %s, then leaving app.run failed: %s: %s", call_id, type(e).__name__, e)
+        assert call_id is not None
+        return call_id
 
     # poll -------------------------------------------------------------------------------
     def poll(self, call_id: str) -> RemoteStatus:
         """The call's state. "running" until it has settled; "failed" for the job's own error
-        (the call is cancelled so it stops billing), a timed-out attempt, or Modal unreachable
-        ``poll_error_cap`` times in a row (cancel attempted); "cancelled" once a cancel settled;
-        "preempted" for a Modal-side failure of the input (the daemon may launch again)."""
+        (the call is cancelled so it stops billing) or a timed-out attempt; "cancelled" once a
+        cancel settled (or the body's final summary says so); "preempted" for a Modal-side
+        failure of the input (the daemon may launch again). Trouble reaching Modal raises a
+        retryable OffloadError: how long to keep trying is the daemon's call."""
         import modal
         import modal.exception as mx
         try:
@@ -328,9 +366,12 @@ class ModalBackend(OffloadBackend):
             raise OffloadAuthError() from None
         except Exception as e:  # noqa: BLE001 - classified by class below
             return self._classify(call_id, e)
-        self._errors.pop(call_id, None)
         prog = self._progress(call_id)
         if res is None:
+            if prog.get("state") == "final" and prog.get("result") in ("cancelled", "preempted"):
+                # the body's last commit is done; the call itself ends in a moment
+                return RemoteStatus(prog["result"], prog["step"], prog["total_steps"], prog["loss"],
+                                    prog["steps_per_s"])
             return RemoteStatus("running", prog["step"], prog["total_steps"], prog["loss"], prog["steps_per_s"])
         if not isinstance(res, dict):
             return RemoteStatus("failed", error=f"the remote body returned {type(res).__name__}, not a result")
@@ -339,17 +380,10 @@ class ModalBackend(OffloadBackend):
 
     def _classify(self, call_id: str, e: Exception) -> RemoteStatus:
         import modal.exception as mx
+        if isinstance(e, mx.ResourceExhaustedError):
+            raise OffloadThrottled(f"Modal is rate-limiting us: {type(e).__name__}: {e}") from None
         if _reaching_modal(e):
-            n = self._errors[call_id] = self._errors.get(call_id, 0) + 1
-            if n < self.poll_error_cap:
-                raise OffloadError(f"cannot reach Modal ({n}/{self.poll_error_cap}): {type(e).__name__}: {e}",
-                                   retryable=True) from None
-            self._errors.pop(call_id, None)
-            why = (f"Modal unreachable for {n} polls in a row (last: {type(e).__name__}: {e}); the call "
-                   "was asked to stop so it does not bill outside the budget")
-            self._cancel_quietly(call_id)
-            return RemoteStatus("failed", error=why)
-        self._errors.pop(call_id, None)
+            raise OffloadError(f"cannot reach Modal: {type(e).__name__}: {e}", retryable=True) from None
         if isinstance(e, mx.FunctionTimeoutError):
             return RemoteStatus("failed", error=f"the remote attempt hit its timeout: {e}")
         if isinstance(e, mx.InternalFailure):
@@ -367,22 +401,30 @@ class ModalBackend(OffloadBackend):
         except OffloadError as err:
             log.warning("could not cancel %s: %s", call_id, err)
 
-    def _progress(self, call_id: str) -> dict[str, Any]:
+    def _volume(self, key: str) -> Any:
         import modal
+        if key not in self._volumes:
+            self._volumes[key] = modal.Volume.from_name(volume_name(key))
+        return self._volumes[key]
+
+    def _progress(self, call_id: str) -> dict[str, Any]:
+        """The body's summary (daemon/offload/remote.py, written at each commit): the same few
+        hundred bytes at step 50 and at step 50,000."""
+        empty = progress_summary([])
         key = self._keys.get(call_id)
         if not key:
-            return progress_summary([])
+            return empty
         try:
-            data = b"".join(modal.Volume.from_name(volume_name(key)).read_file("run/progress.jsonl"))
-        except Exception:  # noqa: BLE001 - progress is best effort; the call's state is what counts
-            return progress_summary([])
-        recs = []
-        for line in data.decode(errors="replace").splitlines():
-            try:
-                recs.append(json.loads(line))
-            except ValueError:
-                pass
-        return progress_summary(recs)
+            data = b"".join(self._volume(key).read_file(f"run/{SUMMARY}"))
+        except Exception:  # noqa: BLE001 - progress is best effort (none before the first commit)
+            return empty
+        self.bytes_read += len(data)
+        try:
+            got = json.loads(data)
+        except ValueError:
+            return empty
+        return empty | {k: got.get(k) for k in (*PROGRESS_KEYS, "state", "result", "checkpoint_step")} \
+            if isinstance(got, dict) else empty
 
     def remember(self, call_id: str, run_key: str) -> None:
         self._keys[call_id] = run_key
@@ -426,33 +468,64 @@ class ModalBackend(OffloadBackend):
             os.fsync(f.fileno())
 
     def _pull_trainer(self, vol: Any, dest: Path) -> Path | None:
-        from trainer.format import ckpt_name, fsync_dir, verify
+        """The newest remote step that verifies here, newest first: a corrupt one is skipped for
+        the next older (as the SSH backend does). A local step identical to the remote one (the
+        checkpoint that went up, when the cloud never got to its own) is kept as it is. Files
+        land in a temp dir, verified, then renamed; no ``.tmp-`` dir survives any failure."""
+        import modal.exception as mx
+
+        from trainer.format import CorruptCheckpoint, ckpt_name, fsync_dir, verify
         try:
             entries = vol.listdir("/ckpt")
-        except FileNotFoundError:
-            return None
-        steps = sorted(int(e.path.rsplit("_", 1)[-1]) for e in entries if re.search(r"step_\d+$", e.path))
-        if not steps:
-            return None
-        name = ckpt_name(steps[-1])
-        tmp = dest / f".tmp-{name}-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for entry in vol.listdir(f"/ckpt/{name}"):
-            fname = entry.path.rsplit("/", 1)[-1]
-            self._download(vol, f"/ckpt/{name}/{fname}", tmp / fname)
-        final = dest / name
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
-        verify(final)
-        return final
+        except (FileNotFoundError, mx.NotFoundError):
+            return None  # listdir of a missing path: the SDK's NotFoundError
+        steps = sorted({int(e.path.rsplit("_", 1)[-1]) for e in entries if re.search(r"step_\d+$", e.path)},
+                       reverse=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            name = ckpt_name(step)
+            final = dest / name
+            try:
+                remote_meta = b"".join(vol.read_file(f"/ckpt/{name}/meta.json"))
+            except FileNotFoundError:
+                log.warning("remote %s has no meta.json: skipped for an older one", name)
+                continue
+            if final.is_dir() and _same_checkpoint(final, remote_meta):
+                return final  # already here, byte for byte (its digests say so): nothing to move
+            tmp = dest / f".tmp-{name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                tmp.mkdir(parents=True)
+                for entry in vol.listdir(f"/ckpt/{name}"):
+                    fname = entry.path.rsplit("/", 1)[-1]
+                    self._download(vol, f"/ckpt/{name}/{fname}", tmp / fname)
+                verify(tmp)
+            except CorruptCheckpoint as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.warning("remote %s does not verify (%s): trying the next older one", name, e)
+                continue
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if final.exists():  # a different local copy of the same step: the cloud's wins
+                aside = dest / f".tmp-replaced-{name}-{os.getpid()}"
+                os.rename(final, aside)
+                os.rename(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+            fsync_dir(final.parent)
+            return final
+        return None
 
     def _pull_adopted(self, vol: Any) -> Path | None:
         """Newest version first; a copy that does not verify here is skipped for the next one."""
         from daemon.adopt import Adopter
         assert self.carry is not None
+        import modal.exception as mx
         try:
             names = sorted((e.path.rsplit("/", 1)[-1] for e in vol.listdir("/adopted")), reverse=True)
-        except FileNotFoundError:
+        except (FileNotFoundError, mx.NotFoundError):
             return None
         with tempfile.TemporaryDirectory() as td:
             store = Path(td) / "adopted"

@@ -7,7 +7,11 @@ The volume (``volume_root``)::
 
     ckpt/step_*/        trainer/ checkpoints (NIGHTSHIFT_CHECKPOINT_DIR)
     run/progress.jsonl  progress: the job's own (trainer/), or parsed from its output
-                        (``progress_pattern``, daemon.outputprogress) — the daemon polls it
+                        (``progress_pattern``, daemon.outputprogress)
+    run/summary.json    what the daemon polls (a few hundred bytes, however long the run): the
+                        last progress record, the newest checkpoint's step, and "state": "running",
+                        or "final" with the result once the last commit is on its way (written
+                        just before each commit, so it lands with the data it describes)
     adopted/v_*/        a script's own checkpoints (``checkpoint_glob``), adopted like at home
                         (daemon.adopt): settled, verified, versioned; seeded by the daemon
     files/<relpath>     checkpoint files the daemon sent, placed at their relative paths
@@ -46,6 +50,21 @@ from typing import Any
 log = logging.getLogger("nightshift.remote")
 PROJECT = Path(__file__).resolve().parents[2]  # holds daemon/ and trainer/ (shipped sources)
 CANCEL_MARK = "cancel_requested"  # in the volume: a SIGTERM that follows it is a cancel
+SUMMARY = "summary.json"  # in run/: what the daemon reads each poll (O(1) in the run's length)
+PROGRESS_KEYS = ("step", "total_steps", "loss", "steps_per_s")
+
+
+def write_summary(run_dir: Path, last: dict[str, Any] | None, checkpoint_step: int | None,
+                  state: str = "running", result: str | None = None) -> None:
+    """The poll's whole answer, replaced atomically (the daemon never reads half of it)."""
+    data = {"t": time.time(), "state": state, "result": result, "checkpoint_step": checkpoint_step,
+            **{k: (last or {}).get(k) for k in PROGRESS_KEYS}}
+    tmp = run_dir / (SUMMARY + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, run_dir / SUMMARY)
+    except OSError as e:  # progress is best effort; the checkpoint and the commit are what count
+        log.warning("cannot write %s: %s", SUMMARY, e)
 
 
 def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[[bool], bool]:
@@ -105,6 +124,7 @@ class _Output(threading.Thread):
         self.proc, self.log_path, self.progress_path = proc, log_path, progress_path
         self.parser = OutputProgress(pattern, total_steps=total_steps) if pattern else None
         self.records = 0
+        self.last: dict[str, Any] | None = None  # the newest record parsed from the output
 
     @property
     def step(self) -> int | None:
@@ -122,6 +142,7 @@ class _Output(threading.Thread):
                 if rec is not None:
                     prog.write(json.dumps(rec) + "\n")
                     self.records += 1
+                    self.last = rec
 
 
 def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None] = lambda: None,
@@ -190,12 +211,23 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
         old_term = signal.signal(signal.SIGTERM, forward)
     done = cooperative = False
     last_commit, seen = time.monotonic(), 0
+    last: dict[str, Any] | None = None  # the newest progress record (the summary's)
+    ckpt_step: int | None = info.step if info else None
+
+    def summary(state: str = "running", result: str | None = None) -> None:
+        newest = adopter.newest() if adopter is not None else None
+        step = ckpt_step if ckpt_step is not None else (newest.step if newest else None)
+        write_summary(run_dir, last if last is not None else out.last, step, state, result)
 
     def absorb() -> bool:
-        nonlocal done, cooperative
+        nonlocal done, cooperative, last, ckpt_step
         durable = False
         for rec in tail.read():
             kind = rec.get("kind")
+            if kind == "progress":
+                last = rec
+            elif kind == "checkpoint" and isinstance(rec.get("step"), int):
+                ckpt_step = rec["step"]
             durable = durable or kind == "checkpoint"
             done = done or kind == "done"
             cooperative = cooperative or (kind == "start" and bool(rec.get("protocol")))
@@ -214,15 +246,20 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
             if adopter is not None and adopter.observe(out.step) is not None:
                 durable = True
             if durable or (out.records != seen and time.monotonic() - last_commit >= commit_every_s):
+                summary()
                 save()  # durable and visible to the daemon's poll/pull
                 last_commit, seen = time.monotonic(), out.records
-    except BaseException:
+    except BaseException as exc:
         # Modal's cancellation (InputCancellation, from its SIGUSR1 handler), an interrupt:
         # the job's checkpoint on the way out must reach the volume before we go.
         _stop(proc, term_grace_s)
         out.join(timeout=5.0)
         if adopter is not None:
             adopter.observe(out.step, writer_stopped=True)
+        absorb()
+        # Modal's preemption is SIGINT (KeyboardInterrupt here): the input is run again
+        cancel = type(exc).__name__ == "InputCancellation" or (vol / CANCEL_MARK).exists()
+        summary("final", "cancelled" if cancel else "preempted")
         save(True)
         raise
     finally:
@@ -232,9 +269,6 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
     absorb()
     if adopter is not None:
         adopter.observe(out.step, writer_stopped=True)
-    committed = save(True)
-    final = find_latest_valid(ckpt_dir)
-    newest = adopter.newest() if adopter is not None else None
     if done or (rc == 0 and not cooperative and not terminated.is_set()):
         state = "succeeded"
     elif terminated.is_set():
@@ -245,6 +279,10 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
         state = "cancelled"  # a trainer/ job's exit command, after its final checkpoint
     else:
         state = "failed"
+    summary("final", state)  # the marker lands with the last commit: the call has settled
+    committed = save(True)
+    final = find_latest_valid(ckpt_dir)
+    newest = adopter.newest() if adopter is not None else None
     return {"state": state, "returncode": rc,
             "step": final.step if final else (newest.step if newest else out.step),
             "final_checkpoint": str(final.path) if final else None,

@@ -1,0 +1,44 @@
+"""daemon/policy/remote.py at its boundaries (plain values in, decisions out)."""
+
+from __future__ import annotations
+
+from daemon.policy import remote as r
+
+
+def test_next_backend_skips_refused_and_tried_ones_in_listed_order():
+    assert r.next_backend(["modal", "ssh", "local"], refused=[], tried=[]) == "modal"
+    # the bug: the fallback picked from every listed backend, so it could announce ssh whose
+    # credentials had been refused, while the launch then skipped it
+    assert r.next_backend(["modal", "ssh", "local"], refused=["ssh"], tried=["modal"]) == "local"
+    assert r.next_backend(["modal", "ssh"], refused=["ssh"], tried=["modal"]) is None
+    assert r.next_backend([], refused=[], tried=[]) is None
+
+
+def test_retry_delay_grows_from_the_poll_interval_and_is_capped():
+    assert r.retry_delay_s(0) == r.POLL_S
+    assert r.retry_delay_s(1) == r.POLL_S * 1.5
+    assert r.retry_delay_s(3) > r.retry_delay_s(2) > r.retry_delay_s(1)
+    assert r.retry_delay_s(100) == r.MAX_BACKOFF_S
+
+
+def test_unreachable_only_after_the_whole_window_of_silence():
+    assert not r.unreachable(None, 10_000.0)
+    assert not r.unreachable(100.0, 100.0 + r.UNREACHABLE_S - 0.001)
+    assert r.unreachable(100.0, 100.0 + r.UNREACHABLE_S)
+
+
+def test_settled_never_before_the_cancel_is_confirmed_then_final_state_or_the_bound():
+    assert not r.settled(None, 1e9, "cancelled").pull
+    assert not r.settled(100.0, 100.0 + r.SETTLE_S - 0.001, "running").pull
+    assert not r.settled(100.0, 101.0, None).pull  # unreachable: wait out the bound
+    assert r.settled(100.0, 101.0, "cancelled").pull
+    assert r.settled(100.0, 101.0, "failed").pull  # after a restart TERMINATED reads as failed
+    assert r.settled(100.0, 100.0 + r.SETTLE_S, None).pull
+
+
+def test_remote_deaths_are_counted_apart_infrastructure_vs_the_jobs_own():
+    assert r.after_remote_death(True, r.MAX_PREEMPTIONS, 0).relaunch
+    assert not r.after_remote_death(True, r.MAX_PREEMPTIONS + 1, 0).relaunch
+    assert r.after_remote_death(False, 99, r.MAX_JOB_DEATHS).relaunch  # preemptions don't count
+    v = r.after_remote_death(False, 0, r.MAX_JOB_DEATHS + 1)
+    assert not v.relaunch and "on its own" in v.reason
