@@ -22,6 +22,7 @@ from typing import Any
 from daemon import parts as build
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
+from daemon.polltimer import PollTimer
 from daemon.sdnotify import Notifier as SdNotifier
 from daemon.sdnotify import watchdog_interval_s
 from daemon.store import Store
@@ -88,17 +89,8 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-    def due_poll() -> None:  # timers only mark work due; the tick does it (one writer)
-        sup.poll_due = True
-        wake.set()
-
-    sched = AsyncIOScheduler(event_loop=loop)
-    sched.add_job(due_poll, "interval", seconds=float(cfg["gpu"]["poll_interval_s"]), id="poll",
-                  max_instances=1, coalesce=True)
-    sched.start()
-    p.reschedule_poll = lambda s: sched.reschedule_job("poll", trigger="interval", seconds=s)
+    poll = PollTimer(float(cfg["gpu"]["poll_interval_s"]))  # monotonic: a clock step cannot starve it
+    p.reschedule_poll = poll.reschedule
     server = server_task = watcher = None
     try:
         if p.simgpu is not None:
@@ -112,19 +104,20 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
         sd.ready(f"{sup.state.value}: run {sup.run_id}")
         wd, wd_next = watchdog_interval_s(), 0.0
         while not sup.done.is_set():
+            if poll.due():  # the timer only marks work due; the tick does it (one writer)
+                sup.poll_due = True
             await sup.tick()
             if wd and time.monotonic() >= wd_next:
                 sd.watchdog()  # a wedged loop stops these and systemd restarts us
                 wd_next = time.monotonic() + wd
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), tick_s)
+            with contextlib.suppress(TimeoutError):  # asyncio's timeouts are monotonic too
+                await asyncio.wait_for(wake.wait(), min(tick_s, poll.wait_s()))
             wake.clear()
         sd.stopping(f"stopping ({sup.state.value})")
         sup.close()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        sched.shutdown(wait=False)
         if server is not None:
             server.should_exit = True
             with contextlib.suppress(Exception):

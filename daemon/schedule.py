@@ -2,7 +2,8 @@
 
 The window may cross midnight ("22:30" to "07:00"). Outside it the job is held (or not
 started); the deadline is the next occurrence of its time, which the failover policy compares
-with the local ETA. Periodic work runs on APScheduler's AsyncIOScheduler (service.py).
+with the local ETA. The window is wall-clock time (what a person set); the poll that asks is
+monotonic (daemon/polltimer.py).
 """
 
 from __future__ import annotations
