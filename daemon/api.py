@@ -372,7 +372,7 @@ class StatusSource(Protocol):
     def history(self, since: float | None) -> list[dict[str, Any]]: ...
     def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]: ...
     async def control(self, action: str) -> dict[str, Any]: ...
-    def runs(self) -> list[dict[str, Any]]: ...
+    def runs(self, against: int | None = None) -> list[dict[str, Any]]: ...
     def queue(self) -> list[dict[str, Any]]: ...
     def submit(self, action: str, arg: Any = None) -> Awaitable[dict[str, Any]]: ...
 
@@ -452,6 +452,16 @@ def create_app(source: StatusSource, token: str | None,
                                 "(the token file is in the daemon's state directory)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    @app.post("/control/cancel", responses=ERROR_RESPONSES)
+    async def cancel(run: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
+                     queued: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
+                     authorization: str | None = Header(None)) -> dict[str, Any]:
+        """End the current run (or ``run``) as cancelled after a durable checkpoint, the queue
+        moving on; ``queued``: remove that waiting queue entry."""
+        authorize(authorization)
+        log.info("control cancel requested over HTTP")
+        return await source.submit("cancel", {"run": run, "queued": queued})
+
     @app.post("/control/{action}", responses=ERROR_RESPONSES)
     async def control(action: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         if action not in ACTIONS:
@@ -461,9 +471,13 @@ def create_app(source: StatusSource, token: str | None,
         return await source.control(action)
 
     @app.get("/runs")
-    async def runs() -> dict[str, Any]:
-        """Every run, oldest first: the night's comparison table."""
-        return {"runs": source.runs()}
+    async def runs(against: int | None = Query(None, ge=1, le=MAX_EVENT_ID)) -> dict[str, Any]:
+        """Every run, oldest first: the night's comparison table; ``changes`` against run
+        ``against`` (default: the night's first run)."""
+        try:
+            return {"runs": source.runs(against)}
+        except KeyError as e:
+            raise HTTPException(404, str(e.args[0])) from None
 
     @app.get("/queue")
     async def queue() -> dict[str, Any]:

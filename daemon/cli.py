@@ -153,18 +153,47 @@ def cmd_sensors(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _no_daemon(cfg: dict[str, Any]) -> bool:
+    """No daemon serves this state dir (its api.json is gone or names a dead pid): the read
+    commands then read the store on disk (daemon/offline.py)."""
     from daemon import client
+    return client.served_address(cfg["daemon"]["state_dir"]) is None
 
-    text, code = client.status(_base_url(_load_client(args.config)), json_out=args.json)
+
+def _offline(cfg: dict[str, Any], read: Any) -> tuple[str | None, int]:
+    """(text, 0) read from the store, with a note on stderr; (message, 1) when it cannot be."""
+    from daemon import offline
+    try:
+        text = read()
+    except offline.NoStore as e:
+        return str(e), 1
+    print(offline.note(cfg), file=sys.stderr)
+    return text, 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon import client, offline
+
+    cfg = _load_client(args.config)
+    if _no_daemon(cfg):  # the last known state, marked as such; exit 1: it is not running
+        text, code = _offline(cfg, lambda: offline.status(cfg, args.json))
+        print(text)
+        if code == 0 and not args.json:
+            print(client._not_running(_base_url(cfg), "no daemon serves this state dir")[0])
+        return 1
+    text, code = client.status(_base_url(cfg), json_out=args.json)
     print(text)
     return code
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from daemon import client
+    from daemon import client, offline
 
-    text, code = client.events(_base_url(_load_client(args.config)), args.limit, args.kind)
+    cfg = _load_client(args.config)
+    if _no_daemon(cfg):
+        text, code = _offline(cfg, lambda: client.format_events(offline.events(cfg, args.limit, args.kind)))
+    else:
+        text, code = client.events(_base_url(cfg), args.limit, args.kind)
     print(text)
     return code
 
@@ -178,10 +207,35 @@ def cmd_control(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    from daemon import queuecli
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from daemon import client
 
-    text, code = queuecli.show_runs(_base_url(_load_client(args.config)), json_out=args.json)
+    query = ""
+    if args.target is not None:
+        t = args.target.strip()
+        key = "queued" if t.startswith("#") else "run"
+        if not t.lstrip("#").isdigit() or int(t.lstrip("#")) < 1:
+            print(f"nightshift cancel: {args.target!r} is neither a run number (`nightshift runs`) "
+                  "nor a queued entry like '#3' (`nightshift queue`)", file=sys.stderr)
+            return 2
+        query = f"?{key}={int(t.lstrip('#'))}"
+    cfg = _load_client(args.config)
+    text, code = client.control(_base_url(cfg), _token_file(cfg), "cancel", query)
+    print(text)
+    return code
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from daemon import offline, queuecli
+
+    cfg = _load_client(args.config)
+    if _no_daemon(cfg):
+        try:
+            text, code = _offline(cfg, lambda: queuecli.format_runs(offline.runs(cfg, args.against), args.json))
+        except KeyError as e:
+            text, code = f"nightshift runs: {e.args[0]}", 1
+    else:
+        text, code = queuecli.show_runs(_base_url(cfg), json_out=args.json, against=args.against)
     print(text)
     return code
 
@@ -191,7 +245,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
     cfg = _load_client(args.config)
     base, token = _base_url(cfg), _token_file(cfg)
-    if args.op is None:
+    if args.op is None and _no_daemon(cfg):
+        from daemon import offline
+        text, code = _offline(cfg, lambda: queuecli.format_queue(offline.queue(cfg)))
+    elif args.op is None:
         text, code = queuecli.show_queue(base)
     elif args.op == "add":
         command = [c for c in args.cmd if c != "--"]
@@ -225,8 +282,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if joblog.run_ids(fb) and (not joblog.run_ids(state) or joblog.runs_dir(fb).stat().st_mtime
                                > joblog.runs_dir(state).stat().st_mtime):  # the newer runs
         state = str(fb)
+    run = args.run
+    if run is None and state == cfg["daemon"]["state_dir"]:  # the running run, not the highest number
+        from daemon import offline
+        run = offline.running_run(cfg)
+        if run is not None and run not in joblog.run_ids(state):
+            run = None
     try:
-        path = joblog.log_path(state, args.run)
+        path = joblog.log_path(state, run)
     except PermissionError as e:
         print(f"nightshift: cannot read the job's log: {e}; run this as the daemon's user "
               "or with sudo", file=sys.stderr)
@@ -238,7 +301,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(line)
     if args.follow:
         sys.stdout.flush()
-        for line in joblog.follow(path):
+        # --run N stays on run N; otherwise follow the queue onto each next run
+        lines = joblog.follow(path) if args.run is not None else \
+            joblog.follow_runs(state, int(path.parent.name))
+        for line in lines:
             print(line, flush=True)
     return 0
 
@@ -297,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs = with_config(sub.add_parser("runs", help="every run with its fingerprint: best loss, "
                                     "where the climb started, what changed"))
     rs.add_argument("--json", action="store_true", help="the runs as JSON (GET /runs)")
+    rs.add_argument("--against", type=int, metavar="N", help="what each run changed against run N "
+                    "(default: the first run of the night)")
     rs.set_defaults(fn=cmd_runs)
     q = with_config(sub.add_parser("queue", help="the night's queue of runs (no argument: show it)"))
     qs = q.add_subparsers(dest="op", metavar="add|remove|move")
@@ -313,12 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     qm.add_argument("id", type=int, help="the waiting run's # (`nightshift queue` lists them)")
     qm.add_argument("to", type=int, help="its new position (1 = next)")
     q.set_defaults(fn=cmd_queue)
-    lg = with_config(sub.add_parser("logs", help="the job's output (job.log of the newest run)"))
+    lg = with_config(sub.add_parser("logs", help="the job's output (job.log of the running run, else the newest; -f follows onto the next queued run)"))
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     lg.add_argument("--run", type=int, metavar="N", help="the run's number (default: the newest)")
     lg.add_argument("-n", "--lines", type=int, default=50, metavar="N",
                     help="how many of the last lines to print first (default 50)")
     lg.set_defaults(fn=cmd_logs)
+    cn = with_config(sub.add_parser("cancel", help="end the current run (or RUN) after a durable "
+                                    "checkpoint; the queue moves on. '#N' removes queued entry N "
+                                    "(needs the API token)"))
+    cn.add_argument("target", nargs="?", metavar="RUN|#N", help="the run to cancel (default: the "
+                    "current one), or '#N' for waiting queue entry N")
+    cn.set_defaults(fn=cmd_cancel)
     for action in CONTROL_ACTIONS:
         with_config(sub.add_parser(action, help=CONTROL_HELP[action] + " (needs the API token)")
                     ).set_defaults(fn=cmd_control)

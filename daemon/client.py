@@ -118,15 +118,19 @@ def events(base_url: str, limit: int = 20, kind: str | None = None) -> tuple[str
         _, body = _get(base_url, q, "application/json")
     except urllib.error.URLError as e:
         return _not_running(base_url, str(getattr(e, "reason", e)))
+    return format_events(json.loads(body)), 0
+
+
+def format_events(evs: list[dict[str, Any]]) -> str:
     import time
     lines = []
-    for e in json.loads(body):
+    for e in evs:
         ts = time.strftime("%H:%M:%S", time.localtime(e["t"]))
         lines.append(f"{ts} {e['level']:<5} {e['kind']}: {e['message']}")
-    return "\n".join(lines) or "(no events)", 0
+    return "\n".join(lines) or "(no events)"
 
 
-def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, int]:
+def control(base_url: str, token_file: str | Path, action: str, query: str = "") -> tuple[str, int]:
     try:
         token = auth.read_token(token_file)
     except (FileNotFoundError, PermissionError, auth.InsecureTokenFile) as e:
@@ -138,7 +142,7 @@ def control(base_url: str, token_file: str | Path, action: str) -> tuple[str, in
         if isinstance(e, PermissionError):
             return f"Cannot read the API token {token_file}: permission denied (try sudo).", 1
         return f"refusing to use the API token: {e}", 1
-    req = urllib.request.Request(f"{base_url}/control/{action}", method="POST", data=b"",
+    req = urllib.request.Request(f"{base_url}/control/{action}{query}", method="POST", data=b"",
                                  headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:

@@ -20,6 +20,7 @@ class Why(enum.Enum):
     DIVERGED = "diverged"  # divergence with action "stop" (or no checkpoint to roll back to)
     NEXT = "next"  # divergence with action "next": this run fails, the queue goes on
     HANG = "hang"  # the job stopped answering
+    CANCEL = "cancel"  # `nightshift cancel`: the run ends cancelled on a durable checkpoint, the queue goes on
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ExitIntent:
     @property
     def graceful(self) -> bool:
         """Asked to checkpoint first (the others must not write the state they stop for)."""
-        return self.why in (Why.STOP, Why.SHUTDOWN, Why.OFFLOAD, Why.NEXT)
+        return self.why in (Why.STOP, Why.SHUTDOWN, Why.OFFLOAD, Why.NEXT, Why.CANCEL)
 
     @property
     def user_stop(self) -> bool:
@@ -43,6 +44,7 @@ STOP = ExitIntent(Why.STOP)
 SHUTDOWN = ExitIntent(Why.SHUTDOWN)
 OFFLOAD = ExitIntent(Why.OFFLOAD)
 HANG = ExitIntent(Why.HANG)
+CANCEL = ExitIntent(Why.CANCEL)
 
 
 def rollback(target: str, reason: str) -> ExitIntent:

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 LOG, ROTATED = "job.log", "job.log.1"
 MAX_PARTIAL = 64 * 1024
@@ -99,9 +100,42 @@ def follow(path: Path, *, from_start: bool = False, poll_s: float = 0.5,
                 f = None
                 continue
             sleep(poll_s)
+        if f is not None:  # stopped: what was written up to now still belongs to this file
+            rest = buf + f.read()
+            for line in rest.split(b"\n"):
+                if line:
+                    yield _text(line)
     finally:
         if f is not None:
             f.close()
+
+
+def follow_runs(state_dir: str | Path, run: int, **kw: Any) -> Iterator[str]:
+    """``follow`` run ``run``'s job.log, and when a newer run's job.log appears (the queue
+    moved on), one separator line naming it, then that run's output from its start."""
+    def newer(after: int) -> int | None:
+        ids = [i for i in run_ids(state_dir) if i > after and (runs_dir(state_dir) / str(i) / LOG).exists()]
+        return ids[0] if ids else None
+    first = True
+    while True:
+        yield from follow(runs_dir(state_dir) / str(run) / LOG, from_start=not first,
+                          stop=lambda r=run: newer(r) is not None, **kw)
+        nxt = newer(run)
+        if nxt is None:
+            return  # follow() ended for its own reason
+        run, first = nxt, False
+        yield f"──── run {run}{_name(state_dir, run)} ────"
+
+
+def _name(state_dir: str | Path, run: int) -> str:
+    """" (name: command)" from the run's own history file (daemon/runbook.py), if readable."""
+    import json
+    import shlex
+    try:
+        rec = json.loads((runs_dir(state_dir) / str(run) / "run.json").read_text())
+        return f" ({rec['name']}: {shlex.join(rec['command'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def _text(line: bytes) -> str:

@@ -53,14 +53,17 @@ def show_queue(base_url: str) -> tuple[str, int]:
     res, err = _call(base_url, "/queue")
     if err:
         return err, 1
-    q = res["queue"] if res else []
+    return format_queue(res["queue"] if res else []), 0
+
+
+def format_queue(q: list[dict[str, Any]]) -> str:
     if not q:
-        return "the queue is empty (nightshift queue add -- COMMAND... adds a run)", 0
+        return "the queue is empty (nightshift queue add -- COMMAND... adds a run)"
     rows = [["#", "POS", "NAME", "COMMAND", "ENV"]]
     for pos, e in enumerate(q, 1):
         env = " ".join(f"{k}={v}" for k, v in e["env"].items())
         rows.append([str(e["id"]), str(pos), e["name"], " ".join(e["command"])[:60], env[:40]])
-    return _table(rows), 0
+    return _table(rows)
 
 
 def edit_queue(base_url: str, token_file: str | Path, op: str, **kw: Any) -> tuple[str, int]:
@@ -81,15 +84,18 @@ def _fmt(x: Any, spec: str = ".4g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def show_runs(base_url: str, json_out: bool = False) -> tuple[str, int]:
-    res, err = _call(base_url, "/runs")
+def show_runs(base_url: str, json_out: bool = False, against: int | None = None) -> tuple[str, int]:
+    res, err = _call(base_url, "/runs" + (f"?against={int(against)}" if against is not None else ""))
     if err:
         return err, 1
-    runs = res["runs"] if res else []
+    return format_runs(res["runs"] if res else [], json_out), 0
+
+
+def format_runs(runs: list[dict[str, Any]], json_out: bool = False) -> str:
     if json_out:
-        return json.dumps({"runs": runs}, indent=2), 0
+        return json.dumps({"runs": runs}, indent=2)
     if not runs:
-        return "no runs yet", 0
+        return "no runs yet"
     rows = [["ID", "NAME", "STATE", "STEPS", "BEST LOSS", "AT STEP", "CLIMB FROM", "FINAL", "WHERE",
              "COST", "STARTED", "CHANGES"]]
     for r in runs:
@@ -98,4 +104,4 @@ def show_runs(base_url: str, json_out: bool = False) -> tuple[str, int]:
                      _fmt(r["best_step"], "d"), _fmt(r["climb_step"], "d") if r["climb_step"] is not None
                      else "no climb", _fmt(r["final_loss"]), r["backend"],
                      f"${r['cost_usd']:.2f}", started, "; ".join(r["changes"])[:60] or "-"])
-    return _table(rows), 0
+    return _table(rows)

@@ -78,12 +78,13 @@ def config_hash(job: dict[str, Any], env_names: list[str]) -> str:
 
 class RunBook:
     def __init__(self, store: Store, cfg: dict[str, Any], clock: Callable[[], float],
-                 runs_dir: Path):
+                 runs_dir: Path, read_only: bool = False):
         self.store = store
         self.cfg = cfg
         self.clock = clock
         self.runs_dir = runs_dir  # <state_dir>/runs (or the read-only fallback's)
         self._qenv: QueueEnv | None = None
+        self.read_only = read_only  # the CLI's view of a stopped daemon's store (daemon/offline.py)
 
     # ================================================================== history
     def create(self, entry: dict[str, Any] | None, prev: dict[str, Any] | None = None,
@@ -261,7 +262,7 @@ class RunBook:
         if self._qenv is None:
             d = self.cfg["daemon"]
             self._qenv = QueueEnv(d.get("_fallback_dir") or d["state_dir"])
-            for qid, env in self.store.take_queue_env().items():  # values an older db held
+            for qid, env in ({} if self.read_only else self.store.take_queue_env()).items():  # an older db's
                 self._qenv.put(qid, env)
         return self._qenv
 

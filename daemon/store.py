@@ -297,6 +297,25 @@ class Store:
                            f"{self.moved_aside.name} and a fresh store started (the run goes on "
                            "from its checkpoints)", "error")
 
+    @classmethod
+    def open_read_only(cls, path: str | Path) -> Store:
+        """The store of a daemon that is not running, for the CLI (`runs`, `events`, `queue`,
+        `status` in the morning): never written, never migrated, and it never holds a lock a
+        daemon starting meanwhile would wait on (WAL readers do not block the writer).
+        FileNotFoundError when there is no database; sqlite3.Error when it cannot be read."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(str(p))
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=1000")
+        db.execute("PRAGMA query_only=1")
+        db.execute("SELECT COUNT(*) FROM runs").fetchone()  # fails here, not later, if unreadable
+        self = cls.__new__(cls)
+        self.path, self.clock, self.problem, self.moved_aside = p, time.time, None, None
+        self.db = db  # type: ignore[assignment] - reads only: no write queue to guard
+        return self
+
     def _open(self, path: Path | str) -> sqlite3.Connection:
         if path != ":memory:":
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -422,7 +422,7 @@ class Supervisor:
             self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
             return
         why = intent.why if intent is not None else None
-        if intent is not None and intent.user_stop:
+        if intent is not None and (intent.user_stop or why == Why.CANCEL):
             self._after_stop(intent)
             return
         if why == Why.OFFLOAD:
@@ -473,6 +473,9 @@ class Supervisor:
                                  self.checkpoint_seen_at, self.stop_asked_at).message
         if intent.why == Why.STOP:
             self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
+        elif intent.why == Why.CANCEL:
+            msg = "cancelled; " + msg
+            self._cancelled(msg)
         else:
             self.event("daemon", msg + "; the run continues when the daemon starts again")
         self._settle_stop(msg)
@@ -523,6 +526,42 @@ class Supervisor:
         self.book.ended(row["id"], State.INTERRUPTED.value, now)
         self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
                    f"closed as interrupted: {why}", "warn")
+
+    def _cancel(self, arg: dict[str, Any], now: float, fut: asyncio.Future | None) -> dict[str, Any] | None:
+        """`nightshift cancel [RUN]`: the current run ends ``cancelled`` after a durable
+        checkpoint and the queue moves on; ``queued``: a waiting entry is removed."""
+        if arg.get("queued") is not None:
+            answer = self._queue_command("queue_remove", {"id": arg["queued"]})
+            return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
+                if answer["ok"] else answer
+        run_id = arg.get("run") or self.run_id
+        row = self.store.get_run(run_id) if run_id else None
+        if row is None:
+            return {"ok": False, "message": f"no run {run_id} (`nightshift runs` lists them; "
+                    "`nightshift cancel '#N'` removes queued entry N)"}
+        if run_id != self.run_id or self.state.value in ENDED_STATES:
+            return {"ok": False, "message": f"nothing to cancel: run {run_id} is {row['state']}"
+                    + (f" (the current run is {self.run_id})" if run_id != self.run_id else "")}
+        if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING):
+            return {"ok": False, "message": f"run {run_id} is {self.state.value} on the cloud: "
+                    "`nightshift stop` brings it home first, then `nightshift cancel`"}
+        self.stop_asked_at = now
+        if self.runner.running:
+            self._ask_exit(intents.CANCEL, now)  # graceful: the exit command checkpoints durably first
+            return self._answer_later(fut)
+        ck = self.facts.checkpoint
+        msg = f"cancelled (no job was running; the newest checkpoint is at step {ck.get('step')})" \
+            if ck else "cancelled (no job was running)"
+        self._cancelled(msg)
+        return {"ok": True, "message": msg}
+
+    def _cancelled(self, msg: str) -> None:
+        waiting = self.book.waiting()
+        self.set_state(State.CANCELLED, msg)
+        fp = self._fingerprint()
+        self.event("cancelled", f"run {self.run_id} ({self.job['name']}) {msg}; {fp.line()}; "
+                   + (f"next in the queue: {waiting[0]['name']}" if waiting else "nothing queued"))
+        self._run_ended()
 
     def _remember_loss(self, step: int, loss: float) -> None:
         self.loss_series.append((step, loss))
@@ -1255,6 +1294,8 @@ class Supervisor:
                 return self._answer_later(fut)
             self.set_state(State.STOPPED, "stopped by the user")
             return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
+        if action == "cancel":
+            return self._cancel(arg or {}, now, fut)
         if action == "reconfigure":
             return await self._reconfigure(*arg)
         if action.startswith("queue_"):

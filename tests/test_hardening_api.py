@@ -50,7 +50,7 @@ class FakeSource:
         self.controls.append(action)
         return {"ok": True, "action": action}
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self, against: int | None = None) -> list[dict[str, Any]]:
         return [{"id": 1, "name": "r", "state": "running", "best_loss": math.nan, "final_loss": math.inf}]
 
     def queue(self) -> list[dict[str, Any]]:

@@ -88,21 +88,21 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
         gate.touch()  # the first run ends; the queue runs: third, then climb
 
         def all_done():
-            r = nightshift("runs", *c, "--json", timeout=30)
+            r = nightshift("runs", *c, "--json", "--against", "2", timeout=30)
             runs = json.loads(r.stdout)["runs"] if r.returncode == 0 else []
             return runs if len(runs) == 3 and all(x["ended"] for x in runs) else None
         runs = wait_for(all_done, 120, interval=0.5, what="the queue to run")
         wait_for(lambda: len(Hook.got) >= 3, 30, what="three run-end notifications")
-        text = cli("runs").splitlines()
+        text = cli("runs", "--against", "2").splitlines()
     finally:
         kill_group(d)
         hook.shutdown()
     want = {"id", "name", "state", "command", "changes", "steps", "best_loss", "best_step", "climb_step",
-            "final_loss", "backend", "cost_usd", "started", "ended"}
+            "final_loss", "backend", "cost_usd", "started", "ended", "total_steps", "workdir", "config_hash"}
     assert all(set(r) == want for r in runs)
     assert [r["name"] for r in runs][1:] == ["third", "climb"] and all(r["state"] == "succeeded" for r in runs)
     third, climb = runs[1], runs[2]
-    # what differs from the queue's first run (third, after the move)
+    # what differs from run 2 (`runs --against 2`: third, the queue's first after the move)
     # (env values may be shown redacted: the names say what changed)
     assert third["changes"] == [] and climb["changes"][0] == "40 (was 30)"
     assert sorted(c.split("=")[0] for c in climb["changes"][1:]) == ["BUMP", "without A", "without B"]

@@ -139,3 +139,65 @@ def test_changes_are_measured_against_the_first_run_of_the_night(tmp_path):
         assert [r["command"] for r in rows] == [["trainer", "--lr", "1e-3"], ["trainer", "--lr", "1.0"]]
         assert rows[1]["changes"] == ["--lr 1.0 (was 1e-3)"]
     run(go())
+
+
+async def _submit(h: Harness, action: str, arg: dict) -> dict:
+    fut = h.sup.submit(action, arg)
+    for _ in range(600):
+        await h.run(0.2)
+        if fut.done():
+            return fut.result()
+    raise AssertionError(f"{action} {arg} never answered")
+
+
+def test_cancel_ends_the_run_after_a_durable_checkpoint_and_the_queue_moves_on(tmp_path):
+    """Finding 3: no way to skip the current run (`stop` keeps it resumable and the queue waits)."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]})
+        cfg["queue"] = [{"name": n, "command": ["trainer", n], "env": {}, "resume_command": None,
+                         "total_steps": 1000} for n in ("a", "b", "c")]
+        beh = {"trainer": trainer(1000)}
+        h = Harness(tmp_path, cfg, beh)
+        sup = await h.open()
+        await h.run(8)
+        assert sup.run_id == 1 and sup.state == State.RUNNING
+        # a queued entry is removed by cancelling it
+        c = next(q for q in sup.queue() if q["name"] == "c")
+        res = await _submit(h, "cancel", {"queued": c["id"]})
+        assert res["ok"] and [q["name"] for q in sup.queue()] == ["b"], res
+        step_before = h.factory.procs[0].step
+        res = await _submit(h, "cancel", {})
+        assert res["ok"] and "cancelled" in res["message"] and "after a checkpoint at step" in res["message"], res
+        row1 = h.store.get_run(1)
+        assert row1["state"] == "cancelled" and row1["ended"] is not None
+        ck = h.store.checkpoints(1, limit=1)[0]
+        assert ck["step"] >= step_before  # the exit command's checkpoint, durable before the end
+        await h.run(3, until=lambda s: s.run_id == 2 and s.state == State.RUNNING)
+        assert sup.run_id == 2 and h.spawned[-1] == ["trainer", "b"]
+        assert any("run 1 (a) cancelled" in m and "next in the queue: b" in m for m in h.events("cancelled"))
+        # an ended run cannot be cancelled again; the answer says why
+        res = await _submit(h, "cancel", {"run": 1})
+        assert not res["ok"] and "run 1 is cancelled" in res["message"]
+        # a restart does not resurrect the cancelled run
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
+        sup2 = await h2.open()
+        await h2.run(2)
+        assert sup2.run_id == 2 and h2.spawned == [["trainer", "b"]]
+        assert json.loads((Path(cfg["daemon"]["state_dir"]) / "runs" / "1" / "outcome.json").read_text())["state"] == "cancelled"
+    run(go())
+
+
+def test_cancel_of_a_stopped_run_starts_the_next_queued_one(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]})
+        cfg["queue"] = [{"name": n, "command": ["trainer", n], "env": {}, "resume_command": None,
+                         "total_steps": 1000} for n in ("a", "b")]
+        h = Harness(tmp_path, cfg, {"trainer": trainer(1000)})
+        sup = await h.open()
+        await h.run(5)
+        assert (await h.command("stop"))["ok"] and sup.state == State.STOPPED
+        res = await _submit(h, "cancel", {})
+        assert res["ok"] and res["state"] in ("cancelled", "starting", "running"), res
+        await h.run(3, until=lambda s: s.run_id == 2 and s.state == State.RUNNING)
+        assert h.store.get_run(1)["state"] == "cancelled" and h.spawned[-1] == ["trainer", "b"]
+    run(go())
