@@ -229,4 +229,4 @@ def test_schemathesis_every_operation_with_no_wrong_and_right_token(served):
                 failures.append((action, auth, code))
     assert not failures, failures[:10]
     assert set(served.source.controls) == set(api.ACTIONS)
-    assert set(served.source.edits) <= {"queue_add", "queue_remove", "queue_move"}
+    assert set(served.source.edits) <= {"queue_add", "queue_remove", "queue_move", "cancel"}

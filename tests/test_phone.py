@@ -284,10 +284,13 @@ def test_logs_reach_back_into_the_rotated_file_and_pick_the_newest_run(tmp_path)
 def test_follow_goes_on_across_a_rotation(tmp_path):
     path = tmp_path / "job.log"
     path.write_text("before\n")
+    def append(text: str) -> None:
+        with path.open("a") as f:
+            f.write(text)
     script = iter([
-        lambda: path.open("a").write("one\ntw"),
-        lambda: path.open("a").write("o\n"),
-        lambda: (path.open("a").write("three\n"), path.rename(tmp_path / "job.log.1")),
+        lambda: append("one\ntw"),
+        lambda: append("o\n"),
+        lambda: (append("three\n"), path.rename(tmp_path / "job.log.1")),
         lambda: path.write_text("four\n"),
     ])
     got: list[str] = []
