@@ -527,7 +527,7 @@ class Supervisor:
         self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
                    f"closed as interrupted: {why}", "warn")
 
-    def _cancel(self, arg: dict[str, Any], now: float, fut: asyncio.Future | None) -> dict[str, Any] | None:
+    def _cancel(self, arg: dict[str, Any], mono: float, fut: asyncio.Future | None) -> dict[str, Any] | None:
         """`nightshift cancel [RUN]`: the current run ends ``cancelled`` after a durable
         checkpoint and the queue moves on; ``queued``: a waiting entry is removed."""
         if arg.get("queued") is not None:
@@ -545,9 +545,8 @@ class Supervisor:
         if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING):
             return {"ok": False, "message": f"run {run_id} is {self.state.value} on the cloud: "
                     "`nightshift stop` brings it home first, then `nightshift cancel`"}
-        self.stop_asked_at = now
         if self.runner.running:
-            self._ask_exit(intents.CANCEL, now)  # graceful: the exit command checkpoints durably first
+            self._ask_exit(intents.CANCEL, mono)  # graceful: the exit command checkpoints durably first
             return self._answer_later(fut)
         ck = self.facts.checkpoint
         msg = f"cancelled (no job was running; the newest checkpoint is at step {ck.get('step')})" \
@@ -1295,7 +1294,7 @@ class Supervisor:
             self.set_state(State.STOPPED, "stopped by the user")
             return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
         if action == "cancel":
-            return self._cancel(arg or {}, now, fut)
+            return self._cancel(arg or {}, mono, fut)
         if action == "reconfigure":
             return await self._reconfigure(*arg)
         if action.startswith("queue_"):

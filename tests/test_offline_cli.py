@@ -9,6 +9,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from daemon import config as config_mod
 from daemon import joblog
 from daemon.states import State
@@ -42,6 +44,7 @@ def _night(tmp_path):
     return path, cfg
 
 
+@pytest.mark.slow  # the real CLI in subprocesses (no daemon)
 def test_runs_events_queue_and_status_read_the_store_when_the_daemon_is_down(tmp_path):
     path, cfg = _night(tmp_path)
     db = tmp_path / "state" / "nightshift.db"
