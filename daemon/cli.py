@@ -162,11 +162,11 @@ def _no_daemon(cfg: dict[str, Any]) -> bool:
 
 def _offline(cfg: dict[str, Any], read: Any) -> tuple[str | None, int]:
     """(text, 0) read from the store, with a note on stderr; (message, 1) when it cannot be."""
-    from daemon import offline
+    from daemon import client, offline
     try:
         text = read()
     except offline.NoStore as e:
-        return str(e), 1
+        return client._not_running(_base_url(cfg), str(e))[0], 1
     print(offline.note(cfg), file=sys.stderr)
     return text, 0
 

@@ -41,11 +41,9 @@ def open_store(cfg: dict[str, Any]) -> Store:
     try:
         return Store.open_read_only(path)
     except FileNotFoundError:
-        raise NoStore(f"The nightshift daemon is not running and has no state at {path} yet: "
-                      "`nightshift run` starts it.") from None
+        raise NoStore(f"and there is no state database at {path} yet") from None
     except sqlite3.Error as e:
-        raise NoStore(f"The nightshift daemon is not running and its state {path} cannot be "
-                      f"read ({e}).") from None
+        raise NoStore(f"and its state database {path} cannot be read: {e}") from None
 
 
 def book(cfg: dict[str, Any], store: Store) -> RunBook:
