@@ -27,6 +27,7 @@ class JobFacts:
     checkpoint_costs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     max_step: int | None = None  # the furthest step any attempt reached
     steps_lost: int = 0  # steps recomputed after restarts (progress past the resumed checkpoint)
+    back_from: int | None = None  # a restart went back from this step; cleared once passed again
     _rate_anchor: tuple[float, int] | None = None
 
     def observe(self, rec: dict[str, Any]) -> None:
@@ -41,14 +42,18 @@ class JobFacts:
             start = int(rec.get("step") or 0)
             if self.max_step is not None and self.max_step > start:
                 self.steps_lost += self.max_step - start
+                self.back_from = max(self.back_from or 0, self.max_step)
                 self.max_step = start
         if kind == "progress" and not self.cooperative and self.max_step is not None \
                 and isinstance(rec.get("step"), int) and rec["step"] < self.max_step:
             # a script (no start record) resumed behind where it was: at least this much is redone
             self.steps_lost += self.max_step - rec["step"]
+            self.back_from = max(self.back_from or 0, self.max_step)
             self.max_step = rec["step"]
         if "step" in rec and rec["step"] is not None:
             self.step = int(rec["step"])
+            if self.back_from is not None and self.step >= self.back_from:
+                self.back_from = None  # caught up: the step on screen is new ground again
             if kind != "start":
                 self.max_step = self.step if self.max_step is None else max(self.max_step, self.step)
         if kind == "progress":

@@ -118,10 +118,15 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     word = st.get("display_state") or str(st.get("state", "?")).upper()
     head = f"nightshift  {headline(st)}"
     lines = textwrap.wrap(head, WIDTH, subsequent_indent=" " * LABEL, break_long_words=False)
+    w = st.get("waiting")
+    if w and w.get("for"):  # until when, before anything else: the 3 am question
+        about = f", about {duration(w['about_s'])}" if w.get("about_s") is not None else ""
+        lines += field("wait", _sentence(f"for {w['for']}{about}"))
     lines += field("job", f"{st.get('job') or '?'} (run {st.get('run_id') or '?'})")
     step, total = st.get("step"), st.get("total_steps")
     pct = f" ({st['progress_pct']:.1f}%)" if st.get("progress_pct") is not None else ""
-    lines += field("step", f"{step if step is not None else '?'} of {total or '?'}{pct}")
+    note = f"; {st['step_note']}" if st.get("step_note") else ""  # a step that went back says why
+    lines += field("step", f"{step if step is not None else '?'} of {total or '?'}{pct}{note}")
     if st.get("loss") is not None:
         lines += field("loss", f"{st['loss']:.4g} {sparkline(st.get('loss_trend') or [], 20)}")
     rate = st.get("steps_per_s")

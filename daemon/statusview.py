@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from daemon import statusfmt
+from daemon import statusfmt, waitview
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
 from daemon.states import REMOTE_STATES, State
@@ -132,6 +132,19 @@ def _eta_at(eta: float | None, est: Any, wall: float) -> dict[str, Any]:
             "eta_high_at": round(wall + hi) if hi is not None else round(wall + eta)}
 
 
+def _step(s: Supervisor, loading: bool) -> tuple[int | None, str | None]:
+    """The step to show, and why when it is behind what was shown before: while a restarted
+    job loads, the step it resumes from (not the dead attempt's stale one); until it has caught
+    up, "back to step N after the restart" -- the step never goes backwards unexplained."""
+    f = s.facts
+    resume = getattr(s, "resume_step", None)
+    if loading and resume is not None and f.step is not None and resume < f.step:
+        return resume, f"back to step {resume} after the restart (it had reached {f.step})"
+    if f.back_from is not None and f.step is not None and f.step < f.back_from:
+        return f.step, f"redoing steps up to {f.back_from} after the restart"
+    return f.step, None
+
+
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     f = s.facts
     run = s.run
@@ -145,6 +158,9 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     cloud = _cloud(s, run, now)
     holds = frozenset(s.holds)
     word, detail = display_state(s.state, holds)
+    loading = word == "RUNNING" and waitview.loading(s)
+    if loading:  # started, not reported yet: importing torch, restoring -- not training
+        word, detail = "STARTING", waitview.starting_detail(s)
     meter = s.duty  # the Supervisor's own duty-cycle meter, fed once per tick
     # rate and ETA only while the job is on its way to the end without waiting for someone
     live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
@@ -157,6 +173,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         eta = cloud.get("eta_s")
     eta_at = _eta_at(eta, est if s.state != State.REMOTE else None, now)
     owner = shown_hold(holds)
+    step, step_note = _step(s, loading)
     doc = {
         "state": s.state.value,
         "display_state": word,
@@ -164,7 +181,9 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "run_id": s.run_id,
         "job": s.cfg["job"]["name"],
         "pid": s.runner.pid if s.runner is not None else None,
-        "step": f.step,
+        "step": step,
+        "step_note": step_note,
+        "waiting": waitview.waiting(s, word, s.mono()),
         "total_steps": f.total_steps,
         "progress_pct": f.progress_pct,
         "loss": _num(f.loss),

@@ -138,6 +138,7 @@ class Supervisor:
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/governing.py)
         self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
         self.progress = eta_mod.ProgressMeter()  # net steps per second: the ETA's basis
+        self.resume_step: int | None = None  # the checkpoint step the newest start resumed from
         self._duty_pid: int | None = None
         self._duty_pid_t = 0.0
 
@@ -710,6 +711,8 @@ class Supervisor:
         plan = rules.plan_start(job, trainer_checkpoint=str(info.path) if info else None,
                                 script_checkpoint=script_ckpt, forced_resume=forced)
         self.forced_resume = None
+        # what STARTING says while the job loads ("resuming from step N"), daemon/waitview.py
+        self.resume_step = info.step if info is not None and plan.resume == str(info.path) else None
         try:
             pid = await self.runner.start(plan.command, cwd=job["workdir"],
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
