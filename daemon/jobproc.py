@@ -15,6 +15,16 @@ Why each part is the way it is (issue 13):
   descendant that is still the same process (those that left the group with setsid included).
   When `systemd-run --user --scope` works, the job also gets its own transient scope (a cgroup),
   which systemd stops with everything in it.
+
+The whole tree belongs to the run, across a daemon's death too (issue 31): a wrapper
+(``bash -c "python train.py; echo end"``) dies with a kill -9 of the daemon (PDEATHSIG reaches
+the direct child only), its ``python train.py`` does not. So each job carries a random token in
+its environment (``NIGHTSHIFT_JOB_TOKEN``, inherited by every descendant that keeps its env),
+and ``<run_dir>/job-tree.json`` records the leader, its session and the token while the job
+runs. On start the daemon ends what is left of any such record (``end_leftovers``): every
+process of the recorded session (a session id is not reused while a member lives) and every
+process bearing the token -- not the leader pid alone. At the job's exit the token finds the
+descendants the periodic scan missed (a ``setsid`` grandchild born just before the exit).
 """
 
 from __future__ import annotations
@@ -22,9 +32,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import contextlib
 import ctypes
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,6 +53,8 @@ CHUNK = 64 * 1024  # one read of the job's output
 MAX_LINE = 4096  # a longer run of output without \n or \r is cut into lines of this size
 DEFAULT_LOG_MAX_BYTES = 50 * 2**20
 READER_GRACE_S = 2.0  # after the job exits, how long its output may still drain
+ENV_TOKEN = "NIGHTSHIFT_JOB_TOKEN"  # in every job's env: its descendants are found by it
+TREE_FILE = "job-tree.json"  # in the run dir while a job runs: what a next daemon must end
 _scope_ok: bool | None = None
 
 
@@ -143,6 +158,7 @@ class JobProcess:
         self._tree: dict[tuple[int, float], float] = {}
         self._cpu_dead = 0.0
         self.stopped_by_signal = False  # SIGSTOP-held
+        self.token = ""  # NIGHTSHIFT_JOB_TOKEN of the running attempt
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +167,11 @@ class JobProcess:
             self.scope_unit = f"nightshift-job-{os.getpid()}-{time.monotonic_ns()}.scope"
             command = ["systemd-run", "--user", "--scope", "--quiet", "--collect",
                        f"--unit={self.scope_unit}", "--", *command]
+        self.token = secrets.token_hex(16)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *command, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                *command, cwd=self.cwd, env={**self.env, ENV_TOKEN: self.token},
+                stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent)
         except (FileNotFoundError, NotADirectoryError) as e:
@@ -166,6 +184,8 @@ class JobProcess:
         self.pid = self.proc.pid
         self.create_time = process_create_time(self.pid)
         self.started_at = time.time()
+        record_tree(self.log_path.parent / TREE_FILE, self.pid, self.create_time, self.token,
+                    self.scope_unit)
         self._reader = asyncio.create_task(self._read_output())
         self._watcher = asyncio.create_task(self._watch_tree())
 
@@ -372,6 +392,12 @@ class JobProcess:
         rc = self.proc.returncode
         self._snapshot_tree()
         await self.reap_tree()
+        # what the scan cannot see: a descendant that left the session and whose parent died
+        # between two scans (a setsid grandchild born just before the exit) still has the token
+        await end_processes(await asyncio.to_thread(marked, self.token, self.create_time),
+                            f"left by job {self.pid}", term_s=1.0)
+        with contextlib.suppress(OSError):
+            (self.log_path.parent / TREE_FILE).unlink()
         if self._reader:
             try:  # the dying message is in the tail before anyone classifies
                 await asyncio.wait_for(asyncio.shield(self._reader), READER_GRACE_S)
@@ -425,3 +451,108 @@ class JobProcess:
             log.warning("job (pid %s) ignored SIGTERM for %.0f s; sending SIGKILL", self.pid, term_s)
             self._signal_tree(signal.SIGKILL)
             return await self.wait()
+
+
+# ---------------------------------------------------------------------- a previous daemon's job
+def record_tree(path: Path, pid: int, create_time: float | None, token: str,
+                scope_unit: str | None) -> None:
+    """Write what identifies the job's tree (see the module's docstring), atomically."""
+    try:
+        sid = os.getsid(pid)
+    except OSError:
+        sid = pid  # it leads a new session (start_new_session)
+    rec = {"pid": pid, "create_time": create_time, "sid": sid, "token": token,
+           "scope_unit": scope_unit}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk: the leader pid in the store is the fallback
+        log.warning("cannot record the job's process tree in %s: %s", path, e.strerror)
+
+
+def _environ_has(p: psutil.Process, token: str) -> bool:
+    try:
+        return p.environ().get(ENV_TOKEN) == token
+    except (psutil.Error, OSError):
+        return False
+
+
+def marked(token: str, since: float | None) -> list[psutil.Process]:
+    """Live processes (not zombies) whose environment carries ``token``, born at or after
+    ``since`` (the job's start): an older process cannot be the job's."""
+    if not token:
+        return []
+    out = []
+    me = os.getpid()
+    for p in psutil.process_iter(["create_time", "status"]):
+        try:
+            if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if since is not None and p.info["create_time"] < since - 1.0:
+                continue
+        except (KeyError, TypeError):
+            continue
+        if _environ_has(p, token):
+            out.append(p)
+    return out
+
+
+def leftovers(rec: dict) -> list[psutil.Process]:
+    """What is left of a recorded job: the processes of its session (unless the session id now
+    belongs to a newer process: then the job's session is gone) and those bearing its token."""
+    sid, token = rec.get("sid"), str(rec.get("token") or "")
+    since = rec.get("create_time")
+    found = {p.pid: p for p in marked(token, since)}
+    if isinstance(sid, int) and sid > 1:
+        leader_ct = process_create_time(sid)
+        reused = leader_ct is not None and since is not None and abs(leader_ct - float(since)) >= 0.05
+        if not reused:
+            for p in psutil.process_iter(["status"]):
+                try:
+                    if p.pid != os.getpid() and os.getsid(p.pid) == sid and \
+                            p.info["status"] != psutil.STATUS_ZOMBIE:
+                        found.setdefault(p.pid, p)
+                except (OSError, psutil.Error):
+                    continue
+    return list(found.values())
+
+
+async def end_processes(procs: list[psutil.Process], what: str, term_s: float = 10.0) -> list[int]:
+    """SIGCONT + SIGTERM, up to ``term_s`` for them to go, then SIGKILL; the pids ended."""
+    if not procs:
+        return []
+    log.warning("stopping %d process(es) %s: %s", len(procs), what,
+                ", ".join(str(p.pid) for p in procs))
+    for sig in (signal.SIGCONT, signal.SIGTERM):  # a SIGSTOPped process cannot act on SIGTERM
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+    _, alive = await asyncio.to_thread(psutil.wait_procs, procs, term_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    if alive:
+        await asyncio.to_thread(psutil.wait_procs, alive, 5.0)
+    return [p.pid for p in procs]
+
+
+async def end_leftovers(run_dir: Path) -> list[int]:
+    """End what is left of the job recorded in ``run_dir`` (a daemon killed while it ran), by
+    its session and token; then forget the record. The pids ended."""
+    path = Path(run_dir) / TREE_FILE
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    ended: list[int] = []
+    if isinstance(rec, dict):
+        if rec.get("scope_unit"):
+            await asyncio.to_thread(subprocess.run, ["systemctl", "--user", "stop",
+                                                     str(rec["scope_unit"])],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ended = await end_processes(await asyncio.to_thread(leftovers, rec),
+                                    f"left by the previous daemon's job (pid {rec.get('pid')})")
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return ended

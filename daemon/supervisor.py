@@ -195,6 +195,7 @@ class Supervisor:
         """Continue the newest unfinished run (after any stop, kill -9 included) with its own
         command, or start a new one. Older unfinished runs are closed as interrupted: a restart
         never resurrects them (issue 28)."""
+        await self._end_leftover_jobs()
         fresh = self.new_run or bool(self.resume_from)
         recovered = [] if fresh else self.book.recover_from_disk()
         self.book.seed()  # after: a recovered run's entry is not queued again
@@ -270,6 +271,22 @@ class Supervisor:
             self.state = State.STARTING
             self._update_run(state=State.STARTING.value)
             self.next_start_at = self.mono()
+
+    async def _end_leftover_jobs(self) -> None:
+        """A daemon killed while a job ran left its record (jobproc.TREE_FILE) in that run's
+        dir: end the whole tree it names -- a wrapper's trainer too -- before anything starts,
+        whichever run this daemon goes on with (never two trainers on one GPU)."""
+        from daemon.jobproc import end_leftovers
+        runs = self.run_dir.parent
+        try:
+            dirs = [d for d in runs.iterdir() if d.is_dir()]
+        except OSError:
+            return
+        for d in dirs:
+            ended = await end_leftovers(d)
+            if ended:
+                self.event("orphan", f"stopped what was left of run {d.name}'s job, left by the "
+                           f"previous daemon (pids {', '.join(map(str, ended))})", "warn")
 
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
