@@ -144,6 +144,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from daemon.doctor import diagnose_machine, report
+
+    text, code = report(diagnose_machine(_load(args.config)), as_json=args.json)
+    print(text)
+    return code
+
+
 def cmd_sensors(args: argparse.Namespace) -> int:
     from daemon.sensors.report import sensors_report
 
@@ -349,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
     with_config(sub.add_parser("check-config", help="validate and print the effective configuration")
                 ).set_defaults(fn=cmd_check_config)
+    dr = with_config(sub.add_parser("doctor", help="check this machine for what makes a 780M "
+                                    "night fail, with the fix for each (exit 1 on a problem)"))
+    dr.add_argument("--json", action="store_true", help="the checks as JSON")
+    dr.set_defaults(fn=cmd_doctor)
     with_config(sub.add_parser("sensors", help="show the sensors and reset sources found")
                 ).set_defaults(fn=cmd_sensors)
     s = with_config(sub.add_parser("status", help="the daemon's status"))
