@@ -108,6 +108,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
+    if args.resume_from:  # verified before anything starts: never a silent fresh start
+        from daemon.resume import BadResumePath, check_resume_path
+        try:
+            args.resume_from = str(check_resume_path(args.resume_from))
+        except BadResumePath as e:
+            print(f"nightshift: {e}", file=sys.stderr)
+            return 1
     try:  # before anything else touches the state dir: one daemon per state dir
         lock = acquire_state_lock(cfg["daemon"]["state_dir"])
     except StateDirLocked as e:

@@ -101,6 +101,7 @@ class Supervisor:
         self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
+        self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/resume.py)
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
@@ -400,8 +401,16 @@ class Supervisor:
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
         elif kind == "held":
             self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)")
-        elif kind == "start" and rec.get("resumed_from"):
-            self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
+        elif kind == "start":
+            if rec.get("resumed_from"):
+                self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
+            from daemon.resume import skipped_resume
+            skipped = skipped_resume(self.resume_passed, rec)
+            if skipped is None:
+                self.problems.pop("resume", None)
+            else:  # never a silent fresh start (issue 31)
+                self.problems["resume"] = skipped
+                self.event("resume_skipped", skipped, "warn")
         elif kind == "progress":
             self._divergence(rec)
 
@@ -736,6 +745,7 @@ class Supervisor:
         except OSError as e:
             self._fail(f"cannot start the job: {e}")
             return
+        self.resume_passed = plan.resume
         self.facts.done = False
         self.facts.last_record_t = None
         self.record_seen_at = None
