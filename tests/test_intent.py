@@ -10,8 +10,8 @@ from daemon.intent import ExitIntent, Why
 def test_graceful_only_where_a_final_checkpoint_is_wanted():
     graceful = {w for w in Why if ExitIntent(w).graceful}
     # a rollback and a diverged stop must not checkpoint the diverged weights; a hung job
-    # cannot checkpoint at all
-    assert graceful == {Why.STOP, Why.SHUTDOWN, Why.OFFLOAD, Why.NEXT}
+    # cannot checkpoint at all; a cancel ends the run on a durable checkpoint (issue 28)
+    assert graceful == {Why.STOP, Why.SHUTDOWN, Why.OFFLOAD, Why.NEXT, Why.CANCEL}
 
 
 def test_user_stop_is_stop_and_shutdown_only():
