@@ -176,6 +176,7 @@ def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_prot
     asyncio.run(go())
 
 
+@pytest.mark.slow  # tens of seconds: kept out of the fast subset
 def test_governor_and_setpoint_margin_reload_live(tmp_path):
     """A config edit turns the governor on (its port is built, the chip is capped and held under
     the setpoint), moves the setpoint (setpoint_margin_c), and turns it off: the cap is lifted

@@ -182,6 +182,7 @@ def test_a_connection_that_never_sends_a_request_is_closed(monkeypatch):
         s.close()
 
 
+@pytest.mark.slow  # tens of seconds: kept out of the fast subset
 def test_schemathesis_every_operation_with_no_wrong_and_right_token(served):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings

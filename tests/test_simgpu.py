@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from daemon.sensors import open_sensor
 from daemon.simgpu import SimulatedGPU
 from tests.helpers import ROOT, wait_for
@@ -68,6 +70,7 @@ def test_thermal_reset_after_too_hot_for_too_long(tmp_path):
     assert "MES failed to respond" in (tmp_path / "kmsg.log").read_text()
 
 
+@pytest.mark.slow  # tens of seconds: kept out of the fast subset
 def test_firmware_resets_strike_at_normal_temperatures(tmp_path):
     sim = SimulatedGPU(tmp_path, {"ambient_c": 40, "load_c": 20, "reset_rate_per_h": 60, "seed": 3,
                                   "reset_duration_s": 1}, load_fn=lambda: 1.0)
