@@ -123,10 +123,11 @@ class GovernorPort:
     def _no_permission(self, f: Path) -> str:
         card = self.dev.parent.name
         st = f.stat()
-        return (f"cannot write {f} (mode {st.st_mode & 0o777:04o}, uid {st.st_uid}): run nightshiftd "
-                "as root, or let its user write the clock files with a udev rule, e.g. "
-                f"/etc/udev/rules.d/70-nightshift.rules: SUBSYSTEM==\"drm\", KERNEL==\"{card}\", "
-                f"RUN+=\"/bin/chmod 0666 /sys%p/device/{OD} /sys%p/device/{LEVEL}\"")
+        return (f"cannot write {f} (mode {st.st_mode & 0o777:04o}, uid {st.st_uid}) of {card}: let "
+                "the group render write the clock files with the shipped udev rule (sudo cp "
+                "udev/70-nightshift-gpu.rules /etc/udev/rules.d/ && sudo udevadm control --reload "
+                "&& sudo udevadm trigger --subsystem-match=drm; README, 'Running as a service'), "
+                "or run nightshiftd as root")
 
 
 class NoDevicePort:
