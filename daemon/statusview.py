@@ -179,7 +179,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "display_state": word,
         "display_detail": detail,
         "run_id": s.run_id,
-        "job": s.cfg["job"]["name"],
+        "job": run.get("name") or s.cfg["job"]["name"],  # as the queue named the run (issue 28)
         "pid": s.runner.pid if s.runner is not None else None,
         "step": step,
         "step_note": step_note,

@@ -201,3 +201,18 @@ def test_cancel_of_a_stopped_run_starts_the_next_queued_one(tmp_path):
         await h.run(3, until=lambda s: s.run_id == 2 and s.state == State.RUNNING)
         assert h.store.get_run(1)["state"] == "cancelled" and h.spawned[-1] == ["trainer", "b"]
     run(go())
+
+
+def test_status_and_the_phone_name_the_running_run_as_the_queue_named_it(tmp_path):
+    """Finding 4: the phone said `job reference (run 5)` while lr-hot ran."""
+    async def go():
+        from daemon.statusfmt import render
+        cfg = config(tmp_path, job={"command": ["trainer"], "name": "reference"})
+        cfg["queue"] = [{"name": "lr-hot", "command": ["trainer", "--lr", "1.0"], "env": {},
+                         "resume_command": None, "total_steps": 100}]
+        h = Harness(tmp_path, cfg, {"trainer": trainer(100)})
+        sup = await h.open()
+        await h.run(3)
+        assert sup.snapshot["job"] == "lr-hot"
+        assert "job   lr-hot (run 1)" in render(sup.snapshot)
+    run(go())
