@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -246,11 +247,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     cfg = _load_client(args.config)
     if _no_daemon(cfg):
         try:
-            text, code = _offline(cfg, lambda: queuecli.format_runs(offline.runs(cfg, args.against), args.json))
+            text, code = _offline(cfg, lambda: queuecli.format_runs(offline.runs(cfg, args.against), args.json,
+                                                                    args.wide))
         except KeyError as e:
             text, code = f"nightshift runs: {e.args[0]}", 1
     else:
-        text, code = queuecli.show_runs(_base_url(cfg), json_out=args.json, against=args.against)
+        text, code = queuecli.show_runs(_base_url(cfg), json_out=args.json, against=args.against,
+                                        wide=args.wide)
     print(text)
     return code
 
@@ -262,9 +265,11 @@ def cmd_queue(args: argparse.Namespace) -> int:
     base, token = _base_url(cfg), _token_file(cfg)
     if args.op is None and _no_daemon(cfg):
         from daemon import offline
-        text, code = _offline(cfg, lambda: queuecli.format_queue(offline.queue(cfg)))
+        q = _offline(cfg, lambda: offline.queue(cfg))
+        text, code = (q[0] if q[1] else (json.dumps({"queue": q[0]}, indent=2) if args.json
+                                           else queuecli.format_queue(q[0], args.wide))), q[1]
     elif args.op is None:
-        text, code = queuecli.show_queue(base)
+        text, code = queuecli.show_queue(base, wide=args.wide, json_out=args.json)
     elif args.op == "add":
         command = [c for c in args.cmd if c != "--"]
         if not command:
@@ -382,10 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     rs = with_config(sub.add_parser("runs", help="every run with its fingerprint: best loss, "
                                     "where the climb started, what changed"))
     rs.add_argument("--json", action="store_true", help="the runs as JSON (GET /runs)")
+    rs.add_argument("--wide", action="store_true", help="every column in full (the default fits 80 "
+                    "columns: the common start of the commands once, each run's changes in full)")
     rs.add_argument("--against", type=int, metavar="N", help="what each run changed against run N "
                     "(default: the first run of the night)")
     rs.set_defaults(fn=cmd_runs)
     q = with_config(sub.add_parser("queue", help="the night's queue of runs (no argument: show it)"))
+    q.add_argument("--wide", action="store_true", help="whole commands, one line each (the default "
+                   "fits 80 columns: the common start once, each entry's own arguments in full)")
+    q.add_argument("--json", action="store_true", help="the queue as JSON (GET /queue)")
     qs = q.add_subparsers(dest="op", metavar="add|remove|move")
     qa = with_config(qs.add_parser("add", help="queue a run: nightshift queue add [--name N] "
                                    "[--env K=V ...] -- COMMAND..."), nested=True)

@@ -345,6 +345,10 @@ def _validate_queue(entries: Any, path: Any) -> list[dict[str, Any]]:
                               path, f"{where}.command")
         if item["total_steps"] is not None and item["total_steps"] < 1:
             raise ConfigError(f"{where}.total_steps must be at least 1", path, f"{where}.total_steps")
+        from daemon.policy.queue_entry import entry_problem  # the same check as `queue add`
+        problem = entry_problem(item["name"], item["command"], item["env"], item["total_steps"])
+        if problem is not None:
+            raise ConfigError(f"{where}: {problem}", path, where)
         item["name"] = item["name"] or f"queue-{i + 1}"
         out.append(item)
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shlex
 from collections.abc import Callable
@@ -28,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import REDACTED, public_config
+from daemon.policy.queue_entry import entry_problem, safe_text
 from daemon.queueenv import QueueEnv
 from daemon.states import ENDED_STATES
 from daemon.store import Store
 
 log = logging.getLogger("nightshift")
 
+CURVE_POINTS = 200  # GET /runs carries each run's curve, downsampled to at most this many points
 NIGHT_GAP_S = 60.0  # a queued run starting this soon after the last one ended continues its night
 RUN_FILE = "run.json"  # the run's history, in its own directory
 OUTCOME_FILE = "outcome.json"  # how it ended, written once it has
@@ -292,15 +295,17 @@ class RunBook:
 
     def add(self, arg: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """(answer, the new entry's id or None when refused)."""
-        command = arg.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-            return {"ok": False, "message": "a queued run needs a command: nightshift queue add -- python train.py ..."}, None
-        env = arg.get("env") or {}
-        name = arg.get("name") or f"run-{len(self.store.queue(waiting_only=False)) + 1}"
+        command, env = arg.get("command"), arg.get("env") or {}
+        problem = entry_problem(arg.get("name"), command, env, arg.get("total_steps"))
+        if problem is not None:
+            return {"ok": False, "message": f"not queued: {problem}"}, None
+        # O(1) in the queue's length: no listing of the entries (4,700 of them made each add a
+        # rewrite-sized read: 5-10 adds/s)
+        name = arg.get("name") or f"run-{self.store.queue_next_id()}"
         qid = self.store.queue_add(name, command, env, "cli", total_steps=arg.get("total_steps"))
         self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/queueenv.py)
-        pos = len(self.store.queue())
-        return {"ok": True, "message": f"queued {name!r} as #{qid}, position {pos}"}, qid
+        return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
+                f"{self.store.queue_position(qid)}"}, qid
 
     def remove(self, qid: int) -> None:
         self.store.queue_set(qid, state="removed")
@@ -315,6 +320,20 @@ class RunBook:
         return to
 
     # ================================================================== the table
+    def curve(self, run_id: int, series: list[tuple[int, float]] | None = None,
+              points: int = CURVE_POINTS) -> list[list[float]]:
+        """A run's loss curve, [[step, loss], ...] by step, at most ``points`` of them: the live
+        series of the current run, else the readings the daemon stored each poll."""
+        if series is None:
+            series = [(int(r["step"]), float(r["loss"])) for r in self.store.readings(run_id, limit=points * 4)
+                      if r.get("step") is not None and r.get("loss") is not None]
+        by_step = dict(sorted(series))  # one loss per step, the last one reported
+        pts = [[s, v] for s, v in by_step.items() if math.isfinite(v)]
+        if len(pts) > points:
+            stride = len(pts) / points
+            pts = [pts[int(i * stride)] for i in range(points - 1)] + [pts[-1]]
+        return pts
+
     def table(self, live: dict[int, tuple[Any, ...]] | None = None,
               against: int | None = None) -> list[dict[str, Any]]:
         """The comparison table (GET /runs, `nightshift runs`), oldest first; ``live``: the
@@ -337,12 +356,13 @@ class RunBook:
             rec = self.record(r)
             return rec.command, {**dict.fromkeys(rec.env_names, REDACTED), **self.queued_env(r)}
         bcmd, benv = cmd_env(base) if base else ([], {})
+        live_series = {k: v[4] for k, v in (live or {}).items() if len(v) > 4}  # the current run's losses
         out = []
         for r in rows:
             cmd, env = cmd_env(r)
             best = (r.get("best_loss"), r.get("best_step"), r.get("climb_step"), r.get("final_loss"))
             if live and r["id"] in live and r.get("ended") is None:
-                best = live[r["id"]]
+                best = live[r["id"]][:4]
             out.append({
                 "id": r["id"], "name": r["name"], "state": r["state"], "command": cmd,
                 "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env, show_values=False),
@@ -352,5 +372,7 @@ class RunBook:
                 "cost_usd": round(float(r.get("cloud_cost_usd") or 0.0), 4),
                 "started": r.get("created"), "ended": r.get("ended"),
                 "workdir": self.record(r).workdir, "config_hash": r.get("config_hash"),
+                "changes_against": base["id"] if base is not None else None,
+                "curve": self.curve(r["id"], live_series.get(r["id"])),
             })
         return out

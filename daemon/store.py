@@ -126,6 +126,7 @@ CREATE TABLE IF NOT EXISTS queue (
     source TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS queue_waiting ON queue(state, pos);
 """
 
 _RUN_FIELDS = {
@@ -464,6 +465,17 @@ class Store:
              json.dumps(_names_only(env)), total_steps, source, self.clock(), state, run_id))
         self._durable()  # a queue edit is the user's: it must survive a lost WAL
         return int(entry_id if entry_id is not None else cur.lastrowid)
+
+    def queue_next_id(self) -> int:
+        """The id the next entry will most likely get (a default name), from the rowid index."""
+        row = self.db.execute("SELECT MAX(id) FROM queue").fetchone()
+        return (row[0] if row and row[0] is not None else 0) + 1
+
+    def queue_position(self, entry_id: int) -> int:
+        """A waiting entry's place in the queue (1 = next), by the (state, pos) index."""
+        row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state='waiting' AND pos <= "
+                              "(SELECT pos FROM queue WHERE id=?)", (entry_id,)).fetchone()
+        return int(row[0]) if row else 0
 
     def take_queue_env(self) -> dict[int, dict[str, str]]:
         """Env values an older version stored in the queue table: returned (for QueueEnv) and

@@ -660,8 +660,8 @@ class Supervisor:
         ``against``."""
         from daemon.policy.fingerprint import fingerprint
         fp = fingerprint(sorted(self.loss_series))  # live for the current run
-        return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss)},
-                               against)
+        return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
+                                              list(self.loss_series))}, against)
 
     def queue(self) -> list[dict[str, Any]]:
         return self.book.queue()
@@ -671,10 +671,10 @@ class Supervisor:
             answer, qid = self.book.add(arg)
             if qid is None:
                 return answer
-            self.event("queue", f"queued {arg.get('name') or ''!r} (#{qid}): {shlex.join(arg['command'])}")
+            self.event("queue", f"queued #{qid}: {shlex.join(arg['command'])}")
             if self.state.value in ENDED_STATES and not self.runner.running:
                 self._next_run_due = True  # the daemon was idle: start it now
-            return {**answer, "id": qid, "queue": self.book.queue()}
+            return {**answer, "id": qid}  # not the whole queue: an add costs O(1)
         ids = [q["id"] for q in self.book.waiting()]
         qid = arg.get("id")
         if qid not in ids:
@@ -742,7 +742,7 @@ class Supervisor:
         try:
             pid = await self.runner.start(plan.command, cwd=job["workdir"],
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
             self._fail(f"cannot start the job: {e}")
             return
         self.resume_passed = plan.resume

@@ -113,7 +113,7 @@ def test_queue_commands_add_remove_move_and_an_idle_daemon_starts_the_added_run(
         # the idle daemon started "one" at once; "two" waits
         assert sup.run_id == 2 and sup.state == State.RUNNING and [q["name"] for q in sup.queue()] == ["two"]
         r3 = await _submit(h, "queue_add", {"name": "three", "command": ["b", "3"]})
-        three = r3["queue"][-1]["id"]
+        three = r3["id"]
         assert (await _submit(h, "queue_move", {"id": three, "to": 1}))["ok"]
         assert [q["name"] for q in sup.queue()] == ["three", "two"]
         assert (await _submit(h, "queue_remove", {"id": three}))["ok"]

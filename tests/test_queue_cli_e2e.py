@@ -74,14 +74,18 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
                                                          "--", *py, "40")
         assert "#2" in cli("queue", "add", "--name", "extra", "--", *py, "40")
         assert "#3" in cli("queue", "add", "--name", "third", "--env", "A=1", "--env", "B=x=y", "--", *py, "30")
-        table = cli("queue").splitlines()
+        narrow = cli("queue").splitlines()  # 80 columns: the common start once, each entry's own words
+        assert narrow[0] == "every command starts:" and narrow[2].strip() == str(job), narrow
+        assert narrow[3].split() == ["#", "POS", "NAME", "ARGUMENTS"] and all(len(x) <= 80 for x in narrow)
+        assert narrow[4].split()[2:] == ["climb", "40", "env:", "BUMP"], narrow
+        table = cli("queue", "--wide").splitlines()
         assert table[0].split() == ["#", "POS", "NAME", "COMMAND", "ENV"]
         assert [r.split()[2] for r in table[1:]] == ["climb", "extra", "third"]
         # env values may be secrets: the queue names the keys, the values are redacted
         assert table[1].rstrip().endswith("BUMP=<redacted>") and "A=<redacted> B=<redacted>" in table[3]
         assert "#3 is now number 1" in cli("queue", "move", "3", "1")
         assert "removed #2" in cli("queue", "remove", "2")
-        assert [r.split()[2] for r in cli("queue").splitlines()[1:]] == ["third", "climb"]
+        assert [r.split()[2] for r in cli("queue", "--wide").splitlines()[1:]] == ["third", "climb"]
         assert "no waiting run #2" in cli("queue", "remove", "2", code=1)
         assert "is not K=V" in cli("queue", "add", "--env", "NOPE", "--", "x", code=2)
         assert "give the command after --" in cli("queue", "add", "--name", "x", code=2)
@@ -93,12 +97,14 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
             return runs if len(runs) == 3 and all(x["ended"] for x in runs) else None
         runs = wait_for(all_done, 120, interval=0.5, what="the queue to run")
         wait_for(lambda: len(Hook.got) >= 3, 30, what="three run-end notifications")
-        text = cli("runs", "--against", "2").splitlines()
+        text = cli("runs", "--against", "2", "--wide").splitlines()
+        narrow = cli("runs", "--against", "2").splitlines()
     finally:
         kill_group(d)
         hook.shutdown()
     want = {"id", "name", "state", "command", "changes", "steps", "best_loss", "best_step", "climb_step",
-            "final_loss", "backend", "cost_usd", "started", "ended", "total_steps", "workdir", "config_hash"}
+            "final_loss", "backend", "cost_usd", "started", "ended", "total_steps", "workdir", "config_hash",
+            "changes_against", "curve"}
     assert all(set(r) == want for r in runs)
     assert [r["name"] for r in runs][1:] == ["third", "climb"] and all(r["state"] == "succeeded" for r in runs)
     third, climb = runs[1], runs[2]
@@ -109,6 +115,10 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
     assert climb["climb_step"] is not None and 20 <= climb["climb_step"] <= 30
     assert third["climb_step"] is None and third["best_step"] >= 25
     assert text[0].split()[:4] == ["ID", "NAME", "STATE", "STEPS"]
+    assert all(len(x) <= 80 for x in narrow), narrow
+    assert narrow[0].startswith("changes against run 2 (third)") and narrow[3].split()[:3] == ["ID", "NAME", "STATE"]
+    assert "40 (was 30)" in "\n".join(narrow) and "the baseline" in "\n".join(narrow)
+    assert all(0 < len(r["curve"]) <= 200 for r in runs)
     assert "climb" in text[3] and "BUMP=" in text[3] and "no climb" in text[2] and text[2].rstrip().endswith("-")
     msgs = {m["message"].split(" (")[0]: m for m in Hook.got}
     assert all(m["kind"] == "finished" for m in Hook.got)
