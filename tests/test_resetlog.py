@@ -126,6 +126,16 @@ def test_the_supervisor_offloads_on_resets_only(tmp_path):
         st = sup.snapshot["resets"]
         assert (st["in_window"], st["soft_recoveries"]["total"], st["faults"]["total"]) == (0, 2, 1)
         assert h.events("soft_recovery") and h.events("gpu_fault") and not h.events("reset")
+        # shown apart: the phone text and /metrics
+        from daemon.metrics import exposition, make_registry
+        from daemon.statusfmt import render
+        text = " ".join(render(sup.snapshot, clock.t).split())
+        assert "reset none in this run." in text
+        assert "1 GPU page fault, 2 soft recoveries in this run (not resets)." in text
+        metrics = exposition(make_registry(lambda: sup.snapshot)).decode()
+        assert "nightshift_resets_total 0.0" in metrics
+        assert "nightshift_gpu_faults_total 1.0" in metrics
+        assert "nightshift_soft_recoveries_total 2.0" in metrics
         for i in range(2):
             det.events.append(incident(clock.t, "reset", id=10 + i, label="MES hang"))
             await h.run(5)
