@@ -192,6 +192,8 @@ SUBTABLES: dict[tuple[str, str], dict[str, Spec]] = {
 }
 
 BACKENDS = {"none", "modal", "local", "ssh"}
+# [resets] sources: each one can be switched off (daemon/resets/detector.py reads them)
+RESET_SOURCES = ("auto", "kmsg", "journal", "uevent", "devcoredump", "sensor", "job")
 
 CHOICES = {
     ("gpu", "sensor"): {"auto", "amdgpu-sysfs", "pyamdgpuinfo", "psutil", "simulated", "none"},
@@ -497,6 +499,11 @@ def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
                           path, "offload.ssh.host")
     if not 0 < o["ssh"]["port"] < 65536:
         raise ConfigError("offload.ssh.port must be between 1 and 65535", path, "offload.ssh.port")
+    for name in cfg["resets"]["sources"]:
+        if name not in RESET_SOURCES:
+            raise ConfigError(f"resets.sources: {name!r} is not one of {', '.join(RESET_SOURCES)} "
+                              "(leave a source out to switch it off; [] switches all off)", path,
+                              "resets.sources")
 
 
 def config_candidates(env: Mapping[str, str] | None = None) -> list[Path]:

@@ -207,3 +207,12 @@ def test_each_source_can_be_switched_off_the_sensor_and_the_job_too(off):
 def test_an_unknown_source_name_is_a_problem_naming_the_choices():
     det = ResetDetector({"sources": ["kmsg", "dmesg"]}, kmsg_path="/nonexistent/kmsg")
     assert any("'dmesg'" in p and "journal" in p for p in det.problems())
+
+
+def test_an_unknown_source_in_the_config_is_an_error_naming_the_choices(tmp_path):
+    from daemon.config import ConfigError, load
+    from tests.helpers import write_config
+    path = write_config(tmp_path, {"job": {"command": ["true"]},
+                                   "resets": {"sources": ["kmsg", "dmesg"]}})
+    with pytest.raises(ConfigError, match="'dmesg' is not one of auto, kmsg, journal"):
+        load(path)

@@ -38,6 +38,7 @@ import time
 from collections import deque
 from typing import Any
 
+from daemon.config import RESET_SOURCES
 from daemon.resets import sources as src
 from daemon.resets.incident import ResetEvent
 from daemon.resets.kerneltime import KernelClock, parse_stamp
@@ -52,7 +53,7 @@ from daemon.resets.signatures import (
 
 log = logging.getLogger(__name__)
 KERNEL_SOURCES = ("kernel", "kmsg", "journal")
-SOURCE_NAMES = ("auto", "kmsg", "journal", "uevent", "devcoredump", "sensor", "job")
+SOURCE_NAMES = RESET_SOURCES
 MAX_LINES = 100  # a hang can repeat a line many times a second: keep the event small
 
 
