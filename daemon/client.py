@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -148,10 +149,19 @@ def control(base_url: str, token_file: str | Path, action: str, query: str = "")
         with urllib.request.urlopen(req, timeout=120) as r:
             res = json.loads(r.read())
     except urllib.error.HTTPError as e:
-        detail = json.loads(e.read() or b"{}").get("detail", e.reason)
+        try:
+            detail = json.loads(e.read() or b"{}").get("detail", e.reason)
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
+            detail = e.reason
         return f"The daemon refused {action} (HTTP {e.code}): {_sentence(str(detail))}", 1
     except urllib.error.URLError as e:
         return _not_running(base_url, str(getattr(e, "reason", e)))
+    except (ValueError, OSError, http.client.HTTPException) as e:
+        # the daemon went away mid-answer (shutting down): no traceback, say what to do
+        return (f"The daemon stopped before answering {action} ({type(e).__name__}); run "
+                "`nightshift status` to see where the run is.", 1)
+    if not isinstance(res, dict):
+        return f"The daemon's answer to {action} was not understood: {str(res)[:200]}", 1
     return _control_text(res), 0 if res.get("ok") else 1
 
 

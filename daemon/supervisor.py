@@ -356,6 +356,10 @@ class Supervisor:
         await self._advance(now, mono)
         self.runner.advance(mono)
         if self.shutting_down and not self.runner.running:
+            # a stop still waiting (the cloud run was cancelling or pulling) gets its answer
+            # before the API goes away, never a dropped connection
+            self._settle_stop(f"the daemon is shutting down while {self.state.value}; the next start "
+                              "carries on from here")
             self.done.set()
 
     # ================================================================== the job's output

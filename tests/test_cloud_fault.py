@@ -322,3 +322,53 @@ class cloud_call:  # noqa: N801 - a context manager: one call at step 50,000
 
     def __exit__(self, *exc):
         return False
+
+
+def test_cloud_fault_a_stop_waiting_on_the_cloud_is_answered_when_the_daemon_shuts_down(tmp_path, monkeypatch):
+    """Old: `nightshift stop` on a cloud run, then SIGTERM: the stop was never answered and the
+    CLI died with a JSONDecodeError traceback when the API went away."""
+    async def go():
+        h, cloud = harness(tmp_path, monkeypatch, settle_s=60.0)
+        await to_cloud(h)
+        fut = h.sup.submit("stop")
+        await h.run(3, until=lambda s: s.state == State.CANCELLING)
+        h.sup.request_stop(signal.SIGTERM)
+        await h.run(5, until=lambda s: s.done.is_set())
+        assert h.sup.done.is_set() and fut.done()
+        assert fut.result()["ok"] and "shutting down while cancelling" in fut.result()["message"]
+        assert Record_of(h)["after_pull"] == "stopped"  # the next start ends it stopped
+    run(go())
+
+
+def Record_of(h: Harness) -> dict:  # noqa: N802 - the persisted remote record, as JSON
+    return json.loads(h.store.get_run(h.sup.run_id)["remote_state"])
+
+
+def test_cloud_fault_the_stop_cli_says_the_daemon_went_away_instead_of_a_traceback(tmp_path):
+    import http.server
+    import os
+    import threading
+
+    from daemon import client
+
+    class Half(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # the daemon shuts down mid-answer: headers, half a body, gone
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            self.wfile.write(b'{"ok": tr')
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Half)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    os.chmod(token, 0o600)
+    try:
+        text, code = client.control(f"http://127.0.0.1:{srv.server_port}", token, "stop")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert code == 1 and "stopped before answering stop" in text and "nightshift status" in text
