@@ -372,3 +372,57 @@ def test_cloud_fault_the_stop_cli_says_the_daemon_went_away_instead_of_a_traceba
         srv.shutdown()
         srv.server_close()
     assert code == 1 and "stopped before answering stop" in text and "nightshift status" in text
+
+
+STUBBORN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a job that will not stop by itself
+print('iter 1', flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow  # ~12 s: a job that ignores SIGTERM is given its whole share of the budget
+def test_cloud_fault_on_preemption_the_body_commits_within_15_s_without_sleeping(tmp_path):
+    """Old: on Modal's SIGINT (SIGKILL ~30 s later) the body waited up to 20 s for the job, 5 s
+    more after a KILL and 5 s for its output before the commit even started, then slept between
+    commit retries: the final checkpoint could miss the SIGKILL."""
+    import os
+    import sys
+    import threading
+    import time
+
+    from daemon.offload import remote
+
+    commits: list[float] = []
+
+    def commit():  # the volume: fails twice on the way out, then works
+        commits.append(time.monotonic())
+        if len(commits) in (1, 2) and interrupted:
+            raise mx.ServiceError("UNAVAILABLE")
+
+    interrupted: list[float] = []
+
+    def preempt(signum, frame):
+        interrupted.append(time.monotonic())
+        raise KeyboardInterrupt  # what Python makes of Modal's SIGINT in a sync body
+
+    def soon():
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, preempt)
+    try:
+        threading.Thread(target=soon, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            remote.run_remote({"command": [sys.executable, "-c", STUBBORN], "env": {}}, str(tmp_path / "vol"),
+                              commit=commit, poll_s=0.1, term_grace_s=20.0)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    t0 = interrupted[0]
+    final = [t for t in commits if t >= t0]
+    assert len(final) == 3 and final[-1] - t0 < remote.FINAL_S  # committed within the budget
+    assert final[-1] - final[0] < 1.0  # retried at once, no sleeps between
+    summary = json.loads((tmp_path / "vol/run/summary.json").read_text())
+    assert summary["state"] == "final" and summary["result"] == "preempted"

@@ -67,19 +67,42 @@ def write_summary(run_dir: Path, last: dict[str, Any] | None, checkpoint_step: i
         log.warning("cannot write %s: %s", SUMMARY, e)
 
 
-def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[[bool], bool]:
-    """The volume commit, never fatal: a failed commit is retried (final) or left for the next
-    one; returns whether it succeeded. Counted in ``guarded.failures``."""
-    def run(final: bool = False) -> bool:
-        for i in range(attempts if final else 1):
-            try:
-                commit()
+FINAL_S = 15.0  # on an interrupt (Modal's preemption: SIGINT, SIGKILL ~30 s later): checkpoint + commit
+COMMIT_RESERVE_S = 5.0  # of FINAL_S, kept for the commit: the job gets the rest to save
+
+
+def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[..., bool]:
+    """The volume commit, never fatal: a failed commit is retried at once (final; no sleeps:
+    on the way out every second counts, and the SDK's commit already backs off inside) or left
+    for the next one; with ``deadline`` (monotonic) the final commit runs in a thread and is
+    given up at the deadline. Returns whether it succeeded; ``failures`` counts."""
+    def once() -> bool:
+        try:
+            commit()
+            return True
+        except Exception as e:  # noqa: BLE001 - an SDK/network failure; the job goes on
+            run.failures += 1  # type: ignore[attr-defined]
+            log.warning("volume commit failed (%s)", e)
+            return False
+
+    def run(final: bool = False, deadline: float | None = None) -> bool:
+        for _ in range(attempts if final else 1):
+            if deadline is None:
+                if once():
+                    return True
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            got: list[bool] = []
+            t = threading.Thread(target=lambda out=got: out.append(once()), daemon=True, name="final-commit")
+            t.start()
+            t.join(left)
+            if got and got[0]:
                 return True
-            except Exception as e:  # noqa: BLE001 - an SDK/network failure; the job goes on
-                run.failures += 1  # type: ignore[attr-defined]
-                log.warning("volume commit failed (%s)%s", e, "; retrying" if final and i + 1 < attempts else "")
-                if final and i + 1 < attempts:
-                    time.sleep(1.0 * (i + 1))
+            if not got:
+                log.warning("the final commit did not finish within its %.0f s budget", FINAL_S)
+                return False
         return False
     run.failures = 0  # type: ignore[attr-defined]
     return run
@@ -98,9 +121,9 @@ def _place_sent_files(files_dir: Path, workdir: Path) -> list[str]:
     return placed
 
 
-def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+def _stop(proc: subprocess.Popen, grace_s: float, kill_wait_s: float = 5.0) -> None:
     """SIGTERM to the job's process group, a bounded wait, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
         if proc.poll() is not None:
             return
         try:
@@ -250,22 +273,28 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
                 save()  # durable and visible to the daemon's poll/pull
                 last_commit, seen = time.monotonic(), out.records
     except BaseException as exc:
-        # Modal's cancellation (InputCancellation, from its SIGUSR1 handler), an interrupt:
-        # the job's checkpoint on the way out must reach the volume before we go.
-        _stop(proc, term_grace_s)
-        out.join(timeout=5.0)
+        # Modal's cancellation (InputCancellation, from its SIGUSR1 handler), an interrupt
+        # (preemption: SIGINT, SIGKILL ~30 s later): the job's checkpoint on the way out must
+        # reach the volume before we go, all within FINAL_S, nothing sleeping on the way
+        deadline = time.monotonic() + FINAL_S
+        _stop(proc, max(0.5, min(term_grace_s, FINAL_S - COMMIT_RESERVE_S)), kill_wait_s=1.0)
+        out.join(timeout=max(0.1, min(1.0, deadline - COMMIT_RESERVE_S - time.monotonic())))
         if adopter is not None:
             adopter.observe(out.step, writer_stopped=True)
         absorb()
         # Modal's preemption is SIGINT (KeyboardInterrupt here): the input is run again
         cancel = type(exc).__name__ == "InputCancellation" or (vol / CANCEL_MARK).exists()
         summary("final", "cancelled" if cancel else "preempted")
-        save(True)
+        save(True, deadline=deadline)
+        if not out.is_alive() and proc.stdout is not None:
+            proc.stdout.close()
         raise
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     out.join(timeout=5.0)
+    if not out.is_alive() and proc.stdout is not None:
+        proc.stdout.close()
     absorb()
     if adopter is not None:
         adopter.observe(out.step, writer_stopped=True)
