@@ -207,9 +207,10 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     cfg = _load_client(args.config)
     if _no_daemon(cfg):
-        text, code = _offline(cfg, lambda: client.format_events(offline.events(cfg, args.limit, args.kind)))
+        text, code = _offline(cfg, lambda: client.format_events(
+            offline.events(cfg, args.limit, args.kind), show_all=args.all or bool(args.kind)))
     else:
-        text, code = client.events(_base_url(cfg), args.limit, args.kind)
+        text, code = client.events(_base_url(cfg), args.limit, args.kind, show_all=args.all)
     print(text)
     return code
 
@@ -383,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=20, metavar="N",
                    help="how many of the newest events (default 20)")
     e.add_argument("--kind", help="only events of this kind (e.g. paused_hot, reset, state)")
+    e.add_argument("--all", action="store_true", help="also the events another one already says "
+                   "(a thermal pause's state change and hold)")
     e.set_defaults(fn=cmd_events)
     rs = with_config(sub.add_parser("runs", help="every run with its fingerprint: best loss, "
                                     "where the climb started, what changed"))

@@ -113,19 +113,24 @@ def status(base_url: str, json_out: bool = False) -> tuple[str, int]:
     return (json.dumps(json.loads(text), indent=2) if json_out else text.rstrip()), 0
 
 
-def events(base_url: str, limit: int = 20, kind: str | None = None) -> tuple[str, int]:
+def events(base_url: str, limit: int = 20, kind: str | None = None,
+           show_all: bool = False) -> tuple[str, int]:
     q = f"/events?limit={int(limit)}" + (f"&kind={urllib.request.quote(kind)}" if kind else "")
     try:
         _, body = _get(base_url, q, "application/json")
     except urllib.error.URLError as e:
         return _not_running(base_url, str(getattr(e, "reason", e)))
-    return format_events(json.loads(body)), 0
+    return format_events(json.loads(body), show_all=show_all or bool(kind)), 0
 
 
-def format_events(evs: list[dict[str, Any]]) -> str:
+def format_events(evs: list[dict[str, Any]], show_all: bool = False) -> str:
+    """Newest first. Events marked ``detail`` (a thermal pause's state change and hold ack, which
+    its ``paused_hot`` line already says) only with ``show_all``: one line per pause."""
     import time
     lines = []
     for e in evs:
+        if (e.get("data") or {}).get("detail") and not show_all:
+            continue
         ts = time.strftime("%H:%M:%S", time.localtime(e["t"]))
         lines.append(f"{ts} {e['level']:<5} {e['kind']}: {e['message']}")
     return "\n".join(lines) or "(no events)"

@@ -127,6 +127,8 @@ class Screen:
             if ev["id"] <= self.seen:
                 continue
             self.seen = ev["id"]
+            if (ev.get("data") or {}).get("detail"):
+                continue  # said by another event already: one line per pause, with its reason
             msg = ev["message"] if ev["kind"] in ("state", "run") else f"{ev['kind']}: {ev['message']}"
             print(f"[{self.clock()}] * {msg}", file=self.out, flush=True)
         if time.monotonic() - self.last_line >= 2.0:

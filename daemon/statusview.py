@@ -204,7 +204,10 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "gpu_busy_pct": _num(getattr(r, "busy_pct", None)),
         "sensor": getattr(r, "source", None) or (None if r is None else "unknown"),
         "gpu": {"card": getattr(s.p.sensor, "card", None),
-                "why": getattr(s.p.sensor, "card_reason", None)},
+                # the simulated card is the only one in its own tree: say what it is instead
+                "why": 'the simulated GPU ([gpu] sensor = "simulated"), not real hardware'
+                if getattr(s.p.sensor, "name", None) == "simulated"
+                else getattr(s.p.sensor, "card_reason", None)},
         # resets count toward offload, the rate and the diagnosis; soft recoveries and faults
         # are shown apart (daemon/resets/resetlog.py)
         "resets": {**s.reset_log.status(now, s.run_id or None), "total": run.get("resets", 0),

@@ -145,21 +145,26 @@ class Supervisor:
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
-        getattr(log, "warning" if level == "warn" else level)("%s: %s", kind, message)
+        # detail=True: stored (the timeline, `nightshift events --all`) but not a journal line of
+        # its own -- a thermal pause is one line with its reason, not three saying it thrice
+        getattr(log, "debug" if data.get("detail") else "warning" if level == "warn" else level)(
+            "%s: %s", kind, message)
         self.stored(self.store.add_event, self.run_id or None, kind, message, level, data or None)
         self.last_event = {"t": self.clock(), "kind": kind, "message": message}
         if self.p.notifier is not None and kind in NOTIFY_TITLES and \
                 kind in self.cfg["notify"]["events"]:
             self.p.notifier.notify(kind, NOTIFY_TITLES[kind], message, data or None)
 
-    def set_state(self, state: State, reason: str) -> None:
+    def set_state(self, state: State, reason: str, detail: bool = False) -> None:
+        """``detail``: another event says the same thing (see ``event``)."""
         if state == self.state:
             return
         old, self.state = self.state, state
         self._update_run(state=state.value)
         if state.value in ENDED_STATES:  # beside its history, for a store rebuilt later
             self.book.ended(self.run_id, state.value, self.clock())
-        self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value)
+        self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value,
+                   **({"detail": True} if detail else {}))
         if self.on_state is not None:
             self.on_state(f"{state.value}: {reason}"[:200])
 
@@ -404,7 +409,9 @@ class Supervisor:
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
         elif kind == "held":
-            self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)")
+            # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
+            self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
+                       **({"detail": True} if set(self.holds) == {"thermal"} else {}))
         elif kind == "start":
             if rec.get("resumed_from"):
                 self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
@@ -476,7 +483,7 @@ class Supervisor:
         times = json.loads(run.get("restart_times") or "[]")
         dec = rules.decide_exit(info, code_errors=run.get("code_errors", 0),
                                 last_error_sig=run.get("last_error_sig"), recent_restarts=times,
-                                now=now, cfg=self.cfg)
+                                now=now, cfg=self.cfg, has_checkpoint=self.facts.checkpoint is not None)
         self.event("exit", f"job exited: {info.detail} -> {dec.action}",
                    "info" if info.kind == "success" else "warn", returncode=rc, exit_kind=info.kind)
         if info.kind == "code_error":
@@ -858,7 +865,8 @@ class Supervisor:
         del self.holds[owner]
         self._apply_holds(before)
         if before and not self.holds:
-            self.event("released", f"job released ({owner} hold ended)")
+            self.event("released", f"job released ({owner} hold ended)",
+                       **({"detail": True} if owner == "thermal" else {}))  # "cooling -> running" says it
         return True
 
     # ================================================================== polling
@@ -937,7 +945,7 @@ class Supervisor:
             if self.gov is not None:
                 self.gov.paused()  # the governor's safety net fired: the phone line counts it
             self._hold("thermal", dec.reason)
-            self.set_state(State.COOLING, dec.reason)
+            self.set_state(State.COOLING, dec.reason, detail=True)  # paused_hot says it
             self.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
                        edge_c=reading.edge_c, tctl_c=reading.tctl_c)
         elif dec.action == "resume" and self.state == State.COOLING:
@@ -1353,7 +1361,10 @@ class Supervisor:
             else:
                 log.info("%s again: already stopping gracefully", signal.Signals(sig).name)
             return
-        log.info("received %s: checkpointing and stopping the job", signal.Signals(sig).name)
+        # what will really happen: an idle daemon has no job to checkpoint
+        log.info("received %s: %s", signal.Signals(sig).name,
+                 "checkpointing and stopping the job" if self.runner is not None and self.runner.running
+                 else "no job is running here; stopping the daemon")
         self.stop_signal = sig
 
     def _begin_shutdown(self, mono: float) -> None:

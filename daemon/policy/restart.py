@@ -22,8 +22,10 @@ class RestartDecision:
 
 
 def decide_restart(exit: ExitInfo, *, code_errors: int, last_error_sig: str | None,
-                   cfg: dict[str, Any]) -> RestartDecision:
-    """``code_errors``: code errors so far in this run (before this one)."""
+                   cfg: dict[str, Any], has_checkpoint: bool | None = None) -> RestartDecision:
+    """``code_errors``: code errors so far in this run (before this one). ``has_checkpoint``:
+    whether the run has a checkpoint to restart from (None: not known), so the reason never
+    promises "the newest checkpoint" when there is none."""
     job = cfg["job"]
     if exit.kind == "success":
         return RestartDecision("finish", 0.0, "the job finished")
@@ -33,7 +35,7 @@ def decide_restart(exit: ExitInfo, *, code_errors: int, last_error_sig: str | No
         return RestartDecision("recover", float(cfg["resets"]["cooldown_s"]), exit.detail)
     if exit.kind == "signal":
         return RestartDecision("restart", float(job["restart_backoff_s"]),
-                               f"{exit.detail}; restarting from the newest checkpoint")
+                               f"{exit.detail}; {_restarting(has_checkpoint)}")
     # code error
     if exit.signature is not None and exit.signature == last_error_sig:
         return RestartDecision("fail", 0.0, f"deterministic failure: the same error at the same "
@@ -44,3 +46,10 @@ def decide_restart(exit: ExitInfo, *, code_errors: int, last_error_sig: str | No
     delay = float(job["restart_backoff_s"]) * (2 ** code_errors)
     return RestartDecision("restart", delay, f"{exit.detail}; restart {code_errors + 1} of "
                            f"{job['max_code_error_restarts']} in {delay:.0f} s")
+
+
+def _restarting(has_checkpoint: bool | None) -> str:
+    if has_checkpoint is None:
+        return "restarting"
+    return ("restarting from the newest checkpoint" if has_checkpoint
+            else "restarting from the start (no checkpoint yet)")

@@ -105,9 +105,11 @@ class ExitDecision:
 
 
 def decide_exit(info: ExitInfo, *, code_errors: int, last_error_sig: str | None,
-                recent_restarts: list[float], now: float, cfg: dict[str, Any]) -> ExitDecision:
+                recent_restarts: list[float], now: float, cfg: dict[str, Any],
+                has_checkpoint: bool | None = None) -> ExitDecision:
     """``recent_restarts``: the times of this run's earlier restarts (any cause)."""
-    d = decide_restart(info, code_errors=code_errors, last_error_sig=last_error_sig, cfg=cfg)
+    d = decide_restart(info, code_errors=code_errors, last_error_sig=last_error_sig, cfg=cfg,
+                       has_checkpoint=has_checkpoint)
     if d.action in ("finish", "fail"):
         return ExitDecision(d.action, 0.0, d.reason)
     if d.action == "stopped":
