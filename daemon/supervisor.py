@@ -37,6 +37,7 @@ from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader, run_key
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
+from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.timebase import clock_step
 from daemon.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.resets.resetlog import ResetLog
@@ -133,7 +134,9 @@ class Supervisor:
         self.poll_due = True
         self.snapshot: dict[str, Any] = {}
         self.on_state: Callable[[str], None] | None = None  # sd_notify STATUS=, set by app.py
-        self.loss_series: list[tuple[int, float]] = []  # (step, loss) of this run: its fingerprint
+        self.loss_series: list[tuple[int, float]] = []
+        self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
+        self._replaying = False  # (step, loss) of this run: its fingerprint
         self.queue_plan: Any = None
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/governing.py)
@@ -297,8 +300,12 @@ class Supervisor:
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
         checkpoint costs (for the interval) and the restart history."""
-        for rec in self.runner.records():
-            self._observe_record(rec, replay=True)
+        self._replaying = True  # a climb already said before the restart is not said again
+        try:
+            for rec in self.runner.records():
+                self._observe_record(rec, replay=True)
+        finally:
+            self._replaying = False
         # resets belong to the machine, not the run: a queue's next run inherits the count
         self.reset_log.load(self.clock())
         for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
@@ -604,6 +611,25 @@ class Supervisor:
         self.loss_series.append((step, loss))
         if len(self.loss_series) > 5000:  # a long night: keep every other point
             self.loss_series = self.loss_series[::2]
+        self.climb, found = observe_climb(self.climb, step, loss)  # policy/climb.py
+        if found is not None and not self._replaying:
+            self._on_climb(found)
+
+    def _on_climb(self, c: Climb) -> None:
+        """A climb back (policy/climb.py) is a divergence: said, and [divergence] action applied
+        (stop or next; a rollback would climb again, so a climb is only said then)."""
+        if self.p.divergence is None or self.exit_intent is not None or not math.isfinite(c.loss):
+            return  # a non-finite loss is the spike watchdog's to say (and act on)
+        action = self.cfg["divergence"]["action"]
+        ends = action in ("stop", "next") and self.runner.running
+        self.event("divergence", f"the loss is climbing back at step {c.step}: {c.reason}; "
+                   + (f"action: {action}" if ends or action == "alert" else
+                      f"said only ({action} does not apply to a climb, or no job is running here)"),
+                   "error", step=c.step, climb_start=c.start, loss=str(c.loss))
+        if ends:
+            reason = f"stopped: the loss climbed back from step {c.start} ({c.reason})"
+            self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
+                           self.mono())
 
     def _fingerprint(self) -> Any:
         from daemon.policy.fingerprint import fingerprint
@@ -644,6 +670,7 @@ class Supervisor:
         self._create_run(waiting[0])
         self.facts = type(self.facts)()
         self.loss_series = []
+        self.climb = ClimbState()
         self.failure = None
         self.holds.pop("thermal", None)
         self.interval_steps = None

@@ -216,3 +216,25 @@ def test_status_and_the_phone_name_the_running_run_as_the_queue_named_it(tmp_pat
         assert sup.snapshot["job"] == "lr-hot"
         assert "job   lr-hot (run 1)" in render(sup.snapshot)
     run(go())
+
+
+def test_a_climb_back_is_a_divergence_from_the_first_reports_and_next_moves_the_queue_on(tmp_path):
+    """Finding 8 in the daemon: an lr-1.0 run climbed from 3.47 to 213 with no alert (the
+    spike watchdog's 20-report warm-up); the climb watch (policy/climb.py) sees it at once."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]},
+                     divergence={"enabled": True, "action": "next"})  # window 20: the old blind spot
+        losses = [3.47, 3.41, 9.8, 41.0, 213.0, 190.0, 205.0, 230.0]
+        hot = Behaviour(script=[(0.5 + i * 0.5, "record", {"kind": "progress", "step": 10 * (i + 1), "loss": v})
+                                for i, v in enumerate(losses)] + [(30.0, "exit", 0)])
+        cfg["queue"] = [{"name": "lr-hot", "command": ["hot"], "env": {}, "resume_command": None, "total_steps": 100},
+                        {"name": "after", "command": ["trainer"], "env": {}, "resume_command": None, "total_steps": 100}]
+        from daemon import parts as build
+        h = Harness(tmp_path, cfg, {"hot": hot, "trainer": trainer(100)}, divergence=build.divergence(cfg))
+        sup = await h.open()
+        await h.run(20, until=lambda s: s.run_id == 2)
+        said = [m for m in h.events("divergence") if "climbing back" in m]
+        assert said and "action: next" in said[0] and "run's best 3.4" in said[0], h.events("divergence")
+        assert h.store.get_run(1)["state"] == "failed" and sup.run_id == 2
+        assert int(said[0].split("climbing back at step ")[1].split(":")[0]) <= 70  # from the first reports
+    run(go())
