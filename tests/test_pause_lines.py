@@ -98,3 +98,24 @@ def test_the_simulated_gpu_is_called_the_simulated_gpu(tmp_path):
         assert line == ["gpu   card0, the simulated GPU."], text
         assert "the only amdgpu card" not in text
     _run(go())
+
+
+def test_sensors_shows_how_auto_resolved_and_suggests_the_simulated_gpu(tmp_path):
+    """Was: `[gpu] sensor = "none"` while the config said "auto", and no way to try the tool."""
+    from daemon import config as config_mod
+    from daemon.sensors.report import sensors_report
+
+    cfg = config_mod.validate({"job": {"command": ["x"]}, "gpu": {"sysfs_root": str(tmp_path)},
+                               "resets": {"sources": ["devcoredump"]}})
+    text, code = sensors_report(cfg)
+    assert code == 0
+    assert text.splitlines()[0].startswith('GPU sensor: [gpu] sensor = "auto" -> '), text
+    assert '[gpu] sensor = "none"' not in text, text
+    assert '[gpu] sensor = "simulated"' in text and "nightshift demo" in text
+
+
+def test_an_auto_sensor_that_found_nothing_says_auto_not_none(tmp_path):
+    from daemon.sensors import THERMAL_OFF, Sensor
+    s = Sensor([], "none", configured="auto")
+    assert s.problems == [THERMAL_OFF + ' ([gpu] sensor = "auto" found none)']
+    assert Sensor([], "none").problems == [THERMAL_OFF + ' ([gpu] sensor = "none")']

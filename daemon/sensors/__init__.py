@@ -33,9 +33,11 @@ class Sensor:
       resets or sleeps do not count either way).
     """
 
-    def __init__(self, parts: list[Any], name: str, clock=time.time, problems: list[str] | None = None):
+    def __init__(self, parts: list[Any], name: str, clock=time.time, problems: list[str] | None = None,
+                 configured: str | None = None):
         self.parts = parts
         self.name = name
+        self.configured = configured or name  # [gpu] sensor as written ("auto" resolves to name)
         self.clock = clock
         amd = next((p for p in parts if isinstance(p, AmdgpuSysfs)), None)
         self.device_dir = amd.device_dir if amd is not None else None
@@ -51,7 +53,9 @@ class Sensor:
         self._refresh()
 
     def _refresh(self) -> None:
-        why = THERMAL_OFF + (' ([gpu] sensor = "none")' if self.name == "none" else "")
+        why = THERMAL_OFF + (' ([gpu] sensor = "none")' if self.configured == "none" else
+                             ' ([gpu] sensor = "auto" found none)' if self.configured == "auto"
+                             and self.name == "none" else "")
         self.problems[:] = self._static + ([why] if self.thermal_off else [])
 
     def read(self) -> Reading:
@@ -129,14 +133,15 @@ def open_sensor(gpu_cfg: dict[str, Any], *, read_text_fn=None, clock=time.time,
     amd = AmdgpuSysfs(root, card, read, clock, env)
     k10 = K10temp(root, read)
     if amd.found:
-        return Sensor([amd, k10], "amdgpu-sysfs", clock)
+        return Sensor([amd, k10], "amdgpu-sysfs", clock, configured="auto")
     problems = amd.problems + [f"no amdgpu device under {root}/class/drm"]
     p = PyAmdgpu()
     if p.found:
-        return Sensor([p, k10], "pyamdgpuinfo", clock, problems)
+        return Sensor([p, k10], "pyamdgpuinfo", clock, problems, configured="auto")
     problems.append(p.problem or "pyamdgpuinfo unavailable")
     parts: list[Any] = [k10] if k10.found else []
     ps = PsutilTemps()
     if ps.found:
         parts.append(ps)
-    return Sensor(parts, "psutil" if ps.found else ("k10temp" if k10.found else "none"), clock, problems)
+    return Sensor(parts, "psutil" if ps.found else ("k10temp" if k10.found else "none"), clock, problems,
+                  configured="auto")

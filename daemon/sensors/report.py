@@ -61,7 +61,9 @@ def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
     env = {**os.environ, **{k: str(v) for k, v in (cfg.get("job", {}).get("env") or {}).items()}}
     s = open_sensor(gpu, env=env)
     r = s.read()
-    lines = [f"GPU sensor: {s.name} (sysfs root {gpu['sysfs_root']})"]
+    how = (f'[gpu] sensor = "auto" -> {s.name}' if s.configured == "auto"
+           else f'[gpu] sensor = "{s.configured}"')
+    lines = [f"GPU sensor: {how} (sysfs root {gpu['sysfs_root']})"]
     lines += cards_report(gpu["sysfs_root"], s.card)
     if s.card:
         lines.append(f"  watching {s.card}: {s.card_reason}")
@@ -104,4 +106,7 @@ def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
                      f"uses {s.name}), so failing reads cannot signal a reset")
     lines.append("  job: ok (the job's dying ROCm/HIP message counts as a reset)")
     det.close()
+    if s.name != "amdgpu-sysfs":  # nothing real to watch: the way to try the tool anyway
+        lines.append('To try nightshift without an AMD GPU: `nightshift demo`, or [gpu] sensor = '
+                     '"simulated" in the config (a simulated 780M that heats and resets)')
     return "\n".join(lines), 0
