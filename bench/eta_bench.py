@@ -91,7 +91,8 @@ def run_night(profile: str, a: argparse.Namespace) -> dict:
         end = time.monotonic() - sampler.t0
         sampler.stop.set()
     return {"kind": f"night {profile}", "exit": r.returncode, "wall_s": round(end, 1),
-            "checks": eta_check(sampler.samples, end)}
+            "checks": eta_check(sampler.samples, end),
+            "samples": [[round(t, 1), step, round(e)] for t, step, e in sampler.samples]}
 
 
 def main() -> None:
