@@ -218,7 +218,7 @@ class ResetLog:
         """The ``resets`` block of the status (docs/api.md)."""
         run = self.run_counts(run_id)
         recent = self._recent(now)
-        last = self.rows[-1] if self.rows else None
+        last = recent[-1] if recent else None
         diag = self.diagnosis
         return {
             "in_window": self.in_window(now),
