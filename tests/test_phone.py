@@ -351,11 +351,16 @@ def test_the_diagnosis_headline_is_a_whole_sentence(temps):
 def test_sensors_report_does_not_list_a_missing_reset_source_as_working(tmp_path):
     from daemon.sensors.report import sensors_report
     cfg = config_mod.load(write_config(tmp_path, {"job": {"command": ["true"]},
-                                                  "gpu": {"sensor": "auto", "sysfs_root": str(tmp_path)}}))
+                                                  "gpu": {"sensor": "auto", "sysfs_root": str(tmp_path)},
+                                                  "resets": {"sources": ["sensor", "job"]}}))
     text, _ = sensors_report(cfg)
     assert "EPERM on amdgpu reads" not in text
     assert "sensor: not available" in text or "sensor: ok (" in text
-    assert "job: ok (the job's dying ROCm/HIP message counts as a reset)" in text
+    assert "job: ok (the job's dying ROCm/HIP message: \"GPU Hang\" a reset" in text
+    # a source left out of [resets] sources is said to be off (issue 26)
+    cfg["resets"]["sources"] = ["kmsg"]
+    text, _ = sensors_report(cfg)
+    assert "sensor: off ([resets] sources)" in text and "job: off ([resets] sources)" in text
 
 
 def test_dashboard_is_one_file_without_external_assets():

@@ -98,13 +98,17 @@ def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
         lines.append(f"  {src.name}: ok")
     for prob in det.all_problems():
         lines.append(f"  missing: {prob}")
-    if s.name == "amdgpu-sysfs":
+    if "sensor" not in det.uses:
+        lines.append("  sensor: off ([resets] sources)")
+    elif s.name == "amdgpu-sysfs":
         lines.append("  sensor: ok (an amdgpu read failing with EPERM, card not suspended, "
                      "counts as a reset)")
     else:
         lines.append(f"  sensor: not available: it needs the amdgpu sysfs sensor (this machine "
                      f"uses {s.name}), so failing reads cannot signal a reset")
-    lines.append("  job: ok (the job's dying ROCm/HIP message counts as a reset)")
+    lines.append("  job: ok (the job's dying ROCm/HIP message: \"GPU Hang\" a reset, a memory "
+                 "access fault a GPU fault)" if "job" in det.uses else
+                 "  job: off ([resets] sources)")
     det.close()
     if s.name != "amdgpu-sysfs":  # nothing real to watch: the way to try the tool anyway
         lines.append('To try nightshift without an AMD GPU: `nightshift demo`, or [gpu] sensor = '
