@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from daemon.decisions import Emit, Goto, Save
 from daemon.offload.base import (
     JobSpec,
     OffloadAuthError,
@@ -40,28 +41,8 @@ AfterPull = Literal["finish", "local", "stopped", "fallback"]
 
 
 # ------------------------------------------------------------------ actions (for the Supervisor)
-@dataclass(frozen=True)
-class Emit:
-    """An event."""
-    kind: str
-    message: str
-    level: str = "info"
-    data: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Goto:
-    """A state change."""
-    state: State
-    reason: str
-
-
-@dataclass(frozen=True)
-class Save:
-    """Run fields to write (``remote_state`` among them)."""
-    fields: dict[str, Any]
-
-
+# Emit, Goto and Save are the Supervisor's common decisions (daemon/decisions.py); Seen and
+# End are the remote run's own.
 @dataclass(frozen=True)
 class Seen:
     """Progress the remote side reported: the run's facts follow it."""

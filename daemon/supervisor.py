@@ -23,17 +23,30 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from daemon import decide
 from daemon import intent as intents
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.decisions import (
+    AskCheckpoint,
+    AskExit,
+    CapClock,
+    Decision,
+    Hold,
+    Problem,
+    Release,
+    Remember,
+    UncapClock,
+)
 from daemon.governing import Governor, job_key
 from daemon.intent import ExitIntent, Why
 from daemon.jobproc import same_process_alive, stop_orphan
 from daemon.jobrunner import JobRunner
+from daemon.observation import Clock, JobSigns, Memory, Observation, Poll
 from daemon.offloader import Offloader, run_key
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
@@ -317,10 +330,10 @@ class Supervisor:
 
     # ================================================================== the tick
     async def tick(self) -> None:
-        now, mono = self.clock(), self.mono()
-        self._watch_clock(now, mono)
+        """One tick: observe (one Observation value) -> decide -> apply -> publish."""
         try:
-            await self._tick(now, mono)
+            obs = await self._observe()
+            await self._tick(obs)
         except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
             log.exception("supervisor tick failed")
             self.problems["internal"] = f"{type(e).__name__}: {e}"
@@ -328,21 +341,71 @@ class Supervisor:
                        "the daemon carries on", "error")
         self._publish(self.clock())
 
-    def _watch_clock(self, now: float, mono: float) -> None:
+    async def _observe(self) -> Observation:
+        """Everything outside, read once for this tick."""
+        now, mono = self.clock(), self.mono()
         step = clock_step(self._clock_offset, now, mono)
         self._clock_offset = now - mono
-        if step is not None:
-            self.event("clock", f"the wall clock stepped {'forward' if step > 0 else 'back'} "
-                       f"{abs(step):.0f} s (NTP, suspend and resume, or an RTC in local time); "
-                       "timeouts, cooldowns and hang detection run on the monotonic clock and "
-                       "are not affected", "warn", step_s=round(step, 3))
+        recs = self.runner.records()
+        lines = self.runner.drain_lines()
+        if self.p.output_progress is not None:  # [job] progress_pattern: progress from output
+            recs += [r for r in map(self.p.output_progress.feed, lines) if r is not None]
+        commands = tuple(self.commands)  # each leaves the queue once handled
+        poll = None
+        if self.poll_due:
+            self.poll_due = False
+            self.runner.sample_cpu(mono)
+            reading, error = None, None
+            if self.p.sensor is not None:
+                try:
+                    reading = self.p.sensor.read()
+                except Exception as e:  # noqa: BLE001 - a failed read is an unknown, never a crash
+                    log.exception("reading the sensor failed")
+                    error = f"{type(e).__name__}: {e}"
+            resets: tuple[Any, ...] = ()
+            if self.p.detector is not None:
+                if reading is not None:
+                    self.p.detector.note_sensor(reading)
+                resets = tuple(self.p.detector.poll())
+            sched = self.p.schedule.should_run(now) if self.p.schedule is not None else None
+            poll = Poll(reading=reading, resets=resets, schedule=sched, error=error)
+        return Observation(
+            clock=Clock(now, mono), clock_step_s=step, records=tuple(recs), lines=tuple(lines),
+            exit_code=self.runner.exited(), commands=commands,
+            stop_signal=self.stop_signal if not self.shutting_down else None, poll=poll,
+            job=self._job_signs(mono if recs else self.record_seen_at))
 
-    async def _tick(self, now: float, mono: float) -> None:
-        self._read_job(now)
-        if self.runner.exited() is not None:
+    def _job_signs(self, last_record_at: float | None) -> JobSigns:
+        r = self.runner
+        return JobSigns(running=r.running, stopping=r.stopping, started_at=r.started_at,
+                        last_record_at=last_record_at, last_output_at=r.last_output_t,
+                        last_cpu_growth_at=r.last_cpu_growth_t)
+
+    def _memory(self) -> Memory:
+        """What the tick's rules may read of the Supervisor's state (a copy)."""
+        ck, at = self.facts.checkpoint, self.checkpoint_seen_at
+        wall, mono = self.clock(), self.mono()
+        if at is None and ck and ck.get("t"):  # known from before a restart: its record time
+            at = mono - (wall - float(ck["t"]))
+        return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
+                      edges=tuple(self.edges), suspect_since=self.suspect_since,
+                      age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.facts.steps_per_s,
+                      interval_steps=self.interval_steps, problems=dict(self.problems),
+                      clock_cap=self.p.clockcap is not None)
+
+    async def _tick(self, obs: Observation) -> None:
+        now, mono = obs.clock.wall, obs.clock.mono
+        self._apply(decide.clock(obs))
+        for rec in obs.records:
+            self._observe_record(rec)
+        if obs.poll is not None:  # the reading and resets first: an exit below may be explained by them
+            self._note_reading(obs.poll.reading, mono)
+            for ev in obs.poll.resets:
+                self._on_reset(ev)
+        if obs.exit_code is not None:
             await self._on_exit(now, mono)
-        while self.commands:
-            action, arg, fut = self.commands.popleft()
+        for action, arg, fut in obs.commands:
+            self.commands.popleft()  # the same one: only the tick takes from the queue
             try:
                 res = await self._command(action, arg, now, mono, fut)
             except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
@@ -358,14 +421,13 @@ class Supervisor:
                 from daemon.statusview import headline
                 fut.set_result({**res, "state": self.state.value,
                                 "headline": headline(self.state, self.holds)})
-        if self.stop_signal is not None and not self.shutting_down:
+        if obs.stop_signal is not None and not self.shutting_down:
             self._begin_shutdown(mono)
         if self._next_run_due and not self.runner.running and not self.shutting_down:
             self._start_next_run(now)
-        if self.poll_due:
-            self.poll_due = False
-            await self._poll(now, mono)
-        await self._advance(now, mono)
+        if obs.poll is not None:
+            await self._poll(obs)
+        await self._advance(obs)
         self.runner.advance(mono)
         if self.shutting_down and not self.runner.running:
             # a stop still waiting (the cloud run was cancelling or pulling) gets its answer
@@ -375,14 +437,12 @@ class Supervisor:
             self.done.set()
 
     # ================================================================== the job's output
-    def _read_job(self, now: float) -> None:
+    def _read_job(self) -> None:
+        """The records written since the tick's observation (the last ones, before an exit
+        is judged)."""
         recs = self.runner.records()
-        lines = self.runner.drain_lines()
-        if self.p.output_progress is not None:  # [job] progress_pattern: progress from output
-            for line in lines:
-                rec = self.p.output_progress.feed(line)
-                if rec is not None:
-                    recs.append(rec)
+        if self.p.output_progress is not None:
+            recs += [r for r in map(self.p.output_progress.feed, self.runner.drain_lines()) if r is not None]
         for rec in recs:
             self._observe_record(rec)
 
@@ -436,7 +496,7 @@ class Supervisor:
     async def _on_exit(self, now: float, mono: float) -> None:
         rc = self.runner.exited()
         assert rc is not None
-        self._read_job(now)  # the last records (done, checkpoint) before deciding
+        self._read_job()  # the last records (done, checkpoint) before deciding
         tail = self.runner.output_tail()
         started = self.runner.proc.started_at if self.runner.proc else None
         self.runner.forget()
@@ -729,11 +789,14 @@ class Supervisor:
         raise AssertionError(action)
 
     # ================================================================== per-state work
-    async def _advance(self, now: float, mono: float) -> None:
+    async def _advance(self, obs: Observation) -> None:
+        now, mono = obs.clock.wall, obs.clock.mono
         if self.state == State.STARTING:
             await self._maybe_start(now, mono)
         elif self.state in (State.RUNNING, State.COOLING):
-            self._liveness(now, mono)
+            # the job as it is now, after this tick's exit and commands
+            signs = replace(obs, job=self._job_signs(self.record_seen_at))
+            self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
         elif self.state == State.RECOVERING:
             await self._recover(mono)
         elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
@@ -841,38 +904,6 @@ class Supervisor:
         env.update(self.p.job_env)
         return env
 
-    def _liveness(self, now: float, mono: float) -> None:
-        if not self.runner.running or self.runner.stopping:
-            return
-        # every time here is monotonic: when the daemon saw each sign of life
-        obs = rules.Liveness(started_at=self.runner.started_at if self.runner.started_at is not None else mono,
-                             last_record_t=self.record_seen_at,
-                             last_output_t=self.runner.last_output_t,
-                             last_cpu_growth_t=self.runner.last_cpu_growth_t,
-                             held=bool(self.holds), suspect_since=self.suspect_since)
-        v = rules.judge_liveness(obs, mono, self.cfg["job"])
-        if v.action == "suspect":
-            self.suspect_since = mono
-            asked = self.runner.command("checkpoint") is not None
-            self.event("hang", f"the job looks hung: {v.reason}; "
-                       + ("asking for a checkpoint, then stopping it" if asked else "stopping it soon"),
-                       "warn")
-        elif v.action == "terminate":
-            self.event("hang", f"stopping the hung job: {v.reason}", "warn")
-            self._ask_exit(intents.HANG, mono)
-        elif v.action == "alive":
-            self.suspect_since = None
-        # the checkpoint-age warning
-        ck = self.facts.checkpoint
-        ck_at = self.checkpoint_seen_at
-        if ck_at is None and ck and ck.get("t"):  # known from before a restart: its record time
-            ck_at = mono - (now - float(ck["t"]))
-        msg = rules.checkpoint_age_warning(mono, ck_at, self.facts.steps_per_s, self.interval_steps,
-                                           self.age_warned)
-        if msg is not None:
-            self.age_warned = mono
-            self.event("checkpoint_age", msg, "warn")
-
     # ================================================================== holds
     def _apply_holds(self, before: bool) -> None:
         held = bool(self.holds)
@@ -897,34 +928,27 @@ class Supervisor:
         return True
 
     # ================================================================== polling
-    async def _poll(self, now: float, mono: float) -> None:
-        self.runner.sample_cpu(mono)
+    def _note_reading(self, reading: Any, mono: float) -> None:
+        if reading is None:
+            return
+        self.last_reading = reading
+        self.readings.append(reading)
+        if reading.edge_c is not None:
+            self.edges.append((mono, reading.edge_c))
+
+    async def _poll(self, obs: Observation) -> None:
+        """Per poll interval: the reading kept, problems, adopted checkpoints, then the rules."""
+        assert obs.poll is not None
+        now, mono, reading = obs.clock.wall, obs.clock.mono, obs.poll.reading
         self.store.retry_pending()  # writes queued while the disk was full or read-only
-        reading = None
-        if self.p.sensor is not None:
-            reading = self.p.sensor.read()
-            self.last_reading = reading
-            self.readings.append(reading)
-            if reading.edge_c is not None:
-                self.edges.append((mono, reading.edge_c))
-        # no temperature = no thermal protection: say so (a sleeping GPU's reading keeps the verdict)
-        msg = rules.sensor_problem(reading, self.problems.get("sensor"))
         self._static_sensor_problems()
-        if msg is not None and self.problems.get("sensor") != msg:
-            self.event("sensor", msg, "warn")
-        if msg is None:
-            self.problems.pop("sensor", None)
-        else:
-            self.problems["sensor"] = msg
+        self._apply(decide.sensor(obs, self._memory()))
         f = self.facts
         if self.stored(self.store.add_reading, self.run_id, now, getattr(reading, "edge_c", None),
                        getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
                        getattr(reading, "busy_pct", None), f.step, _finite(f.loss)):
             self.stored.healthy()
         if self.p.detector is not None:
-            if reading is not None:
-                self.p.detector.note_sensor(reading)
-            self._poll_resets()
             for problem in self.p.detector.problems():
                 if problem not in self.problems.values():
                     self.problems[f"source:{problem[:40]}"] = problem
@@ -932,8 +956,8 @@ class Supervisor:
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
         self._govern(mono, reading)
-        self._thermal(mono, reading)
-        self._schedule(now)
+        self._apply(decide.thermal(obs, self._memory(), self.cfg))
+        self._apply(decide.schedule(obs, self._memory()))
         self._interval(now)
         self._consider_offload(now)
 
@@ -941,7 +965,7 @@ class Supervisor:
         if c is None:
             return
         self.facts.checkpoint = _adopted_fact(c)
-        self.checkpoint_seen_at = self.clock()  # adopted once verifiable: as good as a record
+        self.checkpoint_seen_at = self.mono()  # adopted once verifiable: as good as a record
         self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
                     f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
         if c.step is not None:
@@ -950,39 +974,6 @@ class Supervisor:
     def _poll_resets(self) -> None:
         for ev in self.p.detector.poll():
             self._on_reset(ev)
-
-    def _thermal(self, mono: float, reading: Any) -> None:
-        if reading is None or self.state not in (State.RUNNING, State.COOLING):
-            return
-        from daemon.policy.thermal import ThermalObs, ThermalState, clock_cap_due, decide_thermal
-        if self.thermal is None:
-            self.thermal = ThermalState(paused=False, paused_at=None, reason="")
-        th = self.cfg["thermal"]
-        cap = self.p.clockcap
-        if cap is not None and clock_cap_due(reading.edge_c, th):
-            msg = cap.apply()
-            if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
-                self.problems["clock_cap"] = msg
-                self.event("clock_cap", msg, "warn")
-        obs = ThermalObs(now=mono, edge_c=reading.edge_c, tctl_c=reading.tctl_c, history=list(self.edges),
-                         poll_interval_s=float(self.cfg["gpu"]["poll_interval_s"]))
-        dec = decide_thermal(obs, self.thermal, th)
-        if dec.action == "pause" and self.state == State.RUNNING and self.runner.running:
-            self.thermal = ThermalState(paused=True, paused_at=mono, reason=dec.reason)
-            if self.gov is not None:
-                self.gov.paused()  # the governor's safety net fired: the phone line counts it
-            self._hold("thermal", dec.reason)
-            self.set_state(State.COOLING, dec.reason, detail=True)  # paused_hot says it
-            self.event("paused_hot", f"paused before overheating: {dec.reason}", "warn",
-                       edge_c=reading.edge_c, tctl_c=reading.tctl_c)
-        elif dec.action == "resume" and self.state == State.COOLING:
-            if getattr(dec, "forced", False):
-                self.event("max_cooldown", f"resuming while still warm: {dec.reason}", "warn")
-            self.thermal = ThermalState(paused=False, paused_at=None, reason="")
-            self._release("thermal")
-            self.set_state(State.RUNNING, dec.reason)
-            if cap is not None:
-                cap.restore()
 
     def _govern(self, mono: float, reading: Any) -> None:
         """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
@@ -1003,16 +994,6 @@ class Supervisor:
             self.problems["governor"] = says.problem
         if says.learned:  # kept at once: a kill -9 must not lose the night's learning
             self.stored(gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
-
-    def _schedule(self, now: float) -> None:
-        if self.p.schedule is None or self.state not in (State.RUNNING, State.COOLING):
-            return
-        ok, why = self.p.schedule.should_run(now)
-        if not ok and "schedule" not in self.holds:
-            self._hold("schedule", why)
-            self.event("schedule", f"holding the job: {why}")
-        elif ok and "schedule" in self.holds:
-            self._release("schedule")
 
     def _interval(self, now: float) -> None:
         iv = self.cfg["checkpoint"]["interval"]
@@ -1145,15 +1126,44 @@ class Supervisor:
         self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.mono())
 
     # ================================================================== the cloud
-    def _apply(self, actions: list[Action]) -> None:
-        """Carry out the remote run's decisions (daemon/remote_run.py), in order."""
+    def _apply(self, actions: Sequence[Action | Decision]) -> None:
+        """Carry out decisions, in order: the tick's rules' (daemon/decide.py) and the remote
+        run's (daemon/remote_run.py). The one place run state changes on a rule's word."""
         for a in actions:
-            if isinstance(a, Save):
+            if isinstance(a, Hold):
+                if a.owner == "thermal" and self.gov is not None:
+                    self.gov.paused()  # the governor's safety net fired: the phone line counts it
+                self._hold(a.owner, a.why)
+            elif isinstance(a, Release):
+                self._release(a.owner)
+            elif isinstance(a, Remember):
+                self.thermal = a.thermal if a.thermal is not None else self.thermal
+                self.suspect_since = None if a.clear_suspect else (
+                    a.suspect_since if a.suspect_since is not None else self.suspect_since)
+                self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
+            elif isinstance(a, Problem):
+                if a.text is None:
+                    self.problems.pop(a.key, None)
+                else:
+                    self.problems[a.key] = a.text
+            elif isinstance(a, AskExit):
+                self._ask_exit(a.intent, self.mono())
+            elif isinstance(a, AskCheckpoint):
+                self.runner.command("checkpoint")
+            elif isinstance(a, CapClock):
+                msg = self.p.clockcap.apply() if self.p.clockcap is not None else None
+                if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
+                    self.problems["clock_cap"] = msg
+                    self.event("clock_cap", msg, "warn")
+            elif isinstance(a, UncapClock):
+                if self.p.clockcap is not None:
+                    self.p.clockcap.restore()
+            elif isinstance(a, Save):
                 self._update_run(**a.fields)
             elif isinstance(a, Emit):
                 self.event(a.kind, a.message, a.level, **(a.data or {}))
             elif isinstance(a, Goto):
-                self.set_state(a.state, a.reason)
+                self.set_state(a.state, a.reason, detail=a.detail)
             elif isinstance(a, Seen):
                 self._seen_remote(a.status)
             elif isinstance(a, End):

@@ -1,0 +1,90 @@
+"""What the Supervisor decided, as values: the tick's rules (daemon/decide.py) and the remote
+run (daemon/remote_run.py) return lists of these, and the Supervisor, the one writer of run
+state, carries them out in order (``Supervisor._apply``). A test asserts a list of decisions
+without anything having happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.intent import ExitIntent
+from daemon.policy.thermal import ThermalState
+from daemon.states import State
+
+
+@dataclass(frozen=True)
+class Emit:
+    """An event (store, log, notifier)."""
+    kind: str
+    message: str
+    level: str = "info"
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Goto:
+    """A state change. ``detail``: another event says the same (stored, not a journal line)."""
+    state: State
+    reason: str
+    detail: bool = False
+
+
+@dataclass(frozen=True)
+class Save:
+    """Run fields to write."""
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Hold the job for ``owner`` (thermal, user, schedule) until it lets go."""
+    owner: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Release:
+    owner: str
+
+
+@dataclass(frozen=True)
+class AskExit:
+    """Ask the job to end; the intent says what follows its exit."""
+    intent: ExitIntent
+
+
+@dataclass(frozen=True)
+class AskCheckpoint:
+    """A one-shot checkpoint command (a trainer/ job), e.g. before a hung job is stopped."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Set (``text``) or clear (None) one problem shown in status."""
+    key: str
+    text: str | None
+
+
+@dataclass(frozen=True)
+class CapClock:
+    """Put the clock cap on (``[thermal] clock_cap_mhz``)."""
+
+
+@dataclass(frozen=True)
+class UncapClock:
+    """Lift the clock cap."""
+
+
+@dataclass(frozen=True)
+class Remember:
+    """The tick's own memory moves on: the thermal state, since when a hang is suspected, when
+    the checkpoint-age warning was last given (only the fields given change)."""
+    thermal: ThermalState | None = None
+    suspect_since: float | None = None
+    clear_suspect: bool = False
+    age_warned: float | None = None
+
+
+Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Problem | CapClock | \
+    UncapClock | Remember
