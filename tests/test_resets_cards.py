@@ -122,3 +122,27 @@ def test_the_discrete_cards_devcoredump_and_wedged_uevent_are_not_the_780ms(tmp_
     [ev] = run(det, clock)
     assert (ev.kind, ev.device, ev.sources) == ("reset", APU, ["devcoredump"])
     assert ev.lines[0].endswith(f"(device {APU})")
+    det.close()  # the real netlink socket the uevent source opened
+
+
+def test_a_line_read_late_that_turns_a_soft_recovery_into_a_reset_revises_it_once(tmp_path):
+    """The journal delivers a reset line 30 s late, after the incident it belongs to (by its
+    kernel time) was emitted as a soft recovery: it comes back revised, same id, kind reset."""
+    log = tmp_path / "kern.log"
+    log.write_text("")
+    clock = Clock(BOOT + 1000.0)
+    det = ResetDetector({"sources": ["kmsg"]}, kernel_log=str(log), clock=clock, boot_time=BOOT)
+    k = clock.t - BOOT
+    with open(log, "a") as f:
+        f.write(kmsg(k, f"amdgpu {APU}: amdgpu: ring gfx_0.0.0 timeout, but soft recovered"))
+    [soft] = run(det, clock, 30)
+    assert (soft.kind, soft.revision) == ("soft_recovery", 0)
+    with open(log, "a") as f:  # logged 5 s after the recovery, read 25 s later
+        f.write(kmsg(k + 5.0, f"amdgpu {APU}: amdgpu: ring comp_1.0.0 timeout, signaled seq=9, "
+                              "emitted seq=10"))
+        f.write(kmsg(k + 5.1, f"amdgpu {APU}: amdgpu: GPU reset begin!"))
+        f.write(kmsg(k + 5.5, f"amdgpu {APU}: amdgpu: GPU reset(1) succeeded!"))
+    [again] = run(det, clock, 30)
+    assert again.id == soft.id and again.revision == 1
+    assert (again.kind, again.kernel_resets, again.label) == ("reset", 1, "ring timeout (compute)")
+    assert run(det, clock, 30) == []
