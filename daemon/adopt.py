@@ -205,7 +205,7 @@ def _tree_files(path: Path) -> list[Path]:
 
 def _digest(path: Path) -> tuple[str, dict[str, dict[str, Any]], int]:
     """(sha256, {relname: {size, sha256}}, bytes) of a file or directory."""
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for p in _tree_files(path):
         rel = "." if p == path else p.relative_to(path).as_posix()
         files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}

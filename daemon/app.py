@@ -118,7 +118,7 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if server is not None:
+        if server is not None and server_task is not None:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server_task, 5.0)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +177,9 @@ def _no_daemon(cfg: dict[str, Any]) -> bool:
     return client.served_address(cfg["daemon"]["state_dir"]) is None
 
 
-def _offline(cfg: dict[str, Any], read: Any) -> tuple[str | None, int]:
-    """(text, 0) read from the store, with a note on stderr; (message, 1) when it cannot be."""
+def _offline(cfg: dict[str, Any], read: Callable[[], Any]) -> tuple[Any, int]:
+    """(what ``read`` returned, 0) from the store, with a note on stderr; (message, 1) when it
+    cannot be read."""
     from daemon import client, offline
     try:
         text = read()
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "$NIGHTSHIFT_CONFIG, $CONFIGURATION_DIRECTORY/config.toml (systemd), "
                         "./config.toml, ~/.config/nightshift/config.toml, "
                         "/etc/nightshift/config.toml)",
-                        **({"default": argparse.SUPPRESS} if nested else {}))
+                        **({"default": argparse.SUPPRESS} if nested else {}))  # type: ignore[arg-type]
         return sp
 
     r = with_config(sub.add_parser("run", help="run the daemon in the foreground (what systemd "

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def status(base_url: str, json_out: bool = False) -> tuple[str, int]:
 
 def events(base_url: str, limit: int = 20, kind: str | None = None,
            show_all: bool = False) -> tuple[str, int]:
-    q = f"/events?limit={int(limit)}" + (f"&kind={urllib.request.quote(kind)}" if kind else "")
+    q = f"/events?limit={int(limit)}" + (f"&kind={urllib.parse.quote(kind)}" if kind else "")
     try:
         _, body = _get(base_url, q, "application/json")
     except urllib.error.URLError as e:

@@ -49,8 +49,8 @@ def sensor(obs: Observation, mem: Memory) -> list[Decision]:
         return []
     if obs.poll.error is not None:
         failed = f"reading the sensor failed ({obs.poll.error}); the daemon carries on"
-        return ([Emit("error", failed, "error")] if mem.problems.get("sensor_read") != failed else []) + \
-            [Problem("sensor_read", failed)]
+        said: list[Decision] = [Emit("error", failed, "error")] if mem.problems.get("sensor_read") != failed else []
+        return [*said, Problem("sensor_read", failed)]
     previous = mem.problems.get("sensor")
     msg = rules.sensor_problem(obs.poll.reading, previous)
     out: list[Decision] = []

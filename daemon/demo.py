@@ -30,14 +30,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from daemon import config as config_mod
 from daemon import statusfmt
 
-# steps, paced rate, resets injected at these fractions of the steps
-SHORT = {"steps": 250, "rate": 10.0, "inject_at": (0.6,)}
-LONG = {"steps": 1500, "rate": 10.0, "inject_at": (0.35, 0.7)}
+
+class Story(TypedDict):
+    steps: int
+    rate: float  # paced steps/s
+    inject_at: tuple[float, ...]  # resets injected at these fractions of the steps
+
+
+SHORT: Story = {"steps": 250, "rate": 10.0, "inject_at": (0.6,)}
+LONG: Story = {"steps": 1500, "rate": 10.0, "inject_at": (0.35, 0.7)}
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--batch", "8",
         "--eval-every", "100", "--threads", "1"]
 
@@ -47,7 +53,7 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
     """``governor_chip`` (default: as ``governor``): the chip of the --governor story; with
     governor off it is the A/B baseline of bench/demo_governor.py (the pause policy alone)."""
     governor_chip = governor if governor_chip is None else governor_chip
-    raw = {
+    raw: dict[str, Any] = {
         "job": {"name": "demo", "command": [sys.executable, "-m", "trainer.reference",
                                             "--steps", str(steps), *TINY,
                                             "--max-steps-per-s", str(rate)],
@@ -152,7 +158,7 @@ async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
     screen.update()
 
 
-async def run_demo(workdir: Path, story: dict[str, Any], out=sys.stdout, governor: bool = False,
+async def run_demo(workdir: Path, story: Story, out=sys.stdout, governor: bool = False,
                    governor_chip: bool | None = None) -> tuple[int, dict[str, Any], Screen]:
     from daemon import app, logs
     from daemon.store import Store

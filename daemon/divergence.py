@@ -30,7 +30,7 @@ class Spike:
 
 class DivergenceDetector:
     def __init__(self, window: int = 20, rtol: float = 2.0, patience: int = 1, warmup: int | None = None):
-        self.window = collections.deque(maxlen=window)
+        self.window: collections.deque[float] = collections.deque(maxlen=window)
         self.rtol = rtol
         self.patience = max(1, patience)
         self.warmup = window if warmup is None else warmup

@@ -118,8 +118,9 @@ def follow_runs(state_dir: str | Path, run: int, **kw: Any) -> Iterator[str]:
         return ids[0] if ids else None
     first = True
     while True:
-        yield from follow(runs_dir(state_dir) / str(run) / LOG, from_start=not first,
-                          stop=lambda r=run: newer(r) is not None, **kw)
+        def stop(r: int = run) -> bool:
+            return newer(r) is not None
+        yield from follow(runs_dir(state_dir) / str(run) / LOG, from_start=not first, stop=stop, **kw)
         nxt = newer(run)
         if nxt is None:
             return  # follow() ended for its own reason

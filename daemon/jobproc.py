@@ -55,6 +55,12 @@ DEFAULT_LOG_MAX_BYTES = 50 * 2**20
 READER_GRACE_S = 2.0  # after the job exits, how long its output may still drain
 ENV_TOKEN = "NIGHTSHIFT_JOB_TOKEN"  # in every job's env: its descendants are found by it
 TREE_FILE = "job-tree.json"  # in the run dir while a job runs: what a next daemon must end
+# Issue 30: the tree scan was the daemon's largest cost while supervising (psutil's children()
+# reads the stat of every process on the machine, every 0.5 s, for a tree that changes a few
+# times a night). Now a scan reads only processes started since the previous one, and a tree
+# unchanged since the last scan is scanned at twice the interval, up to this many times
+# ``tree_poll_s``; any change goes back to ``tree_poll_s``.
+TREE_IDLE_FACTOR = 8
 _scope_ok: bool | None = None
 
 
@@ -144,6 +150,7 @@ class JobProcess:
         self.scope = scope
         self.scope_unit: str | None = None
         self.tree_poll_s = tree_poll_s
+        self.tree_scan_s = tree_poll_s  # the wait before the next scan of the job's tree
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._tail_redraw = False  # the tail's last entry is a \r-redrawn line (replace it)
         self.proc: asyncio.subprocess.Process | None = None
@@ -156,6 +163,7 @@ class JobProcess:
         self._wait_task: asyncio.Task | None = None
         # every descendant seen while the job ran: (pid, create_time) -> last CPU seconds seen
         self._tree: dict[tuple[int, float], float] = {}
+        self._seen_pids: set[int] = set()  # every pid in /proc at the last tree scan
         self._cpu_dead = 0.0
         self.stopped_by_signal = False  # SIGSTOP-held
         self.token = ""  # NIGHTSHIFT_JOB_TOKEN of the running attempt
@@ -273,23 +281,57 @@ class JobProcess:
         return "\n".join(items[-lines:] if lines else items)
 
     # ------------------------------------------------------------------ the process tree
-    def _snapshot_tree(self) -> None:
-        """Record the job's descendants (pid + start time) and their CPU time while alive.
+    def _snapshot_tree(self) -> bool:
+        """Record the job's descendants (pid + start time) and their CPU time while alive;
+        True if the set of processes changed.
 
         Descendants of descendants already recorded are found too, so a grandchild that
         outlived its parent (reparented to init, outside the job's group) stays known."""
-        procs: list[psutil.Process] = []
-        roots = self._tree_alive()
+        procs = {p.pid: p for p in self._tree_alive()}
         try:
             if self.running and self.pid:
-                roots.insert(0, psutil.Process(self.pid))
+                procs[self.pid] = psutil.Process(self.pid)
         except psutil.Error:
             pass
-        for p in roots:
+        for pid in self._new_descendants(set(procs)):
             try:
-                procs += [p, *p.children(recursive=True)]
+                procs.setdefault(pid, psutil.Process(pid))
             except psutil.Error:
                 continue
+        return self._record(list(procs.values()), forget_missing=True)
+
+    def _new_descendants(self, tree: set[int]) -> list[int]:
+        """Processes started since the previous scan whose parent is in ``tree`` (or is one of
+        them): only their /proc/<pid>/stat is read, not every process's. A process seen at the
+        previous scan outside the tree cannot have joined it since (an orphan is adopted by
+        init or a subreaper, never by the job)."""
+        try:
+            now = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+        except OSError:
+            return []
+        parents: dict[int, int] = {}
+        for pid in now - self._seen_pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    parents[pid] = int(f.read().rsplit(b")", 1)[1].split()[1])  # state, ppid
+            except (OSError, ValueError, IndexError):  # gone meanwhile
+                continue
+        self._seen_pids = now
+        found: list[int] = []
+        grew = True
+        while grew:  # a child of a new child, in any order of pids
+            grew = False
+            for pid, ppid in list(parents.items()):
+                if ppid in tree:
+                    tree.add(pid)
+                    found.append(pid)
+                    del parents[pid]
+                    grew = True
+        return found
+
+    def _record(self, procs: list[psutil.Process], forget_missing: bool) -> bool:
+        """Their CPU times into ``_tree``; with ``forget_missing``, a recorded process not in
+        ``procs`` is gone (its CPU time is kept, its pid forgotten). True if the set changed."""
         seen: dict[tuple[int, float], float] = {}
         for p in procs:
             try:
@@ -299,22 +341,42 @@ class JobProcess:
                 seen[key] = t.user + t.system
             except psutil.Error:
                 continue
+        changed = False
         for key in list(self._tree):
-            if key not in seen:  # gone: keep its CPU time, forget the pid
+            if key not in seen and (forget_missing or not self._same(key)):
                 self._cpu_dead += self._tree.pop(key)
+                changed = True
+        changed = changed or any(key not in self._tree for key in seen)
         self._tree.update(seen)
+        return changed
+
+    @staticmethod
+    def _same(key: tuple[int, float]) -> bool:
+        return same_process_alive(*key)
 
     async def _watch_tree(self) -> None:
         while self.proc is not None and self.proc.returncode is None:
-            self._snapshot_tree()
-            await asyncio.sleep(self.tree_poll_s)
+            if self._snapshot_tree():
+                self.tree_scan_s = self.tree_poll_s
+            else:
+                self.tree_scan_s = min(2 * self.tree_scan_s, TREE_IDLE_FACTOR * self.tree_poll_s)
+            await asyncio.sleep(self.tree_scan_s)
 
     def cpu_time(self) -> float:
         """CPU seconds used by the job's whole tree so far (for liveness: a hung GPU kernel
         burns none, a busy data loader in a child does). Non-decreasing: an exited process
-        keeps the time last seen for it."""
+        keeps the time last seen for it. Reads the processes already known (the tree watcher
+        finds new ones), not the whole tree again."""
         if self.running:
-            self._snapshot_tree()
+            known = []
+            for pid, ct in self._tree:
+                try:
+                    p = psutil.Process(pid)
+                    if abs(p.create_time() - ct) < 0.05:
+                        known.append(p)
+                except psutil.Error:
+                    continue
+            self._record(known, forget_missing=False)
         return self._cpu_dead + sum(self._tree.values())
 
     def _tree_alive(self) -> list[psutil.Process]:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class CheckpointDirLocked(StateDirLocked):
 UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
 
 
-def fallback_dir(state_dir: str | os.PathLike, env: dict[str, str] | None = None) -> Path:
+def fallback_dir(state_dir: str | os.PathLike, env: Mapping[str, str] | None = None) -> Path:
     """A writable stand-in for an unwritable state dir, keyed by the state dir's real path, so
     every daemon (and CLI) that resolves the same state dir lands on the same one:
     ``$XDG_RUNTIME_DIR/nightshift/<key>`` or ``<tmp>/nightshift-<uid>/<key>``."""

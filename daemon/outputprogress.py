@@ -248,7 +248,7 @@ class OutputProgress:
             hits = [h for h in hits if not h.bar or h.total == self._bar_total]
         # Segments in order; a bar counts only as the newest redraw before the next other hit
         # (a dict's loss takes the step of the bar drawn before it) and at the end of the line.
-        recs: list[dict[str, Any]] = []
+        recs: list[dict[str, Any] | None] = []
         bar: _Hit | None = None
         for h in hits:
             if h.bar:
@@ -274,7 +274,7 @@ class OutputProgress:
         """Raw output as it arrives (``\\r`` and ``\\n`` both end a segment); an unfinished
         segment waits for the next chunk. For readers that do not split lines themselves."""
         buf = self._partial + text
-        out = []
+        out: list[dict[str, Any]] = []
         last = max(buf.rfind("\n"), buf.rfind("\r"))
         if last < 0:
             self._partial = buf[-65536:]

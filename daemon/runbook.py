@@ -302,7 +302,7 @@ class RunBook:
         # O(1) in the queue's length: no listing of the entries (4,700 of them made each add a
         # rewrite-sized read: 5-10 adds/s)
         name = arg.get("name") or f"run-{self.store.queue_next_id()}"
-        qid = self.store.queue_add(name, command, env, "cli", total_steps=arg.get("total_steps"))
+        qid = self.store.queue_add(name, command or [], env, "cli", total_steps=arg.get("total_steps"))
         self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/queueenv.py)
         return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
                 f"{self.store.queue_position(qid)}"}, qid

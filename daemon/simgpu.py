@@ -254,10 +254,10 @@ class SimulatedGPU:
         p = self.p
         try:
             level = (self.dev / LEVEL).read_text().strip()
-            cap, _ = parse_od((self.dev / OD).read_text()) if level == "manual" else (None, None)
+            top, _ = parse_od((self.dev / OD).read_text()) if level == "manual" else (None, None)
         except OSError:
-            cap = None
-        cap = p["sclk_max_mhz"] if cap is None else cap
+            top = None
+        cap = p["sclk_max_mhz"] if top is None else top
         return min(max(float(cap), p["sclk_min_mhz"]), p["sclk_max_mhz"])
 
     def rel_clock(self) -> float:
@@ -321,7 +321,7 @@ class SimulatedGPU:
             tau = p["tau_heat_s"] if target > self.temp else p["tau_cool_s"]
             self.temp += (target - self.temp) * (1 - math.exp(-dt / max(tau, 1e-6)))
             if self.resetting:
-                if self.sim_time >= self.resetting_until:
+                if self.resetting_until is None or self.sim_time >= self.resetting_until:
                     self._end_reset()
             else:
                 # Only a chip under load hangs from heat: an idle hot chip just cools.

@@ -160,7 +160,7 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     if st.get("backend") == "cloud" or (cloud.get("cost_usd") or 0) > 0:
         remote = cloud.get("remote") or {}
         # named as the Supervisor names it in events (an ssh box by its host, not Modal's gpu)
-        where = cloud.get("where") or cloud.get("gpu")
+        where = cloud.get("where") or cloud.get("gpu") or "the cloud"
         if remote.get("remote_state"):
             where += f" ({remote['remote_state']})"
         lines += field("cloud", f"{where}, ${cloud.get('cost_usd') or 0:.2f} of "

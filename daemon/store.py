@@ -275,12 +275,17 @@ class Store:
     """SQLite-backed state. ``clock`` is injected so replays and tests control time.
 
     ``problem`` is None, or one line saying what is wrong with the file and where."""
-
     def __init__(self, path: str | Path, clock=time.time):
         self.path = Path(path)
         self.clock = clock
         self.problem: str | None = None
         self.moved_aside: Path | None = None  # where a corrupt file went
+        # Run rows read once and written through: the Supervisor reads its run several times a
+        # tick, and this Store is the only writer of the runs table while the daemon holds the
+        # state dir's lock (issue 30: the row used to be a SELECT on each access).
+        self._runs: dict[int, dict[str, Any]] = {}
+        self._run_types: dict[str, str] = {}  # column -> declared type, for the write-through
+        self._cache_runs = True
         _private_dir(self.path.parent)
         try:
             conn = self._open(self.path)
@@ -314,7 +319,9 @@ class Store:
         db.execute("SELECT COUNT(*) FROM runs").fetchone()  # fails here, not later, if unreadable
         self = cls.__new__(cls)
         self.path, self.clock, self.problem, self.moved_aside = p, time.time, None, None
-        self.db = db  # type: ignore[assignment] - reads only: no write queue to guard
+        self.db = db  # type: ignore[assignment]  # reads only: no write queue to guard
+        self._runs, self._run_types = {}, {}
+        self._cache_runs = False  # another process (a daemon starting) may write meanwhile
         return self
 
     def _open(self, path: Path | str) -> sqlite3.Connection:
@@ -332,7 +339,8 @@ class Store:
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
             db.executescript(_SCHEMA)
-            self.db = db  # _migrate runs on the bare connection: a fault here is a fault at open
+            # _migrate runs on the bare connection: a fault here is a fault at open
+            self.db = db  # type: ignore[assignment]
             self._migrate()
         except BaseException:
             db.close()
@@ -430,6 +438,8 @@ class Store:
         """``run_id``/``created``: re-create a run found on disk after the database was lost
         (its run dir and checkpoint namespace keep their number)."""
         now = self.clock()
+        if run_id is not None:
+            self._runs.pop(run_id, None)
         cur = self.db.execute(
             "INSERT INTO runs(id, name, created, updated, state, config, total_steps) VALUES (?,?,?,?,?,?,?)",
             (run_id, name, now if created is None else created, now, "idle",
@@ -490,6 +500,7 @@ class Store:
             env = json.loads(r["env"] or "{}")
             if any(v != REDACTED for v in env.values()):
                 self.db.execute("UPDATE runs SET env=? WHERE id=?", (json.dumps(_names_only(env)), r["id"]))
+                self._runs.pop(int(r["id"]), None)
         return found
 
     def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
@@ -512,8 +523,19 @@ class Store:
         self._durable()
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        return dict(row) if row else None
+        """A copy of the run's row (the caller may change it; the cache stays the store's).
+        While writes wait on a sick disk the row is read from the file, as it is there (the
+        cache is for the common case, and a queued write must not show before it lands)."""
+        cached = self._runs.get(run_id) if self._cache_runs and not self.pending_writes else None
+        if cached is None:
+            row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            self._runs.pop(run_id, None)
+            if not row:
+                return None
+            cached = dict(row)
+            if self._cache_runs and not self.pending_writes:
+                self._runs[run_id] = cached
+        return dict(cached)
 
     def current_run(self) -> dict[str, Any] | None:
         """The newest run that has not ended (the one a restarted daemon continues)."""
@@ -535,12 +557,38 @@ class Store:
         self.db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*fields.values(), run_id))
         if "user_hold" in fields or "state" in fields:  # the user's pause; a run's end
             self._durable()
+        if self.pending_writes:  # queued, not written: read back from the file until it lands
+            self._runs.pop(run_id, None)
+        elif run_id in self._runs:  # written through: what was written is what is read back
+            self._runs[run_id].update({k: self._as_stored(k, v) for k, v in fields.items()})
+
+    def _as_stored(self, column: str, value: Any) -> Any:
+        """``value`` as SQLite hands it back from ``runs.column`` (its type affinity: True is
+        1, an int in a REAL column 1.0), so a cached row reads the same as a fresh SELECT."""
+        if not self._run_types:
+            self._run_types = {r[1]: r[2].upper() for r in self.db.execute("PRAGMA table_info(runs)")}
+        kind = self._run_types.get(column, "")
+        if isinstance(value, bool):
+            value = int(value)
+        if kind == "REAL" and isinstance(value, int):
+            return float(value)
+        if kind == "INTEGER" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if kind == "TEXT" and isinstance(value, int):
+            return str(value)
+        return value
 
     def increment(self, run_id: int, field: str, by: int | float = 1) -> None:
         if field not in _RUN_FIELDS:
             raise KeyError(field)
-        self.db.execute(f"UPDATE runs SET {field}={field}+?, updated=? WHERE id=?",
-                        (by, self.clock(), run_id))
+        now = self.clock()
+        self.db.execute(f"UPDATE runs SET {field}={field}+?, updated=? WHERE id=?", (by, now, run_id))
+        row = self._runs.get(run_id)
+        if self.pending_writes:
+            self._runs.pop(run_id, None)
+        elif row is not None:
+            row[field] = None if row[field] is None else row[field] + by  # NULL + n is NULL
+            row["updated"] = now
 
     # -- events -----------------------------------------------------------------------------
     def add_event(self, run_id: int | None, kind: str, message: str, level: str = "info",
@@ -555,7 +603,8 @@ class Store:
     def events(self, run_id: int | None = None, limit: int = 50, before_id: int | None = None,
                kind: str | None = None) -> list[dict[str, Any]]:
         """Newest first. Filter by run, by kind, and page with ``before_id``."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if run_id is not None:
             where.append("run_id=?")
             args.append(run_id)
@@ -595,7 +644,7 @@ class Store:
                         (kind, json.dumps(lines), json.dumps(info), row_id))
 
     def resets(self, run_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM resets WHERE 1=1", []
+        sql, args = "SELECT * FROM resets WHERE 1=1", list[object]()
         if run_id is not None:
             sql += " AND run_id=?"
             args.append(run_id)
@@ -641,7 +690,7 @@ class Store:
     def readings(self, run_id: int | None = None, since: float | None = None,
                  limit: int = 2000) -> list[dict[str, Any]]:
         """Oldest first, at most ``limit`` rows, evenly thinned over a long night."""
-        sql, args = "SELECT * FROM readings WHERE 1=1", []
+        sql, args = "SELECT * FROM readings WHERE 1=1", list[object]()
         if run_id is not None:
             sql += " AND run_id=?"
             args.append(run_id)

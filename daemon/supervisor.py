@@ -23,7 +23,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ class Parts:
     divergence: Any = None
     clockcap: Any = None
     governor: Any = None  # governor_io.GovernorPort when [thermal] governor = "clock"
-    probe: Callable[[list[str] | None, float, dict[str, str]], Awaitable[Any]] | None = None
+    probe: Callable[[list[str] | None, float, dict[str, str]], Coroutine[Any, Any, Any]] | None = None
     find_checkpoint: Callable[[str], Any] | None = None  # ckpt dir -> CheckpointInfo | None
     output_progress: Any = None  # outputprogress.OutputProgress for [job] progress_pattern
     reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
@@ -96,7 +96,7 @@ class Supervisor:
         self.cfg = cfg
         self.p = parts
         self.store = parts.store
-        self.runner: JobRunner = None  # type: ignore[assignment] - made by open(), for the run's dir
+        self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
         self.adopter: Any = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
         # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
@@ -146,7 +146,8 @@ class Supervisor:
         self.done = asyncio.Event()
         self.poll_due = True
         self.snapshot: dict[str, Any] = {}
-        self.on_state: Callable[[str], None] | None = None  # sd_notify STATUS=, set by app.py
+        self._published: tuple[tuple[Any, ...] | None, float] = (None, 0.0)  # inputs_key, when
+        self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
         self.loss_series: list[tuple[int, float]] = []
         self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
         self._replaying = False  # (step, loss) of this run: its fingerprint
@@ -160,10 +161,13 @@ class Supervisor:
         self._duty_pid_t = 0.0
 
     # ================================================================== events, state
-    def event(self, kind: str, message: str, level: str = "info", **data: Any) -> None:
+    def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
+              **data: Any) -> None:
         # detail=True: stored (the timeline, `nightshift events --all`) but not a journal line of
         # its own -- a thermal pause is one line with its reason, not three saying it thrice
-        getattr(log, "debug" if data.get("detail") else "warning" if level == "warn" else level)(
+        if detail:
+            data["detail"] = True
+        getattr(log, "debug" if detail else "warning" if level == "warn" else level)(
             "%s: %s", kind, message)
         self.stored(self.store.add_event, self.run_id or None, kind, message, level, data or None)
         self.last_event = {"t": self.clock(), "kind": kind, "message": message}
@@ -180,7 +184,7 @@ class Supervisor:
         if state.value in ENDED_STATES:  # beside its history, for a store rebuilt later
             self.book.ended(self.run_id, state.value, self.clock())
         self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value,
-                   **({"detail": True} if detail else {}))
+                   detail=detail)
         if self.on_state is not None:
             self.on_state(f"{state.value}: {reason}"[:200])
 
@@ -478,7 +482,7 @@ class Supervisor:
         elif kind == "held":
             # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
             self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
-                       **({"detail": True} if set(self.holds) == {"thermal"} else {}))
+                       detail=set(self.holds) == {"thermal"})
         elif kind == "start":
             if rec.get("resumed_from"):
                 self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
@@ -775,7 +779,7 @@ class Supervisor:
             return {**answer, "id": qid}  # not the whole queue: an add costs O(1)
         ids = [q["id"] for q in self.book.waiting()]
         qid = arg.get("id")
-        if qid not in ids:
+        if not isinstance(qid, int) or qid not in ids:
             return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
                     f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
         if action == "queue_remove":
@@ -924,7 +928,7 @@ class Supervisor:
         self._apply_holds(before)
         if before and not self.holds:
             self.event("released", f"job released ({owner} hold ended)",
-                       **({"detail": True} if owner == "thermal" else {}))  # "cooling -> running" says it
+                       detail=owner == "thermal")  # "cooling -> running" says it
         return True
 
     # ================================================================== polling
@@ -1380,7 +1384,8 @@ class Supervisor:
             return self._queue_command(action, arg or {})
         raise AssertionError(action)
 
-    def _answer_later(self, fut: asyncio.Future | None) -> None:
+    def _answer_later(self, fut: asyncio.Future | None) -> dict[str, Any] | None:
+        """None: the answer comes later (``fut``'s result)."""
         if fut is not None:
             self.stop_waiters.append(fut)  # answered by _settle_stop once the job has exited
         return None
@@ -1498,10 +1503,14 @@ class Supervisor:
         return est.seconds if est is not None else None
 
     def _publish(self, now: float) -> None:
-        from daemon.statusview import build_status
+        from daemon.statusview import REFRESH_S, build_status, inputs_key
         self._note_duty(now)
+        key = inputs_key(self)  # rebuilt when something changed, else once a second (issue 30)
+        if key == self._published[0] and 0 <= now - self._published[1] < REFRESH_S:
+            return
         try:
             self.snapshot = build_status(self, now)
+            self._published = (key, now)
         except Exception as e:  # noqa: BLE001 - keep the last good snapshot
             log.exception("building the status failed")
             self.problems["status"] = f"status could not be built: {e}"

@@ -39,6 +39,13 @@ def test_daemon_never_imports_torch():
     assert r.returncode == 0, r.stderr
 
 
+def test_type_check_is_clean():
+    """mypy as .ci/run runs it ([tool.mypy]): here too, so a landing that breaks it shows in
+    the suite, not only in CI."""
+    r = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_ruff_is_clean():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "daemon", "trainer", "tests", "bench"],
                        cwd=ROOT, capture_output=True, text=True)

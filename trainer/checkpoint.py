@@ -112,7 +112,7 @@ _madvise = _libc_madvise()
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, int, tuple[int, ...], tuple[int, ...]]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype.itemsize,
+    return (t.untyped_storage().data_ptr(), int(t.storage_offset()), t.dtype.itemsize,
             tuple(t.shape), tuple(t.stride()))
 
 
@@ -140,7 +140,7 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     t = t.contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # numpy's stubs lack __buffer__
 
 
 class _ChunkHasher:

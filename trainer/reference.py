@@ -66,6 +66,7 @@ class CharTransformer(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight  # tied weights: the checkpoint must keep them tied
+        self.mask: torch.Tensor  # the causal mask, a buffer (moves with .to(), never saved)
         self.register_buffer("mask", torch.triu(torch.full((ctx, ctx), float("-inf")), 1), persistent=False)
         self.apply(_init)
 

@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon.offload.base import (
@@ -158,7 +158,7 @@ def build_app(cfg_offload: dict[str, Any], run_key: str, carry: Carry | None = N
     if s.workdir:  # a real layer (copy=True): writable in the container, cached by content
         image = image.add_local_dir(s.workdir, REMOTE_WORKDIR, copy=True, ignore=workdir_ignore(s.exclude))
     image = image.add_local_python_source(*s.local_sources, copy=False)
-    volumes = {MOUNT: volume}
+    volumes: dict[str | PurePosixPath, modal.Volume | modal.CloudBucketMount] = {MOUNT: volume}
     if s.data_volume_name:
         volumes[DATA_MOUNT] = modal.Volume.from_name(s.data_volume_name, create_if_missing=True)
     retries = modal.Retries(max_retries=s.max_retries, backoff_coefficient=2.0, initial_delay=10.0,

@@ -110,7 +110,7 @@ def _guarded(commit: Callable[[], None], attempts: int = 3) -> Callable[..., boo
 
 def _place_sent_files(files_dir: Path, workdir: Path) -> list[str]:
     """The checkpoint files the daemon sent go to their relative paths in the workdir."""
-    placed = []
+    placed: list[str] = []
     if not files_dir.is_dir():
         return placed
     from daemon.adopt import place
@@ -270,7 +270,7 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
                 durable = True
             if durable or (out.records != seen and time.monotonic() - last_commit >= commit_every_s):
                 summary()
-                save()  # durable and visible to the daemon's poll/pull
+                save(False)  # durable and visible to the daemon's poll/pull
                 last_commit, seen = time.monotonic(), out.records
     except BaseException as exc:
         # Modal's cancellation (InputCancellation, from its SIGUSR1 handler), an interrupt

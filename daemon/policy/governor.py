@@ -200,7 +200,7 @@ def _learn(state: GovState, obs: GovObs, hi: float, target: float) -> GovState:
     u = _input(state, obs, hi)
     if obs.edge_c is None or u is None:
         return replace(state, last=None)
-    if state.input == "power" and obs.clock_mhz is not None:
+    if state.input == "power" and obs.clock_mhz is not None and obs.power_w is not None:
         state = replace(state, power=state.power.update((1.0, _rel(obs.clock_mhz, hi)), obs.power_w, 1.0))
     rng = (u, u) if state.u_range is None else (min(state.u_range[0], u), max(state.u_range[1], u))
     state = replace(state, u_range=rng)
@@ -212,7 +212,7 @@ def _learn(state: GovState, obs: GovObs, hi: float, target: float) -> GovState:
             # Forget only while the input moves: holding one clock for hours says nothing new
             # about b, and forgetting then lets the covariance grow until the next surprise
             # (a warmer room) throws the fit around. A steady disturbance is offset_c's job.
-            lo_u, hi_u = state.u_range
+            lo_u, hi_u = rng
             moving = abs(u - u0) > 0.02 * max(hi_u - lo_u, 1e-9)
             lam = max(math.exp(-dt / (MEMORY_TAUS * m.tau_s)), 0.9) if m and moving else 1.0
             rate = (obs.edge_c - e0) / dt
@@ -294,6 +294,7 @@ def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDec
     st = replace(state, learned_mhz=learned,
                  cap_mhz=None if new >= hi and state.cap_mhz is None else new,
                  changed_at=obs.now if new != cap else state.changed_at)
+    assert state.u_range is not None  # a model is fitted only from readings with an input
     why = (f"edge {edge:.1f} C, setpoint {target:g} C: cap {_fmt(st.cap_mhz)} (sustainable "
            f"~{int(sustain)} MHz; model: tau {m.tau_s:.3g} s, {m.t_ss(state.u_range[1]):.0f} C at "
            f"the hottest input seen)")

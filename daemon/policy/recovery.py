@@ -37,7 +37,7 @@ class RecoveryAction:
 def backoff_s(cooldown_s: float, probes_failed: int) -> float:
     """Wait after the ``probes_failed``-th failed probe: cooldown, 2x, 4x, ... capped."""
     base = max(MIN_BACKOFF_S, cooldown_s)
-    return min(MAX_BACKOFF_S, base * 2 ** max(0, probes_failed - 1))
+    return min(MAX_BACKOFF_S, base * 2.0 ** max(0, probes_failed - 1))
 
 
 def decide_recovery(state: RecoveryState, now: float, cfg: dict[str, Any],

@@ -184,7 +184,7 @@ def offload_retry_s(attempts: int, retryable: bool) -> float | None:
     """Backoff after a failed offload attempt: 30 s doubling to 30 min; None = not again."""
     if not retryable:
         return None
-    return min(1800.0, 30.0 * 2 ** max(0, attempts - 1))
+    return min(1800.0, 30.0 * 2.0 ** max(0, attempts - 1))
 
 
 def budget_left(budget_usd: float, spent_usd: float) -> float:

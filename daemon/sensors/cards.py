@@ -209,12 +209,12 @@ def choose_card(root: str | os.PathLike, cards: list[Card], configured: str | No
     best = max(amd, key=lambda c: (c.apu_name is not None,
                                    c.vram_bytes is not None and c.vram_bytes <= SMALL_VRAM,
                                    bool(c.boot_vga), -(c.vram_bytes or 0), -natural_key(c.name)[1]))
-    why = [f"PCI id {best.pci_id} = {best.apu_name}" if best.apu_name else None,
+    signs = [f"PCI id {best.pci_id} = {best.apu_name}" if best.apu_name else None,
            f"{fmt_bytes(best.vram_bytes)} VRAM carve-out" if best.vram_bytes is not None
            and best.vram_bytes <= SMALL_VRAM else None,
            "boot VGA" if best.boot_vga else None]
     others = ", ".join(c.name for c in amd if c is not best)
-    evidence = "; ".join(w for w in why if w) or "no sign of an APU: the first amdgpu card"
+    evidence = "; ".join(w for w in signs if w) or "no sign of an APU: the first amdgpu card"
     return best, f"the integrated GPU ({evidence}); also found: {others}", problems
 
 

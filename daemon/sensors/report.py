@@ -68,7 +68,7 @@ def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
     if s.card:
         lines.append(f"  watching {s.card}: {s.card_reason}")
         lines.append("  (set [gpu] card in the config to watch another one)")
-    if getattr(s, "device_dir", None):
+    if s.device_dir is not None:
         lines.append(f"  amdgpu device: {s.device_dir}")
         from daemon.clockcap import read_od_range
         rng = read_od_range(s.device_dir)

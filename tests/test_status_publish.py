@@ -1,0 +1,57 @@
+"""The status snapshot is rebuilt when something it shows changed, and at most once a second
+otherwise (issue 30: it was rebuilt every 0.2 s tick, ~15% of the daemon's CPU). The real
+Supervisor on a fake clock (tests/harness.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemon.statusview import REFRESH_S
+from tests.harness import Behaviour, Harness, config
+
+
+def test_a_quiet_tick_keeps_the_snapshot_and_a_second_later_it_is_rebuilt(tmp_path):
+    async def go():
+        cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 600.0})
+        h = Harness(tmp_path, cfg, {"script": Behaviour(script=[(1.0, "line", "hi"), (900.0, "exit", 0)])})
+        sup = await h.open()
+        await h.run(5)  # started, printed, quiet since
+        before = sup.snapshot
+        await h.run(REFRESH_S + 0.2, poll_every=1e9, until=lambda s: s.snapshot is not before)
+        first = sup.snapshot  # the once-a-second rebuild
+        assert first is not before, "not rebuilt in a second"
+        await h.run(0.6, poll_every=1e9)
+        assert sup.snapshot is first, "rebuilt although nothing changed"
+        await h.run(0.6, poll_every=1e9)
+        assert sup.snapshot is not first and sup.snapshot["updated"] - first["updated"] >= REFRESH_S
+    asyncio.run(go())
+
+
+def test_a_change_is_published_at_the_next_tick(tmp_path):
+    """Paused by the user: the snapshot says so at once, not up to a second later."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 600.0})
+        h = Harness(tmp_path, cfg, {"script": Behaviour(script=[(1.0, "line", "hi"), (900.0, "exit", 0)])})
+        sup = await h.open()
+        await h.run(5)
+        await h.run(0.2, poll_every=1e9)
+        before = sup.snapshot
+        sup.submit("pause")
+        await h.run(0.2, poll_every=1e9)
+        assert sup.snapshot is not before and sup.snapshot["held_by"] == "user"
+        assert sup.snapshot["updated"] - before["updated"] < REFRESH_S
+    asyncio.run(go())
+
+
+def test_new_progress_is_published_at_the_next_tick(tmp_path):
+    async def go():
+        h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000)})
+        sup = await h.open()
+        await h.run(5)
+        steps = set()
+        for _ in range(10):
+            await h.run(0.2, poll_every=1e9)
+            assert sup.snapshot["step"] == sup.facts.step  # never behind the facts
+            steps.add(sup.snapshot["step"])
+        assert len(steps) > 1, "the job made no progress in 2 s"
+    asyncio.run(go())
