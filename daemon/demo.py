@@ -124,6 +124,10 @@ class Screen:
         if eta is not None and st.get("step"):
             self.etas.append((time.monotonic() - self.t0, st["step"], float(eta)))
         eta_txt = statusfmt.eta_text(st) or ""  # the phone's words: "ends about 00:14, in 1m05s"
+        w = st.get("waiting")
+        if w and w.get("for"):  # what it waits for, as the phone's wait line says it
+            about = f", about {statusfmt.duration(w['about_s'])}" if w.get("about_s") is not None else ""
+            eta_txt = f"waits for {w['for']}{about}" + (f"; {eta_txt}" if eta_txt else "")
         gov = st.get("governor") or {}  # --governor: the cap in force
         cap = f"  cap {gov['cap_mhz'] or 'none'}" + (" MHz" if gov.get("cap_mhz") else "") if gov else ""
         return f"[{self.clock()}] {word:<10} step {step:<8} edge {temp}{cap}  {eta_txt}"

@@ -108,8 +108,13 @@ def eta_text(st: dict[str, Any], now: float | None = None) -> str | None:
     now = time.time() if now is None else now
     lo_at, hi_at = st.get("eta_low_at") or at, st.get("eta_high_at") or at
     lo, hi = clock(lo_at, now), clock(hi_at, now)
-    if lo != hi and hi_at - lo_at > 0.1 * max(eta, 1):
-        return f"ends {lo}-{hi}, in about {duration(eta)}"
+    if hi_at - lo_at > 0.1 * max(eta, 1):
+        if lo != hi:
+            return f"ends {lo}-{hi}, in about {duration(eta)}"
+        # within one minute on the clock (a short run): the range as durations
+        span = f"{duration(max(0.0, lo_at - now))}-{duration(max(0.0, hi_at - now))}"
+        if span != f"{duration(eta)}-{duration(eta)}":
+            return f"ends about {clock(at, now)}, in {span}"
     return f"ends about {clock(at, now)}, in {duration(eta)}"
 
 

@@ -233,3 +233,12 @@ def test_shorten_path_keeps_the_end_and_fits():
 def test_no_word_of_any_length_makes_a_line_wider_than_the_card():
     st = _st(problems=["token " + "y" * 70 + " is odd"], paused_reason=None)
     assert all(len(line) <= statusfmt.WIDTH for line in statusfmt.render(st, NOW).splitlines())
+
+
+def test_a_range_within_one_clock_minute_is_said_as_durations(utc):
+    """A short run (the demo): 04:10-04:10 says nothing; the range goes to the duration."""
+    now = NOW - 30  # 05:46:10
+    st = _st(eta_s=20, eta_at=now + 20, eta_low_at=now + 12, eta_high_at=now + 30)
+    assert statusfmt.eta_text(st, now) == "ends about 05:46, in 12s-30s"
+    st = _st(eta_s=20, eta_at=now + 20, eta_low_at=now + 19, eta_high_at=now + 21)
+    assert statusfmt.eta_text(st, now) == "ends about 05:46, in 20s"  # certain enough: one figure
