@@ -470,14 +470,20 @@ def create_app(source: StatusSource, token: str | None,
         log.info("control %s requested over HTTP", action)
         return await source.control(action)
 
-    @app.get("/runs")
-    async def runs(against: int | None = Query(None, ge=1, le=MAX_EVENT_ID)) -> dict[str, Any]:
+    @app.get("/runs", response_model=None)
+    async def runs(against: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
+                   format: str | None = Query(None, pattern="^(json|text)$")) -> Any:
         """Every run, oldest first: the night's comparison table; ``changes`` against run
-        ``against`` (default: the night's first run)."""
+        ``against`` (default: the night's first run). ``format=text``: the seeds' table in 40
+        columns for a phone (what changed, best loss, where the climb began, a sparkline)."""
         try:
-            return {"runs": source.runs(against)}
+            rows = source.runs(against)
         except KeyError as e:
             raise HTTPException(404, str(e.args[0])) from None
+        if format == "text":
+            from daemon.queuecli import seeds_table
+            return PlainTextResponse(seeds_table(rows) + "\n")
+        return {"runs": rows}
 
     @app.get("/queue")
     async def queue() -> dict[str, Any]:

@@ -250,13 +250,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     cfg = _load_client(args.config)
     if _no_daemon(cfg):
         try:
-            text, code = _offline(cfg, lambda: queuecli.format_runs(offline.runs(cfg, args.against), args.json,
-                                                                    args.wide))
+            text, code = _offline(cfg, lambda: queuecli.seeds_table(offline.runs(cfg, args.against))
+                                  if args.narrow else queuecli.format_runs(offline.runs(cfg, args.against),
+                                                                           args.json, args.wide))
         except KeyError as e:
             text, code = f"nightshift runs: {e.args[0]}", 1
     else:
         text, code = queuecli.show_runs(_base_url(cfg), json_out=args.json, against=args.against,
-                                        wide=args.wide)
+                                        wide=args.wide, narrow=args.narrow)
     print(text)
     return code
 
@@ -394,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--json", action="store_true", help="the runs as JSON (GET /runs)")
     rs.add_argument("--wide", action="store_true", help="every column in full (the default fits 80 "
                     "columns: the common start of the commands once, each run's changes in full)")
+    rs.add_argument("--narrow", action="store_true", help="the seeds' table in 40 columns (a phone): "
+                    "what changed, best loss, where the climb began, the loss as a sparkline")
     rs.add_argument("--against", type=int, metavar="N", help="what each run changed against run N "
                     "(default: the first run of the night)")
     rs.set_defaults(fn=cmd_runs)

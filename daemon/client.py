@@ -128,12 +128,14 @@ def format_events(evs: list[dict[str, Any]], show_all: bool = False) -> str:
     """Newest first. Events marked ``detail`` (a thermal pause's state change and hold ack, which
     its ``paused_hot`` line already says) only with ``show_all``: one line per pause."""
     import time
+
+    from daemon.policy.queue_entry import safe_text
     lines = []
     for e in evs:
         if (e.get("data") or {}).get("detail") and not show_all:
             continue
         ts = time.strftime("%H:%M:%S", time.localtime(e["t"]))
-        lines.append(f"{ts} {e['level']:<5} {e['kind']}: {e['message']}")
+        lines.append(f"{ts} {e['level']:<5} {e['kind']}: {safe_text(e['message'])}")  # names are the user's
     return "\n".join(lines) or "(no events)"
 
 

@@ -137,11 +137,12 @@ def _fmt(x: Any, spec: str = ".4g") -> str:
 
 
 def show_runs(base_url: str, json_out: bool = False, against: int | None = None,
-              wide: bool = False) -> tuple[str, int]:
+              wide: bool = False, narrow: bool = False) -> tuple[str, int]:
     res, err = _call(base_url, "/runs" + (f"?against={int(against)}" if against is not None else ""))
     if err:
         return err, 1
-    return format_runs(res["runs"] if res else [], json_out, wide), 0
+    rows = res["runs"] if res else []
+    return (seeds_table(rows) if narrow else format_runs(rows, json_out, wide)), 0
 
 
 def format_runs(runs: list[dict[str, Any]], json_out: bool = False, wide: bool = False) -> str:
@@ -172,8 +173,40 @@ def format_runs(runs: list[dict[str, Any]], json_out: bool = False, wide: bool =
             ("the baseline" if base is not None and r["id"] == base["id"] else "no change")
         if r.get("backend") not in (None, "local") or r.get("cost_usd"):
             what += f"; ran on {r.get('backend')} (${r.get('cost_usd') or 0:.2f})"
-        spark = sparkline([v for _, v in r.get("curve") or []], width=24)
+        spark = curve_spark(r.get("curve") or [], 24)
         out += _wrapped(" " * (id_w + 2) + (spark + "  " if spark else ""), what)
+    return "\n".join(out)
+
+
+def curve_spark(curve: list[list[float]], width: int) -> str:
+    """The whole curve in ``width`` characters: each one the mean loss of an equal slice of it
+    (the phone's sparkline shows only the newest values; a night's shape needs all of them)."""
+    vals = [float(v) for _, v in curve]
+    if len(vals) > width:
+        edges = [round(i * len(vals) / width) for i in range(width + 1)]
+        vals = [sum(vals[a:b]) / (b - a) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    return sparkline(vals, width=width)
+
+
+def seeds_table(runs: list[dict[str, Any]], width: int = 40) -> str:
+    """The seeds' bisection table, made automatically and narrow enough for a phone (40
+    columns): per run what changed, the best smoothed loss before the climb, where the climb
+    started, and the whole loss curve as a sparkline. GET /runs?format=text, `runs --narrow`."""
+    if not runs:
+        return "no runs yet"
+    out: list[str] = []
+    for r in runs:
+        head = f"{r['id']} {safe_text(r['name'])}"
+        out.append(_cut(head, width - len(r["state"]) - 1).ljust(width - len(r["state"])) + r["state"])
+        best = "-" if r["best_loss"] is None else f"{r['best_loss']:.4g} at step {r['best_step']}"
+        climb = "no climb" if r["climb_step"] is None else f"climb from {r['climb_step']}"
+        out += _wrapped("  ", f"best {best}, {climb}", width)
+        spark = curve_spark(r.get("curve") or [], width - 2)
+        if spark:
+            out.append("  " + spark)
+        what = "; ".join(safe_text(c) for c in r["changes"]) if r["changes"] else \
+            ("the baseline" if r["id"] == r.get("changes_against") else "no change")
+        out += _wrapped("  ", what, width)
     return "\n".join(out)
 
 

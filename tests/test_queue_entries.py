@@ -103,3 +103,23 @@ def test_adding_an_entry_costs_the_same_at_4700_entries_as_at_the_start(tmp_path
         last.append(adds(full, 20))
     assert min(last) < 3 * min(first) + 0.002, (first, last)  # flat, not growing with the queue
     assert full_store.queue_position(4701) == 4701
+
+
+def test_the_seeds_table_fits_40_columns_with_the_whole_curve_as_a_sparkline():
+    """The seeds' bisection table by hand ("what changed / best loss before the climb / when the
+    climb started"), made automatically for a phone."""
+    from daemon.queuecli import curve_spark, seeds_table
+    rise = [[s, 3.0 - s / 500] for s in range(0, 1050, 10)] + [[s, 0.9 + (s - 1050) / 300] for s in range(1050, 3000, 10)]
+    runs = [{"id": 1, "name": "baseline", "state": "succeeded", "best_loss": 0.31, "best_step": 1050,
+             "climb_step": None, "changes": [], "changes_against": 1, "curve": [[0, 3.0], [100, 1.0]]},
+            {"id": 2, "name": "lr-hot-with-a-long-name-that-goes-on", "state": "failed", "best_loss": 0.9,
+             "best_step": 1050, "climb_step": 1080, "changes": ["--lr 1.0 (was 3e-4)", "SEED=<redacted>"],
+             "changes_against": 1, "curve": rise}]
+    text = seeds_table(runs)
+    lines = text.splitlines()
+    assert all(len(line) <= 40 for line in lines), text
+    assert "best 0.9 at step 1050, climb from 1080" in text and "--lr 1.0 (was 3e-4)" in text
+    spark = curve_spark(rise, 38)
+    assert len(spark) == 38 and spark in text
+    low = spark.index(min(spark))  # the whole night: down to the best, then the climb back
+    assert 8 <= low <= 16 and spark[0] > spark[low] < spark[-1], spark
