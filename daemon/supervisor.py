@@ -42,6 +42,7 @@ from daemon.decisions import (
     Remember,
     UncapClock,
 )
+from daemon.diskfull import is_full_error, says_full
 from daemon.governing import Governor, job_key
 from daemon.intent import ExitIntent, Why
 from daemon.jobproc import same_process_alive, stop_orphan
@@ -88,6 +89,7 @@ class Parts:
     output_progress: Any = None  # outputprogress.OutputProgress for [job] progress_pattern
     reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
     job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
+    disk_free: Callable[[str], int] | None = None  # bytes free where a path lives (diskfull.py)
 
 
 class Supervisor:
@@ -116,6 +118,12 @@ class Supervisor:
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
         self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/resume.py)
+        from daemon.diskfull import DiskWatch
+        self.disk = DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
+                              lambda: (self.facts.checkpoint or {}).get("bytes"),
+                              **({"free": parts.disk_free} if parts.disk_free else {}))
+        self._disk_stopped = False  # held by SIGSTOP: the control file could not be written
+        self._disk_why = ""  # what hit the full disk (said until there is room again)
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
@@ -314,6 +322,48 @@ class Supervisor:
                 self.event("orphan", f"stopped what was left of run {d.name}'s job, left by the "
                            f"previous daemon (pids {', '.join(map(str, ended))})", "warn")
 
+    # ================================================================== a full disk (diskfull.py)
+    def _hold_for_disk(self, what: str, mono: float | None) -> None:
+        """Hold the run for disk space: a running job is held (control file, or SIGSTOP when
+        that cannot be written either), a dead one is restarted only once there is room."""
+        self._disk_why = what
+        msg = self.disk.message(what)
+        first = "disk" not in self.holds
+        self.problems["disk"] = msg
+        if first:
+            self.event("disk_full", msg, "warn")
+        if self.runner.running:
+            try:
+                self._hold("disk", msg)
+            except OSError:
+                self.holds["disk"] = msg
+                if self.runner.proc is not None and not self.runner.proc.stopped_by_signal:
+                    self.runner.proc.hold()
+                    self._disk_stopped = True
+            return
+        self.holds["disk"] = msg
+        if mono is not None:
+            self.next_start_at = mono
+            self.set_state(State.STARTING, msg)
+
+    def _disk_room(self) -> bool:
+        """True (and the disk hold lifted) once every watched disk has room again."""
+        if not self.disk.room():
+            msg = self.disk.message(self._disk_why or "waiting for space")
+            if self.problems.get("disk") != msg:
+                self.problems["disk"] = msg
+            return False
+        self.problems.pop("disk", None)
+        if self._disk_stopped and self.runner.proc is not None:
+            self.runner.proc.release()
+        self._disk_stopped = False
+        if self.runner.running:
+            self._release("disk")
+        else:
+            self.holds.pop("disk", None)
+        self.event("disk_full", "disk space is back: the run goes on", "info")
+        return True
+
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
         checkpoint costs (for the interval) and the restart history."""
@@ -479,6 +529,8 @@ class Supervisor:
         elif kind == "checkpoint_error":
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
+            if says_full(str(rec.get("error"))):  # training on would only widen the loss
+                self._hold_for_disk(f"the checkpoint at step {rec.get('step')} did not fit", None)
         elif kind == "held":
             # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
             self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
@@ -531,6 +583,9 @@ class Supervisor:
             self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
             return
         why = intent.why if intent is not None else None
+        if intent is None and says_full(tail) and not self.disk.room():  # not the code's fault
+            self._hold_for_disk("the job died writing to a full disk", mono)
+            return
         if intent is not None and (intent.user_stop or why == Why.CANCEL):
             self._after_stop(intent)
             return
@@ -816,6 +871,8 @@ class Supervisor:
     async def _maybe_start(self, now: float, mono: float) -> None:
         if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
             return
+        if "disk" in self.holds and not self._disk_room():
+            return  # a job started on a full disk dies at its first write: wait for space
         if self.p.schedule is not None:
             ok, why = self.p.schedule.should_run(now)
             if not ok:
@@ -848,6 +905,9 @@ class Supervisor:
             pid = await self.runner.start(plan.command, cwd=job["workdir"],
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
+            if is_full_error(e):
+                self._hold_for_disk(f"cannot start the job: {e}", mono)
+                return
             self._fail(f"cannot start the job: {e}")
             return
         self.resume_passed = plan.resume
@@ -945,6 +1005,11 @@ class Supervisor:
         assert obs.poll is not None
         now, mono, reading = obs.clock.wall, obs.clock.mono, obs.poll.reading
         self.store.retry_pending()  # writes queued while the disk was full or read-only
+        if "disk" not in self.holds and self.store.pending_writes and says_full(self.store.problem) \
+                and self.runner.running:
+            self._hold_for_disk("the state database cannot be written", None)
+        elif "disk" in self.holds and self.runner.running:
+            self._disk_room()  # space back: the held job goes on
         self._static_sensor_problems()
         self._apply(decide.sensor(obs, self._memory()))
         f = self.facts
