@@ -67,6 +67,8 @@ def waiting(s: Supervisor, word: str, mono: float) -> dict[str, Any] | None:
         if rec is None:
             return {"for": "the GPU after a reset", "about_s": None}
         act = decide_recovery(rec, mono, s.cfg["resets"], getattr(s, "probe_result", None))
+        if act.action == "wait" and act.wait_s < 1:
+            return {"for": "a GPU probe", "about_s": None}
         if act.action == "wait" and rec.probes_failed == 0:
             return {"for": "the cooldown after the reset, then a GPU probe",
                     "about_s": round(act.wait_s)}

@@ -242,3 +242,14 @@ def test_a_range_within_one_clock_minute_is_said_as_durations(utc):
     assert statusfmt.eta_text(st, now) == "ends about 05:46, in 12s-30s"
     st = _st(eta_s=20, eta_at=now + 20, eta_low_at=now + 19, eta_high_at=now + 21)
     assert statusfmt.eta_text(st, now) == "ends about 05:46, in 20s"  # certain enough: one figure
+
+
+def test_a_stall_widens_the_range_to_at_most_twice_the_eta():
+    """A restart that loads for a minute: the recent half's rate is tiny; the range stays sane."""
+    m = eta.ProgressMeter()
+    for t in range(0, 100):
+        m.note(float(t), t, True)
+    for t in range(100, 160):
+        m.note(float(t), 100, True)  # loading after a reset
+    e = eta.estimate(200, 1.0, None, m.rate())
+    assert e.basis == "progress" and e.high_s <= 2 * e.seconds + 1e-6 and e.low_s >= e.seconds / 2

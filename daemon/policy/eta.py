@@ -179,8 +179,11 @@ def _from_progress(remaining: int, net: NetRate, steady: float | None) -> Eta:
 
 
 def _ranged(e: Eta, rel: float, disagreement: float) -> Eta:
-    """``e`` with low/high: +-rel of the estimate, widened to cover ``estimate + disagreement``."""
+    """``e`` with low/high: +-rel of the estimate, widened to cover ``estimate + disagreement``
+    (bounded to half and twice the estimate: a restart's minute of no progress makes the recent
+    rate tiny, and "ends 00:35-01:05" for a 24 s ETA says nothing)."""
     assert e.seconds is not None
+    disagreement = max(-0.5 * e.seconds, min(disagreement, e.seconds))
     lo = e.seconds * (1 - rel)
     hi = e.seconds * (1 + rel)
     lo, hi = min(lo, e.seconds + disagreement), max(hi, e.seconds + disagreement)
