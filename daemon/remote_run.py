@@ -17,6 +17,7 @@ on, the deaths per backend, the launch in flight) is the ``Record``, saved as th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,13 +99,19 @@ class LaunchJob:
 
 
 class RemoteRun:
-    def __init__(self, cfg: dict[str, Any], offloader: Offloader):
+    """Every ``now`` given to its methods is the monotonic clock (durations, timers, the bill:
+    a clock step changes nothing); ``wall`` stamps what is stored (the launch, the cancel), and
+    a restart turns those back into monotonic offsets once, in ``attach``."""
+
+    def __init__(self, cfg: dict[str, Any], offloader: Offloader, wall: Callable[[], float] = time.time):
         self.cfg = cfg
         self.p = offloader
+        self.wall = wall
         self.rec = Record()
         self.name: str | None = None  # the backend serving the call
         self.call_id: str | None = None
         self.launched_at: float | None = None  # cost counts from here (settled into the run row)
+        self.confirmed_at: float | None = None  # the cancel confirmed (monotonic)
         # the launch decision and its backoff
         self.reason = ""
         self.decided_at: float | None = None
@@ -156,7 +163,7 @@ class RemoteRun:
         cost = self.cost_now(now, float(run.get("cloud_cost_usd") or 0.0))
         self.launched_at = None
         return [Save({"cloud_seconds": float(run.get("cloud_seconds") or 0) + secs, "cloud_cost_usd": cost,
-                      "remote_started": None})]
+                      "remote_started": None})]  # settled: a restart must not count it again
 
     def describe(self) -> dict[str, Any] | None:
         return self.p.describe(self.name) if self.name else None
@@ -224,7 +231,7 @@ class RemoteRun:
             self._poll_ok()
             self.next_poll_at = now + rules.POLL_S
             acts += [Save({"backend": "cloud", "remote_call_id": got.call_id, "remote_backend": name,
-                           "remote_started": now, "remote_state": self.rec.dump()}),
+                           "remote_started": self.wall(), "remote_state": self.rec.dump()}),
                      Goto(State.REMOTE, f"running on {self.where(name)}, call {got.call_id}")]
             if got.adopted:
                 acts.append(Emit("offload", f"found call {got.call_id} of this run still running on "
@@ -257,7 +264,12 @@ class RemoteRun:
         self.rec = Record.load(run.get("remote_state"))
         self.name = run.get("remote_backend") or (self.p.names or ["?"])[0]
         self.call_id = run["remote_call_id"]
-        self.launched_at = run.get("remote_started")
+        # the wall stamps stored become monotonic offsets once, here (no monotonic survives a reboot)
+        wall = self.wall()
+        started = run.get("remote_started")
+        self.launched_at = now - max(0.0, wall - float(started)) if started else None
+        confirmed = self.rec.cancel_confirmed_at
+        self.confirmed_at = now - max(0.0, wall - float(confirmed)) if confirmed else None
         self.p.remember(self.name, self.call_id, self._key(run))
         acts: list[Action] = [Emit("offload", f"re-attaching to remote call {self.call_id} on {self.name} "
                                    f"(state {state.value}"
@@ -360,7 +372,7 @@ class RemoteRun:
         ``cancelling``; what follows the pull is recorded now. A later reason of the user's
         (a stop) overrides the daemon's own (budget, fallback)."""
         if self.rec.cancel_asked_at is None:
-            self.rec.cancel_asked_at = now
+            self.rec.cancel_asked_at = self.wall()
             self.rec.why = why
             self.rec.after_pull = after
             self.next_cancel_at = 0.0
@@ -382,7 +394,7 @@ class RemoteRun:
         billing), then poll until the call settles or ``SETTLE_S`` passed, then pull."""
         assert self.name is not None and self.call_id is not None
         acts: list[Action] = []
-        if self.rec.cancel_confirmed_at is None:
+        if self.confirmed_at is None:
             if now < self.next_cancel_at:
                 return []
             try:
@@ -396,7 +408,8 @@ class RemoteRun:
                     return [Emit("offload", f"cancelling the remote run failed ({e}); it may still be "
                                  f"billing; retrying ({self.cancel_failures} tries)", "error")]
                 return []
-            self.rec.cancel_confirmed_at = now
+            self.rec.cancel_confirmed_at = self.wall()
+            self.confirmed_at = now
             self.problem = None
             self.next_poll_at = now  # see it settle from now on
             acts += [self._save_rec(), Emit("offload", f"remote run cancelled: {self.rec.why}"
@@ -414,7 +427,7 @@ class RemoteRun:
             acts.append(Seen(st))
         except Exception as e:  # noqa: BLE001 - silent: the settle wait still ends
             self._poll_failed(now, e)
-        verdict = rules.settled(self.rec.cancel_confirmed_at, now, state)
+        verdict = rules.settled(self.confirmed_at, now, state)
         if not verdict.pull:
             return acts
         return [*acts, *self.settle_cost(now, run), Goto(State.PULLING, f"{self.rec.why}: {verdict.reason}; "
@@ -464,7 +477,7 @@ class RemoteRun:
             self.p.forget(self.name, self.call_id)
         self.rec = Record()
         self.name = self.call_id = None
-        self.remote = None
+        self.remote = self.confirmed_at = None
         return [*acts, Save({"backend": "local", "remote_call_id": None, "remote_backend": None,
                              "remote_state": None}), end]
 
@@ -480,7 +493,7 @@ class RemoteRun:
         keep = Record(tried=tried if nxt else [], preemptions=self.rec.preemptions, job_deaths=self.rec.job_deaths)
         self.rec = keep
         self.name = self.call_id = None
-        self.remote = None
+        self.remote = self.confirmed_at = None
         acts: list[Action] = [Save({"backend": "local", "remote_call_id": None, "remote_backend": None,
                                     "remote_state": keep.dump()})]
         if nxt is not None:

@@ -146,7 +146,7 @@ class Supervisor:
         self.interval_steps: int | None = None
         self.interval_explanation = ""
         self.age_warned: float | None = None
-        self.remote = RemoteRun(cfg, parts.offloader)  # the offload carried out (remote_run.py)
+        self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
         self.last_event: dict[str, Any] | None = None
         self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
         self.stop_signal: int | None = None
@@ -295,11 +295,11 @@ class Supervisor:
             self.gov = Governor(self.p.governor, self.store, job_key(self.job))  # last night's clock
         run = self.run
         if self.state in REMOTE_STATES and run.get("remote_call_id"):
-            self._apply(self.remote.attach(run, self.state, self.clock()))
+            self._apply(self.remote.attach(run, self.state, self.mono()))
         elif self.state == State.OFFLOADING and Record.load(run.get("remote_state")).launching:
             # a launch was in flight: its call (if it started) is looked for before a second one
             self.remote.resume_record(run)
-            self.remote.begin(self.clock(), "continuing the move to the cloud after a restart")
+            self.remote.begin(self.mono(), "continuing the move to the cloud after a restart")
         elif self.state.value not in ENDED_STATES:
             # stopped, or interrupted anywhere local: continue from the newest checkpoint
             self.state = State.STARTING
@@ -706,7 +706,7 @@ class Supervisor:
         if run_id != self.run_id or self.state.value in ENDED_STATES:
             return {"ok": False, "message": f"nothing to cancel: run {run_id} is {row['state']}"
                     + (f" (the current run is {self.run_id})" if run_id != self.run_id else "")}
-        if self.state in (State.REMOTE, State.OFFLOADING, State.PULLING):
+        if self.state in (*REMOTE_STATES, State.OFFLOADING):
             return {"ok": False, "message": f"run {run_id} is {self.state.value} on the cloud: "
                     "`nightshift stop` brings it home first, then `nightshift cancel`"}
         if self.runner.running:
@@ -793,7 +793,7 @@ class Supervisor:
         self.failure = None
         self.holds.pop("thermal", None)
         self.interval_steps = None
-        self.remote = RemoteRun(self.cfg, self.p.offloader)
+        self.remote = RemoteRun(self.cfg, self.p.offloader, wall=self.clock)
         self.duty = type(self.duty)()  # a new run's duty cycle starts with it
         self.progress = eta_mod.ProgressMeter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -862,11 +862,11 @@ class Supervisor:
                 and not self.shutting_down:
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
-            self._apply(await self.remote.poll(now, self.run, self._job_spec()))
+            self._apply(await self.remote.poll(mono, self.run, self._job_spec()))
         elif self.state == State.CANCELLING:
-            self._apply(await self.remote.cancelling(now, self.run))
+            self._apply(await self.remote.cancelling(mono, self.run))
         elif self.state == State.PULLING:
-            self._apply(await self.remote.pull(now, self.run, Path(self.checkpoint_dir)))
+            self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir)))
 
     async def _maybe_start(self, now: float, mono: float) -> None:
         if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
@@ -1263,7 +1263,7 @@ class Supervisor:
                 self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
 
     def cost_now(self, now: float) -> float:
-        return self.remote.cost_now(now, float(self.run.get("cloud_cost_usd") or 0.0))
+        return self.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
 
     def _deadline(self, now: float) -> float | None:
         deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
@@ -1275,7 +1275,7 @@ class Supervisor:
         return deadline
 
     def _consider_offload(self, now: float) -> None:
-        if self.state.value not in LOCAL_STATES or not self.remote.can_try(now) or self.shutting_down \
+        if self.state.value not in LOCAL_STATES or not self.remote.can_try(self.mono()) or self.shutting_down \
                 or self.exit_intent is not None:
             return
         from daemon.policy.failover import FailoverObs, decide_failover
@@ -1332,7 +1332,7 @@ class Supervisor:
             self._begin_offload(now, f"queue plan: {plan.reason}")
 
     def _begin_offload(self, now: float, reason: str) -> None:
-        self.remote.begin(now, reason)
+        self.remote.begin(self.mono(), reason)
         self.set_state(State.OFFLOADING, reason)
         if self.runner.running:
             self._ask_exit(intents.OFFLOAD, self.mono())  # its final checkpoint goes up with it
@@ -1354,7 +1354,7 @@ class Supervisor:
                         remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
                         local_steps_per_s=self.facts.steps_per_s,
                         source=info.path.name if info else script or "scratch")
-        self._apply(await self.remote.launch(now, job, persist=lambda f: self._update_run(**f),
+        self._apply(await self.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
                                              proceed=lambda: self.stop_signal is None))
 
     def remote_description(self) -> dict[str, Any] | None:
@@ -1434,7 +1434,7 @@ class Supervisor:
                 return {"ok": False, "message": f"nothing to stop: the run is {st}"}
             self.stop_asked_at = mono
             if self.state in REMOTE_STATES:  # cancelled, the final checkpoint home, then stopped
-                self._apply(self.remote.stop(now, self.state))
+                self._apply(self.remote.stop(mono, self.state))
                 return self._answer_later(fut)
             if self.runner.running:
                 self._ask_exit(intents.STOP, mono)

@@ -35,7 +35,7 @@ def modal_cfg(tmp_path: Path, **offload):
 def harness(tmp_path: Path, monkeypatch, cfg=None, **cloud_kw) -> tuple[Harness, Cloud]:
     cfg = cfg or modal_cfg(tmp_path)
     h = Harness(tmp_path, cfg, BEH)
-    cloud = Cloud(tmp_path / "modal", h.clock, **cloud_kw)
+    cloud = Cloud(tmp_path / "modal", h.clock.monotonic, **cloud_kw)  # the cloud's time is real time
     cloud.install(monkeypatch)
     return h, cloud
 
@@ -74,7 +74,7 @@ def test_cloud_fault_stop_waits_for_the_cancel_to_settle_and_the_final_checkpoin
         assert final % 50 != 0 and final > max(s for s in call.written if s % 50 == 0)
         assert max(local_steps(h)) == final  # the save on the way out came home
         assert call.cancels == 1 and "cancelling" in " ".join(h.events("state"))
-        pulled_at = next(e["t"] for e in h.store.events(None, kind="pulled"))
+        pulled_at = next(e["t"] for e in h.store.events(None, kind="pulled")) - (h.clock.t - h.clock.mono)
         assert pulled_at >= call.cancelled_at + 19  # not before the container committed
         assert h.sup.run["remote_call_id"] is None and h.sup.run["backend"] == "local"
         assert not list(Path(h.sup.checkpoint_dir).glob(".tmp-*"))
@@ -99,7 +99,7 @@ def test_cloud_fault_rate_limited_polls_never_fail_a_healthy_run(tmp_path, monke
         [call] = cloud.calls.values()
         assert h.sup.state == State.REMOTE and call.cancels == 0 and not h.events("failed")
         assert h.sup.snapshot["cloud"]["problem"] is None
-        assert h.sup.facts.step == call.step_at(h.clock.t) or h.sup.facts.step >= max(call.written)
+        assert h.sup.facts.step == call.step_at(h.clock.mono) or h.sup.facts.step >= max(call.written)
     run(go())
 
 
@@ -108,7 +108,7 @@ def test_cloud_fault_90_s_unavailable_then_back_the_run_goes_on(tmp_path, monkey
     async def go():
         h, cloud = harness(tmp_path, monkeypatch)
         await to_cloud(h)
-        t0 = h.clock.t
+        t0 = h.clock.mono
         cloud.faults.append(Fault("*", lambda: mx.ServiceError("UNAVAILABLE"), start=t0, end=t0 + 90))
         await h.run(60, dt=1.0)
         assert h.sup.state == State.REMOTE
@@ -127,10 +127,10 @@ def test_cloud_fault_11_min_unavailable_cancel_retried_until_confirmed_then_fall
     async def go():
         h, cloud = harness(tmp_path, monkeypatch)
         await to_cloud(h)
-        t0 = h.clock.t
+        t0 = h.clock.mono
         cloud.faults.append(Fault("*", lambda: mx.ServiceError("UNAVAILABLE"), start=t0, end=t0 + 660))
         await h.run(610, dt=1.0, until=lambda s: s.state == State.CANCELLING)
-        assert h.sup.state == State.CANCELLING and 600 <= h.clock.t - t0 <= 640
+        assert h.sup.state == State.CANCELLING and 600 <= h.clock.mono - t0 <= 640
         await h.run(20, dt=1.0)
         problem = h.sup.snapshot["cloud"]["problem"]
         assert problem.startswith("cloud call fc-0001 may still be running and billing: cancel not confirmed, retrying")
@@ -164,7 +164,7 @@ def test_cloud_fault_restart_during_cancelling_and_during_the_pull_after_a_stop_
         sup2 = await h2.open()
         assert sup2.state == State.CANCELLING
         # the pull fails for a while (Modal unavailable): killed again, this time while pulling
-        t = h.clock.t
+        t = h.clock.mono
         cloud.faults.append(Fault("listdir", lambda: mx.ServiceError("UNAVAILABLE"), start=t + 15, end=t + 60))
         await h2.run(40, until=lambda s: s.state == State.PULLING)
         assert sup2.state == State.PULLING, h2.events()
@@ -426,3 +426,27 @@ def test_cloud_fault_on_preemption_the_body_commits_within_15_s_without_sleeping
     assert final[-1] - final[0] < 1.0  # retried at once, no sleeps between
     summary = json.loads((tmp_path / "vol/run/summary.json").read_text())
     assert summary["state"] == "final" and summary["result"] == "preempted"
+
+
+def test_cloud_fault_a_wall_clock_step_changes_neither_the_bill_nor_the_budget(tmp_path, monkeypatch):
+    """Old: cost = (wall now - wall launch) x price: a clock set forward 10 h billed 10 h of A100
+    ($21 against a $5 budget: cancelled); set back, the bill went negative."""
+    async def go():
+        h, cloud = harness(tmp_path, monkeypatch, cfg=modal_cfg(tmp_path, budget_usd=5.0))
+        await to_cloud(h)
+        await h.run(60, dt=1.0)
+        before = h.sup.snapshot["cloud"]["cost_usd"]
+        h.clock.step(10 * 3600)  # NTP / an RTC in local time: the wall clock alone jumps
+        await h.run(10, dt=1.0)
+        after = h.sup.snapshot["cloud"]["cost_usd"]
+        per_s = 2.10 / 3600
+        assert abs(after - before - 10 * per_s) < 3 * per_s, (before, after)
+        assert h.sup.state == State.REMOTE and not h.events("budget")
+        h.clock.step(-20 * 3600)
+        await h.run(10, dt=1.0)
+        assert h.sup.snapshot["cloud"]["cost_usd"] >= after
+        ans = await h.command("stop")
+        assert ans["ok"] and h.sup.state == State.STOPPED
+        secs = h.sup.run["cloud_seconds"]
+        assert 80 <= secs <= 80 + cloud.settle_s + 20, secs  # what really ran, not 10 h
+    run(go())
