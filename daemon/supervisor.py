@@ -859,7 +859,7 @@ class Supervisor:
         elif self.state == State.RECOVERING:
             await self._recover(mono)
         elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
-                and not self.shutting_down:
+                and not self.shutting_down and self.stop_signal is None:  # a SIGTERM: never launch
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
             self._apply(await self.remote.poll(mono, self.run, self._job_spec()))
