@@ -61,14 +61,15 @@ _CLOUD_DETAIL = {State.OFFLOADING: "moving the job to the cloud",
                  State.REMOTE: "training in the cloud",
                  State.CANCELLING: "stopping the cloud run (its final checkpoint first)",
                  State.PULLING: "bringing the result home"}
-_HOLD_DETAIL = {"user": "by you", "schedule": "by the schedule"}
+_HOLD_DETAIL = {"user": "by you", "schedule": "by the schedule",
+                "disk": "for disk space (a disk is full)"}
 
 
 def display_state(state: State, holds: frozenset[str] | set[str]) -> tuple[str, str]:
     """(word, detail) for the phone. A pause by you or the schedule wins over cooling: it is
     what decides when the job goes on (cooling ends by itself within minutes)."""
     if state in (State.RUNNING, State.COOLING, State.STARTING, State.IDLE):
-        for owner in ("user", "schedule"):  # also before the start: waiting for the night window
+        for owner in ("user", "schedule", "disk"):  # also before the start: the night window
             if owner in holds:
                 extra = " (and cooling)" if "thermal" in holds or state == State.COOLING else ""
                 return "PAUSED", _HOLD_DETAIL[owner] + extra
@@ -100,7 +101,7 @@ def headline(state: State, holds: dict[str, str] | frozenset[str] | set[str]) ->
 def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     """The reason of the hold the display names, in full (the phone wraps it, never cuts it)."""
     if word == "PAUSED":
-        return holds.get("user") or holds.get("schedule")
+        return holds.get("user") or holds.get("schedule") or holds.get("disk")
     if word == "COOLING":
         return holds.get("thermal")
     return None

@@ -43,6 +43,8 @@ def waiting(s: Supervisor, word: str, mono: float) -> dict[str, Any] | None:
     if word == "PAUSED":
         if "user" in holds:
             return {"for": "you: `nightshift resume` continues it", "about_s": None}
+        if "disk" in holds and "schedule" not in holds:  # diskfull.py: it goes on by itself
+            return {"for": "disk space: free some on the full disk (see problems)", "about_s": None}
         why = holds.get("schedule") or ""
         opens = why.rsplit("opens at ", 1)[1] if "opens at " in why else None
         return {"for": f"the night window, until {opens}" if opens else "the schedule",

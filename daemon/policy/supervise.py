@@ -27,7 +27,7 @@ from daemon.policy.restart import decide_restart
 from daemon.sensors import THERMAL_OFF
 
 MIN_BACKOFF_S = 1.0
-HOLD_OWNERS = ("thermal", "user", "schedule")  # precedence for what status shows
+HOLD_OWNERS = ("thermal", "disk", "user", "schedule")  # precedence for what status shows
 
 
 # --------------------------------------------------------------------------- liveness
