@@ -156,3 +156,28 @@ def test_a_step_forward_during_a_thermal_pause_does_not_end_it_at_once(tmp_path)
         await h.run(40, until=lambda s: s.state == State.RUNNING)
         assert sup.state == State.RUNNING and not h.events("max_cooldown")
     run(go())
+
+
+def test_a_step_forward_during_a_remote_run_costs_nothing(tmp_path):
+    """Old: the cloud's cost counted from its launch on the wall clock: stepped forward 1000 s,
+    the run was billed 1000 s more ($0.58 at $2.10/h) towards its budget."""
+    from tests.harness import RunningCloud
+
+    async def go():
+        clock = FakeClock()
+        cfg = config(tmp_path, offload={"backend": "local", "budget_usd": 5.0})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10_000)}, clock=clock,
+                    backends={"local": RunningCloud()})
+        sup = await h.open()
+        await h.run(3)
+        assert (await h.command("offload"))["ok"]
+        await h.run(10, until=lambda s: s.state == State.REMOTE)
+        assert sup.state == State.REMOTE
+        await h.run(5)
+        before = sup.cost_now(clock())
+        clock.step(1000.0)
+        await h.run(5)
+        spent = sup.cost_now(clock()) - before
+        assert 0.0 < spent < 6 * 2.10 / 3600, spent  # about 5 s of it, not 1005 s
+        assert sup.state == State.REMOTE
+    run(go())
