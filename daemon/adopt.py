@@ -12,17 +12,31 @@ written like trainer checkpoints (temp dir, fsync, rename, parent fsync: trainer
 ``keep`` copies. Before a restart, ``restore_newest`` puts the newest valid copy back in place,
 so a torn ckpt.pt costs one checkpoint interval, never the run.
 
-When is a file a checkpoint worth adopting?
-- *Settled*: its size and mtime (for a directory, every file's) are the same at two
-  observations at least ``settle_s`` apart.
-- *Verified*: a torch.save file is a zip archive (torch >= 1.6): its central directory must
-  parse and every member's CRC must match (zipfile, no torch import: the daemon never imports
-  torch). ``*.safetensors`` files need a header consistent with their size, ``*.json`` files must
-  parse. A Hugging Face ``checkpoint-N`` directory also needs its ``trainer_state.json``
-  (written last). Any other file cannot be checked: settled is all we know, and it is adopted
-  on that (``meta["verified"] == "settled"``).
+When is a file a checkpoint worth adopting? It is judged by what it claims to be:
+- A ``.pt``/``.pth``/``.bin``/``.ckpt`` file claims to be torch.save's zip archive (torch >= 1.6):
+  its central directory must parse and every member's CRC must match (zipfile, no torch
+  import: the daemon never imports torch). Zeros or random bytes of the right size (a power
+  cut after a GPU hang; nanoGPT neither fsyncs nor renames) are refused as "not a torch zip".
+  ``*.safetensors`` files need a header consistent with their size, ``*.json`` files must
+  parse, a Hugging Face ``checkpoint-N`` directory needs its ``trainer_state.json`` (written
+  last). Such a file is adopted as soon as it verifies: a complete zip needs no quiet period,
+  so saves a few seconds apart are all kept. One that does not verify yet may be mid-write: it
+  is refused (and said) only once it has stayed the same for ``settle_s`` or its writer exited.
+- Any other file cannot be checked: it is adopted once *settled* (size and mtime the same at
+  two observations ``settle_s`` apart; ``meta["verified"] == "settled"``), and a restore never
+  prefers it over a copy that verified.
 - The copy is what gets verified (the source may change under us), and the source must still
-  have the settled signature after the copy, or the copy is thrown away.
+  have the same size and mtime after the copy, or the copy is thrown away.
+
+A run owns only what it wrote. With ``claim_found``, the matches present when the Adopter is
+first made for a run (its store dir did not exist yet) are recorded in ``before.json``: as long
+as such a file is unchanged it is never adopted nor resumed (it is an older run's, or the
+quickstart's); the first threaded call copies it aside into ``<store_dir>/before/<relpath>`` so
+nothing is lost, and ``found`` says where (the Supervisor turns it into an event).
+
+``marks.json`` remembers what a copy turned out to be: ``failed`` (the job could not load it,
+see ``mark_failed``) or ``suspect`` (written after the last normal loss before a divergence).
+Neither is put back by ``restore`` nor offered by ``newest``; both stay on disk.
 
 The step: read from the checkpoint when it says (nanoGPT's ``iter_num``, found by walking the
 zip's pickle opcodes with pickletools — nothing is unpickled; HF's ``trainer_state.json``
@@ -52,6 +66,10 @@ META = "meta.json"
 _VER = re.compile(r"^v_(\d{6,})$")
 _STEP_KEYS = ("iter_num", "global_step", "step")  # in this order of trust
 _HF_DIR = re.compile(r"^checkpoint-\d+$")
+# names that claim torch.save's format: a zip archive since torch 1.6
+TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt"})
+BEFORE = "before.json"
+MARKS = "marks.json"
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,8 @@ class AdoptedCheckpoint:
     sha256: str  # of the file, or of the directory's sorted (name, sha256) list
     source_mtime_ns: int
     verified: str  # "zip-crc" | "contents" | "settled"
+    mark: str | None = None  # "failed" | "suspect" (marks.json), with why in mark_why
+    mark_why: str = ""
 
     def as_record(self) -> dict[str, Any]:
         """A progress.jsonl ``checkpoint`` record, so JobFacts (newest checkpoint, status) takes
@@ -109,7 +129,11 @@ def verify_file(path: Path) -> str:
         size = path.stat().st_size
         if size == 0:
             raise Unverifiable(f"{path.name} is empty")
-        if _is_zip(path):
+        claims_zip = path.suffix.lower() in TORCH_SUFFIXES
+        if claims_zip and not _is_zip(path):
+            raise Unverifiable(f"{path.name}: not a torch zip (torch.save has written zip archives "
+                               "since torch 1.6; this file does not start like one)")
+        if claims_zip or _is_zip(path):
             try:
                 with zipfile.ZipFile(path) as z:
                     bad = z.testzip()  # reads every member, checks its CRC-32
@@ -133,6 +157,35 @@ def verify_file(path: Path) -> str:
     except OSError as e:
         raise Unverifiable(f"{path.name}: cannot read it ({e.strerror})") from None
     return "settled"
+
+
+def claims_verifiable(path: Path) -> bool:
+    """Whether the file (or directory) says what it is, so it can be checked the moment it is
+    complete (no settling wait): torch zips, safetensors, JSON, Hugging Face checkpoint dirs."""
+    if path.is_dir():
+        return bool(_HF_DIR.match(path.name))
+    if path.suffix.lower() in TORCH_SUFFIXES | {".safetensors", ".json"}:
+        return True
+    return _is_zip_quiet(path)
+
+
+def _is_zip_quiet(path: Path) -> bool:
+    try:
+        return _is_zip(path)
+    except OSError:
+        return False
+
+
+def looks_complete(path: Path) -> bool:
+    """A cheap look before copying: a zip's central directory (at its end) parses. A torch.save
+    caught mid-write has none yet; copying it would be wasted."""
+    if path.is_dir() or not (path.suffix.lower() in TORCH_SUFFIXES or _is_zip_quiet(path)):
+        return True
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def verify_tree(path: Path) -> str:
@@ -278,12 +331,21 @@ class _Pending:
     step: int | None
 
 
+@dataclass(frozen=True)
+class Found:
+    """A match that was there before the run began: never this run's."""
+    relpath: str
+    kept: Path | None  # the copy aside in the state dir (None: it changed before it was copied)
+    step: int | None
+
+
 class Adopter:
-    """Watches ``glob`` under ``workdir``; adopts settled, verified matches into ``store_dir``."""
+    """Watches ``glob`` under ``workdir``; adopts verified (or, for formats that cannot be
+    checked, settled) matches into ``store_dir``; puts the newest good copy back."""
 
     def __init__(self, workdir: str | os.PathLike, glob: str, store_dir: str | os.PathLike,
                  keep: int = 3, clock: Callable[[], float] = time.time, settle_s: float = 2.0,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, claim_found: bool = False):
         self.workdir = Path(workdir)
         self.glob = glob
         self.store = Path(store_dir)
@@ -295,10 +357,65 @@ class Adopter:
         self._adopted_sig: dict[str, tuple] = {}  # what is already in the store, per relpath
         self._refused_sig: dict[str, tuple] = {}  # a torn file is reported once, not per poll
         self.last_refusal: str | None = None
+        self.found: list[Found] = []  # set aside for the caller to say (taken by take_found)
+        self._before: dict[str, list] = {}  # relpath -> signature of a file older than the run
+        if claim_found:
+            self._claim_found()
         for c in self._versions():  # a restarted daemon does not adopt the same file again
             src = self.workdir / c.relpath
             if _signature(src) is not None and c.source_mtime_ns == self._mtime(src):
                 self._adopted_sig.setdefault(c.relpath, _signature(src))  # type: ignore[arg-type]
+
+    # -- files that were there before the run ---------------------------------------------
+    def _claim_found(self) -> None:
+        """The first Adopter of a run records what already matches (stat only: this runs on the
+        loop); a later one (a restarted daemon) reads that record back."""
+        path = self.store / BEFORE
+        try:
+            self._before = {k: list(v) for k, v in json.loads(path.read_text())["files"].items()}
+            return
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, AttributeError):
+            return  # unreadable: nothing is treated as foreign (the run's own copies still verify)
+        before = {}
+        # a store with copies but no record (made before this rule): those files are the run's own
+        for src in ([] if self._versions() else self._matches()):
+            sig = _signature(src)
+            if sig is not None:
+                before[src.relative_to(self.workdir).as_posix()] = list(sig)
+        self.store.mkdir(parents=True, exist_ok=True)
+        _write_json(path, {"files": before, "kept": {}})
+        self._before = before
+        self._unkept = set(before)
+
+    def _is_before(self, rel: str, sig: tuple | None) -> bool:
+        b = self._before.get(rel)
+        return b is not None and sig is not None and _as_tuple(b) == sig
+
+    def _keep_found(self) -> None:
+        """Copy the files found before the run aside (once, in the worker thread)."""
+        todo = getattr(self, "_unkept", set())
+        if not todo:
+            return
+        self._unkept = set()
+        for rel in sorted(todo):
+            src, dst = self.workdir / rel, self.store / "before" / rel
+            kept: Path | None = None
+            try:
+                _rm(dst)
+                _copy_fsynced(src, dst)
+                if self._is_before(rel, _signature(src)):
+                    kept = dst
+                else:
+                    _rm(dst)  # rewritten while we copied: the run's job has taken it over
+            except OSError as e:
+                self.log(f"could not keep a copy of {rel} (found before the run): {e}")
+            self.found.append(Found(rel, kept, step_of(dst) if kept else None))
+
+    def take_found(self) -> list[Found]:
+        out, self.found = self.found, []
+        return out
 
     # -- the store ----------------------------------------------------------------------
     def _versions(self) -> list[AdoptedCheckpoint]:
@@ -307,21 +424,51 @@ class Adopter:
             names = os.listdir(self.store)
         except FileNotFoundError:
             return []
+        marks = self._marks()
         out = []
         for n in names:
             if not (m := _VER.match(n)):
                 continue
             try:
                 meta = json.loads((self.store / n / META).read_text())
-                out.append(self._from_meta(int(m.group(1)), meta))
+                out.append(self._from_meta(int(m.group(1)), meta, marks))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(out, key=lambda c: c.version, reverse=True)
 
-    def _from_meta(self, version: int, meta: dict[str, Any]) -> AdoptedCheckpoint:
+    def _from_meta(self, version: int, meta: dict[str, Any],
+                   marks: dict[str, Any] | None = None) -> AdoptedCheckpoint:
+        mark, why = _mark_of(version, meta.get("step"), marks or {})
         return AdoptedCheckpoint(version, meta["relpath"], self.store / f"v_{version:06d}" / meta["relpath"],
                                  meta.get("step"), float(meta["t"]), int(meta["bytes"]), meta["sha256"],
-                                 int(meta["source_mtime_ns"]), meta["verified"])
+                                 int(meta["source_mtime_ns"]), meta["verified"], mark, why)
+
+    def _marks(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.store / MARKS).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _set_marks(self, marks: dict[str, Any]) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        _write_json(self.store / MARKS, marks)
+
+    def mark_failed(self, version: int, why: str) -> None:
+        """The job could not load this copy: never put back again (kept on disk to look at)."""
+        marks = self._marks()
+        marks.setdefault("failed", {})[str(version)] = why
+        self._set_marks(marks)
+
+    def mark_suspect_after(self, step: int, why: str) -> list[AdoptedCheckpoint]:
+        """Copies of a step past ``step`` (the last normal loss before a divergence), and any
+        adopted later with such a step, are suspect: not offered, not restored unless asked.
+        Returns the copies marked now."""
+        marks = self._marks()
+        old = marks.get("suspect_after")
+        marks["suspect_after"] = {"step": int(step) if old is None else min(int(step), int(old["step"])),
+                                  "why": why}
+        self._set_marks(marks)
+        return [c for c in self._versions() if c.mark == "suspect"]
 
     def _check_copy(self, c: AdoptedCheckpoint, deep: bool) -> str | None:
         """Why a stored copy is not usable, or None. Shallow: sizes; deep: sha256 and zip CRCs."""
@@ -341,9 +488,19 @@ class Adopter:
             return f"unreadable ({e})"
         return None
 
+    def candidates(self) -> list[AdoptedCheckpoint]:
+        """Copies a restore may put back, in the order it tries them: unmarked only, the
+        verified ones (newest first) before any that could only settle."""
+        good = [c for c in self._versions() if c.mark is None]
+        return sorted(good, key=lambda c: (c.verified != "settled", c.version), reverse=True)
+
     def newest(self) -> AdoptedCheckpoint | None:
-        """The newest stored copy whose files are all there at their recorded sizes."""
-        return next((c for c in self._versions() if self._check_copy(c, deep=False) is None), None)
+        """The copy a restore would put back first (its files there at their recorded sizes)."""
+        return next((c for c in self.candidates() if self._check_copy(c, deep=False) is None), None)
+
+    def newest_any(self) -> AdoptedCheckpoint | None:
+        """The newest copy, marked or not (status says what its mark is)."""
+        return next(iter(self._versions()), None)
 
     def has_any(self) -> bool:
         """Whether a restart has something to resume from (the lead: resume_command or command)."""
@@ -364,34 +521,36 @@ class Adopter:
             return 0
 
     def observe(self, step: int | None = None, *, writer_stopped: bool = False) -> AdoptedCheckpoint | None:
-        """One poll: adopt every match that changed, settled and verifies; return the newest
-        adopted now, or None. ``step`` is the job's current step (from its output), used when
-        the checkpoint does not say its own. ``writer_stopped``: the job has exited, so a file
-        that verifies (zip, directory contents) is final now and needs no settling wait."""
+        """One poll: adopt every match that changed and verifies (or, for a format that cannot
+        be checked, has settled); return the newest adopted now, or None. ``step`` is the job's
+        current step (from its output), used when the checkpoint does not say its own.
+        ``writer_stopped``: the job has exited, so a file that does not verify now never will."""
+        self._keep_found()
         now = float(self.clock())
         adopted = None
         for src in self._matches():
             rel = src.relative_to(self.workdir).as_posix()
             sig = _signature(src)
-            if sig is None or sig == self._adopted_sig.get(rel) or sig == self._refused_sig.get(rel):
+            if sig is None or sig == self._adopted_sig.get(rel) or sig == self._refused_sig.get(rel) \
+                    or self._is_before(rel, sig):
                 self._pending.pop(rel, None)
                 continue
             p = self._pending.get(rel)
             if p is None or p.sig != sig:
                 self._pending[rel] = p = _Pending(sig, now, step)
-                if not writer_stopped:
-                    continue
-            settled = now - p.since >= self.settle_s
-            if not settled and not writer_stopped:
-                continue
-            c = self._adopt(src, rel, sig, p.step if p.step is not None else step, now,
-                            require_verifiable=writer_stopped and not settled)
+            settled = now - p.since >= self.settle_s and p.since < now
+            if not claims_verifiable(src) and not settled:
+                continue  # nothing to check it by: only quiet says it is complete
+            final = settled or writer_stopped  # torn and no longer changing: say so
+            c = self._adopt(src, rel, sig, p.step if p.step is not None else step, now, final)
             if c is not None:
                 adopted = c
         return adopted
 
     def _adopt(self, src: Path, rel: str, sig: tuple, step: int | None, now: float,
-               require_verifiable: bool) -> AdoptedCheckpoint | None:
+               final: bool) -> AdoptedCheckpoint | None:
+        if not final and not looks_complete(src):
+            return None  # most likely mid-save: look again next poll, say nothing yet
         self.store.mkdir(parents=True, exist_ok=True)
         versions = self._versions()
         version = (versions[0].version + 1) if versions else 1
@@ -400,14 +559,17 @@ class Adopter:
         _rm(tmp)
         try:
             _copy_fsynced(src, tmp / rel)
-            verified = verify_tree(tmp / rel)  # the copy is what we keep, so the copy is checked
-            if require_verifiable and verified == "settled":
-                _rm(tmp)
-                return None  # not settled and nothing to check it against: wait for a settle
             if _signature(src) != sig:
                 _rm(tmp)
                 self._pending.pop(rel, None)  # rewritten while we copied: start over
                 return None
+            try:
+                verified = verify_tree(tmp / rel)  # the copy is what we keep, so the copy is checked
+            except Unverifiable:
+                if not final:
+                    _rm(tmp)
+                    return None  # may still be in the writer's hands: judged when it is quiet
+                raise
             sha, files, nbytes = _digest(tmp / rel)
             newest = versions[0] if versions else None
             if newest is not None and newest.relpath == rel and newest.sha256 == sha:
@@ -443,14 +605,18 @@ class Adopter:
         self._adopted_sig[rel] = sig
         self._pending.pop(rel, None)
         self._retain()
-        c = self._from_meta(version, meta)
+        c = self._from_meta(version, meta, self._marks())
         self.log(f"adopted {rel} as {name} (step {c.step}, {c.bytes} bytes, {verified})")
         return c
 
     def _retain(self) -> None:
-        """Keep the newest ``keep`` copies; a copy is renamed out of the namespace before it is
+        """Keep the newest ``keep`` good copies, and as many marked ones (a divergence must not
+        push the last good copy out); a copy is renamed out of the namespace before it is
         deleted, so a kill mid-delete never leaves a committed-looking half copy."""
-        for c in self._versions()[self.keep:]:
+        versions = self._versions()
+        good = [c for c in versions if c.mark is None]
+        marked = [c for c in versions if c.mark is not None]
+        for c in good[self.keep:] + marked[self.keep:]:
             vdir = self.store / f"v_{c.version:06d}"
             doomed = self.store / f".del-{vdir.name}-{os.getpid()}"
             try:
@@ -463,18 +629,19 @@ class Adopter:
                 _rm(self.store / n)
 
     # -- restoring ------------------------------------------------------------------------
-    def restore_newest(self, dest_workdir: str | os.PathLike | None = None) -> AdoptedCheckpoint | None:
-        """Before a restart (the job has exited): put the newest valid copy back at its relative
-        path under ``dest_workdir`` (default: the job's workdir), atomically. Into the job's own
-        workdir, a live file that verifies is adopted first (it may be newer than the store), and
-        a torn one is replaced (a directory that does not verify is moved aside to a hidden
-        ``.nightshift-torn-<name>``, so the script's own "latest checkpoint" lookup skips it).
-        Returns what was put in place (None: no valid copy; the job starts fresh)."""
+    def restore(self, dest_workdir: str | os.PathLike | None = None) -> AdoptedCheckpoint | None:
+        """Before a restart (the job has exited): put the best copy back at its relative path
+        under ``dest_workdir`` (default: the job's workdir), atomically: the newest verified one
+        that is neither failed nor suspect, else the newest settled one. Into the job's own
+        workdir, a live file that verifies is adopted first (it may be newer than the store); a
+        torn one is replaced, or, with no copy to replace it, moved aside to a hidden
+        ``.nightshift-torn-<name>`` (so the script's own "latest checkpoint" lookup skips it and
+        a resume never runs on it). Returns what was put in place (None: the job starts fresh)."""
         own = dest_workdir is None or Path(dest_workdir).resolve() == self.workdir.resolve()
         dest = self.workdir if dest_workdir is None else Path(dest_workdir)
         if own:
             self.observe(writer_stopped=True)
-        for c in self._versions():
+        for c in self.candidates():
             why = self._check_copy(c, deep=True)
             if why is not None:
                 self.log(f"skipping adopted copy v_{c.version:06d} ({c.relpath}): {why}; trying the previous one")
@@ -489,12 +656,32 @@ class Adopter:
                 self._adopted_sig[c.relpath] = _signature(target)  # type: ignore[assignment]
                 self._pending.pop(c.relpath, None)
             return c
+        if own:
+            self._set_aside_torn(None)
         return None
 
-    def _set_aside_torn(self, keep_rel: str) -> None:
+    restore_newest = restore  # the name the offload backends use
+
+    def set_aside(self, relpath: str, why: str) -> Path | None:
+        """Move a file the job could not load out of the script's way (hidden, kept)."""
+        src = self.workdir / relpath
+        if not src.exists():
+            return None
+        aside = src.with_name(f".nightshift-bad-{src.name}")
+        _rm(aside)
+        os.rename(src, aside)
+        fsync_dir(src.parent)
+        self._adopted_sig.pop(relpath, None)
+        self.log(f"moved {relpath} aside to {aside.name} ({why})")
+        return aside
+
+    def _set_aside_torn(self, keep_rel: str | None) -> None:
+        """Matches that do not verify (a file with no copy to replace it, or a directory) go
+        aside; an older run's file (``before.json``) is left alone: it is not ours to move."""
         for src in self._matches():
             rel = src.relative_to(self.workdir).as_posix()
-            if rel == keep_rel or not src.is_dir():
+            if rel == keep_rel or (keep_rel is not None and not src.is_dir()) \
+                    or self._is_before(rel, _signature(src)):
                 continue
             try:
                 verify_tree(src)
@@ -502,4 +689,29 @@ class Adopter:
                 aside = src.with_name(f".nightshift-torn-{src.name}")
                 _rm(aside)
                 os.rename(src, aside)
+                self._refused_sig.pop(rel, None)
                 self.log(f"moved the torn {rel} aside ({e})")
+
+
+def _as_tuple(v: Any) -> Any:
+    return tuple(_as_tuple(x) for x in v) if isinstance(v, list) else v
+
+
+def _mark_of(version: int, step: Any, marks: dict[str, Any]) -> tuple[str | None, str]:
+    failed = (marks.get("failed") or {}).get(str(version))
+    if failed is not None:
+        return "failed", str(failed)
+    after = marks.get("suspect_after")
+    if after is not None and isinstance(step, int) and step > int(after["step"]):
+        return "suspect", str(after.get("why") or "")
+    return None, ""
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

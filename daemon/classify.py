@@ -76,6 +76,11 @@ def classify_exit(returncode: int, output_tail: str, *, gpu_signature: str | Non
     return ExitInfo("code_error", detail, signature=signature, signal_name=sig)
 
 
+def last_error_line(text: str) -> str | None:
+    """The last exception line ("ValueError: ...") of a traceback or output, or None."""
+    return _last_error_line(text)
+
+
 def _last_error_line(text: str) -> str | None:
     for line in reversed(text.strip().splitlines()):
         s = line.strip()

@@ -84,7 +84,9 @@ def thermal(obs: Observation, mem: Memory, cfg: dict[str, Any]) -> list[Decision
         if getattr(dec, "forced", False):
             out.append(Emit("max_cooldown", f"resuming while still warm: {dec.reason}", "warn"))
         out += [Remember(thermal=ThermalState(paused=False, paused_at=None, reason="")),
-                Release("thermal"), Goto(State.RUNNING, dec.reason)]
+                Release("thermal"),
+                # a job that died while cooling waited in COOLING: now it starts (policy/scriptckpt)
+                Goto(State.RUNNING if obs.job.running else State.STARTING, dec.reason)]
         if mem.clock_cap:
             out.append(UncapClock())
     return out

@@ -105,7 +105,8 @@ def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
     log = logging.getLogger("nightshift.adopt")  # why a torn ckpt.pt was refused, what was restored
     return Adopter(cfg["job"]["workdir"], cfg["job"]["checkpoint_glob"],
                    Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}",
-                   keep=int(cfg["checkpoint"]["keep"]), clock=clock, log=log.info)
+                   keep=int(cfg["checkpoint"]["keep"]), clock=clock, log=log.info,
+                   claim_found=True)  # a file there before the run is never this run's
 
 
 def output_progress(cfg: dict[str, Any]) -> Any:

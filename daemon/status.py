@@ -28,6 +28,7 @@ class JobFacts:
     max_step: int | None = None  # the furthest step any attempt reached
     steps_lost: int = 0  # steps recomputed after restarts (progress past the resumed checkpoint)
     back_from: int | None = None  # a restart went back from this step; cleared once passed again
+    attempt_step: int | None = None  # the furthest step the current attempt reported (None: none yet)
     _rate_anchor: tuple[float, int] | None = None
 
     def observe(self, rec: dict[str, Any]) -> None:
@@ -54,6 +55,8 @@ class JobFacts:
             self.step = int(rec["step"])
             if self.back_from is not None and self.step >= self.back_from:
                 self.back_from = None  # caught up: the step on screen is new ground again
+            if kind == "progress":
+                self.attempt_step = self.step if self.attempt_step is None else max(self.attempt_step, self.step)
             if kind != "start":
                 self.max_step = self.step if self.max_step is None else max(self.max_step, self.step)
         if kind == "progress":
@@ -61,6 +64,8 @@ class JobFacts:
             if isinstance(loss, (int, float)):
                 self.loss = float(loss)
                 self.losses.append(float(loss))
+            elif loss in ("nan", "inf", "-inf"):  # a printed "loss nan": the newest loss is NaN,
+                self.loss = float(loss)  # not the finite one before it (status showed 2152)
             self._update_rate(t, rec)
             if isinstance(rec.get("metrics"), dict):
                 self.metrics.update(rec["metrics"])
@@ -74,6 +79,12 @@ class JobFacts:
             cost = rec.get("stall_s")
             if isinstance(cost, (int, float)):
                 self.checkpoint_costs.append(float(cost))
+
+    def new_attempt(self) -> None:
+        """A job (re)started: what it reports from now on is this attempt's."""
+        self.done = False
+        self.last_record_t = None
+        self.attempt_step = None
 
     def _update_rate(self, t: float, rec: dict[str, Any]) -> None:
         if rec.get("steps_per_s") is not None:

@@ -16,6 +16,7 @@ from typing import Any
 BARS = "▁▂▃▄▅▆▇█"
 WIDTH = 40
 LABEL = 6  # "temp  " then the value
+FAILED_LINES = 12  # a failed run's card fits a phone screen without scrolling
 
 
 def sparkline(values: list[float], width: int = 24) -> str:
@@ -132,6 +133,8 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     pct = f" ({st['progress_pct']:.1f}%)" if st.get("progress_pct") is not None else ""
     note = f"; {st['step_note']}" if st.get("step_note") else ""  # a step that went back says why
     lines += field("step", f"{step if step is not None else '?'} of {total or '?'}{pct}{note}")
+    if word == "FAILED" and st.get("failure"):
+        return "\n".join(lines + failure_card(st)) + "\n"
     if st.get("loss") is not None:
         lines += field("loss", f"{st['loss']:.4g} {sparkline(st.get('loss_trend') or [], 20)}")
     rate = st.get("steps_per_s")
@@ -198,6 +201,66 @@ def _other_incidents(r: dict[str, Any]) -> str:
         if n:
             parts.append(f"{n} {one if n == 1 else many}")
     return (", ".join(parts) + " in this run (not resets).") if parts else ""
+
+
+def failure_card(st: dict[str, Any], budget: int = FAILED_LINES - 3) -> list[str]:
+    """What a failed run shows under its head, job and step lines, in ``budget`` lines: the
+    loss that stopped it, the cause first in one sentence, the job's own error once (cut at a
+    sentence or line boundary, never mid-word), the newest good checkpoint, problems, resets. Nothing
+    live (rate, ETA, temperatures), and the "failed" event is not repeated: it is the cause."""
+    blocks: list[list[str]] = []
+    stopped = st.get("loss_stopped")
+    if stopped:
+        blocks.append(field("loss", f"{stopped['loss']} at step {stopped['step']} stopped the run"))
+    elif st.get("loss") is not None:
+        blocks.append(field("loss", f"{st['loss']:.4g}"))
+    cause, _, error = str(st["failure"]).partition("\n")
+    blocks.append(field("FAIL", _clip(_sentence(cause), 4)))
+    err = _error_line(error)
+    if err and err.rstrip(".") not in cause:
+        blocks.append(field("error", _clip(err, 3)))
+    ck = st.get("checkpoint")
+    if ck:
+        blocks.append(field("ckpt", f"step {ck['step']}, saved {duration(ck.get('age_s'))} ago"))
+    for p in st.get("problems") or []:
+        blocks.append(field("!", _clip(_sentence(p), 3)))
+    r = st.get("resets") or {}
+    if r.get("total"):
+        heat = _heat(r)
+        blocks.append(field("reset", f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
+                            f"{r['total']} in this run." + (f" {heat}" if heat else "")))
+    out: list[str] = []
+    for b in blocks:  # whole blocks only: a card never ends mid-sentence
+        if len(out) + len(b) <= budget:
+            out += b
+    return out
+
+
+def _error_line(text: str) -> str:
+    """The job's own error: the last line that says something (a traceback's exception line)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _clip(text: str, max_lines: int) -> str:
+    """``text`` in at most ``max_lines`` wrapped lines: whole sentences while they fit, else
+    the first sentence cut at a word with an ellipsis."""
+    room = (WIDTH - LABEL) * max_lines - max_lines * 4  # wrapping wastes a few columns per line
+
+    def fits(t: str) -> bool:
+        return len(textwrap.wrap(t, WIDTH - LABEL, break_long_words=False)) <= max_lines
+    if fits(text):
+        return text
+    sentences = [x for x in text.replace("; ", ";\n").replace(". ", ".\n").splitlines() if x]
+    kept = ""
+    for sent in sentences:
+        cand = f"{kept} {sent}".strip()
+        if not fits(cand):
+            break
+        kept = cand
+    if kept:
+        return kept.rstrip(";") + ("" if kept.endswith(".") else " ...")
+    return text[:room].rsplit(" ", 1)[0] + " ..."
 
 
 def _eta_lines(st: dict[str, Any], now: float | None = None) -> list[str]:

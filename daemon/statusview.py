@@ -167,9 +167,18 @@ def inputs_key(s: Supervisor) -> tuple[Any, ...]:
             id(s.last_reading), id(s.last_event), id(s.diagnosis), len(s.reset_log.rows),
             id(s.queue_plan),
             id(s.remote.remote), id(s.remote.estimate), s.remote.problem,
-            tuple(s.holds.items()), tuple(s.problems.items()), s.failure,
+            tuple(s.holds.items()), tuple(s.problems.items()), s.failure, s.stop_loss,
             s.store.problem, s.store.pending_writes, run.get("updated"),
             s.interval_steps, None if g is None else (id(g.state), g.reason, g.pauses))
+
+
+def _stop_loss(stop: tuple[int, float] | None) -> dict[str, Any] | None:
+    """The loss of the divergence that stopped the run, as text ("nan", "inf", "2152"): JSON
+    has no NaN, and null would read as "no loss"."""
+    if stop is None:
+        return None
+    step, loss = stop
+    return {"step": step, "loss": f"{loss:.4g}" if math.isfinite(loss) else str(loss)}
 
 
 def build_status(s: Supervisor, now: float) -> dict[str, Any]:
@@ -252,6 +261,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
         "paused_reason": _paused_reason(word, s.holds),
         "last_event": s.last_event,
         "failure": s.failure or run.get("failure"),
+        "loss_stopped": _stop_loss(s.stop_loss),
         "restarts": run.get("restarts", 0),
         "steps_lost": f.steps_lost,
         "pauses": run.get("pauses", 0),

@@ -135,6 +135,7 @@ _RUN_FIELDS = {
     "cloud_cost_usd", "failure", "last_error_sig", "skip_steps", "updated", "user_hold",
     "restart_times", "remote_backend", "resume_from", "command", "env", "queue_id", "best_loss",
     "best_step", "climb_step", "final_loss", "ended", "night_start",
+    "steps_lost", "max_step",  # counters that outlive the daemon (issue 25)
     "resume_command", "workdir", "config_hash", "created",  # a run's history (daemon/runbook.py)
     "remote_state",  # the remote run's record (daemon/remote_run.Record)
 }
@@ -152,7 +153,9 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   ("resume_command", "TEXT"), ("workdir", "TEXT"), ("config_hash", "TEXT"),
                   # the remote run's record (daemon/remote_run.Record, JSON): what follows the
                   # pull, the cancel asked/confirmed, deaths per backend, a launch in flight
-                  ("remote_state", "TEXT"))
+                  ("remote_state", "TEXT"),
+                  # steps recomputed after restarts, the furthest step reached (issue 25)
+                  ("steps_lost", "INTEGER NOT NULL DEFAULT 0"), ("max_step", "INTEGER"))
 
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from typing import Any
 
 from daemon import decide
 from daemon import intent as intents
+from daemon import restorechain as chain
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
 from daemon.decisions import (
     AskCheckpoint,
@@ -52,6 +53,7 @@ from daemon.offloader import Offloader, run_key
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.climb import Climb, ClimbState, observe_climb
+from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.timebase import clock_step
 from daemon.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.resets.resetlog import ResetLog
@@ -100,6 +102,9 @@ class Supervisor:
         self.store = parts.store
         self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
         self.adopter: Any = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
+        self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
+        self.stop_loss: tuple[int, float] | None = None  # (step, loss) of the divergence that stopped it
+        self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
         # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
         # cooldown, backoff and hang, so a clock step (NTP, suspend, an RTC in local time)
@@ -193,6 +198,8 @@ class Supervisor:
             self.book.ended(self.run_id, state.value, self.clock())
         self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value,
                    detail=detail)
+        if State.RECOVERING in (old, state):
+            self._save_holds()
         if self.on_state is not None:
             self.on_state(f"{state.value}: {reason}"[:200])
 
@@ -278,6 +285,11 @@ class Supervisor:
                 await stop_orphan(row["job_pid"], row["job_create_time"])
                 self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous "
                            "daemon", "warn")
+            if row["job_pid"]:  # the daemon died under a running job: that is a restart too
+                times = json.loads(row.get("restart_times") or "[]")
+                self._update_run(restarts=row["restarts"] + 1, restart_times=json.dumps(times + [self.clock()]))
+                self.event("restart", "the previous daemon stopped without stopping its job (a crash or "
+                           "kill -9): the job starts again, counted as a restart", "warn")
             self._update_run(job_pid=None, job_create_time=None)
             if row["user_hold"]:
                 self.holds["user"] = "paused by the user"
@@ -305,6 +317,8 @@ class Supervisor:
             self.state = State.STARTING
             self._update_run(state=State.STARTING.value)
             self.next_start_at = self.mono()
+            if row is not None:
+                self._restore_holds(self.mono())
 
     async def _end_leftover_jobs(self) -> None:
         """A daemon killed while a job ran left its record (jobproc.TREE_FILE) in that run's
@@ -381,6 +395,40 @@ class Supervisor:
         newest = self.adopter.newest() if self.adopter is not None else None
         if newest is not None and self.facts.checkpoint is None:
             self.facts.checkpoint = _adopted_fact(newest)
+        self._rebuild_counters()
+
+    def _rebuild_counters(self) -> None:
+        """steps_lost, the furthest step (the store's, or the job's last printed step if a
+        killed daemon had not saved it yet) and a finished run's step, total and checkpoint."""
+        f, row = self.facts, self.run
+        f.steps_lost = max(f.steps_lost, int(row.get("steps_lost") or 0))
+        steps = [x for x in (f.max_step, row.get("max_step"), self._last_logged_step()) if x is not None]
+        f.max_step = max(steps) if steps else None
+        f.step = f.step if f.step is not None else row.get("step")
+        f.total_steps = f.total_steps or row.get("total_steps")
+        if f.checkpoint is None:
+            newest = next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
+            if newest is not None:
+                f.checkpoint = {k: newest.get(k) for k in ("step", "path", "t", "bytes")}
+        self._saved_counters = (f.steps_lost, f.max_step)
+
+    def _last_logged_step(self) -> int | None:
+        """The furthest step in the last 64 KiB of job.log, read with [job] progress_pattern
+        (a script's progress is its output: nothing else remembers it)."""
+        if self.p.output_progress is None:
+            return None
+        from daemon import parts as build
+        parser = build.output_progress(self.cfg)
+        try:
+            with open(self.run_dir / "job.log", "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 65536))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        found = [r["step"] for r in map(parser.feed, text.splitlines()[1:])
+                 if r is not None and isinstance(r.get("step"), int)]
+        return max(found) if found else None
 
     # ================================================================== the tick
     async def tick(self) -> None:
@@ -558,10 +606,9 @@ class Supervisor:
         self.runner.forget()
         intent, self.exit_intent = self.exit_intent, None
         self.suspect_since = None
-        self.holds.pop("thermal", None)
-        self.holds.pop("schedule", None)
-        self.thermal = None
+        self.holds.pop("schedule", None)  # a thermal hold outlives the job: its restart waits for it
         self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
+        self._save_counters()
         if self.adopter is not None:  # the writer has stopped: a verifiable file is final now
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step,
                                                   writer_stopped=True))
@@ -605,6 +652,8 @@ class Supervisor:
             return
         if why == Why.HANG:
             info = ExitInfo("signal", f"hung job stopped ({info.detail})", signal_name=info.signal_name)
+        if self._resumed is not None and await self._restore_chain(info, tail, now):
+            return
         run = self.run
         times = json.loads(run.get("restart_times") or "[]")
         dec = rules.decide_exit(info, code_errors=run.get("code_errors", 0),
@@ -629,7 +678,31 @@ class Supervisor:
             self.set_state(State.RECOVERING, dec.reason)
         else:
             self.next_start_at = mono + dec.delay_s
-            self.set_state(State.STARTING, dec.reason)
+            self.set_state(State(wait_state_after_exit(self.state.value, "thermal" in self.holds)), dec.reason)
+
+    async def _restore_chain(self, info: ExitInfo, tail: str, now: float) -> bool:
+        """A job resumed from an adopted copy died before reporting progress from it: the next
+        older copy, then (when the run allows) a fresh start, then a failure saying so."""
+        resumed, self._resumed = self._resumed, None
+        run = self.run
+        times = json.loads(run.get("restart_times") or "[]")
+        window, limit = float(self.cfg["job"]["restart_window_s"]), int(self.cfg["job"]["restart_limit"])
+        if sum(1 for t in times if now - t <= window) >= limit:
+            return False  # the restart bound decides
+        error = traceback_tail(tail) or tail[-2000:]
+        dec = await asyncio.to_thread(chain.judge_exit, self.adopter, resumed, info.kind,
+                                      self.facts.attempt_step, error,
+                                      fresh_allowed=not run.get("resume_from"))
+        if dec.action == "none":
+            return False
+        self.event("restore_failed", dec.reason, "error" if dec.action == "fail" else "warn")
+        if dec.action == "fail":
+            self._fail(dec.reason, detail=error)
+            return True
+        self._update_run(restarts=run.get("restarts", 0) + 1,
+                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
+        self._restart_now(dec.reason)
+        return True
 
     def _after_stop(self, intent: ExitIntent) -> None:
         ck = self.facts.checkpoint
@@ -670,6 +743,9 @@ class Supervisor:
         self._run_ended()
 
     def _fail(self, reason: str, detail: str | None = None) -> None:
+        if self.holds.pop("thermal", None) is not None:  # an ended run waits for nothing
+            self.thermal = None
+            self._save_holds()
         self.failure = reason + (f"\n{detail}" if detail else "")
         self._update_run(failure=self.failure)
         self.set_state(State.FAILED, reason)
@@ -881,9 +957,14 @@ class Supervisor:
                     self.event("schedule", f"waiting to start: {why}")
                 return
             self.holds.pop("schedule", None)
+        if "thermal" in self.holds:  # died while cooling (or a restart): start when the hold ends
+            self.set_state(State.COOLING, f"the job restarts once the GPU has cooled ({self.holds['thermal']})")
+            return
+        restored = None
         if self.adopter is not None:
-            # a torn ckpt.pt (killed mid-save) costs one interval, never the run
-            restored = await asyncio.to_thread(self.adopter.restore_newest)
+            restored, found = await asyncio.to_thread(chain.restore_for_start, self.adopter)
+            for f in found:
+                self.event("found", chain.found_message(f, self.run_id), "warn")
             if restored is not None:
                 self.event("restored", f"put the adopted checkpoint of step {restored.step} back at "
                            f"{restored.relpath} before the restart")
@@ -901,6 +982,8 @@ class Supervisor:
         self.forced_resume = None
         # what STARTING says while the job loads ("resuming from step N"), daemon/waitview.py
         self.resume_step = info.step if info is not None and plan.resume == str(info.path) else None
+        self._resumed = Resumed(restored.relpath, restored.version, restored.step) \
+            if restored is not None and script_ckpt is not None else None
         try:
             pid = await self.runner.start(plan.command, cwd=job["workdir"],
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
@@ -911,8 +994,7 @@ class Supervisor:
             self._fail(f"cannot start the job: {e}")
             return
         self.resume_passed = plan.resume
-        self.facts.done = False
-        self.facts.last_record_t = None
+        self.facts.new_attempt()
         self.record_seen_at = None
         self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
                          if self.runner.proc else None)
@@ -935,8 +1017,9 @@ class Supervisor:
         pattern = self.cfg["job"]["checkpoint_glob"]
         if not pattern:
             return None
-        if self.adopter is not None and self.adopter.has_any():
-            return self.adopter.newest().relpath
+        if self.adopter is not None:  # only what this run adopted: never an older run's file
+            newest = self.adopter.newest()
+            return newest.relpath if newest is not None else None
         created = float(self.run.get("created") or 0.0)
         found = [p for p in Path(self.cfg["job"]["workdir"]).glob(pattern)
                  if p.is_file() and p.stat().st_mtime >= created - 1.0]
@@ -979,6 +1062,31 @@ class Supervisor:
         before = bool(self.holds)
         self.holds[owner] = why
         self._apply_holds(before)
+        if owner == "thermal":
+            self._save_holds()
+
+    def _save_holds(self) -> None:
+        """The thermal hold and a recovery in progress outlive a daemon restart, like the
+        user's pause (``user_hold``): restored by ``_restore_holds``."""
+        self.stored(self.store.remember, f"holds:run-{self.run_id}",
+                    {"thermal": self.holds.get("thermal"), "recovering": self.state == State.RECOVERING})
+
+    def _restore_holds(self, mono: float) -> None:
+        held = self.store.recall(f"holds:run-{self.run_id}") or {}
+        if held.get("recovering"):
+            from daemon.policy.recovery import RecoveryState
+            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
+            self.state = State.RECOVERING  # the probe passes before the job starts again
+            self._update_run(state=self.state.value)
+            self.event("holds", "the GPU was recovering from a reset when the daemon stopped: the "
+                       "job starts again once the recovery's wait and probe have passed")
+        elif held.get("thermal") and self.p.sensor is not None:
+            from daemon.policy.thermal import ThermalState
+            # the cooldown counts from now: how hot it got while the daemon was away is unknown
+            self.thermal = ThermalState(paused=True, paused_at=mono, reason=held["thermal"])
+            self.holds["thermal"] = held["thermal"]
+            self.event("holds", "the GPU was cooling when the daemon stopped: the job starts again "
+                       "once it is under resume_at_c and min_cooldown_s has passed")
 
     def _release(self, owner: str) -> bool:
         if owner not in self.holds:
@@ -989,6 +1097,8 @@ class Supervisor:
         if before and not self.holds:
             self.event("released", f"job released ({owner} hold ended)",
                        detail=owner == "thermal")  # "cooling -> running" says it
+        if owner == "thermal":
+            self._save_holds()
         return True
 
     # ================================================================== polling
@@ -1024,16 +1134,27 @@ class Supervisor:
                     self.event("source_problem", problem, "warn")
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
+        self._save_counters()
         self._govern(mono, reading)
         self._apply(decide.thermal(obs, self._memory(), self.cfg))
         self._apply(decide.schedule(obs, self._memory()))
         self._interval(now)
         self._consider_offload(now)
 
+    def _save_counters(self) -> None:
+        """steps_lost and the furthest step reached, in the store when they change: a daemon
+        killed -9 does not forget them (at most one poll of steps behind; _rebuild reads the
+        job's last output lines too)."""
+        now_c = (self.facts.steps_lost, self.facts.max_step)
+        if now_c != self._saved_counters:
+            self._saved_counters = now_c
+            self._update_run(steps_lost=now_c[0], max_step=now_c[1])
+
     def _adopted(self, c: Any) -> None:
         if c is None:
             return
-        self.facts.checkpoint = _adopted_fact(c)
+        if c.mark is None:  # a suspect copy (after a divergence) is never shown as the newest
+            self.facts.checkpoint = _adopted_fact(c)
         self.checkpoint_seen_at = self.mono()  # adopted once verifiable: as good as a record
         self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
                     f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
@@ -1157,6 +1278,8 @@ class Supervisor:
         shown = "non-finite" if not math.isfinite(spike.loss) else f"{spike.loss:.4g}"
         self.event("divergence", f"loss spike at step {spike.step}: {shown} ({spike.reason}); "
                    f"action: {cfg['action']}", "error", step=spike.step, loss=str(spike.loss))
+        self.stop_loss = (spike.step, spike.loss)  # what status shows: the loss that did it
+        self._suspect_after(spike)
         if cfg["action"] in ("stop", "next"):
             reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
             # next is graceful: the newest checkpoint is durable before the next run starts
@@ -1164,6 +1287,21 @@ class Supervisor:
                            else intents.diverged(reason), self.mono())
         elif cfg["action"] == "rollback":
             self._plan_rollback(spike)
+
+    def _suspect_after(self, spike: Any) -> None:
+        """A script's copies written after the last normal loss are suspect: never offered as
+        the newest checkpoint, never put back; status names the last good one."""
+        if self.adopter is None:
+            return
+        last_ok = spike.last_ok_step if spike.last_ok_step is not None else spike.step - 1
+        marked = self.adopter.mark_suspect_after(last_ok, f"written after the last normal loss "
+                                                 f"(step {last_ok}) before the divergence at step {spike.step}")
+        good = self.adopter.newest()
+        self.facts.checkpoint = _adopted_fact(good) if good is not None else None
+        self.problems["suspect"] = (
+            (f"the last good checkpoint is step {good.step}" if good is not None else "no good checkpoint is left")
+            + f": those past step {last_ok} are suspect (the loss diverged at step {spike.step})"
+            + (f"; {len(marked)} kept in {self.adopter.store}" if marked else ""))
 
     def _plan_rollback(self, spike: Any) -> None:
         from daemon.divergence import plan_rollback
@@ -1489,6 +1627,7 @@ class Supervisor:
 
     def close(self) -> None:
         self._update_run(job_pid=None, job_create_time=None)
+        self._save_counters()
         if self.p.governor is not None:
             msg = self.p.governor.restore()  # the GPU is never left capped behind us
             if msg:

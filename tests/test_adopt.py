@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon.adopt import Adopter, step_of, verify_file
+from daemon.adopt import Adopter, Unverifiable, step_of, verify_file
 from tests.helpers import JOBS
 
 
@@ -48,42 +48,48 @@ def make(tmp_path: Path, clock: Clock, keep: int = 3, glob: str = "out/ckpt.pt")
                    settle_s=2.0)
 
 
-def test_a_checkpoint_is_adopted_only_once_it_has_settled_and_its_zip_crcs_check_out(tmp_path):
+def test_a_complete_zip_is_adopted_at_first_sight_without_a_settling_wait(tmp_path):
+    """Issue 25: saves 2.5 s apart were never adopted under the 2 s "settled" rule. A torch zip
+    whose central directory and CRCs check out is complete: it is adopted the poll it is seen."""
     clock = Clock()
     a = make(tmp_path, clock)
     data = save_ckpt(tmp_path / "work/out/ckpt.pt", 250)
-    assert a.observe(step=260) is None and not a.has_any()  # first sight: not settled yet
-    clock.t += 1.0
-    assert a.observe(step=270) is None  # stable for 1 s < settle_s
-    clock.t += 1.5
     c = a.observe(step=280)
     assert c is not None and c.step == 250  # read from the checkpoint's iter_num, not the output
     assert c.relpath == "out/ckpt.pt" and c.verified == "zip-crc" and c.bytes == len(data)
     assert c.path == tmp_path / "state/adopted/run1/v_000001/out/ckpt.pt" and c.path.read_bytes() == data
     meta = json.loads((tmp_path / "state/adopted/run1/v_000001/meta.json").read_text())
-    assert meta["step"] == 250 and meta["sha256"] == c.sha256 and meta["t"] == 1002.5
+    assert meta["step"] == 250 and meta["sha256"] == c.sha256 and meta["t"] == 1000.0
     assert a.has_any() and a.newest() == c
     clock.t += 10
     assert a.observe(step=300) is None  # unchanged: not adopted twice
     assert c.to_status(clock.t)["age_s"] == 10.0
+    save_ckpt(tmp_path / "work/out/ckpt.pt", 500)  # the next save, 0.5 s later: adopted at once
+    assert a.observe().step == 500
     from daemon.progress import validate_record
     from daemon.status import JobFacts
     facts = JobFacts()
     facts.observe(validate_record(c.as_record()))  # status sees it as the newest checkpoint
-    assert facts.checkpoint["step"] == 250 and facts.checkpoint["t"] == 1002.5
+    assert facts.checkpoint["step"] == 250 and facts.checkpoint["t"] == 1000.0
 
 
-def test_a_file_rewritten_between_observations_restarts_the_settle_wait(tmp_path):
+def test_a_file_that_cannot_be_checked_waits_for_quiet_and_a_rewrite_restarts_the_wait(tmp_path):
     clock = Clock()
-    a = make(tmp_path, clock)
-    save_ckpt(tmp_path / "work/out/ckpt.pt", 250)
-    a.observe()
+    a = Adopter(tmp_path / "work", "out/*.dat", tmp_path / "store", clock=clock, settle_s=2.0)
+    p = tmp_path / "work/out/model.dat"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"a" * 100)
+    assert a.observe() is None  # first sight: not settled yet
     clock.t += 1.9
-    save_ckpt(tmp_path / "work/out/ckpt.pt", 500)  # rewritten: the wait starts over
+    p.write_bytes(b"b" * 120)  # rewritten: the wait starts over
+    bump_mtime(p)
     clock.t += 0.2
     assert a.observe() is None
-    clock.t += 2.0
-    assert a.observe().step == 500
+    clock.t += 1.0
+    assert a.observe() is None  # quiet for 1 s < settle_s
+    clock.t += 1.5
+    c = a.observe(step=7)
+    assert c.verified == "settled" and c.bytes == 120
 
 
 def test_a_torn_zip_is_refused_once_and_the_next_good_save_is_adopted(tmp_path):
@@ -109,9 +115,33 @@ def test_a_torn_zip_is_refused_once_and_the_next_good_save_is_adopted(tmp_path):
     clock.t += 3
     assert a.observe() is None and "CRC" in a.last_refusal or "zip" in a.last_refusal
     save_ckpt(p, 750)
-    a.observe()
-    clock.t += 3
-    assert a.observe().step == 750
+    assert a.observe().step == 750  # complete: adopted at first sight
+
+
+def test_zeros_or_random_bytes_in_a_pt_file_are_not_a_torch_zip_and_never_adopted(tmp_path):
+    """Issue 25: a ckpt.pt overwritten with zeros or random bytes of the same size (a power cut
+    after a GPU hang) was adopted as "settled" and put back ahead of two good copies."""
+    clock = Clock()
+    a = make(tmp_path, clock)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (250, 500):
+        save_ckpt(p, it)
+        assert a.observe().step == it
+    size = p.stat().st_size
+    for junk in (b"\x00" * size, os.urandom(size)):
+        p.write_bytes(junk)
+        bump_mtime(p)
+        assert a.observe() is None
+        clock.t += 3
+        assert a.observe() is None and "not a torch zip" in a.last_refusal
+        assert [c.step for c in a.candidates()] == [500, 250]
+    c = a.restore()
+    assert c.step == 500 and step_of(p) == 500 and verify_file(p) == "zip-crc"
+    for suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        q = tmp_path / f"junk{suffix}"
+        q.write_bytes(b"\x00" * 64)
+        with pytest.raises(Unverifiable, match="not a torch zip"):
+            verify_file(q)
 
 
 def test_keep_n_copies_newest_first(tmp_path):
@@ -119,8 +149,6 @@ def test_keep_n_copies_newest_first(tmp_path):
     a = make(tmp_path, clock, keep=3)
     for it in (100, 200, 300, 400, 500):
         save_ckpt(tmp_path / "work/out/ckpt.pt", it)
-        a.observe()
-        clock.t += 3
         assert a.observe().step == it
     store = tmp_path / "state/adopted/run1"
     assert sorted(os.listdir(store)) == ["v_000003", "v_000004", "v_000005"]
@@ -134,8 +162,6 @@ def test_a_kill_mid_write_costs_one_interval_restore_puts_the_last_good_copy_bac
     a = make(tmp_path, clock)
     p = tmp_path / "work/out/ckpt.pt"
     save_ckpt(p, 250, n=200_000)
-    a.observe()
-    clock.t += 3
     assert a.observe().step == 250
     new = tmp_path / "new.pt"
     save_ckpt(new, 500, n=200_000)
@@ -197,15 +223,19 @@ def test_restore_adopts_a_newer_valid_file_the_dead_job_left_before_it_settled(t
     assert c.step == 500 and c.version == 2 and p.read_bytes() == data
 
 
-def test_a_file_that_cannot_be_checked_is_adopted_on_settling_alone(tmp_path):
+def test_a_file_that_cannot_be_checked_is_adopted_on_settling_alone_and_never_preferred(tmp_path):
     clock = Clock()
-    a = Adopter(tmp_path / "work", "ckpt/*.bin", tmp_path / "store", clock=clock, settle_s=2.0)
+    a = Adopter(tmp_path / "work", "ckpt/*", tmp_path / "store", clock=clock, settle_s=2.0)
     (tmp_path / "work/ckpt").mkdir(parents=True)
-    (tmp_path / "work/ckpt/model.bin").write_bytes(b"\x00" * 100)
+    save_ckpt(tmp_path / "work/ckpt/a.pt", 30)
+    assert a.observe(step=35).step == 30
+    (tmp_path / "work/ckpt/model.dat").write_bytes(b"\x00" * 100)
     a.observe(step=40)
     clock.t += 3
     c = a.observe(step=55)
     assert c.verified == "settled" and c.step == 40  # the step when the change was first seen
+    # newer, but it could not be checked: a restore tries the verified copy first
+    assert [x.relpath for x in a.candidates()] == ["ckpt/a.pt", "ckpt/model.dat"]
 
 
 def test_a_new_adopter_on_the_same_store_does_not_adopt_the_same_file_again(tmp_path):
@@ -227,8 +257,6 @@ def test_hf_checkpoint_dirs_are_adopted_whole_and_a_torn_one_is_moved_aside_on_r
     good = tmp_path / "work/out/checkpoint-500"
     save_ckpt(good / "optimizer.pt", 500)
     (good / "trainer_state.json").write_text(json.dumps({"global_step": 500}))
-    a.observe()
-    clock.t += 3
     c = a.observe()
     assert c.step == 500 and c.relpath == "out/checkpoint-500" and c.verified == "contents"
     torn = tmp_path / "work/out/checkpoint-1000"
@@ -281,3 +309,55 @@ def test_nanogpt_like_killed_mid_run_resumes_from_the_restored_copy_with_identic
                              check=True).stdout
     r, ref_l = _losses(resumed), _losses(ref)
     assert min(r) == 40 and all(r[i] == ref_l[i] for i in r)  # bit-identical from the resumed iter
+
+
+def test_a_file_there_before_the_run_is_never_adopted_but_kept_aside_until_the_job_rewrites_it(tmp_path):
+    """Issue 25: an out/ckpt.pt left by an earlier run (nanoGPT's quickstart leaves one) was
+    adopted by a new run and resumed. It is an older run's: copied aside, never adopted."""
+    clock = Clock()
+    p = tmp_path / "work/out/ckpt.pt"
+    old = save_ckpt(p, 600)
+    a = Adopter(tmp_path / "work", "out/ckpt.pt", tmp_path / "store", clock=clock, claim_found=True)
+    assert a.observe() is None and a.restore() is None and not a.has_any()
+    [found] = a.take_found()
+    assert found.relpath == "out/ckpt.pt" and found.step == 600 and found.kept.read_bytes() == old
+    assert p.read_bytes() == old  # left where it was: not ours to move
+    clock.t += 10
+    b = Adopter(tmp_path / "work", "out/ckpt.pt", tmp_path / "store", clock=clock, claim_found=True)
+    assert b.observe(writer_stopped=True) is None and not b.take_found()  # a restarted daemon knows it too
+    save_ckpt(p, 50)  # the run's own job writes it: now it is this run's
+    assert b.observe().step == 50
+
+
+def test_the_restore_chain_skips_failed_copies_and_with_none_left_a_torn_file_goes_aside(tmp_path):
+    clock = Clock()
+    a = make(tmp_path, clock)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (100, 200, 300):
+        save_ckpt(p, it)
+        assert a.observe().step == it
+    assert a.restore().step == 300
+    a.mark_failed(3, "the job could not load it")
+    assert a.newest().step == 200 and a.restore().step == 200 and step_of(p) == 200
+    a.mark_failed(2, "x")
+    a.mark_failed(1, "y")
+    assert a.newest() is None and a.newest_any().mark == "failed"
+    assert a.set_aside("out/ckpt.pt", "no copy loads").name == ".nightshift-bad-ckpt.pt" and not p.exists()
+    p.write_bytes(save_ckpt(tmp_path / "x.pt", 400)[:500])  # torn, and no copy to put back
+    assert a.restore() is None
+    assert not p.exists() and (p.parent / ".nightshift-torn-ckpt.pt").exists()
+
+
+def test_copies_past_the_last_normal_loss_are_suspect_and_not_restored_but_kept(tmp_path):
+    clock = Clock()
+    a = make(tmp_path, clock, keep=2)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (100, 200, 300):
+        save_ckpt(p, it)
+        a.observe()
+    marked = a.mark_suspect_after(249, "non-finite loss at step 260")
+    assert [c.step for c in marked] == [300]
+    save_ckpt(p, 400)  # written after the divergence: suspect too
+    assert a.observe().mark == "suspect"
+    assert a.newest().step == 200 and a.restore().step == 200
+    assert [c.step for c in a._versions()] == [400, 300, 200]  # the last good copy is not pushed out

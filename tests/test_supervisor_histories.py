@@ -415,6 +415,43 @@ def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
     run(go())
 
 
+def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_total(tmp_path):
+    """Issue 25, finding 5: steps_lost was per daemon process (the job redid 70 steps, status
+    said 30), the restart caused by a daemon crash was not counted, and after a daemon restart a
+    finished run showed `step ? of ?`."""
+    def it(n):
+        return f"iter {n}: loss 2.0, time 5.00ms, mfu 1.00%"
+    async def go():
+        from daemon import parts as build
+        cfg = config(tmp_path, job={"command": ["s"], "progress_pattern": "nanogpt", "restart_backoff_s": 1.0,
+                                    "total_steps": 100})
+        first = Behaviour(script=[(1.0 + i * 0.5, "line", it(i * 10)) for i in range(6)] + [(4.2, "exit", -9)])
+        h = Harness(tmp_path, cfg, {"s": first}, output_progress=build.output_progress(cfg))
+        sup = await h.open()
+        await h.run(4.5)
+        h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", it(20)), (1.0, "line", it(30)),
+                                                      (100.0, "exit", 0)])
+        await h.run(3)
+        assert sup.snapshot["steps_lost"] == 30 and sup.run["restarts"] == 1
+        # the daemon is killed -9 (no close) under its running job; a new one on the same store
+        again = Behaviour(script=[(0.5, "line", it(20)), (1.0, "exit", 0)])
+        h2 = Harness(tmp_path, cfg, {"s": again}, clock=h.clock, store=h.store,
+                     output_progress=build.output_progress(cfg))
+        sup2 = await h2.open()
+        assert sup2.run["restarts"] == 2  # the daemon's death cost a restart too
+        await h2.run(3)
+        assert sup2.state == State.SUCCEEDED
+        assert sup2.snapshot["steps_lost"] == 40  # 30 before the crash + 10 redone after it
+        sup2.close()
+        h3 = Harness(tmp_path, cfg, {"s": again}, clock=h.clock, store=h.store,
+                     output_progress=build.output_progress(cfg))
+        sup3 = await h3.open()
+        await h3.run(0.5)
+        snap = sup3.snapshot
+        assert (snap["step"], snap["total_steps"], snap["steps_lost"], snap["restarts"]) == (20, 100, 40, 2)
+    run(go())
+
+
 class FlakyBox:
     """A rented box at its boundary: unreachable, or its job dies every time."""
 
@@ -674,7 +711,8 @@ def test_a_job_held_by_the_schedule_is_never_hung(tmp_path):
 # ---------------------------------------------------------------- a restart forgets nothing
 def test_a_restarted_daemon_keeps_checkpoint_costs_and_the_restart_history(tmp_path):
     """The interval's measured checkpoint costs and the restart budget survive a daemon restart:
-    three deaths before it and two after it exceed restart_limit = 4 in the window."""
+    three deaths before it, the daemon's own death under a running job (a restart too, issue 25)
+    and one after it exceed restart_limit = 4 in the window."""
     async def go():
         cfg = config(tmp_path, job={"restart_limit": 4, "restart_backoff_s": 1.0},
                      checkpoint={"interval": "auto"})
@@ -690,8 +728,7 @@ def test_a_restarted_daemon_keeps_checkpoint_costs_and_the_restart_history(tmp_p
         h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
         sup2 = await h2.open()
         assert list(sup2.facts.checkpoint_costs)[-len(costs):] == costs
-        await h2.run(5)
-        h2.factory.procs[-1].exit(-9)
+        assert sup2.run["restarts"] == 4  # the first daemon died with its job running
         await h2.run(5)
         assert sup2.state == State.RUNNING
         h2.factory.procs[-1].exit(-9)

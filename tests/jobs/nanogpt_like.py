@@ -14,6 +14,8 @@ so a resumed run prints the same losses as an uninterrupted one from the resumed
 Options for tests: ``--sleep`` seconds per iter, ``--n_embd`` (checkpoint size),
 ``--save_on_term`` (save a checkpoint on SIGTERM, then exit 143; nanoGPT itself just dies),
 ``--data`` (a file whose bytes seed the data, to show a data dir reached the job),
+``--nan_at`` (from this iter the weights are NaN, as after a divergence: the eval's checkpoint
+there holds them, then "loss nan" is printed and the script exits 1, as nanoGPT's NaN check would),
 ``--device`` (accepted and ignored: this is a CPU toy).
 
     python tests/jobs/nanogpt_like.py --out_dir=out --max_iters=200 --eval_interval=50
@@ -45,6 +47,7 @@ ap.add_argument("--seed", type=int, default=1337)
 ap.add_argument("--data", default=None)
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--save_on_term", default="False")
+ap.add_argument("--nan_at", type=int, default=-1)
 args = ap.parse_args()
 
 torch.set_num_threads(1)
@@ -101,6 +104,10 @@ if args.save_on_term == "True":
 
 t0 = time.time()
 while True:
+    if iter_num == args.nan_at:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
     if iter_num % args.eval_interval == 0:
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
