@@ -431,8 +431,9 @@ def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_t
         await h.run(4.5)
         h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", it(20)), (1.0, "line", it(30)),
                                                       (100.0, "exit", 0)])
-        await h.run(3)
+        await h.run(6)  # a few polls: the counters are saved once per poll
         assert sup.snapshot["steps_lost"] == 30 and sup.run["restarts"] == 1
+        assert (sup.run["steps_lost"], sup.run["max_step"]) == (30, 30)
         # the daemon is killed -9 (no close) under its running job; a new one on the same store
         again = Behaviour(script=[(0.5, "line", it(20)), (1.0, "exit", 0)])
         h2 = Harness(tmp_path, cfg, {"s": again}, clock=h.clock, store=h.store,
