@@ -175,24 +175,24 @@ def test_a_file_torn_by_a_kill_before_any_copy_is_moved_aside_and_the_job_starts
     """Finding 3: a ckpt.pt torn by a kill before the first copy existed was refused, then
     resume_command ran on it, crashed twice and the run FAILED. Now it is moved aside and
     `command` starts over."""
-    cfg = user_config(tmp_path, iters=100, every=50, sleep=0.1)
+    cfg = user_config(tmp_path, iters=120, every=100, sleep=0.1)  # the first save 10 s in
     ckpt = tmp_path / "work" / "out" / "ckpt.pt"
+    whole = old_checkpoint(tmp_path / "whole.pt", 100)
+    torn = whole[: len(whole) // 2]  # what a kill mid-save leaves
     d = start_daemon(cfg)
     try:
         pid = wait_for(lambda: job_pid(tmp_path, 1), 60, what="the first attempt")
-        wait_for(lambda: "iter 3:" in job_log(tmp_path), 60, 0.1, "the first iters")
-        torn = old_checkpoint(tmp_path / "torn.pt", 50)
-        stop_then(pid, lambda: ckpt.parent.mkdir(exist_ok=True) or ckpt.write_bytes(torn[: len(torn) // 2]),
-                  tmp_path)
-        assert "iter 49:" not in job_log(tmp_path)  # killed before its first save: no copy exists
+        wait_for(lambda: "iter 1:" in job_log(tmp_path), 60, 0.1, "the first iters")
+        stop_then(pid, lambda: ckpt.parent.mkdir(exist_ok=True) or ckpt.write_bytes(torn), tmp_path)
+        assert "iter 99:" not in job_log(tmp_path)  # killed before its first save: no copy exists
         finish(d, 240)
     finally:
         stop(d)
     first, second = starts(tmp_path)[:2]
     assert "fresh start" in second, second
-    assert (ckpt.parent / ".nightshift-torn-ckpt.pt").exists()
+    assert (ckpt.parent / ".nightshift-torn-ckpt.pt").read_bytes() == torn  # moved aside, kept
     assert not events(tmp_path, "failed") and run_row(tmp_path)["state"] == "succeeded"
-    assert saved_iter(ckpt) == 100
+    assert saved_iter(ckpt) == 100 and "iter 119:" in job_log(tmp_path)  # its own save, then the end
 
 
 @pytest.mark.slow
