@@ -97,6 +97,11 @@ def test_a_night_through_the_cli_history_restart_cancel_follow_and_the_morning_a
                                                           ("c", "succeeded")]
         assert rs[0]["steps"] == step and all(r["steps"] == 60 for r in rs[1:])  # never past the total
         assert rs[1]["changes"] == ["--steps 60 (was 400)", "--lr 1e-3"], rs[1]
+        table = cli("runs", *c)  # 80 columns, each run's own changes in full
+        assert all(len(line) <= 80 for line in table.splitlines()), table
+        assert "--steps 60 (was 400); --lr 1e-3" in " ".join(table.split()), table
+        seeds = cli("runs", *c, "--narrow")
+        assert all(len(line) <= 40 for line in seeds.splitlines()), seeds
     finally:
         if follow is not None:
             kill_group(follow)
