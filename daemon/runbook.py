@@ -79,6 +79,13 @@ def config_hash(job: dict[str, Any], env_names: list[str]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class QueueEdit:
+    answer: dict[str, Any]  # for the asker (the API's response)
+    said: str | None = None  # the event the Supervisor writes
+    added: bool = False  # an entry was added: an idle daemon starts it
+
+
 class RunBook:
     def __init__(self, store: Store, cfg: dict[str, Any], clock: Callable[[], float],
                  runs_dir: Path, read_only: bool = False):
@@ -306,6 +313,30 @@ class RunBook:
         self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/queueenv.py)
         return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
                 f"{self.store.queue_position(qid)}"}, qid
+
+    def edit(self, action: str, arg: dict[str, Any]) -> QueueEdit:
+        """queue_add / queue_remove / queue_move (from the API, through the Supervisor's tick):
+        the answer for the asker, the event to say, whether an entry was added."""
+        if action == "queue_add":
+            answer, qid = self.add(arg)
+            if qid is None:
+                return QueueEdit(answer)
+            # not the whole queue in the answer: an add costs O(1)
+            return QueueEdit({**answer, "id": qid}, f"queued #{qid}: {shlex.join(arg['command'])}", True)
+        ids = [q["id"] for q in self.waiting()]
+        qid = arg.get("id")
+        if not isinstance(qid, int) or qid not in ids:
+            return QueueEdit({"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
+                              f"{', '.join(f'#{i}' for i in ids) or 'none'})"})
+        if action == "queue_remove":
+            self.remove(qid)
+            return QueueEdit({"ok": True, "message": f"removed #{qid}", "queue": self.queue()},
+                             f"removed #{qid} from the queue")
+        if action == "queue_move":
+            to = self.move(qid, int(arg.get("to") or 1))
+            return QueueEdit({"ok": True, "message": f"#{qid} is now number {to}", "queue": self.queue()},
+                             f"moved #{qid} to position {to}")
+        raise ValueError(f"unknown queue edit {action!r}")
 
     def remove(self, qid: int) -> None:
         self.store.queue_set(qid, state="removed")

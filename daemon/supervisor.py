@@ -900,28 +900,14 @@ class Supervisor:
         return self.book.queue()
 
     def _queue_command(self, action: str, arg: dict[str, Any]) -> dict[str, Any]:
-        if action == "queue_add":
-            answer, qid = self.book.add(arg)
-            if qid is None:
-                return answer
-            self.event("queue", f"queued #{qid}: {shlex.join(arg['command'])}")
-            if self.state.value in ENDED_STATES and not self.runner.running:
-                self._next_run_due = True  # the daemon was idle: start it now
-            return {**answer, "id": qid}  # not the whole queue: an add costs O(1)
-        ids = [q["id"] for q in self.book.waiting()]
-        qid = arg.get("id")
-        if not isinstance(qid, int) or qid not in ids:
-            return {"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
-                    f"{', '.join(f'#{i}' for i in ids) or 'none'})"}
-        if action == "queue_remove":
-            self.book.remove(qid)
-            self.event("queue", f"removed #{qid} from the queue")
-            return {"ok": True, "message": f"removed #{qid}", "queue": self.book.queue()}
-        if action == "queue_move":
-            to = self.book.move(qid, int(arg.get("to") or 1))
-            self.event("queue", f"moved #{qid} to position {to}")
-            return {"ok": True, "message": f"#{qid} is now number {to}", "queue": self.book.queue()}
-        raise AssertionError(action)
+        """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
+        an idle daemon starts at once."""
+        edit = self.book.edit(action, arg)
+        if edit.said:
+            self.event("queue", edit.said)
+        if edit.added and self.state.value in ENDED_STATES and not self.runner.running:
+            self._next_run_due = True
+        return edit.answer
 
     # ================================================================== per-state work
     async def _advance(self, obs: Observation) -> None:
