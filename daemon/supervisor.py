@@ -774,17 +774,12 @@ class Supervisor:
             answer = self._queue_command("queue_remove", {"id": arg["queued"]})
             return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
                 if answer["ok"] else answer
-        run_id = arg.get("run") or self.run_id
+        from daemon.policy.cancel import cancel_refusal
+        run_id = int(arg.get("run") or self.run_id)
         row = self.store.get_run(run_id) if run_id else None
-        if row is None:
-            return {"ok": False, "message": f"no run {run_id} (`nightshift runs` lists them; "
-                    "`nightshift cancel '#N'` removes queued entry N)"}
-        if run_id != self.run_id or self.state.value in ENDED_STATES:
-            return {"ok": False, "message": f"nothing to cancel: run {run_id} is {row['state']}"
-                    + (f" (the current run is {self.run_id})" if run_id != self.run_id else "")}
-        if self.state in (*REMOTE_STATES, State.OFFLOADING):
-            return {"ok": False, "message": f"run {run_id} is {self.state.value} on the cloud: "
-                    "`nightshift stop` brings it home first, then `nightshift cancel`"}
+        why = cancel_refusal(run_id, row is not None, (row or {}).get("state"), self.run_id, self.state.value)
+        if why is not None:
+            return {"ok": False, "message": why}
         if self.runner.running:
             self._ask_exit(intents.CANCEL, mono)  # graceful: the exit command checkpoints durably first
             return self._answer_later(fut)
