@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -89,7 +90,8 @@ class ConfigWatcher:
                  on_change: Callable[[dict[str, Any], list[str], list[str]], None],
                  on_error: Callable[[Exception], None], debounce_s: float = 0.3,
                  current: dict[str, Any] | None = None):
-        self.path = Path(path).resolve()
+        # abspath, not resolve(): resolving stats the file, and on a hung mount that blocks
+        self.path = Path(os.path.abspath(path))
         self.loop = loop
         self.on_change = on_change
         self.on_error = on_error

@@ -114,3 +114,71 @@ def test_a_read_that_cannot_complete_at_once_does_not_wait(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(10)
+
+
+@pytest.fixture
+def hung_mount(tmp_path):
+    """A real FUSE mount whose server answers the kernel's INIT and then nothing: every lookup
+    in it blocks, as on a network mount whose server went away. Closing /dev/fuse aborts it
+    (the blocked calls get ECONNABORTED)."""
+    import ctypes
+    import struct
+    mnt = tmp_path / "hung"
+    mnt.mkdir()
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as e:
+        pytest.skip(f"no /dev/fuse here: {e}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    opts = f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}".encode()
+    if libc.mount(b"nightshift-hung", str(mnt).encode(), b"fuse", 6, opts) != 0:  # nosuid,nodev
+        os.close(fd)
+        pytest.skip(f"cannot mount FUSE here (errno {ctypes.get_errno()}): needs CAP_SYS_ADMIN")
+    try:
+        req = os.read(fd, 1 << 20)  # FUSE_INIT
+        _, _, unique = struct.unpack_from("<IIQ", req)
+        body = struct.pack("<IIIIHHI", 7, 12, 0, 0, 0, 0, 4096)  # protocol 7.12, the 24-byte reply
+        os.write(fd, struct.pack("<IiQ", 16 + len(body), 0, unique) + body)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        os.close(fd)
+
+
+def test_a_config_on_a_hung_mount_times_out_off_the_loop(hung_mount):
+    """open() of a file on a mount whose server stopped answering blocks with or without
+    O_NONBLOCK: the read runs in a thread and the loop is told after the timeout."""
+    from daemon.configwatch import load_off_loop
+
+    path = hung_mount / "config.toml"
+    errors: list[Exception] = []
+
+    async def go() -> tuple[float, float]:
+        gaps, last = [], time.monotonic()
+
+        async def ticker() -> None:
+            nonlocal last
+            while True:
+                await asyncio.sleep(0.02)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        tick = asyncio.get_running_loop().create_task(ticker())
+        t0 = time.monotonic()
+        with pytest.raises(config_mod.ConfigError, match="took more than 1 s"):
+            await load_off_loop(path, timeout_s=1.0)
+        took = time.monotonic() - t0
+        # the watcher's own path: a file event, the read, the error said once
+        w = ConfigWatcher(path, asyncio.get_running_loop(), lambda *a: None, errors.append,
+                          debounce_s=0.01, current={})
+        w.read_timeout_s = 1.0
+        w._read_due()
+        while not errors and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.05)
+        tick.cancel()
+        return took, max(gaps)
+
+    took, worst_gap = asyncio.run(go())
+    assert 0.9 < took < 5, took
+    assert worst_gap < 0.5, f"the loop stalled {worst_gap:.2f} s"
+    assert errors and "hung network mount" in str(errors[0]) and str(hung_mount) in str(errors[0])
