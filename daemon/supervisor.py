@@ -238,7 +238,8 @@ class Supervisor:
         never resurrects them (issue 28)."""
         await self._end_leftover_jobs()
         fresh = self.new_run or bool(self.resume_from)
-        recovered = [] if fresh else self.book.recover_from_disk()
+        # even for --new: the new run must not take a number whose directory holds an older run
+        recovered = self.book.recover_from_disk()
         self.book.seed()  # after: a recovered run's entry is not queued again
         for rec in recovered[:-1]:
             self.event("run", f"run {rec.id} ({rec.name}) re-created from its own files (the state "

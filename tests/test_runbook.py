@@ -238,3 +238,22 @@ def test_a_climb_back_is_a_divergence_from_the_first_reports_and_next_moves_the_
         assert h.store.get_run(1)["state"] == "failed" and sup.run_id == 2
         assert int(said[0].split("climbing back at step ")[1].split(":")[0]) <= 70  # from the first reports
     run(go())
+
+
+def test_a_new_run_after_the_store_was_lost_takes_the_next_number_not_an_old_runs(tmp_path):
+    """`run --new` on a rebuilt store: the new run must not reuse run 1's directory and files."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"]})
+        h = Harness(tmp_path, cfg, {"trainer": trainer(1000)})
+        await h.open()
+        await h.run(5)
+        h.store.close()
+        db = Path(cfg["daemon"]["state_dir"]) / "nightshift.db"
+        for p in db.parent.glob("nightshift.db*"):
+            p.unlink()
+        h2 = Harness(tmp_path, cfg, {"trainer": trainer(1000)}, clock=h.clock)
+        sup2 = await h2.open(new_run=True)
+        await h2.run(2)
+        assert sup2.run_id == 2 and h2.store.get_run(1)["state"] == "interrupted"
+        assert h2.factory.procs[0].env["NIGHTSHIFT_RESUME"] == ""  # a new run starts fresh
+    run(go())
