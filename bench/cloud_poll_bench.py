@@ -35,9 +35,7 @@ class _Patch:  # the little of pytest's monkeypatch the fault layer uses
         self.undo: list = []
 
     def setenv(self, k: str, v: str) -> None:
-        self.undo.append(lambda old=os.environ.get(k): os.environ.pop(k, None) if old is None
-                         else os.environ.__setitem__(k, old))
-        os.environ[k] = v
+        os.environ[k] = v  # a bench process: left set
 
     def setattr(self, obj, name: str, value) -> None:
         old = obj.__dict__[name] if name in getattr(obj, "__dict__", {}) else getattr(obj, name)
