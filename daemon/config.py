@@ -185,6 +185,8 @@ SUBTABLES: dict[tuple[str, str], dict[str, Spec]] = {
         "remote_dir": _k("str", "nightshift"),  # relative paths are under the remote home
         "python": _k("str", "python3"),  # the remote interpreter ("python" in job.command)
         "setup_command": _k("str|none"),  # a shell command, run once per environment fingerprint
+        # a setup_command still running after this long failed (its output tail is the error)
+        "setup_timeout_s": _k("float", 3 * 3600.0),
         "price_usd_per_h": _k("float", 0.0),
         "env": _k("table[str]", {}),
         "connect_timeout_s": _k("float", 15.0),

@@ -197,3 +197,28 @@ def test_ssh_config_table_is_validated_naming_the_key_and_the_file(tmp_path):
         with pytest.raises(ConfigError) as e:
             load(bad)
         assert e.value.key == key and str(bad) in str(e.value)
+
+
+@pytest.mark.slow
+def test_cloud_fault_ssh_a_hung_setup_command_fails_with_its_output_and_is_not_run_again(sshd, tmp_path):  # noqa: F811
+    """Old: asyncssh.TimeoutError (an asyncio.TimeoutError) was taken for a lost connection: the
+    link reconnected and ran the hung setup_command again, 3 h more."""
+    import time
+
+    work = make_workdir(tmp_path)
+    count = sshd.remote_dir / "setup-count"
+    b = backend(sshd, work, setup_command=f"echo started >> {count}; echo installing torch; sleep 600",
+                setup_timeout_s=3.0)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(OffloadError) as e:
+            b.upload("hang", None, [])
+    finally:
+        b.close()
+    msg = str(e.value)
+    assert not e.value.retryable and "setup_command did not finish within 3 s" in msg
+    assert "installing torch" in msg and "connection lost" not in msg
+    assert count.read_text() == "started\n"  # run once, not again after a "reconnect"
+    assert time.monotonic() - t0 < 60
+    pid = int(next((sshd.remote_dir / "setup").glob("*.log.pid")).read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="the hung setup stopped on the box")

@@ -300,8 +300,20 @@ class SshBackend(OffloadBackend):
         if r.exit_status == 0:
             self.last_sync["setup"] = {"fingerprint": fp, "ran": False}
             return
-        r = await conn.run(f"mkdir -p {_q(posixpath.dirname(done))} && cd {_q(work)} && {self._exports(root)}"
-                           f"sh -c {_q(cmd)} > {_q(log)} 2>&1", check=False, timeout=SETUP_TIMEOUT_S)
+        import asyncssh
+        limit = float(self.cfg.get("setup_timeout_s") or SETUP_TIMEOUT_S)
+        try:
+            # in its own session, so a timeout can end the whole command on the box
+            r = await conn.run(f"mkdir -p {_q(posixpath.dirname(done))} && cd {_q(work)} && {self._exports(root)}"
+                               f"S=$(command -v setsid) && S=\"$S -w\"; exec $S sh -c {_q('echo $$ > ' + _q(log + '.pid') + '; ' + cmd)} "
+                               f"> {_q(log)} 2>&1", check=False, timeout=limit)
+        except asyncssh.TimeoutError:
+            # the command's own failure (never a lost connection: that would run it again)
+            await conn.run(f"kill -TERM -- -$(cat {_q(log + '.pid')}) 2>/dev/null", check=False)
+            tail = await conn.run(f"tail -n 15 {_q(log)}", check=False)
+            raise OffloadError(f"ssh {self.link.where}: setup_command did not finish within {limit:.0f} s "
+                               f"([offload.ssh] setup_timeout_s; it was stopped); {log} ends with:\n"
+                               f"{str(tail.stdout).strip()}") from None
         if r.exit_status != 0:
             tail = await conn.run(f"tail -n 15 {_q(log)}", check=False)
             raise OffloadError(f"ssh {self.link.where}: setup_command failed (exit {r.exit_status}); "

@@ -43,6 +43,10 @@ def _is_connection_problem(e: BaseException) -> bool:
     import asyncssh
     if isinstance(e, (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable)):
         return False
+    if isinstance(e, asyncssh.ProcessError):
+        # a command's own outcome: asyncssh.TimeoutError (a command over its timeout) is also an
+        # asyncio.TimeoutError, and was taken for a lost connection: the command ran again
+        return False
     return isinstance(e, (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError,
                           asyncssh.SFTPConnectionLost, ConnectionError, TimeoutError, socket.gaierror,
                           BrokenPipeError, EOFError))
