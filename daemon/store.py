@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS queue (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_waiting ON queue(state, pos);
+CREATE INDEX IF NOT EXISTS queue_pos ON queue(pos);
 """
 
 _RUN_FIELDS = {

@@ -86,11 +86,13 @@ def test_adding_an_entry_costs_the_same_at_4700_entries_as_at_the_start(tmp_path
         return store, RunBook(store, cfg, time.time, d / "runs")
 
     def adds(b: RunBook, n: int) -> float:
-        t0 = time.perf_counter()
+        # CPU time of this process: the work an add does, not the disk's fsync waits or the
+        # other sessions' load (a shared, busy box)
+        t0 = time.process_time()
         for _ in range(n):
             ans, qid = b.add({"command": ["python", "train.py", "--lr", "1e-3"]})
             assert qid is not None, ans
-        return (time.perf_counter() - t0) / n
+        return (time.process_time() - t0) / n
     empty_store, empty = book(tmp_path / "a")
     full_store, full = book(tmp_path / "b")
     with full_store.db.conn:  # 4,700 entries written at once (their cost is not what is measured)
@@ -101,7 +103,7 @@ def test_adding_an_entry_costs_the_same_at_4700_entries_as_at_the_start(tmp_path
     for _ in range(3):  # interleaved: the box's load hits both alike
         first.append(adds(empty, 20))
         last.append(adds(full, 20))
-    assert min(last) < 3 * min(first) + 0.002, (first, last)  # flat, not growing with the queue
+    assert min(last) < 2 * min(first) + 0.001, (first, last)  # flat, not growing with the queue
     assert full_store.queue_position(4701) == 4701
 
 
