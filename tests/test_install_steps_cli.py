@@ -50,6 +50,7 @@ def test_cli_from_the_checkout_finds_the_user_services_daemon_and_token(tmp_path
         assert st["display_state"] in ("PAUSED", "PAUSING") or st["state"] == "paused", st
         # -c still means exactly that file: the checkout's own, whose state dir has no daemon
         r = _cli("pause", "-c", str(checkout / "config.toml"), cwd=checkout, env=env)
-        assert r.returncode == 1 and "no API token" in r.stdout + r.stderr
+        # no daemon there: that is said first (issue 29), not a missing token
+        assert r.returncode == 1 and "not running" in r.stdout + r.stderr, r.stdout + r.stderr
     finally:
         kill_group(d)
