@@ -361,3 +361,33 @@ def test_copies_past_the_last_normal_loss_are_suspect_and_not_restored_but_kept(
     assert a.observe().mark == "suspect"
     assert a.newest().step == 200 and a.restore().step == 200
     assert [c.step for c in a._versions()] == [400, 300, 200]  # the last good copy is not pushed out
+
+
+def test_the_chain_marks_the_copy_that_did_not_load_and_with_none_left_moves_the_file_aside(tmp_path):
+    """daemon/restorechain.judge_exit on a real store: v2 put back and not loaded -> older (v1);
+    v1 not loaded either -> a fresh start, the file moved aside; with --resume-from -> fail."""
+    from daemon.policy.scriptckpt import Resumed
+    from daemon.restorechain import judge_exit
+    clock = Clock()
+    a = make(tmp_path, clock)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (100, 200):
+        save_ckpt(p, it)
+        a.observe()
+    err = "Traceback (most recent call last):\n  File x\nRuntimeError: size mismatch for wte.weight"
+    c = a.restore()
+    d = judge_exit(a, Resumed(c.relpath, c.version, c.step), "code_error", None, err, fresh_allowed=True)
+    assert d.action == "older" and "(step 200) does not load: RuntimeError: size mismatch" in d.reason
+    c = a.restore()
+    assert c.step == 100
+    d = judge_exit(a, Resumed(c.relpath, c.version, c.step), "code_error", None, err, fresh_allowed=True)
+    assert d.action == "fresh" and "1 older copy failed too" in d.reason
+    assert not p.exists() and (p.parent / ".nightshift-bad-ckpt.pt").exists() and a.newest() is None
+    b = make(tmp_path / "b", clock)
+    save_ckpt(tmp_path / "b/work/out/ckpt.pt", 300)
+    b.observe()
+    c = b.restore()
+    (tmp_path / "b/work/out/ckpt.pt").write_bytes(b"\0" * 100)  # what is in place is not a zip at all
+    d = judge_exit(b, Resumed(c.relpath, c.version, c.step), "code_error", None, err, fresh_allowed=False)
+    assert d.action == "fail" and "does not load: not a torch zip" in d.reason
+    assert "every copy failed to load" in d.reason

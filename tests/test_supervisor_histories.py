@@ -453,6 +453,32 @@ def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_t
     run(go())
 
 
+def test_a_recovery_in_progress_survives_a_daemon_kill9_the_job_waits_for_it(tmp_path):
+    """Issue 25 / 31 item 8: holds are restored at start like the user's pause. A daemon killed
+    while the GPU recovered from a reset started the job at once on the next start."""
+    hw = "HW Exception by GPU node-1 (Agent handle: 0x5581e2c4a0f0) reason :GPU Hang"
+    async def go():
+        clock = FakeClock()
+        det = FakeDetector()
+        cfg = config(tmp_path, job={"command": ["dies"]}, resets={"cooldown_s": 600.0})
+        beh = {"dies": Behaviour(script=[(2.0, "line", hw), (2.0, "line", "Aborted"), (2.2, "exit", -6)])}
+        h = Harness(tmp_path, cfg, beh, clock=clock, sensor=FakeSensor(clock), detector=det)
+        sup = await h.open()
+        await h.run(1.5)
+        det.events.append(ResetEvent(t=clock.t, sources=["kmsg"], lines=["amdgpu: GPU reset begin!"]))
+        await h.run(3, until=lambda s: s.state == State.RECOVERING)
+        assert sup.state == State.RECOVERING and len(h.spawned) == 1
+        # kill -9 of the daemon: no close(); the next one on the same store
+        h2 = Harness(tmp_path, cfg, beh, clock=clock, store=h.store, sensor=FakeSensor(clock), detector=FakeDetector())
+        sup2 = await h2.open()
+        assert sup2.state == State.RECOVERING
+        await h2.run(5)
+        assert sup2.state == State.RECOVERING and not h2.spawned  # the cooldown (600 s) is not over
+        assert any("recovering from a reset when the daemon stopped" in e["message"]
+                   for e in h.store.events(None, kind="holds"))
+    run(go())
+
+
 class FlakyBox:
     """A rented box at its boundary: unreachable, or its job dies every time."""
 
