@@ -395,7 +395,7 @@ class Adopter:
 
     def _keep_found(self) -> None:
         """Copy the files found before the run aside (once, in the worker thread)."""
-        todo = getattr(self, "_unkept", set())
+        todo: set[str] = getattr(self, "_unkept", set())
         if not todo:
             return
         self._unkept = set()

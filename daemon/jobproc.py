@@ -445,13 +445,39 @@ class JobProcess:
             self._wait_task = asyncio.ensure_future(self._wait())
         return await asyncio.shield(self._wait_task)
 
+    async def _exited(self) -> None:
+        """Until the main process has exited: woken once by its pidfd (Linux 5.3+), not a poll
+        every 0.05 s all night (issue 30: that was the daemon loop's most frequent wake-up).
+        asyncio's child watcher sets ``returncode`` just after; polled where pidfd is missing."""
+        assert self.proc
+        try:
+            fd = os.pidfd_open(self.proc.pid)
+        except OSError:  # already reaped, or no pidfd here
+            fd = None
+        if fd is not None:
+            loop = asyncio.get_running_loop()
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not gone.done():
+                    gone.set_result(None)
+            loop.add_reader(fd, readable)
+            try:
+                if self.proc.returncode is None:
+                    await gone
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        while self.proc.returncode is None:
+            await asyncio.sleep(0.05)
+
     async def _wait(self) -> int:
         assert self.proc
         # Not proc.wait(): in Python 3.11 it also waits for the pipe to close, which a
         # grandchild holding our stdout may never do. returncode is set on the exit itself.
-        while self.proc.returncode is None:
-            await asyncio.sleep(0.05)
+        await self._exited()
         rc = self.proc.returncode
+        assert rc is not None
         self._snapshot_tree()
         await self.reap_tree()
         # what the scan cannot see: a descendant that left the session and whose parent died

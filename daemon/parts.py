@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # each part is imported when it is built: a daemon without it never loads it
+    from daemon.adopt import Adopter
+    from daemon.clockcap import ClockCap
+    from daemon.divergence import DivergenceDetector
+    from daemon.governor_io import GovernorPort, NoDevicePort
+    from daemon.notify import Notifier
+    from daemon.outputprogress import OutputProgress
+    from daemon.resets import ResetDetector
+    from daemon.schedule import NightSchedule
+    from daemon.sensors import Sensor
+    from daemon.simgpu import SimulatedGPU
 
 
-def simgpu(cfg: dict[str, Any]) -> Any:
+def simgpu(cfg: dict[str, Any]) -> SimulatedGPU | None:
     if cfg["gpu"]["sensor"] != "simulated":
         return None
     from daemon.simgpu import SimulatedGPU
     return SimulatedGPU(Path(cfg["daemon"]["state_dir"]) / "simgpu", dict(cfg["gpu"]["simulated"]))
 
 
-def sensor(cfg: dict[str, Any], sim: Any) -> Any:
+def sensor(cfg: dict[str, Any], sim: SimulatedGPU | None) -> Sensor | None:
     gpu = dict(cfg["gpu"])
     if gpu["sensor"] == "none":
         return None
@@ -27,7 +40,8 @@ def sensor(cfg: dict[str, Any], sim: Any) -> Any:
     return open_sensor(gpu, env={**os.environ, **cfg["job"]["env"]})
 
 
-def detector(cfg: dict[str, Any], sim: Any, sensor: Any = None) -> Any:
+def detector(cfg: dict[str, Any], sim: SimulatedGPU | None,
+             sensor: Sensor | None = None) -> ResetDetector | None:
     if not cfg["resets"]["sources"]:
         return None
     from daemon.resets import ResetDetector
@@ -46,14 +60,14 @@ def detector(cfg: dict[str, Any], sim: Any, sensor: Any = None) -> Any:
                          merge_window_s=merge, device=device, cards=max(cards, 1), log_rate=rate)
 
 
-def notifier(cfg: dict[str, Any]) -> Any:
+def notifier(cfg: dict[str, Any]) -> Notifier | None:
     if not (cfg["notify"]["ntfy_url"] or cfg["notify"]["webhook_url"]):
         return None
     from daemon.notify import Notifier
     return Notifier(cfg["notify"])
 
 
-def divergence(cfg: dict[str, Any]) -> Any:
+def divergence(cfg: dict[str, Any]) -> DivergenceDetector | None:
     dv = cfg["divergence"]
     if not dv["enabled"]:
         return None
@@ -61,14 +75,14 @@ def divergence(cfg: dict[str, Any]) -> Any:
     return DivergenceDetector(window=dv["window"], rtol=dv["rtol"], patience=dv["patience"])
 
 
-def schedule(cfg: dict[str, Any]) -> Any:
+def schedule(cfg: dict[str, Any]) -> NightSchedule | None:
     if not cfg["schedule"]["enabled"]:
         return None
     from daemon.schedule import NightSchedule
     return NightSchedule(cfg["schedule"])
 
 
-def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
+def clockcap(cfg: dict[str, Any], sensor: Sensor | None) -> ClockCap | None:
     dev = getattr(sensor, "device_dir", None) if sensor is not None else None
     if not cfg["thermal"]["clock_cap"] or not dev or cfg["thermal"]["governor"] == "clock":
         return None  # the governor owns the cap when it is on: one writer of pp_od_clk_voltage
@@ -81,7 +95,8 @@ def clockcap(cfg: dict[str, Any], sensor: Any) -> Any:
     return cap
 
 
-def governor(cfg: dict[str, Any], sensor: Any, sim: Any) -> Any:
+def governor(cfg: dict[str, Any], sensor: Sensor | None,
+             sim: SimulatedGPU | None) -> GovernorPort | NoDevicePort | None:
     """The clock governor's port ([thermal] governor = "clock"), or None."""
     if cfg["thermal"]["governor"] != "clock":
         return None
@@ -97,7 +112,7 @@ def governor(cfg: dict[str, Any], sensor: Any, sim: Any) -> Any:
     return GovernorPort(dev)
 
 
-def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
+def adopter(cfg: dict[str, Any], run_id: int, clock: Callable[[], float]) -> Adopter | None:
     """A script's own checkpoints ([job] checkpoint_glob), copied into a versioned store per run."""
     if not cfg["job"]["checkpoint_glob"]:
         return None
@@ -109,7 +124,7 @@ def adopter(cfg: dict[str, Any], run_id: int, clock: Any) -> Any:
                    claim_found=True)  # a file there before the run is never this run's
 
 
-def output_progress(cfg: dict[str, Any]) -> Any:
+def output_progress(cfg: dict[str, Any]) -> OutputProgress | None:
     pattern = cfg["job"]["progress_pattern"]
     if not pattern:
         return None

@@ -25,10 +25,11 @@ from daemon import statusfmt, waitview
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
 from daemon.states import REMOTE_STATES, State
+from daemon.viewsource import SupervisorView
 
-# ``s`` below is the Supervisor, read only. It is not imported, not even for typing: data flows
-# from the Supervisor to this view, never back (no import cycle, type-only ones included).
-Supervisor = Any
+# ``s`` below is the Supervisor, read only, seen through what this view reads of it
+# (daemon/viewsource.py); the Supervisor itself is not imported, not even for typing.
+Supervisor = SupervisorView
 
 
 def _num(x: Any) -> Any:

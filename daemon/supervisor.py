@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import decide
 from daemon import intent as intents
@@ -64,6 +64,28 @@ from daemon.store import TERMINAL_STATES, Store
 from daemon.storeguard import StoreGuard
 from trainer import protocol
 
+if TYPE_CHECKING:  # the parts: built by daemon/parts.py (or a test), imported only there
+    from daemon.adopt import AdoptedCheckpoint, Adopter
+    from daemon.clockcap import ClockCap
+    from daemon.diagnosis import Diagnosis
+    from daemon.divergence import DivergenceDetector, Spike
+    from daemon.governor_io import GovernorPort, NoDevicePort
+    from daemon.notify import Notifier
+    from daemon.offload.base import JobSpec, RemoteStatus
+    from daemon.outputprogress import OutputProgress
+    from daemon.policy.fingerprint import Fingerprint
+    from daemon.policy.queueplan import QueuePlan
+    from daemon.policy.recovery import RecoveryState
+    from daemon.policy.thermal import ThermalState
+    from daemon.probe import ProbeResult
+    from daemon.resets import ResetDetector
+    from daemon.resets.incident import ResetEvent
+    from daemon.schedule import NightSchedule
+    from daemon.sensors import Sensor
+    from daemon.sensors.base import Reading
+    from daemon.simgpu import SimulatedGPU
+    from trainer.format import CheckpointInfo
+
 log = logging.getLogger("nightshift")
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
 NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
@@ -77,18 +99,18 @@ class Parts:
     store: Store
     make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
     offloader: Offloader
-    make_adopter: Callable[[int], Any] | None = None  # run id -> adopt.Adopter (checkpoint_glob)
-    sensor: Any = None  # .read() -> Reading
-    detector: Any = None  # resets.ResetDetector
-    simgpu: Any = None
-    notifier: Any = None
-    schedule: Any = None
-    divergence: Any = None
-    clockcap: Any = None
-    governor: Any = None  # governor_io.GovernorPort when [thermal] governor = "clock"
-    probe: Callable[[list[str] | None, float, dict[str, str]], Coroutine[Any, Any, Any]] | None = None
-    find_checkpoint: Callable[[str], Any] | None = None  # ckpt dir -> CheckpointInfo | None
-    output_progress: Any = None  # outputprogress.OutputProgress for [job] progress_pattern
+    make_adopter: Callable[[int], Adopter | None] | None = None  # run id -> checkpoint_glob's
+    sensor: Sensor | None = None
+    detector: ResetDetector | None = None
+    simgpu: SimulatedGPU | None = None
+    notifier: Notifier | None = None
+    schedule: NightSchedule | None = None
+    divergence: DivergenceDetector | None = None
+    clockcap: ClockCap | None = None
+    governor: GovernorPort | NoDevicePort | None = None  # [thermal] governor = "clock"
+    probe: Callable[[list[str] | None, float, dict[str, str]], Coroutine[None, None, ProbeResult]] | None = None
+    find_checkpoint: Callable[[str], CheckpointInfo | None] | None = None  # newest valid in a dir
+    output_progress: OutputProgress | None = None  # [job] progress_pattern
     reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
     job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
     disk_free: Callable[[str], int] | None = None  # bytes free where a path lives (diskfull.py)
@@ -101,7 +123,7 @@ class Supervisor:
         self.p = parts
         self.store = parts.store
         self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
-        self.adopter: Any = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
+        self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
         self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
         self.stop_loss: tuple[int, float] | None = None  # (step, loss) of the divergence that stopped it
         self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
@@ -136,8 +158,8 @@ class Supervisor:
         self.stop_waiters: list[asyncio.Future] = []
         self.suspect_since: float | None = None
         self.failure: str | None = None
-        self.thermal: Any = None
-        self.recovery: Any = None
+        self.thermal: ThermalState | None = None
+        self.recovery: RecoveryState | None = None
         self.probe_task: asyncio.Task | None = None
         self.probe_result: bool | None = None
         self.gpu_unusable = False
@@ -147,7 +169,7 @@ class Supervisor:
         self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
         self.readings: collections.deque = collections.deque(maxlen=120)
         self.edges: collections.deque[tuple[float, float]] = collections.deque(maxlen=20)  # (mono, edge_c)
-        self.last_reading: Any = None
+        self.last_reading: Reading | None = None
         self.interval_steps: int | None = None
         self.interval_explanation = ""
         self.age_warned: float | None = None
@@ -164,7 +186,7 @@ class Supervisor:
         self.loss_series: list[tuple[int, float]] = []
         self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
         self._replaying = False  # (step, loss) of this run: its fingerprint
-        self.queue_plan: Any = None
+        self.queue_plan: QueuePlan | None = None
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/governing.py)
         self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
@@ -420,6 +442,8 @@ class Supervisor:
             return None
         from daemon import parts as build
         parser = build.output_progress(self.cfg)
+        if parser is None:
+            return None
         try:
             with open(self.run_dir / "job.log", "rb") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -685,6 +709,8 @@ class Supervisor:
         """A job resumed from an adopted copy died before reporting progress from it: the next
         older copy, then (when the run allows) a fresh start, then a failure saying so."""
         resumed, self._resumed = self._resumed, None
+        if resumed is None or self.adopter is None:  # only a resume from an adopted copy chains
+            return False
         run = self.run
         times = json.loads(run.get("restart_times") or "[]")
         window, limit = float(self.cfg["job"]["restart_window_s"]), int(self.cfg["job"]["restart_limit"])
@@ -822,7 +848,7 @@ class Supervisor:
             self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
                            self.mono())
 
-    def _fingerprint(self) -> Any:
+    def _fingerprint(self) -> Fingerprint:
         from daemon.policy.fingerprint import fingerprint
         fp = fingerprint(sorted(self.loss_series))
         self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
@@ -988,7 +1014,7 @@ class Supervisor:
         if self.holds:
             self.event("held", f"the job starts held ({', '.join(self.holds.values())})")
 
-    def _find_checkpoint(self, ckpt_dir: str) -> Any:
+    def _find_checkpoint(self, ckpt_dir: str) -> CheckpointInfo | None:
         if self.p.find_checkpoint is not None:
             return self.p.find_checkpoint(ckpt_dir)
         from trainer.format import find_latest_valid  # torch-free
@@ -1084,7 +1110,7 @@ class Supervisor:
         return True
 
     # ================================================================== polling
-    def _note_reading(self, reading: Any, mono: float) -> None:
+    def _note_reading(self, reading: Reading, mono: float) -> None:
         if reading is None:
             return
         self.last_reading = reading
@@ -1132,7 +1158,7 @@ class Supervisor:
             self._saved_counters = now_c
             self._update_run(steps_lost=now_c[0], max_step=now_c[1])
 
-    def _adopted(self, c: Any) -> None:
+    def _adopted(self, c: AdoptedCheckpoint | None) -> None:
         if c is None:
             return
         if c.mark is None:  # a suspect copy (after a divergence) is never shown as the newest
@@ -1144,10 +1170,12 @@ class Supervisor:
             self._update_run(step=c.step)
 
     def _poll_resets(self) -> None:
+        if self.p.detector is None:
+            return
         for ev in self.p.detector.poll():
             self._on_reset(ev)
 
-    def _govern(self, mono: float, reading: Any) -> None:
+    def _govern(self, mono: float, reading: Reading | None) -> None:
         """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
         pause policy below stays the safety net."""
         gov = self.gov
@@ -1194,7 +1222,7 @@ class Supervisor:
                 return {"edge_c": r.edge_c, "tctl_c": r.tctl_c, "power_w": r.power_w, "t": r.t}
         return {}
 
-    def _on_reset(self, ev: Any) -> None:
+    def _on_reset(self, ev: ResetEvent) -> None:
         """One GPU incident (or a revision of one): the reset log records it, we apply."""
         rec = self.reset_log.record(ev, ev.temps or self._temps_before(ev.t), self.run_id or None,
                                     self.facts.step)
@@ -1203,7 +1231,7 @@ class Supervisor:
         self.event(rec.event_kind, rec.message, rec.level, **rec.data)
 
     @property
-    def diagnosis(self) -> Any:
+    def diagnosis(self) -> Diagnosis | None:
         return self.reset_log.diagnosis
 
     def resets_in_window(self, now: float) -> int:
@@ -1270,7 +1298,7 @@ class Supervisor:
         elif cfg["action"] == "rollback":
             self._plan_rollback(spike)
 
-    def _suspect_after(self, spike: Any) -> None:
+    def _suspect_after(self, spike: Spike) -> None:
         """A script's copies written after the last normal loss are suspect: never offered as
         the newest checkpoint, never put back; status names the last good one."""
         if self.adopter is None:
@@ -1285,7 +1313,7 @@ class Supervisor:
             + f": those past step {last_ok} are suspect (the loss diverged at step {spike.step})"
             + (f"; {len(marked)} kept in {self.adopter.store}" if marked else ""))
 
-    def _plan_rollback(self, spike: Any) -> None:
+    def _plan_rollback(self, spike: Spike) -> None:
         from daemon.divergence import plan_rollback
         from trainer.format import list_checkpoints, read_meta
         dv = self.cfg["divergence"]
@@ -1358,7 +1386,7 @@ class Supervisor:
             elif isinstance(a, End):
                 self._end_remote(a)
 
-    def _seen_remote(self, st: Any) -> None:
+    def _seen_remote(self, st: RemoteStatus) -> None:
         if st.step is not None:
             self.facts.step = st.step
             self.facts.total_steps = st.total_steps or self.facts.total_steps
@@ -1457,7 +1485,7 @@ class Supervisor:
         if self.runner.running:
             self._ask_exit(intents.OFFLOAD, self.mono())  # its final checkpoint goes up with it
 
-    def _job_spec(self) -> Any:
+    def _job_spec(self) -> JobSpec:
         from daemon.offload.base import JobSpec
         j = self.job
         return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
@@ -1717,7 +1745,7 @@ def _gpu_signature(tail: str) -> str | None:
     return match_job_output(tail)
 
 
-def _adopted_fact(c: Any) -> dict[str, Any]:
+def _adopted_fact(c: AdoptedCheckpoint) -> dict[str, Any]:
     return {"step": c.step, "path": str(c.path), "t": c.t, "bytes": c.bytes, "adopted": c.relpath}
 
 

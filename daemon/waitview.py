@@ -19,8 +19,9 @@ from typing import Any
 from daemon.policy.cooling import time_to_cool
 from daemon.policy.recovery import decide_recovery
 from daemon.states import State
+from daemon.viewsource import SupervisorView
 
-Supervisor = Any  # read only, not imported (see statusview)
+Supervisor = SupervisorView  # read only, not imported (daemon/viewsource.py)
 
 
 def loading(s: Supervisor) -> bool:

@@ -1,0 +1,103 @@
+"""What the status views (statusview.py, waitview.py) read of the Supervisor, as a Protocol.
+
+The views never import the Supervisor, not even for typing: data flows from it to them, never
+back (no import cycle, type-only ones included). This Protocol says what they read instead of
+``Any``; mypy checks that the Supervisor handed to ``build_status`` has each member with a
+compatible type. Every member is read-only here: a view never writes the Supervisor's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from daemon.diagnosis import Diagnosis
+from daemon.governing import Governor
+from daemon.jobrunner import JobRunner
+from daemon.offloader import Offloader
+from daemon.policy.eta import DutyMeter, ProgressMeter
+from daemon.policy.recovery import RecoveryState
+from daemon.remote_run import RemoteRun
+from daemon.resets.resetlog import ResetLog
+from daemon.sensors.base import Reading
+from daemon.states import State
+from daemon.status import JobFacts
+from daemon.store import Store
+
+
+class PartsView(Protocol):
+    @property
+    def offloader(self) -> Offloader: ...
+    @property
+    def sensor(self) -> object: ...  # read by getattr: card, card_reason, name
+
+
+class SupervisorView(Protocol):
+    @property
+    def state(self) -> State: ...
+    @property
+    def cfg(self) -> dict[str, Any]: ...  # the validated config (daemon/config.py SCHEMA)
+    @property
+    def p(self) -> PartsView: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def runner(self) -> JobRunner | None: ...
+    @property
+    def remote(self) -> RemoteRun: ...
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def run(self) -> dict[str, Any]: ...  # the run's row (Store.get_run)
+    @property
+    def facts(self) -> JobFacts: ...
+    @property
+    def holds(self) -> dict[str, str]: ...  # owner -> why
+    @property
+    def problems(self) -> dict[str, str]: ...
+    @property
+    def failure(self) -> str | None: ...
+    @property
+    def last_reading(self) -> Reading | None: ...
+    @property
+    def last_event(self) -> dict[str, Any] | None: ...
+    @property
+    def edges(self) -> collections.deque[tuple[float, float]]: ...  # (mono, edge_c)
+    @property
+    def interval_steps(self) -> int | None: ...
+    @property
+    def interval_explanation(self) -> str: ...
+    @property
+    def queue_plan(self) -> object: ...  # policy.queueplan's plan (its .reason), or None
+    @property
+    def gov(self) -> Governor | None: ...
+    @property
+    def reset_log(self) -> ResetLog: ...
+    @property
+    def diagnosis(self) -> Diagnosis | None: ...
+    @property
+    def duty(self) -> DutyMeter: ...
+    @property
+    def progress(self) -> ProgressMeter: ...
+    @property
+    def recovery(self) -> RecoveryState | None: ...
+    @property
+    def probe_task(self) -> asyncio.Task[Any] | None: ...
+    @property
+    def probe_result(self) -> bool | None: ...
+    @property
+    def next_start_at(self) -> float | None: ...  # monotonic
+    @property
+    def record_seen_at(self) -> float | None: ...  # monotonic
+    @property
+    def resume_step(self) -> int | None: ...
+    @property
+    def stop_loss(self) -> tuple[int, float] | None: ...  # (step, loss) of the divergence that stopped it
+    @property
+    def mono(self) -> Callable[[], float]: ...
+
+    def cost_now(self, now: float) -> float: ...
+    def remote_description(self) -> dict[str, Any] | None: ...
+    def queue(self) -> list[dict[str, Any]]: ...
