@@ -49,11 +49,20 @@ class Space:
         return self.free >= self.needed
 
 
-def _free(path: str) -> int:
+def _usage(path: str) -> tuple[int, int]:
     p = path
     while p and not os.path.exists(p):  # a dir not made yet: its nearest existing parent's disk
         p = os.path.dirname(p.rstrip("/")) or "/"
-    return shutil.disk_usage(p or "/").free
+    u = shutil.disk_usage(p or "/")
+    return u.free, u.total
+
+
+def _free(path: str) -> int:
+    return _usage(path)[0]
+
+
+def _total(path: str) -> int:
+    return _usage(path)[1]
 
 
 class DiskWatch:
@@ -62,21 +71,22 @@ class DiskWatch:
 
     def __init__(self, dirs: Callable[[], Sequence[str]],
                  checkpoint_bytes: Callable[[], int | None],
-                 free: Callable[[str], int] = _free):
+                 free: Callable[[str], int] = _free, total: Callable[[str], int] = _total):
         self.dirs = dirs
         self.checkpoint_bytes = checkpoint_bytes
         self.free = free
+        self.total = total
 
-    def needed(self) -> int:
-        """What must be free to go on: the last checkpoint's size once more, plus MIN_FREE."""
-        return int((self.checkpoint_bytes() or 0) * 1.1) + MIN_FREE
+    def needed(self, path: str) -> int:
+        """What must be free to go on: the last checkpoint's size once more, plus MIN_FREE
+        (at most a tenth of the disk: a small quota must be able to have room again)."""
+        return int((self.checkpoint_bytes() or 0) * 1.1) + min(MIN_FREE, self.total(path) // 10)
 
     def space(self) -> list[Space]:
-        need = self.needed()
         out = []
         for d in self.dirs():
             try:
-                out.append(Space(d, self.free(d), need))
+                out.append(Space(d, self.free(d), self.needed(d)))
             except OSError:
                 continue
         return out
@@ -90,7 +100,7 @@ class DiskWatch:
         where = "; ".join(f"{s.path} has {_mib(s.free)} free, about {_mib(s.needed)} needed"
                           for s in short)
         ck = self.checkpoint_bytes()
-        basis = f" (a checkpoint is {_mib(ck)} plus {_mib(MIN_FREE)} for progress and logs)" \
-            if ck else f" ({_mib(MIN_FREE)} for progress, logs and the first checkpoint)"
+        basis = f" (a checkpoint is {_mib(ck)}, plus room for progress and logs)" \
+            if ck else " (room for progress, logs and the first checkpoint)"
         return (f"disk full: {what}; {where}{basis}. The job is held; it goes on by itself once "
                 "that much is free")

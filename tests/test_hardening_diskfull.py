@@ -182,3 +182,14 @@ def test_a_small_disk_filled_mid_run_and_freed_the_run_goes_on(tmp_path, small_d
                  what=f"the run to go on past step {before} once space was back")
     finally:
         kill_group(d)
+
+
+def test_how_much_is_needed_and_a_small_quota_can_have_room_again():
+    from daemon.diskfull import DiskWatch
+    big = DiskWatch(lambda: ["/ck"], lambda: 100 * 2**20, free=lambda p: 50 * 2**20,
+                    total=lambda p: 500 * 2**30)
+    assert big.needed("/ck") == int(100 * 2**20 * 1.1) + MIN_FREE and not big.room()
+    assert "/ck has 50 MiB free, about 174 MiB needed" in big.message("x")
+    small = DiskWatch(lambda: ["/q"], lambda: None, free=lambda p: 3 * 2**20,
+                      total=lambda p: 20 * 2**20)  # a 20 MiB quota, 3 MiB free: room
+    assert small.needed("/q") == 2 * 2**20 and small.room()
