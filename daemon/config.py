@@ -190,6 +190,9 @@ SUBTABLES: dict[tuple[str, str], dict[str, Spec]] = {
         "price_usd_per_h": _k("float", 0.0),
         "env": _k("table[str]", {}),
         "connect_timeout_s": _k("float", 15.0),
+        # read ~/.ssh/config (Host aliases, HostName, Port, User, IdentityFile, ProxyJump) as
+        # ssh does; the keys above, when set, win over it
+        "ssh_config": _k("bool", True),
     },
 }
 

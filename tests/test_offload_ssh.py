@@ -222,3 +222,40 @@ def test_cloud_fault_ssh_a_hung_setup_command_fails_with_its_output_and_is_not_r
     assert time.monotonic() - t0 < 60
     pid = int(next((sshd.remote_dir / "setup").glob("*.log.pid")).read_text())
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="the hung setup stopped on the box")
+
+
+@pytest.mark.slow
+def test_cloud_fault_ssh_a_host_alias_with_proxyjump_in_ssh_config_is_reached(sshd, tmp_path, monkeypatch):  # noqa: F811
+    """Old: config=None: ~/.ssh/config was ignored, so `host = "gpubox"` failed as "cannot
+    resolve the host" and a ProxyJump was never taken."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/config").write_text(
+        "Host gpubox\n"
+        "  HostName 127.0.0.1\n"
+        f"  Port {sshd.port}\n"
+        f"  User {sshd.user}\n"
+        f"  IdentityFile {sshd.key_file}\n"
+        f"  ProxyJump {sshd.user}@127.0.0.1:{sshd.port}\n"  # the bastion: here, the same sshd
+        "Host 127.0.0.1\n"
+        f"  IdentityFile {sshd.key_file}\n"
+        f"  UserKnownHostsFile {sshd.known_hosts}\n")
+    monkeypatch.setenv("HOME", str(home))
+    work = make_workdir(tmp_path)
+    cfg = sshd.cfg(host="gpubox", port=22, user=None, key_file=None)
+    b = SshBackend(cfg, carry=None)
+    before = sshd.log.read_text().count("Accepted publickey")
+    try:
+        b.upload("alias", None, [])
+        assert (sshd.remote_dir / "runs" / "alias").is_dir()
+        hops = sshd.log.read_text().count("Accepted publickey") - before
+        assert hops == 2, f"the ProxyJump hop and the box each authenticate once ({hops})"
+    finally:
+        b.close()
+    off = SshBackend(sshd.cfg(host="gpubox", port=22, user=None, key_file=None, ssh_config=False))
+    try:
+        with pytest.raises(OffloadError, match="cannot resolve the host|cannot connect"):
+            off.upload("alias", None, [])
+    finally:
+        off.close()
+    assert work.exists()

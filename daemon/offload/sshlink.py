@@ -168,10 +168,19 @@ class SshLink:
             def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
                 return link._unknown_host_key(host, addr, port, key)
 
-        opts: dict[str, Any] = {"username": self.user, "known_hosts": self._known(),
+        opts: dict[str, Any] = {"known_hosts": self._known(),
                                 "connect_timeout": self.timeout_s, "keepalive_interval": 10,
-                                "keepalive_count_max": 3, "config": None,
+                                "keepalive_count_max": 3, "config": self._ssh_config(),
                                 "client_factory": Client}
+        port: int | None = self.port
+        if opts["config"]:
+            # what ~/.ssh/config says for this Host counts unless [offload.ssh] says otherwise
+            # (the schema's port default, 22, says nothing)
+            port = self.port if self.port != 22 else None
+            if self.cfg.get("user"):
+                opts["username"] = self.user
+        else:
+            opts["username"] = self.user
         if self.key_file is not None:
             try:
                 opts["client_keys"] = [asyncssh.read_private_key(str(self.key_file))]
@@ -182,7 +191,8 @@ class SshLink:
             opts["agent_path"] = None
         self._offered = None
         try:
-            return await asyncssh.connect(self.host, self.port, **opts)
+            return await asyncssh.connect(self.host, port, **opts) if port is not None else \
+                await asyncssh.connect(self.host, **opts)
         except asyncssh.HostKeyNotVerifiable:
             raise SshHostKeyError(self._host_key_message()) from None
         except asyncssh.PermissionDenied:
@@ -199,6 +209,13 @@ class SshLink:
         except (OSError, TimeoutError, asyncssh.Error) as e:
             raise OffloadError(f"ssh {self.where}: cannot connect: {e or type(e).__name__}",
                                retryable=True) from None
+
+    def _ssh_config(self) -> list[str] | None:
+        """~/.ssh/config, as ssh reads it, unless ``[offload.ssh] ssh_config = false``."""
+        if not self.cfg.get("ssh_config", True):
+            return None
+        path = Path("~/.ssh/config").expanduser()
+        return [str(path)] if path.is_file() else None
 
     # host keys ---------------------------------------------------------------------------------
     def _known(self) -> Any:
