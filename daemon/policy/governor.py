@@ -57,6 +57,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daemon.cfgtypes import ThermalConfig
+
 FIRMWARE_NOTE = ("A clock governor cannot help firmware hangs at normal temperature: they "
                  "are not heat; it only replaces pauses with a lower steady clock.")
 STEP_MHZ = 25
@@ -154,7 +156,7 @@ class Model:
         return (t_ss / self.tau_s - self.a) / self.b
 
 
-def setpoint_c(cfg: dict[str, Any]) -> float:
+def setpoint_c(cfg: ThermalConfig) -> float:
     return float(cfg["pause_at_c"]) - float(cfg.get("setpoint_margin_c", 3.0))
 
 
@@ -239,7 +241,7 @@ def _quantize(mhz: float, lo: int, hi: int, down: bool) -> int:
     return int(min(hi, max(lo, q)))
 
 
-def decide_governor(obs: GovObs, state: GovState, cfg: dict[str, Any]) -> GovDecision:
+def decide_governor(obs: GovObs, state: GovState, cfg: ThermalConfig) -> GovDecision:
     """The sclk cap for now, from this reading, the learned state and ``cfg["thermal"]``."""
     if cfg.get("governor", "off") != "clock":
         return GovDecision(None, "governor off: heat is handled by pausing", state)

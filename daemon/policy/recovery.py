@@ -14,7 +14,8 @@ failover.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from daemon.cfgtypes import ResetsConfig
 
 MAX_BACKOFF_S = 600.0  # never leave more than 10 min between two probes of a reset GPU
 MIN_BACKOFF_S = 1.0  # a cooldown of 0 must not turn into a busy loop of probes
@@ -40,7 +41,7 @@ def backoff_s(cooldown_s: float, probes_failed: int) -> float:
     return min(MAX_BACKOFF_S, base * 2.0 ** max(0, probes_failed - 1))
 
 
-def decide_recovery(state: RecoveryState, now: float, cfg: dict[str, Any],
+def decide_recovery(state: RecoveryState, now: float, cfg: ResetsConfig,
                     probe_result: bool | None) -> RecoveryAction:
     """Next step of a recovery. ``probe_result``: the newest probe's outcome, None if none has
     finished since the last decision (not run yet, or still running)."""

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+
+from daemon.cfgtypes import ThermalConfig
 
 # The trend looks at this much recent history (or 5 polls, if longer), and needs this many points.
 TREND_SPAN_S = 30.0
 TREND_MIN_POINTS = 3
 
 
-def clock_cap_due(edge_c: float | None, cfg_thermal: dict[str, Any]) -> bool:
+def clock_cap_due(edge_c: float | None, cfg_thermal: ThermalConfig) -> bool:
     """The clock cap (daemon/clockcap.py) goes on halfway between resume_at_c and pause_at_c:
     early enough to slow the climb before a pause is needed, late enough that a cool GPU runs
     at full clock. An unknown edge never caps (like it never pauses)."""
@@ -88,14 +89,14 @@ def slope_c_per_s(history: list[tuple[float, float]], span_s: float = TREND_SPAN
     return statistics.median(slopes)
 
 
-def decide_thermal(obs: ThermalObs, state: ThermalState, cfg: dict[str, Any]) -> ThermalDecision:
+def decide_thermal(obs: ThermalObs, state: ThermalState, cfg: ThermalConfig) -> ThermalDecision:
     """What to do with the job now, from this reading, the pause state and ``cfg["thermal"]``."""
     if state.paused:
         return _while_paused(obs, state, cfg)
     return _while_running(obs, cfg)
 
 
-def _while_running(obs: ThermalObs, cfg: dict[str, Any]) -> ThermalDecision:
+def _while_running(obs: ThermalObs, cfg: ThermalConfig) -> ThermalDecision:
     pause_at, tctl_lim = float(cfg["pause_at_c"]), float(cfg["tctl_pause_at_c"])
     edge, tctl = obs.edge_c, obs.tctl_c
     if edge is not None and edge >= pause_at:
@@ -128,7 +129,7 @@ def _eta_cross_s(obs: ThermalObs, pause_at: float) -> float | None:
     return (pause_at - obs.edge_c) / s
 
 
-def _while_paused(obs: ThermalObs, state: ThermalState, cfg: dict[str, Any]) -> ThermalDecision:
+def _while_paused(obs: ThermalObs, state: ThermalState, cfg: ThermalConfig) -> ThermalDecision:
     pause_at, resume_at = float(cfg["pause_at_c"]), float(cfg["resume_at_c"])
     tctl_resume = float(cfg["tctl_pause_at_c"]) - (pause_at - resume_at)
     min_cd, max_cd = float(cfg["min_cooldown_s"]), float(cfg["max_cooldown_s"])
