@@ -10,6 +10,8 @@ Two kinds of run, both the real daemon with the reference job on the simulated G
 
     .venv/bin/python bench/eta_bench.py [--demo-runs 1] [--nights thermal,firmware] [--seed 1]
 
+"Taken" runs to the run's end, its ``succeeded`` event (the job's last step, final checkpoint
+and exit), not to the daemon's own shutdown after it (``exit_when_done``; ``daemon_exit_s``).
 Writes bench/results/eta.json (``--out``) and prints one line per check.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -86,11 +89,19 @@ def run_night(profile: str, a: argparse.Namespace) -> dict:
             "api": {"enabled": True, "host": "127.0.0.1", "port": port},
         })
         sampler = StatusSampler(port)
+        t0_wall = time.time()
         r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "-c", str(cfg)], cwd=ROOT,
                            capture_output=True, text=True, timeout=a.timeout)
-        end = time.monotonic() - sampler.t0
+        exited = time.monotonic() - sampler.t0
         sampler.stop.set()
+        # the run's end is its "succeeded" event (what the ETA predicts), not the daemon's exit
+        con = sqlite3.connect(tmp / "state" / "nightshift.db")
+        row = con.execute("SELECT t FROM events WHERE kind='state' AND message LIKE '% -> succeeded:%' "
+                          "ORDER BY id DESC LIMIT 1").fetchone()
+        con.close()
+        end = row[0] - t0_wall if row else exited
     return {"kind": f"night {profile}", "exit": r.returncode, "wall_s": round(end, 1),
+            "daemon_exit_s": round(exited, 1),
             "checks": eta_check(sampler.samples, end),
             "samples": [[round(t, 1), step, round(e)] for t, step, e in sampler.samples]}
 

@@ -105,6 +105,7 @@ class Screen:
         self.out = out
         self.seen = 0
         self.t0 = time.monotonic()
+        self.ended_at: float | None = None  # elapsed s when the run ended (not the daemon's exit)
         self.last_line = 0.0
         self.etas: list[tuple[float, int, float]] = []  # (elapsed s, step, ETA shown)
 
@@ -137,6 +138,8 @@ class Screen:
             if ev["id"] <= self.seen:
                 continue
             self.seen = ev["id"]
+            if ev["kind"] == "state" and (ev.get("data") or {}).get("new") == "succeeded":
+                self.ended_at = time.monotonic() - self.t0  # what the ETA predicted
             if (ev.get("data") or {}).get("detail"):
                 continue  # said by another event already: one line per pause, with its reason
             msg = ev["message"] if ev["kind"] in ("state", "run") else f"{ev['kind']}: {ev['message']}"
@@ -246,7 +249,8 @@ def main(args: argparse.Namespace) -> int:
     from daemon.store import Store
     store = Store(workdir / "state" / "nightshift.db")
     events = store.events(None, limit=10000)
-    checks = eta_check(screen.etas, time.monotonic() - screen.t0)
+    # against when the run ended (its "succeeded" event), not the daemon's own shutdown after it
+    checks = eta_check(screen.etas, screen.ended_at or time.monotonic() - screen.t0)
     print(summary(st, wall, events, eta_check_lines(checks)))
     (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1),
                                                       "eta_check": checks}, indent=2, default=str))
