@@ -55,6 +55,12 @@ def waiting(s: Supervisor, word: str, mono: float) -> dict[str, Any] | None:
         target = float(th["resume_at_c"])
         edge = getattr(s.last_reading, "edge_c", None)
         now_c = f" (now {edge:.0f}C)" if edge is not None else ""
+        paused_at = getattr(getattr(s, "thermal", None), "paused_at", None)
+        if edge is not None and edge < target and paused_at is not None:  # cool: the minimum left
+            left = paused_at + float(th["min_cooldown_s"]) - mono
+            if left >= 1:
+                return {"for": f"the minimum cooldown (min_cooldown_s){now_c}", "about_s": round(left)}
+            return {"for": f"the next reading{now_c}", "about_s": None}
         est = time_to_cool(list(s.edges), target, mono)
         text = f"the edge below {target:.0f}C{now_c}"
         if est is None:

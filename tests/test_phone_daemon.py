@@ -97,19 +97,25 @@ def _events(night, kind=None):
 def test_it_trains_and_cools_and_the_eta_counts_the_pauses(night):
     wait_for(lambda: any(k == "released" for k, _, _ in _events(night)), 120,
              what="a thermal pause and its resume")
-    st = wait_for(lambda: (lambda s: s if s and s.get("eta_basis") == "duty" else None)(_status(night["base"])),
-                  60, what="an ETA from the measured duty cycle")
+    # issue 29: the ETA comes from the run's net progress (pauses included) once 20 s are seen
+    st = wait_for(lambda: (lambda s: s if s and s.get("eta_basis") == "progress"
+                           and s.get("duty_cycle") is not None else None)(_status(night["base"])),
+                  60, what="an ETA from the run's net progress")
     assert st["display_state"] in ("RUNNING", "COOLING")
     assert 0 < st["duty_cycle"] < 1  # it cooled: not all the time was training
     assert st["eta_s"] >= st["eta_steady_s"] > 0
+    assert st["eta_low_at"] <= st["eta_at"] <= st["eta_high_at"] and st["eta_text"].startswith("ends ")
     text = _get(night["base"], "/status", "text/plain")
-    assert re.search(r"ETA\s+\S+ \(it trains \d+% of the time\);", text)
+    flat, day = " ".join(text.split()), r"(\w{3} )?"  # a 100000-step run ends days from now
+    assert re.search(rf"ETA ends (about {day}\d\d:\d\d, in \S+|{day}\d\d:\d\d-{day}\d\d:\d\d, "
+                     r"in about \S+)", flat), text
     assert all(len(line) <= 40 for line in text.splitlines())
 
 
 def test_a_pause_by_you_reads_paused_by_you_without_rate_or_eta(night):
     r = nightshift("pause", "-c", str(night["cfg"]))
     assert r.returncode == 0 and r.stdout.strip().startswith("Paused")
+    assert r.stdout.strip().endswith("Now: PAUSED by you."), r.stdout  # the card's own words
     st = wait_for(lambda: (lambda s: s if s and s["display_state"] == "PAUSED" else None)(_status(night["base"])),
                   30, what="PAUSED")
     assert st["display_detail"].startswith("by you") and st["paused_reason"] == "paused by the user"

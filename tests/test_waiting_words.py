@@ -197,3 +197,24 @@ def test_paused_by_the_schedule_says_until_when(tmp_path):
         text, flat = _card(sup, clock)
         assert f"wait For the night window, until {start}." in flat, text
     _run(go())
+
+
+def test_cooled_but_inside_the_minimum_cooldown_says_that_not_about_0s(tmp_path):
+    """Was: "For the edge below 74C (now 71C), about 0s" while the minimum cooldown ran."""
+    async def go():
+        clock = FakeClock()
+        sensor = FakeSensor(clock)
+        cfg = config(tmp_path, thermal={"trend": False, "min_cooldown_s": 30.0},
+                     gpu={"poll_interval_s": 0.5})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=100000)}, clock=clock,
+                    sensor=sensor)
+        sup = await h.open()
+        await h.run(3)
+        sensor.edge_c = 95.0
+        await h.run(2, until=lambda s: s.state == State.COOLING)
+        sensor.edge_c = 60.0
+        await h.run(5)
+        assert sup.state == State.COOLING
+        w = sup.snapshot["waiting"]
+        assert w["for"] == "the minimum cooldown (min_cooldown_s) (now 60C)" and 20 <= w["about_s"] <= 26, w
+    _run(go())

@@ -5,7 +5,8 @@ A chip that stops working cools like Newton says, towards a floor it does not kn
 readings of the falling part, first, middle and last, give r = e^(-h/tau) and the floor A; the
 time to ``target`` follows. Choices, stated once:
 - Only the falling run at the end of ``history`` is used (a pause starts at the peak).
-- Fewer than 3 readings, or under ``MIN_SPAN_S`` of them, is "not known yet" (None).
+- Fewer than 3 readings, or under ``MIN_SPAN_S`` of them, is "not known yet" (None); the
+  demo's chip cools in 3-4 s at 0.5 s polls, a real one over minutes at 2 s polls.
 - A fit that is not a decay (noise: r outside (0, 1)) falls back to the straight line through
   the first and last readings; a chip that is not cooling at all gives None.
 - A floor at or above the target means it will not get there by cooling alone: ``reachable``
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MIN_SPAN_S = 2.0
+MIN_SPAN_S = 1.0
 
 
 @dataclass(frozen=True)
