@@ -1,4 +1,4 @@
-"""daemon/cfgtypes.py's TypedDicts say what daemon/config.py's SCHEMA says: the same keys, the
+"""daemon/policy/cfgtypes.py's TypedDicts say what daemon/config.py's SCHEMA says: the same keys, the
 same types (a key added to one and not the other fails here)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from daemon import cfgtypes
 from daemon.config import SCHEMA
+from daemon.policy import cfgtypes
 
 # SCHEMA's kind names -> the annotation the TypedDict gives them
 KINDS = {("float",): float, ("int",): int, ("bool",): bool, ("str",): str,

@@ -56,7 +56,7 @@ MOVES: dict[str, str] = {
     # the core: the Supervisor and the pieces of its tick
     "supervisor.py": "core", "observation.py": "core", "decide.py": "core",
     "decisions.py": "core", "intent.py": "core", "storeguard.py": "core",
-    "statusview.py": "core", "waitview.py": "core", "remote_run.py": "core",
+    "statusview.py": "core", "waitview.py": "core", "viewsource.py": "core", "remote_run.py": "core",
     "parts.py": "core", "reconfig.py": "core",
     # the running service: composition root, timers, config watcher, systemd, logs
     "app.py": "service", "configwatch.py": "service", "logs.py": "service",

@@ -57,7 +57,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from daemon.cfgtypes import ThermalConfig
+from daemon.policy.cfgtypes import ThermalConfig
 
 FIRMWARE_NOTE = ("A clock governor cannot help firmware hangs at normal temperature: they "
                  "are not heat; it only replaces pauses with a lower steady clock.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.cfgtypes import ResetsConfig
+from daemon.policy.cfgtypes import ResetsConfig
 
 MAX_BACKOFF_S = 600.0  # never leave more than 10 min between two probes of a reset GPU
 MIN_BACKOFF_S = 1.0  # a cooldown of 0 must not turn into a busy loop of probes

@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from daemon.cfgtypes import ThermalConfig
+from daemon.policy.cfgtypes import ThermalConfig
 
 # The trend looks at this much recent history (or 5 polls, if longer), and needs this many points.
 TREND_SPAN_S = 30.0
