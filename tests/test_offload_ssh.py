@@ -259,3 +259,38 @@ def test_cloud_fault_ssh_a_host_alias_with_proxyjump_in_ssh_config_is_reached(ss
     finally:
         off.close()
     assert work.exists()
+
+
+OOM_JOB = """
+import os, re, signal, sys
+p = os.environ["NIGHTSHIFT_VMSTAT"]
+n = int(re.search(r"oom_kill (\\d+)", open(p).read()).group(1))
+open(p, "w").write(f"pgfault 1\\noom_kill {n + 1}\\n")  # what the kernel counts as it kills
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_cloud_fault_ssh_an_oom_killed_job_is_the_jobs_own_death_not_a_preemption(sshd, tmp_path):  # noqa: F811
+    """The box is asked (its kernel's oom_kill count, /proc/vmstat) whether the SIGKILL was an
+    OOM kill: then the death is the job's own (cause "job"), counted against its own limit.
+    The counter file stands in for /proc/vmstat: the machine cannot OOM on demand."""
+    import sys
+
+    from daemon.offload.base import JobSpec
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("pgfault 1\noom_kill 7\n")
+    work = make_workdir(tmp_path)
+    b = backend(sshd, work, env={"NIGHTSHIFT_VMSTAT": str(vmstat)})
+    try:
+        b.upload("oom", None, [])
+        call = b.launch("oom", JobSpec([sys.executable, "-c", OOM_JOB]))
+        st = poll_until(b, call, lambda s: s.state != "running", 60, "the job's death")
+        assert st.state == "preempted" and st.cause == "job" and "OOM-killed" in st.error, st
+        vmstat.write_text("pgfault 1\noom_kill 8\n")  # no OOM this time: a plain SIGKILL
+        b.upload("oom2", None, [])
+        call = b.launch("oom2", JobSpec([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"]))
+        st = poll_until(b, call, lambda s: s.state != "running", 60, "the job's death")
+        assert st.state == "preempted" and st.cause is None and "signal 9" in st.error, st
+    finally:
+        b.close()

@@ -219,3 +219,36 @@ def test_ssh_remote_job_killed_is_relaunched_from_the_box_checkpoint(tmp_path):
         assert any("preempted at step 40; relaunched from the remote newest checkpoint" in m
                    for m in h.events("preempted"))
     run(go())
+
+
+def test_cloud_fault_a_job_oom_killed_on_the_box_uses_its_limit_across_a_restart_then_falls_back(tmp_path):
+    """Issue 27 (10, 11): an OOM-killed job was "preempted" and relaunched forever, and no count
+    survived a daemon restart. Now the job's own deaths count apart (policy.remote.MAX_JOB_DEATHS,
+    per backend, in the run's remote_state): killed once, the daemon restarts, killed three more
+    times: the limit is reached and the run falls back with the reason."""
+    from daemon.policy.remote import MAX_JOB_DEATHS
+
+    oom = RemoteStatus(state="preempted", step=40, cause="job",
+                       error="the box's kernel OOM-killed the job (it needs more memory than the box has)")
+    running = RemoteStatus(state="running", step=40, total_steps=100000)
+
+    async def go():
+        box = Box(polls=[running, oom])
+        cfg = ssh_cfg(tmp_path)
+        beh = {"trainer": Behaviour(trainer=True, steps=100000)}
+        h = Harness(tmp_path, cfg, beh, backends={"ssh": box})
+        sup = await h.open()
+        await h.run(3)
+        assert (await h.command("offload"))["ok"]
+        await h.run(30, until=lambda s: s.state == State.REMOTE)
+        await h.run(10, until=lambda s: box.launched == 2)
+        assert box.launched == 2 and sup.state == State.REMOTE  # relaunched once
+        box2 = Box(polls=[running, oom, running, oom, running, oom])
+        h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store, backends={"ssh": box2})
+        sup2 = await h2.open()  # the daemon restarted: the count did not start over
+        await h2.run(120, until=lambda s: s.state == State.RUNNING)
+        assert sup2.state == State.RUNNING, h2.events()
+        assert box2.launched == MAX_JOB_DEATHS - 1  # 1 before the restart + 2 after = 3 relaunches
+        assert any(f"died {MAX_JOB_DEATHS + 1} times" in m and "OOM-killed" in m and "back to the local GPU" in m
+                   for m in h2.events("offload_failed")), h2.events("offload_failed")
+    run(go())

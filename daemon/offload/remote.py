@@ -328,6 +328,20 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
+VMSTAT = "/proc/vmstat"  # its oom_kill counter: how the box says its kernel OOM-killed something
+
+
+def oom_kills(path: str | None = None) -> int | None:
+    """The kernel's OOM-kill count on this box (Linux >= 4.13), None when unreadable."""
+    try:
+        for line in Path(path or os.environ.get("NIGHTSHIFT_VMSTAT") or VMSTAT).read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m daemon.offload.remote")
     ap.add_argument("--spec", required=True)
@@ -335,12 +349,19 @@ def main() -> int:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s remote: %(message)s")
     spec = json.loads(Path(a.spec).read_text())
-    t0 = time.time()
+    t0 = time.monotonic()
+    ooms = oom_kills()
+    (Path(a.volume) / "oom_start.json").write_text(json.dumps({"oom_kill": ooms}))  # for the daemon's poll
     try:
         res = run_remote(spec, a.volume)
     except OSError as e:  # the command could not start (a missing executable): the job's failure
         res = {"state": "failed", "returncode": None, "step": None, "error": f"cannot start the job: {e}"}
-    res["seconds"] = time.time() - t0
+    res["seconds"] = time.monotonic() - t0
+    # the job killed by SIGKILL while the kernel's OOM count grew: the job's own death (it needs
+    # more memory than the box has), not the box going away; counted apart by the daemon
+    after = oom_kills()
+    res["oom_killed"] = bool(res.get("returncode") == -signal.SIGKILL and ooms is not None
+                             and after is not None and after > ooms)
     tmp = Path(a.volume) / "status.json.tmp"
     tmp.write_text(json.dumps(res))
     os.replace(tmp, Path(a.volume) / "status.json")

@@ -423,16 +423,31 @@ class SshBackend(OffloadBackend):
             res = json.loads(status)
             state, rc = res.get("state", "failed"), res.get("returncode")
             err = res.get("error")
+            cause = None
             if state == "failed" and isinstance(rc, int) and rc < 0:  # killed by a signal
                 if cancelled:
                     state = "cancelled"
-                else:  # not by us: the box's OOM killer, a reboot, someone's kill
+                elif res.get("oom_killed"):  # the box says its kernel OOM-killed it: the job's own
+                    state, cause = "preempted", "job"
+                    err = "the box's kernel OOM-killed the job (it needs more memory than the box has)"
+                else:  # not by us: a reboot, someone's kill
                     state, err = "preempted", f"the remote job was killed by signal {-rc}"
-            return RemoteStatus(state, res.get("step") or prog["step"], *args[1:], err, started)
+            return RemoteStatus(state, res.get("step") or prog["step"], *args[1:], err, started, cause)
         if alive:
             return RemoteStatus("running", *args, None, started)
         if cancelled:
             return RemoteStatus("cancelled", *args[:3], None, "cancelled", started)
+        # no result and no runner: ask the box whether its kernel OOM-killed since the start
+        mark = (await _read(sftp, posixpath.join(run, "oom_start.json")) or b"").decode(errors="replace")
+        now_ooms = (await _read(sftp, "/proc/vmstat", 65536) or b"").decode(errors="replace")
+        try:
+            before = json.loads(mark)["oom_kill"]
+            after = next(int(x.split()[1]) for x in now_ooms.splitlines() if x.startswith("oom_kill "))
+            if isinstance(before, int) and after > before:
+                return RemoteStatus("preempted", *args[:3], None, "the runner and its job ended without a "
+                                    "result while the box's kernel OOM-killed (out of memory)", started, "job")
+        except (ValueError, KeyError, TypeError, StopIteration):
+            pass
         return RemoteStatus("preempted", *args[:3], None, f"the remote runner (pid {pid}) ended without a "
                             "result: the box restarted or the job was killed", started)
 
