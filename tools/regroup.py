@@ -56,8 +56,11 @@ MOVES: dict[str, str] = {
     # the core: the Supervisor and the pieces of its tick
     "supervisor.py": "core", "observation.py": "core", "decide.py": "core",
     "decisions.py": "core", "intent.py": "core", "storeguard.py": "core",
-    "statusview.py": "core", "waitview.py": "core", "viewsource.py": "core", "remote_run.py": "core",
-    "parts.py": "core", "reconfig.py": "core",
+    "statusview.py": "core", "waitview.py": "core", "viewsource.py": "core",
+    "remote_run.py": "core", "parts.py": "core", "reconfig.py": "core",
+    # the Supervisor's side of a script's checkpoints (it imports policy/, which imports job/:
+    # in job/ it would tie the two in a package cycle)
+    "restorechain.py": "core",
     # the running service: composition root, timers, config watcher, systemd, logs
     "app.py": "service", "configwatch.py": "service", "logs.py": "service",
     "polltimer.py": "service", "sdnotify.py": "service",
@@ -128,9 +131,10 @@ PACKAGES: dict[str, str] = {
         "The core: the Supervisor (supervisor, the only writer of run state) and the pieces "
         "of its tick: what one tick saw (observation), the rules that turn it into decisions "
         "(decide) and the decisions as values (decisions, intent), the guarded store writes "
-        "(storeguard), the remote run it carries out (remote_run), the optional parts and "
-        "their live reload (parts, reconfig) and the status snapshot it publishes "
-        "(statusview, waitview). It may import every package below it: policy, job, gpu, "
+        "(storeguard), the remote run it carries out (remote_run), a script's checkpoints "
+        "restored around a restart (restorechain), the optional parts and their live reload "
+        "(parts, reconfig) and the status snapshot it publishes (statusview, waitview, and "
+        "viewsource: what they read of the Supervisor, as a Protocol). It may import every package below it: policy, job, gpu, "
         "cloud, night, state, web; never service or commands, which build and drive it."
     ),
     "service": (
