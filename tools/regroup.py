@@ -51,8 +51,11 @@ MOVES: dict[str, str] = {
     # the night: schedule, runs and queue, notifications, divergence
     "divergence.py": "night", "notify.py": "night", "queueenv.py": "night",
     "runbook.py": "night", "schedule.py": "night",
-    # what the daemon is given and keeps: config, the run states, the store, the lock
-    "config.py": "state", "lock.py": "state", "states.py": "state", "store.py": "state",
+    # what the daemon is given and keeps: config, the store, the lock
+    "config.py": "state", "lock.py": "state", "store.py": "state",
+    # the run's states: plain values the pure rules decide over (policy/cancel.py reads them),
+    # read by nearly every package; under state/ they tied policy/ and state/ in a cycle
+    "states.py": "policy",
     # the core: the Supervisor and the pieces of its tick
     "supervisor.py": "core", "observation.py": "core", "decide.py": "core",
     "decisions.py": "core", "intent.py": "core", "storeguard.py": "core",
@@ -116,13 +119,12 @@ PACKAGES: dict[str, str] = {
     "night": (
         "The night: the schedule window (schedule), the runs, the queue and their history "
         "(runbook, queueenv: queued runs' env values), notifications (notify) and the "
-        "divergence watchdog (divergence). It may import daemon.state (config, store, the "
-        "run states) and daemon.policy; never the core, which drives it."
+        "divergence watchdog (divergence). It may import daemon.state (config, the store) "
+        "and daemon.policy (its rules, the run states); never the core, which drives it."
     ),
     "state": (
         "What the daemon is given and keeps: the config schema and its validation (config), "
-        "the run's states (states: State, LOCAL_STATES, ENDED_STATES), the SQLite store "
-        "(store) and the one-daemon-per-state-dir lock (lock). Nearly everything reads it, "
+        "the SQLite store (store) and the one-daemon-per-state-dir lock (lock). Nearly everything reads it, "
         "so it sits low: it may import daemon.policy (queue entry checks), daemon.job "
         "(progress patterns) and daemon.gpu's simgpu (the simulated card's parameter names), "
         "nothing above them."
@@ -153,7 +155,7 @@ PACKAGES: dict[str, str] = {
 # move; a leaf sub-package counts apart from its parent: gpu/sensors is not gpu).
 ALLOWED: dict[str, set[str]] = {
     "daemon.job": set(),
-    "daemon.policy": {"daemon.job", "daemon.gpu.sensors"},
+    "daemon.policy": {"daemon.job", "daemon.gpu.sensors"},  # ExitInfo and THERMAL_OFF
     "daemon.gpu.sensors": set(),
     "daemon.gpu": {"daemon.policy"},
     "daemon.gpu.resets": {"daemon.gpu", "daemon.policy", "daemon.state"},
@@ -392,10 +394,11 @@ def rewrite_python(src: str, old_module: str, mods: dict[str, str], paths: dict[
 SUMMARY = {
     "job": "the job and its files: the process, the runner, the control file, progress, "
            "checkpoints (namespace, adoption, --resume-from, a full disk), job.log",
-    "policy": "the pure rules: plain values in, decisions out (stays where it was)",
+    "policy": "the pure rules: plain values in, decisions out (where it was), and the run's "
+              "states they decide over (`states.py`, moved here)",
     "gpu": "the GPU: sensors/, resets/, the clock cap and its governor, the probe, the "
            "simulated 780M",
-    "state": "what the daemon is given and keeps: the config, the run states, the store, the lock",
+    "state": "what the daemon is given and keeps: the config, the store, the lock",
     "night": "the night: the schedule, runs and the queue, notifications, divergence",
     "cloud": "the cloud: the offload backends (offload/) and the offload port",
     "web": "the HTTP face: the API, its token, /metrics, the phone text, the dashboard, the "
@@ -511,6 +514,10 @@ def main() -> int:
         die(f"already regrouped, or a name is taken: {', '.join('daemon/' + p for p in existing)} "
             "exists. It refuses to run twice; start from a clean checkout of main.")
     top, files = inventory()
+    taken = [f"daemon/{p}/{e}" for e, p in MOVES.items() if e in top and Path("daemon", p, e).exists()]
+    if taken:
+        die("a move's destination already exists (run twice, or a new module took the name): "
+            + ", ".join(taken))
     unknown = [e for e in top if e not in MOVES and e not in STAY]
     if unknown:
         die("these entries of daemon/ are not in the mapping; add each to MOVES in "
