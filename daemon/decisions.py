@@ -79,11 +79,12 @@ class UncapClock:
 @dataclass(frozen=True)
 class Remember:
     """The tick's own memory moves on: the thermal state, since when a hang is suspected, when
-    the checkpoint-age warning was last given (only the fields given change)."""
+    the checkpoint-age warning was last given, the loss trend (only the fields given change)."""
     thermal: ThermalState | None = None
     suspect_since: float | None = None
     clear_suspect: bool = False
     age_warned: float | None = None
+    clear_losses: bool = False  # a rollback: the loss trend starts again
 
 
 Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Problem | CapClock | \

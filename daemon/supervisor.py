@@ -1284,19 +1284,11 @@ class Supervisor:
             return
         if spike is None:
             return
-        cfg = self.cfg["divergence"]
-        shown = "non-finite" if not math.isfinite(spike.loss) else f"{spike.loss:.4g}"
-        self.event("divergence", f"loss spike at step {spike.step}: {shown} ({spike.reason}); "
-                   f"action: {cfg['action']}", "error", step=spike.step, loss=str(spike.loss))
         self.stop_loss = (spike.step, spike.loss)  # what status shows: the loss that did it
         self._suspect_after(spike)
-        if cfg["action"] in ("stop", "next"):
-            reason = f"stopped: the loss diverged at step {spike.step} ({spike.reason})"
-            # next is graceful: the newest checkpoint is durable before the next run starts
-            self._ask_exit(intents.next_run(reason) if cfg["action"] == "next"
-                           else intents.diverged(reason), self.mono())
-        elif cfg["action"] == "rollback":
-            self._plan_rollback(spike)
+        from daemon.spikes import on_spike
+        self._apply(on_spike(spike, self.cfg["divergence"], Path(self.checkpoint_dir),
+                             self.run.get("skip_steps") or ""))
 
     def _suspect_after(self, spike: Spike) -> None:
         """A script's copies written after the last normal loss are suspect: never offered as
@@ -1312,35 +1304,6 @@ class Supervisor:
             (f"the last good checkpoint is step {good.step}" if good is not None else "no good checkpoint is left")
             + f": those past step {last_ok} are suspect (the loss diverged at step {spike.step})"
             + (f"; {len(marked)} kept in {self.adopter.store}" if marked else ""))
-
-    def _plan_rollback(self, spike: Spike) -> None:
-        from daemon.divergence import plan_rollback
-        from trainer.format import list_checkpoints, read_meta
-        dv = self.cfg["divergence"]
-        steps: dict[int, Path] = {}
-        for p in list_checkpoints(self.checkpoint_dir):
-            try:
-                steps[int(read_meta(p)["step"])] = p
-            except Exception:  # noqa: BLE001 - an unreadable one is simply not a candidate
-                continue
-        plan = plan_rollback(spike.step, sorted(steps), dv["rollback_steps"], dv["skip_batches"],
-                             last_ok_step=getattr(spike, "last_ok_step", None))
-        if plan is None or plan.checkpoint_step is None:
-            self._ask_exit(intents.diverged(f"the loss diverged at step {spike.step} and no "
-                                            "earlier checkpoint exists"), self.mono())
-            return
-        quarantine = Path(self.checkpoint_dir) / ".diverged"
-        quarantine.mkdir(exist_ok=True)
-        for s, p in steps.items():
-            if s > plan.checkpoint_step:  # moved aside, never deleted: nothing is lost
-                p.rename(quarantine / p.name)
-        skip = protocol.parse_skip(self.run.get("skip_steps") or "") + list(plan.skip)
-        self._update_run(skip_steps=protocol.format_skip(skip))
-        self.facts.losses.clear()
-        reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at "
-                  f"step {spike.step}; skipping batches {protocol.format_skip(list(plan.skip))}")
-        # Stopped without a checkpoint: the diverged weights must not become the newest one.
-        self._ask_exit(intents.rollback(str(steps[plan.checkpoint_step]), reason), self.mono())
 
     # ================================================================== the cloud
     def _apply(self, actions: Sequence[Action | Decision]) -> None:
@@ -1358,6 +1321,11 @@ class Supervisor:
                 self.suspect_since = None if a.clear_suspect else (
                     a.suspect_since if a.suspect_since is not None else self.suspect_since)
                 self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
+                if a.clear_losses:  # a rollback: the loss trend starts again from its checkpoint
+                    self.facts.losses.clear()
+                    # and so does the climb watch: the spike's losses came from the weights the
+                    # rollback discards (kept, they were read as a climb back after the restart)
+                    self.climb = ClimbState()
             elif isinstance(a, Problem):
                 if a.text is None:
                     self.problems.pop(a.key, None)
