@@ -274,6 +274,28 @@ def rewrite_text(text: str, mods: dict[str, str], paths: dict[str, str]) -> str:
     return PATHS.sub(lambda m: new_path(m.group(0), paths), text)
 
 
+def rewrite_markdown(text: str, mods: dict[str, str], paths: dict[str, str]
+                     ) -> tuple[str, list[str]]:
+    """Line by line; inside ``` blocks (diagrams) a longer path eats spaces from the run of
+    spaces after it, so the columns to its right stay where they were."""
+    out, notes, fenced = [], [], False
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        new = rewrite_text(line, mods, paths)
+        if fenced and len(new) > len(line):
+            extra = len(new) - len(line)
+            first = next(i for i, (a, b) in enumerate(zip(line, new, strict=False)) if a != b)
+            gap = re.compile(r" {2,}").search(new, first)
+            if gap and gap.end() - gap.start() - 1 >= extra:
+                new = new[: gap.start()] + " " * (gap.end() - gap.start() - extra) + new[gap.end():]
+            else:
+                notes.append(f"line {n}: a diagram's line grew by {extra} characters: "
+                             "realign it by hand")
+        out.append(new)
+    return "\n".join(out), notes
+
+
 def rewrite_pieces(text: str, paths: dict[str, str]) -> str:
     """``"daemon" / "dashboard.html"`` and ``resources.files("daemon").joinpath("x.html")``."""
     def pieces(m: re.Match[str]) -> str:
@@ -563,6 +585,9 @@ def main() -> int:
             continue
         if f.endswith(".py"):
             new, notes = rewrite_python(text, _modname(f), mods, paths, known)
+            all_notes += [f"{f}: {n}" for n in notes]
+        elif f.endswith(".md"):
+            new, notes = rewrite_markdown(text, mods, paths)
             all_notes += [f"{f}: {n}" for n in notes]
         else:
             new = rewrite_pieces(rewrite_text(text, mods, paths), paths)
