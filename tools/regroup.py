@@ -58,7 +58,7 @@ MOVES: dict[str, str] = {
     "states.py": "policy",
     # the core: the Supervisor and the pieces of its tick
     "supervisor.py": "core", "observation.py": "core", "decide.py": "core",
-    "decisions.py": "core", "intent.py": "core", "storeguard.py": "core",
+    "decisions.py": "core", "intent.py": "core", "storeguard.py": "core", "spikes.py": "core",
     "statusview.py": "core", "waitview.py": "core", "viewsource.py": "core",
     "remote_run.py": "core", "parts.py": "core", "reconfig.py": "core",
     # the Supervisor's side of a script's checkpoints (it imports policy/, which imports job/:
@@ -132,7 +132,8 @@ PACKAGES: dict[str, str] = {
     "core": (
         "The core: the Supervisor (supervisor, the only writer of run state) and the pieces "
         "of its tick: what one tick saw (observation), the rules that turn it into decisions "
-        "(decide) and the decisions as values (decisions, intent), the guarded store writes "
+        "(decide) and the decisions as values (decisions, intent), what follows a loss spike "
+        "(spikes), the guarded store writes "
         "(storeguard), the remote run it carries out (remote_run), a script's checkpoints "
         "restored around a restart (restorechain), the optional parts and their live reload "
         "(parts, reconfig) and the status snapshot it publishes (statusview, waitview, and "
