@@ -38,4 +38,3 @@ def setup(level: str = "info", stream=None) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log would put one line per /status poll into the journal.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
