@@ -80,6 +80,7 @@ def test_checkpoint_bench_stall_only_does_not_merge_into_an_older_file(tmp_path)
     _load(res["run"]["load_average_before"])
 
 
+@pytest.mark.slow  # a real uvicorn under a load generator for tens of seconds
 def test_api_cost_split_runs(tmp_path):
     out = tmp_path / "split.json"
     # 200 requests per variant: ~0.1 CPU-s, several ticks of the CPU clock, so no variant reads 0

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -39,6 +41,7 @@ def test_daemon_never_imports_torch():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # mypy over daemon/ and trainer/: minutes of CPU without its cache; .ci/run runs it too
 def test_type_check_is_clean():
     """mypy as .ci/run runs it ([tool.mypy]): here too, so a landing that breaks it shows in
     the suite, not only in CI."""
