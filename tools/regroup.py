@@ -64,6 +64,8 @@ MOVES: dict[str, str] = {
     # the Supervisor's side of a script's checkpoints (it imports policy/, which imports job/:
     # in job/ it would tie the two in a package cycle)
     "restorechain.py": "core",
+    # what follows a loss spike, as decisions (it imports decisions and intent)
+    "spikes.py": "core",
     # the running service: composition root, timers, config watcher, systemd, logs
     "app.py": "service", "configwatch.py": "service", "logs.py": "service",
     "polltimer.py": "service", "sdnotify.py": "service",
@@ -135,10 +137,11 @@ PACKAGES: dict[str, str] = {
         "(decide) and the decisions as values (decisions, intent), what follows a loss spike "
         "(spikes), the guarded store writes "
         "(storeguard), the remote run it carries out (remote_run), a script's checkpoints "
-        "restored around a restart (restorechain), the optional parts and their live reload "
-        "(parts, reconfig) and the status snapshot it publishes (statusview, waitview, and "
-        "viewsource: what they read of the Supervisor, as a Protocol). It may import every package below it: policy, job, gpu, "
-        "cloud, night, state, web; never service or commands, which build and drive it."
+        "restored around a restart (restorechain), what follows a loss spike (spikes), the "
+        "optional parts and their live reload (parts, reconfig) and the status snapshot it "
+        "publishes (statusview, waitview, and viewsource: what they read of the Supervisor, "
+        "as a Protocol). It may import every package below it: policy, job, gpu, cloud, "
+        "night, state, web; never service or commands, which build and drive it."
     ),
     "service": (
         "The running service: the composition root (app: parts from the config, signals, "
@@ -506,9 +509,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def package_graph(g: dict[str, set[str]], root: Path) -> dict[str, set[str]]:
-    pkgs = {_modname(str(p.relative_to(root))) for p in (root / "daemon").rglob("__init__.py")}
-
+def package_graph(g: dict[str, set[str]], pkgs: set[str]) -> dict[str, set[str]]:
     def pkg(m: str) -> str:
         return m if m in pkgs else m.rsplit(".", 1)[0]
 
@@ -518,6 +519,21 @@ def package_graph(g: dict[str, set[str]], root: Path) -> dict[str, set[str]]:
             if pkg(d) != pkg(m):  # a child package's module importing its parent's counts
                 pg[pkg(m)].add(pkg(d))
     return pg
+
+
+def layering(g: dict[str, set[str]], pkgs: set[str]) -> tuple[list[str], dict[str, set[str]]]:
+    """Cycles between modules and between packages, and imports a docstring does not allow."""
+    problems = ["import cycle between modules: " + " -> ".join(c) for c in cycles(g)]
+    pg = package_graph(g, pkgs)
+    problems += ["import cycle between packages: " + " -> ".join(c) for c in cycles(pg)]
+    for p, deps in sorted(pg.items()):
+        for d in sorted(deps - ALLOWED.get(p, deps)):
+            why = sorted(f"{m} -> {n}" for m, ns in g.items() for n in ns
+                         if (m.rsplit(".", 1)[0] == p or m == p) and
+                         (n == d or n.rsplit(".", 1)[0] == d))
+            problems.append(f"{p} imports {d}, which its docstring does not allow: "
+                            f"{', '.join(why[:4])}")
+    return problems, pg
 
 
 # ------------------------------------------------------------------------------ main
@@ -572,7 +588,17 @@ def main() -> int:
     print(f"  stay in daemon/: {', '.join(sorted(e for e in top if e in STAY))}")
     if missing:
         print(f"  (in the mapping but gone from main, skipped: {', '.join(missing)})")
-    if args.dry_run:
+    if args.dry_run:  # the checks of step 4, on the current tree's imports renamed
+        g = {new_module(m, mods): {new_module(n, mods) for n in ns}
+             for m, ns in import_graph(root).items()}
+        pkgs = {new_module(_modname(f), mods) for f in files if f.endswith("__init__.py")}
+        problems, _ = layering(g, pkgs | {f"daemon.{p}" for p in PACKAGES})
+        if problems:
+            print("\nregroup: PROBLEMS the move would leave (fix the mapping first):\n"
+                  + "\n".join("  " + p for p in problems))
+            return 1
+        print("\nregroup: no import cycle between modules or packages; each package's imports "
+              "within its docstring's rule")
         return 0
 
     # 1. Rewrite the references, in the files where they are now (their old paths).
@@ -626,21 +652,9 @@ def main() -> int:
                          "run `python -m ruff check --select I --fix daemon tests bench tools`")
 
     # 4. Checks.
-    problems: list[str] = []
     g = import_graph(root)
-    for c in cycles(g):
-        problems.append("import cycle between modules: " + " -> ".join(c))
-    pg = package_graph(g, root)
-    for c in cycles(pg):
-        problems.append("import cycle between packages: " + " -> ".join(c))
-    for p, deps in sorted(pg.items()):
-        if p in ALLOWED:
-            for d in sorted(deps - ALLOWED[p]):
-                why = sorted(f"{m} -> {n}" for m, ns in g.items() for n in ns
-                             if (m.rsplit(".", 1)[0] == p or m == p) and
-                             (n == d or n.rsplit(".", 1)[0] == d))
-                problems.append(f"{p} imports {d}, which its docstring does not allow: "
-                                f"{', '.join(why[:4])}")
+    pkgs = {_modname(str(p.relative_to(root))) for p in (root / "daemon").rglob("__init__.py")}
+    problems, pg = layering(g, pkgs)
     old_names = sorted(mods)
     stale = re.compile(r"(?<![\w.])(" + "|".join(re.escape(m) for m in
                                                  sorted(old_names, key=len, reverse=True))
