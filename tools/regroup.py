@@ -64,8 +64,6 @@ MOVES: dict[str, str] = {
     # the Supervisor's side of a script's checkpoints (it imports policy/, which imports job/:
     # in job/ it would tie the two in a package cycle)
     "restorechain.py": "core",
-    # what follows a loss spike, as decisions (it imports decisions and intent)
-    "spikes.py": "core",
     # the running service: composition root, timers, config watcher, systemd, logs
     "app.py": "service", "configwatch.py": "service", "logs.py": "service",
     "polltimer.py": "service", "sdnotify.py": "service",
@@ -135,9 +133,8 @@ PACKAGES: dict[str, str] = {
         "The core: the Supervisor (supervisor, the only writer of run state) and the pieces "
         "of its tick: what one tick saw (observation), the rules that turn it into decisions "
         "(decide) and the decisions as values (decisions, intent), what follows a loss spike "
-        "(spikes), the guarded store writes "
-        "(storeguard), the remote run it carries out (remote_run), a script's checkpoints "
-        "restored around a restart (restorechain), what follows a loss spike (spikes), the "
+        "(spikes), the guarded store writes (storeguard), the remote run it carries out "
+        "(remote_run), a script's checkpoints restored around a restart (restorechain), the "
         "optional parts and their live reload (parts, reconfig) and the status snapshot it "
         "publishes (statusview, waitview, and viewsource: what they read of the Supervisor, "
         "as a Protocol). It may import every package below it: policy, job, gpu, cloud, "
@@ -450,6 +447,30 @@ def architecture_packages(text: str) -> tuple[str, bool]:
     return text[: m.end()] + "".join(lines) + text[m.end():], True
 
 
+FILE_UP = re.compile(r"(__file__\)(?:\.resolve\(\))?)(\.parents\[(\d+)\]|(?:\.parent)+)")
+
+
+def rewrite_file_paths(src: str, deeper: int) -> tuple[str, list[str]]:
+    """A moved module's ``Path(__file__).parents[N]`` / ``.parent.parent``: ``deeper`` more
+    levels up, so it names the same directory (ssh.py's PROJECT: the repo holding daemon/)."""
+    notes: list[str] = []
+
+    def up(m: re.Match[str]) -> str:
+        if m.group(3) is not None:
+            new = f"{m.group(1)}.parents[{int(m.group(3)) + deeper}]"
+        else:
+            n = m.group(2).count(".parent") + deeper
+            new = m.group(1) + (f".parents[{n - 1}]" if n > 2 else ".parent" * n)
+        notes.append(f"{m.group(0)} -> {new}")
+        return new
+
+    out = FILE_UP.sub(up, src) if deeper else src
+    if deeper and re.search(r"dirname\([^)]*__file__", out):
+        notes.append("os.path.dirname(__file__) in a module that moved: check the directory "
+                     "it means by hand")
+    return out, notes
+
+
 def rewrite_package_data(text: str, paths: dict[str, str]) -> str:
     """Data files that moved get their new package's entry in [tool.setuptools.package-data]."""
     m = re.search(r"^\[tool\.setuptools\.package-data\]\n((?:[^\[\n].*\n|\n)*)", text, re.M)
@@ -612,7 +633,8 @@ def main() -> int:
             continue
         if f.endswith(".py"):
             new, notes = rewrite_python(text, _modname(f), mods, paths, known)
-            all_notes += [f"{f}: {n}" for n in notes]
+            new, ups = rewrite_file_paths(new, paths.get(f, f).count("/") - f.count("/"))
+            all_notes += [f"{f}: {n}" for n in notes + ups]
         elif f.endswith(".md"):
             new, notes = rewrite_markdown(text, mods, paths)
             all_notes += [f"{f}: {n}" for n in notes]
