@@ -263,7 +263,18 @@ def new_path(path: str, paths: dict[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------ rewriting
-DOTTED = re.compile(r"(?<![\w.])daemon(?:\.[A-Za-z_]\w*)+")
+DOTTED = re.compile(r"(?<![\w./-])daemon(?:\.[A-Za-z_]\w*)+")  # "-daemon.lock" is a file
+# File names spelled like a module: "daemon.lock" (the state dir's lock file) is left alone
+# when it is a whole quoted string (LOCK_NAME = "daemon.lock", tmp_path / "daemon.lock").
+FILE_NAMES = {"daemon.lock"}
+
+
+def _dotted(m: re.Match[str], mods: dict[str, str]) -> str:
+    s, a, b = m.string, m.start(), m.end()
+    if (m.group(0) in FILE_NAMES and a and b < len(s) and s[a - 1] in "\"'`"
+            and s[b] in "\"'`"):
+        return m.group(0)
+    return new_module(m.group(0), mods)
 PATHS = re.compile(r"(?<![\w.-])daemon/[\w.-]+(?:/[\w.-]+)*/?")
 PIECES = re.compile(r"""(["'])daemon\1(?:\s*/\s*(["'])[\w.-]+\2)+""")
 RESOURCES = re.compile(r"""(resources\.files\(\s*)(["'])daemon\2(\s*\)\s*(?:\.joinpath\(\s*|/\s*))"""
@@ -271,7 +282,7 @@ RESOURCES = re.compile(r"""(resources\.files\(\s*)(["'])daemon\2(\s*\)\s*(?:\.jo
 
 
 def rewrite_text(text: str, mods: dict[str, str], paths: dict[str, str]) -> str:
-    text = DOTTED.sub(lambda m: new_module(m.group(0), mods), text)
+    text = DOTTED.sub(lambda m: _dotted(m, mods), text)
     return PATHS.sub(lambda m: new_path(m.group(0), paths), text)
 
 
