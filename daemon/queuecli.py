@@ -195,16 +195,20 @@ def seeds_table(runs: list[dict[str, Any]], width: int = 40) -> str:
     if not runs:
         return "no runs yet"
     out: list[str] = []
-    for r in runs:
+    for r in runs:  # a row may lack any field but id and name (an older daemon, a partial row)
+        state = str(r.get("state") or "?")
         head = f"{r['id']} {safe_text(r['name'])}"
-        out.append(_cut(head, width - len(r["state"]) - 1).ljust(width - len(r["state"])) + r["state"])
-        best = "-" if r["best_loss"] is None else f"{r['best_loss']:.4g} at step {r['best_step']}"
-        climb = "no climb" if r["climb_step"] is None else f"climb from {r['climb_step']}"
+        out.append(_cut(head, width - len(state) - 1).ljust(width - len(state)) + state)
+        best_loss, best_step = r.get("best_loss"), r.get("best_step")
+        best = "-" if best_loss is None else \
+            f"{best_loss:.4g}" + (f" at step {best_step}" if best_step is not None else "")
+        climb = "no climb" if r.get("climb_step") is None else f"climb from {r['climb_step']}"
         out += _wrapped("  ", f"best {best}, {climb}", width)
         spark = curve_spark(r.get("curve") or [], width - 2)
         if spark:
             out.append("  " + spark)
-        what = "; ".join(safe_text(c) for c in r["changes"]) if r["changes"] else \
+        changes = r.get("changes") or []
+        what = "; ".join(safe_text(c) for c in changes) if changes else \
             ("the baseline" if r["id"] == r.get("changes_against") else "no change")
         out += _wrapped("  ", what, width)
     return "\n".join(out)
