@@ -124,7 +124,10 @@ def test_resets_at_normal_temperature_are_diagnosed_not_heat_correlated(tmp_path
         def said() -> bool:
             if not (tmp_path / "state" / "nightshift.db").exists():
                 return False
-            msgs = [r["message"] for r in db(tmp_path).execute("SELECT message FROM events WHERE kind='reset'")]
+            try:
+                msgs = [r["message"] for r in db(tmp_path).execute("SELECT message FROM events WHERE kind='reset'")]
+            except sqlite3.OperationalError:  # the file exists, its schema is being created
+                return False
             return any("not heat-correlated" in m for m in msgs)
         wait_for(said, 240, 0.5, "a reset diagnosed as not heat-correlated")
         os.killpg(d.pid, signal.SIGTERM)
