@@ -76,7 +76,10 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
         assert "#3" in cli("queue", "add", "--name", "third", "--env", "A=1", "--env", "B=x=y", "--", *py, "30")
         narrow = cli("queue").splitlines()  # 80 columns: the common start once, each entry's own words
         assert narrow[0] == "every command starts:" and narrow[2].strip() == str(job), narrow
-        assert narrow[3].split() == ["#", "POS", "NAME", "ARGUMENTS"] and all(len(x) <= 80 for x in narrow)
+        # 80 columns, but one word longer than that (the job's path under pytest's tmp dir with
+        # an xdist worker's name in it) is shown whole on its own line, never cut
+        assert narrow[3].split() == ["#", "POS", "NAME", "ARGUMENTS"] and \
+            all(len(x) <= 80 or " " not in x.strip() for x in narrow), narrow
         assert narrow[4].split()[2:] == ["climb", "40", "env:", "BUMP"], narrow
         table = cli("queue", "--wide").splitlines()
         assert table[0].split() == ["#", "POS", "NAME", "COMMAND", "ENV"]

@@ -60,9 +60,10 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     runs = con.execute("SELECT * FROM runs ORDER BY id").fetchall()
     assert [r["name"] for r in runs] == ["first", "second"]
     assert all(r["state"] == "succeeded" for r in runs)
-    moved = [r for r in runs if r["remote_backend"] == "local"]
-    assert moved and all(r["cloud_cost_usd"] > 0 for r in moved)
-    assert runs[0]["remote_backend"] == "local", "the first run goes to the cloud"
+    # where a run is now is cleared once its result is home; what it cost in the cloud stays
+    moved = [r for r in runs if (r["cloud_cost_usd"] or 0) > 0]
+    assert moved, [dict(r) for r in runs]
+    assert runs[0] in moved, "the first run goes to the cloud"
     plans = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='queue_plan'")]
     offloaded = [e["message"] for e in con.execute("SELECT message FROM events WHERE kind='offloaded'")]
     assert "from step_" in offloaded[0], offloaded
