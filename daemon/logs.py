@@ -38,3 +38,6 @@ def setup(level: str = "info", stream=None) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log would put one line per /status poll into the journal.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # asyncssh says every channel, command and SFTP file at INFO: an ssh offload's source upload
+    # alone is ~230 lines (64 KB). Our own lines say what happened to the link; its warnings stay.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
