@@ -42,3 +42,32 @@ def test_remote_deaths_are_counted_apart_infrastructure_vs_the_jobs_own():
     assert r.after_remote_death(False, 99, r.MAX_JOB_DEATHS).relaunch  # preemptions don't count
     v = r.after_remote_death(False, 0, r.MAX_JOB_DEATHS + 1)
     assert not v.relaunch and "on its own" in v.reason
+
+
+def test_detach_plan_every_combination_of_what_the_box_says():
+    """logind's KillUserProcesses=yes kills setsid'd processes too at the session's end: only a
+    scope of the user's own manager, kept by linger, survives it."""
+    for kup in (None, False, True):
+        for linger in (None, False, True):
+            for run_ok in (False, True):
+                p = r.detach_plan(kup, linger, run_ok, "ann")
+                if not kup:  # no logind (commands missing) or processes left alone: setsid, silent
+                    assert p == r.DetachPlan(False, None), (kup, linger, run_ok)
+                elif linger and run_ok:
+                    assert p == r.DetachPlan(True, None), (kup, linger, run_ok)
+                elif not linger:  # the user manager stops at logout too: no scope helps
+                    assert not p.scope and p.warning is not None
+                    assert "`sudo loginctl enable-linger ann`" in p.warning and "preempted" in p.warning
+                else:  # linger, but systemd-run --user does not work
+                    assert not p.scope and p.warning is not None
+                    assert "systemd-run --user --scope true" in p.warning
+                    assert "KillUserProcesses=no" in p.warning and "enable-linger" not in p.warning
+
+
+def test_detach_probe_output_is_parsed_and_absent_logind_reads_as_none():
+    from daemon.offload.ssh import parse_detach_probe
+    assert parse_detach_probe("ann\n") == (None, None, False, "ann")  # no logind: nothing said
+    assert parse_detach_probe("KillUserProcesses=no\nann\n") == (False, None, False, "ann")
+    assert parse_detach_probe("KillUserProcesses=yes\nLinger=no\nann\n") == (True, False, False, "ann")
+    assert parse_detach_probe("KillUserProcesses=yes\nLinger=yes\nSystemdRun=yes\nann\n") == (
+        True, True, True, "ann")

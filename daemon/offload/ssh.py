@@ -14,7 +14,10 @@ Remote layout under ``remote_dir`` (R):
 
 The runner (``python -m daemon.offload.remote``, the same body Modal runs) is started in its own
 session with stdin/stdout detached, so it survives the SSH connection dropping and the daemon
-restarting. Its pid and kernel start time (clock ticks since boot, /proc/PID/stat field 22) are
+restarting. On a box whose logind kills a user's processes at the session's end
+(KillUserProcesses=yes; setsid does not escape that), the launch asks the box first and starts
+the runner under ``systemd-run --user --scope`` when linger makes that survive, else warns with
+the fix (daemon.policy.remote.detach_plan). Its pid and kernel start time (clock ticks since boot, /proc/PID/stat field 22) are
 the call id: ``ssh:<host>:<port>:<run_key>:<pid>:<ticks>``, so a new backend object re-attaches
 from the id alone and a recycled pid is never taken for the job. Polling runs no command: a few
 reads over a kept SFTP session (/proc/<pid>/stat for liveness, status.json, runner.json, the
@@ -60,6 +63,7 @@ from daemon.offload.sync import (
     put_file,
     write_remote,
 )
+from daemon.policy.remote import DetachPlan, detach_plan
 
 PROJECT = Path(__file__).resolve().parents[2]
 SOURCES = ("daemon", "trainer")
@@ -84,6 +88,35 @@ with open("runner.json.tmp", "w") as f:
 os.replace("runner.json.tmp", "runner.json")
 print(p.pid, ticks)
 """
+
+# One command at launch: does logind kill a user's processes at logout, has this user linger,
+# can it start a scope of its own manager? (Each line "Name=value"; no logind: nothing printed.)
+DETACH_PROBE = """\
+k=$(loginctl show -p KillUserProcesses 2>/dev/null); echo "$k"
+case "$k" in *=yes)
+  loginctl show-user "$(id -un)" -p Linger 2>/dev/null
+  if systemd-run --user --scope --quiet true >/dev/null 2>&1; then echo SystemdRun=yes; fi;;
+esac
+id -un
+"""
+
+
+def parse_detach_probe(out: str) -> tuple[bool | None, bool | None, bool, str]:
+    """DETACH_PROBE's output -> (KillUserProcesses, Linger, systemd-run --user works, user);
+    None where the box said nothing (no logind, or loginctl refused)."""
+    vals: dict[str, str] = {}
+    user = ""
+    for line in out.splitlines():
+        name, eq, value = line.strip().partition("=")
+        if eq:
+            vals[name] = value.strip()
+        elif line.strip():
+            user = line.strip()
+
+    def yes(name: str) -> bool | None:
+        return None if name not in vals else vals[name] == "yes"
+    return yes("KillUserProcesses"), yes("Linger"), vals.get("SystemdRun") == "yes", user
+
 
 # Run on the box by cancel: the control protocol's "exit" command to a trainer/ job.
 EXIT_COMMAND = """\
@@ -164,6 +197,9 @@ class SshBackend(OffloadBackend):
         self.last_sync: dict[str, Any] = {}
         self.last_state: str | None = None
         self.problem: str | None = None
+        self.warnings: list[str] = []  # said once, at the launch that found them (the Offloader emits them)
+        self._warned: set[str] = set()
+        self.detach: DetachPlan | None = None  # how the last runner was started
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], adopted_store: str | os.PathLike | None = None) -> SshBackend:
@@ -343,7 +379,21 @@ class SshBackend(OffloadBackend):
     def launch(self, run_key: str, job: JobSpec) -> str:
         # retry=False: a lost connection after the start must not start a second runner; the
         # caller retries, and the runner.json check below finds the first one alive
+        self.warnings = []
         return self.link.call(lambda conn: self._launch(conn, run_key, job), timeout=120, retry=False)
+
+    async def _detach_plan(self, conn: Any, root: str) -> DetachPlan:
+        """Asked at every new runner (a fixed box is used at once); its warning said only once.
+        With [offload.ssh] env exported, so loginctl and systemd-run are the ones the runner's
+        launch would find."""
+        r = await conn.run(f"{self._exports(root)}{DETACH_PROBE}", check=False)
+        kup, linger, run_ok, user = parse_detach_probe(str(r.stdout or ""))
+        plan = detach_plan(kup, linger, run_ok, user or self.link.user or "<user>")
+        if plan.warning and plan.warning not in self._warned:
+            self._warned.add(plan.warning)
+            self.warnings.append(f"ssh {self.link.where}: {plan.warning}")
+        self.detach = plan
+        return plan
 
     async def _launch(self, conn: Any, run_key: str, job: JobSpec) -> str:
         root = await self._root_dir(conn)
@@ -372,8 +422,10 @@ class SshBackend(OffloadBackend):
                         checkpoint_glob=c.checkpoint_glob, progress_pattern=c.progress_pattern, keep=c.keep)
         async with conn.start_sftp_client() as sftp:
             await write_remote(sftp, posixpath.join(run, "spec.json"), json.dumps(spec).encode())
+        # in a scope of the user's manager, the runner is out of the SSH session's cgroup
+        wrap = "systemd-run --user --scope --quiet " if (await self._detach_plan(conn, root)).scope else ""
         out = await self._sh(conn, f"cd {_q(run)} && rm -f status.json {CANCEL_MARK} && "
-                                   f"{self._exports(root)}exec {_q(self.python)} -c {_q(LAUNCHER)}",
+                                   f"{self._exports(root)}exec {wrap}{_q(self.python)} -c {_q(LAUNCHER)}",
                              "starting the remote runner")
         try:
             pid, ticks = out.split()[-2:]

@@ -14,6 +14,9 @@ Choices, stated once:
 - A remote job that dies without a result is relaunched: an infrastructure failure
   (preemption, a lost box) up to ``MAX_PREEMPTIONS`` times, the job's own death (an OOM kill,
   a crash) up to ``MAX_JOB_DEATHS`` times, each counted per backend and persisted.
+- The SSH backend's runner must outlive the SSH session (``detach_plan``): under logind's
+  KillUserProcesses=yes it goes into a user scope when it can, and the user is told the fix
+  at the first launch when it cannot.
 """
 
 from __future__ import annotations
@@ -86,3 +89,37 @@ def after_remote_death(infra: bool, preemptions: int, job_deaths: int) -> DeathV
     if job_deaths > MAX_JOB_DEATHS:
         return DeathVerdict(False, f"the job died {job_deaths} times on its own")
     return DeathVerdict(True, f"the job's own death {job_deaths} of {MAX_JOB_DEATHS} relaunched")
+
+
+@dataclass(frozen=True)
+class DetachPlan:
+    scope: bool  # start the runner under `systemd-run --user --scope` (else setsid, as always)
+    warning: str | None  # the runner will not survive the SSH session's end: why, and the fix
+
+
+def detach_plan(kill_user_processes: bool | None, linger: bool | None, user_systemd_run_ok: bool,
+                user: str) -> DetachPlan:
+    """How the SSH backend starts its runner so it outlives the SSH session, from what the box
+    says (None: it could not say, e.g. no logind). With logind's ``KillUserProcesses=yes`` the
+    end of a session kills every process in its scope, setsid'd ones too (they stay in the
+    session's cgroup): only a process moved to a scope of the user's own manager survives, and
+    that manager itself only outlives the last session with linger. Without a way out, the
+    runner is still started (it runs while a session lasts) and the warning says what to do."""
+    if not kill_user_processes:  # no logind, or it leaves processes alone: setsid suffices
+        return DetachPlan(False, None)
+    if linger and user_systemd_run_ok:
+        return DetachPlan(True, None)
+    if not linger:
+        return DetachPlan(False, (
+            "the box's logind kills a user's processes when their SSH session ends "
+            f"(KillUserProcesses=yes) and user {user} has no linger: the remote runner will die "
+            "with the SSH session and read as preempted again and again. Fix, on the box: "
+            f"`sudo loginctl enable-linger {user}` (the next launch then starts the runner under "
+            "`systemd-run --user --scope`)"))
+    return DetachPlan(False, (
+        "the box's logind kills a user's processes when their SSH session ends "
+        f"(KillUserProcesses=yes) and `systemd-run --user --scope` does not work there for {user} "
+        "(linger is on): the remote runner will die with the SSH session and read as preempted "
+        "again and again. Fix, on the box: make `systemd-run --user --scope true` work (is "
+        f"user@$(id -u {user}).service running?), or set KillUserProcesses=no in "
+        "/etc/systemd/logind.conf"))
