@@ -80,6 +80,21 @@ def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "co
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def api_answers(port: int) -> bool:
+    """The daemon's HTTP API answers /healthz: it listens, and its token file exists (the daemon
+    writes the token before it serves). Offline-capable CLI commands (queue, runs, events, logs)
+    succeed before that, so they cannot tell that the daemon is up."""
+    import http.client  # not urllib: it would follow an http_proxy from the environment
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/healthz")
+        return c.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        c.close()
+
+
 def kill_group(p: subprocess.Popen) -> None:
     try:
         os.killpg(p.pid, signal.SIGKILL)

@@ -12,7 +12,15 @@ import threading
 
 import pytest
 
-from tests.helpers import free_port, kill_group, nightshift, start_daemon, wait_for, write_config
+from tests.helpers import (
+    api_answers,
+    free_port,
+    kill_group,
+    nightshift,
+    start_daemon,
+    wait_for,
+    write_config,
+)
 
 # A script job (no torch: fast) whose nanoGPT-style lines give the daemon its losses. BUMP=1
 # makes the loss climb after the middle; a gate file holds the first run open while the test
@@ -50,13 +58,14 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
     job, gate = tmp_path / "job.py", tmp_path / "gate"
     job.write_text(JOB)
     py = [sys.executable, str(job)]
+    port = free_port()
     cfg = write_config(tmp_path, {
         "job": {"command": [*py, "40", str(gate)], "progress_pattern": "nanogpt", "total_steps": 40,
                 "heartbeat_timeout_s": 120.0},
         "divergence": {"enabled": False}, "daemon": {"exit_when_done": False},
         "notify": {"webhook_url": f"http://127.0.0.1:{hook.server_port}/hook", "min_interval_s": 0.0,
                    "events": ["finished", "failed"]},
-        "api": {"enabled": True, "port": free_port()}})
+        "api": {"enabled": True, "port": port}})
     c = ["-c", str(cfg)]
 
     def cli(*args: str, code: int = 0) -> str:
@@ -67,8 +76,8 @@ def test_queue_and_runs_cli_against_a_live_daemon_and_the_fingerprint_notificati
 
     d = start_daemon(cfg)
     try:
-        wait_for(lambda: nightshift("queue", *c, timeout=30).returncode == 0, 60, interval=0.3,
-                 what="the daemon's API")
+        # Not `nightshift queue`: it reads the queue from disk with no daemon, before the token exists.
+        wait_for(lambda: api_answers(port), 60, interval=0.3, what="the daemon's API")
         assert "the queue is empty" in cli("queue")
         assert "queued 'climb' as #1, position 1" in cli("queue", "add", "--name", "climb", "--env", "BUMP=1",
                                                          "--", *py, "40")
