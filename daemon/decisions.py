@@ -60,6 +60,13 @@ class AskCheckpoint:
 
 
 @dataclass(frozen=True)
+class Restart:
+    """Start the job again now (STARTING), from the newest checkpoint or ``resume`` if given."""
+    reason: str
+    resume: str | None = None
+
+
+@dataclass(frozen=True)
 class Problem:
     """Set (``text``) or clear (None) one problem shown in status."""
     key: str
@@ -87,5 +94,5 @@ class Remember:
     clear_losses: bool = False  # a rollback: the loss trend starts again
 
 
-Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Problem | CapClock | \
-    UncapClock | Remember
+Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | Problem | \
+    CapClock | UncapClock | Remember

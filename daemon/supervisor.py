@@ -23,7 +23,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from daemon.decisions import (
     Problem,
     Release,
     Remember,
+    Restart,
     UncapClock,
 )
 from daemon.diskfull import is_full_error, says_full
@@ -55,6 +56,7 @@ from daemon.policy import supervise as rules
 from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.timebase import clock_step
+from daemon.recovering import Probe, Recovery
 from daemon.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.resets.resetlog import ResetLog
 from daemon.runbook import RunBook
@@ -75,9 +77,7 @@ if TYPE_CHECKING:  # the parts: built by daemon/parts.py (or a test), imported o
     from daemon.outputprogress import OutputProgress
     from daemon.policy.fingerprint import Fingerprint
     from daemon.policy.queueplan import QueuePlan
-    from daemon.policy.recovery import RecoveryState
     from daemon.policy.thermal import ThermalState
-    from daemon.probe import ProbeResult
     from daemon.resets import ResetDetector
     from daemon.resets.incident import ResetEvent
     from daemon.schedule import NightSchedule
@@ -108,7 +108,7 @@ class Parts:
     divergence: DivergenceDetector | None = None
     clockcap: ClockCap | None = None
     governor: GovernorPort | NoDevicePort | None = None  # [thermal] governor = "clock"
-    probe: Callable[[list[str] | None, float, dict[str, str]], Coroutine[None, None, ProbeResult]] | None = None
+    probe: Probe | None = None  # a tiny GPU job after a reset (daemon/probe.py)
     find_checkpoint: Callable[[str], CheckpointInfo | None] | None = None  # newest valid in a dir
     output_progress: OutputProgress | None = None  # [job] progress_pattern
     reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
@@ -159,10 +159,7 @@ class Supervisor:
         self.suspect_since: float | None = None
         self.failure: str | None = None
         self.thermal: ThermalState | None = None
-        self.recovery: RecoveryState | None = None
-        self.probe_task: asyncio.Task | None = None
-        self.probe_result: bool | None = None
-        self.gpu_unusable = False
+        self.recovering = Recovery()  # after a reset: cooldown, probe, restart (recovering.py)
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
         self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
         # GPU incidents: counts per kind, the window, the diagnosis (daemon/resets/resetlog.py)
@@ -696,10 +693,7 @@ class Supervisor:
         self._update_run(restarts=run.get("restarts", 0) + 1,
                          restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
         if dec.action == "recover":
-            from daemon.policy.recovery import RecoveryState
-            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
-            self.probe_result = None
-            self.gpu_unusable = False
+            self.recovering.begin(mono)
             self.set_state(State.RECOVERING, dec.reason)
         else:
             self.next_start_at = mono + dec.delay_s
@@ -941,7 +935,8 @@ class Supervisor:
             signs = replace(obs, job=self._job_signs(self.record_seen_at))
             self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
         elif self.state == State.RECOVERING:
-            await self._recover(mono)
+            self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
+                                             self.p.offloader.available))
         elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
                 and not self.shutting_down and self.stop_signal is None:  # a SIGTERM: never launch
             await self._launch_remote(now)
@@ -1082,8 +1077,7 @@ class Supervisor:
     def _restore_holds(self, mono: float) -> None:
         held = self.store.recall(f"holds:run-{self.run_id}") or {}
         if held.get("recovering"):
-            from daemon.policy.recovery import RecoveryState
-            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
+            self.recovering.resume(mono)
             self.state = State.RECOVERING  # the probe passes before the job starts again
             self._update_run(state=self.state.value)
             self.event("holds", "the GPU was recovering from a reset when the daemon stopped: the "
@@ -1237,40 +1231,6 @@ class Supervisor:
     def resets_in_window(self, now: float) -> int:
         return self.reset_log.in_window(now)
 
-    # ================================================================== recovery
-    async def _recover(self, mono: float) -> None:
-        from daemon.policy.recovery import RecoveryState, decide_recovery
-        if self.recovery is None:
-            self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
-        if self.probe_task is not None:
-            if not self.probe_task.done():
-                return
-            task, self.probe_task = self.probe_task, None
-            res = task.result()
-            self.probe_result = res.ok
-            if not res.ok:
-                self.recovery.probes_failed += 1
-                self.event("probe", f"GPU probe failed ({res.detail}); "
-                           f"{self.recovery.probes_failed} failed so far", "warn")
-            else:
-                self.event("probe", f"GPU probe passed in {res.seconds:.1f} s")
-        act = decide_recovery(self.recovery, mono, self.cfg["resets"], self.probe_result)
-        if act.action == "probe" and self.p.probe is not None:
-            env = {**os.environ, **self.p.job_env}
-            self.recovery.last_probe_at = mono
-            self.probe_result = None
-            self.probe_task = asyncio.get_running_loop().create_task(self.p.probe(
-                self.cfg["resets"]["probe_command"], float(self.cfg["resets"]["probe_timeout_s"]), env))
-        elif act.action == "restart" or (act.action == "probe" and self.p.probe is None):
-            self.recovery = None
-            self._restart_now(f"GPU usable again: {act.reason}")
-        elif act.action == "give_up":
-            if not self.gpu_unusable:
-                self.gpu_unusable = True
-                self.event("gpu_unusable", f"GPU still unusable after the reset: {act.reason}", "error")
-            if not self.p.offloader.available:  # failover takes it from here when configured
-                self.recovery = RecoveryState(reset_at=mono, probes_failed=0, last_probe_at=None)
-
     # ================================================================== divergence
     def _divergence(self, rec: dict[str, Any]) -> None:
         dv = self.p.divergence
@@ -1333,6 +1293,8 @@ class Supervisor:
                     self.problems[a.key] = a.text
             elif isinstance(a, AskExit):
                 self._ask_exit(a.intent, self.mono())
+            elif isinstance(a, Restart):
+                self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
                 self.runner.command("checkpoint")
             elif isinstance(a, CapClock):
@@ -1398,7 +1360,7 @@ class Supervisor:
         names = self.p.offloader.usable  # a backend that refused our key is not tried again
         spent = float(self.run.get("cloud_cost_usd") or 0.0)
         obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
-                          gpu_unusable=self.gpu_unusable, local_eta_s=self.local_eta_s(now),
+                          gpu_unusable=self.recovering.gpu_unusable, local_eta_s=self.local_eta_s(now),
                           deadline=self._deadline(now), forced=False,
                           backend=names[0] if names else "none",
                           budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),

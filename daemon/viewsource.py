@@ -8,7 +8,6 @@ compatible type. Every member is read-only here: a view never writes the Supervi
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -18,7 +17,7 @@ from daemon.governing import Governor
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
 from daemon.policy.eta import DutyMeter, ProgressMeter
-from daemon.policy.recovery import RecoveryState
+from daemon.recovering import Recovery
 from daemon.remote_run import RemoteRun
 from daemon.resets.resetlog import ResetLog
 from daemon.sensors.base import Reading
@@ -82,11 +81,7 @@ class SupervisorView(Protocol):
     @property
     def progress(self) -> ProgressMeter: ...
     @property
-    def recovery(self) -> RecoveryState | None: ...
-    @property
-    def probe_task(self) -> asyncio.Task[Any] | None: ...
-    @property
-    def probe_result(self) -> bool | None: ...
+    def recovering(self) -> Recovery: ...  # its state, the probe in flight, its outcome
     @property
     def next_start_at(self) -> float | None: ...  # monotonic
     @property

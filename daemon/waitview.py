@@ -70,12 +70,12 @@ def waiting(s: Supervisor, word: str, mono: float) -> dict[str, Any] | None:
                     f"{th['max_cooldown_s']:.0f} s limit decides", "about_s": None}
         return {"for": text, "about_s": round(est.seconds or 0.0)}
     if word == "RECOVERING":
-        rec = getattr(s, "recovery", None)
-        if getattr(s, "probe_task", None) is not None:
+        rec = s.recovering.state
+        if s.recovering.probe_task is not None:
             return {"for": "the GPU probe (a small job on the GPU) to finish", "about_s": None}
         if rec is None:
             return {"for": "the GPU after a reset", "about_s": None}
-        act = decide_recovery(rec, mono, s.cfg["resets"], getattr(s, "probe_result", None))
+        act = decide_recovery(rec, mono, s.cfg["resets"], s.recovering.probe_result)
         if act.action == "wait" and act.wait_s < 1:
             return {"for": "a GPU probe", "about_s": None}
         if act.action == "wait" and rec.probes_failed == 0:
