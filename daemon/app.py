@@ -17,22 +17,26 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import parts as build
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
+from daemon.policy.cfgtypes import Config
 from daemon.polltimer import PollTimer
 from daemon.sdnotify import Notifier as SdNotifier
 from daemon.sdnotify import watchdog_interval_s
 from daemon.store import Store
 from daemon.supervisor import Parts, Supervisor
 
+if TYPE_CHECKING:
+    from daemon.configwatch import ConfigWatcher  # imported when the watcher starts
+
 log = logging.getLogger("nightshift")
 TICK_S = 0.2
 
 
-def build_parts(cfg: dict[str, Any], store: Store, **overrides: Any) -> Parts:
+def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
     """Every part from the config; ``overrides`` replace any of them (tests, the demo)."""
     sim = overrides.pop("simgpu") if "simgpu" in overrides else build.simgpu(cfg)
     sensor = overrides.pop("sensor") if "sensor" in overrides else build.sensor(cfg, sim)
@@ -67,7 +71,7 @@ async def _probe(command: list[str] | None, timeout_s: float, env: dict[str, str
     return await run_probe(command or default_probe_command(), timeout_s, env)
 
 
-async def serve(cfg: dict[str, Any], *, new_run: bool = False, resume_from: str | None = None,
+async def serve(cfg: Config, *, new_run: bool = False, resume_from: str | None = None,
                 parts: Parts | None = None, store: Store | None = None) -> int:
     store = store or Store(Path(cfg["daemon"]["state_dir"]) / "nightshift.db")
     p = parts or build_parts(cfg, store)
@@ -76,7 +80,7 @@ async def serve(cfg: dict[str, Any], *, new_run: bool = False, resume_from: str 
     return await run_loop(cfg, sup)
 
 
-async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S) -> int:
+async def run_loop(cfg: Config, sup: Supervisor, tick_s: float = TICK_S) -> int:
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     sd = SdNotifier()
@@ -138,7 +142,7 @@ async def run_loop(cfg: dict[str, Any], sup: Supervisor, tick_s: float = TICK_S)
     return sup.exit_code()
 
 
-async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio.Task]:
+async def _start_api(cfg: Config, sup: Supervisor) -> tuple[Any, asyncio.Task]:
     from daemon import api, auth
     a = cfg["api"]
     token_file = a["token_file"]
@@ -171,8 +175,8 @@ async def _start_api(cfg: dict[str, Any], sup: Supervisor) -> tuple[Any, asyncio
     return server, task
 
 
-async def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.AbstractEventLoop,
-                        wake: asyncio.Event) -> Any:
+async def _watch_config(cfg: Config, sup: Supervisor, loop: asyncio.AbstractEventLoop,
+                        wake: asyncio.Event) -> ConfigWatcher:
     from daemon.config import ConfigError
     from daemon.configwatch import ConfigWatcher, load_off_loop
     try:  # what the file says now, read off the loop (a hung mount must not stop the loop)
@@ -180,9 +184,10 @@ async def _watch_config(cfg: dict[str, Any], sup: Supervisor, loop: asyncio.Abst
     except ConfigError as e:
         log.warning("cannot read the config again to watch it (%s); edits are compared with "
                     "the config the daemon started with", e)
-        current = copy.deepcopy({k: v for k, v in cfg.items() if not k.startswith("_")})
+        current = copy.deepcopy(cfg)
+        current.pop("_path", None)
 
-    def changed(new: dict[str, Any], keys: list[str], restart: list[str]) -> None:
+    def changed(new: Config, keys: list[str], restart: list[str]) -> None:
         sup.commands.append(("reconfigure", (new, keys, restart), None))  # applied in the tick
         wake.set()
 

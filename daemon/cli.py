@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon.config import EX_CONFIG, ConfigError
+from daemon.policy.cfgtypes import Config
 
 log = logging.getLogger("nightshift")
 
@@ -44,11 +45,11 @@ CONTROL_HELP = {
 }
 
 
-def _load(path: str | None) -> dict[str, Any]:
+def _load(path: str | None) -> Config:
     return config_mod.load(config_mod.find_config(path))
 
 
-def _load_client(path: str | None) -> dict[str, Any]:
+def _load_client(path: str | None) -> Config:
     """The config a client command (status, pause, logs, queue ...) talks through.
 
     ./config.toml is looked up before ~/.config and /etc, so right after the README's install
@@ -75,7 +76,7 @@ def _load_client(path: str | None) -> dict[str, Any]:
     return cfg
 
 
-def _token_file(cfg: dict[str, Any]) -> str:
+def _token_file(cfg: Config) -> str:
     """The token a client sends: the configured file, or -- when the daemon ran on a read-only
     state dir and had to create its token elsewhere -- the one in that state dir's fallback."""
     from daemon.lock import fallback_dir
@@ -87,7 +88,7 @@ def _token_file(cfg: dict[str, Any]) -> str:
     return configured
 
 
-def _base_url(cfg: dict[str, Any]) -> str:
+def _base_url(cfg: Config) -> str:
     """Where the daemon is serving: the address it wrote to <state_dir>/api.json when it started
     (a port edited in the config waits for a restart, so the file's port may not be live yet),
     else the configured one."""
@@ -170,14 +171,14 @@ def cmd_sensors(args: argparse.Namespace) -> int:
     return code
 
 
-def _no_daemon(cfg: dict[str, Any]) -> bool:
+def _no_daemon(cfg: Config) -> bool:
     """No daemon serves this state dir (its api.json is gone or names a dead pid): the read
     commands then read the store on disk (daemon/offline.py)."""
     from daemon import client
     return client.served_address(cfg["daemon"]["state_dir"]) is None
 
 
-def _offline(cfg: dict[str, Any], read: Callable[[], Any]) -> tuple[Any, int]:
+def _offline(cfg: Config, read: Callable[[], Any]) -> tuple[Any, int]:
     """(what ``read`` returned, 0) from the store, with a note on stderr; (message, 1) when it
     cannot be read."""
     from daemon import client, offline

@@ -17,21 +17,28 @@ import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias, cast
+
+from daemon.policy.cfgtypes import Config, QueueEntryConfig
 
 EX_CONFIG = 78
 
 # A type spec is a tuple of accepted kinds. Kinds: "str", "int", "float" (ints accepted),
 # "bool", "list[str]", "list[float]", "table[str]" (str -> str), "table[float]", "auto"
 # (the literal string "auto"), "none" (the key may be left unset: default None).
-Spec = tuple[tuple[str, ...], Any]
+# A value as TOML gives it (tomllib's result; TOML's dates and times are no kind of SCHEMA's, so
+# _type_ok refuses them before they get anywhere).
+TomlValue: TypeAlias = "str | int | float | bool | list[TomlValue] | dict[str, TomlValue] | None"
+Spec = tuple[tuple[str, ...], TomlValue]
+# Where a ConfigError says the problem is: the file, or None for a config built in code.
+Where: TypeAlias = "str | os.PathLike[str] | None"
 
 
-def _k(kinds: str, default: Any = None) -> Spec:
+def _k(kinds: str, default: TomlValue = None) -> Spec:
     return (tuple(kinds.split("|")), default)
 
 
-SCHEMA: dict[str, dict[str, Any]] = {
+SCHEMA: dict[str, dict[str, Spec]] = {
     "job": {
         "name": _k("str", "job"),
         "command": _k("list[str]", None),  # required
@@ -258,26 +265,33 @@ RESTART_KEYS = {("job", "command"), ("job", "resume_command"), ("job", "workdir"
 class ConfigError(Exception):
     """A configuration problem; str() names the file and the key and says what to do."""
 
-    def __init__(self, message: str, path: str | os.PathLike | None = None, key: str | None = None):
+    def __init__(self, message: str, path: Where = None, key: str | None = None):
         self.path = str(path) if path is not None else None
         self.key = key
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{message}")
 
 
-def defaults() -> dict[str, dict[str, Any]]:
+def _defaults() -> dict[str, dict[str, TomlValue]]:
     out = {sec: {k: copy.deepcopy(spec[1]) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
     for (sec, key), keys in SUBTABLES.items():
         out[sec][key] = {k: copy.deepcopy(spec[1]) for k, spec in keys.items()}
     return out
 
 
-def _check_value(full: str, kinds: tuple[str, ...], value: Any, path: Any) -> None:
+def defaults() -> Config:
+    """Every key at its default (job.command unset: validate() refuses that, tests fill it)."""
+    # Built from SCHEMA, which tests/test_cfgtypes.py keeps key for key and type for type equal
+    # to Config: the one place that says so is that test, not a check here on every call.
+    return cast(Config, {**_defaults(), "queue": []})
+
+
+def _check_value(full: str, kinds: tuple[str, ...], value: object, path: Where) -> None:
     if not any(_type_ok(k, value) for k in kinds if k != "none"):
         raise ConfigError(f"{full} = {value!r} has the wrong type: expected {_describe(kinds)}", path, full)
 
 
-def _validate_subtable(sec: str, key: str, body: dict[str, Any], path: Any) -> dict[str, Any]:
+def _validate_subtable(sec: str, key: str, body: dict[str, TomlValue], path: Where) -> dict[str, TomlValue]:
     keys = SUBTABLES[(sec, key)]
     out = {k: copy.deepcopy(spec[1]) for k, spec in keys.items()}
     for k, value in body.items():
@@ -291,7 +305,7 @@ def _validate_subtable(sec: str, key: str, body: dict[str, Any], path: Any) -> d
     return out
 
 
-def _type_ok(kind: str, v: Any) -> bool:
+def _type_ok(kind: str, v: object) -> bool:
     if kind == "str":
         return isinstance(v, str)
     if kind == "int":
@@ -332,21 +346,23 @@ QUEUE_KEYS: dict[str, Spec] = {
 }
 
 
-def _validate_queue(entries: Any, path: Any) -> list[dict[str, Any]]:
+def _validate_queue(entries: TomlValue, path: Where) -> list[QueueEntryConfig]:
     if not isinstance(entries, list):
         raise ConfigError("queue must be an array of tables: write each entry as [[queue]]", path, "queue")
-    out = []
+    out: list[QueueEntryConfig] = []
     for i, e in enumerate(entries):
         where = f"queue[{i}]"
         if not isinstance(e, dict):
             raise ConfigError(f"{where} must be a table ([[queue]] with command = [...])", path, where)
-        item = {k: copy.deepcopy(spec[1]) for k, spec in QUEUE_KEYS.items()}
+        raw = {k: copy.deepcopy(spec[1]) for k, spec in QUEUE_KEYS.items()}
         for key, value in e.items():
             if key not in QUEUE_KEYS:
                 raise ConfigError(f"unknown key {where}.{key}; keys allowed: {', '.join(QUEUE_KEYS)}",
                                   path, f"{where}.{key}")
             _check_value(f"{where}.{key}", QUEUE_KEYS[key][0], value, path)
-            item[key] = copy.deepcopy(value)
+            raw[key] = copy.deepcopy(value)
+        raw["name"] = raw["name"] or f"queue-{i + 1}"
+        item = cast(QueueEntryConfig, raw)  # each key's type checked just above
         if not item["command"]:
             raise ConfigError(f"{where}.command is required: the program and its arguments as a list",
                               path, f"{where}.command")
@@ -356,16 +372,15 @@ def _validate_queue(entries: Any, path: Any) -> list[dict[str, Any]]:
         problem = entry_problem(item["name"], item["command"], item["env"], item["total_steps"])
         if problem is not None:
             raise ConfigError(f"{where}: {problem}", path, where)
-        item["name"] = item["name"] or f"queue-{i + 1}"
         out.append(item)
     return out
 
 
-def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+def validate(raw: dict[str, TomlValue], path: Where = None) -> Config:
     """Check ``raw`` (parsed TOML) against SCHEMA; return defaults merged with it."""
-    cfg = defaults()
+    built = _defaults()
     raw = dict(raw)
-    cfg["queue"] = _validate_queue(raw.pop("queue", []), path)  # type: ignore[assignment]
+    queue = _validate_queue(raw.pop("queue", []), path)
     for sec, body in raw.items():
         if sec not in SCHEMA:
             raise ConfigError(f"unknown section [{sec}]; known sections: {', '.join(SCHEMA)}", path, sec)
@@ -382,15 +397,19 @@ def validate(raw: dict[str, Any], path: str | os.PathLike | None = None) -> dict
             if choices and value not in choices:
                 raise ConfigError(f"{full} = {value!r} is not one of {', '.join(sorted(choices))}", path, full)
             if (sec, key) in SUBTABLES:
+                assert isinstance(value, dict)  # _check_value: a "table"
                 value = _validate_subtable(sec, key, value, path)
             else:
                 _check_range(full, (sec, key), value, path)
-            cfg[sec][key] = copy.deepcopy(value)
+            built[sec][key] = copy.deepcopy(value)
+    # every key is SCHEMA's (a default or a value _check_value just checked against its kinds),
+    # and tests/test_cfgtypes.py keeps SCHEMA and Config the same
+    cfg = cast(Config, {**built, "queue": queue})
     _check_semantics(cfg, path)
     return cfg
 
 
-def _leaves(value: Any) -> list[Any]:
+def _leaves(value: TomlValue) -> list[TomlValue]:
     if isinstance(value, list):
         return [x for v in value for x in _leaves(v)]
     if isinstance(value, dict):
@@ -404,7 +423,7 @@ def _range_text(lo: float | None, hi: float | None, strict: bool) -> str:
     return " and ".join(x for x in (low, high) if x) or "finite"
 
 
-def _check_range(full: str, rkey: tuple[str, str], value: Any, path: Any) -> None:
+def _check_range(full: str, rkey: tuple[str, str], value: TomlValue, path: Where) -> None:
     """Finite numbers within RANGES, no NUL in strings: for every leaf (lists, tables too)."""
     lo, hi, strict = RANGES.get(rkey, (0, None, False))
     for leaf in _leaves(value):
@@ -422,7 +441,7 @@ def _check_range(full: str, rkey: tuple[str, str], value: Any, path: Any) -> Non
                               f"{_range_text(lo, hi, strict)}", path, full)
 
 
-def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+def _check_semantics(cfg: Config, path: Where) -> None:
     if not cfg["job"]["command"]:
         raise ConfigError("job.command is missing: set it to the training command, e.g. "
                           'command = ["python", "-m", "trainer.reference"]', path, "job.command")
@@ -436,11 +455,12 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
     if cfg["gpu"]["poll_interval_s"] <= 0:
         raise ConfigError("gpu.poll_interval_s must be positive", path, "gpu.poll_interval_s")
     iv = cfg["checkpoint"]["interval"]
-    if iv != "auto" and iv < 1:
+    if iv != "auto" and isinstance(iv, int) and iv < 1:
         raise ConfigError('checkpoint.interval must be a positive number of steps or "auto"', path,
                           "checkpoint.interval")
-    for key in ("window_start", "window_end", "deadline"):
-        v = cfg["schedule"][key]
+    sched = cfg["schedule"]
+    for key, v in (("window_start", sched["window_start"]), ("window_end", sched["window_end"]),
+                   ("deadline", sched["deadline"])):
         if v is not None:
             parts = v.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not (
@@ -466,7 +486,7 @@ def _check_semantics(cfg: dict[str, dict[str, Any]], path: Any) -> None:
                               'relative to it (e.g. "data/openwebtext")', path, "offload.data")
 
 
-def _check_simulated(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+def _check_simulated(cfg: Config, path: Where) -> None:
     """[gpu] simulated takes the simulator's own parameters: a typo is an error here, at
     check-config, not a traceback when `run` builds the simulated GPU."""
     from daemon.simgpu import DEFAULTS  # no daemon imports of its own: no cycle
@@ -477,7 +497,7 @@ def _check_simulated(cfg: dict[str, dict[str, Any]], path: Any) -> None:
                           f"gpu.simulated.{unknown[0]}")
 
 
-def _check_timezone(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+def _check_timezone(cfg: Config, path: Where) -> None:
     tz = cfg["schedule"]["timezone"]
     if tz is not None:
         try:
@@ -488,7 +508,7 @@ def _check_timezone(cfg: dict[str, dict[str, Any]], path: Any) -> None:
                               "schedule.timezone") from None
 
 
-def _check_offload(cfg: dict[str, dict[str, Any]], path: Any) -> None:
+def _check_offload(cfg: Config, path: Where) -> None:
     o = cfg["offload"]
     _check_timezone(cfg, path)  # here so the call sites of _check_offload stay as they are
     if "modal" in (o["backend"], *o["backends"]) and o["gpu"] not in o["prices_usd_per_h"]:
@@ -546,13 +566,13 @@ def find_config(explicit: str | None = None) -> Path:
                       "of " + ", ".join(str(c) for c in cands))
 
 
-def load(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def load(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate a config file; relative paths become relative to its directory."""
     p = Path(path)
     raw = parse_bytes(_read_bytes(p), p)
     cfg = validate(raw, p)
     resolve_paths(cfg, p.resolve().parent)
-    cfg["_path"] = str(p.resolve())  # type: ignore[assignment]
+    cfg["_path"] = str(p.resolve())
     return cfg
 
 
@@ -593,7 +613,7 @@ def _read_bytes(p: Path) -> bytes:
     return data
 
 
-def parse_bytes(data: bytes, path: Any = None) -> dict[str, Any]:
+def parse_bytes(data: bytes, path: Where = None) -> dict[str, TomlValue]:
     """Bytes -> parsed TOML; every failure a ConfigError (binary file, bad UTF-8, bad TOML)."""
     nul = data.find(b"\0")
     if nul >= 0:
@@ -629,11 +649,11 @@ def state_dir_for(configured: str, base: Path, env: Mapping[str, str] | None = N
     return base / configured
 
 
-def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
+def resolve_paths(cfg: Config, base: Path) -> None:
     """Make the config's relative paths absolute against ``base`` (the config file's directory)."""
     job = cfg["job"]
-    job["workdir"] = str((base / (job["workdir"] or ".")).resolve())
-    job["checkpoint_dir"] = str(Path(job["workdir"]) / job["checkpoint_dir"])
+    workdir = job["workdir"] = str((base / (job["workdir"] or ".")).resolve())
+    job["checkpoint_dir"] = str(Path(workdir) / job["checkpoint_dir"])
     cfg["daemon"]["state_dir"] = str(state_dir_for(cfg["daemon"]["state_dir"], base))
     cfg["api"]["token_file"] = str(Path(cfg["daemon"]["state_dir"]) / cfg["api"]["token_file"])
     if cfg["resets"]["kernel_log"]:
@@ -641,17 +661,40 @@ def resolve_paths(cfg: dict[str, Any], base: Path) -> None:
     if cfg["offload"]["local_dir"]:
         cfg["offload"]["local_dir"] = str(base / cfg["offload"]["local_dir"])
     ssh = cfg["offload"]["ssh"]
-    for key in ("key_file", "known_hosts"):  # local files; remote_dir stays as written
-        if ssh[key]:
-            ssh[key] = str(base / Path(ssh[key]).expanduser())
+    # local files; remote_dir stays as written
+    if ssh["key_file"]:
+        ssh["key_file"] = str(base / Path(ssh["key_file"]).expanduser())
+    if ssh["known_hosts"]:
+        ssh["known_hosts"] = str(base / Path(ssh["known_hosts"]).expanduser())
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base`` (for tests and live reload)."""
-    out = copy.deepcopy(base)
+def lookup(cfg: Config, sec: str, key: str) -> object:
+    """The value at [sec] key, None when there is none: for code that walks the config by
+    SCHEMA's names (the watcher's diff) and only compares or shows what it finds."""
+    sections: Mapping[str, object] = cfg
+    body = sections.get(sec)
+    return body.get(key) if isinstance(body, dict) else None
+
+
+def copy_key(dst: Config, src: Config, sec: str, key: str) -> None:
+    """``dst[sec][key] = src[sec][key]`` for a key named at run time (a live edit's keys): both
+    are Configs, so the value has the type that key has in ``dst``."""
+    dst_secs: Mapping[str, object] = dst
+    src_secs: Mapping[str, object] = src
+    into, fro = dst_secs[sec], src_secs[sec]
+    if not isinstance(into, dict) or not isinstance(fro, dict):
+        raise KeyError(f"[{sec}] is not a section of the config")
+    into[key] = copy.deepcopy(fro[key])
+
+
+def merge(base: Mapping[str, object], override: Mapping[str, object]) -> dict[str, object]:
+    """Deep-merge ``override`` into a copy of ``base`` (for tests: a plain dict, unchecked;
+    ``validate`` is what makes a Config)."""
+    out = dict(copy.deepcopy(base))
     for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("env", "local_env", "simulated", "prices_usd_per_h"):
-            out[k] = merge(out[k], v)
+        inner = out.get(k)
+        if isinstance(v, dict) and isinstance(inner, dict) and k not in ("env", "local_env", "simulated", "prices_usd_per_h"):
+            out[k] = merge(inner, v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -661,7 +704,7 @@ REDACTED = "<redacted>"
 _SECRET_WORDS = ("key", "identity", "password", "token", "secret", "url")
 
 
-def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+def public_config(cfg: Mapping[str, object]) -> dict[str, object]:
     """The config with its secrets replaced by "<redacted>": what may be stored with a run.
 
     Redacted: the values of every ``env`` table ([job] env, [[queue]] env, [offload] local_env, [offload.ssh]
@@ -672,7 +715,7 @@ def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     out = copy.deepcopy({k: v for k, v in cfg.items() if not k.startswith("_")})
 
-    def scrub(d: dict[str, Any], all_keys: bool) -> None:
+    def scrub(d: dict[str, object], all_keys: bool) -> None:
         for k, v in d.items():
             if isinstance(v, dict):
                 if k.endswith("env"):
@@ -682,38 +725,43 @@ def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
             elif v is not None and all_keys and any(w in k.lower() for w in _SECRET_WORDS):
                 d[k] = REDACTED
 
-    if isinstance(out.get("job"), dict):
-        scrub(out["job"], all_keys=False)
-    for k, v in out.get("notify", {}).items():
-        if k.endswith("_url") and v:
-            out["notify"][k] = REDACTED
-    if isinstance(out.get("offload"), dict):
-        scrub(out["offload"], all_keys=True)
-    for item in out.get("queue") or []:  # [[queue]] env: the same kind of secret as [job] env
+    job, notify, offload, queue = out.get("job"), out.get("notify"), out.get("offload"), out.get("queue")
+    if isinstance(job, dict):
+        scrub(job, all_keys=False)
+    if isinstance(notify, dict):
+        for k, v in notify.items():
+            if k.endswith("_url") and v:
+                notify[k] = REDACTED
+    if isinstance(offload, dict):
+        scrub(offload, all_keys=True)
+    for item in queue if isinstance(queue, list) else []:  # [[queue]] env: a secret as [job] env is
         if isinstance(item, dict):
             scrub(item, all_keys=False)
     return out
 
 
-def dump(cfg: dict[str, Any]) -> str:
+def dump(cfg: Config) -> str:
     """The effective configuration as TOML text (for `nightshift check-config`)."""
     lines: list[str] = []
+    sections: Mapping[str, object] = cfg  # walked by SCHEMA's names, each a table
     for sec in SCHEMA:
         lines.append(f"[{sec}]")
-        for key, value in cfg[sec].items():
+        body = sections[sec]
+        assert isinstance(body, dict)
+        for key, value in body.items():
             if value is None:
                 lines.append(f"# {key} = (unset)")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
-    for item in cfg.get("queue", []):
+    for item in cfg.get("queue", []):  # a config built in code may have none
         lines.append("[[queue]]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

@@ -26,36 +26,39 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from daemon import config as config_mod
+from daemon.policy.cfgtypes import Config
 
 _UNSET = object()
 READ_TIMEOUT_S = 10.0
 
 
-async def load_off_loop(path: str | Path, timeout_s: float = READ_TIMEOUT_S) -> dict[str, Any]:
+async def load_off_loop(path: str | Path, timeout_s: float = READ_TIMEOUT_S) -> Config:
     """``config.load(path)`` in a daemon thread, awaited at most ``timeout_s``: the loop never
     waits on the file system, and a read stuck for good never blocks the daemon's exit (the
     default executor's threads are joined at exit; a daemon thread is not)."""
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+    fut: asyncio.Future[Config] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
+    def settle(res: Config | Exception) -> None:
         if not fut.done():
-            (fut.set_result if ok else fut.set_exception)(value)
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
 
     def work() -> None:
+        res: Config | Exception
         try:
-            res: Any = config_mod.load(path)
-            ok = True
+            res = config_mod.load(path)
         except Exception as e:  # noqa: BLE001 - handed to the awaiting coroutine
-            res, ok = e, False
+            res = e
         try:
-            loop.call_soon_threadsafe(settle, ok, res)
+            loop.call_soon_threadsafe(settle, res)
         except RuntimeError:
             pass  # the loop closed while the file system held us
 
@@ -71,25 +74,25 @@ def _needs_restart(key: str) -> bool:
     return tuple(key.split(".", 1)) in config_mod.RESTART_KEYS
 
 
-def _value(cfg: dict[str, Any], key: str) -> Any:
+def _value(cfg: Config, key: str) -> object:
     sec, k = key.split(".", 1)
-    return cfg.get(sec, {}).get(k)
+    return config_mod.lookup(cfg, sec, k)
 
 
-def diff_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def diff_keys(old: Config, new: Config) -> list[str]:
     out = []
     for sec in config_mod.SCHEMA:
         for key in config_mod.SCHEMA[sec]:
-            if old.get(sec, {}).get(key) != new.get(sec, {}).get(key):
+            if config_mod.lookup(old, sec, key) != config_mod.lookup(new, sec, key):
                 out.append(f"{sec}.{key}")
     return out
 
 
 class ConfigWatcher:
     def __init__(self, path: str | Path, loop: asyncio.AbstractEventLoop,
-                 on_change: Callable[[dict[str, Any], list[str], list[str]], None],
+                 on_change: Callable[[Config, list[str], list[str]], None],
                  on_error: Callable[[Exception], None], debounce_s: float = 0.3,
-                 current: dict[str, Any] | None = None):
+                 current: Config | None = None):
         # abspath, not resolve(): resolving stats the file, and on a hung mount that blocks
         self.path = Path(os.path.abspath(path))
         self.loop = loop
@@ -98,7 +101,7 @@ class ConfigWatcher:
         self.debounce_s = debounce_s
         self.current = current if current is not None else config_mod.load(self.path)
         self.started = copy.deepcopy(self.current)  # what the daemon runs with
-        self.waiting: dict[str, Any] = {}  # restart key -> the value already reported as waiting
+        self.waiting: dict[str, object] = {}  # restart key -> the value already reported as waiting
         self._last_error: str | None = None
         self._pending: asyncio.TimerHandle | None = None
         self._reading: asyncio.Task | None = None
@@ -133,7 +136,7 @@ class ConfigWatcher:
 
     async def _reload_off_loop(self) -> None:
         try:
-            new: dict[str, Any] | config_mod.ConfigError = await load_off_loop(
+            new: Config | config_mod.ConfigError = await load_off_loop(
                 self.path, self.read_timeout_s)
         except config_mod.ConfigError as e:
             new = e
@@ -148,12 +151,12 @@ class ConfigWatcher:
         """Read the file here and now (tests; the watcher reads off the loop)."""
         self._pending = None
         try:
-            new: dict[str, Any] | config_mod.ConfigError = config_mod.load(self.path)
+            new: Config | config_mod.ConfigError = config_mod.load(self.path)
         except config_mod.ConfigError as e:
             new = e
         self.apply(new)
 
-    def apply(self, new: dict[str, Any] | config_mod.ConfigError) -> None:
+    def apply(self, new: Config | config_mod.ConfigError) -> None:
         """A read's outcome: a valid config (its changes reported) or the error (said once)."""
         if isinstance(new, config_mod.ConfigError):
             e = new
@@ -167,7 +170,7 @@ class ConfigWatcher:
         if keys:
             self.on_change(new, keys, restart)
 
-    def changes(self, new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    def changes(self, new: Config) -> tuple[list[str], list[str]]:
         """(keys to report, of which those that wait for a restart), and remember what was said."""
         live = [k for k in diff_keys(self.current, new) if not _needs_restart(k)]
         waiting = {k: _value(new, k) for k in diff_keys(self.started, new) if _needs_restart(k)}

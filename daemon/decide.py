@@ -7,8 +7,6 @@ clock, no file, no process: a test builds an Observation by hand and asserts the
 
 from __future__ import annotations
 
-from typing import Any
-
 from daemon import intent as intents
 from daemon.decisions import (
     AskCheckpoint,
@@ -25,6 +23,7 @@ from daemon.decisions import (
 )
 from daemon.observation import Memory, Observation
 from daemon.policy import supervise as rules
+from daemon.policy.cfgtypes import Config
 from daemon.policy.thermal import ThermalObs, ThermalState, clock_cap_due, decide_thermal
 from daemon.states import State
 
@@ -60,7 +59,7 @@ def sensor(obs: Observation, mem: Memory) -> list[Decision]:
     return out
 
 
-def thermal(obs: Observation, mem: Memory, cfg: dict[str, Any]) -> list[Decision]:
+def thermal(obs: Observation, mem: Memory, cfg: Config) -> list[Decision]:
     """Pause before the chip overheats, resume when it has cooled (policy/thermal.py); the
     clock cap goes on in the mid-band. Cooldowns on the monotonic clock."""
     reading = obs.poll.reading if obs.poll is not None else None
@@ -105,7 +104,7 @@ def schedule(obs: Observation, mem: Memory) -> list[Decision]:
     return []
 
 
-def liveness(obs: Observation, mem: Memory, cooperative: bool, cfg: dict[str, Any]) -> list[Decision]:
+def liveness(obs: Observation, mem: Memory, cooperative: bool, cfg: Config) -> list[Decision]:
     """Hang detection on the signs of life (policy/supervise.judge_liveness), every time
     monotonic; then the checkpoint-age warning. ``cooperative``: the job takes commands."""
     job, mono = obs.job, obs.clock.mono

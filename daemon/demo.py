@@ -30,10 +30,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from daemon import config as config_mod
 from daemon import statusfmt
+from daemon.config import TomlValue
+from daemon.policy.cfgtypes import Config
+
+if TYPE_CHECKING:
+    from daemon.supervisor import Supervisor  # imported when the demo runs
 
 
 class Story(TypedDict):
@@ -49,27 +54,28 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--ba
 
 
 def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"],
-                governor: bool = False, governor_chip: bool | None = None) -> dict[str, Any]:
+                governor: bool = False, governor_chip: bool | None = None) -> Config:
     """``governor_chip`` (default: as ``governor``): the chip of the --governor story; with
     governor off it is the A/B baseline of bench/demo_governor.py (the pause policy alone)."""
     governor_chip = governor if governor_chip is None else governor_chip
-    raw: dict[str, Any] = {
+    # One real second is a simulated minute: under load the chip would settle at
+    # 92 C, so it crosses pause_at_c after ~8 s of training and cools in ~3 s.
+    # Heat comes from training (the job's simhook marks the GPU busy each step), and
+    # only a little from CPU use (busy_cpu_frac = 4 cores' worth for full load), so
+    # a torch import slowed by a busy machine does not heat the chip into an extra
+    # pause: the story keeps its length whatever the load.
+    simulated: dict[str, TomlValue] = {
+        "time_scale": 60.0, "ambient_c": 45.0, "load_c": 47.0, "busy_cpu_frac": 4.0,
+        "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
+        "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}
+    gpu: dict[str, TomlValue] = {"sensor": "simulated", "poll_interval_s": 0.5, "simulated": simulated}
+    raw: dict[str, TomlValue] = {
         "job": {"name": "demo", "command": [sys.executable, "-m", "trainer.reference",
                                             "--steps", str(steps), *TINY,
                                             "--max-steps-per-s", str(rate)],
                 "checkpoint_dir": "checkpoints", "heartbeat_timeout_s": 60.0},
         "daemon": {"state_dir": "state", "exit_when_done": True, "log_level": "warning"},
-        "gpu": {"sensor": "simulated", "poll_interval_s": 0.5,
-                # One real second is a simulated minute: under load the chip would settle at
-                # 92 C, so it crosses pause_at_c after ~8 s of training and cools in ~3 s.
-                # Heat comes from training (the job's simhook marks the GPU busy each step), and
-                # only a little from CPU use (busy_cpu_frac = 4 cores' worth for full load), so
-                # a torch import slowed by a busy machine does not heat the chip into an extra
-                # pause: the story keeps its length whatever the load.
-                "simulated": {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 47.0,
-                              "busy_cpu_frac": 4.0,
-                              "tau_heat_s": 240.0, "tau_cool_s": 200.0, "reset_at_c": 97.0,
-                              "reset_after_s": 300.0, "reset_duration_s": 60.0, "seed": 7.0}},
+        "gpu": gpu,
         "thermal": {"pause_at_c": 88.0, "resume_at_c": 74.0, "tctl_pause_at_c": 95.0,
                     "min_cooldown_s": 3.0, "max_cooldown_s": 60.0,
                     "governor": "clock" if governor else "off"},
@@ -84,8 +90,8 @@ def demo_config(workdir: Path, steps: int, port: int, rate: float = SHORT["rate"
         # pauses in a minute; a governor reads a real chip ~50 times per time constant (tau
         # ~100 s, 2 s polls). Here: tau 10 s read every 0.2 s, and a chip whose full clock
         # would settle at 100 C (sustainable at the 85 C setpoint: ~2430 MHz, 0.94x speed).
-        raw["gpu"]["poll_interval_s"] = 0.2
-        raw["gpu"]["simulated"].update(tau_heat_s=600.0, tau_cool_s=400.0, load_c=55.0)
+        gpu["poll_interval_s"] = 0.2
+        simulated.update(tau_heat_s=600.0, tau_cool_s=400.0, load_c=55.0)
     cfg = config_mod.validate(raw, "<demo>")
     config_mod.resolve_paths(cfg, workdir)
     return cfg
@@ -100,7 +106,7 @@ def _free_port() -> int:
 class Screen:
     """Prints what happens: each event once, and a status line every two seconds."""
 
-    def __init__(self, daemon: Any, out=sys.stdout):
+    def __init__(self, daemon: Supervisor, out=sys.stdout):
         self.d = daemon
         self.out = out
         self.seen = 0
@@ -151,8 +157,11 @@ class Screen:
                 print(line, file=self.out, flush=True)
 
 
-async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
+async def _drive(d: Supervisor, screen: Screen, inject_at_steps: list[int]) -> None:
     pending = sorted(inject_at_steps)
+    sim = d.p.simgpu
+    if sim is None:  # demo_config's [gpu] sensor = "simulated" builds it
+        raise RuntimeError("the demo needs the simulated GPU: [gpu] sensor = \"simulated\"")
     while not d.done.is_set():
         screen.update()
         step = d.facts.step or 0
@@ -160,7 +169,7 @@ async def _drive(d: Any, screen: Screen, inject_at_steps: list[int]) -> None:
             pending.pop(0)
             print(f"[{screen.clock()}] >>> injecting a GPU reset (as the 780M's firmware does)",
                   file=screen.out, flush=True)
-            d.p.simgpu.inject_reset()
+            sim.inject_reset()
         await asyncio.sleep(0.25)
     screen.update()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.policy.cfgtypes import ThermalConfig
 from daemon.policy.governor import FIRMWARE_NOTE
 
 MITIGATIONS = [
@@ -49,7 +50,7 @@ class Diagnosis:
         return self.summary.splitlines()[0] if self.summary else ""
 
 
-def classify_reset(temps: dict[str, Any] | None, cfg_thermal: dict[str, Any]) -> str:
+def classify_reset(temps: dict[str, Any] | None, cfg_thermal: ThermalConfig) -> str:
     """"hot", "normal" or "unknown" for the temperatures recorded just before one reset."""
     temps = temps or {}
     edge, tctl = temps.get("edge_c"), temps.get("tctl_c")
@@ -62,7 +63,7 @@ def classify_reset(temps: dict[str, Any] | None, cfg_thermal: dict[str, Any]) ->
     return "normal"
 
 
-def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any], *, faults: int = 0,
+def diagnose(resets: list[dict[str, Any]], cfg_thermal: ThermalConfig, *, faults: int = 0,
              soft_recoveries: int = 0) -> Diagnosis:
     """Verdict over the night's resets (each a dict with "temps": {"edge_c", "tctl_c"}); GPU
     faults and soft recoveries are not resets: they get a line of their own, never a vote."""
@@ -81,7 +82,7 @@ def diagnose(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any], *, fault
                      d.mitigations, d.hot, d.normal, d.unknown)
 
 
-def _diagnose_resets(resets: list[dict[str, Any]], cfg_thermal: dict[str, Any]) -> Diagnosis:
+def _diagnose_resets(resets: list[dict[str, Any]], cfg_thermal: ThermalConfig) -> Diagnosis:
     kinds = [classify_reset(r.get("temps"), cfg_thermal) for r in resets]
     hot, normal, unknown = kinds.count("hot"), kinds.count("normal"), kinds.count("unknown")
     known = hot + normal

@@ -26,7 +26,12 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from daemon.policy.cfgtypes import Config, SshConfig
+
+if TYPE_CHECKING:
+    from daemon.sensors.cards import Card  # imported where used: doctor runs without sysfs
 
 OK, WARN, PROBLEM, SKIP = "ok", "warn", "problem", "skip"
 GFX1103 = "110003"  # KFD's gfx_target_version for gfx1103 (Phoenix / Hawk Point: 780M, 760M)
@@ -144,7 +149,7 @@ def _gfx_targets(m: Machine) -> list[str]:
     return out
 
 
-def watched_card(m: Machine, cfg: dict[str, Any]) -> tuple[Any, str]:
+def watched_card(m: Machine, cfg: Config) -> tuple[Card | None, str]:
     from daemon.sensors.cards import choose_card, list_cards
     cards = list_cards(m.sys_root)
     card, why, _ = choose_card(m.sys_root, cards, cfg["gpu"].get("card"),
@@ -152,7 +157,7 @@ def watched_card(m: Machine, cfg: dict[str, Any]) -> tuple[Any, str]:
     return card, why
 
 
-def check_gpu(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_gpu(m: Machine, cfg: Config) -> Check:
     card, why = watched_card(m, cfg)
     if card is None:
         return Check("gpu", PROBLEM, "no amdgpu card found in "
@@ -172,7 +177,7 @@ def _gfx_name(version: str) -> str:
     return f"gfx{v // 10000}{(v // 100) % 100:x}{v % 100:x}"
 
 
-def job_python(m: Machine, cfg: dict[str, Any]) -> str:
+def job_python(m: Machine, cfg: Config) -> str:
     if m.python:
         return m.python
     cmd = cfg["job"].get("command") or []
@@ -183,7 +188,7 @@ def job_python(m: Machine, cfg: dict[str, Any]) -> str:
     return sys.executable
 
 
-def check_torch(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_torch(m: Machine, cfg: Config) -> Check:
     env = {**m.env, **cfg["job"].get("env", {})}
     py = job_python(m, cfg)
     gfx1103 = GFX1103 in _gfx_targets(m)
@@ -222,7 +227,7 @@ def check_torch(m: Machine, cfg: dict[str, Any]) -> Check:
                  f"{', '.join(info.get('devices') or ['the GPU'])}{note}")
 
 
-def check_kernel(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_kernel(m: Machine, cfg: Config) -> Check:
     release = _read(m.proc_root / "sys" / "kernel" / "osrelease") or "unknown"
     card, _ = watched_card(m, cfg)
     mes = _read(card.device_dir / "fw_version" / "mes_fw_version") if card else None
@@ -255,7 +260,7 @@ def check_cwsr(m: Machine) -> Check:
                  "sudo update-grub, reboot")
 
 
-def check_overdrive(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_overdrive(m: Machine, cfg: Config) -> Check:
     from daemon.governor_io import GovernorPort
     card, _ = watched_card(m, cfg)
     needed = cfg["thermal"].get("governor") == "clock"
@@ -276,12 +281,12 @@ def check_overdrive(m: Machine, cfg: dict[str, Any]) -> Check:
                  fix)
 
 
-def check_reset_sources(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_reset_sources(m: Machine, cfg: Config) -> Check:
     sources = list(cfg["resets"].get("sources") or [])
     if not sources:
         return Check("resets", WARN, "[resets] sources = []: GPU resets are not detected")
-    if cfg["resets"].get("kernel_log"):
-        log = Path(cfg["resets"]["kernel_log"])
+    if kernel_log := cfg["resets"].get("kernel_log"):
+        log = Path(kernel_log)
         ok = _may(m, log, 4)
         return Check("resets", OK if ok else PROBLEM, f"kernel log {log} "
                      f"{'readable' if ok else 'not readable'}",
@@ -320,7 +325,7 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def check_disk(m: Machine, cfg: dict[str, Any]) -> Check:
+def check_disk(m: Machine, cfg: Config) -> Check:
     ckdir = Path(cfg["job"].get("workdir") or ".") / cfg["job"].get("checkpoint_dir", "checkpoints")
     where = ckdir if ckdir.exists() else next((p for p in ckdir.parents if p.exists()), Path("/"))
     free = m.disk_free(where)
@@ -343,7 +348,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def check_offload(m: Machine, cfg: dict[str, Any]) -> list[Check]:
+def check_offload(m: Machine, cfg: Config) -> list[Check]:
     off = cfg["offload"]
     names = list(off.get("backends") or []) or [off.get("backend") or "none"]
     out = []
@@ -351,7 +356,7 @@ def check_offload(m: Machine, cfg: dict[str, Any]) -> list[Check]:
         if name == "modal":
             out.append(_modal(m))
         elif name == "ssh":
-            out.append(_ssh(m, off.get("ssh") or {}))
+            out.append(_ssh(m, off["ssh"]))
         elif name == "local":
             out.append(Check("offload", OK, "local backend: nothing to authenticate"))
     return out or [Check("offload", SKIP, "no offload backend configured")]
@@ -368,7 +373,7 @@ def _modal(m: Machine) -> Check:
                  "modal token new (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET for the daemon)")
 
 
-def _ssh(m: Machine, ssh: dict[str, Any]) -> Check:
+def _ssh(m: Machine, ssh: SshConfig) -> Check:
     host, port = ssh.get("host"), int(ssh.get("port") or 22)
     if not host:
         return Check("ssh", PROBLEM, "[offload.ssh] host is not set", "set [offload.ssh] host")
@@ -412,7 +417,7 @@ def _int(text: str) -> int | None:
 
 
 # -- the report -----------------------------------------------------------------------------
-def diagnose_machine(cfg: dict[str, Any], m: Machine | None = None) -> list[Check]:
+def diagnose_machine(cfg: Config, m: Machine | None = None) -> list[Check]:
     m = m or Machine()
     return [check_groups(m), check_kfd(m), check_gpu(m, cfg), check_torch(m, cfg),
             check_kernel(m, cfg), check_cwsr(m), check_overdrive(m, cfg),

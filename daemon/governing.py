@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from daemon.governor_io import obs_from_reading
+from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.governor import GovState, SpeedMeter, decide_governor
 
 MOVED_MHZ = 200  # a cap change this large (or on/off) is an event; smaller ones are tuning
@@ -31,7 +32,7 @@ class Memory(Protocol):
     def remember(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-def job_key(job: dict[str, Any]) -> str:
+def job_key(job: JobConfig) -> str:
     """The learned clock belongs to this job: its command, workdir and env decide its heat (a
     bigger batch runs hotter)."""
     ident = json.dumps([job["command"], job["workdir"], job["env"]], sort_keys=True, default=str)
@@ -75,7 +76,7 @@ class Governor:
         return max(30.0, 10 * poll_interval_s)
 
     def step(self, reading: Any, mono: float, *, job_step: int | None, training: bool,
-             cfg: dict[str, Any]) -> GovernorSays:
+             cfg: Config) -> GovernorSays:
         """One poll while the job is local: the cap for this reading, through the port."""
         says = GovernorSays()
         if reading is None:  # nothing to govern by; a port that can never cap still says why

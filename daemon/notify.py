@@ -17,6 +17,8 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
+from daemon.policy.cfgtypes import NotifyConfig
+
 log = logging.getLogger(__name__)
 PRIORITY = {"reset": "high", "failed": "urgent", "divergence": "high", "budget": "high",
             "paused_hot": "default", "offloaded": "default", "finished": "default"}
@@ -34,7 +36,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) 
 
 
 class Notifier:
-    def __init__(self, cfg: dict[str, Any], *, clock=time.monotonic, post_fn=post, backoff_s: float = 1.0):
+    def __init__(self, cfg: NotifyConfig, *, clock=time.monotonic, post_fn=post, backoff_s: float = 1.0):
         self.cfg = cfg
         self.clock = clock
         self.post = post_fn
@@ -89,14 +91,14 @@ class Notifier:
                 self.queue.task_done()
 
     async def _deliver(self, kind: str, title: str, message: str, data: dict[str, Any]) -> None:
-        targets = []
-        if self.cfg.get("ntfy_url"):
-            targets.append((self.cfg["ntfy_url"], message.encode(),
+        targets: list[tuple[str, bytes, dict[str, str]]] = []
+        if ntfy_url := self.cfg.get("ntfy_url"):
+            targets.append((ntfy_url, message.encode(),
                             {"Title": title, "Tags": kind, "Priority": PRIORITY.get(kind, "default")}))
-        if self.cfg.get("webhook_url"):
+        if webhook_url := self.cfg.get("webhook_url"):
             body = json.dumps({"kind": kind, "title": title, "message": message, "data": data,
                                "t": time.time()}, default=str).encode()
-            targets.append((self.cfg["webhook_url"], body, {"Content-Type": "application/json"}))
+            targets.append((webhook_url, body, {"Content-Type": "application/json"}))
         for url, body, headers in targets:
             for attempt in range(int(self.cfg["retries"]) + 1):
                 try:

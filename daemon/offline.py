@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.policy.cfgtypes import Config
 from daemon.runbook import RunBook
 from daemon.store import Store
 
@@ -26,17 +27,17 @@ class NoStore(Exception):
     """No database to read: the message says why and what to do."""
 
 
-def db_path(cfg: dict[str, Any]) -> Path:
+def db_path(cfg: Config) -> Path:
     return Path(cfg["daemon"]["state_dir"]) / DB_FILE
 
 
-def note(cfg: dict[str, Any]) -> str:
+def note(cfg: Config) -> str:
     """One line for stderr: where this answer came from."""
     return (f"nightshift: the daemon is not running; read from {db_path(cfg)} (last known; "
             "`nightshift run` or `systemctl start nightshiftd` starts it)")
 
 
-def open_store(cfg: dict[str, Any]) -> Store:
+def open_store(cfg: Config) -> Store:
     path = db_path(cfg)
     try:
         return Store.open_read_only(path)
@@ -46,11 +47,11 @@ def open_store(cfg: dict[str, Any]) -> Store:
         raise NoStore(f"and its state database {path} cannot be read: {e}") from None
 
 
-def book(cfg: dict[str, Any], store: Store) -> RunBook:
+def book(cfg: Config, store: Store) -> RunBook:
     return RunBook(store, cfg, time.time, Path(cfg["daemon"]["state_dir"]) / "runs", read_only=True)
 
 
-def runs(cfg: dict[str, Any], against: int | None = None) -> list[dict[str, Any]]:
+def runs(cfg: Config, against: int | None = None) -> list[dict[str, Any]]:
     store = open_store(cfg)
     try:
         return book(cfg, store).table(against=against)
@@ -58,7 +59,7 @@ def runs(cfg: dict[str, Any], against: int | None = None) -> list[dict[str, Any]
         store.close()
 
 
-def queue(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def queue(cfg: Config) -> list[dict[str, Any]]:
     store = open_store(cfg)
     try:
         return book(cfg, store).queue()
@@ -66,7 +67,7 @@ def queue(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         store.close()
 
 
-def events(cfg: dict[str, Any], limit: int, kind: str | None) -> list[dict[str, Any]]:
+def events(cfg: Config, limit: int, kind: str | None) -> list[dict[str, Any]]:
     store = open_store(cfg)
     try:
         return store.events(None, limit=limit, kind=kind)
@@ -74,7 +75,7 @@ def events(cfg: dict[str, Any], limit: int, kind: str | None) -> list[dict[str, 
         store.close()
 
 
-def running_run(cfg: dict[str, Any]) -> int | None:
+def running_run(cfg: Config) -> int | None:
     """The run a daemon would be on: the newest unfinished one, else None (logs' default)."""
     try:
         store = open_store(cfg)
@@ -87,7 +88,7 @@ def running_run(cfg: dict[str, Any]) -> int | None:
         store.close()
 
 
-def status(cfg: dict[str, Any], json_out: bool = False) -> str:
+def status(cfg: Config, json_out: bool = False) -> str:
     """The last known state of the newest run, marked as such."""
     store = open_store(cfg)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.offload.base import JobSpec, OffloadBackend, OffloadError, RemoteStatus, UploadResult
+from daemon.policy.cfgtypes import Config
 
 log = logging.getLogger("nightshift.offload")
 JOURNAL = "remote-calls.jsonl"  # in the run's directory: every call id, written the moment it exists
@@ -41,7 +42,7 @@ def run_key(job_name: str, run_id: int) -> str:
     return re.sub(r"[^a-zA-Z0-9-]", "-", f"{job_name}-run{run_id}")[:60]
 
 
-def build_backend(name: str, cfg: dict[str, Any], run_id: int) -> OffloadBackend:
+def build_backend(name: str, cfg: Config, run_id: int) -> OffloadBackend:
     """A backend that carries the job (workdir minus exclusions, data by manifest, the run's
     adopted checkpoints at their relative paths): daemon/offload/carry.py."""
     from daemon.offload.carry import from_config
@@ -65,9 +66,9 @@ def build_backend(name: str, cfg: dict[str, Any], run_id: int) -> OffloadBackend
 
 
 class Offloader:
-    def __init__(self, cfg: dict[str, Any], *,
+    def __init__(self, cfg: Config, *,
                  backends: dict[str, OffloadBackend] | None = None,
-                 build: Callable[[str, dict[str, Any], int], OffloadBackend] = build_backend):
+                 build: Callable[[str, Config, int], OffloadBackend] = build_backend):
         self.cfg = cfg
         self._given = dict(backends or {})  # injected (tests): kept across runs
         self._backends = dict(self._given)

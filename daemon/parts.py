@@ -7,7 +7,9 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from daemon.policy.cfgtypes import Config, workdir
 
 if TYPE_CHECKING:  # each part is imported when it is built: a daemon without it never loads it
     from daemon.adopt import Adopter
@@ -22,15 +24,15 @@ if TYPE_CHECKING:  # each part is imported when it is built: a daemon without it
     from daemon.simgpu import SimulatedGPU
 
 
-def simgpu(cfg: dict[str, Any]) -> SimulatedGPU | None:
+def simgpu(cfg: Config) -> SimulatedGPU | None:
     if cfg["gpu"]["sensor"] != "simulated":
         return None
     from daemon.simgpu import SimulatedGPU
     return SimulatedGPU(Path(cfg["daemon"]["state_dir"]) / "simgpu", dict(cfg["gpu"]["simulated"]))
 
 
-def sensor(cfg: dict[str, Any], sim: SimulatedGPU | None) -> Sensor | None:
-    gpu = dict(cfg["gpu"])
+def sensor(cfg: Config, sim: SimulatedGPU | None) -> Sensor | None:
+    gpu = cfg["gpu"].copy()
     if gpu["sensor"] == "none":
         return None
     if sim is not None:
@@ -40,7 +42,7 @@ def sensor(cfg: dict[str, Any], sim: SimulatedGPU | None) -> Sensor | None:
     return open_sensor(gpu, env={**os.environ, **cfg["job"]["env"]})
 
 
-def detector(cfg: dict[str, Any], sim: SimulatedGPU | None,
+def detector(cfg: Config, sim: SimulatedGPU | None,
              sensor: Sensor | None = None) -> ResetDetector | None:
     if not cfg["resets"]["sources"]:
         return None
@@ -60,14 +62,14 @@ def detector(cfg: dict[str, Any], sim: SimulatedGPU | None,
                          merge_window_s=merge, device=device, cards=max(cards, 1), log_rate=rate)
 
 
-def notifier(cfg: dict[str, Any]) -> Notifier | None:
+def notifier(cfg: Config) -> Notifier | None:
     if not (cfg["notify"]["ntfy_url"] or cfg["notify"]["webhook_url"]):
         return None
     from daemon.notify import Notifier
     return Notifier(cfg["notify"])
 
 
-def divergence(cfg: dict[str, Any]) -> DivergenceDetector | None:
+def divergence(cfg: Config) -> DivergenceDetector | None:
     dv = cfg["divergence"]
     if not dv["enabled"]:
         return None
@@ -75,14 +77,14 @@ def divergence(cfg: dict[str, Any]) -> DivergenceDetector | None:
     return DivergenceDetector(window=dv["window"], rtol=dv["rtol"], patience=dv["patience"])
 
 
-def schedule(cfg: dict[str, Any]) -> NightSchedule | None:
+def schedule(cfg: Config) -> NightSchedule | None:
     if not cfg["schedule"]["enabled"]:
         return None
     from daemon.schedule import NightSchedule
     return NightSchedule(cfg["schedule"])
 
 
-def clockcap(cfg: dict[str, Any], sensor: Sensor | None) -> ClockCap | None:
+def clockcap(cfg: Config, sensor: Sensor | None) -> ClockCap | None:
     dev = getattr(sensor, "device_dir", None) if sensor is not None else None
     if not cfg["thermal"]["clock_cap"] or not dev or cfg["thermal"]["governor"] == "clock":
         return None  # the governor owns the cap when it is on: one writer of pp_od_clk_voltage
@@ -95,7 +97,7 @@ def clockcap(cfg: dict[str, Any], sensor: Sensor | None) -> ClockCap | None:
     return cap
 
 
-def governor(cfg: dict[str, Any], sensor: Sensor | None,
+def governor(cfg: Config, sensor: Sensor | None,
              sim: SimulatedGPU | None) -> GovernorPort | NoDevicePort | None:
     """The clock governor's port ([thermal] governor = "clock"), or None."""
     if cfg["thermal"]["governor"] != "clock":
@@ -112,19 +114,19 @@ def governor(cfg: dict[str, Any], sensor: Sensor | None,
     return GovernorPort(dev)
 
 
-def adopter(cfg: dict[str, Any], run_id: int, clock: Callable[[], float]) -> Adopter | None:
+def adopter(cfg: Config, run_id: int, clock: Callable[[], float]) -> Adopter | None:
     """A script's own checkpoints ([job] checkpoint_glob), copied into a versioned store per run."""
     if not cfg["job"]["checkpoint_glob"]:
         return None
     from daemon.adopt import Adopter
     log = logging.getLogger("nightshift.adopt")  # why a torn ckpt.pt was refused, what was restored
-    return Adopter(cfg["job"]["workdir"], cfg["job"]["checkpoint_glob"],
+    return Adopter(workdir(cfg["job"]), cfg["job"]["checkpoint_glob"],
                    Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}",
                    keep=int(cfg["checkpoint"]["keep"]), clock=clock, log=log.info,
                    claim_found=True)  # a file there before the run is never this run's
 
 
-def output_progress(cfg: dict[str, Any]) -> OutputProgress | None:
+def output_progress(cfg: Config) -> OutputProgress | None:
     pattern = cfg["job"]["progress_pattern"]
     if not pattern:
         return None

@@ -11,9 +11,11 @@ import logging
 from typing import Any
 
 from daemon import parts as build
+from daemon.config import copy_key
+from daemon.policy.cfgtypes import Config
 
 
-async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: Any) -> dict[str, Any]:
+async def apply(cfg: Config, new: Config, keys: list[str], p: Any) -> dict[str, Any]:
     """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
     by attribute name of ``Parts`` (the Supervisor assigns them). Raises ``ConfigError`` with
     nothing changed when the edit cannot apply (a clock cap outside the card's OD_RANGE)."""
@@ -23,12 +25,15 @@ async def apply(cfg: dict[str, Any], new: dict[str, Any], keys: list[str], p: An
     if cap_keys:
         # built and checked against the card's range before anything changes: a bad cap raises
         # here, with the old config and the old cap (still applied) in force
-        th = {k.split(".", 1)[1]: new["thermal"][k.split(".", 1)[1]] for k in keys
-              if k.startswith("thermal.")}
-        new_cap = build.clockcap({**cfg, "thermal": {**cfg["thermal"], **th}}, p.sensor)
+        trial = cfg.copy()
+        trial["thermal"] = cfg["thermal"].copy()
+        for k in keys:
+            if k.startswith("thermal."):
+                copy_key(trial, new, "thermal", k.split(".", 1)[1])
+        new_cap = build.clockcap(trial, p.sensor)
     for k in keys:
         sec, key = k.split(".", 1)
-        cfg[sec][key] = new[sec][key]
+        copy_key(cfg, new, sec, key)
     secs = {k.split(".", 1)[0] for k in keys}
     changed: dict[str, Any] = {}
     if "divergence" in secs:

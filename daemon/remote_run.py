@@ -35,6 +35,7 @@ from daemon.offload.cost import OffloadEstimate, offload_estimate
 from daemon.offloader import LaunchAborted, Offloader
 from daemon.policy import remote as rules
 from daemon.policy import supervise as budget_rules
+from daemon.policy.cfgtypes import Config
 from daemon.states import State
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
@@ -103,7 +104,7 @@ class RemoteRun:
     a clock step changes nothing); ``wall`` stamps what is stored (the launch, the cancel), and
     a restart turns those back into monotonic offsets once, in ``attach``."""
 
-    def __init__(self, cfg: dict[str, Any], offloader: Offloader, wall: Callable[[], float] = time.time):
+    def __init__(self, cfg: Config, offloader: Offloader, wall: Callable[[], float] = time.time):
         self.cfg = cfg
         self.p = offloader
         self.wall = wall

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import REDACTED, public_config
+from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.queue_entry import entry_problem, safe_text
 from daemon.queueenv import QueueEnv
 from daemon.states import ENDED_STATES
@@ -87,7 +88,7 @@ class QueueEdit:
 
 
 class RunBook:
-    def __init__(self, store: Store, cfg: dict[str, Any], clock: Callable[[], float],
+    def __init__(self, store: Store, cfg: Config, clock: Callable[[], float],
                  runs_dir: Path, read_only: bool = False):
         self.store = store
         self.cfg = cfg
@@ -179,16 +180,16 @@ class RunBook:
                          total_steps=row.get("total_steps"), config_hash="", queue_id=row.get("queue_id"),
                          created=float(row["created"]))
 
-    def job(self, row: dict[str, Any]) -> dict[str, Any]:
+    def job(self, row: dict[str, Any]) -> JobConfig:
         """``[job]`` with this run's own command, env, workdir and total: what it runs with."""
         rec = self.record(row)
-        job = dict(self.cfg["job"])
+        job = self.cfg["job"].copy()
         queued = (self._qenv_obj().get(rec.queue_id) or {}) if rec.queue_id else {}
         env = {**job["env"], **queued}
         if rec.config_hash:  # the names it was created with (a value unknown now is left out)
             env = {k: v for k, v in env.items() if k in rec.env_names and v != REDACTED}
-        job.update(name=rec.name, command=rec.command, resume_command=rec.resume_command,
-                   workdir=rec.workdir, total_steps=rec.total_steps, env=env)
+        job["name"], job["command"], job["resume_command"] = rec.name, rec.command, rec.resume_command
+        job["workdir"], job["total_steps"], job["env"] = rec.workdir, rec.total_steps, env
         return job
 
     def differs(self, row: dict[str, Any]) -> list[str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time as _time
 from datetime import datetime, time, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
+
+from daemon.policy.cfgtypes import ScheduleConfig
 
 
 def parse_hhmm(text: str) -> time:
@@ -42,13 +43,15 @@ def deadline_at(now: datetime, deadline: time) -> datetime:
 
 
 class NightSchedule:
-    def __init__(self, cfg: dict[str, Any], clock=_time.time):
+    def __init__(self, cfg: ScheduleConfig, clock=_time.time):
         self.cfg = cfg
         self.clock = clock
-        self.tz = ZoneInfo(cfg["timezone"]) if cfg.get("timezone") else None
-        self.start = parse_hhmm(cfg["window_start"]) if cfg.get("window_start") else None
-        self.end = parse_hhmm(cfg["window_end"]) if cfg.get("window_end") else None
-        self.deadline = parse_hhmm(cfg["deadline"]) if cfg.get("deadline") else None
+        tz, start, end, deadline = (cfg.get("timezone"), cfg.get("window_start"), cfg.get("window_end"),
+                                    cfg.get("deadline"))
+        self.tz = ZoneInfo(tz) if tz else None
+        self.start = parse_hhmm(start) if start else None
+        self.end = parse_hhmm(end) if end else None
+        self.deadline = parse_hhmm(deadline) if deadline else None
         self._deadline_ts: float | None = None
 
     def _dt(self, ts: float) -> datetime:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from daemon import intent as intents
 from daemon.decisions import AskExit, Decision, Emit, Remember, Save
 from daemon.divergence import Spike, plan_rollback
+from daemon.policy.cfgtypes import DivergenceConfig
 from trainer import protocol
 from trainer.format import list_checkpoints, read_meta
 
 
-def on_spike(spike: Spike, cfg_div: dict[str, Any], checkpoint_dir: Path, skip_steps: str) -> list[Decision]:
+def on_spike(spike: Spike, cfg_div: DivergenceConfig, checkpoint_dir: Path, skip_steps: str) -> list[Decision]:
     """``skip_steps``: the run's skip list so far (runs.skip_steps)."""
     shown = "non-finite" if not math.isfinite(spike.loss) else f"{spike.loss:.4g}"
     out: list[Decision] = [Emit("divergence", f"loss spike at step {spike.step}: {shown} ({spike.reason}); "
@@ -36,7 +36,7 @@ def on_spike(spike: Spike, cfg_div: dict[str, Any], checkpoint_dir: Path, skip_s
     return out
 
 
-def rollback(spike: Spike, cfg_div: dict[str, Any], checkpoint_dir: Path, skip_steps: str) -> list[Decision]:
+def rollback(spike: Spike, cfg_div: DivergenceConfig, checkpoint_dir: Path, skip_steps: str) -> list[Decision]:
     steps: dict[int, Path] = {}
     for p in list_checkpoints(checkpoint_dir):
         try:

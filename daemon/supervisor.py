@@ -53,6 +53,7 @@ from daemon.observation import Clock, JobSigns, Memory, Observation, Poll
 from daemon.offloader import Offloader, run_key
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
+from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.timebase import clock_step
@@ -117,7 +118,7 @@ class Parts:
 
 
 class Supervisor:
-    def __init__(self, cfg: dict[str, Any], parts: Parts, *, clock=time.time, mono=time.monotonic,
+    def __init__(self, cfg: Config, parts: Parts, *, clock=time.time, mono=time.monotonic,
                  new_run: bool = False, resume_from: str | None = None):
         self.cfg = cfg
         self.p = parts
@@ -230,11 +231,11 @@ class Supervisor:
         return self.store.get_run(self.run_id) or {}
 
     @property
-    def job(self) -> dict[str, Any]:
+    def job(self) -> JobConfig:
         """[job] with this run's own command, env, workdir and total (its history: runbook.py),
         never what the config says today."""
         run = self.run
-        return self.book.job(run) if run else dict(self.cfg["job"])
+        return self.book.job(run) if run else self.cfg["job"].copy()
 
     @property
     def run_dir(self) -> Path:
@@ -988,7 +989,7 @@ class Supervisor:
         self._resumed = Resumed(restored.relpath, restored.version, restored.step) \
             if restored is not None and script_ckpt is not None else None
         try:
-            pid = await self.runner.start(plan.command, cwd=job["workdir"],
+            pid = await self.runner.start(plan.command, cwd=workdir(job),
                                           env=self._job_env(plan.resume), hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
             if is_full_error(e):
@@ -1024,7 +1025,7 @@ class Supervisor:
             newest = self.adopter.newest()
             return newest.relpath if newest is not None else None
         created = float(self.run.get("created") or 0.0)
-        found = [p for p in Path(self.cfg["job"]["workdir"]).glob(pattern)
+        found = [p for p in Path(workdir(self.cfg["job"])).glob(pattern)
                  if p.is_file() and p.stat().st_mtime >= created - 1.0]
         return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
@@ -1427,7 +1428,7 @@ class Supervisor:
         script = self._script_checkpoint()
         job = LaunchJob(key=run_key(self.cfg["job"]["name"], self.run_id), checkpoint=info.path if info else None,
                         # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
-                        files=[Path(self.cfg["job"]["workdir"]) / p for p in filter(None, [script])],
+                        files=[Path(workdir(self.cfg["job"])) / p for p in filter(None, [script])],
                         spec=self._job_spec(),
                         remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
                         local_steps_per_s=self.facts.steps_per_s,
@@ -1593,7 +1594,7 @@ class Supervisor:
                 self.event("sensor", problem, "warn")
 
     # ================================================================== live config
-    async def _reconfigure(self, new: dict[str, Any], keys: list[str], restart: list[str]) -> dict[str, Any]:
+    async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> dict[str, Any]:
         from daemon import reconfig
         from daemon.config import RESTART_KEYS, ConfigError
         # a restart key edited back to the value we run with: nothing to apply, nothing to wait for

@@ -16,6 +16,7 @@ from daemon.diagnosis import Diagnosis
 from daemon.governing import Governor
 from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
+from daemon.policy.cfgtypes import Config
 from daemon.policy.eta import DutyMeter, ProgressMeter
 from daemon.recovering import Recovery
 from daemon.remote_run import RemoteRun
@@ -37,7 +38,7 @@ class SupervisorView(Protocol):
     @property
     def state(self) -> State: ...
     @property
-    def cfg(self) -> dict[str, Any]: ...  # the validated config (daemon/config.py SCHEMA)
+    def cfg(self) -> Config: ...  # the validated config (daemon/config.py SCHEMA)
     @property
     def p(self) -> PartsView: ...
     @property

@@ -27,6 +27,7 @@ from daemon.offload.sync import (
     plan,
     scan,
 )
+from daemon.policy.cfgtypes import Config, workdir
 from trainer.format import fsync_dir
 
 MANIFEST_DIR = ".nightshift"  # inside a data volume: one manifest per data dir
@@ -67,11 +68,11 @@ def job_excludes(workdir: str | os.PathLike, exclude: Sequence[str] | None, data
     return tuple(dict.fromkeys(pats))
 
 
-def from_config(cfg: dict, adopted_store: str | os.PathLike | None = None) -> Carry:
+def from_config(cfg: Config, adopted_store: str | os.PathLike | None = None) -> Carry:
     """The Carry for a validated config (``cfg["job"]``, ``cfg["offload"]``, ``cfg["checkpoint"]``)."""
     j, o = cfg["job"], cfg["offload"]
-    return Carry(Path(j["workdir"]).resolve(),
-                 job_excludes(j["workdir"], o.get("exclude"), o.get("data", ()), j.get("checkpoint_dir"),
+    return Carry(Path(workdir(j)).resolve(),
+                 job_excludes(workdir(j), o.get("exclude"), o.get("data", ()), j.get("checkpoint_dir"),
                               j.get("checkpoint_glob")),
                  tuple(d.strip("/") for d in o.get("data", ())), j.get("checkpoint_glob"),
                  j.get("progress_pattern"), Path(adopted_store) if adopted_store else None,

@@ -62,6 +62,7 @@ from daemon.offload.base import (
 )
 from daemon.offload.carry import MANIFEST_DIR, Carry, manifest_name, newest_adopted_dir
 from daemon.offload.remote import PROGRESS_KEYS, SUMMARY
+from daemon.policy.cfgtypes import OffloadConfig
 
 log = logging.getLogger("nightshift.offload.modal")
 
@@ -89,7 +90,7 @@ class ModalSettings:
     data_volume_name: str | None = None
 
 
-def settings_from_config(cfg_offload: dict[str, Any], run_key: str, carry: Carry | None = None) -> ModalSettings:
+def settings_from_config(cfg_offload: OffloadConfig, run_key: str, carry: Carry | None = None) -> ModalSettings:
     pkgs = [TORCH_PIN, "safetensors", "numpy", "psutil", "xxhash", *cfg_offload.get("requirements", [])]
     timeout = int(min(24 * 3600, max(60, cfg_offload["timeout_s"])))  # Modal's per-attempt cap is 24 h
     return ModalSettings(app_name=cfg_offload["app_name"], volume_name=volume_name(run_key),
@@ -147,7 +148,7 @@ def remote_body(spec: dict[str, Any], volume_root: str = MOUNT, commit: bool = T
         raise RuntimeError(f"the remote body raised TimeoutError: {e}") from e
 
 
-def build_app(cfg_offload: dict[str, Any], run_key: str, carry: Carry | None = None):
+def build_app(cfg_offload: OffloadConfig, run_key: str, carry: Carry | None = None):
     """(app, function, volume, settings, image, retries), built offline: no network."""
     import modal
 
@@ -228,7 +229,7 @@ def launch_warnings(job: JobSpec, gpu: str) -> list[str]:
 class ModalBackend(OffloadBackend):
     name = "modal"
 
-    def __init__(self, cfg_offload: dict[str, Any], carry: Carry | None = None):
+    def __init__(self, cfg_offload: OffloadConfig, carry: Carry | None = None):
         self.cfg = cfg_offload
         self.carry = carry
         self._keys: dict[str, str] = {}  # call id -> run key, to read the run's volume

@@ -63,6 +63,7 @@ from daemon.offload.sync import (
     put_file,
     write_remote,
 )
+from daemon.policy.cfgtypes import Config, SshConfig
 from daemon.policy.remote import DetachPlan, detach_plan
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -177,7 +178,7 @@ def remote_command(command: list[str]) -> list[str]:
 class SshBackend(OffloadBackend):
     name = "ssh"
 
-    def __init__(self, cfg_ssh: dict[str, Any], *, carry: Carry | None = None,
+    def __init__(self, cfg_ssh: SshConfig, *, carry: Carry | None = None,
                  sources: Sequence[str | os.PathLike] | None = None, cancel_grace_s: float = 30.0):
         """``cfg_ssh`` is the validated ``[offload.ssh]`` table; ``carry`` what of the job travels
         (daemon.offload.carry: workdir minus exclusions, data dirs, checkpoint_glob and the
@@ -202,7 +203,7 @@ class SshBackend(OffloadBackend):
         self.detach: DetachPlan | None = None  # how the last runner was started
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], adopted_store: str | os.PathLike | None = None) -> SshBackend:
+    def from_config(cls, cfg: Config, adopted_store: str | os.PathLike | None = None) -> SshBackend:
         """From the whole validated config: ``[offload.ssh]`` and the job's Carry (the daemon's
         state dir, when it lies inside the workdir, never travels)."""
         c = carry_from_config(cfg, adopted_store)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon.offload.base import OffloadAuthError, OffloadError
+from daemon.policy.cfgtypes import SshConfig
 
 T = TypeVar("T")
 
@@ -53,13 +54,16 @@ def _is_connection_problem(e: BaseException) -> bool:
 
 
 class SshLink:
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: SshConfig):
         self.cfg = cfg
+        if not cfg["host"]:  # config.validate requires it when the ssh backend is used
+            raise ValueError("[offload.ssh] host is not set: name the machine to offload to")
         self.host: str = cfg["host"]
         self.port: int = int(cfg.get("port") or 22)
         self.user: str = cfg.get("user") or getpass.getuser()
         self.known_hosts = Path(cfg.get("known_hosts") or "~/.ssh/known_hosts").expanduser()
-        self.key_file = Path(cfg["key_file"]).expanduser() if cfg.get("key_file") else None
+        key_file = cfg.get("key_file")
+        self.key_file = Path(key_file).expanduser() if key_file else None
         self.timeout_s = float(cfg.get("connect_timeout_s") or 15.0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

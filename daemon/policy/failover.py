@@ -9,7 +9,8 @@ missing), nor once credentials are known to be missing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from daemon.policy.cfgtypes import Config
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class FailoverDecision:
     reason: str
 
 
-def decide_failover(obs: FailoverObs, cfg: dict[str, Any]) -> FailoverDecision:
+def decide_failover(obs: FailoverObs, cfg: Config) -> FailoverDecision:
     why = None
     if obs.forced:
         why = "forced by the user"

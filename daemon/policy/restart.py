@@ -9,9 +9,9 @@ the night on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from daemon.classify import ExitInfo
+from daemon.policy.cfgtypes import Config
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class RestartDecision:
 
 
 def decide_restart(exit: ExitInfo, *, code_errors: int, last_error_sig: str | None,
-                   cfg: dict[str, Any], has_checkpoint: bool | None = None) -> RestartDecision:
+                   cfg: Config, has_checkpoint: bool | None = None) -> RestartDecision:
     """``code_errors``: code errors so far in this run (before this one). ``has_checkpoint``:
     whether the run has a checkpoint to restart from (None: not known), so the reason never
     promises "the newest checkpoint" when there is none."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.classify import ExitInfo
+from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.restart import decide_restart
 from daemon.sensors import THERMAL_OFF
 
@@ -48,7 +49,7 @@ class HangVerdict:
     silent_s: float = 0.0
 
 
-def judge_liveness(obs: Liveness, now: float, cfg_job: dict[str, Any]) -> HangVerdict:
+def judge_liveness(obs: Liveness, now: float, cfg_job: JobConfig) -> HangVerdict:
     if obs.held:
         return HangVerdict("ok", "held on purpose")
     last = max(t for t in (obs.started_at, obs.last_record_t, obs.last_output_t,
@@ -81,15 +82,16 @@ class StartPlan:
     why: str
 
 
-def plan_start(cfg_job: dict[str, Any], *, trainer_checkpoint: str | None,
+def plan_start(cfg_job: JobConfig, *, trainer_checkpoint: str | None,
                script_checkpoint: str | None, forced_resume: str | None) -> StartPlan:
     """``trainer_checkpoint``: this run's newest valid trainer checkpoint; ``script_checkpoint``:
     a ``checkpoint_glob`` file this run produced (or adopted); ``forced_resume``: a rollback's
     or ``--resume-from``'s choice."""
     resume = forced_resume or trainer_checkpoint or ""
     has_ckpt = bool(resume or script_checkpoint)
-    if has_ckpt and cfg_job.get("resume_command"):
-        return StartPlan(list(cfg_job["resume_command"]), resume,
+    resume_command = cfg_job.get("resume_command")
+    if has_ckpt and resume_command:
+        return StartPlan(list(resume_command), resume,
                          f"resume_command, from {resume or script_checkpoint}")
     if resume:
         return StartPlan(list(cfg_job["command"]), resume, f"resuming from {resume}")
@@ -105,7 +107,7 @@ class ExitDecision:
 
 
 def decide_exit(info: ExitInfo, *, code_errors: int, last_error_sig: str | None,
-                recent_restarts: list[float], now: float, cfg: dict[str, Any],
+                recent_restarts: list[float], now: float, cfg: Config,
                 has_checkpoint: bool | None = None) -> ExitDecision:
     """``recent_restarts``: the times of this run's earlier restarts (any cause)."""
     d = decide_restart(info, code_errors=code_errors, last_error_sig=last_error_sig, cfg=cfg,

@@ -39,6 +39,7 @@ from collections import deque
 from typing import Any
 
 from daemon.config import RESET_SOURCES
+from daemon.policy.cfgtypes import ResetsConfig
 from daemon.resets import sources as src
 from daemon.resets.incident import ResetEvent
 from daemon.resets.kerneltime import KernelClock, parse_stamp
@@ -58,7 +59,7 @@ MAX_LINES = 100  # a hang can repeat a line many times a second: keep the event 
 
 
 class ResetDetector:
-    def __init__(self, resets_cfg: dict[str, Any], *, sysfs_root: str = "/sys",
+    def __init__(self, resets_cfg: ResetsConfig, *, sysfs_root: str = "/sys",
                  kernel_log: str | None = None, clock=time.time, merge_window_s: float = 60.0,
                  settle_s: float = 2.0, kmsg_path: str = "/dev/kmsg", boot_time=None,
                  device: str | None = None, cards: int = 1, quiet_s: float = 20.0,

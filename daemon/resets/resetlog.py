@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon.diagnosis import Diagnosis, diagnose
+from daemon.policy.cfgtypes import Config
 from daemon.resets.incident import ResetEvent
 
 # the run counter (runs table) each kind adds to; soft recoveries and faults are counted here
@@ -73,7 +74,7 @@ class Recorded:
 
 
 class ResetLog:
-    def __init__(self, store: ResetStore, cfg: dict[str, Any],
+    def __init__(self, store: ResetStore, cfg: Config,
                  write: Callable[..., bool] | None = None, clock: Callable[[], float] = time.time):
         self.store = store
         self.cfg = cfg  # the daemon's config: [resets] window_s, [thermal] for the diagnosis

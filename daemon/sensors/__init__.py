@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.policy.cfgtypes import GpuConfig
 from daemon.sensors.amdgpu_sysfs import AmdgpuSysfs
 from daemon.sensors.base import Reading, read_text
 from daemon.sensors.cards import Card
@@ -107,7 +108,7 @@ def read_text_safe(path: Path) -> str:
         return ""
 
 
-def open_sensor(gpu_cfg: dict[str, Any], *, read_text_fn=None, clock=time.time,
+def open_sensor(gpu_cfg: GpuConfig, *, read_text_fn=None, clock=time.time,
                 env: Mapping[str, str] | None = None) -> Sensor:
     """The sensor ``[gpu]`` asks for. ``env`` is the job's environment (default: ours), where
     HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES say which GPU the job uses."""

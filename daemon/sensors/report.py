@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grp
 import os
-from typing import Any
 
+from daemon.policy.cfgtypes import Config
 from daemon.sensors import open_sensor
 from daemon.sensors.base import Reading, read_number, read_text
 from daemon.sensors.cards import Card, list_cards
@@ -53,8 +53,8 @@ def cards_report(root: str, watched: str | None) -> list[str]:
     return lines
 
 
-def sensors_report(cfg: dict[str, Any]) -> tuple[str, int]:
-    gpu = dict(cfg["gpu"])
+def sensors_report(cfg: Config) -> tuple[str, int]:
+    gpu = cfg["gpu"].copy()
     if gpu["sensor"] == "simulated":
         return ("sensor = \"simulated\": the simulated GPU writes its own sysfs tree when the daemon "
                 "runs (nightshift run / nightshift demo); nothing to read now.", 0)
