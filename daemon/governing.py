@@ -89,7 +89,10 @@ class Governor:
             return says
         before, learned = self.state.cap_mhz, self.state.learned_mhz
         poll = float(cfg["gpu"]["poll_interval_s"])
-        obs = obs_from_reading(reading, self.port, poll, now=mono)
+        # computing: the step advances (a job that reports no step: while it trains); while it
+        # starts it loads the GPU only partly, which must not teach the governor (its _learn)
+        computing = training and (job_step is None or self.speed.add(mono, job_step, False, training).primed)
+        obs = replace(obs_from_reading(reading, self.port, poll, now=mono), computing=computing)
         dec = decide_governor(obs, self.state, cfg["thermal"])
         self.state, self.reason = dec.state, dec.reason
         self.top = obs.od_range[1] if obs.od_range else self.top

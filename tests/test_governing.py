@@ -7,6 +7,7 @@ from daemon import simgpu
 from daemon.config import validate
 from daemon.governing import Governor, job_key
 from daemon.governor_io import GovernorPort, NoDevicePort
+from daemon.sensors import open_sensor
 from daemon.sensors.base import Reading
 from daemon.simgpu import SimulatedGPU
 from daemon.store import Store
@@ -65,3 +66,34 @@ def test_last_nights_clock_is_where_it_starts_per_job_and_is_remembered_again(tm
     gov.start(job_key(JOB))
     gov.remember(1.0)
     assert store.recall(job_key(JOB)) == {"learned_mhz": 2100, "full_steps_per_s": None}
+
+
+def test_a_job_that_starts_slowly_at_full_clock_is_then_governed_under_the_pause(tmp_path):
+    """Issue 29, item 8, through the loop: `demo --governor`'s chip (tau 10 s, 0.2 s polls, full
+    clock settles at 100 C) on a fake clock, read by the real sensor, capped through the real
+    port. The job imports for 20 s (a busy machine: its CPU use heats a quarter, no step yet),
+    then trains. The loop tells the policy it is not computing until the step advances, so the
+    cap comes before the pause temperature and settles at the clock the chip sustains."""
+    t = [0.0]
+    chip = {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 600.0,
+            "tau_cool_s": 400.0, "reset_at_c": 150.0}
+    load = [0.25]
+    sim = SimulatedGPU(tmp_path / "chip", chip, clock=lambda: t[0], cpu_fn=None, load_fn=lambda: load[0])
+    sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(sim.root), "card": None},
+                         clock=lambda: t[0])
+    gov, _ = make(tmp_path, port=GovernorPort(sim.device_dir, write=simgpu.sysfs_write))
+    cfg = {**CFG, "gpu": {**CFG["gpu"], "poll_interval_s": 0.2}}
+    step, edges = 0.0, []
+    for i in range(int(55 / 0.2)):  # the chip stepped once per poll (each step writes its tree)
+        t[0] = i * 0.2
+        load[0] = 0.25 if t[0] < 20.0 else 1.0
+        sim.step(0.2)
+        if load[0] == 1.0:
+            step += 10 * sim.speed() * 0.2
+            edges.append(sim.temp)
+        gov.step(sensor.read(), t[0], job_step=int(step), training=True, cfg=cfg)
+    true = 2700 * (40 / 55) ** (1 / 3)  # edge 85 C (the setpoint) at full load: ~2430 MHz
+    assert max(edges) < 88.0, f"edge reached {max(edges):.1f} C under the governor: {gov.reason}"
+    assert gov.state.cap_mhz is not None and abs(gov.state.cap_mhz - true) <= 75, gov.reason
+    assert sim.read_cap() == gov.state.cap_mhz  # the cap reached the chip
+    assert gov.state.learned_mhz is not None and abs(gov.state.learned_mhz - true) <= 50, gov.reason

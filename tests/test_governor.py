@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -244,3 +245,30 @@ def test_any_chip_settles_near_the_setpoint_without_oscillating(ambient, rise, t
     """Settled (second half of 30 time constants): within 1.5 C of the setpoint, under pause_at,
     and the cap dithers by a few steps at most, never swinging across the range."""
     settles(Chip(ambient, rise, tau, tau / 2), tau, polls_per_tau, power)
+
+
+@pytest.mark.parametrize("power", [True, False])
+def test_a_slow_start_at_full_clock_does_not_teach_the_governor_that_full_clock_is_sustainable(power):
+    """Issue 29, item 8: on a busy machine the job imported torch for ~20 s at full clock with a
+    quarter of the load (its CPU use), then trained. Learnt, those readings made the clock->power
+    map (or, without a power sensor, the heat per clock) a quarter of the truth: "92 C at the
+    hottest input seen" yet "sustainable ~2700 MHz", no cap, a pause. Readings while the job
+    starts (computing=False) teach nothing about its clock; the cap and the sustainable clock
+    then follow the chip: 0.2 s polls on a 10 s time constant, as in `demo --governor`."""
+    chip, dt = Chip(tau_heat=10.0, tau_cool=400 / 60), 0.2
+    st_, cap, edges = GovState.start(None), None, []
+    for i in range(int(60 / dt)):
+        now, starting = i * dt, i * dt < 20.0
+        load = 0.25 if starting else 1.0
+        obs = replace(chip.obs(now, cap, dt, power, load), computing=not starting)
+        dec = decide_governor(obs, st_, CFG)
+        st_, cap = dec.state, dec.cap_mhz
+        if not starting:
+            edges.append(chip.temp)
+        chip.step(cap, dt, load)
+    true = sustainable(chip, setpoint_c(CFG))  # ~2430 MHz
+    assert max(edges) < CFG["pause_at_c"], f"edge reached {max(edges):.1f} C: a pause"
+    assert cap is not None and abs(cap - true) <= 3 * STEP_MHZ, (cap, true, dec.reason)
+    m = re.search(r"sustainable ~(\d+) MHz", dec.reason)
+    assert m and abs(int(m.group(1)) - true) <= 2 * STEP_MHZ, dec.reason
+    assert st_.learned_mhz is not None and abs(st_.learned_mhz - true) <= 2 * STEP_MHZ

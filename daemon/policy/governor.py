@@ -132,6 +132,10 @@ class GovObs:
     od_range: tuple[int, int] | None = None  # OD_RANGE sclk (from the port); None: 800-2700
     cap_problem: str | None = None  # the port's reason no cap can be set, naming the fix
     poll_interval_s: float = 2.0
+    # The job computes (its step has advanced since it started or was released). While it
+    # starts (imports, loads a checkpoint) the GPU sits at the cap with a fraction of the load:
+    # that reading says nothing of the power or heat the job's clock costs (see _learn).
+    computing: bool = True
 
 
 @dataclass(frozen=True)
@@ -195,14 +199,22 @@ def _u_to_clock(state: GovState, u: float, lo: float, hi: float) -> float:
     return lo if x3 <= 0 else min(hi, max(lo, hi * x3 ** (1 / 3)))
 
 
-def _learn(state: GovState, obs: GovObs, hi: float, target: float) -> GovState:
-    """Fold this reading into the fits (the previous reading's input drove this change)."""
+def _learn(state: GovState, obs: GovObs, lo: float, hi: float, target: float) -> GovState:
+    """Fold this reading into the fits (the previous reading's input drove this change).
+
+    The clock says what the job's load costs only while the job computes, or at the floor clock
+    (an idle GPU, where the load hardly matters). A job that starts (a torch import, slow on a
+    busy machine) keeps the GPU at the cap with a fraction of the load: learnt, those readings
+    averaged the clock->power map down (45 W at full clock read as ~20 W), the map then put
+    the sustainable power above the top clock, and the governor ran uncapped at 92 C (issue 29,
+    item 8). Power itself is what heats, at any load: the thermal fit on power takes them all."""
     if state.input is None:
         state = replace(state, input="power" if obs.power_w is not None else "clock")
+    clock_says = obs.clock_mhz is not None and (obs.computing or obs.clock_mhz <= lo + STEP_MHZ)
     u = _input(state, obs, hi)
-    if obs.edge_c is None or u is None:
+    if obs.edge_c is None or u is None or (state.input == "clock" and not clock_says):
         return replace(state, last=None)
-    if state.input == "power" and obs.clock_mhz is not None and obs.power_w is not None:
+    if state.input == "power" and clock_says and obs.clock_mhz is not None and obs.power_w is not None:
         state = replace(state, power=state.power.update((1.0, _rel(obs.clock_mhz, hi)), obs.power_w, 1.0))
     rng = (u, u) if state.u_range is None else (min(state.u_range[0], u), max(state.u_range[1], u))
     state = replace(state, u_range=rng)
@@ -252,7 +264,7 @@ def decide_governor(obs: GovObs, state: GovState, cfg: ThermalConfig) -> GovDeci
     lo, hi = obs.od_range or (800, 2700)
     target = setpoint_c(cfg)
     prev = state.last
-    state = _learn(replace(state, problem=None), obs, hi, target)
+    state = _learn(replace(state, problem=None), obs, lo, hi, target)
     cap = state.cap_mhz if state.cap_mhz is not None else hi
     edge = obs.edge_c
     if edge is None:
