@@ -242,8 +242,15 @@ class Offloader:
         if remember is not None:
             remember(call_id, key)
 
-    async def relaunch(self, name: str, key: str, spec: JobSpec) -> str:
-        call_id = await asyncio.to_thread(self._launch, name, self.backend(name), key, spec)
+    async def relaunch(self, name: str, key: str, spec: JobSpec, look_first: bool = False) -> str:
+        """A fresh attempt from the newest checkpoint on the backend's side. ``look_first``: a
+        call of this run still running there (a crash after its spawn) is followed instead."""
+        b = self.backend(name)
+        live = await asyncio.to_thread(self._live_call, name, b, key) if look_first else None
+        if live is not None:
+            self.remember(name, live, key)
+            return live
+        call_id = await asyncio.to_thread(self._launch, name, b, key, spec)
         self.remember(name, call_id, key)
         return call_id
 

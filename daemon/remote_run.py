@@ -1,9 +1,13 @@
 """The remote run: one offload carried out, from the launch to the result at home.
 
     OFFLOADING --launch--> REMOTE --poll--> PULLING --> finish | local | stopped | fallback
-                              |                ^
+                              |                ^                                 | relaunch
                               +--cancel--> CANCELLING (asked again until confirmed, then the
                                            call settles: its final checkpoint committed)
+
+A cancel comes from the user's stop, the budget, a fallback, or the attempt's own time limit
+(Modal's ``timeout``: cut by us first, then a fresh attempt goes on from the checkpoint that
+came home: ``relaunch``).
 
 ``RemoteRun`` calls the backends through the Offloader port and keeps what only it needs (the
 poll timer, the silence since the last answer, the last remote status, the launch backoff). It
@@ -39,7 +43,7 @@ from daemon.policy.cfgtypes import Config
 from daemon.states import State
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
-AfterPull = Literal["finish", "local", "stopped", "fallback"]
+AfterPull = Literal["finish", "local", "stopped", "fallback", "relaunch"]
 
 
 # ------------------------------------------------------------------ actions (for the Supervisor)
@@ -73,6 +77,7 @@ class Record:
     preemptions: dict[str, int] = field(default_factory=dict)  # per backend
     job_deaths: dict[str, int] = field(default_factory=dict)  # per backend
     launching: str | None = None  # a launch in flight on this backend (a crash: look first)
+    attempt_started: float | None = None  # wall: the running attempt's launch (its time limit)
 
     @classmethod
     def load(cls, text: str | None) -> Record:
@@ -112,6 +117,7 @@ class RemoteRun:
         self.name: str | None = None  # the backend serving the call
         self.call_id: str | None = None
         self.launched_at: float | None = None  # cost counts from here (settled into the run row)
+        self.attempt_at: float | None = None  # this attempt's launch: its time limit counts from here
         self.confirmed_at: float | None = None  # the cancel confirmed (monotonic)
         # the launch decision and its backoff
         self.reason = ""
@@ -229,6 +235,7 @@ class RemoteRun:
             self.rec.launching = None
             self.problem, self.attempts = None, 0
             self.name, self.call_id, self.launched_at = name, got.call_id, now
+            self._attempt(now)
             self._poll_ok()
             self.next_poll_at = now + rules.POLL_S
             acts += [Save({"backend": "cloud", "remote_call_id": got.call_id, "remote_backend": name,
@@ -271,6 +278,8 @@ class RemoteRun:
         self.launched_at = now - max(0.0, wall - float(started)) if started else None
         confirmed = self.rec.cancel_confirmed_at
         self.confirmed_at = now - max(0.0, wall - float(confirmed)) if confirmed else None
+        attempt = self.rec.attempt_started or started  # a record from before attempt_started: the launch
+        self.attempt_at = now - max(0.0, wall - float(attempt)) if attempt else None
         self.p.remember(self.name, self.call_id, self._key(run))
         acts: list[Action] = [Emit("offload", f"re-attaching to remote call {self.call_id} on {self.name} "
                                    f"(state {state.value}"
@@ -289,6 +298,11 @@ class RemoteRun:
         return run_key(self.cfg["job"]["name"], int(run["id"]))
 
     # ------------------------------------------------------------------ poll
+    def _attempt(self, now: float) -> None:
+        """A new attempt started now (a launch, a relaunch): its time limit counts from here."""
+        self.attempt_at = now
+        self.rec.attempt_started = self.wall()
+
     def _poll_ok(self) -> None:
         self.problem, self.failures, self.silent_since = None, 0, None
 
@@ -310,6 +324,15 @@ class RemoteRun:
             return []
         self.next_poll_at = now + rules.POLL_S
         name = self.name
+        limit = rules.attempt_timeout_s(name, self.cfg["offload"]["timeout_s"])
+        if rules.attempt_cut_due(self.attempt_at, now, limit):
+            assert limit is not None and self.attempt_at is not None
+            left = self.attempt_at + limit - now
+            return [Emit("offload", f"the attempt on {self.where(name)} reaches {name}'s time limit "
+                         f"([offload] timeout_s = {limit:.0f} s) in {left:.0f} s, where it would be killed "
+                         "without a final checkpoint: cutting it first, bringing its checkpoint home, "
+                         "then going on there in a fresh attempt", "warn"),
+                    *self.cancel(now, "the attempt reached its time limit", "relaunch")]
         budget = float(self.cfg["offload"]["budget_usd"])
         try:
             st = await self.p.poll(name, self.call_id)
@@ -362,6 +385,7 @@ class RemoteRun:
             return []
         self.p.forget(name, self.call_id)
         self.call_id = new_id
+        self._attempt(now)
         what = "preempted" if infra else f"died ({st.error or 'no error message'})"
         return [Save({"remote_call_id": new_id, "remote_state": self.rec.dump()}),
                 Emit("preempted", f"remote attempt {what} at step {st.step}; relaunched from the remote "
@@ -435,8 +459,9 @@ class RemoteRun:
                                                         "bringing the newest checkpoint home")]
 
     # ------------------------------------------------------------------ pull
-    async def pull(self, now: float, run: dict[str, Any], dest: Path) -> list[Action]:
-        """PULLING: the newest verified checkpoint home, then what the record says follows."""
+    async def pull(self, now: float, run: dict[str, Any], dest: Path, spec: JobSpec) -> list[Action]:
+        """PULLING: the newest verified checkpoint home, then what the record says follows
+        (``spec``: the job, for a fresh attempt after a cut at the time limit)."""
         assert self.name is not None and self.call_id is not None
         if now < self.next_poll_at:
             return []
@@ -449,7 +474,7 @@ class RemoteRun:
             if e.retryable:
                 self._poll_failed(now, e)
                 self.problem = f"pulling the result failed, retrying: {e}"
-                if after not in ("local", "fallback") or not rules.unreachable(
+                if after not in ("local", "fallback", "relaunch") or not rules.unreachable(
                         self.silent_since, now, rules.PULL_GIVE_UP_S):
                     return []
                 lost = f"the result could not be brought home ({e})"
@@ -458,10 +483,41 @@ class RemoteRun:
             if after == "stopped":
                 return self._done([], End("stopped", f"stopped; the remote result could not be brought home "
                                                      f"({e}); the run resumes from the newest checkpoint here"))
+            if after == "relaunch":  # the volume keeps the final checkpoint: the next attempt starts there
+                return await self._relaunch(now, run, spec, [Emit(
+                    "offload", f"{lost or e}; the next attempt goes on from the remote newest checkpoint", "warn")])
             return self._after(now, run, [Emit("offload", f"{lost or e}; going on from the newest "
                                                "checkpoint here", "warn")])
         self.problem = None
-        return self._after(now, run, [Emit("pulled", f"result brought home: {path}")])
+        acts: list[Action] = [Emit("pulled", f"result brought home: {path}")]
+        if after == "relaunch":
+            return await self._relaunch(now, run, spec, acts)
+        return self._after(now, run, acts)
+
+    async def _relaunch(self, now: float, run: dict[str, Any], spec: JobSpec, acts: list[Action]) -> list[Action]:
+        """After a cut at the time limit: a fresh attempt on the same backend, from the final
+        checkpoint on its volume. A launch after a crash here follows the call already started
+        (``look_first``); one that cannot start goes on here from what came home."""
+        assert self.name is not None and self.call_id is not None
+        name, old = self.name, self.call_id
+        self.p.forget(name, old)
+        try:
+            new_id = await self.p.relaunch(name, self._key(run), spec, look_first=True)
+        except Exception as e:  # noqa: BLE001 - a failed launch: the checkpoint is home
+            return self._done([*acts, Emit("offload_failed", f"a fresh attempt on {self.where(name)} could not "
+                                           f"start ({e}); continuing locally", "error")],
+                              End("local", "continuing locally from the checkpoint brought home"))
+        self.rec = Record(tried=self.rec.tried, preemptions=self.rec.preemptions, job_deaths=self.rec.job_deaths)
+        self.call_id, self.launched_at = new_id, now
+        self._attempt(now)
+        self.remote = self.confirmed_at = None
+        self._poll_ok()
+        self.next_poll_at = now + rules.POLL_S
+        return [*acts, Save({"remote_call_id": new_id, "remote_started": self.wall(),
+                             "remote_state": self.rec.dump()}),
+                Emit("offload", f"call {old} cut before its time limit; a fresh attempt goes on from its final "
+                     f"checkpoint (call {new_id})"),
+                Goto(State.REMOTE, f"running on {self.where(name)}, call {new_id}")]
 
     def _after(self, now: float, run: dict[str, Any], acts: list[Action]) -> list[Action]:
         after = self.rec.after_pull

@@ -946,7 +946,7 @@ class Supervisor:
         elif self.state == State.CANCELLING:
             self._apply(await self.remote.cancelling(mono, self.run))
         elif self.state == State.PULLING:
-            self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir)))
+            self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir), self._job_spec()))
 
     async def _maybe_start(self, now: float, mono: float) -> None:
         if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:

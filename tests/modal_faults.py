@@ -21,7 +21,9 @@ The cloud side is a simulated container on the test's fake clock: it trains at `
 steps/s from the newest checkpoint on its volume, writes a real checkpoint every ``interval``
 steps and commits (the summary with it, as daemon/offload/remote.py does). After ``cancel()``
 the body TERMs the job, which saves at the step it reached; that save and its commit land
-``settle_s - 1`` s later, and the call reads TERMINATED ``settle_s`` after the cancel.
+``settle_s - 1`` s later, and the call reads TERMINATED ``settle_s`` after the cancel. With
+``timeout_s`` (the function's ``timeout``, no retries left) the attempt is killed at that age
+without a save (what was not committed is lost) and ``get`` raises ``FunctionTimeoutError``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Call:
     rate: float
     interval: int
     settle_s: float
+    timeout_s: float | None = None
     cancelled_at: float | None = None
     cancels: int = 0
     written: list[int] = field(default_factory=list)
@@ -81,8 +84,25 @@ class Call:
             "t": t, "state": state, "result": result, "checkpoint_step": step, "step": step,
             "total_steps": self.total, "loss": 1.0 / (1 + step), "steps_per_s": self.rate}))
 
+    def killed_at(self) -> float | None:
+        """When Modal kills the attempt at its timeout (None: never, or a cancel came first)."""
+        if self.timeout_s is None:
+            return None
+        at = self.started + self.timeout_s
+        return None if self.cancelled_at is not None and self.cancelled_at < at else at
+
     def advance(self, now: float) -> None:
         until = now if self.cancelled_at is None else min(now, self.cancelled_at)
+        killed = self.killed_at()
+        if killed is not None and until >= killed:  # killed: no save on the way out
+            until = killed
+            last = self.written[-1] if self.written else self.start_step
+            s = self.step_at(until)
+            for step in range(last - last % self.interval + self.interval, s + 1, self.interval):
+                write_checkpoint(self.vol / "ckpt" / f"step_{step:09d}", step)
+                self.written.append(step)
+                self._commit(step, until)
+            return
         last = self.written[-1] if self.written else self.start_step
         s = self.step_at(until)
         for step in range(last - last % self.interval + self.interval, s + 1, self.interval):
@@ -103,6 +123,9 @@ class Call:
 
     def outcome(self, now: float) -> Any:
         self.advance(now)
+        killed = self.killed_at()
+        if killed is not None and now >= killed:
+            raise mx.FunctionTimeoutError(f"Function exceeded its timeout of {self.timeout_s:.0f} seconds")
         if self.cancelled_at is not None and now >= self.cancelled_at + self.settle_s:
             raise mx.RemoteError("")  # GENERIC_STATUS_TERMINATED: its exception text is empty
         if self.step_at(now) >= self.total and self.cancelled_at is None:
@@ -114,8 +137,9 @@ class Cloud:
     """The Modal side. ``install(monkeypatch)`` puts it at the SDK's network boundary."""
 
     def __init__(self, root: Path, clock: Callable[[], float], *, rate: float = 10.0, total: int = 100_000,
-                 interval: int = 50, settle_s: float = 20.0):
+                 interval: int = 50, settle_s: float = 20.0, timeout_s: float | None = None):
         self.root, self.clock = root, clock
+        self.timeout_s = timeout_s
         self.rate, self.total, self.interval, self.settle_s = rate, total, interval, settle_s
         self.calls: dict[str, Call] = {}
         self.faults: list[Fault] = []
@@ -172,7 +196,7 @@ class Cloud:
             cid = f"fc-{len(cloud.calls) + 1:04d}"
             cloud.calls[cid] = Call(cid, vol, cloud.clock(), steps[-1] if steps else 0, spec.get("total_steps")
                                     or cloud.total, cloud.rate, cloud.interval, cloud.settle_s,
-                                    written=steps[-1:])
+                                    cloud.timeout_s, written=steps[-1:])
             return _Handle(cloud, cid)
 
         monkeypatch.setattr(modal.App, "run", app_run)

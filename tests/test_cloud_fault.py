@@ -182,6 +182,41 @@ def test_cloud_fault_restart_during_cancelling_and_during_the_pull_after_a_stop_
     run(go())
 
 
+def test_cloud_fault_an_attempt_at_its_time_limit_is_cut_through_cancelling_and_goes_on_there(tmp_path, monkeypatch):
+    """Old: nothing cut a cloud attempt before Modal's own per-attempt timeout ([offload]
+    timeout_s), which kills the container without a final save; the call then failed with
+    FunctionTimeoutError and so did the run, the cloud's checkpoints never brought home. Now the
+    daemon cuts it first, through the same cancelling as a stop (the final checkpoint committed
+    and pulled), and a fresh attempt goes on from it on the same backend."""
+    async def go():
+        cfg = modal_cfg(tmp_path, timeout_s=600.0, retries=0)
+        h, cloud = harness(tmp_path, monkeypatch, cfg=cfg, timeout_s=600.0)
+        await to_cloud(h)
+        [first] = cloud.calls.values()
+        await h.run(600, dt=1.0, until=lambda s: s.state == State.CANCELLING)
+        assert h.sup.state == State.CANCELLING, h.events()
+        assert 440 <= h.clock.mono - first.started <= 460  # 600 s less a quarter of it
+        assert any("time limit" in m and "timeout_s = 600 s" in m for m in h.events("offload"))
+        h2 = reopen(h)  # killed while cancelling: the record says a fresh attempt follows
+        sup2 = await h2.open()
+        assert sup2.state == State.CANCELLING
+        await h2.run(120, dt=1.0, until=lambda s: s.state == State.REMOTE)
+        assert sup2.state == State.REMOTE, h2.events()
+        assert first.cancels == 1 and len(cloud.calls) == 2  # one fresh attempt, never two
+        stop = first.step_at(first.cancelled_at)
+        assert first.written[-1] == stop and max(local_steps(h2)) == stop  # its last steps came home
+        pulled_at = next(e["t"] for e in h2.store.events(None, kind="pulled")) - (h2.clock.t - h2.clock.mono)
+        assert pulled_at >= first.cancelled_at + cloud.settle_s - 1  # after the container committed
+        second = cloud.calls["fc-0002"]
+        assert second.start_step == stop and sup2.run["remote_call_id"] == "fc-0002"
+        # well past where Modal would have killed the first attempt: the run goes on
+        await h2.run(first.started + 700 - h2.clock.mono, dt=1.0)
+        assert sup2.state == State.REMOTE and not h2.events("failed"), h2.events()
+        assert not any("-> failed" in m for m in h2.events("state"))
+        assert sup2.run["cloud_seconds"] >= first.cancelled_at + cloud.settle_s - first.started - 2
+    run(go())
+
+
 def test_cloud_fault_sigterm_while_moving_to_the_cloud_launches_nothing(tmp_path, monkeypatch):
     """Old: SIGTERM during the move launched the remote job anyway, then the daemon exited: the
     trainer ran unsupervised, billing past the budget until the next start."""

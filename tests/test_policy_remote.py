@@ -71,3 +71,20 @@ def test_detach_probe_output_is_parsed_and_absent_logind_reads_as_none():
     assert parse_detach_probe("KillUserProcesses=yes\nLinger=no\nann\n") == (True, False, False, "ann")
     assert parse_detach_probe("KillUserProcesses=yes\nLinger=yes\nSystemdRun=yes\nann\n") == (
         True, True, True, "ann")
+
+
+def test_only_modal_attempts_have_a_time_limit_and_it_is_modals_range():
+    assert r.attempt_timeout_s("modal", 6 * 3600.0) == 6 * 3600.0
+    assert r.attempt_timeout_s("modal", 10.0) == 60.0  # Modal takes 60 s at least
+    assert r.attempt_timeout_s("modal", 48 * 3600.0) == 24 * 3600.0  # and 24 h at most
+    assert r.attempt_timeout_s("ssh", 600.0) is None and r.attempt_timeout_s("local", 600.0) is None
+
+
+def test_an_attempt_is_cut_the_margin_before_its_limit_or_a_quarter_of_a_short_one():
+    limit = 6 * 3600.0
+    due = limit - r.CUT_MARGIN_S
+    assert not r.attempt_cut_due(1000.0, 1000.0 + due - 0.001, limit)
+    assert r.attempt_cut_due(1000.0, 1000.0 + due, limit)
+    assert not r.attempt_cut_due(0.0, 449.999, 600.0) and r.attempt_cut_due(0.0, 450.0, 600.0)
+    assert not r.attempt_cut_due(0.0, 0.0, 60.0)  # never a cut right at the launch
+    assert not r.attempt_cut_due(None, 1e9, limit) and not r.attempt_cut_due(0.0, 1e9, None)

@@ -330,6 +330,7 @@ class ModalBackend(OffloadBackend):
             spec = self.spec_for(job, s)
         except Exception as e:  # noqa: BLE001 - InvalidError from the build included
             raise _translate(e, "launch") from None
+        self._clear_summary(run_key)
         call_id: str | None = None
         try:
             with app.run(detach=True):
@@ -345,6 +346,18 @@ class ModalBackend(OffloadBackend):
             log.warning("launched %s, then leaving app.run failed: %s: %s", call_id, type(e).__name__, e)
         assert call_id is not None
         return call_id
+
+    def _clear_summary(self, run_key: str) -> None:
+        """The summary an earlier call of this run left on the volume ("final", "cancelled") would
+        be read as the new call's until its first commit: a fresh attempt after a cut, or a run
+        moved to the cloud again, read as cancelled at once. Removed before the spawn."""
+        import modal.exception as mx
+        try:
+            self._volume(run_key).remove_file(f"/run/{SUMMARY}")
+        except (FileNotFoundError, mx.NotFoundError):
+            pass  # the run's first call
+        except Exception as e:  # noqa: BLE001 - nothing launched yet: the launch is tried again
+            raise _translate(e, "launch") from None
 
     # poll -------------------------------------------------------------------------------
     def poll(self, call_id: str) -> RemoteStatus:

@@ -11,6 +11,10 @@ Choices, stated once:
 - A cancel is asked again until the cloud confirms it; until then the call may still be billing.
 - After a confirmed cancel the call gets ``SETTLE_S`` to stop the job, save and commit (Modal's
   container needs up to ~20 s): the pull waits for that, or for the call's final state.
+- A cloud attempt with a time limit of its own (Modal's per-attempt ``timeout``: killed there
+  with no grace, and after its retries the call fails) is cut by us first (``attempt_cut_due``),
+  ``CUT_MARGIN_S`` before the limit, through the same cancel as a stop: the final checkpoint is
+  committed and brought home, then a fresh attempt goes on from it on the same backend.
 - A remote job that dies without a result is relaunched: an infrastructure failure
   (preemption, a lost box) up to ``MAX_PREEMPTIONS`` times, the job's own death (an OOM kill,
   a crash) up to ``MAX_JOB_DEATHS`` times, each counted per backend and persisted.
@@ -29,6 +33,7 @@ MAX_BACKOFF_S = 30.0  # a silent one at most this seldom
 UNREACHABLE_S = 600.0  # silent this long: given up on (the SSH backend's window too)
 SETTLE_S = 90.0  # after a confirmed cancel: the longest wait for the final commit
 PULL_GIVE_UP_S = 120.0  # a pull that keeps failing before a fallback goes on without it
+CUT_MARGIN_S = 300.0  # a time-limited attempt is cut this long before its limit (cancel + settle: <= 2 min)
 MAX_PREEMPTIONS = 5  # infrastructure deaths (preempted, box lost) relaunched per backend
 MAX_JOB_DEATHS = 3  # the job's own deaths (OOM-killed, crashed) relaunched per backend
 
@@ -71,6 +76,24 @@ def settled(cancel_confirmed_at: float | None, now: float, remote_state: str | N
     if now - cancel_confirmed_at >= settle_s:
         return SettleVerdict(True, f"the call did not report its end within {settle_s:.0f} s of the cancel")
     return SettleVerdict(False, "waiting for the call's final checkpoint and commit")
+
+
+def attempt_timeout_s(backend: str, timeout_s: float) -> float | None:
+    """The per-attempt time limit the backend enforces on its own, or None: Modal kills an
+    attempt at its function ``timeout`` (``[offload] timeout_s``, which Modal takes as 60 s to
+    24 h); an SSH box and the local stand-in have no limit."""
+    if backend != "modal":
+        return None
+    return min(24 * 3600.0, max(60.0, float(timeout_s)))
+
+
+def attempt_cut_due(attempt_started: float | None, now: float, limit_s: float | None) -> bool:
+    """Cut the attempt now (before the backend kills it at ``limit_s``)? ``CUT_MARGIN_S`` ahead,
+    or a quarter of a short limit (never a cut right at the launch). Modal counts only the
+    execution, not the scheduling, so a cut counted from our launch always comes first."""
+    if attempt_started is None or limit_s is None:
+        return False
+    return now - attempt_started >= limit_s - min(CUT_MARGIN_S, limit_s / 4)
 
 
 @dataclass(frozen=True)
