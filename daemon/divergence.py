@@ -75,7 +75,9 @@ def plan_rollback(spike_step: int, checkpoint_steps: list[int], rollback_steps: 
     spike through ``skip_batches`` past it. ``last_ok_step``: the newest step whose loss looked
     normal; the skip starts no later than the step after it (the reported spike step is where the
     loss was worst, and the poisoned batches may have begun anywhere since that report)."""
-    before = sorted(s for s in checkpoint_steps if s < spike_step)
+    # a checkpoint past the last normal loss may hold the diverged weights: never a target
+    newest_ok = spike_step - 1 if last_ok_step is None else min(spike_step - 1, last_ok_step)
+    before = sorted(s for s in checkpoint_steps if s <= newest_ok)
     far = [s for s in before if s <= spike_step - rollback_steps]
     target = far[-1] if far else (before[0] if before else None)
     lo = spike_step - max(1, rollback_steps // 10)

@@ -1,7 +1,7 @@
 """What follows a loss spike (the divergence watchdog's verdict, daemon/divergence.py), as
 decisions: the event, then by ``[divergence] action`` an exit intent (``stop``: the run fails;
 ``next``: a graceful exit, then the queue's next run) or a rollback. A rollback moves the
-checkpoints after the chosen one aside into ``.diverged/`` (never deleted: nothing is lost),
+checkpoints after the chosen one aside into ``.diverged/`` (daemon/quarantine.py: never deleted),
 adds the poisoned batches to the run's skip list and stops the job without a checkpoint (the
 diverged weights must not become the newest one); the restart resumes from the chosen one.
 The Supervisor carries the decisions out (``Supervisor._apply``).
@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from daemon import intent as intents
+from daemon import quarantine
 from daemon.decisions import AskExit, Decision, Emit, Remember, Save
 from daemon.divergence import Spike, plan_rollback
 from daemon.policy.cfgtypes import DivergenceConfig
@@ -48,13 +49,10 @@ def rollback(spike: Spike, cfg_div: DivergenceConfig, checkpoint_dir: Path, skip
     if plan.checkpoint_step is None:
         return [AskExit(intents.diverged(f"the loss diverged at step {spike.step} and no earlier "
                                          "checkpoint exists"))]
-    quarantine = checkpoint_dir / ".diverged"
-    quarantine.mkdir(exist_ok=True)
-    for s, p in steps.items():
-        if s > plan.checkpoint_step:  # moved aside, never deleted: nothing is lost
-            p.rename(quarantine / p.name)
     skip = protocol.parse_skip(skip_steps) + list(plan.skip)
     reason = (f"rolled back to step {plan.checkpoint_step} after the loss spike at step {spike.step}; "
               f"skipping batches {protocol.format_skip(list(plan.skip))}")
+    # moved aside, never deleted: nothing is lost (daemon/quarantine.py says why each is there)
+    quarantine.set_aside(checkpoint_dir, plan.checkpoint_step, reason)
     return [Save({"skip_steps": protocol.format_skip(skip)}), Remember(clear_losses=True),
             AskExit(intents.rollback(str(steps[plan.checkpoint_step]), reason))]

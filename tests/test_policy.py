@@ -168,6 +168,16 @@ def test_rollback_plan_and_skip_format():
     assert parse_skip(format_skip([(1, 2), (5, 9)])) == [(1, 2), (5, 9)]
 
 
+def test_a_rollback_never_targets_a_checkpoint_written_after_the_last_normal_loss():
+    """Issue 25: records are rate-limited; the loss was normal at step 110, the spike reported at
+    130; the checkpoint at step 120 was written in between and may hold the diverged weights.
+    With rollback_steps 5 the plan chose step 120 (the newest <= 125)."""
+    plan = plan_rollback(130, [100, 120], rollback_steps=5, skip_batches=10, last_ok_step=110)
+    assert plan.checkpoint_step == 100
+    assert plan_rollback(130, [110, 120], 5, 10, last_ok_step=110).checkpoint_step == 110
+    assert plan_rollback(130, [120], 5, 10, last_ok_step=110).checkpoint_step is None
+
+
 def test_a_rollback_skips_from_the_last_normal_report_when_the_worst_loss_came_later():
     """Records are rate-limited and carry the worst loss since the previous one: poisoned batches
     99-103 reported as a spike at step 103 (the worst) after a normal report at step 96. The

@@ -30,7 +30,7 @@ def test_a_rollback_moves_the_later_checkpoints_aside_adds_the_skip_and_restarts
     assert got[2] == Remember(clear_losses=True)
     assert got[3].intent.why == Why.ROLLBACK and got[3].intent.resume == str(tmp_path / "step_000000020")
     assert not got[3].intent.graceful  # no checkpoint of the diverged weights
-    assert sorted(p.name for p in (tmp_path / ".diverged").iterdir()) == ["step_000000030", "step_000000040"]
+    assert sorted(p.name for p in (tmp_path / ".diverged").glob("step_*")) == ["step_000000030", "step_000000040"]
     assert (tmp_path / "step_000000020").is_dir()  # nothing deleted, the target stays
 
 
@@ -43,3 +43,13 @@ def test_no_earlier_checkpoint_ends_the_run_and_stop_or_next_never_touch_the_fil
     stop = on_spike(SPIKE, {**DIV, "action": "stop"}, tmp_path, "")
     assert stop[1].intent.why == Why.DIVERGED and not (tmp_path / ".diverged").exists()
     assert [type(d) for d in on_spike(SPIKE, {**DIV, "action": "warn"}, tmp_path, "")] == [Emit]
+
+
+def test_a_rollback_says_why_each_checkpoint_it_moved_aside_is_there(tmp_path):
+    """`nightshift checkpoints` shows why a checkpoint is in .diverged/ (daemon/quarantine.py)."""
+    from daemon import quarantine
+    checkpoints(tmp_path, 10, 20, 30, 40)
+    on_spike(SPIKE, DIV, tmp_path, "")
+    why = quarantine.reasons(tmp_path)
+    assert set(why) == {"step_000000030", "step_000000040"}
+    assert why["step_000000030"].startswith("rolled back to step 20 after the loss spike at step 45")
