@@ -35,8 +35,11 @@ quickstart's); the first threaded call copies it aside into ``<store_dir>/before
 nothing is lost, and ``found`` says where (the Supervisor turns it into an event).
 
 ``marks.json`` remembers what a copy turned out to be: ``failed`` (the job could not load it,
-see ``mark_failed``) or ``suspect`` (written after the last normal loss before a divergence).
-Neither is put back by ``restore`` nor offered by ``newest``; both stay on disk.
+see ``mark_failed``), ``suspect`` (written after the last normal loss before a divergence, by
+the attempt that diverged: ``mark_suspect_after`` opens a window, ``close_suspect`` at the next
+start closes it, so copies that descend from a good one are never suspect) or ``set aside``
+(newer than a copy the user restored on purpose, ``choose``). None of them is put back by
+``restore`` nor offered by ``newest``; all stay on disk. ``choose`` also lifts a copy's own mark.
 
 The step: read from the checkpoint when it says (nanoGPT's ``iter_num``, found by walking the
 zip's pickle opcodes with pickletools — nothing is unpickled; HF's ``trainer_state.json``
@@ -83,7 +86,7 @@ class AdoptedCheckpoint:
     sha256: str  # of the file, or of the directory's sorted (name, sha256) list
     source_mtime_ns: int
     verified: str  # "zip-crc" | "contents" | "settled"
-    mark: str | None = None  # "failed" | "suspect" (marks.json), with why in mark_why
+    mark: str | None = None  # "failed" | "suspect" | "set aside" (marks.json), with why in mark_why
     mark_why: str = ""
 
     def as_record(self) -> dict[str, Any]:
@@ -461,14 +464,46 @@ class Adopter:
 
     def mark_suspect_after(self, step: int, why: str) -> list[AdoptedCheckpoint]:
         """Copies of a step past ``step`` (the last normal loss before a divergence), and any
-        adopted later with such a step, are suspect: not offered, not restored unless asked.
-        Returns the copies marked now."""
+        adopted with such a step until ``close_suspect``, are suspect: not offered, not
+        restored unless asked. Returns the copies marked now."""
         marks = self._marks()
-        old = marks.get("suspect_after")
-        marks["suspect_after"] = {"step": int(step) if old is None else min(int(step), int(old["step"])),
-                                  "why": why}
+        windows = _windows(marks)
+        if windows and windows[-1].get("through") is None:  # still open: the lowest step wins
+            windows[-1] = {**windows[-1], "step": min(int(step), int(windows[-1]["step"])), "why": why}
+        else:
+            windows.append({"step": int(step), "why": why, "through": None})
+        marks.pop("suspect_after", None)
+        marks["suspect"] = windows
         self._set_marks(marks)
         return [c for c in self._versions() if c.mark == "suspect"]
+
+    def close_suspect(self) -> bool:
+        """The next attempt starts from a good copy: what it writes is not suspect, whatever its
+        step. True if a window was open."""
+        marks = self._marks()
+        windows = _windows(marks)
+        if not windows or windows[-1].get("through") is not None:
+            return False
+        versions = self._versions()
+        windows[-1] = {**windows[-1], "through": versions[0].version if versions else 0}
+        marks.pop("suspect_after", None)
+        marks["suspect"] = windows
+        self._set_marks(marks)
+        return True
+
+    def choose(self, version: int, why: str) -> list[AdoptedCheckpoint]:
+        """The user restores this copy on purpose: its own mark is lifted, the copies newer than
+        it are set aside (so ``restore`` puts this one back), the window closes. Returns the
+        copies set aside now."""
+        self.close_suspect()
+        marks = self._marks()
+        marks["chosen"] = sorted({*marks.get("chosen", []), int(version)})
+        aside = marks.setdefault("set_aside", {})
+        newer = [c for c in self._versions() if c.version > version and c.mark is None]
+        for c in newer:
+            aside[str(c.version)] = why
+        self._set_marks(marks)
+        return newer
 
     def _check_copy(self, c: AdoptedCheckpoint, deep: bool) -> str | None:
         """Why a stored copy is not usable, or None. Shallow: sizes; deep: sha256 and zip CRCs."""
@@ -697,13 +732,29 @@ def _as_tuple(v: Any) -> Any:
     return tuple(_as_tuple(x) for x in v) if isinstance(v, list) else v
 
 
+def _windows(marks: dict[str, Any]) -> list[dict[str, Any]]:
+    """The divergence windows, oldest first (``suspect_after``: the one open window of a store
+    written before windows closed)."""
+    out = [w for w in marks.get("suspect") or [] if isinstance(w, dict) and "step" in w]
+    old = marks.get("suspect_after")
+    if isinstance(old, dict) and "step" in old:
+        out.append({"step": old["step"], "why": old.get("why", ""), "through": None})
+    return out
+
+
 def _mark_of(version: int, step: Any, marks: dict[str, Any]) -> tuple[str | None, str]:
+    if version in (marks.get("chosen") or []):
+        return None, ""  # restored on purpose: whatever it was, the user took it
     failed = (marks.get("failed") or {}).get(str(version))
     if failed is not None:
         return "failed", str(failed)
-    after = marks.get("suspect_after")
-    if after is not None and isinstance(step, int) and step > int(after["step"]):
-        return "suspect", str(after.get("why") or "")
+    aside = (marks.get("set_aside") or {}).get(str(version))
+    if aside is not None:
+        return "set aside", str(aside)
+    for w in _windows(marks):
+        through = w.get("through")
+        if isinstance(step, int) and step > int(w["step"]) and (through is None or version <= int(through)):
+            return "suspect", str(w.get("why") or "")
     return None, ""
 
 

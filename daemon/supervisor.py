@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon import decide
+from daemon import decide, suspects
 from daemon import intent as intents
 from daemon import restorechain as chain
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # the parts: built by daemon/parts.py (or a test), imported o
     from daemon.adopt import AdoptedCheckpoint, Adopter
     from daemon.clockcap import ClockCap
     from daemon.diagnosis import Diagnosis
-    from daemon.divergence import DivergenceDetector, Spike
+    from daemon.divergence import DivergenceDetector
     from daemon.governor_io import GovernorPort, NoDevicePort
     from daemon.notify import Notifier
     from daemon.offload.base import JobSpec, RemoteStatus
@@ -416,6 +416,8 @@ class Supervisor:
         newest = self.adopter.newest() if self.adopter is not None else None
         if newest is not None and self.facts.checkpoint is None:
             self.facts.checkpoint = _adopted_fact(newest)
+        elif self.facts.checkpoint and not os.path.exists(str(self.facts.checkpoint.get("path"))):
+            self.facts.checkpoint = suspects.newest_left(Path(self.checkpoint_dir))  # set aside
         self._rebuild_counters()
 
     def _rebuild_counters(self) -> None:
@@ -597,6 +599,7 @@ class Supervisor:
             self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=int(rec["step"]))
+            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), int(rec["step"])))
         elif kind == "checkpoint_error":
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
@@ -838,6 +841,7 @@ class Supervisor:
                    + (f"action: {action}" if ends or action == "alert" else
                       f"said only ({action} does not apply to a climb, or no job is running here)"),
                    "error", step=c.step, climb_start=c.start, loss=str(c.loss))
+        self._suspect_after(c.start if c.start is not None else c.step - 1, c.step, "climb back")
         if ends:
             reason = f"stopped: the loss climbed back from step {c.start} ({c.reason})"
             self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
@@ -973,6 +977,9 @@ class Supervisor:
                 self.event("restored", f"put the adopted checkpoint of step {restored.step} back at "
                            f"{restored.relpath} before the restart")
         ckpt_dir = self.checkpoint_dir
+        if said := await asyncio.to_thread(suspects.at_start, Path(ckpt_dir), self.adopter):
+            self.event("suspect", said, "warn")
+        self.problems.pop("suspect", None)  # this attempt starts from a good checkpoint
         info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
         job = self.job
         script_ckpt = self._script_checkpoint()
@@ -1246,25 +1253,22 @@ class Supervisor:
         if spike is None:
             return
         self.stop_loss = (spike.step, spike.loss)  # what status shows: the loss that did it
-        self._suspect_after(spike)
+        self._suspect_after(spike.last_ok_step if spike.last_ok_step is not None else spike.step - 1,
+                            spike.step, "loss spike" if math.isfinite(spike.loss) else "non-finite loss")
         from daemon.spikes import on_spike
         self._apply(on_spike(spike, self.cfg["divergence"], Path(self.checkpoint_dir),
                              self.run.get("skip_steps") or ""))
 
-    def _suspect_after(self, spike: Spike) -> None:
-        """A script's copies written after the last normal loss are suspect: never offered as
-        the newest checkpoint, never put back; status names the last good one."""
-        if self.adopter is None:
-            return
-        last_ok = spike.last_ok_step if spike.last_ok_step is not None else spike.step - 1
-        marked = self.adopter.mark_suspect_after(last_ok, f"written after the last normal loss "
-                                                 f"(step {last_ok}) before the divergence at step {spike.step}")
-        good = self.adopter.newest()
-        self.facts.checkpoint = _adopted_fact(good) if good is not None else None
-        self.problems["suspect"] = (
-            (f"the last good checkpoint is step {good.step}" if good is not None else "no good checkpoint is left")
-            + f": those past step {last_ok} are suspect (the loss diverged at step {spike.step})"
-            + (f"; {len(marked)} kept in {self.adopter.store}" if marked else ""))
+    def _suspect_after(self, last_ok: int, at_step: int, what: str) -> None:
+        """Checkpoints written after the last normal loss are set aside, never put back on their
+        own; status names the last good one (daemon/suspects.py)."""
+        self._said(suspects.on_divergence(Path(self.checkpoint_dir), self.adopter, last_ok, at_step, what))
+
+    def _said(self, said: suspects.Said | None) -> None:
+        if said is not None:
+            self.facts.checkpoint, self.problems["suspect"] = said.shown, said.problem
+            if said.event:
+                self.event("suspect", said.event, "warn")
 
     # ================================================================== the cloud
     def _apply(self, actions: Sequence[Action | Decision]) -> None:
@@ -1676,8 +1680,7 @@ def _gpu_signature(tail: str) -> str | None:
     return match_job_output(tail)
 
 
-def _adopted_fact(c: AdoptedCheckpoint) -> dict[str, Any]:
-    return {"step": c.step, "path": str(c.path), "t": c.t, "bytes": c.bytes, "adopted": c.relpath}
+_adopted_fact = suspects.adopted_fact
 
 
 def _finite(x: Any) -> float | None:

@@ -391,3 +391,27 @@ def test_the_chain_marks_the_copy_that_did_not_load_and_with_none_left_moves_the
     d = judge_exit(b, Resumed(c.relpath, c.version, c.step), "code_error", None, err, fresh_allowed=False)
     assert d.action == "fail" and "does not load: not a torch zip" in d.reason
     assert "every copy failed to load" in d.reason
+
+
+def test_copies_of_the_next_attempt_are_not_suspect_and_a_suspect_copy_can_be_chosen_on_purpose(tmp_path):
+    """Issue 25: the window closes when the next attempt starts from the last good copy; what
+    that attempt writes (step 300 again, from good weights) was marked suspect forever by its
+    step. `nightshift restore --force` (Adopter.choose) puts a suspect copy back on purpose."""
+    clock = Clock()
+    a = make(tmp_path, clock, keep=3)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (100, 200, 300):
+        save_ckpt(p, it)
+        a.observe()
+    a.mark_suspect_after(249, "non-finite loss at step 260")
+    save_ckpt(p, 400)  # the diverged attempt's last save
+    assert a.observe().mark == "suspect"
+    assert a.restore().step == 200 and a.close_suspect()
+    save_ckpt(p, 300, n=2100)  # the next attempt, from step 200's good weights
+    again = a.observe()
+    assert again.step == 300 and again.mark is None and a.newest().version == again.version
+    v400 = next(c for c in a._versions() if c.step == 400)
+    assert [c.version for c in a.choose(v400.version, "newer than the copy restored on purpose")] == [again.version]
+    assert a.newest().step == 400 and a.restore().step == 400 and step_of(p) == 400
+    marks = {c.version: c.mark for c in a._versions()}
+    assert marks[again.version] == "set aside" and marks[v400.version] is None
