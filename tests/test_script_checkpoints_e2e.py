@@ -289,7 +289,7 @@ def test_after_a_nan_loss_the_nan_checkpoint_is_suspect_and_the_phone_shows_the_
     assert any(p.startswith("the last good checkpoint is step 40: those past step 59 are suspect")
                for p in st["problems"]), st["problems"]
     marks = json.loads((tmp_path / "state" / "adopted" / "run-1" / "marks.json").read_text())
-    assert marks["suspect_after"]["step"] == 59
+    assert [w["step"] for w in marks["suspect"]] == [59]
     lines = text.splitlines()
     assert len(lines) <= 12 and lines[0] == "nightshift  FAILED", text
     assert "loss  nan at step 60 stopped the run" in text and "ckpt  step 40" in text, text
