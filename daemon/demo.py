@@ -15,7 +15,8 @@ start and after the reset), a few seconds. ``--long`` tells the same story over 
 two resets. ``--governor`` runs it with ``[thermal] governor = "clock"``: the simulated chip's
 clock model (heat ~ cap cubed, step speed ~ cap^0.6, trainer/simhook paces the job by it) lets
 the governor learn the clock the chip sustains under pause_at_c and hold it instead of pausing;
-the injected reset stays (a governor cannot help firmware hangs). The default story stays the
+the injected reset stays (a governor cannot help firmware hangs); the summary sets its pauses
+beside pausing alone on the same chip (daemon/demo_baseline.py). The default story stays the
 pause policy's, since the governor is off by default (README "Thermal governor").
 """
 
@@ -29,12 +30,14 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from daemon import config as config_mod
 from daemon import statusfmt
 from daemon.config import TomlValue
+from daemon.demo_baseline import Baseline, pause_only
 from daemon.policy.cfgtypes import Config
 
 if TYPE_CHECKING:
@@ -219,8 +222,27 @@ def eta_check_lines(rows: list[dict[str, float]]) -> list[str]:
             f"{r['took_s']:.0f} s taken ({r['error']:+.0%})" for r in rows]
 
 
+def governor_baseline(story: Story) -> Baseline:
+    """The --governor story's chip training the same steps at full clock with pausing alone."""
+    cfg = demo_config(Path(tempfile.gettempdir()), int(story["steps"]), 1, float(story["rate"]),
+                      governor=True)
+    return pause_only(cfg["gpu"]["simulated"], cfg["thermal"], story["steps"] / story["rate"],
+                      float(cfg["gpu"]["poll_interval_s"]))
+
+
+def compare_line(gov: dict[str, Any], pauses: int, base: Baseline, steps: int) -> str:
+    """The governed run against pausing alone: "0 pauses with the governor; pausing alone ..."."""
+    cost = ""
+    if gov.get("speed"):  # measured step rate under the cap / at full clock
+        cost = f"; the cap cost ~{base.train_s * (1 / gov['speed'] - 1):.0f} s of training ({gov['speed']:.2f}x speed)"
+    return (f"{pauses} pause{'' if pauses == 1 else 's'} with the governor; the plain demo's pausing "
+            f"alone on this chip: {base.pauses} pause{'' if base.pauses == 1 else 's'}, "
+            f"{base.held_s:.0f} s held, for the same {steps} steps (the chip model, the reset aside)"
+            f"{cost}")
+
+
 def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
-            etas: list[str] | None = None) -> str:
+            etas: list[str] | None = None, baseline: Baseline | None = None) -> str:
     kinds = [e["kind"] for e in events]
     resets = (st.get("resets") or {})
     lines = [
@@ -242,6 +264,9 @@ def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
     if gov:  # --governor: what it held and learned (the phone's line, from the last snapshot)
         lines.append(f"{'governor:':<17}{gov['line']}; learned {gov.get('learned_mhz') or '-'} MHz "
                      "(the next night of this job starts there)")
+        if baseline is not None:
+            lines.append(f"{'vs pausing:':<17}" + compare_line(gov, kinds.count("paused_hot"), baseline,
+                                                             int(st.get("total_steps") or 0)))
     return "\n".join(lines)
 
 
@@ -260,9 +285,11 @@ def main(args: argparse.Namespace) -> int:
     events = store.events(None, limit=10000)
     # against when the run ended (its "succeeded" event), not the daemon's own shutdown after it
     checks = eta_check(screen.etas, screen.ended_at or time.monotonic() - screen.t0)
-    print(summary(st, wall, events, eta_check_lines(checks)))
-    (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1),
-                                                      "eta_check": checks}, indent=2, default=str))
+    base = governor_baseline(story) if st.get("governor") else None
+    print(summary(st, wall, events, eta_check_lines(checks), base))
+    (workdir / "summary.json").write_text(json.dumps({**st, "wall_s": round(wall, 1), "eta_check": checks,
+                                                      "pausing_alone": base and asdict(base)},
+                                                     indent=2, default=str))
     store.close()
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -83,6 +83,15 @@ RESET_LINES = [
 ]
 
 
+def heat(p: dict[str, float], temp: float, load: float, rel_clock: float, dt: float) -> float:
+    """The chip's edge after ``dt`` simulated seconds at this load and relative clock (``p``:
+    DEFAULTS and overrides): steady rise ~ dynamic power ~ f^3 (V rises with f) above the idle
+    floor, one time constant heating and another cooling."""
+    target = p["ambient_c"] + load * p["load_c"] * rel_clock ** 3
+    tau = p["tau_heat_s"] if target > temp else p["tau_cool_s"]
+    return temp + (target - temp) * (1 - math.exp(-dt / max(tau, 1e-6)))
+
+
 def busy_marker_load(root: Path, window_s: float = 1.0):
     """Default load: 1.0 while the job's hook touched <root>/busy within ``window_s`` real s."""
     busy = root / "busy"
@@ -316,10 +325,7 @@ class SimulatedGPU:
             self.load = 0.0 if self.resetting else max(float(self.load_fn()), cpu)
             self.cap_mhz = self.read_cap()
             self.clock_mhz = self.cap_mhz if self.load > 0 else p["sclk_min_mhz"]
-            # steady rise ~ dynamic power ~ f^3 (V rises with f) above the idle floor
-            target = p["ambient_c"] + self.load * p["load_c"] * self.rel_clock() ** 3
-            tau = p["tau_heat_s"] if target > self.temp else p["tau_cool_s"]
-            self.temp += (target - self.temp) * (1 - math.exp(-dt / max(tau, 1e-6)))
+            self.temp = heat(p, self.temp, self.load, self.rel_clock(), dt)
             if self.resetting:
                 if self.resetting_until is None or self.sim_time >= self.resetting_until:
                     self._end_reset()

@@ -269,6 +269,10 @@ def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
     assert m and int(m.group(1)) < 2700 and int(m.group(6)) < 2700, r.stdout[-2000:]
     pauses = int(re.search(r"thermal pauses: +(\d+)", r.stdout).group(1))
     assert pauses <= 1 and int(m.group(4)) <= pauses
+    # the summary compares it with pausing alone on the same chip (issue 29, item 8)
+    vs = re.search(r"vs pausing: +(\d+) pauses? with the governor; the plain demo's pausing alone on "
+                   r"this chip: (\d+) pauses?, \d+ s held, for the same 250 steps", r.stdout)
+    assert vs and int(vs.group(1)) == pauses and int(vs.group(2)) > pauses, r.stdout[-2000:]
 
 
 def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_at_once(tmp_path):
