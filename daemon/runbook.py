@@ -11,7 +11,7 @@ stays a 3000-step run after ``[job]`` is edited. The same record is written to t
 directory (``runs/<N>/run.json``, and ``outcome.json`` once it ends), so a store rebuilt after
 corruption re-creates each run with its own command instead of the config's.
 
-The queue lives in the store (names of env vars only; values in ``queue-env.json``,
+The queue lives in the store (names of env vars only; values in ``queue-env/<id>.json``,
 daemon/queueenv.py). Edits come from the API through the Supervisor's tick.
 """
 
@@ -238,7 +238,7 @@ class RunBook:
         for rec, outcome in found:
             self.store.create_run(rec.name, public_config(self.cfg), rec.total_steps,
                                   run_id=rec.id, created=rec.created)
-            if rec.queue_id is not None:  # its env values are still under this id (queue-env.json)
+            if rec.queue_id is not None:  # its env values are still under this id (queue-env/)
                 self.store.queue_add(rec.name, rec.command, dict.fromkeys(rec.env_names, REDACTED),
                                      "recovered", rec.resume_command, rec.total_steps,
                                      entry_id=rec.queue_id, state="started", run_id=rec.id)
@@ -272,7 +272,7 @@ class RunBook:
         """Queued runs' env values (daemon/queueenv.py): never in the store, never served."""
         if self._qenv is None:
             d = self.cfg["daemon"]
-            self._qenv = QueueEnv(d.get("_fallback_dir") or d["state_dir"])
+            self._qenv = QueueEnv(d.get("_fallback_dir") or d["state_dir"], read_only=self.read_only)
             for qid, env in ({} if self.read_only else self.store.take_queue_env()).items():  # an older db's
                 self._qenv.put(qid, env)
         return self._qenv
@@ -286,12 +286,16 @@ class RunBook:
     def seed(self) -> None:
         """[[queue]] entries from the config join the stored queue once (a restart re-reads
         the config; an entry already queued, started or removed is not added again)."""
-        have = {(q["name"], json.dumps(q["command"])): q["id"] for q in self.store.queue(waiting_only=False)}
+        have = {(q["name"], json.dumps(q["command"])): q for q in self.store.queue(waiting_only=False)}
         for item in self.cfg.get("queue", []):
-            qid = have.get((item["name"], json.dumps(item["command"])))
-            if qid is None:
+            q = have.get((item["name"], json.dumps(item["command"])))
+            if q is None:
                 qid = self.store.queue_add(item["name"], item["command"], item["env"], "config",
                                            item["resume_command"], item["total_steps"])
+            elif q["state"] == "removed":
+                continue  # it will never run: its values are not wanted back
+            else:
+                qid = int(q["id"])
             self._qenv_obj().put(qid, item["env"])  # the values, from the config, kept out of the store
 
     def waiting(self) -> list[dict[str, Any]]:
@@ -341,6 +345,7 @@ class RunBook:
 
     def remove(self, qid: int) -> None:
         self.store.queue_set(qid, state="removed")
+        self._qenv_obj().drop(qid)  # it will never run: its values go (a run's stay: its `changes`)
 
     def move(self, qid: int, to: int) -> int:
         ids = [q["id"] for q in self.store.queue()]

@@ -160,7 +160,9 @@ def test_queued_env_values_are_never_stored_or_served_and_survive_a_restart(tmp_
         await h2.run(3)
         assert [p.command for p in h2.factory.procs] == [["c"]]
         assert h2.factory.procs[0].env["HF_TOKEN"] == "hf_s3cret_cli"
-        assert (tmp_path / "state" / "queue-env.json").stat().st_mode & 0o077 == 0
+        qdir = tmp_path / "state" / "queue-env"
+        assert qdir.stat().st_mode & 0o077 == 0 and (qdir / f"{r['id']}.json").stat().st_mode & 0o077 == 0
+        assert len(list(qdir.glob("*.json"))) == 3  # one per entry (the runs' `changes` compare them)
     run(go())
 
 
@@ -178,6 +180,63 @@ def test_env_values_an_older_version_stored_are_moved_out_of_the_database(tmp_pa
     q = QueueEnv(tmp_path)
     q.put(qid, {"K": "plain-old"})
     assert QueueEnv(tmp_path).get(qid) == {"K": "plain-old"}
+
+
+def _book(tmp_path, store=None):
+    from pathlib import Path
+
+    from daemon.runbook import RunBook
+    from daemon.store import Store
+    cfg = config(tmp_path, job={"command": ["a"]})
+    state = Path(cfg["daemon"]["state_dir"])
+    state.mkdir(parents=True, exist_ok=True)
+    store = store or Store(state / "nightshift.db")
+    return RunBook(store, cfg, lambda: 1000.0, state / "runs"), store, state
+
+
+def _files(state):
+    """Every file beside the database: path -> (inode, size, mtime)."""
+    return {p.relative_to(state).as_posix(): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in state.rglob("*") if p.is_file() and not p.name.startswith("nightshift.db")}
+
+
+def test_a_queue_add_with_env_values_writes_one_small_file_however_long_the_queue(tmp_path):
+    """Old: every entry's values in one queue-env.json, rewritten whole by each add: at 1,000
+    entries an add wrote ~40 KB (O(n)). Now the n-th add writes its own file alone."""
+    book, store, state = _book(tmp_path)
+    for i in range(1000):
+        assert book.add({"name": f"r{i}", "command": ["b", str(i)], "env": {"HF_TOKEN": f"hf_{i:06d}"}})[1]
+    before = _files(state)
+    answer, qid = book.add({"name": "last", "command": ["b", "x"], "env": {"HF_TOKEN": "hf_last"}})
+    after = _files(state)
+    touched = {p: after[p][1] for p in after if before.get(p) != after[p]}
+    assert touched == {f"queue-env/{qid}.json": len('{"HF_TOKEN": "hf_last"}')}, touched
+    assert not set(before) - set(after)
+    assert (state / "queue-env" / f"{qid}.json").stat().st_mode & 0o777 == 0o600
+    assert (state / "queue-env").stat().st_mode & 0o777 == 0o700
+    # a restart (a new book on the same files) gives every queued run its value
+    book2, _, _ = _book(tmp_path, store)
+    rows = {q["id"]: q for q in store.queue()}
+    assert book2.queued_env({"env": json.dumps({"HF_TOKEN": "<redacted>"}), "queue_id": qid}) == {"HF_TOKEN": "hf_last"}
+    assert book2._qenv_obj().get(min(rows)) == {"HF_TOKEN": "hf_000000"}
+    # an entry removed from the queue takes its values with it
+    book2.remove(qid)
+    assert not (state / "queue-env" / f"{qid}.json").exists() and book2._qenv_obj().get(qid) is None
+
+
+def test_the_older_single_env_file_is_moved_into_one_file_per_entry_at_start(tmp_path):
+    book, store, state = _book(tmp_path)
+    qid = store.queue_add("old", ["b"], {"K": "<redacted>"}, "cli")
+    (state / "queue-env.json").write_text(json.dumps({str(qid): {"K": "v-old"}, "999": {"K": "gone"}}))
+    # a stopped daemon's files read by the CLI: read, never moved
+    from daemon.queueenv import QueueEnv
+    assert QueueEnv(state, read_only=True).get(qid) == {"K": "v-old"}
+    assert (state / "queue-env.json").exists() and not (state / "queue-env").exists()
+    assert book.queued_env({"env": json.dumps({"K": "<redacted>"}), "queue_id": qid}) == {"K": "v-old"}
+    assert not (state / "queue-env.json").exists()
+    assert json.loads((state / "queue-env" / f"{qid}.json").read_text()) == {"K": "v-old"}
+    assert (state / "queue-env" / f"{qid}.json").stat().st_mode & 0o777 == 0o600
+    assert QueueEnv(state).get(qid) == {"K": "v-old"}  # and after the next restart
 
 
 async def _submit(h: Harness, action: str, arg):
