@@ -334,6 +334,57 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_run(cfg: Config) -> int | None:
+    """The run a command means when none is named: the unfinished one, else the newest."""
+    from daemon import joblog, offline
+    run = offline.running_run(cfg)
+    if run is None:
+        ids = joblog.run_ids(cfg["daemon"]["state_dir"])
+        run = ids[-1] if ids else None
+    return run
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from daemon import ckptcmd
+
+    cfg = _load_client(args.config)
+    run = args.run if args.run is not None else _default_run(cfg)
+    if run is None:
+        print(f"nightshift checkpoints: no run yet in {cfg['daemon']['state_dir']}", file=sys.stderr)
+        return 1
+    got = ckptcmd.entries(cfg, run)
+    print(ckptcmd.as_json(run, got) if args.json else ckptcmd.format_entries(run, got))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from daemon import ckptcmd, offline
+    from daemon.lock import StateDirLocked, acquire_state_lock
+
+    cfg = _load_client(args.config)
+    state = cfg["daemon"]["state_dir"]
+    stop_first = ("stop it first (`systemctl stop nightshiftd`, `nightshift stop` then Ctrl-C on "
+                  "`nightshift run`), then run this again; the next start resumes from the step you chose")
+    if not _no_daemon(cfg):
+        print(f"nightshift restore: the daemon is running on {state}: it owns the run's checkpoints "
+              f"while it runs; {stop_first}", file=sys.stderr)
+        return 1
+    try:
+        lock = acquire_state_lock(state)
+    except StateDirLocked as e:
+        print(f"nightshift restore: a daemon holds {state} (pid {e.pid}); {stop_first}", file=sys.stderr)
+        return 1
+    with lock:
+        try:
+            message = ckptcmd.restore(cfg, args.run, args.step, args.force)
+        except ckptcmd.CannotRestore as e:
+            print(f"nightshift restore: {e}", file=sys.stderr)
+            return 1
+    print(f"run {args.run}: {message}")
+    print(ckptcmd.next_step_hint(cfg, args.run, offline.running_run(cfg)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon import demo
 
@@ -425,6 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", "--lines", type=int, default=50, metavar="N",
                     help="how many of the last lines to print first (default 50)")
     lg.set_defaults(fn=cmd_logs)
+    ck = with_config(sub.add_parser("checkpoints", help="a run's checkpoints on disk: step, when, "
+                                    "good/suspect/set aside/failed/torn and why (works while the daemon runs)"))
+    ck.add_argument("run", nargs="?", type=int, metavar="RUN", help="the run's number (default: the "
+                    "unfinished run, else the newest)")
+    ck.add_argument("--json", action="store_true", help="the list as JSON")
+    ck.set_defaults(fn=cmd_checkpoints)
+    rt = with_config(sub.add_parser("restore", help="make a checkpoint of step N what run RUN resumes "
+                                    "from next, a suspect one too with --force (the daemon stopped)"))
+    rt.add_argument("run", type=int, metavar="RUN", help="the run's number (`nightshift runs`)")
+    rt.add_argument("--step", type=int, required=True, metavar="N",
+                    help="the checkpoint's step (`nightshift checkpoints RUN` lists them)")
+    rt.add_argument("--force", action="store_true", help="also a checkpoint that is suspect (written "
+                    "after a divergence), failed to load, or set aside")
+    rt.set_defaults(fn=cmd_restore)
     cn = with_config(sub.add_parser("cancel", help="end the current run (or RUN) after a durable "
                                     "checkpoint; the queue moves on. '#N' removes queued entry N "
                                     "(needs the API token)"))
