@@ -182,7 +182,7 @@ def job_python(m: Machine, cfg: Config) -> str:
         return m.python
     cmd = cfg["job"].get("command") or []
     if cmd and Path(cmd[0]).name.startswith("python"):
-        # as the job runs it: the daemon's own bin dir first on PATH (Supervisor._job_env)
+        # as the job runs it: the daemon's own bin dir first on PATH (daemon/starting.py: JobStarter.env)
         path = os.path.dirname(sys.executable) + os.pathsep + m.env.get("PATH", os.defpath)
         return shutil.which(cmd[0], path=path) or cmd[0]
     return sys.executable

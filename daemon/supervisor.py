@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,11 +60,11 @@ from daemon.recovering import Probe, Recovery
 from daemon.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.resets.resetlog import ResetLog
 from daemon.runbook import RunBook
+from daemon.starting import JobStarter, StartContext
 from daemon.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.status import JobFacts
 from daemon.store import TERMINAL_STATES, Store
 from daemon.storeguard import StoreGuard
-from trainer import protocol
 
 if TYPE_CHECKING:  # the parts: built by daemon/parts.py (or a test), imported only there
     from daemon.adopt import AdoptedCheckpoint, Adopter
@@ -126,6 +125,7 @@ class Supervisor:
         self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
         self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/adopt.py), per run
         self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
+        self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
         self.stop_loss: tuple[int, float] | None = None  # (step, loss) of the divergence that stopped it
         self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
@@ -968,36 +968,12 @@ class Supervisor:
         if "thermal" in self.holds:  # died while cooling (or a restart): start when the hold ends
             self.set_state(State.COOLING, f"the job restarts once the GPU has cooled ({self.holds['thermal']})")
             return
-        restored = None
-        if self.adopter is not None:
-            restored, found = await asyncio.to_thread(chain.restore_for_start, self.adopter)
-            for f in found:
-                self.event("found", chain.found_message(f, self.run_id), "warn")
-            if restored is not None:
-                self.event("restored", f"put the adopted checkpoint of step {restored.step} back at "
-                           f"{restored.relpath} before the restart")
-        ckpt_dir = self.checkpoint_dir
-        if said := await asyncio.to_thread(suspects.at_start, Path(ckpt_dir), self.adopter):
-            self.event("suspect", said, "warn")
-        self.problems.pop("suspect", None)  # this attempt starts from a good checkpoint
-        info = await asyncio.to_thread(self._find_checkpoint, ckpt_dir)
-        job = self.job
-        script_ckpt = self._script_checkpoint()
-        forced = self.forced_resume
-        if forced is None and info is None and script_ckpt is None:
-            # `run --resume-from PATH` holds until the run has a checkpoint of its own: a job
-            # killed (or a daemon restarted) before that must not start from scratch
-            forced = (self.store.get_run(self.run_id) or {}).get("resume_from") or None
-        plan = rules.plan_start(job, trainer_checkpoint=str(info.path) if info else None,
-                                script_checkpoint=script_ckpt, forced_resume=forced)
+        plan = await self.starter.plan(self._start_context(self.forced_resume))
         self.forced_resume = None
-        # what STARTING says while the job loads ("resuming from step N"), daemon/waitview.py
-        self.resume_step = info.step if info is not None and plan.resume == str(info.path) else None
-        self._resumed = Resumed(restored.relpath, restored.version, restored.step) \
-            if restored is not None and script_ckpt is not None else None
+        self._apply(plan.said)
+        self.resume_step, self._resumed = plan.resume_step, plan.resumed
         try:
-            pid = await self.runner.start(plan.command, cwd=workdir(job),
-                                          env=self._job_env(plan.resume), hold=bool(self.holds))
+            pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
             if is_full_error(e):
                 self._hold_for_disk(f"cannot start the job: {e}", mono)
@@ -1017,50 +993,9 @@ class Supervisor:
         if self.holds:
             self.event("held", f"the job starts held ({', '.join(self.holds.values())})")
 
-    def _find_checkpoint(self, ckpt_dir: str) -> CheckpointInfo | None:
-        if self.p.find_checkpoint is not None:
-            return self.p.find_checkpoint(ckpt_dir)
-        from trainer.format import find_latest_valid  # torch-free
-        return find_latest_valid(ckpt_dir, log=lambda m: log.warning("checkpoint: %s", m))
-
-    def _script_checkpoint(self) -> str | None:
-        """A ``checkpoint_glob`` file this run produced or adopted (an older run's does not count)."""
-        pattern = self.cfg["job"]["checkpoint_glob"]
-        if not pattern:
-            return None
-        if self.adopter is not None:  # only what this run adopted: never an older run's file
-            newest = self.adopter.newest()
-            return newest.relpath if newest is not None else None
-        created = float(self.run.get("created") or 0.0)
-        found = [p for p in Path(workdir(self.cfg["job"])).glob(pattern)
-                 if p.is_file() and p.stat().st_mtime >= created - 1.0]
-        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
-
-    def _job_env(self, resume: str) -> dict[str, str]:
-        env = dict(os.environ)
-        # "python" in job.command means the daemon's own interpreter (its venv has trainer/).
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        job = self.job
-        env.update(job["env"])
-        ck = self.cfg["checkpoint"]
-        env.update({
-            protocol.ENV_RUN_DIR: str(self.run_dir),
-            protocol.ENV_CHECKPOINT_DIR: self.checkpoint_dir,
-            protocol.ENV_RESUME: resume,
-            protocol.ENV_CHECKPOINT_KEEP: str(ck["keep"]),
-            "PYTHONUNBUFFERED": "1",
-        })
-        if ck["best_metric"]:
-            env[protocol.ENV_BEST_METRIC] = ck["best_metric"]
-        if job["total_steps"]:
-            env[protocol.ENV_TOTAL_STEPS] = str(job["total_steps"])
-        if self.interval_steps:
-            env[protocol.ENV_CHECKPOINT_INTERVAL] = str(self.interval_steps)
-        skip = self.run.get("skip_steps") or ""
-        if skip:
-            env[protocol.ENV_SKIP_STEPS] = skip
-        env.update(self.p.job_env)
-        return env
+    def _start_context(self, forced_resume: str | None = None) -> StartContext:
+        return StartContext(self.run_id, self.job, self.run, self.run_dir, self.checkpoint_dir,
+                            self.interval_steps, forced_resume, self.adopter)
 
     # ================================================================== holds
     def _apply_holds(self, before: bool) -> None:
@@ -1428,8 +1363,7 @@ class Supervisor:
                        checkpoint_interval=self.interval_steps)
 
     async def _launch_remote(self, now: float) -> None:
-        info = await asyncio.to_thread(self._find_checkpoint, self.checkpoint_dir)
-        script = self._script_checkpoint()
+        info, script = await self.starter.checkpoints(self._start_context())
         job = LaunchJob(key=run_key(self.cfg["job"]["name"], self.run_id), checkpoint=info.path if info else None,
                         # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
                         files=[Path(workdir(self.cfg["job"])) / p for p in filter(None, [script])],
