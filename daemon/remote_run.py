@@ -40,6 +40,7 @@ from daemon.offloader import LaunchAborted, Offloader
 from daemon.policy import remote as rules
 from daemon.policy import supervise as budget_rules
 from daemon.policy.cfgtypes import Config
+from daemon.runbook import ran_on
 from daemon.states import State
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
@@ -102,6 +103,7 @@ class LaunchJob:
     remaining_steps: int
     local_steps_per_s: float | None
     source: str  # where it starts from, for the event ("step_000000120", "out/ckpt.pt", "scratch")
+    ran_on: str | None = None  # where the run has run so far (runs.backends, runbook.ran_on)
 
 
 class RemoteRun:
@@ -239,6 +241,7 @@ class RemoteRun:
             self._poll_ok()
             self.next_poll_at = now + rules.POLL_S
             acts += [Save({"backend": "cloud", "remote_call_id": got.call_id, "remote_backend": name,
+                           "backends": ran_on(job.ran_on, name),  # history: kept after the pull
                            "remote_started": self.wall(), "remote_state": self.rec.dump()}),
                      Goto(State.REMOTE, f"running on {self.where(name)}, call {got.call_id}")]
             if got.adopted:

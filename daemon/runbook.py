@@ -46,6 +46,14 @@ _JOB_KEYS = ("command", "resume_command", "workdir", "total_steps", "checkpoint_
              "progress_pattern")
 
 
+def ran_on(before: str | None, where: str) -> str:
+    """Where a run has run, in the order it first ran there, "+"-joined: "local+modal",
+    "local+ssh+modal" after a fallback. Kept apart from ``remote_backend`` (the call being
+    followed, cleared once the result is home), so history still says where it ran."""
+    seen = [p for p in (before or "").split("+") if p]
+    return "+".join(seen if where in seen else [*seen, where])
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a run is, fixed when it was created."""
@@ -154,8 +162,16 @@ class RunBook:
             log.warning("cannot write %s for run %s: %s", name, run_id, e)
 
     def ended(self, run_id: int, state: str, when: float) -> None:
-        """How the run ended, beside its history (read back when the store is rebuilt)."""
-        self._write_file(run_id, OUTCOME_FILE, {"state": state, "ended": when})
+        """How the run ended and where it ran, beside its history (read back when the store
+        is rebuilt)."""
+        where = (self.store.get_run(run_id) or {}).get("backends")
+        self._write_file(run_id, OUTCOME_FILE, {"state": state, "ended": when, "backends": where})
+
+    def ran_here(self, run_id: int) -> None:
+        """The run's job started on this machine's GPU (a remote launch says its own backend)."""
+        before = (self.store.get_run(run_id) or {}).get("backends")
+        if ran_on(before, "local") != before:
+            self.store.update_run(run_id, backends=ran_on(before, "local"))
 
     def record(self, row: dict[str, Any]) -> RunRecord:
         """A run's history: from its row; a row of an older version (no command recorded) gives
@@ -244,7 +260,8 @@ class RunBook:
                                      entry_id=rec.queue_id, state="started", run_id=rec.id)
             self._write_history(rec, None)
             if outcome.get("state"):
-                self.store.update_run(rec.id, state=str(outcome["state"]), ended=outcome.get("ended"))
+                self.store.update_run(rec.id, state=str(outcome["state"]), ended=outcome.get("ended"),
+                                      backends=outcome.get("backends"))
             else:
                 self.store.update_run(rec.id, state="stopped")
         return [rec for rec, _ in found]
@@ -405,7 +422,8 @@ class RunBook:
                 "changes": [] if base is None or r["id"] == base["id"] else changes(bcmd, benv, cmd, env, show_values=False),
                 "steps": r.get("step"), "total_steps": r.get("total_steps"),
                 "best_loss": best[0], "best_step": best[1], "climb_step": best[2], "final_loss": best[3],
-                "backend": r.get("remote_backend") if r.get("remote_backend") else "local",
+                # where it ran, kept after the pull (remote_backend: only while the call is followed)
+                "backend": r.get("backends") or r.get("remote_backend") or "local",
                 "cost_usd": round(float(r.get("cloud_cost_usd") or 0.0), 4),
                 "started": r.get("created"), "ended": r.get("ended"),
                 "workdir": self.record(r).workdir, "config_hash": r.get("config_hash"),

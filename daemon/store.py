@@ -139,6 +139,7 @@ _RUN_FIELDS = {
     "steps_lost", "max_step",  # counters that outlive the daemon (issue 25)
     "resume_command", "workdir", "config_hash", "created",  # a run's history (daemon/runbook.py)
     "remote_state",  # the remote run's record (daemon/remote_run.Record)
+    "backends",  # where the run has run, "+"-joined ("local+modal"; daemon/runbook.ran_on)
 }
 # Columns added after the first release: (name, declaration), added to an older file on open.
 _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
@@ -156,7 +157,9 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   # pull, the cancel asked/confirmed, deaths per backend, a launch in flight
                   ("remote_state", "TEXT"),
                   # steps recomputed after restarts, the furthest step reached (issue 25)
-                  ("steps_lost", "INTEGER NOT NULL DEFAULT 0"), ("max_step", "INTEGER"))
+                  ("steps_lost", "INTEGER NOT NULL DEFAULT 0"), ("max_step", "INTEGER"),
+                  # where the run has run (its history: remote_backend is cleared after a pull)
+                  ("backends", "TEXT"))
 
 
 log = logging.getLogger(__name__)

@@ -985,6 +985,7 @@ class Supervisor:
         self.record_seen_at = None
         self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
                          if self.runner.proc else None)
+        self.book.ran_here(self.run_id)  # its history says where it ran (runs: backend)
         if self.p.simgpu is not None:
             self.p.simgpu.attach_job(pid)
         if self.p.divergence is not None:
@@ -1370,7 +1371,7 @@ class Supervisor:
                         spec=self._job_spec(),
                         remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
                         local_steps_per_s=self.facts.steps_per_s,
-                        source=info.path.name if info else script or "scratch")
+                        source=info.path.name if info else script or "scratch", ran_on=self.run.get("backends"))
         self._apply(await self.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
                                              proceed=lambda: self.stop_signal is None))
 

@@ -217,6 +217,33 @@ def test_cloud_fault_an_attempt_at_its_time_limit_is_cut_through_cancelling_and_
     run(go())
 
 
+def test_cloud_fault_history_keeps_where_a_run_ran_after_the_pull_and_a_restart(tmp_path, monkeypatch):
+    """Issue 28: after the pull `remote_backend` is cleared, and `nightshift runs` said `local`
+    for a run that ran on Modal (its cost beside it). Now the run book keeps where it ran."""
+    from daemon import offline
+    from daemon.queuecli import format_runs
+
+    async def go():
+        h, cloud = harness(tmp_path, monkeypatch)
+        await to_cloud(h)
+        assert [r["backend"] for r in h.sup.runs()] == ["local+modal"]
+        await h.run(10)
+        assert (await h.command("stop"))["ok"] and h.sup.state == State.STOPPED, h.events()
+        assert h.sup.run["remote_backend"] is None  # the call is over ...
+        [row] = h.sup.runs()
+        assert row["backend"] == "local+modal" and row["cost_usd"] > 0  # ... where it ran is not
+        assert f"ran on local+modal (${row['cost_usd']:.2f})" in format_runs(h.sup.runs())
+        h2 = reopen(h)  # a restart
+        await h2.open()
+        assert [r["backend"] for r in h2.sup.runs()] == ["local+modal"]
+        assert json.loads(format_runs(h2.sup.runs(), json_out=True))["runs"][0]["backend"] == "local+modal"
+        await h2.run(5, until=lambda s: s.state == State.RUNNING)  # the start goes on here
+        assert h2.sup.state == State.RUNNING, h2.events()
+        assert [r["backend"] for r in h2.sup.runs()] == ["local+modal"]
+        assert [r["backend"] for r in offline.runs(h2.cfg)] == ["local+modal"]  # the daemon down
+    run(go())
+
+
 def test_cloud_fault_sigterm_while_moving_to_the_cloud_launches_nothing(tmp_path, monkeypatch):
     """Old: SIGTERM during the move launched the remote job anyway, then the daemon exited: the
     trainer ran unsupervised, billing past the budget until the next start."""

@@ -257,3 +257,12 @@ def test_a_new_run_after_the_store_was_lost_takes_the_next_number_not_an_old_run
         assert sup2.run_id == 2 and h2.store.get_run(1)["state"] == "interrupted"
         assert h2.factory.procs[0].env["NIGHTSHIFT_RESUME"] == ""  # a new run starts fresh
     run(go())
+
+
+def test_ran_on_keeps_each_place_once_in_the_order_first_used():
+    from daemon.runbook import ran_on
+    assert ran_on(None, "local") == "local"
+    assert ran_on("local", "modal") == "local+modal"
+    assert ran_on("local+modal", "local") == "local+modal"  # back on the local GPU: said once
+    assert ran_on("local+ssh", "modal") == "local+ssh+modal"  # a fallback
+    assert ran_on(None, "modal") == "modal"
