@@ -24,6 +24,9 @@ the body TERMs the job, which saves at the step it reached; that save and its co
 ``settle_s - 1`` s later, and the call reads TERMINATED ``settle_s`` after the cancel. With
 ``timeout_s`` (the function's ``timeout``, no retries left) the attempt is killed at that age
 without a save (what was not committed is lost) and ``get`` raises ``FunctionTimeoutError``.
+``Call.preempt(at)``: Modal's preemption (SIGINT): the body saves, commits the "final"
+"preempted" summary, and Modal runs the same input again in the same call ``restart_s`` later,
+from the newest checkpoint on the volume (the call reads running all along).
 """
 
 from __future__ import annotations
@@ -71,11 +74,32 @@ class Call:
     settle_s: float
     timeout_s: float | None = None
     cancelled_at: float | None = None
+    preempted_at: float | None = None  # a preemption to come (Call.preempt)
+    restart_s: float = 30.0  # Modal runs the input again this long after a preemption
+    preemptions: int = 0
     cancels: int = 0
     written: list[int] = field(default_factory=list)
 
     def step_at(self, t: float) -> int:
-        return min(self.total, self.start_step + int((t - self.started) * self.rate))
+        return min(self.total, self.start_step + max(0, int((t - self.started) * self.rate)))
+
+    def preempt(self, at: float) -> None:
+        self.preempted_at = at
+
+    def _preempted(self, now: float) -> None:
+        """The attempt interrupted at ``preempted_at``: saved and committed on the way out, then
+        the same input again from that step (a new container, the same call)."""
+        at = self.preempted_at
+        if at is None or now < at:
+            return
+        self.preempted_at = None
+        self.advance(at)
+        stop = self.step_at(at)
+        if not self.written or self.written[-1] != stop:
+            write_checkpoint(self.vol / "ckpt" / f"step_{stop:09d}", stop)
+            self.written.append(stop)
+        self._commit(stop, at, "final", "preempted")
+        self.started, self.start_step, self.preemptions = at + self.restart_s, stop, self.preemptions + 1
 
     def _commit(self, step: int, t: float, state: str = "running", result: str | None = None) -> None:
         run = self.vol / "run"
@@ -92,6 +116,7 @@ class Call:
         return None if self.cancelled_at is not None and self.cancelled_at < at else at
 
     def advance(self, now: float) -> None:
+        self._preempted(now)
         until = now if self.cancelled_at is None else min(now, self.cancelled_at)
         killed = self.killed_at()
         if killed is not None and until >= killed:  # killed: no save on the way out

@@ -244,6 +244,26 @@ def test_cloud_fault_history_keeps_where_a_run_ran_after_the_pull_and_a_restart(
     run(go())
 
 
+def test_cloud_fault_a_preemption_modal_retries_in_the_same_call_never_starts_a_second_gpu(tmp_path, monkeypatch):
+    """Old: on Modal's preemption the body commits the summary "final"/"preempted"; Modal runs
+    the same input again in the same call, but until the new container's first commit the poll
+    read that summary as this call's end: the daemon launched a second call (a second A100 on the
+    same volume) and forgot the first without cancelling it."""
+    async def go():
+        h, cloud = harness(tmp_path, monkeypatch)
+        await to_cloud(h)
+        [call] = cloud.calls.values()
+        call.preempt(h.clock.mono + 5)
+        await h.run(60, dt=1.0)
+        assert call.preemptions == 1
+        assert cloud.count("spawn") == 1 and list(cloud.calls) == ["fc-0001"], h.events()
+        assert h.sup.state == State.REMOTE and h.sup.run["remote_call_id"] == "fc-0001"
+        await h.run(30, dt=1.0)
+        assert (h.sup.facts.step or 0) > call.written[0] and call.step_at(h.clock.mono) > call.start_step
+        assert cloud.count("spawn") == 1 and not h.events("failed")
+    run(go())
+
+
 def test_cloud_fault_sigterm_while_moving_to_the_cloud_launches_nothing(tmp_path, monkeypatch):
     """Old: SIGTERM during the move launched the remote job anyway, then the daemon exited: the
     trainer ran unsupervised, billing past the budget until the next start."""

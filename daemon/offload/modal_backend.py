@@ -26,7 +26,10 @@ Behaviour checked against the modal 1.6.4 SDK source (no live call is possible h
   waits, adopts, commits, re-raises. ``poll`` keeps saying "running" until the call has settled,
   then "cancelled": the daemon pulls only after the final checkpoint is on the volume. The body
   writes ``run/summary.json`` with "state": "final" just before its last commit: seen while
-  ``get`` still says running, the call has settled as far as the volume is concerned.
+  ``get`` still says running, a cancelled call has settled as far as the volume is concerned.
+  A "preempted" one is not an end: Modal runs the same input again in the same call (SIGINT,
+  then a new container from the volume's newest checkpoint), so it reads "running"; a launch
+  removes an earlier call's summary first (it would be read as the new call's).
 - ``Volume.read_file`` of a missing path raises the builtin FileNotFoundError; ``listdir`` of a
   missing path raises ``modal.exception.NotFoundError`` (the server's NOT_FOUND, unconverted).
 - A poll reads ``run/summary.json`` (a few hundred bytes), never the whole progress.jsonl.
@@ -382,10 +385,13 @@ class ModalBackend(OffloadBackend):
             return self._classify(call_id, e)
         prog = self._progress(call_id)
         if res is None:
-            if prog.get("state") == "final" and prog.get("result") in ("cancelled", "preempted"):
+            if prog.get("state") == "final" and prog.get("result") == "cancelled":
                 # the body's last commit is done; the call itself ends in a moment
-                return RemoteStatus(prog["result"], prog["step"], prog["total_steps"], prog["loss"],
+                return RemoteStatus("cancelled", prog["step"], prog["total_steps"], prog["loss"],
                                     prog["steps_per_s"])
+            # a "preempted" summary while the call runs: Modal runs the same input again in this
+            # call (from the checkpoint just committed), and the new container has not committed
+            # yet. Running, not over: a relaunch now would start a second GPU on the same volume
             return RemoteStatus("running", prog["step"], prog["total_steps"], prog["loss"], prog["steps_per_s"])
         if not isinstance(res, dict):
             return RemoteStatus("failed", error=f"the remote body returned {type(res).__name__}, not a result")
