@@ -44,7 +44,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Annotated, Any, Protocol
 
@@ -56,6 +56,8 @@ from pydantic import BaseModel, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon import auth, metrics, statusfmt
+from daemon.policy.records import Answer, QueueItem, RunTableRow
+from daemon.store import EventRow, ReadingRow
 
 log = logging.getLogger(__name__)
 ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
@@ -348,14 +350,14 @@ async def _refuse(send: Any, status: int, detail: str,
     await send({"type": "http.response.body", "body": body})
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"description": "missing or wrong token (Authorization: Bearer <token>)"},
     403: {"description": "controls are disabled: the daemon has no API token"},
     404: {"description": "no such action or queue entry"},
     413: {"description": f"request body larger than {MAX_BODY} bytes"},
     421: {"description": "the Host header is not one of the daemon's names"},
 }
-READ_RESPONSES: dict[int | str, dict[str, Any]] = {k: ERROR_RESPONSES[k] for k in (413, 421)}
+READ_RESPONSES: dict[int | str, dict[str, object]] = {k: ERROR_RESPONSES[k] for k in (413, 421)}
 
 
 class QueueEntry(BaseModel):
@@ -365,16 +367,23 @@ class QueueEntry(BaseModel):
     total_steps: int | None = Field(None, ge=1, le=2**53)
 
 
+# What a route returns as its response model: FastAPI builds the OpenAPI schema from the
+# annotation, and pydantic takes no typing.TypedDict before Python 3.12, so a route says "JSON
+# objects" and the source's methods say which (EventRow, ReadingRow, ...).
+JSONRows = Sequence[Mapping[str, object]]
+JSONBody = Mapping[str, object]
+
+
 class StatusSource(Protocol):
     def status(self) -> dict[str, Any]:
         """The published snapshot: the same object until the next one, never mutated."""
         ...
-    def history(self, since: float | None) -> list[dict[str, Any]]: ...
-    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]: ...
-    async def control(self, action: str) -> dict[str, Any]: ...
-    def runs(self, against: int | None = None) -> list[dict[str, Any]]: ...
-    def queue(self) -> list[dict[str, Any]]: ...
-    def submit(self, action: str, arg: Any = None) -> Awaitable[dict[str, Any]]: ...
+    def history(self, since: float | None) -> list[ReadingRow]: ...
+    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[EventRow]: ...
+    async def control(self, action: str) -> Answer: ...
+    def runs(self, against: int | None = None) -> list[RunTableRow]: ...
+    def queue(self) -> list[QueueItem]: ...
+    def submit(self, action: str, arg: JSONBody | None = None) -> Awaitable[Answer]: ...
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -427,11 +436,11 @@ def create_app(source: StatusSource, token: str | None,
     @app.get("/events")
     async def events(limit: int = Query(50, ge=1, le=1000),
                before: int | None = Query(None, ge=0, le=MAX_EVENT_ID),
-               kind: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
+               kind: str | None = Query(None, max_length=64)) -> JSONRows:
         return source.events(limit, before, kind)
 
     @app.get("/api/history")
-    async def history(since: float | None = Query(None, ge=0, le=1e12)) -> list[dict[str, Any]]:
+    async def history(since: float | None = Query(None, ge=0, le=1e12)) -> JSONRows:
         return source.history(since)
 
     @app.get("/metrics", response_model=None)
@@ -455,7 +464,7 @@ def create_app(source: StatusSource, token: str | None,
     @app.post("/control/cancel", responses=ERROR_RESPONSES)
     async def cancel(run: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
                      queued: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
-                     authorization: str | None = Header(None)) -> dict[str, Any]:
+                     authorization: str | None = Header(None)) -> JSONBody:
         """End the current run (or ``run``) as cancelled after a durable checkpoint, the queue
         moving on; ``queued``: remove that waiting queue entry."""
         authorize(authorization)
@@ -463,7 +472,7 @@ def create_app(source: StatusSource, token: str | None,
         return await source.submit("cancel", {"run": run, "queued": queued})
 
     @app.post("/control/{action}", responses=ERROR_RESPONSES)
-    async def control(action: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+    async def control(action: str, authorization: str | None = Header(None)) -> JSONBody:
         if action not in ACTIONS:
             raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         authorize(authorization)
@@ -472,7 +481,7 @@ def create_app(source: StatusSource, token: str | None,
 
     @app.get("/runs", response_model=None)
     async def runs(against: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
-                   format: str | None = Query(None, pattern="^(json|text)$")) -> Any:
+                   format: str | None = Query(None, pattern="^(json|text)$")) -> Response | JSONBody:
         """Every run, oldest first: the night's comparison table; ``changes`` against run
         ``against`` (default: the night's first run). ``format=text``: the seeds' table in 40
         columns for a phone (what changed, best loss, where the climb began, a sparkline)."""
@@ -486,23 +495,23 @@ def create_app(source: StatusSource, token: str | None,
         return {"runs": rows}
 
     @app.get("/queue")
-    async def queue() -> dict[str, Any]:
+    async def queue() -> JSONBody:
         return {"queue": source.queue()}
 
     @app.post("/queue", responses=ERROR_RESPONSES)
-    async def queue_add(entry: QueueEntry, authorization: str | None = Header(None)) -> dict[str, Any]:
+    async def queue_add(entry: QueueEntry, authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
         return await source.submit("queue_add", entry.model_dump())
 
     @app.delete("/queue/{entry_id}", responses=ERROR_RESPONSES)
     async def queue_remove(entry_id: int = Path(ge=1, le=MAX_EVENT_ID),
-                           authorization: str | None = Header(None)) -> dict[str, Any]:
+                           authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
         return await source.submit("queue_remove", {"id": entry_id})
 
     @app.post("/queue/{entry_id}/move", responses=ERROR_RESPONSES)
     async def queue_move(entry_id: int = Path(ge=1, le=MAX_EVENT_ID), to: int = Query(ge=1, le=10000),
-                         authorization: str | None = Header(None)) -> dict[str, Any]:
+                         authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
         return await source.submit("queue_move", {"id": entry_id, "to": to})
 

@@ -9,9 +9,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import auth
+
+if TYPE_CHECKING:
+    from daemon.store import EventRow  # a type only: the client never opens the store
 
 API_FILE = "api.json"  # written by the daemon (daemon/app.py) once it listens
 
@@ -124,7 +127,7 @@ def events(base_url: str, limit: int = 20, kind: str | None = None,
     return format_events(json.loads(body), show_all=show_all or bool(kind)), 0
 
 
-def format_events(evs: list[dict[str, Any]], show_all: bool = False) -> str:
+def format_events(evs: list[EventRow], show_all: bool = False) -> str:
     """Newest first. Events marked ``detail`` (a thermal pause's state change and hold ack, which
     its ``paused_hot`` line already says) only with ``show_all``: one line per pause."""
     import time

@@ -41,6 +41,7 @@ from daemon.demo_baseline import Baseline, pause_only
 from daemon.policy.cfgtypes import Config
 
 if TYPE_CHECKING:
+    from daemon.store import EventRow
     from daemon.supervisor import Supervisor  # imported when the demo runs
 
 
@@ -241,7 +242,7 @@ def compare_line(gov: dict[str, Any], pauses: int, base: Baseline, steps: int) -
             f"{cost}")
 
 
-def summary(st: dict[str, Any], wall_s: float, events: list[dict[str, Any]],
+def summary(st: dict[str, Any], wall_s: float, events: list[EventRow],
             etas: list[str] | None = None, baseline: Baseline | None = None) -> str:
     kinds = [e["kind"] for e in events]
     resets = (st.get("resets") or {})

@@ -17,11 +17,13 @@ on its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from daemon.policy.cfgtypes import ThermalConfig
 from daemon.policy.governor import FIRMWARE_NOTE
+from daemon.policy.records import Temps
 
 MITIGATIONS = [
     "amdgpu.cwsr_enable=0 (kernel cmdline)",
@@ -50,7 +52,14 @@ class Diagnosis:
         return self.summary.splitlines()[0] if self.summary else ""
 
 
-def classify_reset(temps: dict[str, Any] | None, cfg_thermal: ThermalConfig) -> str:
+class ResetSeen(TypedDict):
+    """One counted reset, as the diagnosis weighs it: when, and the temps just before."""
+
+    t: float
+    temps: Temps | None
+
+
+def classify_reset(temps: Temps | None, cfg_thermal: ThermalConfig) -> str:
     """"hot", "normal" or "unknown" for the temperatures recorded just before one reset."""
     temps = temps or {}
     edge, tctl = temps.get("edge_c"), temps.get("tctl_c")
@@ -63,7 +72,7 @@ def classify_reset(temps: dict[str, Any] | None, cfg_thermal: ThermalConfig) -> 
     return "normal"
 
 
-def diagnose(resets: list[dict[str, Any]], cfg_thermal: ThermalConfig, *, faults: int = 0,
+def diagnose(resets: Sequence[ResetSeen], cfg_thermal: ThermalConfig, *, faults: int = 0,
              soft_recoveries: int = 0) -> Diagnosis:
     """Verdict over the night's resets (each a dict with "temps": {"edge_c", "tctl_c"}); GPU
     faults and soft recoveries are not resets: they get a line of their own, never a vote."""
@@ -82,7 +91,7 @@ def diagnose(resets: list[dict[str, Any]], cfg_thermal: ThermalConfig, *, faults
                      d.mitigations, d.hot, d.normal, d.unknown)
 
 
-def _diagnose_resets(resets: list[dict[str, Any]], cfg_thermal: ThermalConfig) -> Diagnosis:
+def _diagnose_resets(resets: Sequence[ResetSeen], cfg_thermal: ThermalConfig) -> Diagnosis:
     kinds = [classify_reset(r.get("temps"), cfg_thermal) for r in resets]
     hot, normal, unknown = kinds.count("hot"), kinds.count("normal"), kinds.count("unknown")
     known = hot + normal

@@ -117,9 +117,10 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-async def stop_orphan(pid: int, create_time: float, term_s: float = 10.0) -> bool:
-    """Stop a job left by a previous daemon instance, identified by pid AND start time."""
-    if not same_process_alive(pid, create_time):
+async def stop_orphan(pid: int | None, create_time: float | None, term_s: float = 10.0) -> bool:
+    """Stop a job left by a previous daemon instance, identified by pid AND start time (a run
+    row's, which are NULL when it never started a job: nothing to stop then)."""
+    if not pid or not same_process_alive(pid, create_time):
         return False
     log.warning("a job from a previous daemon instance is still running (pid %d); stopping it", pid)
     signal_group(pid, signal.SIGTERM)

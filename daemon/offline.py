@@ -14,11 +14,11 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 from daemon.policy.cfgtypes import Config
+from daemon.policy.records import QueueItem, RunTableRow
 from daemon.runbook import RunBook
-from daemon.store import Store
+from daemon.store import EventRow, Store
 
 DB_FILE = "nightshift.db"
 
@@ -51,7 +51,7 @@ def book(cfg: Config, store: Store) -> RunBook:
     return RunBook(store, cfg, time.time, Path(cfg["daemon"]["state_dir"]) / "runs", read_only=True)
 
 
-def runs(cfg: Config, against: int | None = None) -> list[dict[str, Any]]:
+def runs(cfg: Config, against: int | None = None) -> list[RunTableRow]:
     store = open_store(cfg)
     try:
         return book(cfg, store).table(against=against)
@@ -59,7 +59,7 @@ def runs(cfg: Config, against: int | None = None) -> list[dict[str, Any]]:
         store.close()
 
 
-def queue(cfg: Config) -> list[dict[str, Any]]:
+def queue(cfg: Config) -> list[QueueItem]:
     store = open_store(cfg)
     try:
         return book(cfg, store).queue()
@@ -67,7 +67,7 @@ def queue(cfg: Config) -> list[dict[str, Any]]:
         store.close()
 
 
-def events(cfg: Config, limit: int, kind: str | None) -> list[dict[str, Any]]:
+def events(cfg: Config, limit: int, kind: str | None) -> list[EventRow]:
     store = open_store(cfg)
     try:
         return store.events(None, limit=limit, kind=kind)
@@ -97,7 +97,7 @@ def status(cfg: Config, json_out: bool = False) -> str:
         waiting = book(cfg, store).queue()
     finally:
         store.close()
-    facts: dict[str, Any] = {"last_known": True, "daemon": "not running"}
+    facts: dict[str, object] = {"last_known": True, "daemon": "not running"}
     if row is not None:
         facts["run"] = {k: row.get(k) for k in ("id", "name", "state", "step", "total_steps",
                                                   "restarts", "resets", "failure", "updated")}

@@ -18,6 +18,7 @@ from typing import Any
 from daemon import auth
 from daemon.client import _not_running
 from daemon.policy.queue_entry import safe_text
+from daemon.policy.records import RunTableRow
 from daemon.statusfmt import sparkline
 
 
@@ -132,7 +133,7 @@ def edit_queue(base_url: str, token_file: str | Path, op: str, **kw: Any) -> tup
     return res.get("message", ""), 0 if res.get("ok") else 1
 
 
-def _fmt(x: Any, spec: str = ".4g") -> str:
+def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "-" if x is None else format(x, spec)
 
 
@@ -145,7 +146,7 @@ def show_runs(base_url: str, json_out: bool = False, against: int | None = None,
     return (seeds_table(rows) if narrow else format_runs(rows, json_out, wide)), 0
 
 
-def format_runs(runs: list[dict[str, Any]], json_out: bool = False, wide: bool = False) -> str:
+def format_runs(runs: list[RunTableRow], json_out: bool = False, wide: bool = False) -> str:
     if json_out:
         return json.dumps({"runs": runs}, indent=2)
     if not runs:
@@ -188,7 +189,7 @@ def curve_spark(curve: list[list[float]], width: int) -> str:
     return sparkline(vals, width=width)
 
 
-def seeds_table(runs: list[dict[str, Any]], width: int = 40) -> str:
+def seeds_table(runs: list[RunTableRow], width: int = 40) -> str:
     """The seeds' bisection table, made automatically and narrow enough for a phone (40
     columns): per run what changed, the best smoothed loss before the climb, where the climb
     started, and the whole loss curve as a sparkline. GET /runs?format=text, `runs --narrow`."""
@@ -214,7 +215,7 @@ def seeds_table(runs: list[dict[str, Any]], width: int = 40) -> str:
     return "\n".join(out)
 
 
-def _runs_wide(runs: list[dict[str, Any]]) -> str:
+def _runs_wide(runs: list[RunTableRow]) -> str:
     rows = [["ID", "NAME", "STATE", "STEPS", "BEST LOSS", "AT STEP", "CLIMB FROM", "FINAL", "WHERE",
              "COST", "STARTED", "COMMAND", "CHANGES"]]
     for r in runs:

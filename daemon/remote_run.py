@@ -42,6 +42,7 @@ from daemon.policy import supervise as budget_rules
 from daemon.policy.cfgtypes import Config
 from daemon.runbook import ran_on
 from daemon.states import State
+from daemon.store import RunRow
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
 AfterPull = Literal["finish", "local", "stopped", "fallback", "relaunch"]
@@ -165,7 +166,7 @@ class RemoteRun:
             return spent
         return spent + max(0.0, now - self.launched_at) * self.p.price_per_s(self.name)
 
-    def settle_cost(self, now: float, run: dict[str, Any]) -> list[Action]:
+    def settle_cost(self, now: float, run: RunRow) -> list[Action]:
         if not self.launched_at:
             return []
         secs = max(0.0, now - self.launched_at)
@@ -269,12 +270,15 @@ class RemoteRun:
                 End("local", "continuing locally")]
 
     # ------------------------------------------------------------------ after a restart
-    def attach(self, run: dict[str, Any], state: State, now: float) -> list[Action]:
+    def attach(self, run: RunRow, state: State, now: float) -> list[Action]:
         """A restarted daemon follows the call it launched (by its id), in the state it was in,
         with what was to follow the pull."""
         self.rec = Record.load(run.get("remote_state"))
         self.name = run.get("remote_backend") or (self.p.names or ["?"])[0]
-        self.call_id = run["remote_call_id"]
+        call_id = run.get("remote_call_id")
+        if not call_id:  # the Supervisor attaches only to a run that has one
+            raise ValueError(f"run {run.get('id')} has no remote call to re-attach to")
+        self.call_id = call_id
         # the wall stamps stored become monotonic offsets once, here (no monotonic survives a reboot)
         wall = self.wall()
         started = run.get("remote_started")
@@ -291,12 +295,12 @@ class RemoteRun:
             acts.append(Goto(State.REMOTE, f"re-attached to call {self.call_id}"))
         return acts
 
-    def resume_record(self, run: dict[str, Any]) -> None:
+    def resume_record(self, run: RunRow) -> None:
         """A restart in OFFLOADING without a call id: the record says whether a launch was in
         flight (its call is looked for before a second one starts)."""
         self.rec = Record.load(run.get("remote_state"))
 
-    def _key(self, run: dict[str, Any]) -> str:
+    def _key(self, run: RunRow) -> str:
         from daemon.offloader import run_key
         return run_key(self.cfg["job"]["name"], int(run["id"]))
 
@@ -320,7 +324,7 @@ class RemoteRun:
         self.problem = (f"cannot reach the remote run for {now - self.silent_since:.0f} s "
                         f"({self.failures} tries; retrying in {self.next_poll_at - now:.0f} s): {e}")
 
-    async def poll(self, now: float, run: dict[str, Any], spec: JobSpec) -> list[Action]:
+    async def poll(self, now: float, run: RunRow, spec: JobSpec) -> list[Action]:
         """REMOTE: progress, the budget, the call's outcome. Transient trouble is retried with
         backoff; only after ``UNREACHABLE_S`` of silence does the run fall back (cancel first)."""
         if now < self.next_poll_at or self.name is None or self.call_id is None:
@@ -367,7 +371,7 @@ class RemoteRun:
         return [*acts, *self.settle_cost(now, run),
                 End("fail", f"the remote run {st.state}: {st.error or 'no error message'}")]
 
-    async def _died(self, now: float, run: dict[str, Any], st: RemoteStatus, spec: JobSpec) -> list[Action]:
+    async def _died(self, now: float, run: RunRow, st: RemoteStatus, spec: JobSpec) -> list[Action]:
         """The remote attempt died without a result: run it again (it resumes from the remote
         newest checkpoint, so only the steps since are redone), within the limits."""
         assert self.name is not None and self.call_id is not None
@@ -417,7 +421,7 @@ class RemoteRun:
         self.rec.after_pull, self.rec.why = "stopped", "stopped by the user"
         return [self._save_rec()]
 
-    async def cancelling(self, now: float, run: dict[str, Any]) -> list[Action]:
+    async def cancelling(self, now: float, run: RunRow) -> list[Action]:
         """CANCELLING: ask until confirmed (status carries the problem meanwhile: it may still be
         billing), then poll until the call settles or ``SETTLE_S`` passed, then pull."""
         assert self.name is not None and self.call_id is not None
@@ -462,7 +466,7 @@ class RemoteRun:
                                                         "bringing the newest checkpoint home")]
 
     # ------------------------------------------------------------------ pull
-    async def pull(self, now: float, run: dict[str, Any], dest: Path, spec: JobSpec) -> list[Action]:
+    async def pull(self, now: float, run: RunRow, dest: Path, spec: JobSpec) -> list[Action]:
         """PULLING: the newest verified checkpoint home, then what the record says follows
         (``spec``: the job, for a fresh attempt after a cut at the time limit)."""
         assert self.name is not None and self.call_id is not None
@@ -497,7 +501,7 @@ class RemoteRun:
             return await self._relaunch(now, run, spec, acts)
         return self._after(now, run, acts)
 
-    async def _relaunch(self, now: float, run: dict[str, Any], spec: JobSpec, acts: list[Action]) -> list[Action]:
+    async def _relaunch(self, now: float, run: RunRow, spec: JobSpec, acts: list[Action]) -> list[Action]:
         """After a cut at the time limit: a fresh attempt on the same backend, from the final
         checkpoint on its volume. A launch after a crash here follows the call already started
         (``look_first``); one that cannot start goes on here from what came home."""
@@ -522,7 +526,7 @@ class RemoteRun:
                      f"checkpoint (call {new_id})"),
                 Goto(State.REMOTE, f"running on {self.where(name)}, call {new_id}")]
 
-    def _after(self, now: float, run: dict[str, Any], acts: list[Action]) -> list[Action]:
+    def _after(self, now: float, run: RunRow, acts: list[Action]) -> list[Action]:
         after = self.rec.after_pull
         if after == "finish":
             return self._done(acts, End("finish", "the remote run finished"))

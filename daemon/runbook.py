@@ -23,22 +23,25 @@ import logging
 import math
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from daemon.config import REDACTED, public_config
 from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.queue_entry import entry_problem, safe_text
+from daemon.policy.records import Answer, QueueItem, RunTableRow
 from daemon.queueenv import QueueEnv
 from daemon.states import ENDED_STATES
-from daemon.store import Store
+from daemon.store import QueueRow, RunRow, Store
 
 log = logging.getLogger("nightshift")
 
 CURVE_POINTS = 200  # GET /runs carries each run's curve, downsampled to at most this many points
 NIGHT_GAP_S = 60.0  # a queued run starting this soon after the last one ended continues its night
+# a run still going: (best loss, its step, the climb's step, final loss, [(step, loss), ...])
+LiveFingerprint: TypeAlias = "tuple[float | None, int | None, int | None, float | None, list[tuple[int, float]]]"
 RUN_FILE = "run.json"  # the run's history, in its own directory
 OUTCOME_FILE = "outcome.json"  # how it ended, written once it has
 # what decides what a job computes: a run's config hash covers these [job] keys
@@ -68,7 +71,7 @@ class RunRecord:
     queue_id: int | None
     created: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
@@ -82,7 +85,7 @@ class RunRecord:
                    created=float(d["created"]))
 
 
-def config_hash(job: dict[str, Any], env_names: list[str]) -> str:
+def config_hash(job: Mapping[str, object], env_names: list[str]) -> str:
     """A short hash of what decides the job's computation (env values are left out: secrets)."""
     ident = {k: job.get(k) for k in _JOB_KEYS} | {"env": sorted(env_names)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -90,7 +93,7 @@ def config_hash(job: dict[str, Any], env_names: list[str]) -> str:
 
 @dataclass(frozen=True)
 class QueueEdit:
-    answer: dict[str, Any]  # for the asker (the API's response)
+    answer: Answer  # for the asker (the API's response)
     said: str | None = None  # the event the Supervisor writes
     added: bool = False  # an entry was added: an idle daemon starts it
 
@@ -106,24 +109,24 @@ class RunBook:
         self.read_only = read_only  # the CLI's view of a stopped daemon's store (daemon/offline.py)
 
     # ================================================================== history
-    def create(self, entry: dict[str, Any] | None, prev: dict[str, Any] | None = None,
+    def create(self, entry: QueueRow | None, prev: RunRow | None = None,
                run_id: int | None = None, created: float | None = None) -> RunRecord:
         """A new run, from a queue entry or from ``[job]``; its history written now, once.
         ``run_id``/``created``: a run found on disk by an older version's files (no run.json)."""
         job = self.cfg["job"]
         if entry is not None:
             name, command = entry["name"], list(entry["command"])
-            resume = entry.get("resume_command")
-            env_names = sorted(set(job["env"]) | set(entry.get("env") or {}))
-            total = entry.get("total_steps") or job["total_steps"]
+            resume = entry["resume_command"]
+            env_names = sorted(set(job["env"]) | set(entry["env"] or {}))
+            total = entry["total_steps"] or job["total_steps"]
         else:
             name, command, resume = job["name"], list(job["command"]), job["resume_command"]
             env_names, total = sorted(job["env"]), job["total_steps"]
         run_id = self.store.create_run(name, public_config(self.cfg), total, run_id=run_id,
                                        created=created)
         night = None
-        if entry is not None and prev and prev.get("ended") is not None and \
-                self.clock() - float(prev["ended"]) <= NIGHT_GAP_S:
+        ended = prev.get("ended") if prev else None
+        if entry is not None and prev and ended is not None and self.clock() - ended <= NIGHT_GAP_S:
             # the next run of a queue belongs to the same night as the one that just ended (a
             # run added to an idle daemon starts a night of its own): deadline_after_s counts
             # from the night's start, not from each run's creation
@@ -148,7 +151,7 @@ class RunBook:
                               queue_id=rec.queue_id, night_start=night, created=rec.created)
         self._write_file(rec.id, RUN_FILE, rec.to_json())
 
-    def _write_file(self, run_id: int, name: str, data: dict[str, Any]) -> None:
+    def _write_file(self, run_id: int, name: str, data: Mapping[str, object]) -> None:
         d = self.runs_dir / str(run_id)
         tmp = d / f".{name}.{os.getpid()}"
         try:
@@ -173,17 +176,19 @@ class RunBook:
         if ran_on(before, "local") != before:
             self.store.update_run(run_id, backends=ran_on(before, "local"))
 
-    def record(self, row: dict[str, Any]) -> RunRecord:
+    def record(self, row: RunRow) -> RunRecord:
         """A run's history: from its row; a row of an older version (no command recorded) gives
         what its stored config said at creation."""
-        if row.get("command"):
+        if command := row.get("command"):
             env = json.loads(row.get("env") or "{}")
+            resume_command = row.get("resume_command")
             return RunRecord(
-                id=int(row["id"]), name=row["name"], command=json.loads(row["command"]),
-                resume_command=json.loads(row["resume_command"]) if row.get("resume_command") else None,
+                id=int(row["id"]), name=row["name"], command=json.loads(command),
+                resume_command=json.loads(resume_command) if resume_command else None,
                 env_names=sorted(env), workdir=row.get("workdir") or str(self.cfg["job"]["workdir"]),
                 total_steps=row.get("total_steps"), config_hash=row.get("config_hash") or "",
                 queue_id=row.get("queue_id"), created=float(row["created"]))
+        job: dict[str, Any]  # an older version's stored [job]: whatever that version wrote
         try:
             job = json.loads(row.get("config") or "{}").get("job") or {}
         except ValueError:
@@ -196,7 +201,7 @@ class RunBook:
                          total_steps=row.get("total_steps"), config_hash="", queue_id=row.get("queue_id"),
                          created=float(row["created"]))
 
-    def job(self, row: dict[str, Any]) -> JobConfig:
+    def job(self, row: RunRow) -> JobConfig:
         """``[job]`` with this run's own command, env, workdir and total: what it runs with."""
         rec = self.record(row)
         job = self.cfg["job"].copy()
@@ -208,7 +213,7 @@ class RunBook:
         job["workdir"], job["total_steps"], job["env"] = rec.workdir, rec.total_steps, env
         return job
 
-    def differs(self, row: dict[str, Any]) -> list[str]:
+    def differs(self, row: RunRow) -> list[str]:
         """How ``[job]`` now differs from what a ``[job]`` run was created with (a queued run's
         command came from its entry: the config's [job] is not its command)."""
         rec = self.record(row)
@@ -226,7 +231,7 @@ class RunBook:
             out.append(f"env is now {', '.join(sorted(job['env'])) or 'empty'}")
         return out
 
-    def unfinished(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> list[RunRow]:
         """Every run that has not ended, newest first."""
         return [r for r in reversed(self.store.runs()) if r["state"] not in ENDED_STATES]
 
@@ -236,7 +241,7 @@ class RunBook:
         state. Only when the store holds no run at all."""
         if self.store.latest_run() is not None:
             return []
-        found: list[tuple[RunRecord, dict[str, Any]]] = []
+        found: list[tuple[RunRecord, dict[str, Any]]] = []  # an outcome.json as this version wrote it
         try:
             dirs = [d for d in self.runs_dir.iterdir() if d.name.isdigit() and d.is_dir()]
         except OSError:
@@ -294,7 +299,7 @@ class RunBook:
                 self._qenv.put(qid, env)
         return self._qenv
 
-    def queued_env(self, row: dict[str, Any]) -> dict[str, str]:
+    def queued_env(self, row: RunRow) -> dict[str, str]:
         """A run's queued env with its values (names whose value is unknown are left out)."""
         names = json.loads(row.get("env") or "{}")
         values = self._qenv_obj().get(row.get("queue_id")) or {}
@@ -315,28 +320,32 @@ class RunBook:
                 qid = int(q["id"])
             self._qenv_obj().put(qid, item["env"])  # the values, from the config, kept out of the store
 
-    def waiting(self) -> list[dict[str, Any]]:
+    def waiting(self) -> list[QueueRow]:
         return self.store.queue()
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> list[QueueItem]:
         return [{"id": q["id"], "name": q["name"], "command": q["command"], "env": q["env"],
                  "total_steps": q["total_steps"], "source": q["source"]} for q in self.store.queue()]
 
-    def add(self, arg: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    def add(self, arg: Mapping[str, object]) -> tuple[Answer, int | None]:
         """(answer, the new entry's id or None when refused)."""
         command, env = arg.get("command"), arg.get("env") or {}
         problem = entry_problem(arg.get("name"), command, env, arg.get("total_steps"))
         if problem is not None:
             return {"ok": False, "message": f"not queued: {problem}"}, None
+        # entry_problem passed: a list of str, a str -> str table, a str or None, an int or None
+        command, env = cast(list[str], command), cast(dict[str, str], env)
+        name = cast(str | None, arg.get("name"))
+        total_steps = cast(int | None, arg.get("total_steps"))
         # O(1) in the queue's length: no listing of the entries (4,700 of them made each add a
         # rewrite-sized read: 5-10 adds/s)
-        name = arg.get("name") or f"run-{self.store.queue_next_id()}"
-        qid = self.store.queue_add(name, command or [], env, "cli", total_steps=arg.get("total_steps"))
+        name = name or f"run-{self.store.queue_next_id()}"
+        qid = self.store.queue_add(name, command, env, "cli", total_steps=total_steps)
         self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/queueenv.py)
         return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
                 f"{self.store.queue_position(qid)}"}, qid
 
-    def edit(self, action: str, arg: dict[str, Any]) -> QueueEdit:
+    def edit(self, action: str, arg: Mapping[str, object]) -> QueueEdit:
         """queue_add / queue_remove / queue_move (from the API, through the Supervisor's tick):
         the answer for the asker, the event to say, whether an entry was added."""
         if action == "queue_add":
@@ -344,18 +353,21 @@ class RunBook:
             if qid is None:
                 return QueueEdit(answer)
             # not the whole queue in the answer: an add costs O(1)
-            return QueueEdit({**answer, "id": qid}, f"queued #{qid}: {shlex.join(arg['command'])}", True)
+            return QueueEdit({**answer, "id": qid},
+                             f"queued #{qid}: {shlex.join(cast(list[str], arg['command']))}", True)
         ids = [q["id"] for q in self.waiting()]
-        qid = arg.get("id")
-        if not isinstance(qid, int) or qid not in ids:
-            return QueueEdit({"ok": False, "message": f"no waiting run #{qid} in the queue (waiting: "
+        asked = arg.get("id")
+        if not isinstance(asked, int) or asked not in ids:
+            return QueueEdit({"ok": False, "message": f"no waiting run #{asked} in the queue (waiting: "
                               f"{', '.join(f'#{i}' for i in ids) or 'none'})"})
+        qid = asked
         if action == "queue_remove":
             self.remove(qid)
             return QueueEdit({"ok": True, "message": f"removed #{qid}", "queue": self.queue()},
                              f"removed #{qid} from the queue")
         if action == "queue_move":
-            to = self.move(qid, int(arg.get("to") or 1))
+            to_pos = arg.get("to")
+            to = self.move(qid, int(to_pos) if isinstance(to_pos, (int, float, str)) and to_pos else 1)
             return QueueEdit({"ok": True, "message": f"#{qid} is now number {to}", "queue": self.queue()},
                              f"moved #{qid} to position {to}")
         raise ValueError(f"unknown queue edit {action!r}")
@@ -379,8 +391,8 @@ class RunBook:
         """A run's loss curve, [[step, loss], ...] by step, at most ``points`` of them: the live
         series of the current run, else the readings the daemon stored each poll."""
         if series is None:
-            series = [(int(r["step"]), float(r["loss"])) for r in self.store.readings(run_id, limit=points * 4)
-                      if r.get("step") is not None and r.get("loss") is not None]
+            series = [(step, loss) for r in self.store.readings(run_id, limit=points * 4)
+                      if (step := r["step"]) is not None and (loss := r["loss"]) is not None]
         by_step = dict(sorted(series))  # one loss per step, the last one reported
         pts = [[s, v] for s, v in by_step.items() if math.isfinite(v)]
         if len(pts) > points:
@@ -388,8 +400,8 @@ class RunBook:
             pts = [pts[int(i * stride)] for i in range(points - 1)] + [pts[-1]]
         return pts
 
-    def table(self, live: dict[int, tuple[Any, ...]] | None = None,
-              against: int | None = None) -> list[dict[str, Any]]:
+    def table(self, live: dict[int, LiveFingerprint] | None = None,
+              against: int | None = None) -> list[RunTableRow]:
         """The comparison table (GET /runs, `nightshift runs`), oldest first; ``live``: the
         fingerprint of a run still going (run id -> best, best step, climb, final). ``changes``
         are against run ``against``, by default the first run of the newest night (the queue
@@ -405,13 +417,13 @@ class RunBook:
             night = rows[-1].get("night_start") or rows[-1]["created"]
             base = next((r for r in rows if float(r["created"]) >= float(night) - 1e-6), rows[0])
 
-        def cmd_env(r: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        def cmd_env(r: RunRow) -> tuple[list[str], dict[str, str]]:
             # env values compared here, shown redacted (show_values=False)
             rec = self.record(r)
             return rec.command, {**dict.fromkeys(rec.env_names, REDACTED), **self.queued_env(r)}
         bcmd, benv = cmd_env(base) if base else ([], {})
-        live_series = {k: v[4] for k, v in (live or {}).items() if len(v) > 4}  # the current run's losses
-        out = []
+        live_series = {k: v[4] for k, v in (live or {}).items()}  # the current run's losses
+        out: list[RunTableRow] = []
         for r in rows:
             cmd, env = cmd_env(r)
             best = (r.get("best_loss"), r.get("best_step"), r.get("climb_step"), r.get("final_loss"))

@@ -25,6 +25,7 @@ from daemon import statusfmt, waitview
 from daemon.policy import eta as eta_mod
 from daemon.policy.supervise import shown_hold
 from daemon.states import REMOTE_STATES, State
+from daemon.store import RunRow
 from daemon.viewsource import SupervisorView
 
 # ``s`` below is the Supervisor, read only, seen through what this view reads of it
@@ -39,7 +40,7 @@ def _num(x: Any) -> Any:
     return x
 
 
-def _cloud(s: Supervisor, run: dict[str, Any], now: float) -> dict[str, Any]:
+def _cloud(s: Supervisor, run: RunRow, now: float) -> dict[str, Any]:
     o = s.cfg["offload"]
     st = s.remote.remote
     eta = None

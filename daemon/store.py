@@ -28,10 +28,13 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack, cast
 
 from daemon.config import REDACTED  # the names of env vars stay, never values
+from daemon.policy.jsonvalue import JSON, JSONObject
+from daemon.policy.records import Temps
 from daemon.states import ENDED_STATES as TERMINAL_STATES  # a stopped run is continued
 
 _SCHEMA = """
@@ -162,6 +165,124 @@ _ADDED_COLUMNS = (("user_hold", "INTEGER NOT NULL DEFAULT 0"),
                   ("backends", "TEXT"))
 
 
+
+
+# The rows as the readers below return them: SQLite's columns with their declared types (a
+# JSON column decoded where the reader says so). tests/test_store_rows.py keeps each TypedDict
+# equal to its table's columns.
+class RunFields(TypedDict, total=False):
+    """The run columns ``update_run`` may write (``_RUN_FIELDS``), each optional there."""
+
+    state: str
+    total_steps: int | None
+    step: int | None
+    restarts: int
+    code_errors: int
+    resets: int
+    pauses: int
+    has_run: int  # 0/1 (True is stored as 1)
+    job_pid: int | None
+    job_create_time: float | None
+    backend: str
+    remote_call_id: str | None
+    remote_started: float | None
+    cloud_seconds: float
+    cloud_cost_usd: float
+    failure: str | None
+    last_error_sig: str | None
+    skip_steps: str  # "a-b,c-d": step ranges a rollback skips
+    updated: float
+    user_hold: int  # 0/1
+    restart_times: str  # JSON list of monotonic-free wall times
+    remote_backend: str | None
+    resume_from: str | None
+    command: str | None  # JSON list: what the run ran
+    env: str | None  # JSON object: env names, values redacted
+    queue_id: int | None
+    best_loss: float | None
+    best_step: int | None
+    climb_step: int | None
+    final_loss: float | None
+    ended: float | None
+    night_start: float | None
+    steps_lost: int
+    max_step: int | None
+    resume_command: str | None  # JSON list
+    workdir: str | None
+    config_hash: str | None
+    created: float
+    remote_state: str | None  # JSON: daemon/remote_run.Record
+    backends: str | None  # where the run has run, "+"-joined ("local+modal"; runbook.ran_on)
+
+
+class RunRow(RunFields, total=False):
+    """A ``runs`` row. Read whole from SQLite, every key is there; total=False because "no
+    run yet" is the empty row ``{}`` to its readers (Supervisor.run)."""
+
+    id: int
+    name: str
+    config: str  # JSON: the run's public config (config.public_config)
+
+
+class QueueRow(TypedDict):
+    id: int
+    pos: float
+    name: str
+    command: list[str]
+    resume_command: list[str] | None
+    env: dict[str, str]  # names -> "<redacted>": the values live in queueenv.QueueEnv
+    total_steps: int | None
+    state: str  # waiting | started | removed
+    run_id: int | None
+    source: str  # "config" | "api" | "cli" ...
+    created: float
+
+
+class EventRow(TypedDict):
+    id: int
+    run_id: int | None
+    t: float
+    kind: str
+    level: str  # info | warn | error
+    message: str
+    data: JSONObject | None
+
+
+class ResetRow(TypedDict):
+    id: int
+    run_id: int | None
+    t: float
+    sources: list[str]
+    signature: str | None
+    lines: list[str]
+    temps: Temps
+    step: int | None
+    kind: str  # reset | soft_recovery | fault
+    info: JSONObject | None
+
+
+class CheckpointRow(TypedDict):
+    id: int
+    run_id: int | None
+    step: int
+    path: str
+    t: float
+    bytes: int | None
+    stall_s: float | None
+    persist_s: float | None
+
+
+class ReadingRow(TypedDict):
+    run_id: int | None
+    t: float
+    edge_c: float | None
+    tctl_c: float | None
+    power_w: float | None
+    busy_pct: float | None
+    step: int | None
+    loss: float | None
+
+
 log = logging.getLogger(__name__)
 MAX_PENDING = 10_000  # queued writes while the disk is full; the oldest are dropped beyond
 _WRITE_FAULTS = ("database or disk is full", "readonly database", "read-only file system",
@@ -188,10 +309,10 @@ class _NoRows:
     def fetchone(self) -> None:
         return None
 
-    def fetchall(self) -> list[Any]:
+    def fetchall(self) -> list[sqlite3.Row]:
         return []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[sqlite3.Row]:
         return iter(())
 
 
@@ -201,15 +322,15 @@ class _Guarded:
     def __init__(self, conn: sqlite3.Connection, store: Store):
         self.conn = conn
         self.store = store
-        self.pending: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
+        self.pending: collections.deque[tuple[str, tuple[object, ...]]] = collections.deque()
         self.dropped = 0
         self.why = "a write failed"
         self._next_id: dict[str, int] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.conn, name)
+    def close(self) -> None:
+        self.conn.close()
 
-    def execute(self, sql: str, args: Any = ()) -> Any:
+    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor | _NoRows:
         if sql.lstrip()[:6].upper() in ("SELECT", "PRAGMA"):
             try:
                 return self.conn.execute(sql, args)
@@ -230,7 +351,7 @@ class _Guarded:
             self._next_id[m.group(2)] = max(self._next_id.get(m.group(2), 0), cur.lastrowid + 1)
         return cur
 
-    def _queue(self, sql: str, args: tuple[Any, ...], e: BaseException | None = None) -> _NoRows:
+    def _queue(self, sql: str, args: tuple[object, ...], e: BaseException | None = None) -> _NoRows:
         rowid = None
         m = _INSERT.match(sql)
         if m:  # allocate the id now: the caller (create_run) needs it
@@ -290,7 +411,7 @@ class Store:
         # Run rows read once and written through: the Supervisor reads its run several times a
         # tick, and this Store is the only writer of the runs table while the daemon holds the
         # state dir's lock (issue 30: the row used to be a SELECT on each access).
-        self._runs: dict[int, dict[str, Any]] = {}
+        self._runs: dict[int, RunRow] = {}
         self._run_types: dict[str, str] = {}  # column -> declared type, for the write-through
         self._cache_runs = True
         _private_dir(self.path.parent)
@@ -304,7 +425,7 @@ class Store:
             conn = self._open_in_memory(e)
         except sqlite3.DatabaseError as e:  # not a database, malformed, failed quick_check
             conn = self._move_aside_and_open(e)
-        self.db = _Guarded(conn, self)
+        self.db: _Guarded | sqlite3.Connection = _Guarded(conn, self)
         if self.moved_aside:
             self.add_event(None, "store_corrupt", f"{self.path} was corrupt; moved aside to "
                            f"{self.moved_aside.name} and a fresh store started (the run goes on "
@@ -326,7 +447,7 @@ class Store:
         db.execute("SELECT COUNT(*) FROM runs").fetchone()  # fails here, not later, if unreadable
         self = cls.__new__(cls)
         self.path, self.clock, self.problem, self.moved_aside = p, time.time, None, None
-        self.db = db  # type: ignore[assignment]  # reads only: no write queue to guard
+        self.db = db  # reads only: no write queue to guard
         self._runs, self._run_types = {}, {}
         self._cache_runs = False  # another process (a daemon starting) may write meanwhile
         return self
@@ -347,7 +468,7 @@ class Store:
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
             db.executescript(_SCHEMA)
             # _migrate runs on the bare connection: a fault here is a fault at open
-            self.db = db  # type: ignore[assignment]
+            self.db = db
             self._migrate()
         except BaseException:
             db.close()
@@ -440,7 +561,7 @@ class Store:
         self.db.close()
 
     # -- runs -------------------------------------------------------------------------------
-    def create_run(self, name: str, config: dict[str, Any], total_steps: int | None,
+    def create_run(self, name: str, config: Mapping[str, object], total_steps: int | None,
                    run_id: int | None = None, created: float | None = None) -> int:
         """``run_id``/``created``: re-create a run found on disk after the database was lost
         (its run dir and checkpoint namespace keep their number)."""
@@ -452,20 +573,22 @@ class Store:
             (run_id, name, now if created is None else created, now, "idle",
              json.dumps(config, default=str), total_steps),
         )
-        return int(run_id if run_id is not None else cur.lastrowid)
+        return run_id if run_id is not None else _rowid(cur)
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self) -> list[RunRow]:
         """Every run, oldest first."""
-        return [dict(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
+        return [_run_row(r) for r in self.db.execute("SELECT * FROM runs ORDER BY id")]
 
     # -- what the daemon learns about this machine (e.g. the governor's sustainable clock) --
-    def remember(self, key: str, value: Any) -> None:
+    def remember(self, key: str, value: JSONObject) -> None:
         self.db.execute("INSERT INTO memory(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
                         "SET value=excluded.value", (key, json.dumps(value)))
 
-    def recall(self, key: str) -> Any:
+    def recall(self, key: str) -> JSONObject | None:
+        """What ``remember`` stored under ``key`` (an object), None when nothing was."""
         row = self.db.execute("SELECT value FROM memory WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        value: JSON = json.loads(row[0]) if row else None
+        return value if isinstance(value, dict) else None
 
     # -- the queue (edited through the Supervisor only: one writer) -------------------------
     def queue_add(self, name: str, command: list[str], env: dict[str, str], source: str,
@@ -481,7 +604,7 @@ class Store:
             (entry_id, pos, name, json.dumps(command), json.dumps(resume_command) if resume_command else None,
              json.dumps(_names_only(env)), total_steps, source, self.clock(), state, run_id))
         self._durable()  # a queue edit is the user's: it must survive a lost WAL
-        return int(entry_id if entry_id is not None else cur.lastrowid)
+        return entry_id if entry_id is not None else _rowid(cur)
 
     def queue_next_id(self) -> int:
         """The id the next entry will most likely get (a default name), from the rowid index."""
@@ -510,7 +633,7 @@ class Store:
                 self._runs.pop(int(r["id"]), None)
         return found
 
-    def queue(self, waiting_only: bool = True) -> list[dict[str, Any]]:
+    def queue(self, waiting_only: bool = True) -> list[QueueRow]:
         sql = "SELECT * FROM queue" + (" WHERE state='waiting'" if waiting_only else "") + " ORDER BY pos, id"
         out = []
         for r in self.db.execute(sql):
@@ -518,10 +641,10 @@ class Store:
             d["command"] = json.loads(d["command"])
             d["resume_command"] = json.loads(d["resume_command"]) if d["resume_command"] else None
             d["env"] = json.loads(d["env"] or "{}")
-            out.append(d)
+            out.append(cast(QueueRow, d))  # the queue table's columns, its JSON ones decoded
         return out
 
-    def queue_set(self, entry_id: int, **fields: Any) -> None:
+    def queue_set(self, entry_id: int, **fields: int | float | str | None) -> None:
         bad = set(fields) - {"state", "run_id", "pos"}
         if bad:
             raise KeyError(f"unknown queue fields: {sorted(bad)}")
@@ -529,7 +652,7 @@ class Store:
         self.db.execute(f"UPDATE queue SET {cols} WHERE id=?", (*fields.values(), entry_id))
         self._durable()
 
-    def get_run(self, run_id: int) -> dict[str, Any] | None:
+    def get_run(self, run_id: int) -> RunRow | None:
         """A copy of the run's row (the caller may change it; the cache stays the store's).
         While writes wait on a sick disk the row is read from the file, as it is there (the
         cache is for the common case, and a queued write must not show before it lands)."""
@@ -539,23 +662,23 @@ class Store:
             self._runs.pop(run_id, None)
             if not row:
                 return None
-            cached = dict(row)
+            cached = _run_row(row)
             if self._cache_runs and not self.pending_writes:
                 self._runs[run_id] = cached
-        return dict(cached)
+        return cached.copy()
 
-    def current_run(self) -> dict[str, Any] | None:
+    def current_run(self) -> RunRow | None:
         """The newest run that has not ended (the one a restarted daemon continues)."""
         q = "SELECT * FROM runs WHERE state NOT IN ({}) ORDER BY id DESC LIMIT 1".format(
             ",".join("?" * len(TERMINAL_STATES)))
         row = self.db.execute(q, tuple(TERMINAL_STATES)).fetchone()
-        return dict(row) if row else None
+        return _run_row(row) if row else None
 
-    def latest_run(self) -> dict[str, Any] | None:
+    def latest_run(self) -> RunRow | None:
         row = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        return dict(row) if row else None
+        return _run_row(row) if row else None
 
-    def update_run(self, run_id: int, **fields: Any) -> None:
+    def update_run(self, run_id: int, **fields: Unpack[RunFields]) -> None:
         bad = set(fields) - _RUN_FIELDS
         if bad:
             raise KeyError(f"unknown run fields: {sorted(bad)}")
@@ -567,9 +690,11 @@ class Store:
         if self.pending_writes:  # queued, not written: read back from the file until it lands
             self._runs.pop(run_id, None)
         elif run_id in self._runs:  # written through: what was written is what is read back
-            self._runs[run_id].update({k: self._as_stored(k, v) for k, v in fields.items()})
+            cached: dict[str, object] = dict(self._runs[run_id])
+            cached.update({k: self._as_stored(k, v) for k, v in fields.items()})
+            self._runs[run_id] = cast(RunRow, cached)  # RunFields' values, as SQLite stores them
 
-    def _as_stored(self, column: str, value: Any) -> Any:
+    def _as_stored(self, column: str, value: object) -> object:
         """``value`` as SQLite hands it back from ``runs.column`` (its type affinity: True is
         1, an int in a REAL column 1.0), so a cached row reads the same as a fresh SELECT."""
         if not self._run_types:
@@ -594,21 +719,25 @@ class Store:
         if self.pending_writes:
             self._runs.pop(run_id, None)
         elif row is not None:
-            row[field] = None if row[field] is None else row[field] + by  # NULL + n is NULL
-            row["updated"] = now
+            cached: dict[str, object] = dict(row)
+            old = cached[field]
+            if isinstance(old, (int, float)):  # NULL + n is NULL: None stays
+                cached[field] = old + by
+            cached["updated"] = now
+            self._runs[run_id] = cast(RunRow, cached)  # a numeric column, a number added
 
     # -- events -----------------------------------------------------------------------------
     def add_event(self, run_id: int | None, kind: str, message: str, level: str = "info",
-                  data: dict[str, Any] | None = None, t: float | None = None) -> int:
+                  data: Mapping[str, object] | None = None, t: float | None = None) -> int:
         cur = self.db.execute(
             "INSERT INTO events(run_id, t, kind, level, message, data) VALUES (?,?,?,?,?,?)",
             (run_id, self.clock() if t is None else t, kind, level, message,
              json.dumps(data, default=str) if data is not None else None),
         )
-        return int(cur.lastrowid)
+        return _rowid(cur)
 
     def events(self, run_id: int | None = None, limit: int = 50, before_id: int | None = None,
-               kind: str | None = None) -> list[dict[str, Any]]:
+               kind: str | None = None) -> list[EventRow]:
         """Newest first. Filter by run, by kind, and page with ``before_id``."""
         where: list[str] = []
         args: list[object] = []
@@ -630,13 +759,13 @@ class Store:
         for row in self.db.execute(sql, args):
             d = dict(row)
             d["data"] = json.loads(d["data"]) if d["data"] else None
-            out.append(d)
+            out.append(cast(EventRow, d))  # the events table's columns, data decoded
         return out
 
     # -- resets -----------------------------------------------------------------------------
     def add_reset(self, run_id: int | None, t: float, sources: list[str], lines: list[str],
-                  temps: dict[str, Any], signature: str | None = None, step: int | None = None,
-                  kind: str = "reset", info: dict[str, Any] | None = None) -> int:
+                  temps: Temps, signature: str | None = None, step: int | None = None,
+                  kind: str = "reset", info: Mapping[str, object] | None = None) -> int:
         cur = self.db.execute(
             "INSERT INTO resets(run_id, t, sources, signature, lines, temps, step, kind, info) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
@@ -645,12 +774,12 @@ class Store:
         )
         return int(cur.lastrowid or 0)
 
-    def update_reset(self, row_id: int, kind: str, lines: list[str], info: dict[str, Any]) -> None:
+    def update_reset(self, row_id: int, kind: str, lines: list[str], info: Mapping[str, object]) -> None:
         """A GPU incident the kernel logged more of: its kind and lines, revised in place."""
         self.db.execute("UPDATE resets SET kind=?, lines=?, info=? WHERE id=?",
                         (kind, json.dumps(lines), json.dumps(info), row_id))
 
-    def resets(self, run_id: int | None = None, since: float | None = None) -> list[dict[str, Any]]:
+    def resets(self, run_id: int | None = None, since: float | None = None) -> list[ResetRow]:
         sql, args = "SELECT * FROM resets WHERE 1=1", list[object]()
         if run_id is not None:
             sql += " AND run_id=?"
@@ -664,7 +793,7 @@ class Store:
             for k in ("sources", "lines", "temps"):
                 d[k] = json.loads(d[k])
             d["info"] = json.loads(d["info"]) if d.get("info") else None
-            out.append(d)
+            out.append(cast(ResetRow, d))  # the resets table's columns, its JSON ones decoded
         return out
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -677,12 +806,12 @@ class Store:
             (run_id, step, path, self.clock() if t is None else t, bytes_, stall_s, persist_s),
         )
 
-    def checkpoints(self, run_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM checkpoints", []
+    def checkpoints(self, run_id: int | None = None, limit: int = 100) -> list[CheckpointRow]:
+        sql, args = "SELECT * FROM checkpoints", list[object]()
         if run_id is not None:
             sql += " WHERE run_id=?"
             args.append(run_id)
-        return [dict(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+        return [cast(CheckpointRow, dict(r)) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
 
     # -- readings (a summary per poll, for the dashboard's charts) --------------------------
     def add_reading(self, run_id: int | None, t: float, edge_c: float | None, tctl_c: float | None,
@@ -695,7 +824,7 @@ class Store:
         )
 
     def readings(self, run_id: int | None = None, since: float | None = None,
-                 limit: int = 2000) -> list[dict[str, Any]]:
+                 limit: int = 2000) -> list[ReadingRow]:
         """Oldest first, at most ``limit`` rows, evenly thinned over a long night."""
         sql, args = "SELECT * FROM readings WHERE 1=1", list[object]()
         if run_id is not None:
@@ -704,11 +833,23 @@ class Store:
         if since is not None:
             sql += " AND t>=?"
             args.append(since)
-        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY t", args)]
+        rows = [cast(ReadingRow, dict(r)) for r in self.db.execute(sql + " ORDER BY t", args)]
         if len(rows) > limit:
             stride = len(rows) / limit
             rows = [rows[int(i * stride)] for i in range(limit)]
         return rows
+
+
+def _rowid(cur: sqlite3.Cursor | _NoRows) -> int:
+    """The id an INSERT gave its row (a queued INSERT's id is allocated when it is queued)."""
+    if cur.lastrowid is None:
+        raise sqlite3.DatabaseError("the INSERT gave no row id")
+    return cur.lastrowid
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    """A ``runs`` row as a dict: the table's columns, which RunRow names (test_store_rows.py)."""
+    return cast(RunRow, dict(row))
 
 
 def _names_only(env: dict[str, str]) -> dict[str, str]:

@@ -54,6 +54,7 @@ from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
+from daemon.policy.records import Answer, QueueItem, RunTableRow
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.timebase import clock_step
 from daemon.recovering import Probe, Recovery
@@ -63,7 +64,7 @@ from daemon.runbook import RunBook
 from daemon.starting import JobStarter, StartContext
 from daemon.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.status import JobFacts
-from daemon.store import TERMINAL_STATES, Store
+from daemon.store import TERMINAL_STATES, EventRow, QueueRow, ReadingRow, RunRow, Store
 from daemon.storeguard import StoreGuard
 
 if TYPE_CHECKING:  # the parts: built by daemon/parts.py (or a test), imported only there
@@ -227,7 +228,7 @@ class Supervisor:
         self.stored(self.store.update_run, self.run_id, **fields)
 
     @property
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunRow:
         return self.store.get_run(self.run_id) or {}
 
     @property
@@ -783,7 +784,7 @@ class Supervisor:
     # ================================================================== runs and the queue
     # The book (daemon/runbook.py) keeps runs, the queue and their history; here is what
     # changes the current run's state, which only the Supervisor writes.
-    def _interrupt(self, row: dict[str, Any], why: str) -> None:
+    def _interrupt(self, row: RunRow, why: str) -> None:
         """An older unfinished run a restart does not continue: closed, with the reason."""
         now = self.clock()
         self.stored(self.store.update_run, row["id"], state=State.INTERRUPTED.value, ended=now,
@@ -792,7 +793,7 @@ class Supervisor:
         self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
                    f"closed as interrupted: {why}", "warn")
 
-    def _cancel(self, arg: dict[str, Any], mono: float, fut: asyncio.Future | None) -> dict[str, Any] | None:
+    def _cancel(self, arg: dict[str, Any], mono: float, fut: asyncio.Future | None) -> Answer | None:
         """`nightshift cancel [RUN]`: the current run ends ``cancelled`` after a durable
         checkpoint and the queue moves on; ``queued``: a waiting entry is removed."""
         if arg.get("queued") is not None:
@@ -861,7 +862,7 @@ class Supervisor:
         elif self.cfg["daemon"]["exit_when_done"]:
             self.done.set()
 
-    def _create_run(self, entry: dict[str, Any] | None) -> None:
+    def _create_run(self, entry: QueueRow | None) -> None:
         found = None if entry is not None or self.new_run or self.resume_from else \
             self.book.legacy_on_disk(self.cfg["job"]["checkpoint_dir"])
         if found is not None:
@@ -909,7 +910,7 @@ class Supervisor:
         self.next_start_at = self.mono()
         self.set_state(State.STARTING, reason)
 
-    def runs(self, against: int | None = None) -> list[dict[str, Any]]:
+    def runs(self, against: int | None = None) -> list[RunTableRow]:
         """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
         ``against``."""
         from daemon.policy.fingerprint import fingerprint
@@ -917,10 +918,10 @@ class Supervisor:
         return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
                                               list(self.loss_series))}, against)
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> list[QueueItem]:
         return self.book.queue()
 
-    def _queue_command(self, action: str, arg: dict[str, Any]) -> dict[str, Any]:
+    def _queue_command(self, action: str, arg: dict[str, Any]) -> Answer:
         """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
         an idle daemon starts at once."""
         edit = self.book.edit(action, arg)
@@ -1029,8 +1030,8 @@ class Supervisor:
         elif held.get("thermal") and self.p.sensor is not None:
             from daemon.policy.thermal import ThermalState
             # the cooldown counts from now: how hot it got while the daemon was away is unknown
-            self.thermal = ThermalState(paused=True, paused_at=mono, reason=held["thermal"])
-            self.holds["thermal"] = held["thermal"]
+            self.thermal = ThermalState(paused=True, paused_at=mono, reason=str(held["thermal"]))
+            self.holds["thermal"] = str(held["thermal"])
             self.event("holds", "the GPU was cooling when the daemon stopped: the job starts again "
                        "once it is under resume_at_c and min_cooldown_s has passed")
 
@@ -1388,13 +1389,13 @@ class Supervisor:
         self.commands.append((action, arg, fut))
         return fut
 
-    async def control(self, action: str) -> dict[str, Any]:
+    async def control(self, action: str) -> Answer:
         if action not in CONTROL_ACTIONS:
             return {"ok": False, "message": f"unknown action {action!r}", "state": self.state.value}
         return await self.submit(action)
 
     async def _command(self, action: str, arg: Any, now: float, mono: float,
-                       fut: asyncio.Future | None) -> dict[str, Any] | None:
+                       fut: asyncio.Future | None) -> Answer | None:
         """The answer, or None when it comes later (a stop answers once the job has exited)."""
         running = self.runner.running and not self.runner.stopping
         st = self.state.value
@@ -1467,7 +1468,7 @@ class Supervisor:
             return self._queue_command(action, arg or {})
         raise AssertionError(action)
 
-    def _answer_later(self, fut: asyncio.Future | None) -> dict[str, Any] | None:
+    def _answer_later(self, fut: asyncio.Future | None) -> Answer | None:
         """None: the answer comes later (``fut``'s result)."""
         if fut is not None:
             self.stop_waiters.append(fut)  # answered by _settle_stop once the job has exited
@@ -1533,7 +1534,7 @@ class Supervisor:
                 self.event("sensor", problem, "warn")
 
     # ================================================================== live config
-    async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> dict[str, Any]:
+    async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> Answer:
         from daemon import reconfig
         from daemon.config import RESTART_KEYS, ConfigError
         # a restart key edited back to the value we run with: nothing to apply, nothing to wait for
@@ -1603,10 +1604,10 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         return self.snapshot
 
-    def history(self, since: float | None) -> list[dict[str, Any]]:
+    def history(self, since: float | None) -> list[ReadingRow]:
         return self.store.readings(self.run_id, since=since, limit=1500)
 
-    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[dict[str, Any]]:
+    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[EventRow]:
         return self.store.events(None, limit=limit, before_id=before_id, kind=kind)
 
 

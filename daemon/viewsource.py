@@ -18,13 +18,14 @@ from daemon.jobrunner import JobRunner
 from daemon.offloader import Offloader
 from daemon.policy.cfgtypes import Config
 from daemon.policy.eta import DutyMeter, ProgressMeter
+from daemon.policy.records import QueueItem
 from daemon.recovering import Recovery
 from daemon.remote_run import RemoteRun
 from daemon.resets.resetlog import ResetLog
 from daemon.sensors.base import Reading
 from daemon.states import State
 from daemon.status import JobFacts
-from daemon.store import Store
+from daemon.store import RunRow, Store
 
 
 class PartsView(Protocol):
@@ -50,7 +51,7 @@ class SupervisorView(Protocol):
     @property
     def run_id(self) -> int: ...
     @property
-    def run(self) -> dict[str, Any]: ...  # the run's row (Store.get_run)
+    def run(self) -> RunRow: ...  # the run's row (Store.get_run)
     @property
     def facts(self) -> JobFacts: ...
     @property
@@ -96,4 +97,4 @@ class SupervisorView(Protocol):
 
     def cost_now(self, now: float) -> float: ...
     def remote_description(self) -> dict[str, Any] | None: ...
-    def queue(self) -> list[dict[str, Any]]: ...
+    def queue(self) -> list[QueueItem]: ...

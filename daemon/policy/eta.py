@@ -37,7 +37,7 @@ Choices, stated once:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,7 +200,7 @@ def _span(s: float) -> str:
     return f"{s:.0f} s"
 
 
-def transitions_from_events(events: Iterable[dict[str, Any]]) -> list[tuple[float, bool]]:
+def transitions_from_events(events: Iterable[Mapping[str, Any]]) -> list[tuple[float, bool]]:
     """Rebuild the (t, training) timeline from stored events, oldest first.
 
     Folds ``state`` events (data.new), hold events (``paused``, ``paused_hot``, the schedule's

@@ -20,8 +20,8 @@ GPU Hang" says reset, its "Memory access fault" says fault). Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from daemon.policy.records import Temps
 from daemon.resets.signatures import EFFECTS, JOB_EFFECTS, ring_class
 
 KINDS = ("reset", "soft_recovery", "fault")
@@ -37,7 +37,7 @@ class ResetEvent:
     sources: list[str]
     lines: list[str]
     signature: str = ""  # the signature that names its cause (e.g. "mes_hang")
-    temps: dict[str, Any] = field(default_factory=dict)
+    temps: Temps = field(default_factory=dict)
     kind: str = "reset"
     label: str = ""  # the cause in words: "MES hang", "ring timeout (gfx)", "page fault"...
     kernel_resets: int = 0  # resets the kernel logged inside this incident

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon.diagnosis import Diagnosis, diagnose
+from daemon.diagnosis import Diagnosis, ResetSeen, diagnose
 from daemon.policy.cfgtypes import Config
+from daemon.policy.records import ResetsStatus, Temps
 from daemon.resets.incident import ResetEvent
+from daemon.store import ResetRow
 
 # the run counter (runs table) each kind adds to; soft recoveries and faults are counted here
 RUN_COUNTER = {"reset": "resets"}
@@ -35,21 +37,21 @@ EVENT_KIND = {"reset": "reset", "soft_recovery": "soft_recovery", "fault": "gpu_
 
 class ResetStore(Protocol):
     def add_reset(self, run_id: int | None, t: float, sources: list[str], lines: list[str],
-                  temps: dict[str, Any], signature: str | None = None, step: int | None = None,
-                  kind: str = "reset", info: dict[str, Any] | None = None) -> int: ...
+                  temps: Temps, signature: str | None = None, step: int | None = None,
+                  kind: str = "reset", info: Mapping[str, object] | None = None) -> int: ...
 
     def update_reset(self, row_id: int, kind: str, lines: list[str],
-                     info: dict[str, Any]) -> None: ...
+                     info: Mapping[str, object]) -> None: ...
 
     def resets(self, run_id: int | None = None,
-               since: float | None = None) -> list[dict[str, Any]]: ...
+               since: float | None = None) -> list[ResetRow]: ...
 
 
 @dataclass
 class Row:
     t: float
     kind: str
-    temps: dict[str, Any]
+    temps: Temps
     run_id: int | None
     attributed: bool = True
     kernel_resets: int = 0
@@ -70,6 +72,8 @@ class Recorded:
     event_kind: str
     message: str
     level: str
+    # the event's data (stored as JSON); Any: it is passed as **kwargs to Supervisor.event, whose
+    # own keyword detail= is a bool
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,10 +95,11 @@ class ResetLog:
         since = now - self.window_s
         for r in self.store.resets(None, since=since):
             info = r.get("info") or {}
+            kernel_resets, label = info.get("kernel_resets"), info.get("label")
             self.rows.append(Row(float(r["t"]), r.get("kind") or "reset", r["temps"] or {},
                                  r["run_id"], bool(info.get("attributed", True)),
-                                 int(info.get("kernel_resets") or 0), info.get("label") or "",
-                                 r["id"]))
+                                 kernel_resets if isinstance(kernel_resets, int) else 0,
+                                 label if isinstance(label, str) else "", r["id"]))
         self._diagnose()
 
     @property
@@ -102,7 +107,7 @@ class ResetLog:
         return float(self.cfg["resets"]["window_s"])
 
     # -- recording --------------------------------------------------------------------------
-    def record(self, ev: ResetEvent, temps: dict[str, Any], run_id: int | None,
+    def record(self, ev: ResetEvent, temps: Temps, run_id: int | None,
                step: int | None) -> Recorded:
         """Store one incident (or a revision of one already stored) and say what to apply."""
         ev.temps = temps
@@ -131,7 +136,7 @@ class ResetLog:
                          "kernel_resets": ev.kernel_resets,
                          "device": ev.device, "attributed": ev.attributed})
 
-    def _revise(self, row: Row, ev: ResetEvent, info: dict[str, Any]) -> Recorded:
+    def _revise(self, row: Row, ev: ResetEvent, info: Mapping[str, object]) -> Recorded:
         counted = row.counts
         counts = self.run_counts(row.run_id)
         counts[self._count_key(row)] -= 1
@@ -158,7 +163,7 @@ class ResetLog:
     def _event_kind(row: Row) -> str:
         return EVENT_KIND.get(row.kind, "reset") if row.attributed else "gpu_unattributed"
 
-    def _message(self, ev: ResetEvent, temps: dict[str, Any], step: int | None) -> str:
+    def _message(self, ev: ResetEvent, temps: Temps, step: int | None) -> str:
         edge = temps.get("edge_c")
         edge_s = "unknown" if edge is None else f"{edge:.0f} C"
         where = f"({', '.join(ev.sources)})" + (f" at step {step}" if step is not None else "")
@@ -186,7 +191,7 @@ class ResetLog:
                        else "unattributed" for r in rows)
 
     def _diagnose(self) -> None:
-        rows = [{"t": r.t, "temps": r.temps} for r in self.rows if r.counts]
+        rows: list[ResetSeen] = [{"t": r.t, "temps": r.temps} for r in self.rows if r.counts]
         by_kind = Counter(r.kind for r in self.rows if r.attributed)
         self.diagnosis = diagnose(rows, self.cfg["thermal"], faults=by_kind["fault"],
                                   soft_recoveries=by_kind["soft_recovery"]) \
@@ -215,7 +220,7 @@ class ResetLog:
             self._run_counts[run_id] = self._load_counts(run_id)
         return self._run_counts[run_id]
 
-    def status(self, now: float, run_id: int | None) -> dict[str, Any]:
+    def status(self, now: float, run_id: int | None) -> ResetsStatus:
         """The ``resets`` block of the status (docs/api.md)."""
         run = self.run_counts(run_id)
         recent = self._recent(now)
@@ -246,7 +251,7 @@ class ResetLog:
             self._diagnose()
 
 
-def _plain_write(write: Callable[..., object], *args: Any) -> bool:
+def _plain_write(write: Callable[..., object], *args: object) -> bool:
     write(*args)
     return True
 

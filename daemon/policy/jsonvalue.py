@@ -1,0 +1,13 @@
+"""JSON as a type: what ``json.loads`` gives back, and what the API and the store hand on.
+
+``JSON`` is any JSON value; ``JSONObject`` a JSON object. Code that knows a record's shape
+uses a TypedDict for it (the store's rows, the status snapshot); these are for the values
+whose shape is open: an event's ``data``, a memory's value, a wire body before it is checked.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+JSON: TypeAlias = "None | bool | int | float | str | list[JSON] | dict[str, JSON]"
+JSONObject: TypeAlias = "dict[str, JSON]"
