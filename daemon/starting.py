@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from daemon import restorechain as chain
 from daemon import suspects
@@ -30,6 +30,7 @@ from trainer import protocol
 
 if TYPE_CHECKING:
     from daemon.adopt import Adopter
+    from daemon.store import RunRow
     from trainer.format import CheckpointInfo
 
 log = logging.getLogger("nightshift")
@@ -41,7 +42,7 @@ class StartContext:
     """What a start reads of the run (a copy, taken by the Supervisor)."""
     run_id: int
     job: JobConfig  # the run's own [job] (RunBook.job), never today's config
-    run: dict[str, Any]  # the run's row: created, resume_from, skip_steps
+    run: RunRow  # the run's row: created, resume_from, skip_steps
     run_dir: Path
     checkpoint_dir: str  # this run's namespace (daemon/ckptns.py)
     interval_steps: int | None  # the checkpoint interval in force, if known

@@ -7,7 +7,9 @@ whose shape is open: an event's ``data``, a memory's value, a wire body before i
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TypeAlias, Union
 
-JSON: TypeAlias = "None | bool | int | float | str | list[JSON] | dict[str, JSON]"
-JSONObject: TypeAlias = "dict[str, JSON]"
+# Union with forward references, not a string: the aliases are real objects at run time too
+# (typing.get_type_hints of a TypedDict that uses them, as tests/test_store_rows.py does).
+JSON: TypeAlias = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]  # noqa: UP007
+JSONObject: TypeAlias = dict[str, JSON]

@@ -58,7 +58,7 @@ class RunTableRow(TypedDict):
 
 # What the sensor read just before a GPU incident ("edge_c", "tctl_c", "power_w" and the
 # reading's "t"), stored with the incident; a value the sensor lacked is None.
-Temps: TypeAlias = "dict[str, float | None]"
+Temps: TypeAlias = dict[str, float | None]
 
 
 class IncidentCount(TypedDict):
