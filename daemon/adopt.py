@@ -32,7 +32,15 @@ A run owns only what it wrote. With ``claim_found``, the matches present when th
 first made for a run (its store dir did not exist yet) are recorded in ``before.json``: as long
 as such a file is unchanged it is never adopted nor resumed (it is an older run's, or the
 quickstart's); the first threaded call copies it aside into ``<store_dir>/before/<relpath>`` so
-nothing is lost, and ``found`` says where (the Supervisor turns it into an event).
+nothing is lost, and ``found`` says where (the Supervisor turns it into an event). A directory
+(Hugging Face's ``checkpoint-N``) is moved aside instead, in place, to
+``.nightshift-before-<name>``: HF's own resume takes the newest ``checkpoint-N`` in its output dir,
+so an older run's left there would be resumed whatever we copied. ``own`` takes a match back
+(``run --resume-from`` chose it on purpose).
+
+Before a restart the matches that must not be resumed leave the script's way (hidden names, no
+``checkpoint-N`` pattern, kept): a torn one (``.nightshift-torn-``), and a directory whose copy
+is marked (``.nightshift-suspect-``, ``-failed-``, ``-set-aside-``).
 
 ``marks.json`` remembers what a copy turned out to be: ``failed`` (the job could not load it,
 see ``mark_failed``), ``suspect`` (written after the last normal loss before a divergence, by
@@ -340,6 +348,7 @@ class Found:
     relpath: str
     kept: Path | None  # the copy aside in the state dir (None: it changed before it was copied)
     step: int | None
+    moved: bool = False  # ``kept`` is the directory itself, moved aside in place (not a copy)
 
 
 class Adopter:
@@ -405,6 +414,14 @@ class Adopter:
         for rel in sorted(todo):
             src, dst = self.workdir / rel, self.store / "before" / rel
             kept: Path | None = None
+            if src.is_dir():  # HF resumes the newest checkpoint-N in place: it must leave
+                try:
+                    kept = _move_aside(src, "before")
+                    self.log(f"moved {rel} aside to {kept.name} (found before the run)")
+                except OSError as e:
+                    self.log(f"could not move {rel} aside (found before the run): {e}")
+                self.found.append(Found(rel, kept, step_of(kept) if kept else None, moved=True))
+                continue
             try:
                 _rm(dst)
                 _copy_fsynced(src, dst)
@@ -415,6 +432,23 @@ class Adopter:
             except OSError as e:
                 self.log(f"could not keep a copy of {rel} (found before the run): {e}")
             self.found.append(Found(rel, kept, step_of(dst) if kept else None))
+
+    def own(self, path: str | os.PathLike) -> None:
+        """A match present before the run that the run was started from on purpose
+        (``run --resume-from``): this run's own, adopted and resumed like its own saves."""
+        p = Path(path)
+        rel = (p.relative_to(self.workdir) if p.is_absolute() and p.is_relative_to(self.workdir) else p).as_posix()
+        if rel not in self._before:
+            return
+        del self._before[rel]
+        getattr(self, "_unkept", set()).discard(rel)
+        path_b = self.store / BEFORE
+        try:
+            doc = json.loads(path_b.read_text())
+            doc.get("files", {}).pop(rel, None)
+            _write_json(path_b, doc)
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def take_found(self) -> list[Found]:
         out, self.found = self.found, []
@@ -712,11 +746,23 @@ class Adopter:
 
     def _set_aside_torn(self, keep_rel: str | None) -> None:
         """Matches that do not verify (a file with no copy to replace it, or a directory) go
-        aside; an older run's file (``before.json``) is left alone: it is not ours to move."""
+        aside, and so does a directory whose copy is marked (suspect, failed, set aside): a
+        script that resumes "the newest checkpoint-N" on its own must not find them. An older
+        run's file (``before.json``) is left alone: it is not ours to move."""
+        newest_of: dict[str, AdoptedCheckpoint] = {}
+        for v in self._versions():  # newest first: the copy of what is in place now
+            newest_of.setdefault(v.relpath, v)
         for src in self._matches():
             rel = src.relative_to(self.workdir).as_posix()
             if rel == keep_rel or (keep_rel is not None and not src.is_dir()) \
                     or self._is_before(rel, _signature(src)):
+                continue
+            c = newest_of.get(rel)
+            if src.is_dir() and c is not None and c.mark is not None \
+                    and (c.source_mtime_ns == self._mtime(src) or _digest(src)[0] == c.sha256):
+                aside = _move_aside(src, c.mark.replace(" ", "-"))
+                self._adopted_sig.pop(rel, None)
+                self.log(f"moved {rel} aside to {aside.name} (its copy is {c.mark}: {c.mark_why})")
                 continue
             try:
                 verify_tree(src)
@@ -726,6 +772,18 @@ class Adopter:
                 os.rename(src, aside)
                 self._refused_sig.pop(rel, None)
                 self.log(f"moved the torn {rel} aside ({e})")
+
+
+def _move_aside(src: Path, why: str) -> Path:
+    """Rename ``src`` to a hidden ``.nightshift-<why>-<name>`` beside it (never over another
+    one: a number is added), fsynced; nothing is deleted."""
+    aside, n = src.with_name(f".nightshift-{why}-{src.name}"), 1
+    while aside.exists():
+        n += 1
+        aside = src.with_name(f".nightshift-{why}-{src.name}.{n}")
+    os.rename(src, aside)
+    fsync_dir(src.parent)
+    return aside
 
 
 def _as_tuple(v: Any) -> Any:

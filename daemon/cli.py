@@ -112,9 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
     if args.resume_from:  # verified before anything starts: never a silent fresh start
-        from daemon.resume import BadResumePath, check_resume_path
+        from daemon.policy.cfgtypes import workdir
+        from daemon.resume import BadResumePath, check_resume_path, check_script_resume
         try:
-            args.resume_from = str(check_resume_path(args.resume_from))
+            glob = cfg["job"]["checkpoint_glob"]
+            own = check_script_resume(args.resume_from, workdir(cfg["job"]), glob) if glob else None
+            args.resume_from = str(own or check_resume_path(args.resume_from))
         except BadResumePath as e:
             print(f"nightshift: {e}", file=sys.stderr)
             return 1

@@ -9,6 +9,8 @@ restarts; nothing here touches run state.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from daemon.adopt import AdoptedCheckpoint, Adopter, Found, Unverifiable, verify_tree
 from daemon.policy.scriptckpt import ChainDecision, Resumed, after_exit, error_line
 
@@ -20,6 +22,15 @@ def restore_for_start(adopter: Adopter) -> tuple[AdoptedCheckpoint | None, list[
 
 def found_message(f: Found, run_id: int) -> str:
     at = f" (step {f.step})" if f.step is not None else ""
+    if f.moved and f.kept is not None:  # a directory: the script would resume it by itself
+        aside = f.kept.relative_to(f.kept.parents[len(Path(f.relpath).parts) - 1]).as_posix()
+        return (f"{f.relpath}{at} was there before run {run_id} began: it is not this run's, so it "
+                f"was moved aside to {aside} (kept; the script's own resume takes the newest "
+                f"checkpoint there). To continue from it on purpose: `mv {aside} {f.relpath}`, then "
+                f"`nightshift run --new --resume-from {f.relpath}`")
+    if f.moved:
+        return (f"{f.relpath}{at} was there before run {run_id} began: it is not this run's, and it "
+                "could not be moved aside (the daemon's log says why): the script may resume it")
     kept = (f"a copy is kept at {f.kept}" if f.kept is not None
             else "it changed before a copy could be kept")
     return (f"{f.relpath}{at} was there before run {run_id} began: it is not this run's, so the "

@@ -60,6 +60,30 @@ def check_resume_path(path: str) -> Path:
     return p.resolve()
 
 
+def check_script_resume(path: str, workdir: str, glob: str) -> Path | None:
+    """``--resume-from`` naming a script's own checkpoint (a ``[job] checkpoint_glob`` match,
+    e.g. nanoGPT's out/ckpt.pt or HF's out/checkpoint-1000, relative to the workdir or the
+    current dir): its real path once it verifies as what it claims (daemon/adopt.py), None when
+    PATH is no such match (then it must be a trainer/ checkpoint), BadResumePath when it is one
+    that does not verify. The run then adopts it as its own and starts with resume_command."""
+    from daemon.adopt import Unverifiable, verify_tree
+    wd = Path(workdir).resolve()
+    p = Path(path).expanduser()
+    for cand in ([p] if p.is_absolute() else [Path.cwd() / p, wd / p]):
+        cand = cand.resolve() if cand.exists() else cand
+        if not cand.exists() or not cand.is_relative_to(wd):
+            continue
+        if not cand.relative_to(wd).match(glob) and cand not in {m.resolve() for m in wd.glob(glob)}:
+            continue
+        try:
+            verify_tree(cand)
+        except Unverifiable as e:
+            raise BadResumePath(f"--resume-from {path}: it does not verify: {e}; pick another copy "
+                                "(`nightshift checkpoints` lists a run's)") from None
+        return cand
+    return None
+
+
 def skipped_resume(passed: str, start: dict[str, Any]) -> str | None:
     """Pure: None if the job's ``start`` record resumed from ``passed`` (the NIGHTSHIFT_RESUME
     the daemon gave it), else a sentence saying what it did instead. A start record without

@@ -318,6 +318,8 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        if self.adopter is not None and self.run.get("resume_from"):
+            self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
         self.p.offloader.for_run(self.run_id, self.run_dir)
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included

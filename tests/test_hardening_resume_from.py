@@ -103,3 +103,41 @@ def test_a_job_that_resumes_the_given_checkpoint_raises_nothing(tmp_path, ckpts)
         assert "resume" not in sup.problems and not h.events("resume_skipped")
         assert any("from" in m and "step_000000200" in m for m in h.events("resumed"))
     asyncio.run(go())
+
+
+def old_ckpt_pt(path, iter_num: int) -> None:
+    """nanoGPT's ckpt.pt as torch.save writes it: a zip whose data.pkl holds iter_num."""
+    import zipfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ckpt/data.pkl", pickle.dumps({"iter_num": iter_num, "model": [1, 2]}))
+
+
+def test_resume_from_a_scripts_own_checkpoint_is_accepted_and_the_run_owns_it(tmp_path):
+    """Issue 25: the `found` event says "to continue from it on purpose: nightshift run --new
+    --resume-from out/ckpt.pt", and --resume-from refused every file ("a pickle ... not a
+    checkpoint directory"). A checkpoint_glob match is now verified as what it claims, and the
+    run adopts it as its own (an HF checkpoint-N dir is not moved aside as an older run's)."""
+    from daemon import parts as build
+    from daemon.resume import check_script_resume
+    work = tmp_path / "work"
+    pt = work / "out" / "ckpt.pt"
+    old_ckpt_pt(pt, 600)
+    assert check_script_resume(str(pt), str(work), "out/ckpt.pt") == pt.resolve()
+    assert check_script_resume("out/ckpt.pt", str(work), "out/ckpt.pt") == pt.resolve()  # as the event says it
+    assert check_script_resume(str(tmp_path / "ckpts"), str(work), "out/ckpt.pt") is None  # a trainer's
+    (work / "out" / "zeros.pt").write_bytes(b"\0" * 500)
+    with pytest.raises(BadResumePath, match="does not verify: zeros.pt: not a torch zip"):
+        check_script_resume(str(work / "out" / "zeros.pt"), str(work), "out/*.pt")
+
+    async def go():
+        cfg = config(tmp_path, job={"command": ["train"], "resume_command": ["train", "--init_from=resume"],
+                                    "workdir": str(work), "checkpoint_glob": "out/ckpt.pt"})
+        h = Harness(tmp_path, cfg, {"train": Behaviour(script=[(1.0, "line", "iter 600: loss 1.0")])},
+                    make_adopter=lambda run_id: build.adopter(cfg, run_id, h.clock))
+        sup = await h.open(resume_from=str(pt.resolve()))
+        await h.run(3)
+        assert h.spawned[0] == ["train", "--init_from=resume"]
+        assert h.events("found") == []  # not "an older run's": chosen on purpose
+        assert sup.adopter is not None and sup.adopter.newest().step == 600
+    asyncio.run(go())
