@@ -45,7 +45,8 @@ from daemon.states import State
 from daemon.store import RunRow
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
-AfterPull = Literal["finish", "local", "stopped", "fallback", "relaunch"]
+AfterPull = Literal["finish", "local", "stopped", "cancelled", "fallback", "relaunch"]
+USERS: tuple[AfterPull, ...] = ("stopped", "cancelled")  # the user's word: overrides the daemon's
 
 
 # ------------------------------------------------------------------ actions (for the Supervisor)
@@ -61,7 +62,7 @@ class Seen:
 class End:
     """What the Supervisor does once the remote part is over: finish the run, fail it, go on
     locally from the newest checkpoint here, or stop (resumable)."""
-    how: Literal["finish", "fail", "local", "stopped"]
+    how: Literal["finish", "fail", "local", "stopped", "cancelled"]
     message: str
 
 
@@ -401,24 +402,26 @@ class RemoteRun:
     # ------------------------------------------------------------------ cancel
     def cancel(self, now: float, why: str, after: AfterPull) -> list[Action]:
         """Enter CANCELLING: the cancel is asked (again and again until confirmed) by
-        ``cancelling``; what follows the pull is recorded now. A later reason of the user's
-        (a stop) overrides the daemon's own (budget, fallback)."""
+        ``cancelling``; what follows the pull is recorded now. A later word of the user's (a
+        stop, a cancel) overrides the daemon's own reason (budget, fallback) and their own."""
         if self.rec.cancel_asked_at is None:
             self.rec.cancel_asked_at = self.wall()
             self.rec.why = why
             self.rec.after_pull = after
             self.next_cancel_at = 0.0
             self.cancel_failures = 0
-        elif after == "stopped":
+        elif after in USERS:
             self.rec.after_pull, self.rec.why = after, why
         return [self._save_rec(), Goto(State.CANCELLING, f"{why}: stopping the remote run after its final "
                                        "checkpoint")]
 
-    def stop(self, now: float, state: State) -> list[Action]:
-        """The user's stop while the run is remote, cancelling or pulling: it ends stopped."""
+    def stop(self, now: float, state: State, after: AfterPull = "stopped") -> list[Action]:
+        """The user's stop (or ``nightshift cancel``: ``after`` "cancelled") while the run is
+        remote, cancelling or pulling: its final checkpoint comes home, then it ends so."""
+        why = f"{after} by the user"
         if state == State.REMOTE:
-            return self.cancel(now, "stopped by the user", "stopped")
-        self.rec.after_pull, self.rec.why = "stopped", "stopped by the user"
+            return self.cancel(now, why, after)
+        self.rec.after_pull, self.rec.why = after, why
         return [self._save_rec()]
 
     async def cancelling(self, now: float, run: RunRow) -> list[Action]:
@@ -490,6 +493,9 @@ class RemoteRun:
             if after == "stopped":
                 return self._done([], End("stopped", f"stopped; the remote result could not be brought home "
                                                      f"({e}); the run resumes from the newest checkpoint here"))
+            if after == "cancelled":
+                return self._done([], End("cancelled", f"the remote result could not be brought home ({e}); "
+                                                       "the newest checkpoint here is the last one"))
             if after == "relaunch":  # the volume keeps the final checkpoint: the next attempt starts there
                 return await self._relaunch(now, run, spec, [Emit(
                     "offload", f"{lost or e}; the next attempt goes on from the remote newest checkpoint", "warn")])
@@ -532,6 +538,8 @@ class RemoteRun:
             return self._done(acts, End("finish", "the remote run finished"))
         if after == "stopped":
             return self._done(acts, End("stopped", "stopped; the remote run's newest checkpoint is home"))
+        if after == "cancelled":
+            return self._done(acts, End("cancelled", "cancelled on the cloud; its newest checkpoint is home"))
         if after == "local":
             return self._done(acts, End("local", "continuing locally from the checkpoint brought home"))
         return self._fall_back(now)

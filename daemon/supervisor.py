@@ -808,6 +808,9 @@ class Supervisor:
         why = cancel_refusal(run_id, row is not None, (row or {}).get("state"), self.run_id, self.state.value)
         if why is not None:
             return {"ok": False, "message": why}
+        if self.state in REMOTE_STATES:  # cancelled there, the final checkpoint home, then ended
+            self._apply(self.remote.stop(mono, self.state, "cancelled"))
+            return self._answer_later(fut)
         if self.runner.running:
             self._ask_exit(intents.CANCEL, mono)  # graceful: the exit command checkpoints durably first
             return self._answer_later(fut)
@@ -1278,6 +1281,9 @@ class Supervisor:
             self._settle_stop(f"the run had already finished at step {self.facts.step}")
         elif end.how == "stopped":
             self.set_state(State.STOPPED, "stopped by the user; " + end.message.removeprefix("stopped; "))
+            self._settle_stop(end.message)
+        elif end.how == "cancelled":
+            self._cancelled(end.message)
             self._settle_stop(end.message)
         else:
             self._restart_now(end.message)

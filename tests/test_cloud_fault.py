@@ -264,6 +264,35 @@ def test_cloud_fault_a_preemption_modal_retries_in_the_same_call_never_starts_a_
     run(go())
 
 
+def test_cloud_fault_cancel_of_a_cloud_run_brings_its_final_checkpoint_home_then_the_queue_moves_on(tmp_path, monkeypatch):
+    """Issue 28: `nightshift cancel` of a run on the cloud was refused ("`nightshift stop`
+    brings it home first", then a second command). Now it goes through cancelling like a stop
+    (the call settles, its final checkpoint comes home), the run ends cancelled, the queue moves
+    on; a restart while cancelling keeps the user's word."""
+    async def go():
+        h, cloud = harness(tmp_path, monkeypatch)
+        await to_cloud(h)
+        fut = h.sup.submit("queue_add", {"name": "next", "command": ["trainer", "--lr", "0.1"]})
+        await h.run(0.4)
+        assert fut.result()["ok"]
+        await h.run(10)
+        h.sup.submit("cancel", {})
+        await h.run(2, until=lambda s: s.state == State.CANCELLING)
+        assert h.sup.state == State.CANCELLING, h.events()
+        h2 = reopen(h)  # killed while cancelling: the cancel is the record's, not memory's
+        sup2 = await h2.open()
+        await h2.run(120, dt=0.5, until=lambda s: s.run_id != 1)
+        [call] = cloud.calls.values()
+        assert call.cancels >= 1 and len(cloud.calls) == 1
+        first = h2.store.get_run(1)
+        assert first["state"] == "cancelled", h2.events("state")
+        assert max(int(p.name.rsplit("_", 1)[1]) for p in (tmp_path / "checkpoints").rglob("step_*")
+                   if p.is_dir()) >= call.written[-1]  # the final checkpoint came home first
+        assert any("cancelled on the cloud" in m for m in h2.events("cancelled"))
+        assert sup2.run_id == 2 and sup2.job["command"] == ["trainer", "--lr", "0.1"]  # the queue moved on
+    run(go())
+
+
 def test_cloud_fault_sigterm_while_moving_to_the_cloud_launches_nothing(tmp_path, monkeypatch):
     """Old: SIGTERM during the move launched the remote job anyway, then the daemon exited: the
     trainer ran unsupervised, billing past the budget until the next start."""

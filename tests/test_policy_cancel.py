@@ -17,10 +17,14 @@ def test_an_ended_run_says_how_it_ended(state):
     assert cancel_refusal(3, True, state, 3, state) == f"nothing to cancel: run 3 is {state}"
 
 
-@pytest.mark.parametrize("state", ["offloading", "remote", "cancelling", "pulling"])
-def test_a_run_on_the_cloud_is_brought_home_first(state):
-    why = cancel_refusal(3, True, state, 3, state)
-    assert why is not None and "`nightshift stop` brings it home first" in why
+@pytest.mark.parametrize("state", ["remote", "cancelling", "pulling"])
+def test_a_run_on_the_cloud_can_be_cancelled_its_checkpoint_comes_home_first(state):
+    assert cancel_refusal(3, True, state, 3, state) is None  # was refused: "stop it first"
+
+
+def test_a_run_being_moved_to_the_cloud_is_cancelled_a_moment_later():
+    why = cancel_refusal(3, True, "offloading", 3, "offloading")
+    assert why is not None and "being moved to the cloud" in why and "again in a moment" in why
 
 
 def test_another_or_a_missing_run():

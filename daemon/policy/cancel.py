@@ -1,16 +1,16 @@
 """Pure: may `nightshift cancel [RUN]` end this run? (issue 28)
 
-Only the current run can be cancelled, and only while it is on this machine (or waiting to
-start, or stopped): a run on the cloud is brought home first (`nightshift stop`), so its final
-checkpoint is home before the run ends. An ended run says how it ended. None: cancel it.
+Only the current run can be cancelled: on this machine, waiting to start, stopped, or on the
+cloud (there the call is cancelled and its final checkpoint brought home before the run ends,
+as a stop does; daemon/remote_run.py). Not while it is being moved to the cloud: that ends in a
+moment, on the cloud or here. An ended run says how it ended. None: cancel it.
 """
 
 from __future__ import annotations
 
-from daemon.states import ENDED_STATES, REMOTE_STATES, State
+from daemon.states import ENDED_STATES, State
 
 ENDED = ENDED_STATES
-REMOTE = frozenset({s.value for s in REMOTE_STATES} | {State.OFFLOADING.value})  # the job is not here
 
 
 def cancel_refusal(run_id: int, exists: bool, run_state: str | None, current_id: int,
@@ -23,7 +23,7 @@ def cancel_refusal(run_id: int, exists: bool, run_state: str | None, current_id:
         return f"nothing to cancel: run {run_id} is {run_state} (the current run is {current_id})"
     if current_state in ENDED:
         return f"nothing to cancel: run {run_id} is {current_state}"
-    if current_state in REMOTE:
-        return (f"run {run_id} is {current_state} on the cloud: `nightshift stop` brings it home "
-                "first, then `nightshift cancel`")
+    if current_state == State.OFFLOADING.value:
+        return (f"run {run_id} is being moved to the cloud: cancel it again in a moment (it will "
+                "be running there, or here)")
     return None
