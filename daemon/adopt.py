@@ -370,6 +370,7 @@ class Adopter:
         self._refused_sig: dict[str, tuple] = {}  # a torn file is reported once, not per poll
         self.last_refusal: str | None = None
         self.found: list[Found] = []  # set aside for the caller to say (taken by take_found)
+        self.restored_at: float | None = None  # when ``restore`` last put a copy back (its clock)
         self._before: dict[str, list] = {}  # relpath -> signature of a file older than the run
         if claim_found:
             self._claim_found()
@@ -510,6 +511,13 @@ class Adopter:
         marks["suspect"] = windows
         self._set_marks(marks)
         return [c for c in self._versions() if c.mark == "suspect"]
+
+    def suspect_window(self) -> tuple[int, str] | None:
+        """The open divergence window: (the last normal step, why), or None."""
+        windows = _windows(self._marks())
+        if windows and windows[-1].get("through") is None:
+            return int(windows[-1]["step"]), str(windows[-1].get("why") or "")
+        return None
 
     def close_suspect(self) -> bool:
         """The next attempt starts from a good copy: what it writes is not suspect, whatever its
@@ -724,6 +732,7 @@ class Adopter:
             if own:
                 self._adopted_sig[c.relpath] = _signature(target)  # type: ignore[assignment]
                 self._pending.pop(c.relpath, None)
+                self.restored_at = float(self.clock())
             return c
         if own:
             self._set_aside_torn(None)

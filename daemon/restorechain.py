@@ -47,10 +47,13 @@ def judge_exit(adopter: Adopter, resumed: Resumed, exit_kind: str, attempt_step:
         verdict = None
     except Unverifiable as e:  # the file in place is not what it claims: say that, not torch's words
         verdict = str(e).split(": ", 1)[-1]
-    failed_before = sum(1 for c in adopter._versions() if c.mark == "failed")
+    versions = adopter._versions()
+    failed_before = sum(1 for c in versions if c.mark == "failed")
     older = [c for c in adopter.candidates() if c.version != resumed.version]
+    at = adopter.restored_at  # a copy adopted since the put-back: the attempt saved, so it loaded
+    saved = at is not None and any(c.t > at and c.version != resumed.version for c in versions)
     dec = after_exit(resumed, exit_kind, attempt_step, older_left=len(older), failed_before=failed_before,
-                     fresh_allowed=fresh_allowed, error=error_line(verdict, job_error))
+                     fresh_allowed=fresh_allowed, error=error_line(verdict, job_error), saved_since=saved)
     if dec.action == "none":
         return dec
     adopter.mark_failed(resumed.version, dec.reason)

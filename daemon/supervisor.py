@@ -421,6 +421,7 @@ class Supervisor:
             self.facts.checkpoint = _adopted_fact(newest)
         elif self.facts.checkpoint and not os.path.exists(str(self.facts.checkpoint.get("path"))):
             self.facts.checkpoint = suspects.newest_left(Path(self.checkpoint_dir))  # set aside
+        self._said(suspects.recall(Path(self.checkpoint_dir), self.adopter))  # status names the last good one
         self._rebuild_counters()
 
     def _rebuild_counters(self) -> None:

@@ -18,7 +18,7 @@ problem line, the event): it keeps writing run state, these only touch checkpoin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def _said(moved: list[quarantine.Moved], marked: list[AdoptedCheckpoint], ckpt_d
              f"({HOW})") if steps else ""
     problem = ((f"the last good checkpoint is step {shown['step']}" if shown is not None
                 else "no good checkpoint is left")
-               + f": those past step {last_ok} are suspect ({why.split(' before the ', 1)[-1]})"
+               + f": those past step {last_ok} are suspect (the {why.split(' before the ', 1)[-1]})"
                + (f"; {len(steps)} kept in {where}" if steps else ""))
     return Said(event, problem, shown)
 
@@ -86,6 +86,21 @@ def on_checkpoint(ckpt_dir: Path, step: int) -> Said | None:
         return None
     moved = quarantine.sweep(ckpt_dir)
     return _said(moved, [], ckpt_dir, None, w["after_step"], w["why"]) if moved else None
+
+
+def recall(ckpt_dir: Path, adopter: Adopter | None) -> Said | None:
+    """A restarted daemon: a window still open (the run diverged and has not started again, e.g.
+    it failed) is shown again (no event: it was said when it happened)."""
+    w = quarantine.window(ckpt_dir)
+    aw = adopter.suspect_window() if adopter is not None else None
+    if w is None and aw is None:
+        return None
+    moved = [quarantine.Moved(s, ckpt_dir / quarantine.QUARANTINE / n)
+             for n, why in quarantine.reasons(ckpt_dir).items()
+             if why.startswith("suspect: ") and (s := quarantine.step_of(n)) is not None] if w else []
+    marked = [c for c in adopter._versions() if c.mark == "suspect"] if adopter is not None else []
+    last_ok, why = (w["after_step"], w["why"]) if w is not None else aw  # type: ignore[misc]
+    return replace(_said(moved, marked, ckpt_dir, adopter, last_ok, why), event="")
 
 
 def at_start(ckpt_dir: Path, adopter: Adopter | None) -> str:

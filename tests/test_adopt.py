@@ -415,3 +415,26 @@ def test_copies_of_the_next_attempt_are_not_suspect_and_a_suspect_copy_can_be_ch
     assert a.newest().step == 400 and a.restore().step == 400 and step_of(p) == 400
     marks = {c.version: c.mark for c in a._versions()}
     assert marks[again.version] == "set aside" and marks[v400.version] is None
+
+
+def test_a_crash_after_the_resumed_script_saved_again_does_not_fail_the_copy(tmp_path):
+    """No progress_pattern: attempt_step is None. The resumed job saved step 300 (adopted), then
+    crashed: the copy it resumed from (step 200) loaded; it is not marked failed, nothing older
+    is put back over the job's newer save."""
+    from daemon.policy.scriptckpt import Resumed
+    from daemon.restorechain import judge_exit
+    clock = Clock()
+    a = make(tmp_path, clock)
+    p = tmp_path / "work/out/ckpt.pt"
+    for it in (100, 200):
+        save_ckpt(p, it)
+        a.observe()
+        clock.t += 10
+    c = a.restore()
+    clock.t += 10
+    save_ckpt(p, 300)
+    assert a.observe().step == 300
+    err = "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error: an illegal memory access"
+    d = judge_exit(a, Resumed(c.relpath, c.version, c.step), "code_error", None, err, fresh_allowed=True)
+    assert d.action == "none" and all(v.mark is None for v in a._versions())
+    assert a.restore().step == 300

@@ -60,3 +60,13 @@ def test_the_error_line_is_our_verdict_or_the_jobs_exception_line_cut_after_a_se
     long = error_line(None, "E: " + "word " * 60)
     assert len(long) <= 160 and long.endswith("word...")
     assert error_line(None, "") == "the job exited before reporting any progress"
+
+
+def test_a_save_since_the_put_back_means_it_loaded_even_without_progress_reports():
+    """The draft's weak spot: a script without progress_pattern reports no step, so any crash
+    after a resume counted against the copy put back (marked failed, an older one restored).
+    A new checkpoint it saved says it loaded and trained."""
+    assert after_exit(R, "code_error", None, older_left=1, failed_before=0, fresh_allowed=True,
+                      error="x").action == "older"
+    assert after_exit(R, "code_error", None, older_left=1, failed_before=0, fresh_allowed=True,
+                      error="x", saved_since=True).action == "none"

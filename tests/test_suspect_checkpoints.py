@@ -77,3 +77,23 @@ def test_a_climb_back_under_next_sets_the_final_checkpoint_aside(tmp_path):
         assert aside, (left, h.events())
         assert max(left) < min(aside) and sup.facts.checkpoint["step"] == max(left)
     run(go())
+
+
+def test_a_daemon_restart_after_a_nan_stopped_the_run_still_names_the_last_good_checkpoint(tmp_path):
+    """After a restart the failed run's status had lost "the last good checkpoint is step 20"."""
+    async def go():
+        cfg = config(tmp_path, divergence={"enabled": True, "action": "stop"})
+        nan = {"kind": "progress", "step": 26, "total_steps": 1000, "loss": "nan"}
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=1000, interval=10, script=[
+            (25.5, "record", nan)])}, divergence=build.divergence(cfg))
+        sup = await h.open()
+        await h.run(40, until=lambda s: s.state.value == "failed")
+        assert sup.state.value == "failed" and "suspect" in sup.problems
+        h2 = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True)}, clock=h.clock, store=h.store,
+                     divergence=build.divergence(cfg))
+        sup2 = await h2.open()
+        assert sup2.problems.get("suspect", "").startswith(
+            "the last good checkpoint is step 20: those past step 25 are suspect (the non-finite "
+            "loss at step 26)"), sup2.problems
+        assert sup2.facts.checkpoint is not None and sup2.facts.checkpoint["step"] == 20
+    run(go())

@@ -3,7 +3,9 @@
 The restore chain. Before a restart the Adopter puts the best copy of a script's checkpoint
 back (daemon/adopt.py). A copy can verify (a complete zip, every CRC good) and still not load
 (a model that changed shape, a pickle torch refuses). When the job dies before it reports any
-progress at or past the step it was resumed at, the copy is taken to have failed:
+progress at or past the step it was resumed at, and saved no new checkpoint (a script without
+``progress_pattern`` reports no progress: a save is its sign that it loaded and trained), the
+copy is taken to have failed:
 - an older copy is left: mark this one failed and put the older one back;
 - none is left: move the file aside and start with ``command`` (from scratch) when the run
   allows it, saying so; a run started from a checkpoint on purpose (``--resume-from``) does not
@@ -38,14 +40,16 @@ class ChainDecision:
 
 
 def after_exit(resumed: Resumed | None, exit_kind: str, attempt_step: int | None, *,
-               older_left: int, failed_before: int, fresh_allowed: bool, error: str) -> ChainDecision:
+               older_left: int, failed_before: int, fresh_allowed: bool, error: str,
+               saved_since: bool = False) -> ChainDecision:
     """``attempt_step``: the furthest step this attempt reported (None: none at all);
+    ``saved_since``: the attempt saved a checkpoint that was adopted (so it had loaded);
     ``older_left``: older copies not yet tried; ``failed_before``: copies that failed before
     this one; ``error``: why it did not load, in a few words (the file's own verdict or the
     job's last error line)."""
     if resumed is None or exit_kind != "code_error":
         return ChainDecision("none", "")
-    if attempt_step is not None and (resumed.step is None or attempt_step >= resumed.step):
+    if saved_since or (attempt_step is not None and (resumed.step is None or attempt_step >= resumed.step)):
         return ChainDecision("none", "")  # it loaded: it trained from there, then crashed
     at = f" (step {resumed.step})" if resumed.step is not None else ""
     cause = f"the checkpoint put back at {resumed.relpath}{at} does not load: {error.rstrip('.')}"
