@@ -24,6 +24,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("torture") is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+    # Longest first: xdist hands tests out in this order as workers free up (loadgroup), so the
+    # minute-long torture tests start at once on their own workers and the many short tests fill
+    # the gaps after; in file order they started late and the run waited on them at its end.
+    # The sort is stable: a file's tests keep their order (xdist_group files rely on it).
+    items.sort(key=_weight)
+
+
+def _weight(item: pytest.Item) -> int:
+    if item.get_closest_marker("torture") is not None:
+        return 0
+    return 1 if item.get_closest_marker("slow") is not None else 2
 
 
 def heavy_process(args: object) -> str | None:

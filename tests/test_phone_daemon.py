@@ -31,7 +31,9 @@ from tests.helpers import (
 from tests.test_trainer_resume import SMALL
 
 # One real daemon for the module (a fixture): every test here is end to end.
-pytestmark = pytest.mark.slow
+# One worker runs this file in order: its tests share one module-scoped daemon and read what
+# earlier tests did to it (pytest-xdist's loadgroup, pyproject.toml).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_phone_daemon")]
 
 CHROMIUM = shutil.which("chromium")
 

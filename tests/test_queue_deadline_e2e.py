@@ -22,8 +22,8 @@ SMALL = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "16", "--b
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cloud(tmp_path):
-    # The first run (100 steps at <= 5 steps/s: 20 s) alone finishes before the 90 s deadline
-    # on a machine up to four times slower than that cap; the queue (+ 500 steps: 100 s more)
+    # The first run (100 steps at <= 10 steps/s: 10 s) alone finishes before the 45 s deadline
+    # on a machine up to four times slower than that cap; the queue (+ 500 steps: 50 s more)
     # cannot finish locally at any speed: the queue plan moves the first run to the stand-in
     # cloud (60 steps/s: it sets NIGHTSHIFT_MAX_STEPS_PER_S over the job's env). On a machine so
     # loaded that the first run alone misses the deadline, the failover's own "local ETA misses
@@ -34,9 +34,9 @@ def test_a_deadline_too_close_for_the_queue_moves_a_run_to_the_local_stand_in_cl
     ref = [sys.executable, "-m", "trainer.reference", *SMALL]
     cfg = write_config(tmp_path, {
         "job": {"command": [*ref, "--steps", "100"], "heartbeat_timeout_s": 120.0,
-                "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": "5"}},
+                "env": {"NIGHTSHIFT_MAX_STEPS_PER_S": "10"}},
         "daemon": {"exit_when_done": True},
-        "schedule": {"deadline_after_s": 90.0},
+        "schedule": {"deadline_after_s": 45.0},
         "divergence": {"enabled": False},
         "offload": {"backend": "local", "budget_usd": 5.0, "local_dir": str(tmp_path / "volume"),
                     "local_steps_per_s": 60.0, "remote_steps_per_s": 60.0},
