@@ -21,6 +21,7 @@ stay on disk. These commands are how a person looks at them and takes one anyway
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class CannotRestore(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str  # "trainer" | "adopted" | "before" (a file found before the run: never its own)
+    kind: str  # "trainer" | "adopted" | "aside" (moved out of the script's way) | "before" (never the run's)
     step: int | None
     t: float | None  # when it was written (trainer: meta.json's mtime) or adopted
     state: str  # good | suspect | set aside | failed | torn | found before the run
@@ -129,6 +130,19 @@ def adopted_entries(a: Adopter) -> list[Entry]:
         why = a._check_copy(c, deep=True)
         state, reason = ("torn", why) if why is not None else (c.mark or "good", c.mark_why)
         out.append(Entry("adopted", c.step, c.t, state, reason, c.relpath, c.version))
+    pattern = Path(a.glob)  # what restore and the before-run rule moved aside in the workdir
+    for p in sorted(a.workdir.glob((pattern.parent / f".nightshift-*-{pattern.name}").as_posix())):
+        m = _ASIDE.match(p.name)
+        if m is None:
+            continue
+        state = {"before": "found before the run", "torn": "torn", "bad": "failed"}.get(
+            m.group(1), m.group(1).replace("-", " "))
+        orig = p.with_name(m.group(2)).relative_to(a.workdir).as_posix()
+        why = (f"an older run's, moved out of the script's way; to resume it on purpose: move it back "
+               f"to {orig}, then `nightshift run --new --resume-from {orig}`") if m.group(1) == "before" \
+            else f"moved out of the script's way: {orig} is not resumed from it"
+        out.append(Entry("before" if m.group(1) == "before" else "aside", step_of(p), _mtime_any(p),
+                         state, why, str(p)))
     before = a.store / "before"
     if before.is_dir():
         for p in sorted(before.rglob("*")):
@@ -136,6 +150,16 @@ def adopted_entries(a: Adopter) -> list[Entry]:
                 out.append(Entry("before", step_of(p), p.stat().st_mtime, "found before the run",
                                  "an older run's (never resumed by this run)", str(p)))
     return out
+
+
+_ASIDE = re.compile(r"^\.nightshift-(before|torn|bad|suspect|failed|set-aside)-(.+?)(?:\.\d+)?$")
+
+
+def _mtime_any(p: Path) -> float | None:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return None
 
 
 def entries(cfg: Config, run_id: int) -> list[Entry]:
@@ -149,7 +173,7 @@ def _ago(t: float | None, now: float) -> str:
         return "?"
     s = max(0.0, now - t)
     when = time.strftime("%m-%d %H:%M", time.localtime(t))
-    age = f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+    age = f"{s / 86400:.0f} d" if s >= 2 * 86400 else f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
     return f"{when} ({age} ago)"
 
 
@@ -159,6 +183,7 @@ def format_entries(run_id: int, got: list[Entry], now: float | None = None) -> s
         return f"run {run_id}: no checkpoints on disk"
     lines = [f"run {run_id}: checkpoints, newest step first"]
     for kind, title in (("trainer", "trainer checkpoints"), ("adopted", "adopted copies"),
+                        ("aside", "moved aside in the workdir (the script does not find them)"),
                         ("before", "found before the run (not this run's)")):
         rows = [e for e in got if e.kind == kind]
         if not rows:

@@ -97,3 +97,20 @@ def test_a_dir_chosen_with_resume_from_is_this_runs_own(tmp_path):
     assert restored is not None and restored.step == 1000 and get_last_checkpoint(out) == "checkpoint-1000"
     b = Adopter(tmp_path / "work", "out/checkpoint-*", tmp_path / "store", clock=Clock(), claim_found=True)
     assert b.newest().step == 1000  # a restarted daemon reads the same record
+
+
+def test_nightshift_checkpoints_shows_what_was_moved_aside_and_why(tmp_path):
+    from daemon import ckptcmd
+    out = tmp_path / "work" / "out"
+    hf_save(out / "checkpoint-1000", 1000)
+    a = Adopter(tmp_path / "work", "out/checkpoint-*", tmp_path / "store", clock=Clock(), claim_found=True)
+    restore_for_start(a)
+    hf_save(out / "checkpoint-200", 200)
+    a.observe(200)
+    hf_save(out / "checkpoint-300", 300)
+    a.observe(300)
+    a.mark_suspect_after(250, "written after the last normal loss (step 250) before the NaN at step 260")
+    restore_for_start(a)
+    got = {(e.kind, e.step, e.state) for e in ckptcmd.adopted_entries(a)}
+    assert ("before", 1000, "found before the run") in got and ("aside", 300, "suspect") in got
+    assert ("adopted", 300, "suspect") in got and ("adopted", 200, "good") in got
