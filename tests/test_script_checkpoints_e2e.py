@@ -272,7 +272,10 @@ def test_a_daemon_restart_while_cooling_keeps_the_thermal_hold(tmp_path):
 @pytest.mark.slow
 def test_after_a_nan_loss_the_nan_checkpoint_is_suspect_and_the_phone_shows_the_loss_that_stopped_it(tmp_path):
     """Finding 6: after a NaN loss stopped the run, status showed the loss before it (2152) and
-    offered the NaN-weights checkpoint as the newest, with no warning."""
+    offered the NaN-weights checkpoint as the newest, with no warning. Then "not restored unless
+    asked": `nightshift restore` refuses while the daemon runs, puts the suspect copy back with
+    --force once it is stopped, and `run --new --resume-from out/ckpt.pt` (a file: refused
+    before) resumes it as the new run's own."""
     cfg = user_config(tmp_path, iters=200, every=20, sleep=0.05, args=("--nan_at=60",),
                       divergence={"enabled": True, "action": "stop"}, daemon={"exit_when_done": False})
     d = start_daemon(cfg)
@@ -282,8 +285,10 @@ def test_after_a_nan_loss_the_nan_checkpoint_is_suspect_and_the_phone_shows_the_
         st = wait_for(lambda: (s := status(cfg)).get("state") == "failed" and s.get("loss_stopped") and s,
                       30, 0.3, "the failed status")
         text = nightshift("status", "-c", str(cfg), timeout=30).stdout
+        running = nightshift("restore", "1", "--step", "60", "--force", "-c", str(cfg), timeout=30)
     finally:
         stop(d)
+    assert running.returncode == 1 and "the daemon is running" in running.stderr and "stop it first" in running.stderr
     assert st["loss_stopped"] == {"step": 60, "loss": "nan"} and st["loss"] is None
     assert st["checkpoint"]["step"] == 40  # the last good one, not the NaN weights of step 60
     assert any(p.startswith("the last good checkpoint is step 40: those past step 59 are suspect")
@@ -293,3 +298,23 @@ def test_after_a_nan_loss_the_nan_checkpoint_is_suspect_and_the_phone_shows_the_
     lines = text.splitlines()
     assert len(lines) <= 12 and lines[0] == "nightshift  FAILED", text
     assert "loss  nan at step 60 stopped the run" in text and "ckpt  step 40" in text, text
+    ckpt = tmp_path / "work" / "out" / "ckpt.pt"
+    listed = nightshift("checkpoints", "-c", str(cfg), timeout=30)
+    assert listed.returncode == 0 and "suspect" in listed.stdout and "before the non-finite loss at step 60" \
+        in listed.stdout, listed.stdout + listed.stderr
+    refused = nightshift("restore", "1", "--step", "60", "-c", str(cfg), timeout=30)
+    assert refused.returncode == 1 and "add --force" in refused.stderr, refused.stderr
+    (tmp_path / "work" / "out" / "ckpt.pt").write_bytes(b"\0" * 1000)  # whatever is there now
+    forced = nightshift("restore", "1", "--step", "60", "--force", "-c", str(cfg), timeout=30)
+    assert forced.returncode == 0 and saved_iter(ckpt) == 60, forced.stdout + forced.stderr
+    assert "run 1 has ended" in forced.stdout and "--resume-from" in forced.stdout, forced.stdout
+    d = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--new", "--resume-from", "out/ckpt.pt",
+                          "-c", str(cfg)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    try:
+        log2 = tmp_path / "state" / "runs" / "2" / "job.log"
+        wait_for(lambda: log2.exists() and "Resuming training" in log2.read_text(), 90, 0.2,
+                 "run 2 resumed from the ckpt.pt chosen on purpose")
+    finally:
+        stop(d)
+    assert not [m for m in events(tmp_path, "found") if "before run 2" in m]  # chosen: its own
