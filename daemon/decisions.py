@@ -6,7 +6,7 @@ without anything having happened."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from daemon.intent import ExitIntent
 from daemon.policy.thermal import ThermalState
@@ -45,7 +45,9 @@ class Hold:
 
 @dataclass(frozen=True)
 class Release:
+    """``quiet``: no job to tell and nothing to say (a stopped run's pause lifted)."""
     owner: str
+    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,27 @@ class Restart:
     """Start the job again now (STARTING), from the newest checkpoint or ``resume`` if given."""
     reason: str
     resume: str | None = None
+
+
+@dataclass(frozen=True)
+class StopRemote:
+    """`nightshift stop` (or cancel) of a cloud run: the call cancelled, its final checkpoint
+    home, then the run ``then``: stopped (resumable) or cancelled (ended, the queue goes on)."""
+    then: Literal["stopped", "cancelled"] = "stopped"
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Move the job to the cloud (a running job first exits with a final checkpoint).
+    ``retry_now``: the user asked: no launch backoff is waited for."""
+    reason: str
+    retry_now: bool = False
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The run ends ``cancelled`` (no job was running: nothing to wait for)."""
+    message: str
 
 
 @dataclass(frozen=True)
@@ -94,5 +117,5 @@ class Remember:
     clear_losses: bool = False  # a rollback: the loss trend starts again
 
 
-Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | Problem | \
-    CapClock | UncapClock | Remember
+Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
+    Offload | Cancelled | Problem | CapClock | UncapClock | Remember

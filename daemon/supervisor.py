@@ -27,20 +27,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon import decide, suspects
+from daemon import commanding, decide, suspects
 from daemon import intent as intents
 from daemon import restorechain as chain
 from daemon.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.commanding import Here
 from daemon.decisions import (
     AskCheckpoint,
     AskExit,
+    Cancelled,
     CapClock,
     Decision,
     Hold,
+    Offload,
     Problem,
     Release,
     Remember,
     Restart,
+    StopRemote,
     UncapClock,
 )
 from daemon.diskfull import is_full_error, says_full
@@ -54,6 +58,7 @@ from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
+from daemon.policy.commands import CommandFacts
 from daemon.policy.records import Answer, QueueItem, RunTableRow
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.timebase import clock_step
@@ -796,31 +801,6 @@ class Supervisor:
         self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
                    f"closed as interrupted: {why}", "warn")
 
-    def _cancel(self, arg: dict[str, Any], mono: float, fut: asyncio.Future | None) -> Answer | None:
-        """`nightshift cancel [RUN]`: the current run ends ``cancelled`` after a durable
-        checkpoint and the queue moves on; ``queued``: a waiting entry is removed."""
-        if arg.get("queued") is not None:
-            answer = self._queue_command("queue_remove", {"id": arg["queued"]})
-            return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
-                if answer["ok"] else answer
-        from daemon.policy.cancel import cancel_refusal
-        run_id = int(arg.get("run") or self.run_id)
-        row = self.store.get_run(run_id) if run_id else None
-        why = cancel_refusal(run_id, row is not None, (row or {}).get("state"), self.run_id, self.state.value)
-        if why is not None:
-            return {"ok": False, "message": why}
-        if self.state in REMOTE_STATES:  # cancelled there, the final checkpoint home, then ended
-            self._apply(self.remote.stop(mono, self.state, "cancelled"))
-            return self._answer_later(fut)
-        if self.runner.running:
-            self._ask_exit(intents.CANCEL, mono)  # graceful: the exit command checkpoints durably first
-            return self._answer_later(fut)
-        ck = self.facts.checkpoint
-        msg = f"cancelled (no job was running; the newest checkpoint is at step {ck.get('step')})" \
-            if ck else "cancelled (no job was running)"
-        self._cancelled(msg)
-        return {"ok": True, "message": msg}
-
     def _cancelled(self, msg: str) -> None:
         waiting = self.book.waiting()
         self.set_state(State.CANCELLED, msg)
@@ -929,7 +909,11 @@ class Supervisor:
 
     def _queue_command(self, action: str, arg: dict[str, Any]) -> Answer:
         """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
-        an idle daemon starts at once."""
+        an idle daemon starts at once. `nightshift cancel '#N'` removes queued entry N."""
+        if action == "cancel":
+            answer = self._queue_command("queue_remove", {"id": arg["queued"]})
+            return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
+                if answer["ok"] else answer
         edit = self.book.edit(action, arg)
         if edit.said:
             self.event("queue", edit.said)
@@ -1222,6 +1206,8 @@ class Supervisor:
                 if a.owner == "thermal" and self.gov is not None:
                     self.gov.paused()  # the governor's safety net fired: the phone line counts it
                 self._hold(a.owner, a.why)
+            elif isinstance(a, Release) and a.quiet:
+                self.holds.pop(a.owner, None)
             elif isinstance(a, Release):
                 self._release(a.owner)
             elif isinstance(a, Remember):
@@ -1241,6 +1227,15 @@ class Supervisor:
                     self.problems[a.key] = a.text
             elif isinstance(a, AskExit):
                 self._ask_exit(a.intent, self.mono())
+            elif isinstance(a, StopRemote):
+                self.stop_asked_at = self.mono()
+                self._apply(self.remote.stop(self.stop_asked_at, self.state, a.then))
+            elif isinstance(a, Offload):
+                if a.retry_now:
+                    self.remote.retry_now()
+                self._begin_offload(a.reason)
+            elif isinstance(a, Cancelled):
+                self._cancelled(a.message)
             elif isinstance(a, Restart):
                 self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
@@ -1320,7 +1315,7 @@ class Supervisor:
                           state=self.state.value)
         dec = decide_failover(obs, self.cfg)
         if dec.offload:
-            self._begin_offload(now, dec.reason)
+            self._begin_offload(dec.reason)
             return
         self._plan_queue(now, obs.budget_usd)
 
@@ -1358,9 +1353,9 @@ class Supervisor:
             self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
         self.queue_plan = plan
         if plan.where(items[0].name) == "cloud" and self.p.offloader.available and names:
-            self._begin_offload(now, f"queue plan: {plan.reason}")
+            self._begin_offload(f"queue plan: {plan.reason}")
 
-    def _begin_offload(self, now: float, reason: str) -> None:
+    def _begin_offload(self, reason: str) -> None:
         self.remote.begin(self.mono(), reason)
         self.set_state(State.OFFLOADING, reason)
         if self.runner.running:
@@ -1406,82 +1401,21 @@ class Supervisor:
     async def _command(self, action: str, arg: Any, now: float, mono: float,
                        fut: asyncio.Future | None) -> Answer | None:
         """The answer, or None when it comes later (a stop answers once the job has exited)."""
-        running = self.runner.running and not self.runner.stopping
-        st = self.state.value
-        if action == "pause":
-            if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
-                return {"ok": False, "message": f"nothing to pause: the run is {st}"}
-            if self.state not in (State.RUNNING, State.COOLING, State.STARTING, State.RECOVERING):
-                return {"ok": False, "message": f"cannot pause while {st} (the job is not on this machine)"}
-            if "user" in self.holds:
-                return {"ok": True, "message": "already paused by you"}
-            self._hold("user", "paused by the user")
-            self._update_run(user_hold=1)
-            self.event("paused", "paused by the user")
-            return {"ok": True, "message": "paused" + ("" if running else "; the job will start paused")}
-        if action == "resume":
-            if self.state == State.STOPPED:
-                self.holds.pop("user", None)
-                self._update_run(user_hold=0)
-                self._restart_now("resumed by the user")
-                return {"ok": True, "message": "resuming the stopped run from its newest checkpoint"}
-            if not self._release("user"):
-                return {"ok": False, "message": f"not paused by you (state {st})"}
-            self._update_run(user_hold=0)
-            if self.holds:
-                return {"ok": True, "message": "your pause is lifted; the job stays held: "
-                        + "; ".join(self.holds.values())}
-            return {"ok": True, "message": "resumed"}
-        if action == "checkpoint":
-            if not running:
-                return {"ok": False, "message": f"no job running (state {st})"}
-            seq = self.runner.command("checkpoint")
-            if seq is None:
-                return {"ok": False, "message": "this job does not use trainer/, so it cannot be asked "
-                        "for a checkpoint; its own checkpoints (job.checkpoint_glob) are kept as they appear"}
-            self.event("checkpoint_requested", f"checkpoint requested by the user (command {seq})")
-            return {"ok": True, "message": f"checkpoint requested (command {seq})"}
-        if action == "offload":
-            if not self.p.offloader.available:
-                return {"ok": False, "message": "failover needs [offload] backend (modal, ssh or local) "
-                        "and budget_usd > 0 in the config"}
-            if st not in LOCAL_STATES:
-                return {"ok": False, "message": f"cannot offload while {st}"}
-            budget = float(self.cfg["offload"]["budget_usd"])
-            if rules.budget_left(budget, float(self.run.get("cloud_cost_usd") or 0.0)) <= 0:
-                return {"ok": False, "message": f"this run has spent its cloud budget (${budget:.2f}): "
-                        "raise [offload] budget_usd to move it again"}
-            if not self.p.offloader.usable:  # every backend refused our credentials: say which
-                return {"ok": False, "message": "; ".join(self.p.offloader.refused.values())
-                        + " (fix the config and save it: the backend is tried again)"}
-            self.remote.retry_now()
-            self._begin_offload(now, "forced by the user (nightshift offload)")
-            return {"ok": True, "message": "moving the job to the cloud"}
-        if action == "stop":
-            if self.state in (State.SUCCEEDED, State.FAILED, State.STOPPED):
-                return {"ok": False, "message": f"nothing to stop: the run is {st}"}
-            self.stop_asked_at = mono
-            if self.state in REMOTE_STATES:  # cancelled, the final checkpoint home, then stopped
-                self._apply(self.remote.stop(mono, self.state))
-                return self._answer_later(fut)
-            if self.runner.running:
-                self._ask_exit(intents.STOP, mono)
-                return self._answer_later(fut)
-            self.set_state(State.STOPPED, "stopped by the user")
-            return {"ok": True, "message": "stopped (no job was running); `nightshift resume` continues"}
-        if action == "cancel":
-            return self._cancel(arg or {}, mono, fut)
         if action == "reconfigure":
             return await self._reconfigure(*arg)
-        if action.startswith("queue_"):
+        if action.startswith("queue_") or (action == "cancel" and (arg or {}).get("queued") is not None):
             return self._queue_command(action, arg or {})
-        raise AssertionError(action)
-
-    def _answer_later(self, fut: asyncio.Future | None) -> Answer | None:
-        """None: the answer comes later (``fut``'s result)."""
-        if fut is not None:
+        r = self.runner
+        facts = CommandFacts(
+            self.state.value, tuple(self.holds.items()), r.running and not r.stopping,
+            self.p.offloader.available, bool(self.p.offloader.usable), tuple(self.p.offloader.refused.values()),
+            float(self.cfg["offload"]["budget_usd"]), float(self.run.get("cloud_cost_usd") or 0.0))
+        here = Here(self.run_id, r.running, self.facts.checkpoint, self.store.get_run)
+        reply = commanding.answer(action, facts, here, r, arg)
+        self._apply(reply.decisions)
+        if reply.later and fut is not None:
             self.stop_waiters.append(fut)  # answered by _settle_stop once the job has exited
-        return None
+        return reply.answer
 
     # ================================================================== shutdown
     def request_stop(self, sig: int) -> None:
