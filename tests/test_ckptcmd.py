@@ -103,3 +103,17 @@ def test_restore_chooses_a_suspect_adopted_copy_and_puts_it_in_place(tmp_path, c
     assert step_of(p) == 300
     b = Adopter(tmp_path, "out/ckpt.pt", store)  # what the next start's restore does
     assert b.restore().step == 300
+
+
+def test_restore_for_the_unfinished_run_says_the_next_start_continues_it(tmp_path, capsys):
+    from daemon.store import Store
+    cfg, ns = trainer_run(tmp_path)
+    store = Store(tmp_path / "state" / "nightshift.db")
+    run_id = store.create_run("job", {}, 1000)
+    store.update_run(run_id, state="stopped")
+    store.close()
+    assert run_id == 1
+    assert cli.main(["restore", "1", "--step", "30", "--force", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "`nightshift run` (or starting the service) continues run 1 from it" in out, out
+    assert find_latest_valid(ns).step == 30
