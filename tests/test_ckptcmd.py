@@ -1,7 +1,7 @@
 """Issue 25: "not restored unless asked" needs a way to ask. `nightshift checkpoints [RUN]` lists a
 run's checkpoints with their state and why; `nightshift restore RUN --step N [--force]` puts one
 back on purpose, with the daemon stopped (refused, saying to stop it first, while it runs).
-Real checkpoint directories, real adopted torch.save zips, the real CLI entry point."""
+Real checkpoint directories, adopted zips shaped like torch.save's, the real CLI entry point."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_restore_refuses_while_a_daemon_runs_and_says_to_stop_it_first(tmp_path,
 
 def test_restore_chooses_a_suspect_adopted_copy_and_puts_it_in_place(tmp_path, capsys):
     from daemon.adopt import Adopter, step_of
-    from tests.test_adopt import save_ckpt
+    from tests.test_hardening_resume_from import old_ckpt_pt as save_ckpt  # torch.save's shape
     cfg = write_config(tmp_path, {"job": {"command": ["python", "train.py"], "checkpoint_glob": "out/ckpt.pt"}})
     store = tmp_path / "state" / "adopted" / "run-1"
     a = Adopter(tmp_path, "out/ckpt.pt", store)
@@ -98,7 +98,7 @@ def test_restore_chooses_a_suspect_adopted_copy_and_puts_it_in_place(tmp_path, c
     assert "adopted copies:" in out and "suspect" in out and "v3 out/ckpt.pt" in out
     assert cli.main(["restore", "1", "--step", "300", "-c", str(cfg)]) == 1
     assert "add --force" in capsys.readouterr().err
-    save_ckpt(p, 200, n=2100)  # the file in place is something else now
+    save_ckpt(p, 201)  # the file in place is something else now
     assert cli.main(["restore", "1", "--step", "300", "--force", "-c", str(cfg)]) == 0
     assert step_of(p) == 300
     b = Adopter(tmp_path, "out/ckpt.pt", store)  # what the next start's restore does
