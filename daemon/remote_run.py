@@ -45,7 +45,7 @@ from daemon.states import State
 from daemon.store import RunRow
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
-AfterPull = Literal["finish", "local", "stopped", "cancelled", "fallback", "relaunch"]
+AfterPull = Literal["finish", "local", "stopped", "cancelled", "failed", "fallback", "relaunch"]
 USERS: tuple[AfterPull, ...] = ("stopped", "cancelled")  # the user's word: overrides the daemon's
 
 
@@ -496,6 +496,9 @@ class RemoteRun:
             if after == "cancelled":
                 return self._done([], End("cancelled", f"the remote result could not be brought home ({e}); "
                                                        "the newest checkpoint here is the last one"))
+            if after == "failed":
+                return self._done([], End("fail", f"{self.rec.why} (the remote result could not be brought "
+                                                  f"home: {e})"))
             if after == "relaunch":  # the volume keeps the final checkpoint: the next attempt starts there
                 return await self._relaunch(now, run, spec, [Emit(
                     "offload", f"{lost or e}; the next attempt goes on from the remote newest checkpoint", "warn")])
@@ -540,6 +543,8 @@ class RemoteRun:
             return self._done(acts, End("stopped", "stopped; the remote run's newest checkpoint is home"))
         if after == "cancelled":
             return self._done(acts, End("cancelled", "cancelled on the cloud; its newest checkpoint is home"))
+        if after == "failed":  # ended by the daemon's own rule (a climb back): the queue moves on
+            return self._done(acts, End("fail", self.rec.why))
         if after == "local":
             return self._done(acts, End("local", "continuing locally from the checkpoint brought home"))
         return self._fall_back(now)

@@ -824,8 +824,9 @@ class Supervisor:
             return  # a non-finite loss is the spike watchdog's to say (and act on)
         action = self.cfg["divergence"]["action"]
         ends = action in ("stop", "next") and self.runner.running
+        remote = action in ("stop", "next") and self.state == State.REMOTE  # billing on: cut it too
         self.event("divergence", f"the loss is climbing back at step {c.step}: {c.reason}; "
-                   + (f"action: {action}" if ends or action == "alert" else
+                   + (f"action: {action}" if ends or remote or action == "alert" else
                       f"said only ({action} does not apply to a climb, or no job is running here)"),
                    "error", step=c.step, climb_start=c.start, loss=str(c.loss))
         self._suspect_after(c.start if c.start is not None else c.step - 1, c.step, "climb back")
@@ -833,6 +834,9 @@ class Supervisor:
             reason = f"stopped: the loss climbed back from step {c.start} ({c.reason})"
             self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
                            self.mono())
+        elif remote:  # the cloud's final checkpoint comes home, then the run fails as it would here
+            self._apply(self.remote.cancel(self.mono(), f"stopped: the loss climbed back from step {c.start} "
+                                           f"({c.reason})", "failed"))
 
     def _fingerprint(self) -> Fingerprint:
         from daemon.policy.fingerprint import fingerprint

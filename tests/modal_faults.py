@@ -77,6 +77,7 @@ class Call:
     preempted_at: float | None = None  # a preemption to come (Call.preempt)
     restart_s: float = 30.0  # Modal runs the input again this long after a preemption
     preemptions: int = 0
+    loss: Callable[[int], float] = lambda step: 1.0 / (1 + step)  # the job's loss at a step
     cancels: int = 0
     written: list[int] = field(default_factory=list)
 
@@ -106,7 +107,7 @@ class Call:
         run.mkdir(parents=True, exist_ok=True)
         (run / "summary.json").write_text(json.dumps({
             "t": t, "state": state, "result": result, "checkpoint_step": step, "step": step,
-            "total_steps": self.total, "loss": 1.0 / (1 + step), "steps_per_s": self.rate}))
+            "total_steps": self.total, "loss": self.loss(step), "steps_per_s": self.rate}))
 
     def killed_at(self) -> float | None:
         """When Modal kills the attempt at its timeout (None: never, or a cancel came first)."""
@@ -162,7 +163,9 @@ class Cloud:
     """The Modal side. ``install(monkeypatch)`` puts it at the SDK's network boundary."""
 
     def __init__(self, root: Path, clock: Callable[[], float], *, rate: float = 10.0, total: int = 100_000,
-                 interval: int = 50, settle_s: float = 20.0, timeout_s: float | None = None):
+                 interval: int = 50, settle_s: float = 20.0, timeout_s: float | None = None,
+                 loss: Callable[[int], float] | None = None):
+        self.loss = loss
         self.root, self.clock = root, clock
         self.timeout_s = timeout_s
         self.rate, self.total, self.interval, self.settle_s = rate, total, interval, settle_s
@@ -222,6 +225,8 @@ class Cloud:
             cloud.calls[cid] = Call(cid, vol, cloud.clock(), steps[-1] if steps else 0, spec.get("total_steps")
                                     or cloud.total, cloud.rate, cloud.interval, cloud.settle_s,
                                     cloud.timeout_s, written=steps[-1:])
+            if cloud.loss is not None:
+                cloud.calls[cid].loss = cloud.loss
             return _Handle(cloud, cid)
 
         monkeypatch.setattr(modal.App, "run", app_run)

@@ -32,9 +32,9 @@ def modal_cfg(tmp_path: Path, **offload):
                                      **offload})
 
 
-def harness(tmp_path: Path, monkeypatch, cfg=None, **cloud_kw) -> tuple[Harness, Cloud]:
+def harness(tmp_path: Path, monkeypatch, cfg=None, parts=None, **cloud_kw) -> tuple[Harness, Cloud]:
     cfg = cfg or modal_cfg(tmp_path)
-    h = Harness(tmp_path, cfg, BEH)
+    h = Harness(tmp_path, cfg, BEH, **(parts or {}))
     cloud = Cloud(tmp_path / "modal", h.clock.monotonic, **cloud_kw)  # the cloud's time is real time
     cloud.install(monkeypatch)
     return h, cloud
@@ -290,6 +290,37 @@ def test_cloud_fault_cancel_of_a_cloud_run_brings_its_final_checkpoint_home_then
                    if p.is_dir()) >= call.written[-1]  # the final checkpoint came home first
         assert any("cancelled on the cloud" in m for m in h2.events("cancelled"))
         assert sup2.run_id == 2 and sup2.job["command"] == ["trainer", "--lr", "0.1"]  # the queue moved on
+    run(go())
+
+
+def test_cloud_fault_a_climb_back_on_the_cloud_with_action_next_cuts_the_call_and_the_queue_moves_on(tmp_path, monkeypatch):
+    """A climb back seen in a cloud run's progress was "said only": with [divergence] action
+    next (or stop) the A100 trained on, billing, and the queue waited. Now the call is cut
+    through cancelling (its final checkpoint home), the run fails as it would here, the queue
+    moves on."""
+    def loss(step: int) -> float:  # the local job's curve (tests/harness.py) down to step 1250, then back up
+        return 2.0 / max(1, step) if step <= 1250 else 2.0 / 1250 * (1 + (step - 1250) / 20)
+
+    async def go():
+        from daemon import parts as build
+        cfg = modal_cfg(tmp_path)
+        cfg["divergence"]["action"] = "next"
+        h, cloud = harness(tmp_path, monkeypatch, cfg=cfg, parts={"divergence": build.divergence(cfg)}, loss=loss)
+        await to_cloud(h)
+        fut = h.sup.submit("queue_add", {"name": "next", "command": ["trainer", "--lr", "0.1"]})
+        await h.run(0.4)
+        assert fut.result()["ok"]
+        await h.run(400, dt=1.0, until=lambda s: s.state == State.CANCELLING)
+        assert h.sup.state == State.CANCELLING, h.events()
+        await h.run(2)
+        [call] = cloud.calls.values()
+        assert 1250 < call.step_at(call.cancelled_at) < 1600, call  # caught early in the climb
+        assert any("climbing back" in m and "action: next" in m for m in h.events("divergence"))
+        await h.run(120, dt=0.5, until=lambda s: s.run_id != 1)
+        first = h.store.get_run(1)
+        assert first["state"] == "failed" and "loss climbed back" in first["failure"], h.events("state")
+        assert call.cancels == 1 and len(cloud.calls) == 1
+        assert h.sup.run_id == 2 and h.sup.job["command"] == ["trainer", "--lr", "0.1"]
     run(go())
 
 
