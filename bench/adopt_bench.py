@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from daemon.adopt import Adopter
-from daemon.outputprogress import OutputProgress
+from daemon.job.adopt import Adopter
+from daemon.job.outputprogress import OutputProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 

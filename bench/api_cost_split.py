@@ -1,5 +1,5 @@
 """Where a /status request's CPU goes (issue 18): the server's own CPU time per 1000 requests,
-for the same uvicorn + GuardedH11Protocol server (daemon.api.serve) in front of
+for the same uvicorn + GuardedH11Protocol server (daemon.web.api.serve) in front of
 
 - ``floor``: a bare ASGI app answering the same bytes (uvicorn + h11 + asyncio alone);
 - ``fast``: the real app, plain GET /status (the fast path: cached bytes, no FastAPI work);
@@ -45,7 +45,7 @@ def snapshot(path: str | None) -> dict:
 
 
 def serve(variant: str, port: int, snap_file: str | None) -> None:
-    from daemon import api
+    from daemon.web import api
 
     st = snapshot(snap_file)
 
@@ -136,7 +136,7 @@ def main() -> None:
         return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
     st = snapshot(a.snapshot)
-    from daemon import api
+    from daemon.web import api
     res = {"command": "bench/api_cost_split.py " + " ".join(sys.argv[1:]),
            "requests_per_round": a.requests, "rounds": a.rounds, "rps": a.rps or "back to back",
            "status_json_bytes": len(api.strict_json(st)),

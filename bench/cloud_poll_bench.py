@@ -20,9 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from daemon import config as config_mod  # noqa: E402
-from daemon.offload.base import progress_summary  # noqa: E402
-from daemon.offload.modal_backend import ModalBackend, volume_name  # noqa: E402
+from daemon.cloud.offload.base import progress_summary  # noqa: E402
+from daemon.cloud.offload.modal_backend import ModalBackend, volume_name  # noqa: E402
+from daemon.state import config as config_mod  # noqa: E402
 from tests.harness import write_checkpoint  # noqa: E402
 from tests.modal_faults import Call, Cloud  # noqa: E402
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from night_replay import LOCAL_RATE, PROFILES, STORY_CKPT, STORY_STEPS, job_cmd  # noqa: E402
 
-from daemon.demo import eta_check  # noqa: E402
+from daemon.commands.demo import eta_check  # noqa: E402
 from tests.helpers import free_port, write_config  # noqa: E402
 
 

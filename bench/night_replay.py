@@ -55,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from daemon.simgpu import SimulatedGPU  # noqa: E402
+from daemon.gpu.simgpu import SimulatedGPU  # noqa: E402
 from tests.helpers import write_config  # noqa: E402
 
 STORY_STEPS, LOCAL_RATE, CLOUD_RATE, STORY_CKPT, PRICE_A100 = 50_000, 0.56, 6.9, 500, 2.10

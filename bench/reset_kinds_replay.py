@@ -33,12 +33,12 @@ TRUTH = {"N1_780M_FW16_rocm5180_c6.log": (1, 0, 0), "N2_780M_FW16_rocm5180_c10.l
          "C1_composite_P1_with_entry.log": (0, 0, 0)}
 
 spec = importlib.util.spec_from_file_location("kerneltime_fixture",
-                                              REPO / "daemon" / "resets" / "kerneltime.py")
+                                              REPO / "daemon" / "gpu" / "resets" / "kerneltime.py")
 kt = importlib.util.module_from_spec(spec)
 sys.modules["kerneltime_fixture"] = kt
 spec.loader.exec_module(kt)
 
-from daemon.resets import ResetDetector  # noqa: E402  (the tree under test)
+from daemon.gpu.resets import ResetDetector  # noqa: E402  (the tree under test)
 
 
 class Clock:

@@ -26,12 +26,12 @@ INTERVALS = [0.5, 1.0, 2.0, 5.0]
 PHASES = [0.0, 0.13, 0.37, 0.71, 0.93]
 
 # the fixtures' kernel times come from this repo's parser (fixture timing only, not the detector)
-spec = importlib.util.spec_from_file_location("kerneltime_fixture", REPO / "daemon" / "resets" / "kerneltime.py")
+spec = importlib.util.spec_from_file_location("kerneltime_fixture", REPO / "daemon" / "gpu" / "resets" / "kerneltime.py")
 kt = importlib.util.module_from_spec(spec)
 sys.modules["kerneltime_fixture"] = kt
 spec.loader.exec_module(kt)
 
-from daemon.resets import ResetDetector  # noqa: E402  (the tree under test)
+from daemon.gpu.resets import ResetDetector  # noqa: E402  (the tree under test)
 
 NEW_API = "boot_time" in inspect.signature(ResetDetector.__init__).parameters
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from daemon.offload.base import JobSpec  # noqa: E402
-from daemon.offload.carry import Carry, job_excludes  # noqa: E402
-from daemon.offload.ssh import SshBackend  # noqa: E402
+from daemon.cloud.offload.base import JobSpec  # noqa: E402
+from daemon.cloud.offload.carry import Carry, job_excludes  # noqa: E402
+from daemon.cloud.offload.ssh import SshBackend  # noqa: E402
 from tests.fixtures.sshd import start_sshd, stop_sshd  # noqa: E402
 
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import config as config_mod
-from daemon.config import EX_CONFIG, ConfigError
 from daemon.policy.cfgtypes import Config
+from daemon.state import config as config_mod
+from daemon.state.config import EX_CONFIG, ConfigError
 
 log = logging.getLogger("nightshift")
 
@@ -57,7 +57,7 @@ def _load_client(path: str | None) -> Config:
     ./state -- no daemon, no token -- instead of the service's. When the config came from
     that ./config.toml lookup (no -c, no $NIGHTSHIFT_CONFIG) and no daemon serves its state dir,
     the next candidate whose state dir has a live daemon (its api.json) is used, and said."""
-    from daemon import client
+    from daemon.web import client
     found = config_mod.find_config(path)
     cfg = config_mod.load(found)
     if path or os.environ.get("NIGHTSHIFT_CONFIG") or found != Path("config.toml") \
@@ -79,7 +79,7 @@ def _load_client(path: str | None) -> Config:
 def _token_file(cfg: Config) -> str:
     """The token a client sends: the configured file, or -- when the daemon ran on a read-only
     state dir and had to create its token elsewhere -- the one in that state dir's fallback."""
-    from daemon.lock import fallback_dir
+    from daemon.state.lock import fallback_dir
     configured = cfg["api"]["token_file"]
     if not os.path.exists(configured):
         fb = fallback_dir(cfg["daemon"]["state_dir"]) / "token"
@@ -92,7 +92,7 @@ def _base_url(cfg: Config) -> str:
     """Where the daemon is serving: the address it wrote to <state_dir>/api.json when it started
     (a port edited in the config waits for a restart, so the file's port may not be live yet),
     else the configured one."""
-    from daemon import client
+    from daemon.web import client
     client.set_config_path(cfg.get("_path"))  # a "not running" message names its service
     host, port = cfg["api"]["host"], cfg["api"]["port"]
     served = client.served_address(cfg["daemon"]["state_dir"])
@@ -106,14 +106,19 @@ def _base_url(cfg: Config) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon import app, logs
-    from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_checkpoint_lock, acquire_state_lock
+    from daemon.service import app, logs
+    from daemon.state.lock import (
+        EX_TEMPFAIL,
+        StateDirLocked,
+        acquire_checkpoint_lock,
+        acquire_state_lock,
+    )
 
     cfg = _load(args.config)
     logs.setup(cfg["daemon"]["log_level"])
     if args.resume_from:  # verified before anything starts: never a silent fresh start
+        from daemon.job.resume import BadResumePath, check_resume_path, check_script_resume
         from daemon.policy.cfgtypes import workdir
-        from daemon.resume import BadResumePath, check_resume_path, check_script_resume
         try:
             glob = cfg["job"]["checkpoint_glob"]
             own = check_script_resume(args.resume_from, workdir(cfg["job"]), glob) if glob else None
@@ -158,7 +163,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from daemon.doctor import diagnose_machine, report
+    from daemon.commands.doctor import diagnose_machine, report
 
     text, code = report(diagnose_machine(_load(args.config)), as_json=args.json)
     print(text)
@@ -166,7 +171,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sensors(args: argparse.Namespace) -> int:
-    from daemon.sensors.report import sensors_report
+    from daemon.commands.sensors_report import sensors_report
 
     cfg = _load(args.config)
     text, code = sensors_report(cfg)
@@ -176,15 +181,16 @@ def cmd_sensors(args: argparse.Namespace) -> int:
 
 def _no_daemon(cfg: Config) -> bool:
     """No daemon serves this state dir (its api.json is gone or names a dead pid): the read
-    commands then read the store on disk (daemon/offline.py)."""
-    from daemon import client
+    commands then read the store on disk (daemon/commands/offline.py)."""
+    from daemon.web import client
     return client.served_address(cfg["daemon"]["state_dir"]) is None
 
 
 def _offline(cfg: Config, read: Callable[[], Any]) -> tuple[Any, int]:
     """(what ``read`` returned, 0) from the store, with a note on stderr; (message, 1) when it
     cannot be read."""
-    from daemon import client, offline
+    from daemon.commands import offline
+    from daemon.web import client
     try:
         text = read()
     except offline.NoStore as e:
@@ -194,7 +200,8 @@ def _offline(cfg: Config, read: Callable[[], Any]) -> tuple[Any, int]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon import client, offline
+    from daemon.commands import offline
+    from daemon.web import client
 
     cfg = _load_client(args.config)
     if _no_daemon(cfg):  # the last known state, marked as such; exit 1: it is not running
@@ -209,7 +216,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from daemon import client, offline
+    from daemon.commands import offline
+    from daemon.web import client
 
     cfg = _load_client(args.config)
     if _no_daemon(cfg):
@@ -222,7 +230,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    from daemon import client
+    from daemon.web import client
 
     cfg = _load_client(args.config)
     text, code = client.control(_base_url(cfg), _token_file(cfg), args.command)
@@ -231,7 +239,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from daemon import client
+    from daemon.web import client
 
     query = ""
     if args.target is not None:
@@ -249,7 +257,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from daemon import offline, queuecli
+    from daemon.commands import offline
+    from daemon.web import queuecli
 
     cfg = _load_client(args.config)
     if _no_daemon(cfg):
@@ -267,12 +276,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from daemon import queuecli
+    from daemon.web import queuecli
 
     cfg = _load_client(args.config)
     base, token = _base_url(cfg), _token_file(cfg)
     if args.op is None and _no_daemon(cfg):
-        from daemon import offline
+        from daemon.commands import offline
         q = _offline(cfg, lambda: offline.queue(cfg))
         text, code = (q[0] if q[1] else (json.dumps({"queue": q[0]}, indent=2) if args.json
                                            else queuecli.format_queue(q[0], args.wide))), q[1]
@@ -301,18 +310,18 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from daemon import joblog
+    from daemon.job import joblog
 
     cfg = _load_client(args.config)
     state = cfg["daemon"]["state_dir"]
-    from daemon.lock import fallback_dir  # a daemon on a read-only state dir keeps runs there
+    from daemon.state.lock import fallback_dir  # a daemon on a read-only state dir keeps runs there
     fb = fallback_dir(state)
     if joblog.run_ids(fb) and (not joblog.run_ids(state) or joblog.runs_dir(fb).stat().st_mtime
                                > joblog.runs_dir(state).stat().st_mtime):  # the newer runs
         state = str(fb)
     run = args.run
     if run is None and state == cfg["daemon"]["state_dir"]:  # the running run, not the highest number
-        from daemon import offline
+        from daemon.commands import offline
         run = offline.running_run(cfg)
         if run is not None and run not in joblog.run_ids(state):
             run = None
@@ -339,7 +348,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _default_run(cfg: Config) -> int | None:
     """The run a command means when none is named: the unfinished one, else the newest."""
-    from daemon import joblog, offline
+    from daemon.commands import offline
+    from daemon.job import joblog
     run = offline.running_run(cfg)
     if run is None:
         ids = joblog.run_ids(cfg["daemon"]["state_dir"])
@@ -348,7 +358,7 @@ def _default_run(cfg: Config) -> int | None:
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from daemon import ckptcmd
+    from daemon.commands import ckptcmd
 
     cfg = _load_client(args.config)
     run = args.run if args.run is not None else _default_run(cfg)
@@ -361,8 +371,8 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from daemon import ckptcmd, offline
-    from daemon.lock import StateDirLocked, acquire_state_lock
+    from daemon.commands import ckptcmd, offline
+    from daemon.state.lock import StateDirLocked, acquire_state_lock
 
     cfg = _load_client(args.config)
     state = cfg["daemon"]["state_dir"]
@@ -389,7 +399,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon import demo
+    from daemon.commands import demo
 
     return demo.main(args)
 

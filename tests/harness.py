@@ -20,12 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from daemon import config as config_mod
-from daemon.jobrunner import JobRunner
-from daemon.offload.base import RemoteStatus, UploadResult
-from daemon.offloader import Offloader
-from daemon.store import Store
-from daemon.supervisor import Parts, Supervisor
+from daemon.cloud.offload.base import RemoteStatus, UploadResult
+from daemon.cloud.offloader import Offloader
+from daemon.core.supervisor import Parts, Supervisor
+from daemon.job.jobrunner import JobRunner
+from daemon.state import config as config_mod
+from daemon.state.store import Store
 
 
 class FakeClock:

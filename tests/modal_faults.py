@@ -19,7 +19,7 @@ own exception classes, with the behaviour its source has once its gRPC layer is 
 
 The cloud side is a simulated container on the test's fake clock: it trains at ``rate``
 steps/s from the newest checkpoint on its volume, writes a real checkpoint every ``interval``
-steps and commits (the summary with it, as daemon/offload/remote.py does). After ``cancel()``
+steps and commits (the summary with it, as daemon/cloud/offload/remote.py does). After ``cancel()``
 the body TERMs the job, which saves at the step it reached; that save and its commit land
 ``settle_s - 1`` s later, and the call reads TERMINATED ``settle_s`` after the cancel. With
 ``timeout_s`` (the function's ``timeout``, no retries left) the attempt is killed at that age

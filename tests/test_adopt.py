@@ -1,5 +1,5 @@
 """Adopted checkpoints for unmodified scripts: real torch.save zip files (the tests may import
-torch; daemon/adopt.py does not), a real kill mid-write, a real nanoGPT-habit script killed and
+torch; daemon/job/adopt.py does not), a real kill mid-write, a real nanoGPT-habit script killed and
 resumed from the restored copy."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon.adopt import Adopter, Unverifiable, step_of, verify_file
+from daemon.job.adopt import Adopter, Unverifiable, step_of, verify_file
 from tests.helpers import JOBS
 
 
@@ -66,8 +66,8 @@ def test_a_complete_zip_is_adopted_at_first_sight_without_a_settling_wait(tmp_pa
     assert c.to_status(clock.t)["age_s"] == 10.0
     save_ckpt(tmp_path / "work/out/ckpt.pt", 500)  # the next save, 0.5 s later: adopted at once
     assert a.observe().step == 500
-    from daemon.progress import validate_record
-    from daemon.status import JobFacts
+    from daemon.job.progress import validate_record
+    from daemon.job.status import JobFacts
     facts = JobFacts()
     facts.observe(validate_record(c.as_record()))  # status sees it as the newest checkpoint
     assert facts.checkpoint["step"] == 250 and facts.checkpoint["t"] == 1000.0
@@ -269,7 +269,7 @@ def test_hf_checkpoint_dirs_are_adopted_whole_and_a_torn_one_is_moved_aside_on_r
 
 
 def test_adopt_does_not_import_torch():
-    code = "import sys, daemon.adopt, daemon.outputprogress; print('torch' in sys.modules)"
+    code = "import sys, daemon.job.adopt, daemon.job.outputprogress; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -366,8 +366,8 @@ def test_copies_past_the_last_normal_loss_are_suspect_and_not_restored_but_kept(
 def test_the_chain_marks_the_copy_that_did_not_load_and_with_none_left_moves_the_file_aside(tmp_path):
     """daemon/restorechain.judge_exit on a real store: v2 put back and not loaded -> older (v1);
     v1 not loaded either -> a fresh start, the file moved aside; with --resume-from -> fail."""
+    from daemon.core.restorechain import judge_exit
     from daemon.policy.scriptckpt import Resumed
-    from daemon.restorechain import judge_exit
     clock = Clock()
     a = make(tmp_path, clock)
     p = tmp_path / "work/out/ckpt.pt"
@@ -421,8 +421,8 @@ def test_a_crash_after_the_resumed_script_saved_again_does_not_fail_the_copy(tmp
     """No progress_pattern: attempt_step is None. The resumed job saved step 300 (adopted), then
     crashed: the copy it resumed from (step 200) loaded; it is not marked failed, nothing older
     is put back over the job's newer save."""
+    from daemon.core.restorechain import judge_exit
     from daemon.policy.scriptckpt import Resumed
-    from daemon.restorechain import judge_exit
     clock = Clock()
     a = make(tmp_path, clock)
     p = tmp_path / "work/out/ckpt.pt"

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.api import check_bind
+from daemon.web.api import check_bind
 from tests.helpers import (
     ROOT,
     free_port,

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from daemon import api, statusfmt
+from daemon.web import api, statusfmt
 from tests.test_hardening_api import TOKEN, FakeSource, Served
 
 # One worker runs this file in order: its tests share one module-scoped server and read what

@@ -1,4 +1,4 @@
-"""daemon/policy/cfgtypes.py's TypedDicts say what daemon/config.py's schema says: the same
+"""daemon/policy/cfgtypes.py's TypedDicts say what daemon/state/config.py's schema says: the same
 sections, the same keys, the same types (a key added to one and not the other fails here)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from daemon.config import QUEUE_KEYS, SCHEMA, SUBTABLES, defaults, validate
 from daemon.policy import cfgtypes
+from daemon.state.config import QUEUE_KEYS, SCHEMA, SUBTABLES, defaults, validate
 
 # SCHEMA's kind names -> the annotation the TypedDict gives them ("table" is a subtable: its own
 # TypedDict, checked against SUBTABLES below)

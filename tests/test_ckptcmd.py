@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 
-from daemon import cli, quarantine
-from daemon.lock import acquire_state_lock
+from daemon import cli
+from daemon.job import quarantine
+from daemon.state.lock import acquire_state_lock
 from tests.harness import write_checkpoint
 from tests.helpers import write_config
 from trainer.format import find_latest_valid, list_checkpoints
@@ -83,7 +84,7 @@ def test_restore_refuses_while_a_daemon_runs_and_says_to_stop_it_first(tmp_path,
 
 
 def test_restore_chooses_a_suspect_adopted_copy_and_puts_it_in_place(tmp_path, capsys):
-    from daemon.adopt import Adopter, step_of
+    from daemon.job.adopt import Adopter, step_of
     from tests.test_hardening_resume_from import old_ckpt_pt as save_ckpt  # torch.save's shape
     cfg = write_config(tmp_path, {"job": {"command": ["python", "train.py"], "checkpoint_glob": "out/ckpt.pt"}})
     store = tmp_path / "state" / "adopted" / "run-1"
@@ -106,7 +107,7 @@ def test_restore_chooses_a_suspect_adopted_copy_and_puts_it_in_place(tmp_path, c
 
 
 def test_restore_for_the_unfinished_run_says_the_next_start_continues_it(tmp_path, capsys):
-    from daemon.store import Store
+    from daemon.state.store import Store
     cfg, ns = trainer_run(tmp_path)
     store = Store(tmp_path / "state" / "nightshift.db")
     run_id = store.create_run("job", {}, 1000)

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from daemon import client
 from daemon.cli import build_parser, main
+from daemon.web import client
 from tests.helpers import free_port, write_config
 
 

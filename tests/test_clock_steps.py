@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from daemon.policy.states import State
 from daemon.policy.timebase import CLOCK_STEP_S, clock_step
-from daemon.states import State
 from tests.harness import Behaviour, FakeClock, FakeSensor, Harness, config
 
 HOUR = 3600.0

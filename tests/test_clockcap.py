@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clockcap import LEVEL, OD, ClockCap, parse_od_range, sysfs_write
+from daemon.gpu.clockcap import LEVEL, OD, ClockCap, parse_od_range, sysfs_write
 
 OD_TABLE = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK: 800Mhz 2700Mhz\n"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import modal.exception as mx
 import pytest
 
-from daemon.offload.modal_backend import ModalBackend, volume_name
-from daemon.offloader import JOURNAL, run_key
-from daemon.states import State
+from daemon.cloud.offload.modal_backend import ModalBackend, volume_name
+from daemon.cloud.offloader import JOURNAL, run_key
+from daemon.policy.states import State
 from tests.harness import Behaviour, Harness, config, write_checkpoint
 from tests.modal_faults import Cloud, Fault
 from trainer.format import find_latest_valid, list_checkpoints
@@ -220,8 +220,8 @@ def test_cloud_fault_an_attempt_at_its_time_limit_is_cut_through_cancelling_and_
 def test_cloud_fault_history_keeps_where_a_run_ran_after_the_pull_and_a_restart(tmp_path, monkeypatch):
     """Issue 28: after the pull `remote_backend` is cleared, and `nightshift runs` said `local`
     for a run that ran on Modal (its cost beside it). Now the run book keeps where it ran."""
-    from daemon import offline
-    from daemon.queuecli import format_runs
+    from daemon.commands import offline
+    from daemon.web.queuecli import format_runs
 
     async def go():
         h, cloud = harness(tmp_path, monkeypatch)
@@ -302,7 +302,7 @@ def test_cloud_fault_a_climb_back_on_the_cloud_with_action_next_cuts_the_call_an
         return 2.0 / max(1, step) if step <= 1250 else 2.0 / 1250 * (1 + (step - 1250) / 20)
 
     async def go():
-        from daemon import parts as build
+        from daemon.core import parts as build
         cfg = modal_cfg(tmp_path)
         cfg["divergence"]["action"] = "next"
         h, cloud = harness(tmp_path, monkeypatch, cfg=cfg, parts={"divergence": build.divergence(cfg)}, loss=loss)
@@ -491,7 +491,7 @@ def test_cloud_fault_the_stop_cli_says_the_daemon_went_away_instead_of_a_traceba
     import os
     import threading
 
-    from daemon import client
+    from daemon.web import client
 
     class Half(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # the daemon shuts down mid-answer: headers, half a body, gone
@@ -535,7 +535,7 @@ def test_cloud_fault_on_preemption_the_body_commits_within_15_s_without_sleeping
     import threading
     import time
 
-    from daemon.offload import remote
+    from daemon.cloud.offload import remote
 
     commits: list[float] = []
 

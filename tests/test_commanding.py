@@ -1,12 +1,12 @@
-"""daemon/commanding.py: a user's command as an answer and decisions, nothing carried out (the
+"""daemon/core/commanding.py: a user's command as an answer and decisions, nothing carried out (the
 Supervisor does that: tests/test_supervisor_histories.py drives the real one)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from daemon.commanding import Here, Reply, answer
-from daemon.decisions import (
+from daemon.core.commanding import Here, Reply, answer
+from daemon.core.decisions import (
     AskExit,
     Cancelled,
     Emit,
@@ -18,9 +18,9 @@ from daemon.decisions import (
     Save,
     StopRemote,
 )
-from daemon.intent import Why
+from daemon.core.intent import Why
 from daemon.policy.commands import CommandFacts
-from daemon.states import State
+from daemon.policy.states import State
 
 
 class Job:

@@ -12,9 +12,9 @@ import re
 
 import pytest
 
-from daemon import api
-from daemon.resets import ResetEvent
-from daemon.states import State
+from daemon.gpu.resets import ResetEvent
+from daemon.policy.states import State
+from daemon.web import api
 from tests.harness import (
     Behaviour,
     FakeClock,

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from daemon import api
-from daemon.states import State
+from daemon.policy.states import State
+from daemon.web import api
 from tests.harness import Behaviour, Harness, config
 from tests.helpers import free_port
 from tests.test_phone_daemon import CHROMIUM, chromium_flags

@@ -1,11 +1,10 @@
-"""The tick's rules as values (daemon/decide.py): an Observation built by hand and the
+"""The tick's rules as values (daemon/core/decide.py): an Observation built by hand and the
 Supervisor's Memory in, the decisions out, in the order they are carried out. Nothing runs."""
 
 from __future__ import annotations
 
-from daemon import decide
-from daemon.config import validate
-from daemon.decisions import (
+from daemon.core import decide
+from daemon.core.decisions import (
     AskCheckpoint,
     AskExit,
     CapClock,
@@ -17,11 +16,12 @@ from daemon.decisions import (
     Remember,
     UncapClock,
 )
-from daemon.intent import Why
-from daemon.observation import Clock, JobSigns, Memory, Observation, Poll
+from daemon.core.intent import Why
+from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
+from daemon.gpu.sensors.base import Reading
+from daemon.policy.states import State
 from daemon.policy.thermal import ThermalState
-from daemon.sensors.base import Reading
-from daemon.states import State
+from daemon.state.config import validate
 
 CFG = validate({"job": {"command": ["train"], "heartbeat_timeout_s": 60.0},
                 "thermal": {"pause_at_c": 90.0, "resume_at_c": 70.0, "min_cooldown_s": 60.0,

@@ -3,8 +3,8 @@ and steps under the real pause policy, computed from the simulator's own heat eq
 
 from __future__ import annotations
 
-from daemon import demo
-from daemon.demo_baseline import pause_only
+from daemon.commands import demo
+from daemon.commands.demo_baseline import pause_only
 
 
 def test_the_governor_chip_pauses_when_only_pausing_protects_it_and_a_cool_chip_never_does():

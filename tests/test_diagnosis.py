@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.diagnosis import MITIGATIONS, classify_reset, diagnose
+from daemon.gpu.diagnosis import MITIGATIONS, classify_reset, diagnose
 from daemon.policy.governor import FIRMWARE_NOTE
 
 TH = {"pause_at_c": 90.0, "resume_at_c": 75.0, "tctl_pause_at_c": 95.0, "min_cooldown_s": 60.0,

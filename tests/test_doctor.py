@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load as load_config
-from daemon.doctor import PROBLEM, Machine, check_torch, diagnose_machine, report
+from daemon.commands.doctor import PROBLEM, Machine, check_torch, diagnose_machine, report
+from daemon.state.config import load as load_config
 from tests.fixtures.sysfs import framework16, kfd_nodes
 from tests.helpers import nightshift, write_config
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from daemon import statusfmt
 from daemon.policy import eta
+from daemon.web import statusfmt
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def _run(coro):
                                          ("resume", "RUNNING")])
 def test_a_control_reply_says_what_the_status_first_line_says(tmp_path, action, word):
     """Was "Paused. The run is now running." while the status said PAUSED by you."""
-    from daemon import client
+    from daemon.web import client
     from tests.harness import Behaviour, Harness, config
 
     async def go():

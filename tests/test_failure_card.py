@@ -1,4 +1,4 @@
-"""Issue 25, finding 6: a failed run's phone text (daemon/statusfmt.py), from plain status values.
+"""Issue 25, finding 6: a failed run's phone text (daemon/web/statusfmt.py), from plain status values.
 It was 33 lines, the same PyTorch paragraph twice, cut mid-sentence, and after a NaN loss it
 showed the loss before it (2152) and offered the NaN-weights checkpoint with no warning."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from daemon import statusfmt
+from daemon.web import statusfmt
 
 TORCH = ("_pickle.UnpicklingError: Weights only load failed. This file can still be loaded, to do so you "
          "have two options, do those steps only if you trust the source of the checkpoint. (1) In PyTorch "

@@ -1,16 +1,16 @@
-"""The governor loop (daemon/governing.py) on the simulated GPU's real sysfs tree and the real
+"""The governor loop (daemon/gpu/governing.py) on the simulated GPU's real sysfs tree and the real
 GovernorPort and Store, without the Supervisor: what it says, what it remembers, its clock."""
 
 from __future__ import annotations
 
-from daemon import simgpu
-from daemon.config import validate
-from daemon.governing import Governor, job_key
-from daemon.governor_io import GovernorPort, NoDevicePort
-from daemon.sensors import open_sensor
-from daemon.sensors.base import Reading
-from daemon.simgpu import SimulatedGPU
-from daemon.store import Store
+from daemon.gpu import simgpu
+from daemon.gpu.governing import Governor, job_key
+from daemon.gpu.governor_io import GovernorPort, NoDevicePort
+from daemon.gpu.sensors import open_sensor
+from daemon.gpu.sensors.base import Reading
+from daemon.gpu.simgpu import SimulatedGPU
+from daemon.state.config import validate
+from daemon.state.store import Store
 
 CFG = validate({"job": {"command": ["train"]}, "gpu": {"poll_interval_s": 1.0},
                 "thermal": {"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0}}, "<test>")

@@ -19,15 +19,16 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import api, metrics, simgpu
-from daemon import parts as build
-from daemon.configwatch import _needs_restart, diff_keys
-from daemon.governor_io import GovernorPort
+from daemon.core import parts as build
+from daemon.core.statusview import build_status
+from daemon.gpu import simgpu
+from daemon.gpu.governor_io import GovernorPort
+from daemon.gpu.sensors import open_sensor
+from daemon.gpu.simgpu import LEVEL, OD, SimulatedGPU, parse_od
 from daemon.policy.governor import STEP_MHZ
-from daemon.sensors import open_sensor
-from daemon.simgpu import LEVEL, OD, SimulatedGPU, parse_od
-from daemon.statusfmt import render
-from daemon.statusview import build_status
+from daemon.service.configwatch import _needs_restart, diff_keys
+from daemon.web import api, metrics
+from daemon.web.statusfmt import render
 from tests.harness import Behaviour, FakeClock, Harness, config
 from tests.helpers import free_port
 from tests.test_phone_daemon import CHROMIUM, chromium_flags

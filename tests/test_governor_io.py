@@ -4,10 +4,10 @@ file or a read-only mode is reported with the exact fix, before any write."""
 
 from __future__ import annotations
 
-from daemon import simgpu
-from daemon.governor_io import GovernorPort, obs_from_reading
-from daemon.sensors import open_sensor
-from daemon.simgpu import SimulatedGPU
+from daemon.gpu import simgpu
+from daemon.gpu.governor_io import GovernorPort, obs_from_reading
+from daemon.gpu.sensors import open_sensor
+from daemon.gpu.simgpu import SimulatedGPU
 
 
 def test_set_caps_the_simulated_chip_and_restore_puts_back_the_level(tmp_path):

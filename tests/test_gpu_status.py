@@ -16,12 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon import parts as build
-from daemon import statusfmt
-from daemon.clockcap import LEVEL, OD
+from daemon.core import parts as build
+from daemon.gpu.clockcap import LEVEL, OD
+from daemon.gpu.sensors import THERMAL_OFF
+from daemon.gpu.sensors.base import read_text
 from daemon.policy.supervise import sensor_problem
-from daemon.sensors import THERMAL_OFF
-from daemon.sensors.base import read_text
+from daemon.web import statusfmt
 from tests.fixtures.sysfs import framework16
 from tests.harness import Behaviour, Harness, config
 from tests.helpers import ROOT, write_config
@@ -110,7 +110,7 @@ def test_a_runtime_suspended_watched_card_without_tctl_is_not_thermal_protection
         return read_text(path)
 
     async def go():
-        from daemon.sensors import open_sensor
+        from daemon.gpu.sensors import open_sensor
         cfg = config(tmp_path, gpu=gpu(sys_root, card="card1"))
         sensor = open_sensor(cfg["gpu"], read_text_fn=read, env={})
         h = Harness(tmp_path, cfg, trainer(), sensor=sensor)

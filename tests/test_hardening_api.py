@@ -1,4 +1,4 @@
-"""Items 4, 8 and 9 of issue 13 on a real uvicorn on a loopback port (daemon.api.serve), with
+"""Items 4, 8 and 9 of issue 13 on a real uvicorn on a loopback port (daemon.web.api.serve), with
 the daemon's status source faked at its boundary: half-open sockets, NaN in the status,
 out-of-range query values, a failing handler, and schemathesis over every operation,
 the POST controls with no, wrong and right token included."""
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon import api
+from daemon.web import api
 from tests.helpers import free_port
 
 TOKEN = "t0ken-for-tests"
@@ -62,7 +62,7 @@ class FakeSource:
 
 
 class Served:
-    """daemon.api.serve() on its own loop in a thread, as the daemon runs it."""
+    """daemon.web.api.serve() on its own loop in a thread, as the daemon runs it."""
 
     def __init__(self, source: FakeSource, token: str | None = TOKEN):
         self.port = free_port()

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from daemon import auth
-from daemon.auth import InsecureTokenFile
+from daemon.web import auth
+from daemon.web.auth import InsecureTokenFile
 
 
 def test_a_new_token_file_is_0600_in_a_0700_dir_and_read_back(tmp_path):

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from daemon import ckptns
-from daemon.lock import (
+from daemon.job import ckptns
+from daemon.state.lock import (
     EX_TEMPFAIL,
     CheckpointDirLocked,
     StateDirLocked,
@@ -28,7 +28,7 @@ def test_a_second_lock_on_a_checkpoint_dir_names_it_and_recommends_separate_dirs
     ck = tmp_path / "work" / "checkpoints"
     held = acquire_checkpoint_lock(ck)
     assert held is not None
-    code = ("import sys; from daemon.lock import acquire_checkpoint_lock, StateDirLocked\n"
+    code = ("import sys; from daemon.state.lock import acquire_checkpoint_lock, StateDirLocked\n"
             f"try:\n acquire_checkpoint_lock({str(ck)!r})\n"
             "except StateDirLocked as e:\n print(e); sys.exit(75)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -92,7 +92,7 @@ def test_a_second_daemon_on_the_same_checkpoint_dir_exits_75_naming_it(tmp_path)
         assert "Traceback" not in r.stderr and not marker.exists()
         assert first.poll() is None
         # the loser let go of its own state dir: a third daemon there is not refused for it
-        from daemon.lock import acquire_state_lock
+        from daemon.state.lock import acquire_state_lock
         acquire_state_lock(tmp_path / "state2").release()
     finally:
         kill_group(first)

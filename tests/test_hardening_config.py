@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.config import ConfigError
+from daemon.state import config as config_mod
+from daemon.state.config import ConfigError
 from tests.helpers import ROOT
 
 GOOD = '[job]\ncommand = ["python", "-m", "trainer.reference"]\n'

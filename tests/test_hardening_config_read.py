@@ -16,8 +16,8 @@ import time
 import pytest
 
 from daemon import cli
-from daemon import config as config_mod
-from daemon.configwatch import ConfigWatcher
+from daemon.service.configwatch import ConfigWatcher
+from daemon.state import config as config_mod
 from tests.helpers import write_config
 
 
@@ -90,7 +90,7 @@ def test_a_read_that_cannot_complete_at_once_does_not_wait(tmp_path):
     """A file another process holds a write lease on: open() would wait up to
     /proc/sys/fs/lease-break-time (45 s) for the holder. The config is opened without waiting:
     an error at once, the previous config stays in force."""
-    from daemon.configwatch import load_off_loop
+    from daemon.service.configwatch import load_off_loop
 
     path = write_config(tmp_path, {"job": {"command": ["true"]}})
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -148,7 +148,7 @@ def hung_mount(tmp_path):
 def test_a_config_on_a_hung_mount_times_out_off_the_loop(hung_mount):
     """open() of a file on a mount whose server stopped answering blocks with or without
     O_NONBLOCK: the read runs in a thread and the loop is told after the timeout."""
-    from daemon.configwatch import load_off_loop
+    from daemon.service.configwatch import load_off_loop
 
     path = hung_mount / "config.toml"
     errors: list[Exception] = []

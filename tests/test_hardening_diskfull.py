@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.diskfull import MIN_FREE, says_full
-from daemon.states import State
-from daemon.store import Store
+from daemon.job.diskfull import MIN_FREE, says_full
+from daemon.policy.states import State
+from daemon.state.store import Store
 from tests.harness import Behaviour, Harness, config
 from tests.helpers import JOBS, free_port, kill_group, start_daemon, wait_for, write_config
 
@@ -185,7 +185,7 @@ def test_a_small_disk_filled_mid_run_and_freed_the_run_goes_on(tmp_path, small_d
 
 
 def test_how_much_is_needed_and_a_small_quota_can_have_room_again():
-    from daemon.diskfull import DiskWatch
+    from daemon.job.diskfull import DiskWatch
     big = DiskWatch(lambda: ["/ck"], lambda: 100 * 2**20, free=lambda p: 50 * 2**20,
                     total=lambda p: 500 * 2**30)
     assert big.needed("/ck") == int(100 * 2**20 * 1.1) + MIN_FREE and not big.room()

@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from daemon import api
+from daemon.web import api
 from tests.helpers import free_port, kill_group, start_daemon, wait_for, write_config
 from tests.test_hardening_api import TOKEN, FakeSource, Served
 

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from daemon.jobproc import JobProcess
+from daemon.job.jobproc import JobProcess
 
 
 def _job(tmp_path, code: str, **kw) -> JobProcess:

@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from daemon.jobproc import TREE_FILE, JobProcess, end_leftovers
+from daemon.job.jobproc import TREE_FILE, JobProcess, end_leftovers
 from tests.helpers import JOBS, ROOT, kill_group, start_daemon, wait_for, write_config
 
 
@@ -62,7 +62,7 @@ def test_a_setsid_grandchild_born_just_before_the_exit_is_reaped(tmp_path):
 MINI_DAEMON = """
 import asyncio, os, signal, sys, time
 sys.path.insert(0, {root!r})
-from daemon.jobproc import JobProcess
+from daemon.job.jobproc import JobProcess
 
 async def main():
     p = JobProcess(["bash", "-c", {script!r}], cwd={cwd!r}, env=dict(os.environ),

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from daemon.lock import EX_TEMPFAIL, StateDirLocked, acquire_state_lock
+from daemon.state.lock import EX_TEMPFAIL, StateDirLocked, acquire_state_lock
 from tests.helpers import JOBS, kill_group, nightshift, start_daemon, wait_for, write_config
 
 
 def test_second_lock_on_a_state_dir_raises_naming_the_holder_pid(tmp_path):
     held = acquire_state_lock(tmp_path / "state")
     # a different process tries: flock is per open file description, so a child shows it plainly
-    code = ("import sys; from daemon.lock import acquire_state_lock, StateDirLocked\n"
+    code = ("import sys; from daemon.state.lock import acquire_state_lock, StateDirLocked\n"
             f"try:\n acquire_state_lock({str(tmp_path / 'state')!r})\n"
             "except StateDirLocked as e:\n print(e.pid); sys.exit(75)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -28,7 +28,7 @@ def test_second_lock_on_a_state_dir_raises_naming_the_holder_pid(tmp_path):
 
 
 def test_lock_of_a_killed_holder_is_free_and_the_file_is_private(tmp_path):
-    code = (f"from daemon.lock import acquire_state_lock; l = acquire_state_lock({str(tmp_path)!r}); "
+    code = (f"from daemon.state.lock import acquire_state_lock; l = acquire_state_lock({str(tmp_path)!r}); "
             "import os; os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True)
     lock = acquire_state_lock(tmp_path)  # the dead holder's file stays; the kernel freed the lock

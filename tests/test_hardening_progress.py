@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import logging
 
-from daemon.progress import MAX_LINE, ProgressTail
-from daemon.status import JobFacts
+from daemon.job.progress import MAX_LINE, ProgressTail
+from daemon.job.status import JobFacts
 
 GOOD = b'{"t": 1.0, "kind": "progress", "step": 5, "loss": 2.5, "total_steps": 100}'
 
@@ -108,7 +108,7 @@ def test_warning_is_rate_limited(tmp_path, caplog):
     f = tmp_path / "progress.jsonl"
     _write(f, [b"garbage"] * 50)
     tail = ProgressTail(f, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="daemon.progress"):
+    with caplog.at_level(logging.WARNING, logger="daemon.job.progress"):
         tail.read()
         assert len(caplog.records) == 1
         now[0] = 61.0

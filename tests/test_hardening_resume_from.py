@@ -11,7 +11,7 @@ import pickle
 import pytest
 
 from daemon import cli
-from daemon.resume import BadResumePath, check_resume_path, skipped_resume
+from daemon.job.resume import BadResumePath, check_resume_path, skipped_resume
 from tests.harness import Behaviour, Harness, config, write_checkpoint
 from tests.helpers import write_config
 
@@ -118,8 +118,8 @@ def test_resume_from_a_scripts_own_checkpoint_is_accepted_and_the_run_owns_it(tm
     --resume-from out/ckpt.pt", and --resume-from refused every file ("a pickle ... not a
     checkpoint directory"). A checkpoint_glob match is now verified as what it claims, and the
     run adopts it as its own (an HF checkpoint-N dir is not moved aside as an older run's)."""
-    from daemon import parts as build
-    from daemon.resume import check_script_resume
+    from daemon.core import parts as build
+    from daemon.job.resume import check_script_resume
     work = tmp_path / "work"
     pt = work / "out" / "ckpt.pt"
     old_ckpt_pt(pt, 600)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.jobproc import JobProcess
-from daemon.lock import acquire_state_lock, fallback_dir
+from daemon.job.jobproc import JobProcess
+from daemon.state.lock import acquire_state_lock, fallback_dir
 from tests.helpers import free_port, kill_group, nightshift, start_daemon, wait_for, write_config
 from tests.test_trainer_resume import SMALL
 
@@ -73,7 +73,7 @@ def test_lock_falls_back_keyed_by_the_state_dirs_real_path_and_still_excludes(tm
         assert str(lock.path).startswith(str(tmp_path / "rt" / "nightshift"))
         # another process on the same dir, reached through a symlink, is kept out by the same lock
         (tmp_path / "alias").symlink_to(state)
-        code = ("import sys; from daemon.lock import acquire_state_lock, StateDirLocked\n"
+        code = ("import sys; from daemon.state.lock import acquire_state_lock, StateDirLocked\n"
                 f"try:\n acquire_state_lock({str(tmp_path / 'alias')!r})\n"
                 "except StateDirLocked as e:\n print(e.pid); sys.exit(75)\n")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from daemon import cli
-from daemon import config as config_mod
-from daemon.jobproc import JobProcess
-from daemon.states import State
-from daemon.store import Store
+from daemon.job.jobproc import JobProcess
+from daemon.policy.states import State
+from daemon.state import config as config_mod
+from daemon.state.store import Store
 from tests.harness import Behaviour, Harness, config
 from tests.helpers import ROOT, write_config
 
@@ -68,7 +68,7 @@ def test_a_job_that_reports_no_step_does_not_finish_at_step_none(tmp_path):
 WRITER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from daemon.store import Store
+from daemon.state.store import Store
 s = Store({db!r})
 run = s.create_run("r", {{}}, None)
 s.queue_add("before", ["python", "a.py"], {{}}, "cli")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from daemon.store import Store
+from daemon.state.store import Store
 
 
 def _fill_disk(store: Store) -> None:
@@ -84,7 +84,7 @@ def test_read_only_db_queues_writes_and_reads_still_work(tmp_path):
 
 
 def test_pending_queue_is_bounded(tmp_path, monkeypatch):
-    from daemon import store as store_mod
+    from daemon.state import store as store_mod
     monkeypatch.setattr(store_mod, "MAX_PENDING", 10)
     store = Store(tmp_path / "nightshift.db")
     store.db.conn.execute("PRAGMA query_only=1")

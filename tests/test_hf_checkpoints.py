@@ -12,8 +12,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from daemon.adopt import Adopter
-from daemon.restorechain import found_message, restore_for_start
+from daemon.core.restorechain import found_message, restore_for_start
+from daemon.job.adopt import Adopter
 
 # transformers.trainer_utils.get_last_checkpoint, verbatim in behaviour (transformers is not a
 # dependency): the checkpoint-N directory with the highest N, whatever is inside it
@@ -100,7 +100,7 @@ def test_a_dir_chosen_with_resume_from_is_this_runs_own(tmp_path):
 
 
 def test_nightshift_checkpoints_shows_what_was_moved_aside_and_why(tmp_path):
-    from daemon import ckptcmd
+    from daemon.commands import ckptcmd
     out = tmp_path / "work" / "out"
     hf_save(out / "checkpoint-1000", 1000)
     a = Adopter(tmp_path / "work", "out/checkpoint-*", tmp_path / "store", clock=Clock(), claim_found=True)

@@ -53,5 +53,5 @@ def test_the_finder_sees_a_cycle():
 
 def test_daemon_has_no_import_cycle():
     graph = _graph()
-    assert "daemon.supervisor" in graph and "daemon.policy.supervise" in graph["daemon.supervisor"]
+    assert "daemon.core.supervisor" in graph and "daemon.policy.supervise" in graph["daemon.core.supervisor"]
     assert _cycles(graph) == []

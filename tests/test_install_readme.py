@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.clockcap import LEVEL, OD
+from daemon.gpu.clockcap import LEVEL, OD
+from daemon.state import config as config_mod
 from tests.helpers import ROOT
 
 RULE = ROOT / "udev" / "70-nightshift-gpu.rules"

@@ -1,10 +1,10 @@
-"""The typed exit intent (daemon/intent.py): which intents stop the job gracefully (a final
+"""The typed exit intent (daemon/core/intent.py): which intents stop the job gracefully (a final
 checkpoint first) and which pause the run rather than end or move it."""
 
 from __future__ import annotations
 
-from daemon import intent as intents
-from daemon.intent import ExitIntent, Why
+from daemon.core import intent as intents
+from daemon.core.intent import ExitIntent, Why
 
 
 def test_graceful_only_where_a_final_checkpoint_is_wanted():

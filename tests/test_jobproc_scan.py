@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from daemon.jobproc import TREE_IDLE_FACTOR, JobProcess
+from daemon.job.jobproc import TREE_IDLE_FACTOR, JobProcess
 
 # sleeps, then starts a child that starts a grandchild in its own session and waits on it
 LATE_TREE = r"""

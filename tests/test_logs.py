@@ -1,11 +1,11 @@
-"""daemon/logs.py: what reaches the daemon's journal at the default level."""
+"""daemon/service/logs.py: what reaches the daemon's journal at the default level."""
 
 from __future__ import annotations
 
 import io
 import logging
 
-from daemon import logs
+from daemon.service import logs
 
 
 def test_asyncssh_chatter_stays_out_of_the_journal_but_its_warnings_do_not():

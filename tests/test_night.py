@@ -13,10 +13,10 @@ from datetime import datetime
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.configwatch import ConfigWatcher
-from daemon.notify import Notifier
-from daemon.schedule import NightSchedule, deadline_at, in_window, parse_hhmm
+from daemon.night.notify import Notifier
+from daemon.night.schedule import NightSchedule, deadline_at, in_window, parse_hhmm
+from daemon.service.configwatch import ConfigWatcher
+from daemon.state import config as config_mod
 from tests.helpers import ROOT, nightshift, wait_for, write_config
 from tests.test_trainer_resume import SMALL
 from trainer.format import parse_skip

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from daemon import config as config_mod
-from daemon import joblog
-from daemon.states import State
-from daemon.store import Store
+from daemon.job import joblog
+from daemon.policy.states import State
+from daemon.state import config as config_mod
+from daemon.state.store import Store
 from tests.harness import Behaviour, Harness
 from tests.helpers import nightshift, write_config
 

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.adopt import Adopter, step_of
-from daemon.offload import JobSpec
-from daemon.offload.carry import Carry, job_excludes
-from daemon.offload.local import LocalBackend
+from daemon.cloud.offload import JobSpec
+from daemon.cloud.offload.carry import Carry, job_excludes
+from daemon.cloud.offload.local import LocalBackend
+from daemon.job.adopt import Adopter, step_of
 from tests.helpers import JOBS
 
 ARGS = ["--out_dir=out", "--eval_interval=20", "--data=data/corpus.bin"]
@@ -106,8 +106,8 @@ def test_a_cancel_terms_the_unmodified_job_and_poll_says_cancelled_only_once_set
 
 
 def test_carry_from_a_validated_config(tmp_path):
-    from daemon import config as config_mod
-    from daemon.offload.carry import from_config
+    from daemon.cloud.offload.carry import from_config
+    from daemon.state import config as config_mod
 
     w = tmp_path / "proj"
     w.mkdir()

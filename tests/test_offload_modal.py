@@ -9,9 +9,9 @@ import warnings
 import modal
 import pytest
 
-from daemon import config as config_mod
-from daemon.offload import JobSpec, OffloadAuthError
-from daemon.offload.modal_backend import MOUNT, ModalBackend, build_app
+from daemon.cloud.offload import JobSpec, OffloadAuthError
+from daemon.cloud.offload.modal_backend import MOUNT, ModalBackend, build_app
+from daemon.state import config as config_mod
 from tests.helpers import JOBS
 
 CFG = config_mod.defaults()["offload"] | {"backend": "modal", "timeout_s": 7200.0, "retries": 4,

@@ -19,12 +19,10 @@ import modal
 import modal.exception as mx
 import pytest
 
-from daemon import config as config_mod
-from daemon.adopt import Adopter, step_of
-from daemon.offload import JobSpec, OffloadError
-from daemon.offload.carry import Carry, job_excludes
-from daemon.offload.cost import offload_estimate
-from daemon.offload.modal_backend import (
+from daemon.cloud.offload import JobSpec, OffloadError
+from daemon.cloud.offload.carry import Carry, job_excludes
+from daemon.cloud.offload.cost import offload_estimate
+from daemon.cloud.offload.modal_backend import (
     DATA_MOUNT,
     MOUNT,
     REMOTE_WORKDIR,
@@ -33,7 +31,9 @@ from daemon.offload.modal_backend import (
     data_volume_name,
     launch_warnings,
 )
-from daemon.offload.remote import run_remote
+from daemon.cloud.offload.remote import run_remote
+from daemon.job.adopt import Adopter, step_of
+from daemon.state import config as config_mod
 from tests.helpers import JOBS
 
 CFG = config_mod.defaults()["offload"] | {"backend": "modal", "timeout_s": 7200.0, "retries": 4}

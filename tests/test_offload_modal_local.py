@@ -18,9 +18,9 @@ from pathlib import Path
 import modal.exception as mx
 import pytest
 
-from daemon.adopt import Adopter, step_of
-from daemon.offload.modal_backend import build_app
-from daemon.offload.remote import PROJECT, run_remote
+from daemon.cloud.offload.modal_backend import build_app
+from daemon.cloud.offload.remote import PROJECT, run_remote
+from daemon.job.adopt import Adopter, step_of
 from tests.test_offload_modal_carry import (
     CFG,
     SCRIPT,
@@ -84,7 +84,7 @@ def test_the_containers_child_imports_the_shipped_sources_through_pythonpath(tmp
     """In the container daemon/ and trainer/ are shipped sources, not an installed package. The
     child runs with -S (no site-packages, so no editable install): only PYTHONPATH can find them,
     and a PYTHONPATH the job set itself is kept after them."""
-    code = ("import os, trainer.protocol, daemon.outputprogress; "
+    code = ("import os, trainer.protocol, daemon.job.outputprogress; "
             "print('PP=' + os.environ['PYTHONPATH']); print('FILE=' + trainer.protocol.__file__)")
     spec = {"command": ["python", "-S", "-c", code], "workdir": str(tmp_path / "elsewhere"),
             "env": {"PYTHONPATH": "/opt/user-libs"}}

@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from daemon.offload.base import OffloadAuthError, OffloadError
-from daemon.offload.ssh import SshBackend
-from daemon.offload.sshlink import SshAuthError, SshHostKeyError
+from daemon.cloud.offload.base import OffloadAuthError, OffloadError
+from daemon.cloud.offload.ssh import SshBackend
+from daemon.cloud.offload.sshlink import SshAuthError, SshHostKeyError
 from tests.fixtures.sshd import _free_port, _keypair, sshd  # noqa: F401 - the fixture
 from tests.fixtures.sshjob import MODEL, backend, job, make_workdir, poll_until, remote_records
 from tests.helpers import wait_for
@@ -160,7 +160,7 @@ def test_ssh_sync_sends_only_what_changed_and_setup_runs_once_per_environment(ss
 
 @pytest.mark.slow
 def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_path):  # noqa: F811
-    from daemon.config import validate
+    from daemon.state.config import validate
     work = make_workdir(tmp_path)
     (work / "state").mkdir()
     cfg = validate({"job": {"command": ["python", "x.py"]},
@@ -179,7 +179,7 @@ def test_ssh_from_config_and_a_missing_remote_python_says_what_to_set(sshd, tmp_
 
 
 def test_ssh_config_table_is_validated_naming_the_key_and_the_file(tmp_path):
-    from daemon.config import ConfigError, load
+    from daemon.state.config import ConfigError, load
     base = '[job]\ncommand = ["python", "train.py"]\n'
     good = tmp_path / "good.toml"
     good.write_text(base + '[offload]\nbackends = ["ssh", "modal"]\nbudget_usd = 5.0\n'
@@ -277,7 +277,7 @@ def test_cloud_fault_ssh_an_oom_killed_job_is_the_jobs_own_death_not_a_preemptio
     The counter file stands in for /proc/vmstat: the machine cannot OOM on demand."""
     import sys
 
-    from daemon.offload.base import JobSpec
+    from daemon.cloud.offload.base import JobSpec
     vmstat = tmp_path / "vmstat"
     vmstat.write_text("pgfault 1\noom_kill 7\n")
     work = make_workdir(tmp_path)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.adopt import step_of
-from daemon.offload import JobSpec
-from daemon.offload.carry import newest_adopted_dir
-from daemon.offload.ssh import SshBackend
+from daemon.cloud.offload import JobSpec
+from daemon.cloud.offload.carry import newest_adopted_dir
+from daemon.cloud.offload.ssh import SshBackend
+from daemon.job.adopt import step_of
 from tests.fixtures.sshd import sshd  # noqa: F401 - the fixture
 from tests.fixtures.sshjob import poll_until
 from tests.test_offload_local_carry import ARGS, first_night, project

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from daemon.offload.base import OffloadError
+from daemon.cloud.offload.base import OffloadError
 from tests.fixtures.sshd import sshd  # noqa: F401 - the fixture
 from tests.fixtures.sshjob import backend, job, make_workdir, poll_until, remote_records
 from tests.helpers import wait_for

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.offload.base import OffloadError, RemoteStatus, UploadResult
-from daemon.offload.sshlink import SshAuthError
-from daemon.offloader import Offloader
-from daemon.states import State
-from daemon.statusfmt import render
+from daemon.cloud.offload.base import OffloadError, RemoteStatus, UploadResult
+from daemon.cloud.offload.sshlink import SshAuthError
+from daemon.cloud.offloader import Offloader
+from daemon.policy.states import State
+from daemon.web.statusfmt import render
 from tests.harness import Behaviour, Harness, config
 
 HOST = "10.0.0.5"

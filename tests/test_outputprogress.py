@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.outputprogress import PRESETS, OutputProgress, PatternError, compile_pattern
-from daemon.status import JobFacts
+from daemon.job.outputprogress import PRESETS, OutputProgress, PatternError, compile_pattern
+from daemon.job.status import JobFacts
+from daemon.state import config as config_mod
 
 
 class Clock:

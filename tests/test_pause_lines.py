@@ -8,10 +8,10 @@ import asyncio
 import logging
 import signal
 
-from daemon import client, statusfmt
-from daemon.classify import ExitInfo
+from daemon.job.classify import ExitInfo
 from daemon.policy.restart import decide_restart
-from daemon.states import State
+from daemon.policy.states import State
+from daemon.web import client, statusfmt
 from tests.harness import Behaviour, FakeClock, FakeSensor, Harness, config
 
 
@@ -84,8 +84,8 @@ def test_an_idle_daemons_sigterm_does_not_claim_to_checkpoint_a_job(tmp_path, ca
 
 
 def test_the_simulated_gpu_is_called_the_simulated_gpu(tmp_path):
-    from daemon.sensors import open_sensor
-    from daemon.simgpu import SimulatedGPU
+    from daemon.gpu.sensors import open_sensor
+    from daemon.gpu.simgpu import SimulatedGPU
 
     async def go():
         SimulatedGPU(tmp_path / "sim", {})
@@ -102,8 +102,8 @@ def test_the_simulated_gpu_is_called_the_simulated_gpu(tmp_path):
 
 def test_sensors_shows_how_auto_resolved_and_suggests_the_simulated_gpu(tmp_path):
     """Was: `[gpu] sensor = "none"` while the config said "auto", and no way to try the tool."""
-    from daemon import config as config_mod
-    from daemon.sensors.report import sensors_report
+    from daemon.commands.sensors_report import sensors_report
+    from daemon.state import config as config_mod
 
     cfg = config_mod.validate({"job": {"command": ["x"]}, "gpu": {"sysfs_root": str(tmp_path)},
                                "resets": {"sources": ["devcoredump"]}})
@@ -115,7 +115,7 @@ def test_sensors_shows_how_auto_resolved_and_suggests_the_simulated_gpu(tmp_path
 
 
 def test_an_auto_sensor_that_found_nothing_says_auto_not_none(tmp_path):
-    from daemon.sensors import THERMAL_OFF, Sensor
+    from daemon.gpu.sensors import THERMAL_OFF, Sensor
     s = Sensor([], "none", configured="auto")
     assert s.problems == [THERMAL_OFF + ' ([gpu] sensor = "auto" found none)']
     assert Sensor([], "none").problems == [THERMAL_OFF + ' ([gpu] sensor = "none")']

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import client, joblog, metrics, statusfmt
-from daemon import config as config_mod
-from daemon.configwatch import ConfigWatcher
-from daemon.diagnosis import diagnose
+from daemon.core.statusview import display_state
+from daemon.gpu.diagnosis import diagnose
+from daemon.job import joblog
 from daemon.policy import eta
-from daemon.states import State
-from daemon.statusview import display_state
+from daemon.policy.states import State
+from daemon.service.configwatch import ConfigWatcher
+from daemon.state import config as config_mod
+from daemon.web import client, metrics, statusfmt
 from tests.helpers import ROOT, free_port, write_config
 
 
@@ -349,7 +350,7 @@ def test_the_diagnosis_headline_is_a_whole_sentence(temps):
 
 
 def test_sensors_report_does_not_list_a_missing_reset_source_as_working(tmp_path):
-    from daemon.sensors.report import sensors_report
+    from daemon.commands.sensors_report import sensors_report
     cfg = config_mod.load(write_config(tmp_path, {"job": {"command": ["true"]},
                                                   "gpu": {"sensor": "auto", "sysfs_root": str(tmp_path)},
                                                   "resets": {"sources": ["sensor", "job"]}}))
@@ -364,6 +365,6 @@ def test_sensors_report_does_not_list_a_missing_reset_source_as_working(tmp_path
 
 
 def test_dashboard_is_one_file_without_external_assets():
-    html = (Path(ROOT) / "daemon" / "dashboard.html").read_text()
+    html = (Path(ROOT) / "daemon" / "web" / "dashboard.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "@import" not in html and "url(" not in html

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
-from daemon import cli, demo, statusfmt
-from daemon import parts as build
-from daemon.resets import ResetEvent
-from daemon.states import State
+from daemon import cli
+from daemon.commands import demo
+from daemon.core import parts as build
+from daemon.gpu.resets import ResetEvent
+from daemon.policy.states import State
+from daemon.web import statusfmt
 from tests.harness import (
     Behaviour,
     FakeClock,

@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon import config as config_mod
-from daemon.classify import ExitInfo, classify_exit
-from daemon.diagnosis import diagnose
-from daemon.divergence import DivergenceDetector, format_skip, parse_skip, plan_rollback
+from daemon.gpu.diagnosis import diagnose
+from daemon.job.classify import ExitInfo, classify_exit
+from daemon.night.divergence import DivergenceDetector, format_skip, parse_skip, plan_rollback
 from daemon.policy.failover import FailoverObs, decide_failover
 from daemon.policy.interval import auto_interval_steps, young_daly_interval_s
 from daemon.policy.recovery import RecoveryState, decide_recovery
 from daemon.policy.restart import decide_restart
 from daemon.policy.thermal import ThermalObs, ThermalState, decide_thermal
+from daemon.state import config as config_mod
 
 CFG = config_mod.defaults()
 CFG["job"]["command"] = ["x"]

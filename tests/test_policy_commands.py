@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.policy.commands import CommandFacts, refusal
-from daemon.states import State
+from daemon.policy.states import State
 
 
 @pytest.mark.parametrize("state", ["succeeded", "failed", "stopped"])

@@ -65,7 +65,7 @@ def test_detach_plan_every_combination_of_what_the_box_says():
 
 
 def test_detach_probe_output_is_parsed_and_absent_logind_reads_as_none():
-    from daemon.offload.ssh import parse_detach_probe
+    from daemon.cloud.offload.ssh import parse_detach_probe
     assert parse_detach_probe("ann\n") == (None, None, False, "ann")  # no logind: nothing said
     assert parse_detach_probe("KillUserProcesses=no\nann\n") == (False, None, False, "ann")
     assert parse_detach_probe("KillUserProcesses=yes\nLinger=no\nann\n") == (True, False, False, "ann")

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.classify import ExitInfo
+from daemon.job.classify import ExitInfo
 from daemon.policy import supervise as rules
+from daemon.state import config as config_mod
 
 JOB = {"heartbeat_timeout_s": 60.0, "command": ["train"], "resume_command": ["train", "--resume"]}
 

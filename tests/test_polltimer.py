@@ -1,10 +1,10 @@
-"""The poll timer (daemon/polltimer.py) on a fake monotonic clock: due once per interval,
+"""The poll timer (daemon/service/polltimer.py) on a fake monotonic clock: due once per interval,
 never caught up in a burst, a shorter interval applies at once. (That a wall-clock step
 cannot starve it is shown on the real daemon: tests/test_clock_steps_daemon.py.)"""
 
 from __future__ import annotations
 
-from daemon.polltimer import PollTimer
+from daemon.service.polltimer import PollTimer
 
 
 class Mono:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.probe import ProbeResult, default_probe_command, run_probe
+from daemon.gpu.probe import ProbeResult, default_probe_command, run_probe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,8 +164,8 @@ def test_recovery_against_the_simulated_gpu_probes_until_it_comes_back(tmp_path)
     """The pure recovery policy driving real probes of the simulated GPU (stepped by hand, one
     simulated second per policy second): the reset lasts 60 s, the cooldown is 20 s, so the
     first probe fails, the second (after a 20 s backoff) fails, the third passes: restart."""
+    from daemon.gpu.simgpu import SimulatedGPU
     from daemon.policy.recovery import RecoveryState, decide_recovery
-    from daemon.simgpu import SimulatedGPU
 
     sim = SimulatedGPU(tmp_path, {"reset_duration_s": 60.0}, load_fn=lambda: 0.0)
     sim.inject_reset()

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from daemon.offload.base import RemoteStatus, UploadResult
+from daemon.cloud.offload.base import RemoteStatus, UploadResult
 from daemon.policy.fingerprint import changes, fingerprint
 from daemon.policy.queueplan import QueueItem, plan_queue
-from daemon.states import State
+from daemon.policy.states import State
 from tests.harness import Behaviour, Harness, config
 from tests.helpers import free_port, kill_group, nightshift, start_daemon, wait_for, write_config
 
@@ -76,7 +76,7 @@ def test_a_queue_runs_in_order_a_diverged_run_stops_early_and_a_restart_continue
         cfg["queue"] = [{"name": "lr-1e-3", "command": ["a", "--lr", "1e-3"], "env": {}, "resume_command": None, "total_steps": 40},
                         {"name": "lr-1e-2", "command": ["b", "--lr", "1e-2"], "env": {}, "resume_command": None, "total_steps": 40},
                         {"name": "lr-3e-4", "command": ["c", "--lr", "3e-4"], "env": {"X": "1"}, "resume_command": None, "total_steps": 40}]
-        from daemon import parts as build
+        from daemon.core import parts as build
         beh = {"a": spiky(None), "b": spiky(15), "c": spiky(None, steps=200)}
         h = Harness(tmp_path, cfg, beh, divergence=build.divergence(cfg))
         sup = await h.open()
@@ -167,8 +167,8 @@ def test_queued_env_values_are_never_stored_or_served_and_survive_a_restart(tmp_
 
 
 def test_env_values_an_older_version_stored_are_moved_out_of_the_database(tmp_path):
-    from daemon.queueenv import QueueEnv
-    from daemon.store import Store
+    from daemon.night.queueenv import QueueEnv
+    from daemon.state.store import Store
     store = Store(tmp_path / "nightshift.db")
     qid = store.queue_add("old", ["b"], {}, "cli")
     store.db.execute("UPDATE queue SET env=? WHERE id=?", (json.dumps({"K": "plain-old"}), qid))
@@ -185,8 +185,8 @@ def test_env_values_an_older_version_stored_are_moved_out_of_the_database(tmp_pa
 def _book(tmp_path, store=None):
     from pathlib import Path
 
-    from daemon.runbook import RunBook
-    from daemon.store import Store
+    from daemon.night.runbook import RunBook
+    from daemon.state.store import Store
     cfg = config(tmp_path, job={"command": ["a"]})
     state = Path(cfg["daemon"]["state_dir"])
     state.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def test_the_older_single_env_file_is_moved_into_one_file_per_entry_at_start(tmp
     qid = store.queue_add("old", ["b"], {"K": "<redacted>"}, "cli")
     (state / "queue-env.json").write_text(json.dumps({str(qid): {"K": "v-old"}, "999": {"K": "gone"}}))
     # a stopped daemon's files read by the CLI: read, never moved
-    from daemon.queueenv import QueueEnv
+    from daemon.night.queueenv import QueueEnv
     assert QueueEnv(state, read_only=True).get(qid) == {"K": "v-old"}
     assert (state / "queue-env.json").exists() and not (state / "queue-env").exists()
     assert book.queued_env({"env": json.dumps({"K": "<redacted>"}), "queue_id": qid}) == {"K": "v-old"}

@@ -1,6 +1,6 @@
 """Issue 16, the deadline with the real parts: the real daemon, a queue of reference runs that
 cannot all finish locally by `deadline_after_s`, and the local stand-in cloud
-(daemon/offload/local.py: a detached process and a directory as the volume). The plan moves a
+(daemon/cloud/offload/local.py: a detached process and a directory as the volume). The plan moves a
 run there, says so, and the result comes home."""
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from daemon import config as config_mod
+from daemon.night.runbook import RunBook
 from daemon.policy.queue_entry import entry_problem, safe_text
-from daemon.queuecli import format_queue
-from daemon.runbook import RunBook
-from daemon.store import Store
+from daemon.state import config as config_mod
+from daemon.state.store import Store
+from daemon.web.queuecli import format_queue
 from tests.harness import config
 
 
@@ -41,7 +41,7 @@ def test_a_config_queue_entry_is_checked_the_same_way(tmp_path):
 def test_queue_and_runs_fit_80_columns_and_show_each_runs_own_arguments_in_full():
     """Finding 7: `queue` cut commands at 60 columns (hiding the one argument that differs) and
     `runs` was 157 columns wide."""
-    from daemon.queuecli import format_runs
+    from daemon.web.queuecli import format_runs
     base = ["python", "-m", "trainer.reference", "--device", "cpu", "--d-model", "256", "--layers", "6"]
     q = [{"id": i, "name": n, "command": base + extra, "env": env} for i, (n, extra, env) in enumerate((
         ("baseline", ["--lr", "3e-4"], {}),
@@ -110,7 +110,7 @@ def test_adding_an_entry_costs_the_same_at_4700_entries_as_at_the_start(tmp_path
 def test_the_seeds_table_fits_40_columns_with_the_whole_curve_as_a_sparkline():
     """The seeds' bisection table by hand ("what changed / best loss before the climb / when the
     climb started"), made automatically for a phone."""
-    from daemon.queuecli import curve_spark, seeds_table
+    from daemon.web.queuecli import curve_spark, seeds_table
     rise = [[s, 3.0 - s / 500] for s in range(0, 1050, 10)] + [[s, 0.9 + (s - 1050) / 300] for s in range(1050, 3000, 10)]
     runs = [{"id": 1, "name": "baseline", "state": "succeeded", "best_loss": 0.31, "best_step": 1050,
              "climb_step": None, "changes": [], "changes_against": 1, "curve": [[0, 3.0], [100, 1.0]]},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from daemon.states import State
+from daemon.policy.states import State
 from tests.harness import Behaviour, Harness, config
 from tests.test_queue import spiky
 
@@ -26,7 +26,7 @@ def test_a_run_stopped_by_divergence_next_ends_on_a_durable_checkpoint_with_its_
         cfg = config(tmp_path, job={"command": ["a"]},
                      divergence={"enabled": True, "action": "next", "window": 5, "rtol": 2.0})
         cfg["queue"] = [q("spike", "b", 40), q("after", "c", 40)]  # runs 1 and 2
-        from daemon import parts as build
+        from daemon.core import parts as build
         beh = {"a": spiky(None, steps=10), "b": spiky(15), "c": spiky(None, steps=400)}
         h = Harness(tmp_path, cfg, beh, divergence=build.divergence(cfg))
         sup = await h.open()

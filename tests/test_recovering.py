@@ -1,4 +1,4 @@
-"""Recovery (daemon/recovering.py): a reset's cooldown, the real probe (a child process, run as a
+"""Recovery (daemon/core/recovering.py): a reset's cooldown, the real probe (a child process, run as a
 task the tick does not wait for), then a Restart decision or giving up -- as decisions, nothing
 written."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from daemon.decisions import Emit, Restart
+from daemon.core.decisions import Emit, Restart
+from daemon.core.recovering import Recovery
+from daemon.gpu.probe import run_probe
 from daemon.policy.cfgtypes import ResetsConfig
-from daemon.probe import run_probe
-from daemon.recovering import Recovery
 
 OK = [sys.executable, "-c", "print('kernel ran')"]
 BAD = [sys.executable, "-c", "import sys; print('HIP error'); sys.exit(3)"]

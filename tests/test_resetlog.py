@@ -1,4 +1,4 @@
-"""The reset log (daemon/resets/resetlog.py) on a real SQLite store: only resets count toward
+"""The reset log (daemon/gpu/resets/resetlog.py) on a real SQLite store: only resets count toward
 offload, the reset rate and the heat diagnosis; soft recoveries and faults are counted apart;
 one incident is one count even when a late line revises it; a restart forgets nothing.
 Issue 26 (kinds) and issue 30 (the bookkeeping out of the Supervisor)."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.resets import ResetEvent
-from daemon.resets.resetlog import ResetLog
-from daemon.states import State
-from daemon.store import Store
+from daemon.gpu.resets import ResetEvent
+from daemon.gpu.resets.resetlog import ResetLog
+from daemon.policy.states import State
+from daemon.state.store import Store
 from tests.harness import Behaviour, FakeClock, FakeDetector, FakeSensor, Harness, config
 
 T0 = 1_700_000_000.0
@@ -127,8 +127,8 @@ def test_the_supervisor_offloads_on_resets_only(tmp_path):
         assert (st["in_window"], st["soft_recoveries"]["total"], st["faults"]["total"]) == (0, 2, 1)
         assert h.events("soft_recovery") and h.events("gpu_fault") and not h.events("reset")
         # shown apart: the phone text and /metrics
-        from daemon.metrics import exposition, make_registry
-        from daemon.statusfmt import render
+        from daemon.web.metrics import exposition, make_registry
+        from daemon.web.statusfmt import render
         text = " ".join(render(sup.snapshot, clock.t).split())
         assert "reset none in this run." in text
         assert "1 GPU page fault, 2 soft recoveries in this run (not resets)." in text

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from daemon.resets import ResetDetector
-from daemon.resets.signatures import match_job_output, match_kernel_line
-from daemon.sensors import Reading
-from daemon.simgpu import RESET_LINES
+from daemon.gpu.resets import ResetDetector
+from daemon.gpu.resets.signatures import match_job_output, match_kernel_line
+from daemon.gpu.sensors import Reading
+from daemon.gpu.simgpu import RESET_LINES
 
 
 class Clock:
@@ -81,7 +81,7 @@ def test_a_source_without_permission_is_reported_once_and_clearly():
     assert len(probs) == 1 and "does not exist" in probs[0]
     assert det.problems() == []  # once
 
-    import daemon.resets.sources as src
+    import daemon.gpu.resets.sources as src
     real_open = src.os.open
 
     def denied(path, flags, *a):
@@ -126,8 +126,8 @@ def test_signatures_of_several_kernel_versions():
 
 
 def test_line_timestamps_of_every_format_become_wall_time():
-    from daemon.resets.kerneltime import KernelClock, parse_stamp
-    from daemon.resets.sources import kmsg_record_line
+    from daemon.gpu.resets.kerneltime import KernelClock, parse_stamp
+    from daemon.gpu.resets.sources import kmsg_record_line
     rec = "3,8812,8210402113,-,caller=T412;amdgpu 0000:c4:00.0: amdgpu: GPU reset begin!\n SUBSYSTEM=pci\n"
     line = kmsg_record_line(rec)
     assert line == "[ 8210.402113] amdgpu 0000:c4:00.0: amdgpu: GPU reset begin!"
@@ -148,7 +148,7 @@ def test_line_timestamps_of_every_format_become_wall_time():
 
 
 def test_stamps_not_from_this_boot_are_calibrated_on_the_first_line_keeping_their_spacing():
-    from daemon.resets.kerneltime import KernelClock, parse_stamp
+    from daemon.gpu.resets.kerneltime import KernelClock, parse_stamp
     kc = KernelClock(boot_time=1_700_000_000.0)  # the simulated GPU's log counts from its own start
     assert kc.wall(parse_stamp("[   12.000000] amdgpu: x", 1_700_500_000.0), 1_700_500_000.0) == 1_700_500_000.0
     assert kc.calibrated
@@ -192,7 +192,7 @@ def test_the_simulated_gpus_resets_are_one_each_with_its_jobs_death(tmp_path):
     """The simulated GPU logs its reset in two halves (reset_duration_s apart in its own,
     compressed, time) with timestamps counted from its start, not from this boot. Two resets
     3 s apart on our clock are 180 s apart on its kernel clock: two resets, not one."""
-    from daemon.simgpu import ABORT_MESSAGE, SimulatedGPU
+    from daemon.gpu.simgpu import ABORT_MESSAGE, SimulatedGPU
     clock = Clock(1_700_000_000.0)
     sim = SimulatedGPU(tmp_path, {"time_scale": 60.0, "reset_duration_s": 30.0}, clock=clock,
                        load_fn=lambda: 1.0)

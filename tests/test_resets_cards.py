@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.resets import ResetDetector
+from daemon.gpu.resets import ResetDetector
 from tests.fixtures.sysfs import framework16
 
 BOOT = 1_700_000_000.0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.resets import ResetDetector
-from daemon.resets.kerneltime import parse_stamp
+from daemon.gpu.resets import ResetDetector
+from daemon.gpu.resets.kerneltime import parse_stamp
 
 LOGS = Path(__file__).parent / "data" / "amdgpu_logs"
 BOOT = 1_700_000_000.0
@@ -193,7 +193,7 @@ def test_the_jobs_memory_access_fault_alone_is_a_fault_and_its_gpu_hang_a_reset(
 
 @pytest.mark.parametrize("off", ["sensor", "job"])
 def test_each_source_can_be_switched_off_the_sensor_and_the_job_too(off):
-    from daemon.sensors import Reading
+    from daemon.gpu.sensors import Reading
     clock = Clock(BOOT + 5000)
     on = [s for s in ("sensor", "job") if s != off]
     det = ResetDetector({"sources": on}, clock=clock)
@@ -210,7 +210,7 @@ def test_an_unknown_source_name_is_a_problem_naming_the_choices():
 
 
 def test_an_unknown_source_in_the_config_is_an_error_naming_the_choices(tmp_path):
-    from daemon.config import ConfigError, load
+    from daemon.state.config import ConfigError, load
     from tests.helpers import write_config
     path = write_config(tmp_path, {"job": {"command": ["true"]},
                                    "resets": {"sources": ["kmsg", "dmesg"]}})

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.resets import ResetDetector
-from daemon.resets.kerneltime import parse_stamp
+from daemon.gpu.resets import ResetDetector
+from daemon.gpu.resets.kerneltime import parse_stamp
 
 LOGS = Path(__file__).parent / "fixtures" / "kernel_logs"
 BOOT = 1_700_000_000.0  # wall time at kernel timestamp 0 (injected: the real one is the machine's)
@@ -97,7 +97,7 @@ def test_each_real_sequence_is_one_reset_at_every_poll_interval_and_phase(tmp_pa
 
 
 def _is_signature(line: str) -> bool:
-    from daemon.resets.signatures import match_kernel_line
+    from daemon.gpu.resets.signatures import match_kernel_line
     return match_kernel_line(parse_stamp(line, 0.0).text) is not None
 
 

@@ -9,8 +9,8 @@ import copy
 import json
 from pathlib import Path
 
-from daemon.states import State
-from daemon.store import Store
+from daemon.policy.states import State
+from daemon.state.store import Store
 from tests.harness import Behaviour, Harness, config
 
 
@@ -206,7 +206,7 @@ def test_cancel_of_a_stopped_run_starts_the_next_queued_one(tmp_path):
 def test_status_and_the_phone_name_the_running_run_as_the_queue_named_it(tmp_path):
     """Finding 4: the phone said `job reference (run 5)` while lr-hot ran."""
     async def go():
-        from daemon.statusfmt import render
+        from daemon.web.statusfmt import render
         cfg = config(tmp_path, job={"command": ["trainer"], "name": "reference"})
         cfg["queue"] = [{"name": "lr-hot", "command": ["trainer", "--lr", "1.0"], "env": {},
                          "resume_command": None, "total_steps": 100}]
@@ -229,7 +229,7 @@ def test_a_climb_back_is_a_divergence_from_the_first_reports_and_next_moves_the_
                                 for i, v in enumerate(losses)] + [(30.0, "exit", 0)])
         cfg["queue"] = [{"name": "lr-hot", "command": ["hot"], "env": {}, "resume_command": None, "total_steps": 100},
                         {"name": "after", "command": ["trainer"], "env": {}, "resume_command": None, "total_steps": 100}]
-        from daemon import parts as build
+        from daemon.core import parts as build
         h = Harness(tmp_path, cfg, {"hot": hot, "trainer": trainer(100)}, divergence=build.divergence(cfg))
         sup = await h.open()
         await h.run(20, until=lambda s: s.run_id == 2)
@@ -260,7 +260,7 @@ def test_a_new_run_after_the_store_was_lost_takes_the_next_number_not_an_old_run
 
 
 def test_ran_on_keeps_each_place_once_in_the_order_first_used():
-    from daemon.runbook import ran_on
+    from daemon.night.runbook import ran_on
     assert ran_on(None, "local") == "local"
     assert ran_on("local", "modal") == "local+modal"
     assert ran_on("local+modal", "local") == "local+modal"  # back on the local GPU: said once

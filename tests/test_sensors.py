@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from daemon import config as config_mod
-from daemon.sensors import open_sensor
-from daemon.sensors.base import read_text
-from daemon.sensors.report import sensors_report
+from daemon.commands.sensors_report import sensors_report
+from daemon.gpu.sensors import open_sensor
+from daemon.gpu.sensors.base import read_text
+from daemon.state import config as config_mod
 from tests.fixtures.sysfs import card, k10temp, other_hwmon
 
 FULL = {"temp1_input": "71000", "temp1_label": "edge", "power1_average": "23500000",

@@ -7,12 +7,12 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from daemon import config as config_mod
-from daemon.resets import ResetDetector
-from daemon.sensors import THERMAL_OFF, open_sensor
-from daemon.sensors.base import read_text
-from daemon.sensors.cards import list_cards
-from daemon.sensors.report import sensors_report
+from daemon.commands.sensors_report import sensors_report
+from daemon.gpu.resets import ResetDetector
+from daemon.gpu.sensors import THERMAL_OFF, open_sensor
+from daemon.gpu.sensors.base import read_text
+from daemon.gpu.sensors.cards import list_cards
+from daemon.state import config as config_mod
 from tests.fixtures.sysfs import card, framework16, gpu, kfd_nodes
 
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from daemon.sensors import open_sensor
-from daemon.simgpu import SimulatedGPU
+from daemon.gpu.sensors import open_sensor
+from daemon.gpu.simgpu import SimulatedGPU
 from tests.helpers import ROOT, wait_for
 
 BUSY_JOB = """
@@ -100,8 +100,8 @@ def steady(sim: SimulatedGPU, clock: FakeClock, seconds: int) -> None:
 
 def test_the_cap_in_pp_od_clk_voltage_sets_heat_power_and_speed(tmp_path):
     """Cube law above the idle floor, speed ~ f^alpha; ClockCap (unchanged) writes the cap."""
-    from daemon.clockcap import ClockCap
-    from daemon.simgpu import sysfs_write
+    from daemon.gpu.clockcap import ClockCap
+    from daemon.gpu.simgpu import sysfs_write
     clock = FakeClock()
     sim = SimulatedGPU(tmp_path, {"ambient_c": 40, "load_c": 50, "tau_heat_s": 10, "tau_cool_s": 10,
                                   "mem_bound_alpha": 0.6}, clock=clock, load_fn=lambda: 1.0, cpu_fn=None)

@@ -1,14 +1,14 @@
-"""What follows a loss spike (daemon/spikes.py), as decisions, on real checkpoint directories."""
+"""What follows a loss spike (daemon/core/spikes.py), as decisions, on real checkpoint directories."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from daemon.decisions import AskExit, Emit, Remember, Save
-from daemon.divergence import Spike
-from daemon.intent import Why
-from daemon.spikes import on_spike
+from daemon.core.decisions import AskExit, Emit, Remember, Save
+from daemon.core.intent import Why
+from daemon.core.spikes import on_spike
+from daemon.night.divergence import Spike
 
 DIV = {"action": "rollback", "rollback_steps": 20, "skip_batches": 5}
 SPIKE = Spike(step=45, loss=float("inf"), baseline=1.0, reason="non-finite loss", last_ok_step=44)
@@ -46,8 +46,8 @@ def test_no_earlier_checkpoint_ends_the_run_and_stop_or_next_never_touch_the_fil
 
 
 def test_a_rollback_says_why_each_checkpoint_it_moved_aside_is_there(tmp_path):
-    """`nightshift checkpoints` shows why a checkpoint is in .diverged/ (daemon/quarantine.py)."""
-    from daemon import quarantine
+    """`nightshift checkpoints` shows why a checkpoint is in .diverged/ (daemon/job/quarantine.py)."""
+    from daemon.job import quarantine
     checkpoints(tmp_path, 10, 20, 30, 40)
     on_spike(SPIKE, DIV, tmp_path, "")
     why = quarantine.reasons(tmp_path)

@@ -1,4 +1,4 @@
-"""JobStarter (daemon/starting.py): from which checkpoint the next attempt starts, with which
+"""JobStarter (daemon/core/starting.py): from which checkpoint the next attempt starts, with which
 command and environment -- on real checkpoint directories (trainer.format verifies them) and a
 real Adopter; nothing is started, nothing written to the run."""
 
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.adopt import Adopter
-from daemon.decisions import Emit, Problem
+from daemon.core.decisions import Emit, Problem
+from daemon.core.starting import JobStarter, StartContext
+from daemon.job.adopt import Adopter
 from daemon.policy.scriptckpt import Resumed
-from daemon.starting import JobStarter, StartContext
 from tests.harness import write_checkpoint
 from trainer import protocol
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.statusview import REFRESH_S
+from daemon.core.statusview import REFRESH_S
 from tests.harness import Behaviour, Harness, config
 
 

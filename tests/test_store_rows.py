@@ -1,4 +1,4 @@
-"""daemon/store.py's row TypedDicts say what its tables hold: each names exactly its table's
+"""daemon/state/store.py's row TypedDicts say what its tables hold: each names exactly its table's
 columns (a column added to the schema or to _ADDED_COLUMNS and not to its type fails here), with
 a type that matches the column's declared one, and update_run's RunFields are _RUN_FIELDS."""
 
@@ -9,8 +9,8 @@ import typing
 
 import pytest
 
-from daemon import store as store_mod
-from daemon.store import (
+from daemon.state import store as store_mod
+from daemon.state.store import (
     _RUN_FIELDS,
     CheckpointRow,
     EventRow,

@@ -4,7 +4,7 @@ says which statements ran."""
 
 from __future__ import annotations
 
-from daemon.store import Store
+from daemon.state.store import Store
 
 
 def _selects(store: Store) -> list[str]:

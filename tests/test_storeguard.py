@@ -1,10 +1,10 @@
-"""The one guard for the Supervisor's store writes (daemon/storeguard.py), on a real SQLite
+"""The one guard for the Supervisor's store writes (daemon/core/storeguard.py), on a real SQLite
 store: a write that fails is a problem in status and a False, never an exception."""
 
 from __future__ import annotations
 
-from daemon.store import Store
-from daemon.storeguard import StoreGuard
+from daemon.core.storeguard import StoreGuard
+from daemon.state.store import Store
 
 
 def test_a_failed_write_is_a_store_problem_and_the_caller_carries_on(tmp_path):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.offload.base import OffloadError, RemoteStatus, UploadResult
-from daemon.resets import ResetEvent
-from daemon.states import State
+from daemon.cloud.offload.base import OffloadError, RemoteStatus, UploadResult
+from daemon.gpu.resets import ResetEvent
+from daemon.policy.states import State
 from tests.harness import Behaviour, FakeClock, FakeDetector, FakeSensor, Harness, config
 
 
@@ -259,7 +259,7 @@ def test_live_reload_restores_the_cap_disables_divergence_and_reschedules_pollin
         caps: list[str] = []
         resched: list[float] = []
         cfg = config(tmp_path, thermal={"clock_cap": False})
-        from daemon import parts as build
+        from daemon.core import parts as build
         monkeypatch.setattr(build, "clockcap", lambda c, s: FakeCap(caps, c["thermal"]["clock_cap_mhz"])
                             if c["thermal"]["clock_cap"] else None)
         h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)},
@@ -402,7 +402,7 @@ def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
     lines = [(1.0 + i * 0.5, "line", f"iter {i * 10}: loss 2.0, time 5.00ms, mfu 1.00%") for i in range(6)]
     async def go():
         cfg = config(tmp_path, job={"command": ["s"], "progress_pattern": "nanogpt", "restart_backoff_s": 1.0})
-        from daemon import parts as build
+        from daemon.core import parts as build
         first = Behaviour(script=lines + [(4.2, "exit", -9)])
         h = Harness(tmp_path, cfg, {"s": first}, output_progress=build.output_progress(cfg))
         sup = await h.open()
@@ -422,7 +422,7 @@ def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_t
     def it(n):
         return f"iter {n}: loss 2.0, time 5.00ms, mfu 1.00%"
     async def go():
-        from daemon import parts as build
+        from daemon.core import parts as build
         cfg = config(tmp_path, job={"command": ["s"], "progress_pattern": "nanogpt", "restart_backoff_s": 1.0,
                                     "total_steps": 100})
         first = Behaviour(script=[(1.0 + i * 0.5, "line", it(i * 10)) for i in range(6)] + [(4.2, "exit", -9)])
@@ -566,7 +566,7 @@ def test_a_corrupt_database_is_moved_aside_and_the_run_continues_from_its_checkp
         for p in db.parent.glob("nightshift.db*"):
             p.unlink()
         db.write_bytes(b"this is not a database" * 100)
-        from daemon.store import Store
+        from daemon.state.store import Store
         store = Store(db, clock=h.clock)
         assert store.moved_aside is not None
         h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=store)
@@ -635,7 +635,7 @@ def test_a_failing_command_is_an_event_and_a_problem_and_the_job_trains_on(tmp_p
     """Old: a live reload whose handler raised was one log line; the user saw nothing."""
     async def go():
         caps: list[str] = []
-        from daemon import parts as build
+        from daemon.core import parts as build
         monkeypatch.setattr(build, "clockcap", lambda c, s: FakeCap(caps, c["thermal"]["clock_cap_mhz"]))
         cfg = config(tmp_path, thermal={"clock_cap": True, "clock_cap_mhz": 1800})
         h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=10000)},
@@ -661,8 +661,8 @@ def test_a_reload_never_calls_in_force_a_key_read_only_at_start(tmp_path):
     force" and changed nothing; daemon.log_level now applies live."""
     import logging
 
-    from daemon import config as config_mod
-    from daemon.configwatch import ConfigWatcher
+    from daemon.service.configwatch import ConfigWatcher
+    from daemon.state import config as config_mod
 
     async def go():
         path = tmp_path / "config.toml"
@@ -722,7 +722,7 @@ def test_a_job_held_by_the_schedule_is_never_hung(tmp_path):
         cfg = config(tmp_path, job={"command": ["script"], "heartbeat_timeout_s": 5.0},
                      schedule={"enabled": True, "window_start": (now - timedelta(hours=1)).strftime("%H:%M"),
                                "window_end": end.strftime("%H:%M")})
-        from daemon import parts as build
+        from daemon.core import parts as build
         h = Harness(tmp_path, cfg, {"script": Behaviour(script=[(1.0, "line", "hi"), (5000.0, "exit", 0)])},
                     clock=clock, schedule=build.schedule(cfg))
         h.parts.schedule.clock = clock

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from daemon import parts as build
-from daemon import quarantine
+from daemon.core import parts as build
+from daemon.job import quarantine
 from tests.harness import Behaviour, Harness, config
 
 

@@ -139,7 +139,7 @@ def test_resets_at_normal_temperature_are_diagnosed_not_heat_correlated(tmp_path
     assert len(resets) >= 2
     last = [r["message"] for r in con.execute("SELECT message FROM events WHERE kind='reset'")][-1]
     assert "not heat-correlated" in last
-    from daemon.diagnosis import diagnose
+    from daemon.gpu.diagnosis import diagnose
     d = diagnose([{"temps": json.loads(r["temps"])} for r in resets], {"pause_at_c": 85.0,
                                                                         "tctl_pause_at_c": 95.0})
     assert d.heat_correlated is False and any("cwsr_enable=0" in m for m in d.mitigations)

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.control import JobControl
+from daemon.job.control import JobControl
 from tests.helpers import ROOT, wait_for
 from tests.test_trainer_resume import SMALL
 

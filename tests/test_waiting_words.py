@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from daemon import statusfmt
 from daemon.policy.cooling import time_to_cool
-from daemon.states import State
+from daemon.policy.states import State
+from daemon.web import statusfmt
 from tests.harness import Behaviour, FakeClock, FakeSensor, Harness, config
 
 
@@ -152,7 +152,7 @@ def test_a_restart_says_starting_resuming_from_step_n_and_explains_the_step_goin
 
 
 def test_recovering_says_it_waits_for_the_cooldown_then_a_probe(tmp_path):
-    from daemon.resets import ResetEvent
+    from daemon.gpu.resets import ResetEvent
     from tests.harness import FakeDetector
     from tests.test_phone_states import HW_EXCEPTION
 
@@ -179,7 +179,7 @@ def test_recovering_says_it_waits_for_the_cooldown_then_a_probe(tmp_path):
 def test_paused_by_the_schedule_says_until_when(tmp_path):
     import datetime as dt
 
-    from daemon import parts as build
+    from daemon.core import parts as build
 
     async def go():
         clock = FakeClock()

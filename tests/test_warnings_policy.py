@@ -17,7 +17,7 @@ def warn_from(module: str, category: type[Warning] = UserWarning) -> list[warnin
     return seen
 
 
-@pytest.mark.parametrize("module", ["daemon.supervisor", "trainer.runtime", "tests.harness", "daemon"])
+@pytest.mark.parametrize("module", ["daemon.core.supervisor", "trainer.runtime", "tests.harness", "daemon"])
 @pytest.mark.parametrize("category", [UserWarning, DeprecationWarning, RuntimeWarning])
 def test_a_warning_from_this_projects_code_fails_the_test(module, category):
     with pytest.raises(category):

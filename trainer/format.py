@@ -361,7 +361,7 @@ def _remove(p: Path) -> None:
 
 
 # NIGHTSHIFT_SKIP_STEPS, the skip list of a divergence rollback: written by the daemon
-# (daemon.divergence), read by the job (trainer.runtime). One format, parsed in one place.
+# (daemon.night.divergence), read by the job (trainer.runtime). One format, parsed in one place.
 def format_skip(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{a}-{b}" for a, b in ranges)
 

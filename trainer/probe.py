@@ -1,6 +1,6 @@
 """`python -m trainer.probe [--device cuda|cpu]`: does the GPU run a tiny kernel? Exit 0 if yes.
 
-The daemon runs this after a GPU reset (daemon.probe, with a timeout) before restarting the job:
+The daemon runs this after a GPU reset (daemon.gpu.probe, with a timeout) before restarting the job:
 a 780M often refuses compute for a while after a reset, and a job started too early just dies
 again. ``cuda`` is ROCm/HIP under a ROCm build of torch.
 
@@ -19,9 +19,9 @@ N = 1024
 
 
 def sim_ok(root: str) -> bool:
-    """The simulated GPU's answer: daemon.simgpu.probe if it exists, else its marker file."""
+    """The simulated GPU's answer: daemon.gpu.simgpu.probe if it exists, else its marker file."""
     try:
-        from daemon.simgpu import probe
+        from daemon.gpu.simgpu import probe
     except ImportError:
         return not (Path(root) / ".resetting").exists()
     return bool(probe(root))

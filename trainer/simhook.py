@@ -1,4 +1,4 @@
-"""Job-side hook of the simulated GPU (daemon/simgpu.py); a no-op on real hardware.
+"""Job-side hook of the simulated GPU (daemon/gpu/simgpu.py); a no-op on real hardware.
 
 Called by trainer.runtime at every step boundary. Under $NIGHTSHIFT_SIM_GPU it marks the
 device busy (touching <root>/busy, at most 5 times a second), paces the job to the simulated

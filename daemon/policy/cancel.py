@@ -2,13 +2,13 @@
 
 Only the current run can be cancelled: on this machine, waiting to start, stopped, or on the
 cloud (there the call is cancelled and its final checkpoint brought home before the run ends,
-as a stop does; daemon/remote_run.py). Not while it is being moved to the cloud: that ends in a
+as a stop does; daemon/core/remote_run.py). Not while it is being moved to the cloud: that ends in a
 moment, on the cloud or here. An ended run says how it ended. None: cancel it.
 """
 
 from __future__ import annotations
 
-from daemon.states import ENDED_STATES, State
+from daemon.policy.states import ENDED_STATES, State
 
 ENDED = ENDED_STATES
 

@@ -1,6 +1,6 @@
 """The validated config as types, for the code that reads it by key.
 
-``daemon/config.py`` (``SCHEMA``, ``SUBTABLES``, ``QUEUE_KEYS``) says every key's type, default
+``daemon/state/config.py`` (``SCHEMA``, ``SUBTABLES``, ``QUEUE_KEYS``) says every key's type, default
 and range and validates the file; these TypedDicts say the same to the type checker, so code
 that reads ``cfg["thermal"]["pause_at_c"]`` is checked against the key and its type instead of
 ``dict[str, Any]``. tests/test_cfgtypes.py keeps them in step with the schema: every section,

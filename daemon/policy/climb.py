@@ -1,6 +1,6 @@
 """Pure: a run whose loss climbs back -- caught from its first reports (issue 28, finding 8).
 
-The divergence watchdog (daemon/divergence.py) catches *spikes* against a rolling median after
+The divergence watchdog (daemon/night/divergence.py) catches *spikes* against a rolling median after
 ``window`` reports of warm-up: 200 nanoGPT iterations at its default log interval, during which
 an lr-1.0 run had already gone from 3.47 to 213, and a slow climb back (the seeds' shape:
 descent, plateau, climb) never looks like a spike at all. This rule watches the run's own best:

@@ -3,7 +3,7 @@ control, `nightshift pause` ...)
 
 ``refusal`` returns the one sentence the user reads when it may not -- what the state is and,
 where there is one, what to do -- or None: go ahead. What a command then does is
-daemon/commanding.py's; `nightshift cancel` has its own rule (policy/cancel.py).
+daemon/core/commanding.py's; `nightshift cancel` has its own rule (policy/cancel.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daemon.policy import supervise
-from daemon.states import LOCAL_STATES, State
+from daemon.policy.states import LOCAL_STATES, State
 
 ENDED_HERE = frozenset({State.SUCCEEDED.value, State.FAILED.value, State.STOPPED.value})
 PAUSABLE = frozenset({State.RUNNING.value, State.COOLING.value, State.STARTING.value,

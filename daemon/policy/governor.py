@@ -42,7 +42,7 @@ Choices, each deliberate:
 - Caps are multiples of ``STEP_MHZ`` inside OD_RANGE and change only by at least one step, so
   noise does not rewrite the cap every poll.
 - Unknown edge (a reset: every read fails with EPERM) keeps the cap and learns nothing.
-- Where the cap cannot be set (``GovObs.cap_problem``, from daemon/governor_io.py, which names
+- Where the cap cannot be set (``GovObs.cap_problem``, from daemon/gpu/governor_io.py, which names
   the fix: amdgpu.ppfeaturemask's overdrive bit, the file's mode), the decision says so and
   asks for no cap: pausing alone protects the chip.
 - ``learned_mhz`` (the model's sustainable clock while the job runs) is the memory across

@@ -2,7 +2,7 @@
 
 After a reset the 780M often refuses new compute for a while (sometimes until a reboot), so the
 job is restarted only once a tiny probe kernel has run (``cfg["resets"]["probe"]``). The caller
-runs the probe (daemon.probe), counts failures in ``probes_failed`` and records when the last
+runs the probe (daemon.gpu.probe), counts failures in ``probes_failed`` and records when the last
 probe started in ``last_probe_at``; this module only decides.
 
 ``probe_retries`` is the number of probes before giving up (at least one probe always runs, so

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.classify import ExitInfo
+from daemon.job.classify import ExitInfo
 from daemon.policy.cfgtypes import Config
 
 

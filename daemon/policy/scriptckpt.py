@@ -1,7 +1,7 @@
 """A script's checkpoints after a restart (pure): the restore chain and the start gate.
 
 The restore chain. Before a restart the Adopter puts the best copy of a script's checkpoint
-back (daemon/adopt.py). A copy can verify (a complete zip, every CRC good) and still not load
+back (daemon/job/adopt.py). A copy can verify (a complete zip, every CRC good) and still not load
 (a model that changed shape, a pickle torch refuses). When the job dies before it reports any
 progress at or past the step it was resumed at, and saved no new checkpoint (a script without
 ``progress_pattern`` reports no progress: a save is its sign that it loaded and trained), the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.classify import last_error_line
+from daemon.job.classify import last_error_line
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 job, bounded restarts, checkpoint age, stop and finish, offload backoff and budget.
 
 Each function takes plain values (what the supervisor observed, what it remembers, the config,
-the time) and returns a plain decision with its reason; the Supervisor (daemon/supervisor.py)
+the time) and returns a plain decision with its reason; the Supervisor (daemon/core/supervisor.py)
 carries decisions out. Nothing here reads a file, a clock or a process.
 
 Choices, stated once:
@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.classify import ExitInfo
+from daemon.gpu.sensors import THERMAL_OFF
+from daemon.job.classify import ExitInfo
 from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.restart import decide_restart
-from daemon.sensors import THERMAL_OFF
 
 MIN_BACKOFF_S = 1.0
 HOLD_OWNERS = ("thermal", "disk", "user", "schedule")  # precedence for what status shows

@@ -34,7 +34,7 @@ TREND_MIN_POINTS = 3
 
 
 def clock_cap_due(edge_c: float | None, cfg_thermal: ThermalConfig) -> bool:
-    """The clock cap (daemon/clockcap.py) goes on halfway between resume_at_c and pause_at_c:
+    """The clock cap (daemon/gpu/clockcap.py) goes on halfway between resume_at_c and pause_at_c:
     early enough to slow the climb before a pause is needed, late enough that a cool GPU runs
     at full clock. An unknown edge never caps (like it never pauses)."""
     if edge_c is None:

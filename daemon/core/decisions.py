@@ -1,0 +1,121 @@
+"""What the Supervisor decided, as values: the tick's rules (daemon/core/decide.py) and the remote
+run (daemon/core/remote_run.py) return lists of these, and the Supervisor, the one writer of run
+state, carries them out in order (``Supervisor._apply``). A test asserts a list of decisions
+without anything having happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from daemon.core.intent import ExitIntent
+from daemon.policy.states import State
+from daemon.policy.thermal import ThermalState
+
+
+@dataclass(frozen=True)
+class Emit:
+    """An event (store, log, notifier)."""
+    kind: str
+    message: str
+    level: str = "info"
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Goto:
+    """A state change. ``detail``: another event says the same (stored, not a journal line)."""
+    state: State
+    reason: str
+    detail: bool = False
+
+
+@dataclass(frozen=True)
+class Save:
+    """Run fields to write."""
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Hold the job for ``owner`` (thermal, user, schedule) until it lets go."""
+    owner: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """``quiet``: no job to tell and nothing to say (a stopped run's pause lifted)."""
+    owner: str
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class AskExit:
+    """Ask the job to end; the intent says what follows its exit."""
+    intent: ExitIntent
+
+
+@dataclass(frozen=True)
+class AskCheckpoint:
+    """A one-shot checkpoint command (a trainer/ job), e.g. before a hung job is stopped."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Start the job again now (STARTING), from the newest checkpoint or ``resume`` if given."""
+    reason: str
+    resume: str | None = None
+
+
+@dataclass(frozen=True)
+class StopRemote:
+    """`nightshift stop` (or cancel) of a cloud run: the call cancelled, its final checkpoint
+    home, then the run ``then``: stopped (resumable) or cancelled (ended, the queue goes on)."""
+    then: Literal["stopped", "cancelled"] = "stopped"
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Move the job to the cloud (a running job first exits with a final checkpoint).
+    ``retry_now``: the user asked: no launch backoff is waited for."""
+    reason: str
+    retry_now: bool = False
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The run ends ``cancelled`` (no job was running: nothing to wait for)."""
+    message: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Set (``text``) or clear (None) one problem shown in status."""
+    key: str
+    text: str | None
+
+
+@dataclass(frozen=True)
+class CapClock:
+    """Put the clock cap on (``[thermal] clock_cap_mhz``)."""
+
+
+@dataclass(frozen=True)
+class UncapClock:
+    """Lift the clock cap."""
+
+
+@dataclass(frozen=True)
+class Remember:
+    """The tick's own memory moves on: the thermal state, since when a hang is suspected, when
+    the checkpoint-age warning was last given, the loss trend (only the fields given change)."""
+    thermal: ThermalState | None = None
+    suspect_since: float | None = None
+    clear_suspect: bool = False
+    age_warned: float | None = None
+    clear_losses: bool = False  # a rollback: the loss trend starts again
+
+
+Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
+    Offload | Cancelled | Problem | CapClock | UncapClock | Remember

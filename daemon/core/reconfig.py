@@ -1,0 +1,65 @@
+"""Live config reload: apply the keys that may change while running, rebuild only the parts
+that depend on them (each keeping its state where it has any), and say exactly what applied.
+
+Which keys need a restart is declared next to the schema (config.RESTART_KEYS). The Supervisor
+calls ``apply`` from its tick (never from the watcher's thread) and assigns what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from daemon.core import parts as build
+from daemon.policy.cfgtypes import Config
+from daemon.state.config import copy_key
+
+
+async def apply(cfg: Config, new: Config, keys: list[str], p: Any) -> dict[str, Any]:
+    """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
+    by attribute name of ``Parts`` (the Supervisor assigns them). Raises ``ConfigError`` with
+    nothing changed when the edit cannot apply (a clock cap outside the card's OD_RANGE)."""
+    # the governor owns the cap when on (one writer): turning it on or off rebuilds the fixed cap too
+    cap_keys = {"thermal.clock_cap", "thermal.clock_cap_mhz", "thermal.governor"} & set(keys)
+    new_cap = None
+    if cap_keys:
+        # built and checked against the card's range before anything changes: a bad cap raises
+        # here, with the old config and the old cap (still applied) in force
+        trial = cfg.copy()
+        trial["thermal"] = cfg["thermal"].copy()
+        for k in keys:
+            if k.startswith("thermal."):
+                copy_key(trial, new, "thermal", k.split(".", 1)[1])
+        new_cap = build.clockcap(trial, p.sensor)
+    for k in keys:
+        sec, key = k.split(".", 1)
+        copy_key(cfg, new, sec, key)
+    secs = {k.split(".", 1)[0] for k in keys}
+    changed: dict[str, Any] = {}
+    if "divergence" in secs:
+        changed["divergence"] = build.divergence(cfg)  # None when disabled: disabling works
+    if "schedule" in secs:
+        changed["schedule"] = build.schedule(cfg)
+    if "notify" in secs:
+        if p.notifier is not None:
+            await p.notifier.stop()
+        changed["notifier"] = build.notifier(cfg)
+        if changed["notifier"] is not None:
+            await changed["notifier"].start()
+    if cap_keys:
+        if p.clockcap is not None:
+            p.clockcap.restore()  # the old cap is lifted before a new one can apply
+        changed["clockcap"] = new_cap
+    if "thermal.governor" in keys:  # setpoint_margin_c needs nothing: read at every poll
+        if p.governor is not None:
+            msg = p.governor.restore()  # off = full clock at once; "clock" again starts clean
+            if msg:
+                logging.getLogger("nightshift").warning("%s", msg)
+        changed["governor"] = build.governor(cfg, p.sensor, p.simgpu)  # None when off
+    if "job.progress_pattern" in keys:
+        changed["output_progress"] = build.output_progress(cfg)
+    if "daemon.log_level" in keys:
+        logging.getLogger().setLevel(str(cfg["daemon"]["log_level"]).upper())
+    if "gpu.poll_interval_s" in keys and p.reschedule_poll is not None:
+        p.reschedule_poll(float(cfg["gpu"]["poll_interval_s"]))
+    return changed

@@ -1,0 +1,1584 @@
+"""The Supervisor: the only writer of the run's state.
+
+Each tick it observes (the job's exit, progress records, output and CPU time, user commands,
+config changes; per poll interval the sensors, reset sources, the schedule), asks the pure
+policies (daemon/policy/) what to do, carries the decisions out through narrow ports that never
+see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe), and
+publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
+
+Time comes from the injected clock and nothing here sleeps, so tests drive a whole night tick
+by tick in milliseconds (tests/harness.py). A failure inside a tick becomes an event and a
+problem the user sees; the daemon lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.cloud.offloader import Offloader, run_key
+from daemon.core import commanding, decide
+from daemon.core import intent as intents
+from daemon.core import restorechain as chain
+from daemon.core.commanding import Here
+from daemon.core.decisions import (
+    AskCheckpoint,
+    AskExit,
+    Cancelled,
+    CapClock,
+    Decision,
+    Hold,
+    Offload,
+    Problem,
+    Release,
+    Remember,
+    Restart,
+    StopRemote,
+    UncapClock,
+)
+from daemon.core.intent import ExitIntent, Why
+from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
+from daemon.core.recovering import Probe, Recovery
+from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
+from daemon.core.starting import JobStarter, StartContext
+from daemon.core.storeguard import StoreGuard
+from daemon.gpu.governing import Governor, job_key
+from daemon.gpu.resets.resetlog import ResetLog
+from daemon.job import suspects
+from daemon.job.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.job.diskfull import is_full_error, says_full
+from daemon.job.jobproc import same_process_alive, stop_orphan
+from daemon.job.jobrunner import JobRunner
+from daemon.job.status import JobFacts
+from daemon.night.runbook import RunBook
+from daemon.policy import eta as eta_mod
+from daemon.policy import supervise as rules
+from daemon.policy.cfgtypes import Config, JobConfig, workdir
+from daemon.policy.climb import Climb, ClimbState, observe_climb
+from daemon.policy.commands import CommandFacts
+from daemon.policy.records import Answer, QueueItem, RunTableRow
+from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
+from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
+from daemon.policy.timebase import clock_step
+from daemon.state.store import TERMINAL_STATES, EventRow, QueueRow, ReadingRow, RunRow, Store
+
+if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), imported only there
+    from daemon.cloud.offload.base import JobSpec, RemoteStatus
+    from daemon.gpu.clockcap import ClockCap
+    from daemon.gpu.diagnosis import Diagnosis
+    from daemon.gpu.governor_io import GovernorPort, NoDevicePort
+    from daemon.gpu.resets import ResetDetector
+    from daemon.gpu.resets.incident import ResetEvent
+    from daemon.gpu.sensors import Sensor
+    from daemon.gpu.sensors.base import Reading
+    from daemon.gpu.simgpu import SimulatedGPU
+    from daemon.job.adopt import AdoptedCheckpoint, Adopter
+    from daemon.job.outputprogress import OutputProgress
+    from daemon.night.divergence import DivergenceDetector
+    from daemon.night.notify import Notifier
+    from daemon.night.schedule import NightSchedule
+    from daemon.policy.fingerprint import Fingerprint
+    from daemon.policy.queueplan import QueuePlan
+    from daemon.policy.thermal import ThermalState
+    from trainer.format import CheckpointInfo
+
+log = logging.getLogger("nightshift")
+CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
+NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
+                 "budget": "Cloud budget reached", "divergence": "Loss diverged",
+                 "failed": "Training failed", "finished": "Training finished"}
+
+
+@dataclass
+class Parts:
+    """The outside world, built by daemon/service/app.py from the config (or by a test)."""
+    store: Store
+    make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
+    offloader: Offloader
+    make_adopter: Callable[[int], Adopter | None] | None = None  # run id -> checkpoint_glob's
+    sensor: Sensor | None = None
+    detector: ResetDetector | None = None
+    simgpu: SimulatedGPU | None = None
+    notifier: Notifier | None = None
+    schedule: NightSchedule | None = None
+    divergence: DivergenceDetector | None = None
+    clockcap: ClockCap | None = None
+    governor: GovernorPort | NoDevicePort | None = None  # [thermal] governor = "clock"
+    probe: Probe | None = None  # a tiny GPU job after a reset (daemon/gpu/probe.py)
+    find_checkpoint: Callable[[str], CheckpointInfo | None] | None = None  # newest valid in a dir
+    output_progress: OutputProgress | None = None  # [job] progress_pattern
+    reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
+    job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
+    disk_free: Callable[[str], int] | None = None  # bytes free where a path lives (diskfull.py)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, parts: Parts, *, clock=time.time, mono=time.monotonic,
+                 new_run: bool = False, resume_from: str | None = None):
+        self.cfg = cfg
+        self.p = parts
+        self.store = parts.store
+        self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
+        self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/job/adopt.py), per run
+        self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
+        self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
+        self.stop_loss: tuple[int, float] | None = None  # (step, loss) of the divergence that stopped it
+        self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
+        # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
+        # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
+        # cooldown, backoff and hang, so a clock step (NTP, suspend, an RTC in local time)
+        # neither fires nor starves any of them.
+        self.clock = clock
+        self.mono = mono
+        self._clock_offset: float | None = None  # wall - mono at the last tick: a jump is a step
+        self.new_run = new_run
+        self.resume_from = resume_from
+        self.run_id = 0
+        base = Path(cfg["daemon"].get("_fallback_dir") or cfg["daemon"]["state_dir"])
+        self.book = RunBook(parts.store, cfg, clock, base / "runs")  # runs, queue, history
+        self.state = State.IDLE
+        self.facts = JobFacts()
+        self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
+        self.next_start_at: float | None = None
+        self.forced_resume: str | None = None
+        self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/job/resume.py)
+        from daemon.job.diskfull import DiskWatch
+        self.disk = DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
+                              lambda: (self.facts.checkpoint or {}).get("bytes"),
+                              **({"free": parts.disk_free} if parts.disk_free else {}))
+        self._disk_stopped = False  # held by SIGSTOP: the control file could not be written
+        self._disk_why = ""  # what hit the full disk (said until there is room again)
+        self.exit_intent: ExitIntent | None = None  # why we asked the job to end
+        self.stop_asked_at: float | None = None
+        self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
+        self.record_seen_at: float | None = None  # (mono) when this attempt's last record was read
+        self.stop_waiters: list[asyncio.Future] = []
+        self.suspect_since: float | None = None
+        self.failure: str | None = None
+        self.thermal: ThermalState | None = None
+        self.recovering = Recovery()  # after a reset: cooldown, probe, restart (recovering.py)
+        self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
+        self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
+        # GPU incidents: counts per kind, the window, the diagnosis (daemon/gpu/resets/resetlog.py)
+        self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
+        self.readings: collections.deque = collections.deque(maxlen=120)
+        self.edges: collections.deque[tuple[float, float]] = collections.deque(maxlen=20)  # (mono, edge_c)
+        self.last_reading: Reading | None = None
+        self.interval_steps: int | None = None
+        self.interval_explanation = ""
+        self.age_warned: float | None = None
+        self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
+        self.last_event: dict[str, Any] | None = None
+        self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
+        self.stop_signal: int | None = None
+        self.shutting_down = False
+        self.done = asyncio.Event()
+        self.poll_due = True
+        self.snapshot: dict[str, Any] = {}
+        self._published: tuple[tuple[Any, ...] | None, float] = (None, 0.0)  # inputs_key, when
+        self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
+        self.loss_series: list[tuple[int, float]] = []
+        self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
+        self._replaying = False  # (step, loss) of this run: its fingerprint
+        self.queue_plan: QueuePlan | None = None
+        self._next_run_due = False
+        self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
+        self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
+        self.progress = eta_mod.ProgressMeter()  # net steps per second: the ETA's basis
+        self.resume_step: int | None = None  # the checkpoint step the newest start resumed from
+        self._duty_pid: int | None = None
+        self._duty_pid_t = 0.0
+
+    # ================================================================== events, state
+    def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
+              **data: Any) -> None:
+        # detail=True: stored (the timeline, `nightshift events --all`) but not a journal line of
+        # its own -- a thermal pause is one line with its reason, not three saying it thrice
+        if detail:
+            data["detail"] = True
+        getattr(log, "debug" if detail else "warning" if level == "warn" else level)(
+            "%s: %s", kind, message)
+        self.stored(self.store.add_event, self.run_id or None, kind, message, level, data or None)
+        self.last_event = {"t": self.clock(), "kind": kind, "message": message}
+        if self.p.notifier is not None and kind in NOTIFY_TITLES and \
+                kind in self.cfg["notify"]["events"]:
+            self.p.notifier.notify(kind, NOTIFY_TITLES[kind], message, data or None)
+
+    def set_state(self, state: State, reason: str, detail: bool = False) -> None:
+        """``detail``: another event says the same thing (see ``event``)."""
+        if state == self.state:
+            return
+        old, self.state = self.state, state
+        self._update_run(state=state.value)
+        if state.value in ENDED_STATES:  # beside its history, for a store rebuilt later
+            self.book.ended(self.run_id, state.value, self.clock())
+        self.event("state", f"{old.value} -> {state.value}: {reason}", old=old.value, new=state.value,
+                   detail=detail)
+        if State.RECOVERING in (old, state):
+            self._save_holds()
+        if self.on_state is not None:
+            self.on_state(f"{state.value}: {reason}"[:200])
+
+    def _update_run(self, **fields: Any) -> None:
+        self.stored(self.store.update_run, self.run_id, **fields)
+
+    @property
+    def run(self) -> RunRow:
+        return self.store.get_run(self.run_id) or {}
+
+    @property
+    def job(self) -> JobConfig:
+        """[job] with this run's own command, env, workdir and total (its history: runbook.py),
+        never what the config says today."""
+        run = self.run
+        return self.book.job(run) if run else self.cfg["job"].copy()
+
+    @property
+    def run_dir(self) -> Path:
+        # an unwritable state dir (cli.cmd_run) puts the run files in the lock's fallback dir
+        base = self.cfg["daemon"].get("_fallback_dir") or self.cfg["daemon"]["state_dir"]
+        return Path(base) / "runs" / str(self.run_id)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """This run's checkpoint namespace: a new run never picks up an older run's files, nor
+        another state dir's run (daemon/job/ckptns.py)."""
+        from daemon.job import ckptns
+        return str(ckptns.namespace(self.cfg["job"]["checkpoint_dir"], self.run_id,
+                                    self.cfg["daemon"]["state_dir"]))
+
+    # ================================================================== opening the run
+    async def open(self) -> None:
+        """Continue the newest unfinished run (after any stop, kill -9 included) with its own
+        command, or start a new one. Older unfinished runs are closed as interrupted: a restart
+        never resurrects them (issue 28)."""
+        await self._end_leftover_jobs()
+        fresh = self.new_run or bool(self.resume_from)
+        # even for --new: the new run must not take a number whose directory holds an older run
+        recovered = self.book.recover_from_disk()
+        self.book.seed()  # after: a recovered run's entry is not queued again
+        for rec in recovered[:-1]:
+            self.event("run", f"run {rec.id} ({rec.name}) re-created from its own files (the state "
+                       f"database was new), with its own command: {shlex.join(rec.command)}", "warn")
+        unfinished = self.book.unfinished()
+        row = None if fresh or not unfinished else unfinished[0]
+        for old in unfinished:
+            if row is None or old["id"] != row["id"]:
+                self._interrupt(old, f"run {row['id']} was continued instead" if row is not None
+                                else "a new run was started (nightshift run --new / --resume-from)")
+        if row is None:
+            latest = self.store.latest_run()
+            waiting = self.book.waiting()
+            if latest is not None and not waiting and not fresh:
+                # every run has ended and nothing waits: show the last one, start nothing
+                self.run_id = latest["id"]
+                self.state = State(latest["state"])
+                self.runner = self.p.make_runner(self.run_dir)
+                self._rebuild()
+                self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
+                           "(`nightshift queue add` or `nightshift run --new` starts another)")
+                return
+            self._create_run(waiting[0] if waiting and not fresh else None)
+            if self.resume_from:
+                self._update_run(resume_from=self.resume_from)
+                self.forced_resume = self.resume_from
+                self.event("run", f"run {self.run_id} resumes from {self.resume_from}")
+        else:
+            self.run_id = row["id"]
+            self.state = State(row["state"])
+            self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
+            rec = self.book.record(row)
+            if recovered and recovered[-1].id == row["id"]:
+                self.event("run", f"continuing run {row['id']} from its files: the state database was "
+                           "new, the run's directory, history and checkpoints were not", "warn")
+            self.event("run", f"continuing run {self.run_id} ({rec.name}: {shlex.join(rec.command)}; "
+                       f"state {row['state']}, {row['restarts']} restarts, {row['resets']} resets so far)")
+            differs = self.book.differs(row)
+            if differs:
+                self.event("run", f"[job] changed since run {self.run_id} began ({'; '.join(differs)}): "
+                           f"the run continues as it was created; `nightshift run --new` starts a run "
+                           "with the new [job]", "warn")
+            if same_process_alive(row["job_pid"], row["job_create_time"]):
+                await stop_orphan(row["job_pid"], row["job_create_time"])
+                self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous "
+                           "daemon", "warn")
+            if row["job_pid"]:  # the daemon died under a running job: that is a restart too
+                times = json.loads(row.get("restart_times") or "[]")
+                self._update_run(restarts=row["restarts"] + 1, restart_times=json.dumps(times + [self.clock()]))
+                self.event("restart", "the previous daemon stopped without stopping its job (a crash or "
+                           "kill -9): the job starts again, counted as a restart", "warn")
+            self._update_run(job_pid=None, job_create_time=None)
+            if row["user_hold"]:
+                self.holds["user"] = "paused by the user"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        if self.adopter is not None and self.run.get("resume_from"):
+            self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
+        self.p.offloader.for_run(self.run_id, self.run_dir)
+        self._rebuild()
+        try:  # after a daemon restart the last hour is in the store, the downtime included
+            evs = self.store.events(self.run_id, limit=5000)
+            self.duty.seed(eta_mod.transitions_from_events(reversed(evs)))
+        except Exception:  # noqa: BLE001 - a sick store only costs the history
+            pass
+        if self.p.governor is not None:
+            self.gov = Governor(self.p.governor, self.store, job_key(self.job))  # last night's clock
+        run = self.run
+        if self.state in REMOTE_STATES and run.get("remote_call_id"):
+            self._apply(self.remote.attach(run, self.state, self.mono()))
+        elif self.state == State.OFFLOADING and Record.load(run.get("remote_state")).launching:
+            # a launch was in flight: its call (if it started) is looked for before a second one
+            self.remote.resume_record(run)
+            self.remote.begin(self.mono(), "continuing the move to the cloud after a restart")
+        elif self.state.value not in ENDED_STATES:
+            # stopped, or interrupted anywhere local: continue from the newest checkpoint
+            self.state = State.STARTING
+            self._update_run(state=State.STARTING.value)
+            self.next_start_at = self.mono()
+            if row is not None:
+                self._restore_holds(self.mono())
+
+    async def _end_leftover_jobs(self) -> None:
+        """A daemon killed while a job ran left its record (jobproc.TREE_FILE) in that run's
+        dir: end the whole tree it names -- a wrapper's trainer too -- before anything starts,
+        whichever run this daemon goes on with (never two trainers on one GPU)."""
+        from daemon.job.jobproc import end_leftovers
+        runs = self.run_dir.parent
+        try:
+            dirs = [d for d in runs.iterdir() if d.is_dir()]
+        except OSError:
+            return
+        for d in dirs:
+            ended = await end_leftovers(d)
+            if ended:
+                self.event("orphan", f"stopped what was left of run {d.name}'s job, left by the "
+                           f"previous daemon (pids {', '.join(map(str, ended))})", "warn")
+
+    # ================================================================== a full disk (diskfull.py)
+    def _hold_for_disk(self, what: str, mono: float | None) -> None:
+        """Hold the run for disk space: a running job is held (control file, or SIGSTOP when
+        that cannot be written either), a dead one is restarted only once there is room."""
+        self._disk_why = what
+        msg = self.disk.message(what)
+        first = "disk" not in self.holds
+        self.problems["disk"] = msg
+        if first:
+            self.event("disk_full", msg, "warn")
+        if self.runner.running:
+            try:
+                self._hold("disk", msg)
+            except OSError:
+                self.holds["disk"] = msg
+                if self.runner.proc is not None and not self.runner.proc.stopped_by_signal:
+                    self.runner.proc.hold()
+                    self._disk_stopped = True
+            return
+        self.holds["disk"] = msg
+        if mono is not None:
+            self.next_start_at = mono
+            self.set_state(State.STARTING, msg)
+
+    def _disk_room(self) -> bool:
+        """True (and the disk hold lifted) once every watched disk has room again."""
+        if not self.disk.room():
+            msg = self.disk.message(self._disk_why or "waiting for space")
+            if self.problems.get("disk") != msg:
+                self.problems["disk"] = msg
+            return False
+        self.problems.pop("disk", None)
+        if self._disk_stopped and self.runner.proc is not None:
+            self.runner.proc.release()
+        self._disk_stopped = False
+        if self.runner.running:
+            self._release("disk")
+        else:
+            self.holds.pop("disk", None)
+        self.event("disk_full", "disk space is back: the run goes on", "info")
+        return True
+
+    def _rebuild(self) -> None:
+        """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
+        checkpoint costs (for the interval) and the restart history."""
+        self._replaying = True  # a climb already said before the restart is not said again
+        try:
+            for rec in self.runner.records():
+                self._observe_record(rec, replay=True)
+        finally:
+            self._replaying = False
+        # resets belong to the machine, not the run: a queue's next run inherits the count
+        self.reset_log.load(self.clock())
+        for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
+            if c["stall_s"] is not None:
+                self.facts.checkpoint_costs.append(float(c["stall_s"]))
+        newest = self.adopter.newest() if self.adopter is not None else None
+        if newest is not None and self.facts.checkpoint is None:
+            self.facts.checkpoint = _adopted_fact(newest)
+        elif self.facts.checkpoint and not os.path.exists(str(self.facts.checkpoint.get("path"))):
+            self.facts.checkpoint = suspects.newest_left(Path(self.checkpoint_dir))  # set aside
+        self._said(suspects.recall(Path(self.checkpoint_dir), self.adopter))  # status names the last good one
+        self._rebuild_counters()
+
+    def _rebuild_counters(self) -> None:
+        """steps_lost, the furthest step (the store's, or the job's last printed step if a
+        killed daemon had not saved it yet) and a finished run's step, total and checkpoint."""
+        f, row = self.facts, self.run
+        f.steps_lost = max(f.steps_lost, int(row.get("steps_lost") or 0))
+        steps = [x for x in (f.max_step, row.get("max_step"), self._last_logged_step()) if x is not None]
+        f.max_step = max(steps) if steps else None
+        f.step = f.step if f.step is not None else row.get("step")
+        f.total_steps = f.total_steps or row.get("total_steps")
+        if f.checkpoint is None:
+            newest = next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
+            if newest is not None:
+                f.checkpoint = {k: newest.get(k) for k in ("step", "path", "t", "bytes")}
+        self._saved_counters = (f.steps_lost, f.max_step)
+
+    def _last_logged_step(self) -> int | None:
+        """The furthest step in the last 64 KiB of job.log, read with [job] progress_pattern
+        (a script's progress is its output: nothing else remembers it)."""
+        if self.p.output_progress is None:
+            return None
+        from daemon.core import parts as build
+        parser = build.output_progress(self.cfg)
+        if parser is None:
+            return None
+        try:
+            with open(self.run_dir / "job.log", "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 65536))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        found = [r["step"] for r in map(parser.feed, text.splitlines()[1:])
+                 if r is not None and isinstance(r.get("step"), int)]
+        return max(found) if found else None
+
+    # ================================================================== the tick
+    async def tick(self) -> None:
+        """One tick: observe (one Observation value) -> decide -> apply -> publish."""
+        try:
+            obs = await self._observe()
+            await self._tick(obs)
+        except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
+            log.exception("supervisor tick failed")
+            self.problems["internal"] = f"{type(e).__name__}: {e}"
+            self.event("error", f"internal error while {self.state.value}: {type(e).__name__}: {e}; "
+                       "the daemon carries on", "error")
+        self._publish(self.clock())
+
+    async def _observe(self) -> Observation:
+        """Everything outside, read once for this tick."""
+        now, mono = self.clock(), self.mono()
+        step = clock_step(self._clock_offset, now, mono)
+        self._clock_offset = now - mono
+        recs = self.runner.records()
+        lines = self.runner.drain_lines()
+        if self.p.output_progress is not None:  # [job] progress_pattern: progress from output
+            recs += [r for r in map(self.p.output_progress.feed, lines) if r is not None]
+        commands = tuple(self.commands)  # each leaves the queue once handled
+        poll = None
+        if self.poll_due:
+            self.poll_due = False
+            self.runner.sample_cpu(mono)
+            reading, error = None, None
+            if self.p.sensor is not None:
+                try:
+                    reading = self.p.sensor.read()
+                except Exception as e:  # noqa: BLE001 - a failed read is an unknown, never a crash
+                    log.exception("reading the sensor failed")
+                    error = f"{type(e).__name__}: {e}"
+            resets: tuple[Any, ...] = ()
+            if self.p.detector is not None:
+                if reading is not None:
+                    self.p.detector.note_sensor(reading)
+                resets = tuple(self.p.detector.poll())
+            sched = self.p.schedule.should_run(now) if self.p.schedule is not None else None
+            poll = Poll(reading=reading, resets=resets, schedule=sched, error=error)
+        return Observation(
+            clock=Clock(now, mono), clock_step_s=step, records=tuple(recs), lines=tuple(lines),
+            exit_code=self.runner.exited(), commands=commands,
+            stop_signal=self.stop_signal if not self.shutting_down else None, poll=poll,
+            job=self._job_signs(mono if recs else self.record_seen_at))
+
+    def _job_signs(self, last_record_at: float | None) -> JobSigns:
+        r = self.runner
+        return JobSigns(running=r.running, stopping=r.stopping, started_at=r.started_at,
+                        last_record_at=last_record_at, last_output_at=r.last_output_t,
+                        last_cpu_growth_at=r.last_cpu_growth_t)
+
+    def _memory(self) -> Memory:
+        """What the tick's rules may read of the Supervisor's state (a copy)."""
+        ck, at = self.facts.checkpoint, self.checkpoint_seen_at
+        wall, mono = self.clock(), self.mono()
+        if at is None and ck and ck.get("t"):  # known from before a restart: its record time
+            at = mono - (wall - float(ck["t"]))
+        return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
+                      edges=tuple(self.edges), suspect_since=self.suspect_since,
+                      age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.facts.steps_per_s,
+                      interval_steps=self.interval_steps, problems=dict(self.problems),
+                      clock_cap=self.p.clockcap is not None)
+
+    async def _tick(self, obs: Observation) -> None:
+        now, mono = obs.clock.wall, obs.clock.mono
+        self._apply(decide.clock(obs))
+        for rec in obs.records:
+            self._observe_record(rec)
+        if obs.poll is not None:  # the reading and resets first: an exit below may be explained by them
+            self._note_reading(obs.poll.reading, mono)
+            for ev in obs.poll.resets:
+                self._on_reset(ev)
+        if obs.exit_code is not None:
+            await self._on_exit(now, mono)
+        for action, arg, fut in obs.commands:
+            self.commands.popleft()  # the same one: only the tick takes from the queue
+            try:
+                res = await self._command(action, arg, now, mono, fut)
+            except Exception as e:  # noqa: BLE001 - a bad command must not kill the loop
+                log.exception("control %s failed", action)
+                res = {"ok": False, "message": f"{action} failed: {type(e).__name__}: {e}"}
+                # the user sees it even when nobody waits for the answer (a live config edit)
+                self.problems[f"command:{action}"] = res["message"]
+                self.event("error", f"{res['message']}; the daemon carries on", "error")
+            else:
+                self.problems.pop(f"command:{action}", None)
+            if fut is not None and res is not None and not fut.done():
+                # what changed, in the status' own first words (statusview.headline)
+                from daemon.core.statusview import headline
+                fut.set_result({**res, "state": self.state.value,
+                                "headline": headline(self.state, self.holds)})
+        if obs.stop_signal is not None and not self.shutting_down:
+            self._begin_shutdown(mono)
+        if self._next_run_due and not self.runner.running and not self.shutting_down:
+            self._start_next_run(now)
+        if obs.poll is not None:
+            await self._poll(obs)
+        await self._advance(obs)
+        self.runner.advance(mono)
+        if self.shutting_down and not self.runner.running:
+            # a stop still waiting (the cloud run was cancelling or pulling) gets its answer
+            # before the API goes away, never a dropped connection
+            self._settle_stop(f"the daemon is shutting down while {self.state.value}; the next start "
+                              "carries on from here")
+            self.done.set()
+
+    # ================================================================== the job's output
+    def _read_job(self) -> None:
+        """The records written since the tick's observation (the last ones, before an exit
+        is judged)."""
+        recs = self.runner.records()
+        if self.p.output_progress is not None:
+            recs += [r for r in map(self.p.output_progress.feed, self.runner.drain_lines()) if r is not None]
+        for rec in recs:
+            self._observe_record(rec)
+
+    def _observe_record(self, rec: dict[str, Any], replay: bool = False) -> None:
+        try:
+            self.facts.observe(rec)
+        except (TypeError, ValueError, OverflowError):
+            return  # a record of the wrong shape: skipped (daemon/job/progress.py counts them)
+        kind = rec.get("kind")
+        if kind == "progress" and isinstance(rec.get("step"), int) and rec.get("loss") == "nan":
+            self._remember_loss(rec["step"], math.nan)  # the trainer's marker for a NaN loss
+        elif kind == "progress" and isinstance(rec.get("step"), int) and \
+                isinstance(rec.get("loss"), (int, float)):
+            # records are rate-limited: the worst loss since the last one (and its step) is what
+            # a climb or a spike between two records looks like
+            worst, at = rec.get("loss_max"), rec.get("loss_max_step")
+            if isinstance(worst, (int, float)) and isinstance(at, int) and at != rec["step"]:
+                self._remember_loss(at, float(worst))
+            self._remember_loss(rec["step"], float(rec["loss"]))
+        if replay:
+            return
+        self.record_seen_at = self.mono()
+        if kind != "heartbeat" or self.holds:
+            self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
+        if kind == "checkpoint" and isinstance(rec.get("step"), int):
+            self.checkpoint_seen_at = self.record_seen_at
+            self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
+                        rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
+            self._update_run(step=int(rec["step"]))
+            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), int(rec["step"])))
+        elif kind == "checkpoint_error":
+            self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
+                       f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
+            if says_full(str(rec.get("error"))):  # training on would only widen the loss
+                self._hold_for_disk(f"the checkpoint at step {rec.get('step')} did not fit", None)
+        elif kind == "held":
+            # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
+            self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
+                       detail=set(self.holds) == {"thermal"})
+        elif kind == "start":
+            if rec.get("resumed_from"):
+                self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
+            from daemon.job.resume import skipped_resume
+            skipped = skipped_resume(self.resume_passed, rec)
+            if skipped is None:
+                self.problems.pop("resume", None)
+            else:  # never a silent fresh start (issue 31)
+                self.problems["resume"] = skipped
+                self.event("resume_skipped", skipped, "warn")
+        elif kind == "progress":
+            self._divergence(rec)
+
+    # ================================================================== exits
+    async def _on_exit(self, now: float, mono: float) -> None:
+        rc = self.runner.exited()
+        assert rc is not None
+        self._read_job()  # the last records (done, checkpoint) before deciding
+        tail = self.runner.output_tail()
+        started = self.runner.proc.started_at if self.runner.proc else None
+        self.runner.forget()
+        intent, self.exit_intent = self.exit_intent, None
+        self.suspect_since = None
+        self.holds.pop("schedule", None)  # a thermal hold outlives the job: its restart waits for it
+        self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
+        self._save_counters()
+        if self.adopter is not None:  # the writer has stopped: a verifiable file is final now
+            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step,
+                                                  writer_stopped=True))
+        if self.p.detector is not None:
+            from daemon.gpu.resets.signatures import match_job_output
+            if match_job_output(tail):
+                self.p.detector.note_job_exit(tail, now)
+            self._poll_resets()
+        sig = _gpu_signature(tail)
+        pending = self.p.detector.pending_t() if self.p.detector is not None else None
+        # a reset or a GPU fault (not a soft recovery: the compositor's) explains the death
+        near = rules.reset_explains_death(now, self.reset_log.death_times(),
+                                          started_at=started or 0.0, pending_t=pending)
+        info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=near,
+                             step=self.facts.step, asked_to_exit=intent is not None,
+                             done=self.facts.done)
+        if info.kind == "success":
+            self._finish()
+            self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
+            return
+        why = intent.why if intent is not None else None
+        if intent is None and says_full(tail) and not self.disk.room():  # not the code's fault
+            self._hold_for_disk("the job died writing to a full disk", mono)
+            return
+        if intent is not None and (intent.user_stop or why == Why.CANCEL):
+            self._after_stop(intent)
+            return
+        if why == Why.OFFLOAD:
+            if self.shutting_down:  # SIGTERM while moving: nothing is launched (the money stays)
+                self.event("offload", "shutting down: the move to the cloud is cancelled, nothing "
+                           "launched; the run continues from its newest checkpoint at the next start")
+                self._after_stop(intents.SHUTDOWN)
+                return
+            await self._launch_remote(now)
+            return
+        if intent is not None and why == Why.ROLLBACK:
+            self._restart_now(intent.reason, resume=intent.resume)
+            return
+        if intent is not None and why in (Why.DIVERGED, Why.NEXT):
+            self._fail(intent.reason)
+            return
+        if why == Why.HANG:
+            info = ExitInfo("signal", f"hung job stopped ({info.detail})", signal_name=info.signal_name)
+        if self._resumed is not None and await self._restore_chain(info, tail, now):
+            return
+        run = self.run
+        times = json.loads(run.get("restart_times") or "[]")
+        dec = rules.decide_exit(info, code_errors=run.get("code_errors", 0),
+                                last_error_sig=run.get("last_error_sig"), recent_restarts=times,
+                                now=now, cfg=self.cfg, has_checkpoint=self.facts.checkpoint is not None)
+        self.event("exit", f"job exited: {info.detail} -> {dec.action}",
+                   "info" if info.kind == "success" else "warn", returncode=rc, exit_kind=info.kind)
+        if info.kind == "code_error":
+            self._update_run(code_errors=run.get("code_errors", 0) + 1, last_error_sig=info.signature)
+        elif info.kind in ("gpu_fault", "signal"):
+            self._update_run(last_error_sig=None)
+        if dec.action == "fail":
+            self._fail(dec.reason, detail=traceback_tail(tail) or tail[-2000:])
+            return
+        self._update_run(restarts=run.get("restarts", 0) + 1,
+                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
+        if dec.action == "recover":
+            self.recovering.begin(mono)
+            self.set_state(State.RECOVERING, dec.reason)
+        else:
+            self.next_start_at = mono + dec.delay_s
+            self.set_state(State(wait_state_after_exit(self.state.value, "thermal" in self.holds)), dec.reason)
+
+    async def _restore_chain(self, info: ExitInfo, tail: str, now: float) -> bool:
+        """A job resumed from an adopted copy died before reporting progress from it: the next
+        older copy, then (when the run allows) a fresh start, then a failure saying so."""
+        resumed, self._resumed = self._resumed, None
+        if resumed is None or self.adopter is None:  # only a resume from an adopted copy chains
+            return False
+        run = self.run
+        times = json.loads(run.get("restart_times") or "[]")
+        window, limit = float(self.cfg["job"]["restart_window_s"]), int(self.cfg["job"]["restart_limit"])
+        if sum(1 for t in times if now - t <= window) >= limit:
+            return False  # the restart bound decides
+        error = traceback_tail(tail) or tail[-2000:]
+        dec = await asyncio.to_thread(chain.judge_exit, self.adopter, resumed, info.kind,
+                                      self.facts.attempt_step, error,
+                                      fresh_allowed=not run.get("resume_from"))
+        if dec.action == "none":
+            return False
+        self.event("restore_failed", dec.reason, "error" if dec.action == "fail" else "warn")
+        if dec.action == "fail":
+            self._fail(dec.reason, detail=error)
+            return True
+        self._update_run(restarts=run.get("restarts", 0) + 1,
+                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
+        self._restart_now(dec.reason)
+        return True
+
+    def _after_stop(self, intent: ExitIntent) -> None:
+        ck = self.facts.checkpoint
+        msg = rules.stop_outcome(ck is not None, ck.get("step") if ck else None,
+                                 self.checkpoint_seen_at, self.stop_asked_at).message
+        if intent.why == Why.STOP:
+            self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
+        elif intent.why == Why.CANCEL:
+            msg = "cancelled; " + msg
+            self._cancelled(msg)
+        else:
+            self.event("daemon", msg + "; the run continues when the daemon starts again")
+        self._settle_stop(msg)
+
+    def _ask_exit(self, intent: ExitIntent, mono: float, *, graceful: bool | None = None) -> None:
+        """Ask the job to end; ``intent`` says, once it has exited, what happens next.
+        Graceful (a final checkpoint first) unless the intent must not write one."""
+        self.exit_intent = intent
+        graceful = intent.graceful if graceful is None else graceful
+        if graceful:
+            self.stop_asked_at = mono  # a checkpoint read from now on is the stop's own
+        self.runner.begin_stop(mono, graceful=graceful,
+                               timeout_s=float(self.cfg["job"]["stop_timeout_s"]) if graceful else 0.0)
+
+    def _settle_stop(self, message: str) -> None:
+        for fut in self.stop_waiters:
+            if not fut.done():
+                fut.set_result({"ok": True, "message": message, "state": self.state.value})
+        self.stop_waiters.clear()
+
+    def _finish(self) -> None:
+        self.set_state(State.SUCCEEDED, f"finished{_at_step(self.facts.step)}")
+        fp = self._fingerprint()
+        self.event("finished", f"run {self.run_id} ({self.job['name']}) finished"
+                   f"{_at_step(self.facts.step)}: {fp.line()}")
+        self.holds.clear()
+        self._update_run(user_hold=0)
+        self._run_ended()
+
+    def _fail(self, reason: str, detail: str | None = None) -> None:
+        if self.holds.pop("thermal", None) is not None:  # an ended run waits for nothing
+            self.thermal = None
+            self._save_holds()
+        self.failure = reason + (f"\n{detail}" if detail else "")
+        self._update_run(failure=self.failure)
+        self.set_state(State.FAILED, reason)
+        fp = self._fingerprint()
+        self.event("failed", f"run {self.run_id} ({self.job['name']}): {reason}; {fp.line()}", "error")
+        if self.runner.running:
+            self.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
+        self._run_ended()
+
+    # ================================================================== runs and the queue
+    # The book (daemon/night/runbook.py) keeps runs, the queue and their history; here is what
+    # changes the current run's state, which only the Supervisor writes.
+    def _interrupt(self, row: RunRow, why: str) -> None:
+        """An older unfinished run a restart does not continue: closed, with the reason."""
+        now = self.clock()
+        self.stored(self.store.update_run, row["id"], state=State.INTERRUPTED.value, ended=now,
+                    failure=f"interrupted: {why}")
+        self.book.ended(row["id"], State.INTERRUPTED.value, now)
+        self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
+                   f"closed as interrupted: {why}", "warn")
+
+    def _cancelled(self, msg: str) -> None:
+        waiting = self.book.waiting()
+        self.set_state(State.CANCELLED, msg)
+        fp = self._fingerprint()
+        self.event("cancelled", f"run {self.run_id} ({self.job['name']}) {msg}; {fp.line()}; "
+                   + (f"next in the queue: {waiting[0]['name']}" if waiting else "nothing queued"))
+        self._run_ended()
+
+    def _remember_loss(self, step: int, loss: float) -> None:
+        self.loss_series.append((step, loss))
+        if len(self.loss_series) > 5000:  # a long night: keep every other point
+            self.loss_series = self.loss_series[::2]
+        self.climb, found = observe_climb(self.climb, step, loss)  # policy/climb.py
+        if found is not None and not self._replaying:
+            self._on_climb(found)
+
+    def _on_climb(self, c: Climb) -> None:
+        """A climb back (policy/climb.py) is a divergence: said, and [divergence] action applied
+        (stop or next; a rollback would climb again, so a climb is only said then)."""
+        if self.p.divergence is None or self.exit_intent is not None or not math.isfinite(c.loss):
+            return  # a non-finite loss is the spike watchdog's to say (and act on)
+        action = self.cfg["divergence"]["action"]
+        ends = action in ("stop", "next") and self.runner.running
+        remote = action in ("stop", "next") and self.state == State.REMOTE  # billing on: cut it too
+        self.event("divergence", f"the loss is climbing back at step {c.step}: {c.reason}; "
+                   + (f"action: {action}" if ends or remote or action == "alert" else
+                      f"said only ({action} does not apply to a climb, or no job is running here)"),
+                   "error", step=c.step, climb_start=c.start, loss=str(c.loss))
+        self._suspect_after(c.start if c.start is not None else c.step - 1, c.step, "climb back")
+        if ends:
+            reason = f"stopped: the loss climbed back from step {c.start} ({c.reason})"
+            self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
+                           self.mono())
+        elif remote:  # the cloud's final checkpoint comes home, then the run fails as it would here
+            self._apply(self.remote.cancel(self.mono(), f"stopped: the loss climbed back from step {c.start} "
+                                           f"({c.reason})", "failed"))
+
+    def _fingerprint(self) -> Fingerprint:
+        from daemon.policy.fingerprint import fingerprint
+        fp = fingerprint(sorted(self.loss_series))
+        self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
+                         final_loss=fp.final_loss, ended=self.clock())
+        return fp
+
+    def _run_ended(self) -> None:
+        """The next queued run starts now; with nothing queued, a one-shot daemon leaves."""
+        if self.book.waiting():
+            self._next_run_due = True
+        elif self.cfg["daemon"]["exit_when_done"]:
+            self.done.set()
+
+    def _create_run(self, entry: QueueRow | None) -> None:
+        found = None if entry is not None or self.new_run or self.resume_from else \
+            self.book.legacy_on_disk(self.cfg["job"]["checkpoint_dir"])
+        if found is not None:
+            # the database was lost and the run's files predate run.json: the newest run on
+            # disk keeps its number, so its run dir and checkpoints carry on where they were
+            self.run_id = self.book.create(None, run_id=found[0], created=found[1]).id
+            self.event("run", f"continuing run {self.run_id} from its files: the state database was "
+                       "new, the run's directory and checkpoints were not", "warn")
+            self.state = State.IDLE
+            return
+        rec = self.book.create(entry, self.run if self.run_id else {})
+        self.run_id = rec.id
+        self.event("run", f"new run {self.run_id}: {rec.name}"
+                   + (f" (queued: {shlex.join(rec.command)})" if entry else ""))
+        self.state = State.IDLE
+
+    def _start_next_run(self, now: float) -> None:
+        self._next_run_due = False
+        waiting = self.book.waiting()
+        if not waiting:
+            return
+        self._create_run(waiting[0])
+        self.facts = type(self.facts)()
+        self.loss_series = []
+        self.climb = ClimbState()
+        self.failure = None
+        self.holds.pop("thermal", None)
+        self.interval_steps = None
+        self.remote = RemoteRun(self.cfg, self.p.offloader, wall=self.clock)
+        self.duty = type(self.duty)()  # a new run's duty cycle starts with it
+        self.progress = eta_mod.ProgressMeter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        self.p.offloader.for_run(self.run_id, self.run_dir)
+        if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
+            from daemon.core import parts as build
+            self.p.divergence = build.divergence(self.cfg)
+        if self.holds:
+            self._update_run(user_hold=1 if "user" in self.holds else 0)
+        self._restart_now(f"next in the queue: {self.job['name']}")
+
+    def _restart_now(self, reason: str, resume: str | None = None) -> None:
+        self.forced_resume = resume
+        self.next_start_at = self.mono()
+        self.set_state(State.STARTING, reason)
+
+    def runs(self, against: int | None = None) -> list[RunTableRow]:
+        """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
+        ``against``."""
+        from daemon.policy.fingerprint import fingerprint
+        fp = fingerprint(sorted(self.loss_series))  # live for the current run
+        return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
+                                              list(self.loss_series))}, against)
+
+    def queue(self) -> list[QueueItem]:
+        return self.book.queue()
+
+    def _queue_command(self, action: str, arg: dict[str, Any]) -> Answer:
+        """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
+        an idle daemon starts at once. `nightshift cancel '#N'` removes queued entry N."""
+        if action == "cancel":
+            answer = self._queue_command("queue_remove", {"id": arg["queued"]})
+            return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
+                if answer["ok"] else answer
+        edit = self.book.edit(action, arg)
+        if edit.said:
+            self.event("queue", edit.said)
+        if edit.added and self.state.value in ENDED_STATES and not self.runner.running:
+            self._next_run_due = True
+        return edit.answer
+
+    # ================================================================== per-state work
+    async def _advance(self, obs: Observation) -> None:
+        now, mono = obs.clock.wall, obs.clock.mono
+        if self.state == State.STARTING:
+            await self._maybe_start(now, mono)
+        elif self.state in (State.RUNNING, State.COOLING):
+            # the job as it is now, after this tick's exit and commands
+            signs = replace(obs, job=self._job_signs(self.record_seen_at))
+            self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
+        elif self.state == State.RECOVERING:
+            self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
+                                             self.p.offloader.available))
+        elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
+                and not self.shutting_down and self.stop_signal is None:  # a SIGTERM: never launch
+            await self._launch_remote(now)
+        elif self.state == State.REMOTE:
+            self._apply(await self.remote.poll(mono, self.run, self._job_spec()))
+        elif self.state == State.CANCELLING:
+            self._apply(await self.remote.cancelling(mono, self.run))
+        elif self.state == State.PULLING:
+            self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir), self._job_spec()))
+
+    async def _maybe_start(self, now: float, mono: float) -> None:
+        if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
+            return
+        if "disk" in self.holds and not self._disk_room():
+            return  # a job started on a full disk dies at its first write: wait for space
+        if self.p.schedule is not None:
+            ok, why = self.p.schedule.should_run(now)
+            if not ok:
+                if self.holds.get("schedule") != why:
+                    self.holds["schedule"] = why
+                    self.event("schedule", f"waiting to start: {why}")
+                return
+            self.holds.pop("schedule", None)
+        if "thermal" in self.holds:  # died while cooling (or a restart): start when the hold ends
+            self.set_state(State.COOLING, f"the job restarts once the GPU has cooled ({self.holds['thermal']})")
+            return
+        plan = await self.starter.plan(self._start_context(self.forced_resume))
+        self.forced_resume = None
+        self._apply(plan.said)
+        self.resume_step, self._resumed = plan.resume_step, plan.resumed
+        try:
+            pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
+        except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
+            if is_full_error(e):
+                self._hold_for_disk(f"cannot start the job: {e}", mono)
+                return
+            self._fail(f"cannot start the job: {e}")
+            return
+        self.resume_passed = plan.resume
+        self.facts.new_attempt()
+        self.record_seen_at = None
+        self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
+                         if self.runner.proc else None)
+        self.book.ran_here(self.run_id)  # its history says where it ran (runs: backend)
+        if self.p.simgpu is not None:
+            self.p.simgpu.attach_job(pid)
+        if self.p.divergence is not None:
+            self.p.divergence.reset()
+        self.set_state(State.RUNNING, f"job started (pid {pid}): {plan.why}")
+        if self.holds:
+            self.event("held", f"the job starts held ({', '.join(self.holds.values())})")
+
+    def _start_context(self, forced_resume: str | None = None) -> StartContext:
+        return StartContext(self.run_id, self.job, self.run, self.run_dir, self.checkpoint_dir,
+                            self.interval_steps, forced_resume, self.adopter)
+
+    # ================================================================== holds
+    def _apply_holds(self, before: bool) -> None:
+        held = bool(self.holds)
+        self.runner.set_hold(held)
+        if held and not before:
+            self.stored(self.store.increment, self.run_id, "pauses")
+
+    def _hold(self, owner: str, why: str) -> None:
+        before = bool(self.holds)
+        self.holds[owner] = why
+        self._apply_holds(before)
+        if owner == "thermal":
+            self._save_holds()
+
+    def _save_holds(self) -> None:
+        """The thermal hold and a recovery in progress outlive a daemon restart, like the
+        user's pause (``user_hold``): restored by ``_restore_holds``."""
+        self.stored(self.store.remember, f"holds:run-{self.run_id}",
+                    {"thermal": self.holds.get("thermal"), "recovering": self.state == State.RECOVERING})
+
+    def _restore_holds(self, mono: float) -> None:
+        held = self.store.recall(f"holds:run-{self.run_id}") or {}
+        if held.get("recovering"):
+            self.recovering.resume(mono)
+            self.state = State.RECOVERING  # the probe passes before the job starts again
+            self._update_run(state=self.state.value)
+            self.event("holds", "the GPU was recovering from a reset when the daemon stopped: the "
+                       "job starts again once the recovery's wait and probe have passed")
+        elif held.get("thermal") and self.p.sensor is not None:
+            from daemon.policy.thermal import ThermalState
+            # the cooldown counts from now: how hot it got while the daemon was away is unknown
+            self.thermal = ThermalState(paused=True, paused_at=mono, reason=str(held["thermal"]))
+            self.holds["thermal"] = str(held["thermal"])
+            self.event("holds", "the GPU was cooling when the daemon stopped: the job starts again "
+                       "once it is under resume_at_c and min_cooldown_s has passed")
+
+    def _release(self, owner: str) -> bool:
+        if owner not in self.holds:
+            return False
+        before = bool(self.holds)
+        del self.holds[owner]
+        self._apply_holds(before)
+        if before and not self.holds:
+            self.event("released", f"job released ({owner} hold ended)",
+                       detail=owner == "thermal")  # "cooling -> running" says it
+        if owner == "thermal":
+            self._save_holds()
+        return True
+
+    # ================================================================== polling
+    def _note_reading(self, reading: Reading, mono: float) -> None:
+        if reading is None:
+            return
+        self.last_reading = reading
+        self.readings.append(reading)
+        if reading.edge_c is not None:
+            self.edges.append((mono, reading.edge_c))
+
+    async def _poll(self, obs: Observation) -> None:
+        """Per poll interval: the reading kept, problems, adopted checkpoints, then the rules."""
+        assert obs.poll is not None
+        now, mono, reading = obs.clock.wall, obs.clock.mono, obs.poll.reading
+        self.store.retry_pending()  # writes queued while the disk was full or read-only
+        if "disk" not in self.holds and self.store.pending_writes and says_full(self.store.problem) \
+                and self.runner.running:
+            self._hold_for_disk("the state database cannot be written", None)
+        elif "disk" in self.holds and self.runner.running:
+            self._disk_room()  # space back: the held job goes on
+        self._static_sensor_problems()
+        self._apply(decide.sensor(obs, self._memory()))
+        f = self.facts
+        if self.stored(self.store.add_reading, self.run_id, now, getattr(reading, "edge_c", None),
+                       getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
+                       getattr(reading, "busy_pct", None), f.step, _finite(f.loss)):
+            self.stored.healthy()
+        if self.p.detector is not None:
+            for problem in self.p.detector.problems():
+                if problem not in self.problems.values():
+                    self.problems[f"source:{problem[:40]}"] = problem
+                    self.event("source_problem", problem, "warn")
+        if self.adopter is not None and self.runner.running:
+            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
+        self._save_counters()
+        self._govern(mono, reading)
+        self._apply(decide.thermal(obs, self._memory(), self.cfg))
+        self._apply(decide.schedule(obs, self._memory()))
+        self._interval(now)
+        self._consider_offload(now)
+
+    def _save_counters(self) -> None:
+        """steps_lost and the furthest step reached, in the store when they change: a daemon
+        killed -9 does not forget them (at most one poll of steps behind; _rebuild reads the
+        job's last output lines too)."""
+        now_c = (self.facts.steps_lost, self.facts.max_step)
+        if now_c != self._saved_counters:
+            self._saved_counters = now_c
+            self._update_run(steps_lost=now_c[0], max_step=now_c[1])
+
+    def _adopted(self, c: AdoptedCheckpoint | None) -> None:
+        if c is None:
+            return
+        if c.mark is None:  # a suspect copy (after a divergence) is never shown as the newest
+            self.facts.checkpoint = _adopted_fact(c)
+        self.checkpoint_seen_at = self.mono()  # adopted once verifiable: as good as a record
+        self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
+                    f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
+        if c.step is not None:
+            self._update_run(step=c.step)
+
+    def _poll_resets(self) -> None:
+        if self.p.detector is None:
+            return
+        for ev in self.p.detector.poll():
+            self._on_reset(ev)
+
+    def _govern(self, mono: float, reading: Reading | None) -> None:
+        """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
+        pause policy below stays the safety net."""
+        gov = self.gov
+        if self.p.governor is None or gov is None or self.state not in (State.RUNNING, State.COOLING):
+            return
+        key = job_key(self.job)
+        if key != gov.key:  # the queue's next run is another job: its own clock
+            gov.start(key)
+        training = self.state == State.RUNNING and not self.holds and self.runner.running
+        says = gov.step(reading, mono, job_step=self.facts.step, training=training, cfg=self.cfg)
+        for message, level in says.events:
+            self.event("governor", message, level)
+        if says.problem is None:
+            self.problems.pop("governor", None)
+        else:
+            self.problems["governor"] = says.problem
+        if says.learned:  # kept at once: a kill -9 must not lose the night's learning
+            self.stored(gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
+
+    def _interval(self, now: float) -> None:
+        iv = self.cfg["checkpoint"]["interval"]
+        if iv != "auto":
+            steps, why = int(iv), "fixed (checkpoint.interval)"
+        else:
+            from daemon.policy.interval import auto_interval_steps
+            cost, rate = self.facts.checkpoint_cost_s(), self.facts.steps_per_s
+            if cost is None or not rate:
+                self.interval_explanation = "auto: waiting for a measured checkpoint cost and step rate"
+                return
+            steps, why = auto_interval_steps(cost, self.reset_log.reset_times(), now, rate,
+                                             since=self.run.get("created"))
+        if steps != self.interval_steps:
+            changed = self.interval_steps is not None
+            self.interval_steps, self.interval_explanation = steps, why
+            self.runner.set_interval(steps)
+            if changed or iv == "auto":
+                self.event("interval", f"checkpoint interval now {steps} steps ({why})")
+
+    # ================================================================== resets
+    def _temps_before(self, t: float) -> dict[str, Any]:
+        for r in reversed(self.readings):
+            # "just before": the last good reading, not one taken while the reset was underway
+            if r.t <= t and not r.resetting and (r.edge_c is not None or r.tctl_c is not None):
+                return {"edge_c": r.edge_c, "tctl_c": r.tctl_c, "power_w": r.power_w, "t": r.t}
+        return {}
+
+    def _on_reset(self, ev: ResetEvent) -> None:
+        """One GPU incident (or a revision of one): the reset log records it, we apply."""
+        rec = self.reset_log.record(ev, ev.temps or self._temps_before(ev.t), self.run_id or None,
+                                    self.facts.step)
+        for counter, by in rec.counters.items():  # run state: ours to write
+            self.stored(self.store.increment, self.run_id, counter, by)
+        self.event(rec.event_kind, rec.message, rec.level, **rec.data)
+
+    @property
+    def diagnosis(self) -> Diagnosis | None:
+        return self.reset_log.diagnosis
+
+    def resets_in_window(self, now: float) -> int:
+        return self.reset_log.in_window(now)
+
+    # ================================================================== divergence
+    def _divergence(self, rec: dict[str, Any]) -> None:
+        dv = self.p.divergence
+        if dv is None or rec.get("loss") is None or self.exit_intent is not None:
+            return
+        # the job reports the worst loss since its previous record (records are rate-limited)
+        loss, step = rec.get("loss_max", rec["loss"]), rec.get("loss_max_step", rec["step"])
+        try:
+            spike = dv.observe(int(step), float(loss))
+        except (TypeError, ValueError):
+            return
+        if spike is None:
+            return
+        self.stop_loss = (spike.step, spike.loss)  # what status shows: the loss that did it
+        self._suspect_after(spike.last_ok_step if spike.last_ok_step is not None else spike.step - 1,
+                            spike.step, "loss spike" if math.isfinite(spike.loss) else "non-finite loss")
+        from daemon.core.spikes import on_spike
+        self._apply(on_spike(spike, self.cfg["divergence"], Path(self.checkpoint_dir),
+                             self.run.get("skip_steps") or ""))
+
+    def _suspect_after(self, last_ok: int, at_step: int, what: str) -> None:
+        """Checkpoints written after the last normal loss are set aside, never put back on their
+        own; status names the last good one (daemon/job/suspects.py)."""
+        self._said(suspects.on_divergence(Path(self.checkpoint_dir), self.adopter, last_ok, at_step, what))
+
+    def _said(self, said: suspects.Said | None) -> None:
+        if said is not None:
+            self.facts.checkpoint, self.problems["suspect"] = said.shown, said.problem
+            if said.event:
+                self.event("suspect", said.event, "warn")
+
+    # ================================================================== the cloud
+    def _apply(self, actions: Sequence[Action | Decision]) -> None:
+        """Carry out decisions, in order: the tick's rules' (daemon/core/decide.py) and the remote
+        run's (daemon/core/remote_run.py). The one place run state changes on a rule's word."""
+        for a in actions:
+            if isinstance(a, Hold):
+                if a.owner == "thermal" and self.gov is not None:
+                    self.gov.paused()  # the governor's safety net fired: the phone line counts it
+                self._hold(a.owner, a.why)
+            elif isinstance(a, Release) and a.quiet:
+                self.holds.pop(a.owner, None)
+            elif isinstance(a, Release):
+                self._release(a.owner)
+            elif isinstance(a, Remember):
+                self.thermal = a.thermal if a.thermal is not None else self.thermal
+                self.suspect_since = None if a.clear_suspect else (
+                    a.suspect_since if a.suspect_since is not None else self.suspect_since)
+                self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
+                if a.clear_losses:  # a rollback: the loss trend starts again from its checkpoint
+                    self.facts.losses.clear()
+                    # and so does the climb watch: the spike's losses came from the weights the
+                    # rollback discards (kept, they were read as a climb back after the restart)
+                    self.climb = ClimbState()
+            elif isinstance(a, Problem):
+                if a.text is None:
+                    self.problems.pop(a.key, None)
+                else:
+                    self.problems[a.key] = a.text
+            elif isinstance(a, AskExit):
+                self._ask_exit(a.intent, self.mono())
+            elif isinstance(a, StopRemote):
+                self.stop_asked_at = self.mono()
+                self._apply(self.remote.stop(self.stop_asked_at, self.state, a.then))
+            elif isinstance(a, Offload):
+                if a.retry_now:
+                    self.remote.retry_now()
+                self._begin_offload(a.reason)
+            elif isinstance(a, Cancelled):
+                self._cancelled(a.message)
+            elif isinstance(a, Restart):
+                self._restart_now(a.reason, resume=a.resume)
+            elif isinstance(a, AskCheckpoint):
+                self.runner.command("checkpoint")
+            elif isinstance(a, CapClock):
+                msg = self.p.clockcap.apply() if self.p.clockcap is not None else None
+                if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
+                    self.problems["clock_cap"] = msg
+                    self.event("clock_cap", msg, "warn")
+            elif isinstance(a, UncapClock):
+                if self.p.clockcap is not None:
+                    self.p.clockcap.restore()
+            elif isinstance(a, Save):
+                self._update_run(**a.fields)
+            elif isinstance(a, Emit):
+                self.event(a.kind, a.message, a.level, **(a.data or {}))
+            elif isinstance(a, Goto):
+                self.set_state(a.state, a.reason, detail=a.detail)
+            elif isinstance(a, Seen):
+                self._seen_remote(a.status)
+            elif isinstance(a, End):
+                self._end_remote(a)
+
+    def _seen_remote(self, st: RemoteStatus) -> None:
+        if st.step is not None:
+            self.facts.step = st.step
+            self.facts.total_steps = st.total_steps or self.facts.total_steps
+        if st.loss is not None:
+            self.facts.loss = st.loss
+            self.facts.losses.append(st.loss)
+            if st.step is not None:  # the run's fingerprint covers its remote part too
+                self._remember_loss(int(st.step), float(st.loss))
+
+    def _end_remote(self, end: End) -> None:
+        if end.how == "fail":
+            self._fail(end.message)
+        elif end.how == "finish":
+            self._finish()
+            self._settle_stop(f"the run had already finished at step {self.facts.step}")
+        elif end.how == "stopped":
+            self.set_state(State.STOPPED, "stopped by the user; " + end.message.removeprefix("stopped; "))
+            self._settle_stop(end.message)
+        elif end.how == "cancelled":
+            self._cancelled(end.message)
+            self._settle_stop(end.message)
+        else:
+            self._restart_now(end.message)
+            if self.adopter is not None:  # a script's checkpoint came home in place: keep a copy now
+                self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
+
+    def cost_now(self, now: float) -> float:
+        return self.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
+
+    def _deadline(self, now: float) -> float | None:
+        deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
+        after = self.cfg["schedule"]["deadline_after_s"]
+        if after is not None:
+            run = self.run  # from the queue's start, so the deadline does not move with each run
+            rel = float(run.get("night_start") or run.get("created") or now) + float(after)
+            deadline = rel if deadline is None else min(deadline, rel)
+        return deadline
+
+    def _consider_offload(self, now: float) -> None:
+        if self.state.value not in LOCAL_STATES or not self.remote.can_try(self.mono()) or self.shutting_down \
+                or self.exit_intent is not None:
+            return
+        from daemon.policy.failover import FailoverObs, decide_failover
+        names = self.p.offloader.usable  # a backend that refused our key is not tried again
+        spent = float(self.run.get("cloud_cost_usd") or 0.0)
+        obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
+                          gpu_unusable=self.recovering.gpu_unusable, local_eta_s=self.local_eta_s(now),
+                          deadline=self._deadline(now), forced=False,
+                          backend=names[0] if names else "none",
+                          budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
+                          # credentials refused by every backend listed (Offloader.refused)
+                          auth_ok=False if self.p.offloader.names and not names else None,
+                          state=self.state.value)
+        dec = decide_failover(obs, self.cfg)
+        if dec.offload:
+            self._begin_offload(dec.reason)
+            return
+        self._plan_queue(now, obs.budget_usd)
+
+    def _plan_queue(self, now: float, budget_left: float) -> None:
+        """With a deadline and runs waiting: will the whole queue finish? Move this run to the
+        cloud when the plan says so; say early what cannot finish."""
+        from daemon.policy.queueplan import QueueItem, plan_queue
+        waiting = self.store.queue()
+        deadline = self._deadline(now)
+        if not waiting or deadline is None:
+            return
+        o = self.cfg["offload"]
+        default = self.facts.total_steps or self.job["total_steps"] or 0
+        items = [QueueItem(f"run {self.run_id} ({self.job['name']})",
+                           max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
+        items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
+        names = self.p.offloader.usable
+        duty = self.duty.duty(now)
+        rate = self.facts.steps_per_s
+        if rate and duty is not None and duty.fraction > 0:
+            rate *= duty.fraction  # the night's real pace: pauses and restarts included
+        # the cloud's pace: [offload] remote_steps_per_s when set, else the speed-up of
+        # [offload] gpu; the stand-in cloud is a local process that starts in seconds
+        speedup = float(o["remote_steps_per_s"]) / rate if o["remote_steps_per_s"] and rate \
+            else float(o["speedup"].get(o["gpu"], 0.0))
+        from daemon.core.remote_run import LOCAL_STARTUP_S
+        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
+                          cloud_speedup=speedup if names else None,
+                          usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
+                          budget_usd=budget_left if self.p.offloader.available and names else 0.0,
+                          cloud_startup_s=LOCAL_STARTUP_S if names and names[0] == "local" else 120.0)
+        if plan is None:
+            return
+        if self.queue_plan is None or plan.reason != self.queue_plan.reason:
+            self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
+        self.queue_plan = plan
+        if plan.where(items[0].name) == "cloud" and self.p.offloader.available and names:
+            self._begin_offload(f"queue plan: {plan.reason}")
+
+    def _begin_offload(self, reason: str) -> None:
+        self.remote.begin(self.mono(), reason)
+        self.set_state(State.OFFLOADING, reason)
+        if self.runner.running:
+            self._ask_exit(intents.OFFLOAD, self.mono())  # its final checkpoint goes up with it
+
+    def _job_spec(self) -> JobSpec:
+        from daemon.cloud.offload.base import JobSpec
+        j = self.job
+        return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
+                       env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
+                       checkpoint_interval=self.interval_steps)
+
+    async def _launch_remote(self, now: float) -> None:
+        info, script = await self.starter.checkpoints(self._start_context())
+        job = LaunchJob(key=run_key(self.cfg["job"]["name"], self.run_id), checkpoint=info.path if info else None,
+                        # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
+                        files=[Path(workdir(self.cfg["job"])) / p for p in filter(None, [script])],
+                        spec=self._job_spec(),
+                        remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
+                        local_steps_per_s=self.facts.steps_per_s,
+                        source=info.path.name if info else script or "scratch", ran_on=self.run.get("backends"))
+        self._apply(await self.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
+                                             proceed=lambda: self.stop_signal is None))
+
+    def remote_description(self) -> dict[str, Any] | None:
+        """What the backend says about the remote side (host, connection, state) for status."""
+        if self.state not in (*REMOTE_STATES, State.OFFLOADING) or not self.run.get("remote_backend"):
+            return None
+        return self.remote.describe()
+
+    # ================================================================== commands
+    def submit(self, action: str, arg: Any = None) -> asyncio.Future:
+        """Queue a command for the next tick (HTTP handlers, signals, the config watcher)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.commands.append((action, arg, fut))
+        return fut
+
+    async def control(self, action: str) -> Answer:
+        if action not in CONTROL_ACTIONS:
+            return {"ok": False, "message": f"unknown action {action!r}", "state": self.state.value}
+        return await self.submit(action)
+
+    async def _command(self, action: str, arg: Any, now: float, mono: float,
+                       fut: asyncio.Future | None) -> Answer | None:
+        """The answer, or None when it comes later (a stop answers once the job has exited)."""
+        if action == "reconfigure":
+            return await self._reconfigure(*arg)
+        if action.startswith("queue_") or (action == "cancel" and (arg or {}).get("queued") is not None):
+            return self._queue_command(action, arg or {})
+        r = self.runner
+        facts = CommandFacts(
+            self.state.value, tuple(self.holds.items()), r.running and not r.stopping,
+            self.p.offloader.available, bool(self.p.offloader.usable), tuple(self.p.offloader.refused.values()),
+            float(self.cfg["offload"]["budget_usd"]), float(self.run.get("cloud_cost_usd") or 0.0))
+        here = Here(self.run_id, r.running, self.facts.checkpoint, self.store.get_run)
+        reply = commanding.answer(action, facts, here, r, arg)
+        self._apply(reply.decisions)
+        if reply.later and fut is not None:
+            self.stop_waiters.append(fut)  # answered by _settle_stop once the job has exited
+        return reply.answer
+
+    # ================================================================== shutdown
+    def request_stop(self, sig: int) -> None:
+        """Signal handler: only records (the uvicorn way). SIGTERM or a first SIGINT = graceful;
+        a second SIGINT forces."""
+        if self.stop_signal is not None:
+            if sig == signal.SIGINT:
+                log.warning("second SIGINT: killing the job and exiting now")
+                self.runner.kill_now()
+                self.stop_signal = sig
+                self.done.set()
+            else:
+                log.info("%s again: already stopping gracefully", signal.Signals(sig).name)
+            return
+        # what will really happen: an idle daemon has no job to checkpoint
+        log.info("received %s: %s", signal.Signals(sig).name,
+                 "checkpointing and stopping the job" if self.runner is not None and self.runner.running
+                 else "no job is running here; stopping the daemon")
+        self.stop_signal = sig
+
+    def _begin_shutdown(self, mono: float) -> None:
+        self.shutting_down = True
+        if self.runner.running:
+            # an exit already asked for (an offload, a user's stop) keeps its meaning
+            self._ask_exit(self.exit_intent or intents.SHUTDOWN, mono, graceful=True)
+        elif self.state == State.REMOTE:
+            self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
+        elif self.state in REMOTE_STATES:  # the record says what follows: the next start carries on
+            self.event("daemon", f"stopping while {self.state.value}; the next start carries on from here")
+
+    def exit_code(self) -> int:
+        return rules.exit_code(self.stop_signal, self.state.value)
+
+    def close(self) -> None:
+        self._update_run(job_pid=None, job_create_time=None)
+        self._save_counters()
+        if self.p.governor is not None:
+            msg = self.p.governor.restore()  # the GPU is never left capped behind us
+            if msg:
+                log.warning("governor: %s", msg)
+            if self.gov is not None:
+                try:
+                    self.gov.remember(float(self.cfg["gpu"]["poll_interval_s"]))  # tomorrow starts here
+                except Exception as e:  # noqa: BLE001
+                    log.warning("cannot remember the governor's clock: %s", e)
+        if self.stop_signal is not None:
+            self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
+                       "continues when the daemon starts again")
+
+    def _static_sensor_problems(self) -> None:
+        """What the sensor found wrong at start (a HIP_VISIBLE_DEVICES matching no card, a
+        wrong ``[gpu] card``...): in status and one event each, like a reset source's problem.
+        Its "no temperature" problem is the one above (``sensor_problem``), not said twice."""
+        from daemon.gpu.sensors import THERMAL_OFF
+        for problem in getattr(self.p.sensor, "problems", None) or []:
+            key = f"gpu:{problem[:60]}"
+            if not problem.startswith(THERMAL_OFF) and key not in self.problems:
+                self.problems[key] = problem
+                self.event("sensor", problem, "warn")
+
+    # ================================================================== live config
+    async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> Answer:
+        from daemon.core import reconfig
+        from daemon.state.config import RESTART_KEYS, ConfigError
+        # a restart key edited back to the value we run with: nothing to apply, nothing to wait for
+        reverted = [k for k in keys if k not in restart and tuple(k.split(".", 1)) in RESTART_KEYS]
+        live = [k for k in keys if k not in restart and k not in reverted]
+        try:
+            changed = await reconfig.apply(self.cfg, new, live, self.p)
+        except ConfigError as e:  # e.g. a clock cap outside the card's range: nothing changed
+            self.event("config", f"Config edit rejected, the previous config stays in force: "
+                       f"{str(e).rstrip('.')}.", "error")
+            return {"ok": False, "message": str(e)}
+        for name, part in changed.items():
+            setattr(self.p, name, part)
+        if "thermal.governor" in live:  # its port was built or torn down: its state follows
+            if self.gov is not None:  # what it learned stays for the next time it is on
+                self.stored(self.gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
+            self.gov = None
+            self.problems.pop("governor", None)
+            if self.p.governor is not None:
+                self.gov = Governor(self.p.governor, self.store, job_key(self.job))
+        self._apply(self.remote.config_changed(live))  # [offload.ssh] edited: a refused ssh is tried again
+        if live:
+            self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")
+        if reverted:
+            self.event("config", "Config reloaded: " + ", ".join(reverted) + " edited back to the "
+                       "value the daemon runs with, so nothing was applied and no restart is needed.")
+        if restart:
+            self.event("config", "Changed keys wait for a daemon restart: " + ", ".join(restart)
+                       + " (systemctl restart nightshiftd).", "warn")
+        return {"ok": True, "message": "applied"}
+
+    # ================================================================== the snapshot
+    def _note_duty(self, now: float) -> None:
+        """Training = running, not held, and this attempt has reported since it started (the
+        interpreter's start-up, the torch import and the restore are not training)."""
+        pid = self.runner.pid if self.runner is not None else None
+        if pid != self._duty_pid:
+            self._duty_pid, self._duty_pid_t = pid, now
+        last = self.facts.last_record_t
+        self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
+                       and last is not None and last >= self._duty_pid_t)
+        # the net rate's clock runs while the job is on its way without waiting for a person
+        self.progress.note(self.mono(), self.facts.step, self.state.value in LOCAL_STATES
+                           and not ({"user", "schedule"} & set(self.holds)))
+
+    def local_eta_s(self, now: float) -> float | None:
+        """Time to the end here at the steady rate divided by the measured duty cycle."""
+        f = self.facts
+        remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
+        est = eta_mod.estimate(remaining, f.steps_per_s, self.duty.duty(now), self.progress.rate())
+        return est.seconds if est is not None else None
+
+    def _publish(self, now: float) -> None:
+        from daemon.core.statusview import REFRESH_S, build_status, inputs_key
+        self._note_duty(now)
+        key = inputs_key(self)  # rebuilt when something changed, else once a second (issue 30)
+        if key == self._published[0] and 0 <= now - self._published[1] < REFRESH_S:
+            return
+        try:
+            self.snapshot = build_status(self, now)
+            self._published = (key, now)
+        except Exception as e:  # noqa: BLE001 - keep the last good snapshot
+            log.exception("building the status failed")
+            self.problems["status"] = f"status could not be built: {e}"
+
+    # StatusSource (daemon/web/api.py)
+    def status(self) -> dict[str, Any]:
+        return self.snapshot
+
+    def history(self, since: float | None) -> list[ReadingRow]:
+        return self.store.readings(self.run_id, since=since, limit=1500)
+
+    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[EventRow]:
+        return self.store.events(None, limit=limit, before_id=before_id, kind=kind)
+
+
+def _gpu_signature(tail: str) -> str | None:
+    from daemon.gpu.resets.signatures import match_job_output
+    return match_job_output(tail)
+
+
+_adopted_fact = suspects.adopted_fact
+
+
+def _finite(x: Any) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    from daemon.state.config import public_config
+    return public_config(cfg)
+
+
+__all__ = ["Parts", "Supervisor", "TERMINAL_STATES"]
+
+
+def _at_step(step: int | None) -> str:
+    """The words ' at step N', or for a job that never reported a step, not 'at step None'."""
+    return f" at step {step}" if step is not None else " (no step reported)"
