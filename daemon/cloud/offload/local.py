@@ -34,7 +34,7 @@ from daemon.cloud.offload.base import (
     progress_summary,
 )
 from daemon.cloud.offload.carry import Carry, manifest_name, newest_adopted_dir, sync_dir
-from daemon.cloud.offload.remote import CANCEL_MARK
+from daemon.cloud.offload.remote import CANCEL_MARK, PROJECT
 from daemon.job.control import JobControl
 from daemon.job.jobproc import process_create_time, same_process_alive
 from trainer.format import find_latest_valid, fsync_dir, verify
@@ -130,7 +130,7 @@ class LocalBackend(OffloadBackend):
             p = subprocess.Popen([self.python, "-m", "daemon.cloud.offload.remote", "--spec", str(vol / "spec.json"),
                                   "--volume", str(vol)], stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True,
-                                 cwd=str(Path(__file__).resolve().parents[3]))
+                                 cwd=str(PROJECT))
         ct = process_create_time(p.pid) or 0.0
         return f"local:{run_key}:{p.pid}:{ct:.3f}"
 

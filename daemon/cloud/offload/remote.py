@@ -47,8 +47,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import daemon
+
 log = logging.getLogger("nightshift.remote")
-PROJECT = Path(__file__).resolve().parents[3]  # holds daemon/ and trainer/ (shipped sources)
+# The directory holding daemon/ and trainer/ (the shipped sources), found from the top package,
+# not by counting this module's depth: moving it between packages must not change what it names.
+PROJECT = Path(daemon.__file__).resolve().parent.parent
 CANCEL_MARK = "cancel_requested"  # in the volume: a SIGTERM that follows it is a cancel
 SUMMARY = "summary.json"  # in run/: what the daemon reads each poll (O(1) in the run's length)
 PROGRESS_KEYS = ("step", "total_steps", "loss", "steps_per_s")

@@ -54,7 +54,7 @@ from daemon.cloud.offload.base import (
 )
 from daemon.cloud.offload.carry import Carry, manifest_name, newest_adopted_dir
 from daemon.cloud.offload.carry import from_config as carry_from_config
-from daemon.cloud.offload.remote import CANCEL_MARK
+from daemon.cloud.offload.remote import CANCEL_MARK, PROJECT
 from daemon.cloud.offload.sshlink import SshLink
 from daemon.cloud.offload.sync import (
     TMP_PREFIX,
@@ -66,7 +66,6 @@ from daemon.cloud.offload.sync import (
 from daemon.policy.cfgtypes import Config, SshConfig
 from daemon.policy.remote import DetachPlan, detach_plan
 
-PROJECT = Path(__file__).resolve().parents[3]
 SOURCES = ("daemon", "trainer")
 # files whose content defines the remote environment, besides setup_command itself
 ENV_FILES = ("requirements.txt", "requirements-gpu.txt", "pyproject.toml", "setup.py", "setup.cfg",
