@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.gpu.sensors import THERMAL_OFF
 from daemon.job.classify import ExitInfo
 from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.restart import decide_restart
+from daemon.policy.thermal import THERMAL_OFF
 
 MIN_BACKOFF_S = 1.0
 HOLD_OWNERS = ("thermal", "disk", "user", "schedule")  # precedence for what status shows

@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 
 from daemon.policy.cfgtypes import ThermalConfig
 
+# The problem shown while no temperature can be read: the sensor keeps it in its problems, the
+# Supervisor's sensor rule (supervise.sensor_problem) words it. Here, not in gpu/sensors/, so the
+# policies import nothing of the GPU package (which reads the config's types from policy/).
+THERMAL_OFF = "thermal protection off: no temperature sensor"
+
 # The trend looks at this much recent history (or 5 polls, if longer), and needs this many points.
 TREND_SPAN_S = 30.0
 TREND_MIN_POINTS = 3

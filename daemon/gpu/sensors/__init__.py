@@ -15,11 +15,9 @@ from daemon.gpu.sensors.cards import Card
 from daemon.gpu.sensors.fallbacks import PsutilTemps, PyAmdgpu
 from daemon.gpu.sensors.k10temp import K10temp
 from daemon.policy.cfgtypes import GpuConfig
+from daemon.policy.thermal import THERMAL_OFF
 
 __all__ = ["THERMAL_OFF", "Card", "Reading", "Sensor", "open_sensor", "simulated_reader"]
-
-
-THERMAL_OFF = "thermal protection off: no temperature sensor"
 
 
 class Sensor:
