@@ -1,4 +1,8 @@
-"""Pure policies: observations + state + config + now in, decisions out. No I/O here."""
+"""Pure policies: observations + state + config + now in, decisions out. No I/O here. Also the
+run's states they decide over (states) and the config sections they read by key (cfgtypes).
+Every package may import it; it imports only daemon.job's classify (how a job ended), which
+imports nothing else of daemon/.
+"""
 
 from daemon.policy.interval import auto_interval_steps, estimate_mtbf_s, young_daly_interval_s
 from daemon.policy.recovery import RecoveryAction, RecoveryState, decide_recovery

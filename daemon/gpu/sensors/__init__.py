@@ -1,5 +1,6 @@
 """GPU and CPU-die sensors. ``open_sensor(cfg["gpu"])`` picks the sources; ``Sensor.read()``
-never raises: a failed read is None plus the reason in ``Reading.errors``."""
+never raises: a failed read is None plus the reason in ``Reading.errors``. It may import
+daemon.policy (the config's types, THERMAL_OFF) and nothing else of daemon/."""
 
 from __future__ import annotations
 
