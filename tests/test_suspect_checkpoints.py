@@ -47,6 +47,7 @@ def test_a_nan_sets_the_later_trainer_checkpoints_aside_and_the_restart_resumes_
         assert str(ns / ".diverged") in said[0] and "never put back on its own" in said[0]
         why = quarantine.reasons(ns)["step_000000040"]
         assert why == "suspect: written after the last normal loss (step 25) before the non-finite loss at step 26"
+        assert quarantine.reasons(ns).keys() == {"step_000000030", "step_000000040"}
         await h.run(10, until=lambda s: len(h.factory.procs) > 1 and h.factory.procs[1].started_protocol)
         second = h.factory.procs[1]
         assert second.env["NIGHTSHIFT_RESUME"] == str(ns / "step_000000020"), second.env["NIGHTSHIFT_RESUME"]
@@ -96,4 +97,21 @@ def test_a_daemon_restart_after_a_nan_stopped_the_run_still_names_the_last_good_
             "the last good checkpoint is step 20: those past step 25 are suspect (the non-finite "
             "loss at step 26)"), sup2.problems
         assert sup2.facts.checkpoint is not None and sup2.facts.checkpoint["step"] == 20
+    run(go())
+
+
+def test_a_nan_run_writing_on_all_night_under_alert_keeps_only_the_newest_suspect_ones(tmp_path):
+    """Every checkpoint the diverged attempt writes goes to .diverged/, which the job's retention
+    never prunes: a night of NaN checkpoints would fill the disk. At most [checkpoint] keep stay."""
+    async def go():
+        cfg = config(tmp_path, divergence={"enabled": True, "action": "alert"}, checkpoint={"keep": 2})
+        nan = {"kind": "progress", "step": 26, "total_steps": 1000, "loss": "nan"}
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=1000, interval=10, script=[
+            (25.5, "record", nan)])}, divergence=build.divergence(cfg))
+        sup = await h.open()
+        ns = Path(sup.checkpoint_dir)
+        await h.run(72)
+        assert names(ns / quarantine.QUARANTINE) == ["step_000000060", "step_000000070"]
+        assert set(quarantine.reasons(ns)) == {"step_000000060", "step_000000070"}
+        assert names(ns) == ["step_000000010", "step_000000020"]  # the good ones are untouched
     run(go())

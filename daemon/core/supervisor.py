@@ -609,7 +609,8 @@ class Supervisor:
             self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=int(rec["step"]))
-            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), int(rec["step"])))
+            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), int(rec["step"]),
+                                              int(self.cfg["checkpoint"]["keep"])))
         elif kind == "checkpoint_error":
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")

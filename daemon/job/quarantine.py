@@ -12,7 +12,8 @@ moved (a rename: instant, nothing lost) into ``.diverged/``, where neither looks
 
 The window: the attempt that diverged may still write checkpoints (a final one on its way out
 with ``action = "next"``, every one under ``"alert"``); while the window is open each new one
-past ``after_step`` is moved too (``sweep``). ``close`` (at the next start, which resumes from
+past ``after_step`` is moved too (``sweep``), and of the suspect ones only the newest ``[checkpoint]
+keep`` stay (``prune``: a NaN run under "alert" writes on all night). ``close`` (at the next start, which resumes from
 a good checkpoint) sweeps once more and closes it: what the next attempt writes descends from
 good weights, whatever its step.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -129,10 +131,40 @@ def suspect(ckpt_dir: str | os.PathLike, after_step: int, why: str) -> list[Move
     return set_aside(d, after_step, f"suspect: {why}")
 
 
-def sweep(ckpt_dir: str | os.PathLike) -> list[Moved]:
-    """While the window is open: set aside what the diverged attempt wrote since."""
+def sweep(ckpt_dir: str | os.PathLike, keep: int | None = None) -> list[Moved]:
+    """While the window is open: set aside what the diverged attempt wrote since. ``keep``: at
+    most that many suspect ones stay (the newest), as the namespace's own retention would keep:
+    under ``action = "alert"`` a NaN run writes on all night, and each one would stay forever."""
     w = window(ckpt_dir)
-    return [] if w is None else set_aside(ckpt_dir, w["after_step"], f"suspect: {w['why']}")
+    if w is None:
+        return []
+    moved = set_aside(ckpt_dir, w["after_step"], f"suspect: {w['why']}")
+    if moved and keep is not None:
+        prune(ckpt_dir, keep)
+    return moved
+
+
+def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` suspect checkpoints (a rollback's stay: they may be
+    good); renamed out of the namespace first, so a kill mid-delete leaves no half checkpoint
+    that looks whole. Returns the names deleted."""
+    d = Path(ckpt_dir)
+    doc = _doc(d)
+    said = doc.get("set_aside", {})
+    suspect = sorted((n for n, why in said.items() if str(why).startswith("suspect: ")
+                      and (d / QUARANTINE / n).is_dir()), key=lambda n: (step_of(n) or 0, n))
+    doomed = suspect[:max(0, len(suspect) - max(1, keep))]
+    for n in doomed:
+        gone = d / QUARANTINE / f".del-{n}-{os.getpid()}"
+        try:
+            os.rename(d / QUARANTINE / n, gone)
+        except OSError:
+            continue
+        shutil.rmtree(gone, ignore_errors=True)
+        said.pop(n, None)
+    if doomed:
+        _write(d, doc)
+    return doomed
 
 
 def close(ckpt_dir: str | os.PathLike) -> list[Moved]:

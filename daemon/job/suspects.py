@@ -79,12 +79,13 @@ def on_divergence(ckpt_dir: Path, adopter: Adopter | None, last_ok: int, at_step
     return _said(moved, marked, ckpt_dir, adopter, last_ok, why)
 
 
-def on_checkpoint(ckpt_dir: Path, step: int) -> Said | None:
-    """A trainer checkpoint recorded while the window is open: past it, it goes aside too."""
+def on_checkpoint(ckpt_dir: Path, step: int, keep: int | None = None) -> Said | None:
+    """A trainer checkpoint recorded while the window is open: past it, it goes aside too (at
+    most ``keep`` suspect ones stay)."""
     w = quarantine.window(ckpt_dir)
     if w is None or step <= w["after_step"]:
         return None
-    moved = quarantine.sweep(ckpt_dir)
+    moved = quarantine.sweep(ckpt_dir, keep)
     return _said(moved, [], ckpt_dir, None, w["after_step"], w["why"]) if moved else None
 
 
