@@ -365,7 +365,12 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     if run is None:
         print(f"nightshift checkpoints: no run yet in {cfg['daemon']['state_dir']}", file=sys.stderr)
         return 1
-    got = ckptcmd.entries(cfg, run)
+    try:
+        got = ckptcmd.entries(cfg, run)
+    except PermissionError as e:
+        print(f"nightshift checkpoints: cannot read {e.filename}: run this as the daemon's user or "
+              "with sudo", file=sys.stderr)
+        return 1
     print(ckptcmd.as_json(run, got) if args.json else ckptcmd.format_entries(run, got))
     return 0
 
