@@ -143,3 +143,37 @@ def test_the_supervisor_offloads_on_resets_only(tmp_path):
         assert sup.state in (State.OFFLOADING, State.REMOTE), sup.state
         assert sup.run["resets"] == 2
     asyncio.run(go())
+
+
+def test_a_job_death_noticed_after_its_reset_was_stored_joins_the_stored_row_quietly(tmp_path):
+    """Under load the daemon can notice the job's death (its "GPU Hang" message) after the
+    kernel's reset was already closed and stored. The death still belongs to that reset: the
+    stored row's sources name the job too (it named the kernel alone), it is still one reset
+    counted once, and the late evidence is a detail of the timeline, not a second warning."""
+    from daemon.gpu.resets import ResetDetector
+    from daemon.gpu.simgpu import RESET_LINES
+
+    log = tmp_path / "kmsg.log"
+    log.write_text("")
+    t = [1000.0]
+    det = ResetDetector({"sources": ["kmsg", "job"]}, kernel_log=str(log), clock=lambda: t[0],
+                        quiet_s=2.0, settle_s=1.0, job_window_s=30.0)
+    with open(log, "a") as f:
+        f.writelines(f"[{2.0 + i * 0.01:12.6f}] {line}\n" for i, line in enumerate(RESET_LINES))
+    det.poll()
+    store = Store(tmp_path / "s.db")
+    rl = ResetLog(store, cfg(), clock=lambda: t[0])
+    run = store.create_run("job", {}, None)
+    t[0] += 5
+    [ev] = det.poll()  # closed and stored before the death was noticed
+    first = rl.record(ev, {"edge_c": 70.0}, run, 120)
+    assert first.counters == {"resets": 1} and store.resets()[0]["sources"] == ["kernel"]
+    det.note_job_exit("HW Exception by GPU node-1 (Agent handle: 0x55) reason :GPU Hang", t[0])
+    t[0] += 5
+    [again] = det.poll()  # the same incident, with the job's evidence added
+    assert again.id == ev.id
+    late = rl.record(again, {"edge_c": 70.0}, run, 120)
+    [row] = store.resets()
+    assert sorted(row["sources"]) == ["job", "kernel"]
+    assert late.counters == {} and rl.in_window(t[0]) == 1  # counted once
+    assert late.detail and late.level == "info" and "job" in late.message

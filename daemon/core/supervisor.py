@@ -1163,7 +1163,7 @@ class Supervisor:
                                     self.facts.step)
         for counter, by in rec.counters.items():  # run state: ours to write
             self.stored(self.store.increment, self.run_id, counter, by)
-        self.event(rec.event_kind, rec.message, rec.level, **rec.data)
+        self.event(rec.event_kind, rec.message, rec.level, detail=rec.detail, **rec.data)
 
     @property
     def diagnosis(self) -> Diagnosis | None:

@@ -774,10 +774,13 @@ class Store:
         )
         return int(cur.lastrowid or 0)
 
-    def update_reset(self, row_id: int, kind: str, lines: list[str], info: Mapping[str, object]) -> None:
-        """A GPU incident the kernel logged more of: its kind and lines, revised in place."""
-        self.db.execute("UPDATE resets SET kind=?, lines=?, info=? WHERE id=?",
-                        (kind, json.dumps(lines), json.dumps(info), row_id))
+    def update_reset(self, row_id: int, kind: str, lines: list[str], info: Mapping[str, object],
+                     sources: list[str] | None = None) -> None:
+        """A GPU incident the kernel logged more of, or another source saw late: its kind, lines
+        (and sources), revised in place."""
+        self.db.execute("UPDATE resets SET kind=?, lines=?, info=?, sources=COALESCE(?, sources) "
+                        "WHERE id=?", (kind, json.dumps(lines), json.dumps(info),
+                                       None if sources is None else json.dumps(sources), row_id))
 
     def resets(self, run_id: int | None = None, since: float | None = None) -> list[ResetRow]:
         sql, args = "SELECT * FROM resets WHERE 1=1", list[object]()

@@ -229,7 +229,8 @@ class ResetDetector:
         return ev
 
     def _touch(self, ev: ResetEvent, source: str, line: str, t: float, now: float) -> None:
-        if source not in ev.sources:
+        new_source = source not in ev.sources
+        if new_source:
             ev.sources.append(source)
         if len(ev.lines) < MAX_LINES:
             ev.lines.append(line)
@@ -237,8 +238,10 @@ class ResetDetector:
             ev.dropped_lines += 1
         ev.last_t = max(ev.last_t, t)
         ev.read_t = now
-        if ev.resolve() and ev.emitted:
-            ev.revision += 1  # a late line changed what an emitted incident was
+        # a late line changed what an emitted incident was, or a source saw it late (under load
+        # the job's death can be noticed after its reset was stored): emitted again, as a revision
+        if ev.resolve() | new_source and ev.emitted:
+            ev.revision += 1
 
     def _other(self, source: str, line: str, t: float, now: float, device: str | None,
                detail: str = "") -> None:

@@ -41,7 +41,7 @@ class ResetStore(Protocol):
                   kind: str = "reset", info: Mapping[str, object] | None = None) -> int: ...
 
     def update_reset(self, row_id: int, kind: str, lines: list[str],
-                     info: Mapping[str, object]) -> None: ...
+                     info: Mapping[str, object], sources: list[str] | None = None) -> None: ...
 
     def resets(self, run_id: int | None = None,
                since: float | None = None) -> list[ResetRow]: ...
@@ -75,6 +75,7 @@ class Recorded:
     # the event's data (stored as JSON); Any: it is passed as **kwargs to Supervisor.event, whose
     # own keyword detail= is a bool
     data: dict[str, Any] = field(default_factory=dict)
+    detail: bool = False  # late evidence that changes nothing counted: a timeline detail
 
 
 class ResetLog:
@@ -138,6 +139,17 @@ class ResetLog:
 
     def _revise(self, row: Row, ev: ResetEvent, info: Mapping[str, object]) -> Recorded:
         counted = row.counts
+        if (row.kind, row.kernel_resets, row.label, row.attributed) == \
+                (ev.kind, ev.kernel_resets, ev.label, ev.attributed):
+            # only another source saw it (the job's death noticed after the reset was stored):
+            # the row learns it, nothing counted changes, no second warning
+            if row.row_id is not None:
+                self.write(self.store.update_reset, row.row_id, ev.kind, list(ev.lines), info,
+                           list(ev.sources))
+            return Recorded(ev.kind, {}, "incident_evidence",
+                            f"The GPU incident at {_clock(ev.t)} ({row.label or row.kind}) was also "
+                            f"seen by: {', '.join(ev.sources)}", "info", detail=True,
+                            data={"sources": list(ev.sources), "incident_kind": ev.kind})
         counts = self.run_counts(row.run_id)
         counts[self._count_key(row)] -= 1
         before = row.label or row.kind
@@ -145,7 +157,8 @@ class ResetLog:
         row.attributed = ev.attributed
         counts[self._count_key(row)] += 1
         if row.row_id is not None:
-            self.write(self.store.update_reset, row.row_id, ev.kind, list(ev.lines), info)
+            self.write(self.store.update_reset, row.row_id, ev.kind, list(ev.lines), info,
+                       list(ev.sources))
         self._diagnose()
         counters = {"resets": 1} if row.counts and not counted else {}
         return Recorded(ev.kind, counters, self._event_kind(row),
