@@ -49,6 +49,7 @@ from daemon.core.decisions import (
 )
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
+from daemon.core.offloadplan import Night, OffloadPlanner
 from daemon.core.recovering import Probe, Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
@@ -67,6 +68,7 @@ from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.commands import CommandFacts
+from daemon.policy.deadline import night_deadline
 from daemon.policy.records import Answer, QueueItem, RunTableRow
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
@@ -191,7 +193,7 @@ class Supervisor:
         self.loss_series: list[tuple[int, float]] = []
         self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
         self._replaying = False  # (step, loss) of this run: its fingerprint
-        self.queue_plan: QueuePlan | None = None
+        self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
         self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
@@ -1296,70 +1298,25 @@ class Supervisor:
         return self.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
 
     def _deadline(self, now: float) -> float | None:
-        deadline = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
-        after = self.cfg["schedule"]["deadline_after_s"]
-        if after is not None:
-            run = self.run  # from the queue's start, so the deadline does not move with each run
-            rel = float(run.get("night_start") or run.get("created") or now) + float(after)
-            deadline = rel if deadline is None else min(deadline, rel)
-        return deadline
+        sched = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
+        run = self.run
+        return night_deadline(sched, self.cfg["schedule"]["deadline_after_s"], run.get("night_start"),
+                              run.get("created"), now)
 
     def _consider_offload(self, now: float) -> None:
         if self.state.value not in LOCAL_STATES or not self.remote.can_try(self.mono()) or self.shutting_down \
                 or self.exit_intent is not None:
             return
-        from daemon.policy.failover import FailoverObs, decide_failover
-        names = self.p.offloader.usable  # a backend that refused our key is not tried again
-        spent = float(self.run.get("cloud_cost_usd") or 0.0)
-        obs = FailoverObs(now=now, resets_in_window=self.resets_in_window(now),
-                          gpu_unusable=self.recovering.gpu_unusable, local_eta_s=self.local_eta_s(now),
-                          deadline=self._deadline(now), forced=False,
-                          backend=names[0] if names else "none",
-                          budget_usd=rules.budget_left(self.cfg["offload"]["budget_usd"], spent),
-                          # credentials refused by every backend listed (Offloader.refused)
-                          auth_ok=False if self.p.offloader.names and not names else None,
-                          state=self.state.value)
-        dec = decide_failover(obs, self.cfg)
-        if dec.offload:
-            self._begin_offload(dec.reason)
-            return
-        self._plan_queue(now, obs.budget_usd)
+        f, job, duty = self.facts, self.job, self.duty.duty(now)
+        self._apply(self.planner.consider(Night(
+            now, self.state.value, f"run {self.run_id} ({job['name']})", max(0, (f.total_steps or 0) - (f.step or 0)),
+            f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
+            self.local_eta_s(now), self._deadline(now), self.resets_in_window(now), self.recovering.gpu_unusable,
+            float(self.run.get("cloud_cost_usd") or 0.0), self.store.queue())))
 
-    def _plan_queue(self, now: float, budget_left: float) -> None:
-        """With a deadline and runs waiting: will the whole queue finish? Move this run to the
-        cloud when the plan says so; say early what cannot finish."""
-        from daemon.policy.queueplan import QueueItem, plan_queue
-        waiting = self.store.queue()
-        deadline = self._deadline(now)
-        if not waiting or deadline is None:
-            return
-        o = self.cfg["offload"]
-        default = self.facts.total_steps or self.job["total_steps"] or 0
-        items = [QueueItem(f"run {self.run_id} ({self.job['name']})",
-                           max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)))]
-        items += [QueueItem(f"#{q['id']} ({q['name']})", q["total_steps"] or default) for q in waiting]
-        names = self.p.offloader.usable
-        duty = self.duty.duty(now)
-        rate = self.facts.steps_per_s
-        if rate and duty is not None and duty.fraction > 0:
-            rate *= duty.fraction  # the night's real pace: pauses and restarts included
-        # the cloud's pace: [offload] remote_steps_per_s when set, else the speed-up of
-        # [offload] gpu; the stand-in cloud is a local process that starts in seconds
-        speedup = float(o["remote_steps_per_s"]) / rate if o["remote_steps_per_s"] and rate \
-            else float(o["speedup"].get(o["gpu"], 0.0))
-        from daemon.core.remote_run import LOCAL_STARTUP_S
-        plan = plan_queue(items, now=now, deadline=deadline, local_steps_per_s=rate,
-                          cloud_speedup=speedup if names else None,
-                          usd_per_h=self.p.offloader.price_per_s(names[0]) * 3600 if names else 0.0,
-                          budget_usd=budget_left if self.p.offloader.available and names else 0.0,
-                          cloud_startup_s=LOCAL_STARTUP_S if names and names[0] == "local" else 120.0)
-        if plan is None:
-            return
-        if self.queue_plan is None or plan.reason != self.queue_plan.reason:
-            self.event("queue_plan", plan.reason, "warn" if plan.late else "info")
-        self.queue_plan = plan
-        if plan.where(items[0].name) == "cloud" and self.p.offloader.available and names:
-            self._begin_offload(f"queue plan: {plan.reason}")
+    @property
+    def queue_plan(self) -> QueuePlan | None:
+        return self.planner.queue_plan  # said in status
 
     def _begin_offload(self, reason: str) -> None:
         self.remote.begin(self.mono(), reason)
