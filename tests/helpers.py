@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,49 @@ def nightshift(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subp
                           text=True, env={**os.environ, **(env or {})}, **kw)
 
 
-def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "-c", str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+class _Drained:
+    """The daemon's output, read by a thread as it comes. A test that reads the pipe only at the
+    end froze the daemon once its log passed the pipe's 64 KiB (the next log write blocked: a
+    poll stalled, an event never stored). ``read()`` is a pipe's read: all of it, at its end."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe, self._chunks = pipe, list[str]()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for chunk in iter(lambda: self._pipe.read(4096), ""):
+            self._chunks.append(chunk)
+        self._pipe.close()
+
+    def read(self, timeout: float = 60.0) -> str:
+        self._thread.join(timeout)  # the end of the output: every holder of the pipe is gone
+        return "".join(self._chunks)
+
+    def so_far(self) -> str:
+        return "".join(self._chunks)
+
+    def close(self) -> None:
+        pass  # the thread closes the pipe at its end
+
+
+class Daemon(subprocess.Popen):
+    """A real ``nightshift run``, its output drained as it comes (``.stdout.read()``,
+    ``.communicate()`` as with a pipe)."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None) -> None:
+        super().__init__([sys.executable, "-m", "daemon.cli", "run", "-c", str(config)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, **(env or {})}, start_new_session=True)
+        self.stdout = _Drained(self.stdout)  # type: ignore[assignment]
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[str, None]:
+        self.wait(timeout)  # TimeoutExpired as communicate raises it
+        return self.stdout.read(), None  # type: ignore[union-attr]
+
+
+def start_daemon(config: Path, env: dict[str, str] | None = None) -> Daemon:
+    return Daemon(config, env)
 
 
 def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
