@@ -22,11 +22,13 @@ def utc(monkeypatch):
 
 
 def _night(total=3000, rate=1.0, train_s=480.0, cool_s=180.0, start_s=60.0, reset_at=None,
-           reset_cost_s=300.0, lost=40, dt=5.0):
-    """A thermally cycling job on a fake clock: (t, step, counting) every ``dt`` s until done.
-    Trains ``train_s`` at ``rate``, cools ``cool_s``, again; optionally one reset at step
-    ``reset_at`` that costs ``reset_cost_s`` and throws ``lost`` steps away."""
-    t, step, phase_t, training, out = 0.0, None, 0.0, True, []
+           reset_cost_s=300.0, lost=40, dt=5.0, cold_s=None):
+    """A thermally cycling job on a fake clock: (t, step, counting, restarting, cooling) every
+    ``dt`` s until done. Trains ``train_s`` at ``rate``, cools ``cool_s``, again; optionally one reset at
+    step ``reset_at`` that costs ``reset_cost_s`` (restarting, as the Supervisor says while it
+    recovers and the job loads) and throws ``lost`` steps away. ``cold_s``: the first training
+    stretch (a cold chip trains longer before its first pause)."""
+    t, step, phase_t, training, out = 0.0, None, (train_s - cold_s if cold_s else 0.0), True, []
     reset_done = False
     while step is None or step < total:
         if t >= start_s:
@@ -34,7 +36,7 @@ def _night(total=3000, rate=1.0, train_s=480.0, cool_s=180.0, start_s=60.0, rese
                 step = 0
             if reset_at is not None and not reset_done and step >= reset_at:
                 reset_done = True
-                out.append((t, step, True))
+                out.append((t, step, True, True, False))
                 t += reset_cost_s
                 step -= lost
                 phase_t = 0.0
@@ -44,7 +46,7 @@ def _night(total=3000, rate=1.0, train_s=480.0, cool_s=180.0, start_s=60.0, rese
             phase_t += dt
             if training and phase_t >= train_s or not training and phase_t >= cool_s:
                 training, phase_t = not training, 0.0
-        out.append((t, step, True))
+        out.append((t, step, True, False, step is not None and not training))
         t += dt
     return out, t
 
@@ -53,8 +55,8 @@ def _shown(samples, total):
     """Feed a ProgressMeter like the Supervisor does; the ETA shown at each sample."""
     m = eta.ProgressMeter()
     shown = []
-    for t, step, counting in samples:
-        m.note(t, step, counting)
+    for t, step, counting, restarting, cooling in samples:
+        m.note(t, step, counting, restarting, cooling)
         if step is None:
             continue
         e = eta.estimate(total - step, 1.0, None, m.rate())
@@ -74,6 +76,19 @@ def test_the_eta_at_a_third_and_two_thirds_of_a_cycling_night_is_within_15_perce
         assert e.basis == "progress", e
         assert abs(e.seconds / took - 1) <= 0.15, (frac, step, e.seconds, took)
         assert e.low_s <= took * 1.15 and e.high_s >= took * 0.85, "the range covers the truth"
+
+
+def test_a_cold_start_fades_from_the_eta_once_the_run_has_cycled():
+    """The recorded thermal night (bench/results/eta.json) ran faster at first than ever after
+    (a cold chip trains longer before its first pause); counted over the whole run, that start
+    made the ETA 17% short at a third of it. Weighed less once the run has paused often, it
+    does not: here a 400 s first stretch, then 60 s of training per 30 s pause (-12% at a
+    third with the whole run's rate)."""
+    samples, end = _night(total=3000, train_s=60.0, cool_s=30.0, cold_s=400.0, dt=2.0)
+    shown = _shown(samples, 3000)
+    for frac in (1 / 3, 2 / 3):
+        t, step, e = min(shown, key=lambda x: abs(x[0] - frac * end))
+        assert abs(e.seconds / (end - t) - 1) <= 0.08, (frac, step, e.seconds, end - t)
 
 
 def test_the_prediction_converges_instead_of_swinging_with_each_pause():
@@ -207,6 +222,27 @@ def test_the_status_json_has_the_eta_as_a_clock_time_and_its_words(tmp_path):
         # 400 steps at 2/s, 30 steps done after the start-up: about 185 s left
         remaining = (st["total_steps"] - st["step"]) / 2.0
         assert st["eta_s"] == pytest.approx(remaining, rel=0.15)
+    _run(go())
+
+
+def test_the_supervisor_tells_the_meter_the_time_it_spends_restarting_the_job(tmp_path):
+    """A crash: the 3 s back-off and the new process loading are restarting time, measured
+    apart from the training and pausing (the ETA counts restarts at their whole-run rate)."""
+    from tests.harness import Behaviour, Harness, config
+
+    async def go():
+        h = Harness(tmp_path, config(tmp_path, job={"restart_backoff_s": 3.0}),
+                    {"trainer": Behaviour(trainer=True, steps=1000, step_s=0.5, interval=10)})
+        sup = await h.open()
+        await h.run(20)
+        before = sup.progress._restart - sup.progress.samples[0].restart_s
+        h.factory.procs[-1].exit(1)
+        await h.run(30)
+        restarted = sup.progress._restart - sup.progress.samples[0].restart_s
+        assert before == 0.0 and 3.0 <= restarted <= 6.0, (before, restarted, h.events()[-4:])
+        assert sup.snapshot["eta_basis"] == "progress"
+        remaining = (1000 - sup.snapshot["step"]) / 2.0  # 2 steps/s, restarts 3.6 s in 50 s
+        assert sup.snapshot["eta_s"] == pytest.approx(remaining * 1.1, rel=0.1)
     _run(go())
 
 

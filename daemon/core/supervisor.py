@@ -1482,9 +1482,14 @@ class Supervisor:
         last = self.facts.last_record_t
         self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
                        and last is not None and last >= self._duty_pid_t)
-        # the net rate's clock runs while the job is on its way without waiting for a person
+        # the net rate's clock runs while the job is on its way without waiting for a person;
+        # the time bringing it back after a fault (down to its first report) and the thermal
+        # pauses are told apart (policy/eta.ProgressMeter.rate)
+        loading = self.state == State.RUNNING and (last is None or last < self._duty_pid_t)
         self.progress.note(self.mono(), self.facts.step, self.state.value in LOCAL_STATES
-                           and not ({"user", "schedule"} & set(self.holds)))
+                           and not ({"user", "schedule"} & set(self.holds)),
+                           restarting=loading or self.state in (State.RECOVERING, State.STARTING),
+                           cooling=self.state == State.COOLING)
 
     def local_eta_s(self, now: float) -> float | None:
         """Time to the end here at the steady rate divided by the measured duty cycle."""

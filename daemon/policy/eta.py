@@ -6,8 +6,14 @@ second of wall time since the job's first report, every thermal pause, reset, re
 recomputed after a reset included. Time held by you or the schedule is left out of that clock
 (it says nothing about how fast the rest goes; the ETA is not shown while held). A window that
 grows with the run converges: an hour of history is not swung by one cooling pause, which is
-what made the old ETA jump 12m55s -> 22m04s within two minutes. While the window is short
-against what is left, the ETA is a range (``low_s``..``high_s``): half-width
+what made the old ETA jump 12m55s -> 22m04s within two minutes. Once the run has paused a few
+times its start weighs less, and restarts after faults count at their whole-run rate
+(``ProgressMeter.rate``): counted evenly over the whole run, a cold chip's first long stretch
+made the ETA of the recorded thermal night (bench/results/eta.json) 17% short at a third and
+at two thirds of it; replayed through this meter from the same samples (a pause read where
+the step stood still), -6% and -11%. The resets still ahead are the one thing no estimate from
+the run itself can see (the demo's come at 35% and 70% of its steps: its ETA at a third stays
+short by their restarts). While the window is short against what is left, the ETA is a range (``low_s``..``high_s``): half-width
 ``RANGE_K * remaining / (remaining + observed)`` of the estimate, widened to the estimate from
 the window's recent half when that disagrees. Before that, the duty-cycle estimate below, with
 a wide range.
@@ -39,7 +45,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 WINDOW_S = 3600.0
 MIN_OBSERVED_S = 30.0
@@ -61,6 +67,10 @@ MIN_NET_S = 20.0  # counted seconds of progress before the net rate is the basis
 RANGE_K = 0.5  # range half-width at the start of a long extrapolation (see the docstring)
 EARLY_RANGE = 0.5  # half-width while only the steady rate or the duty cycle is known
 MAX_SAMPLES = 600
+# The net rate weighs the run's start less: a ramp from 0 at the first report to 1 at this share
+# of the counted time so far (see ProgressMeter.rate).
+RAMP = 2 / 3
+RAMP_PAUSES = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,14 @@ class NetRate:
     observed_s: float
 
 
+class Sample(NamedTuple):
+    t: float  # counted seconds
+    step: int
+    restart_s: float  # counted seconds spent bringing the job back after a fault (cumulative)
+    fwd: int  # steps gained (cumulative; a step redone after a rewind counts again)
+    lost: int  # steps thrown away by rewinds to a checkpoint (cumulative)
+
+
 @dataclass
 class ProgressMeter:
     """(counted time, step) samples of the run, fed every tick.
@@ -89,43 +107,85 @@ class ProgressMeter:
     Counted time advances only while ``counting`` (the job is on its way to the end without
     waiting for a person: running, cooling, recovering, starting). The first sample is the
     job's first report, so the daemon's and the interpreter's first start-up are not a rate.
+    ``restarting`` marks the counted time spent bringing the job back after a fault (the
+    reset's cooldown and probe, the new process loading): ``rate`` measures those apart.
     Thinned to ``MAX_SAMPLES`` (every other older one dropped) so a night stays small."""
 
-    samples: list[tuple[float, int]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     _counted: float = 0.0
+    _restart: float = 0.0
     _last_now: float | None = None
     _last_counting: bool = False
+    _last_restarting: bool = False
+    pauses: int = 0  # thermal pauses since the first report (the cycles seen)
+    _cooling: bool = False
 
-    def note(self, now: float, step: int | None, counting: bool) -> None:
+    def note(self, now: float, step: int | None, counting: bool, restarting: bool = False,
+             cooling: bool = False) -> None:
         if self._last_now is not None and self._last_counting and now > self._last_now:
             self._counted += now - self._last_now
+            if self._last_restarting:
+                self._restart += now - self._last_now
         self._last_now, self._last_counting = now, counting
+        self._last_restarting = counting and restarting
+        if cooling and not self._cooling and self.samples:
+            self.pauses += 1
+        self._cooling = cooling
         if step is None or not counting:
             return
-        if self.samples and self.samples[-1][1] == step and self._counted - self.samples[-1][0] < 1.0:
+        last = self.samples[-1] if self.samples else None
+        if last is not None and last.step == step and self._counted - last.t < 1.0:
             return
-        self.samples.append((self._counted, int(step)))
+        fwd, lost = (0, 0) if last is None else (last.fwd + max(0, step - last.step),
+                                                 last.lost + max(0, last.step - step))
+        self.samples.append(Sample(self._counted, int(step), self._restart, fwd, lost))
         if len(self.samples) > MAX_SAMPLES:
             head = self.samples[: MAX_SAMPLES // 2]
             self.samples = head[::2] + self.samples[MAX_SAMPLES // 2:]
 
     def rate(self) -> NetRate | None:
+        """Net steps per counted second, from two parts measured differently.
+
+        The cycle (training, and the thermal pauses that come every few minutes): steps per
+        counted second outside restarts, each stretch weighed by a ramp that rises from 0 at
+        the first report to 1 at ``RAMP`` of the counted time so far, and stays 1 to now. The
+        start fades (a cold chip trains minutes before its first pause; the first start-up; a
+        machine busy only then) and the window still grows with the run, so it converges. The
+        ramp grows in from none at ``RAMP_PAUSES`` pauses seen to its length at twice as many:
+        over a few long cycles, weighing some of them less would weigh their pause or their
+        training more than the cycle does, and the ETA would swing with where in a pause it is
+        asked. The faults (time restarting, steps thrown away by a rewind), rare, from the
+        whole run: one reset in a short window would weigh as if it came that often."""
         if len(self.samples) < 2:
             return None
-        t0, s0 = self.samples[0]
-        t1, s1 = self.samples[-1]
-        span = self._counted - t0  # to now, not to the last sample: a stall counts
+        first, last = self.samples[0], self.samples[-1]
+        span = self._counted - first.t  # to now, not to the last sample: a stall counts
         if span <= 0:
             return None
-        rate = (s1 - s0) / span
-        recent = None
-        half = t0 + span / 2
-        i = bisect.bisect_left(self.samples, (half, -1))
-        if i < len(self.samples) - 1:
-            th, sh = self.samples[i]
-            if self._counted - th > 0:
-                recent = (s1 - sh) / (self._counted - th)
+        ramp = RAMP * span * min(1.0, max(0, self.pauses - RAMP_PAUSES) / RAMP_PAUSES)
+
+        def w(t: float) -> float:
+            return 1.0 if ramp <= 0 else min(1.0, (t - first.t) / ramp)
+
+        gained = busy = 0.0
+        for a, b in zip(self.samples, self.samples[1:], strict=False):
+            wt = w((a.t + b.t) / 2)
+            gained += wt * (b.fwd - a.fwd)
+            busy += wt * (b.t - a.t - (b.restart_s - a.restart_s))
+        busy += w(self._counted) * (self._counted - last.t - (self._restart - last.restart_s))
+        half = self._at(first.t + span / 2)
+        recent = (last.step - half.step) / (self._counted - half.t)
+        restart = self._restart - first.restart_s
+        if busy <= 0 or span - restart <= 0:  # restarting all along so far: the plain net rate
+            return NetRate((last.step - first.step) / span, recent, span)
+        fwd = last.fwd - first.fwd
+        lost = (last.lost - first.lost) / fwd if fwd > 0 else 0.0
+        rate = gained / busy * max(0.0, 1.0 - lost) / (1.0 + restart / (span - restart))
         return NetRate(rate, recent, span)
+
+    def _at(self, t: float) -> Sample:
+        """The sample in force at counted time ``t``: the last one at or before it."""
+        return self.samples[max(0, bisect.bisect_right(self.samples, (t, float("inf"))) - 1)]
 
 
 def duty_cycle(transitions: list[tuple[float, bool]], now: float,
