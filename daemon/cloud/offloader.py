@@ -270,8 +270,9 @@ class Offloader:
                 except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
                     pass
 
-    def describe(self, name: str) -> dict[str, Any] | None:
-        """The backend's own view for status (e.g. ssh: host, connected, remote state); cheap."""
+    def describe(self, name: str) -> dict[str, object] | None:
+        """The backend's own view for status (e.g. ssh: host, connected, remote state); cheap.
+        Shown as it is (JSON), never read by the daemon: opaque values."""
         describe = getattr(self.backend(name), "describe", None)
         return describe() if describe is not None else None
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.gpu.resets.incident import ResetEvent
+from daemon.gpu.sensors.base import Reading
+from daemon.job.progress import ProgressRecord
 from daemon.policy.states import State
 from daemon.policy.thermal import ThermalState
 
@@ -40,8 +43,8 @@ class JobSigns:
 @dataclass(frozen=True)
 class Poll:
     """What a poll interval read (None fields: not read, or nothing there)."""
-    reading: Any = None  # sensors.base.Reading, or None without a sensor
-    resets: tuple[Any, ...] = ()  # resets.ResetEvent seen since the last poll
+    reading: Reading | None = None  # None without a sensor
+    resets: tuple[ResetEvent, ...] = ()  # seen since the last poll
     schedule: tuple[bool, str] | None = None  # (may run now, why not) under [schedule]
     error: str | None = None  # the sensor's read raised this (the reading is then unknown)
 
@@ -50,7 +53,7 @@ class Poll:
 class Observation:
     clock: Clock
     clock_step_s: float | None = None  # the wall clock jumped by this much since the last tick
-    records: tuple[dict[str, Any], ...] = ()  # progress records (output-derived ones included)
+    records: tuple[ProgressRecord, ...] = ()  # output-derived ones included
     lines: tuple[str, ...] = ()  # output lines since the last tick
     exit_code: int | None = None  # the job's exit status, once it has ended
     commands: tuple[tuple[str, Any, Any], ...] = ()  # (action, argument, future) from the API

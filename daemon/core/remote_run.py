@@ -176,7 +176,7 @@ class RemoteRun:
         return [Save({"cloud_seconds": float(run.get("cloud_seconds") or 0) + secs, "cloud_cost_usd": cost,
                       "remote_started": None})]  # settled: a restart must not count it again
 
-    def describe(self) -> dict[str, Any] | None:
+    def describe(self) -> dict[str, object] | None:
         return self.p.describe(self.name) if self.name else None
 
     def _save_rec(self) -> Save:

@@ -61,6 +61,7 @@ from daemon.job.classify import ExitInfo, classify_exit, traceback_tail
 from daemon.job.diskfull import is_full_error, says_full
 from daemon.job.jobproc import same_process_alive, stop_orphan
 from daemon.job.jobrunner import JobRunner
+from daemon.job.progress import ProgressRecord
 from daemon.job.status import JobFacts
 from daemon.night.runbook import RunBook
 from daemon.policy import eta as eta_mod
@@ -463,8 +464,8 @@ class Supervisor:
                 text = fh.read().decode("utf-8", "replace")
         except OSError:
             return None
-        found = [r["step"] for r in map(parser.feed, text.splitlines()[1:])
-                 if r is not None and isinstance(r.get("step"), int)]
+        found = [step for r in map(parser.feed, text.splitlines()[1:])
+                 if r is not None and isinstance(step := r.get("step"), int)]
         return max(found) if found else None
 
     # ================================================================== the tick
@@ -585,33 +586,32 @@ class Supervisor:
         for rec in recs:
             self._observe_record(rec)
 
-    def _observe_record(self, rec: dict[str, Any], replay: bool = False) -> None:
+    def _observe_record(self, rec: ProgressRecord, replay: bool = False) -> None:
         try:
             self.facts.observe(rec)
         except (TypeError, ValueError, OverflowError):
             return  # a record of the wrong shape: skipped (daemon/job/progress.py counts them)
-        kind = rec.get("kind")
-        if kind == "progress" and isinstance(rec.get("step"), int) and rec.get("loss") == "nan":
-            self._remember_loss(rec["step"], math.nan)  # the trainer's marker for a NaN loss
-        elif kind == "progress" and isinstance(rec.get("step"), int) and \
-                isinstance(rec.get("loss"), (int, float)):
+        kind, step, loss = rec.get("kind"), rec.get("step"), rec.get("loss")
+        if kind == "progress" and isinstance(step, int) and loss == "nan":
+            self._remember_loss(step, math.nan)  # the trainer's marker for a NaN loss
+        elif kind == "progress" and isinstance(step, int) and isinstance(loss, (int, float)):
             # records are rate-limited: the worst loss since the last one (and its step) is what
             # a climb or a spike between two records looks like
             worst, at = rec.get("loss_max"), rec.get("loss_max_step")
-            if isinstance(worst, (int, float)) and isinstance(at, int) and at != rec["step"]:
+            if isinstance(worst, (int, float)) and isinstance(at, int) and at != step:
                 self._remember_loss(at, float(worst))
-            self._remember_loss(rec["step"], float(rec["loss"]))
+            self._remember_loss(step, float(loss))
         if replay:
             return
         self.record_seen_at = self.mono()
         if kind != "heartbeat" or self.holds:
             self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
-        if kind == "checkpoint" and isinstance(rec.get("step"), int):
+        if kind == "checkpoint" and isinstance(step, int):
             self.checkpoint_seen_at = self.record_seen_at
-            self.stored(self.store.add_checkpoint, self.run_id, int(rec["step"]), str(rec.get("path")),
+            self.stored(self.store.add_checkpoint, self.run_id, step, str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
-            self._update_run(step=int(rec["step"]))
-            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), int(rec["step"]),
+            self._update_run(step=step)
+            self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), step,
                                               int(self.cfg["checkpoint"]["keep"])))
         elif kind == "checkpoint_error":
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
@@ -1047,7 +1047,7 @@ class Supervisor:
         return True
 
     # ================================================================== polling
-    def _note_reading(self, reading: Reading, mono: float) -> None:
+    def _note_reading(self, reading: Reading | None, mono: float) -> None:
         if reading is None:
             return
         self.last_reading = reading
@@ -1175,12 +1175,14 @@ class Supervisor:
         return self.reset_log.in_window(now)
 
     # ================================================================== divergence
-    def _divergence(self, rec: dict[str, Any]) -> None:
+    def _divergence(self, rec: ProgressRecord) -> None:
         dv = self.p.divergence
         if dv is None or rec.get("loss") is None or self.exit_intent is not None:
             return
         # the job reports the worst loss since its previous record (records are rate-limited)
         loss, step = rec.get("loss_max", rec["loss"]), rec.get("loss_max_step", rec["step"])
+        if step is None or loss is None:
+            return
         try:
             spike = dv.observe(int(step), float(loss))
         except (TypeError, ValueError):

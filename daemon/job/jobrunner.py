@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from daemon.job.control import JobControl
-from daemon.job.progress import ProgressTail
+from daemon.job.progress import ProgressRecord, ProgressTail
 from trainer.protocol import PROGRESS_FILE
 
 log = logging.getLogger("nightshift")
@@ -115,13 +115,13 @@ class JobRunner:
     def pid(self) -> int | None:
         return self.proc.pid if self.running and self.proc is not None else None
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[ProgressRecord]:
         recs = self.tail.read()
         for r in recs:
             if r.get("kind") == "start":
                 self.cooperative = bool(r.get("protocol"))
-            elif r.get("kind") == "control_ack" and isinstance(r.get("seq"), int):
-                self.control.acked(r["seq"])
+            elif r.get("kind") == "control_ack" and isinstance(seq := r.get("seq"), int):
+                self.control.acked(seq)
         return recs
 
     def drain_lines(self) -> list[str]:

@@ -32,11 +32,10 @@ import ast
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from daemon.job.progress import BadRecord, validate_record
+from daemon.job.progress import BadRecord, ProgressRecord, validate_record
 
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf|NaN|Inf)"
 # "  12%|█▏        | 120/1000 [00:10<01:20, 11.2it/s, loss=2.31]" — the n/total and the
@@ -96,7 +95,7 @@ def compile_pattern(pattern: str) -> str | re.Pattern[str]:
     return rx
 
 
-def _num(text: Any) -> float | None:
+def _num(text: object) -> float | None:
     if isinstance(text, bool):
         return None
     if isinstance(text, (int, float)):
@@ -107,7 +106,7 @@ def _num(text: Any) -> float | None:
         return None
 
 
-def _int(text: Any) -> int | None:
+def _int(text: object) -> int | None:
     v = _num(text)
     return int(v) if v is not None and math.isfinite(v) else None
 
@@ -144,7 +143,7 @@ class _Hit:
     total: int | None = None
     loss: float | None = None
     epoch: float | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: Mapping[str, float | None] | None = None
     bar: bool = False  # a progress-bar redraw (only the last one in a line counts)
 
 
@@ -234,7 +233,7 @@ class OutputProgress:
                     metrics=metrics, bar=True)
 
     # -- lines -> records ----------------------------------------------------------------
-    def feed(self, line: str) -> dict[str, Any] | None:
+    def feed(self, line: str) -> ProgressRecord | None:
         """One line of output (up to a newline; it may hold ``\\r`` redraws) -> a record or None."""
         hits = [h for seg in line.rstrip("\n").split("\r") if seg.strip() and (h := self._parse(seg))]
         if not hits:
@@ -248,7 +247,7 @@ class OutputProgress:
             hits = [h for h in hits if not h.bar or h.total == self._bar_total]
         # Segments in order; a bar counts only as the newest redraw before the next other hit
         # (a dict's loss takes the step of the bar drawn before it) and at the end of the line.
-        recs: list[dict[str, Any] | None] = []
+        recs: list[dict[str, object] | None] = []
         bar: _Hit | None = None
         for h in hits:
             if h.bar:
@@ -270,11 +269,11 @@ class OutputProgress:
         except BadRecord:
             return None
 
-    def feed_chunk(self, text: str) -> list[dict[str, Any]]:
+    def feed_chunk(self, text: str) -> list[ProgressRecord]:
         """Raw output as it arrives (``\\r`` and ``\\n`` both end a segment); an unfinished
         segment waits for the next chunk. For readers that do not split lines themselves."""
         buf = self._partial + text
-        out: list[dict[str, Any]] = []
+        out: list[ProgressRecord] = []
         last = max(buf.rfind("\n"), buf.rfind("\r"))
         if last < 0:
             self._partial = buf[-65536:]
@@ -285,7 +284,8 @@ class OutputProgress:
                 out.append(r)
         return out
 
-    def _record(self, h: _Hit) -> dict[str, Any] | None:
+    def _record(self, h: _Hit) -> dict[str, object] | None:
+        """A record to validate (validate_record makes it a ProgressRecord)."""
         t = float(self.clock())
         if h.total:
             self.total_steps = h.total
@@ -293,7 +293,7 @@ class OutputProgress:
             step = h.step if h.step is not None else self.step
             if step is None:
                 return None  # the record schema wants a step
-            rec = {"kind": "eval", "t": t, "step": step, "metrics": dict(h.metrics or {})}
+            rec: dict[str, object] = {"kind": "eval", "t": t, "step": step, "metrics": dict(h.metrics or {})}
             if h.epoch is not None:
                 rec["epoch"] = h.epoch
             return rec

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,38 @@ _STR = ("path", "error", "command", "reason", "state")
 _STR_OR_NULL = ("checkpoint", "resumed_from")
 
 
+class ProgressRecord(TypedDict, total=False):
+    """One valid progress.jsonl record, as ``validate_record`` leaves it (trainer/protocol.py
+    writes them; an output pattern makes them from a script's lines). Only ``kind`` is always
+    there; which others a kind carries is the protocol's. A key not named here is kept as the
+    job wrote it (JSON)."""
+
+    kind: str  # one of KINDS
+    t: float
+    step: int | None  # _STEP_FIELDS: integers in [0, 2**53)
+    total_steps: int | None
+    loss_max_step: int | None
+    loss: float | str | None  # _LOSS_FIELDS: a number, or "nan" / "inf" / "-inf"
+    loss_max: float | str | None
+    metrics: dict[str, float | None]  # a non-finite metric becomes None
+    samples_per_s: float  # _NUM
+    steps_per_s: float
+    epoch: float
+    bytes: float
+    stall_s: float
+    persist_s: float
+    seq: float
+    pid: float
+    protocol: float
+    path: str  # _STR
+    error: str
+    command: str
+    reason: str
+    state: str
+    checkpoint: str | None  # _STR_OR_NULL
+    resumed_from: str | None
+
+
 class BadRecord(ValueError):
     pass
 
@@ -57,7 +89,7 @@ def _no_constants(name: str) -> float:
     return float(name.replace("Infinity", "inf"))
 
 
-def _depth(v: Any) -> int:
+def _depth(v: object) -> int:
     """Nesting depth, iteratively (a recursive walk is what deep nesting attacks)."""
     best, stack = 0, [(v, 1)]
     while stack:
@@ -70,7 +102,7 @@ def _depth(v: Any) -> int:
     return best
 
 
-def _finite_numbers(v: Any) -> bool:
+def _finite_numbers(v: object) -> bool:
     stack = [v]
     while stack:
         x = stack.pop()
@@ -83,11 +115,11 @@ def _finite_numbers(v: Any) -> bool:
     return True
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate_record(rec: Any) -> dict[str, Any]:
+def validate_record(rec: object) -> ProgressRecord:
     """The record, normalized, or BadRecord saying what is wrong with it."""
     if not isinstance(rec, dict):
         raise BadRecord(f"not a JSON object but {type(rec).__name__}")
@@ -140,10 +172,10 @@ def validate_record(rec: Any) -> dict[str, Any]:
     for k, v in rest.items():
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63:
             raise BadRecord(f"{k[:40]} is too large for 64 bits")
-    return out
+    return cast(ProgressRecord, out)  # each named field checked above
 
 
-def parse_line(line: bytes) -> dict[str, Any]:
+def parse_line(line: bytes) -> ProgressRecord:
     """One line -> a valid record, or BadRecord. Never anything else."""
     if len(line) > MAX_LINE:
         raise BadRecord(f"line of {len(line)} bytes (at most {MAX_LINE})")
@@ -186,7 +218,7 @@ class ProgressTail:
                         reason, more, self.bad_lines)
             self._warned_at, self._unwarned = now, 0
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[ProgressRecord]:
         """New valid records since the last call. Truncation or replacement restarts at 0."""
         try:
             st = os.stat(self.path)
@@ -195,7 +227,7 @@ class ProgressTail:
         if self._inode is not None and (st.st_ino != self._inode or st.st_size < self.offset):
             self.offset, self._partial, self._skipping = 0, b"", False
         self._inode = st.st_ino
-        out: list[dict[str, Any]] = []
+        out: list[ProgressRecord] = []
         if st.st_size == self.offset:
             return out
         try:
@@ -211,7 +243,7 @@ class ProgressTail:
             self._bad(f"read error: {e.strerror}")
         return out
 
-    def _feed(self, data: bytes, out: list[dict[str, Any]]) -> None:
+    def _feed(self, data: bytes, out: list[ProgressRecord]) -> None:
         lines = data.split(b"\n")
         last = lines.pop()  # bytes after the last newline: an incomplete line
         for i, line in enumerate(lines):

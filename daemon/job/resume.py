@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
+from daemon.job.progress import ProgressRecord
 from trainer.format import CorruptCheckpoint, UnsafeCheckpoint, list_checkpoints, verify
 
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a pickle's protocol byte; torch.save's zip
@@ -84,7 +84,7 @@ def check_script_resume(path: str, workdir: str, glob: str) -> Path | None:
     return None
 
 
-def skipped_resume(passed: str, start: dict[str, Any]) -> str | None:
+def skipped_resume(passed: str, start: ProgressRecord) -> str | None:
     """Pure: None if the job's ``start`` record resumed from ``passed`` (the NIGHTSHIFT_RESUME
     the daemon gave it), else a sentence saying what it did instead. A start record without
     ``protocol`` is a script's (it does not report what it resumed from): never judged."""

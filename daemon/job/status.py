@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.job.progress import ProgressRecord
+
 
 @dataclass
 class JobFacts:
@@ -19,7 +21,7 @@ class JobFacts:
     loss: float | None = None
     losses: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
     steps_per_s: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
     last_record_t: float | None = None
     done: bool = False  # the current attempt reported "done"
     cooperative: bool = False  # the job announced trainer/'s control protocol
@@ -31,12 +33,12 @@ class JobFacts:
     attempt_step: int | None = None  # the furthest step the current attempt reported (None: none yet)
     _rate_anchor: tuple[float, int] | None = None
 
-    def observe(self, rec: dict[str, Any]) -> None:
+    def observe(self, rec: ProgressRecord) -> None:
         t = float(rec.get("t") or 0.0)
         self.last_record_t = t or self.last_record_t
-        kind = rec.get("kind")
-        if rec.get("total_steps"):
-            self.total_steps = int(rec["total_steps"])
+        kind, step = rec.get("kind"), rec.get("step")
+        if total := rec.get("total_steps"):
+            self.total_steps = int(total)
         if kind == "start":
             self.cooperative = bool(rec.get("protocol"))
             self._rate_anchor = None
@@ -46,13 +48,13 @@ class JobFacts:
                 self.back_from = max(self.back_from or 0, self.max_step)
                 self.max_step = start
         if kind == "progress" and not self.cooperative and self.max_step is not None \
-                and isinstance(rec.get("step"), int) and rec["step"] < self.max_step:
+                and isinstance(step, int) and step < self.max_step:
             # a script (no start record) resumed behind where it was: at least this much is redone
-            self.steps_lost += self.max_step - rec["step"]
+            self.steps_lost += self.max_step - step
             self.back_from = max(self.back_from or 0, self.max_step)
-            self.max_step = rec["step"]
-        if "step" in rec and rec["step"] is not None:
-            self.step = int(rec["step"])
+            self.max_step = step
+        if step is not None:
+            self.step = int(step)
             if self.back_from is not None and self.step >= self.back_from:
                 self.back_from = None  # caught up: the step on screen is new ground again
             if kind == "progress":
@@ -86,12 +88,14 @@ class JobFacts:
         self.last_record_t = None
         self.attempt_step = None
 
-    def _update_rate(self, t: float, rec: dict[str, Any]) -> None:
+    def _update_rate(self, t: float, rec: ProgressRecord) -> None:
         if rec.get("steps_per_s") is not None:
             r = float(rec["steps_per_s"])
             self.steps_per_s = r if self.steps_per_s is None else 0.7 * self.steps_per_s + 0.3 * r
             return
-        step = int(rec["step"])
+        if (at := rec.get("step")) is None:  # a progress record always has one (validate_record)
+            return
+        step = int(at)
         if self._rate_anchor is None:
             self._rate_anchor = (t, step)
             return

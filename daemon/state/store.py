@@ -801,7 +801,7 @@ class Store:
 
     # -- checkpoints ------------------------------------------------------------------------
     def add_checkpoint(self, run_id: int | None, step: int, path: str, t: float | None = None,
-                       bytes_: int | None = None, stall_s: float | None = None,
+                       bytes_: float | None = None, stall_s: float | None = None,
                        persist_s: float | None = None) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO checkpoints(run_id, step, path, t, bytes, stall_s, persist_s) "

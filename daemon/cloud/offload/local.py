@@ -121,8 +121,9 @@ class LocalBackend(OffloadBackend):
             spec["env"]["NIGHTSHIFT_MAX_STEPS_PER_S"] = str(self.steps_per_s)
         c = self.carry
         if c is not None:
-            spec.update(workdir=str(vol / "work"), data=list(c.data), data_root=str(self.root / "data"),
-                        checkpoint_glob=c.checkpoint_glob, progress_pattern=c.progress_pattern, keep=c.keep)
+            spec.update({"workdir": str(vol / "work"), "data": list(c.data), "data_root": str(self.root / "data"),
+                         "checkpoint_glob": c.checkpoint_glob, "progress_pattern": c.progress_pattern,
+                         "keep": c.keep})
         else:
             spec["workdir"] = os.getcwd()
         (vol / "spec.json").write_text(json.dumps(spec))

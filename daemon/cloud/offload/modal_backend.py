@@ -49,9 +49,10 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.cloud.offload.base import (
     JobSpec,
@@ -59,13 +60,20 @@ from daemon.cloud.offload.base import (
     OffloadBackend,
     OffloadError,
     OffloadThrottled,
+    RemoteResult,
+    RemoteSpec,
     RemoteStatus,
+    RemoteSummary,
     UploadResult,
     progress_summary,
+    read_summary,
 )
 from daemon.cloud.offload.carry import MANIFEST_DIR, Carry, manifest_name, newest_adopted_dir
-from daemon.cloud.offload.remote import PROGRESS_KEYS, SUMMARY
+from daemon.cloud.offload.remote import SUMMARY
 from daemon.policy.cfgtypes import OffloadConfig
+
+if TYPE_CHECKING:  # the SDK is imported where a backend uses it: a daemon without Modal never loads it
+    import modal
 
 log = logging.getLogger("nightshift.offload.modal")
 
@@ -134,7 +142,7 @@ def workdir_ignore(patterns: tuple[str, ...]):
     return _Exclude()._with_repr(f"nightshift-exclude{list(patterns)}")
 
 
-def remote_body(spec: dict[str, Any], volume_root: str = MOUNT, commit: bool = True) -> dict[str, Any]:
+def remote_body(spec: RemoteSpec, volume_root: str = MOUNT, commit: bool = True) -> RemoteResult:
     """Runs in the Modal container: resume from the volume, run the job, commit as it goes."""
     from daemon.cloud.offload.remote import run_remote
 
@@ -236,9 +244,9 @@ class ModalBackend(OffloadBackend):
         self.cfg = cfg_offload
         self.carry = carry
         self._keys: dict[str, str] = {}  # call id -> run key, to read the run's volume
-        self._volumes: dict[str, Any] = {}  # run key -> modal.Volume (looked up once)
+        self._volumes: dict[str, modal.Volume] = {}  # run key -> modal.Volume (looked up once)
         self._cancelling: set[str] = set()
-        self.on_call: Any = None  # set by the Offloader: journals a call id the moment it exists
+        self.on_call: Callable[[str], None] | None = None  # set by the Offloader: journals a call id the moment it exists
         self.bytes_read = 0  # bytes downloaded by polls (the bench's figure)
         self.warnings: list[str] = []
         self.last_sync: dict[str, dict[str, int]] = {}
@@ -315,12 +323,14 @@ class ModalBackend(OffloadBackend):
         return sent
 
     # launch -----------------------------------------------------------------------------
-    def spec_for(self, job: JobSpec, s: ModalSettings) -> dict[str, Any]:
-        spec = job.to_dict() | {"volume_name": s.volume_name}
+    def spec_for(self, job: JobSpec, s: ModalSettings) -> RemoteSpec:
+        spec = job.to_dict()
+        spec["volume_name"] = s.volume_name
         c = self.carry
         if c is not None:
-            spec.update(workdir=REMOTE_WORKDIR, data=list(c.data), data_root=DATA_MOUNT if c.data else None,
-                        checkpoint_glob=c.checkpoint_glob, progress_pattern=c.progress_pattern, keep=c.keep)
+            spec.update({"workdir": REMOTE_WORKDIR, "data": list(c.data),
+                         "data_root": DATA_MOUNT if c.data else None, "checkpoint_glob": c.checkpoint_glob,
+                         "progress_pattern": c.progress_pattern, "keep": c.keep})
         return spec
 
     def launch(self, run_key: str, job: JobSpec) -> str:
@@ -421,16 +431,16 @@ class ModalBackend(OffloadBackend):
         except OffloadError as err:
             log.warning("could not cancel %s: %s", call_id, err)
 
-    def _volume(self, key: str) -> Any:
+    def _volume(self, key: str) -> modal.Volume:
         import modal
         if key not in self._volumes:
             self._volumes[key] = modal.Volume.from_name(volume_name(key))
         return self._volumes[key]
 
-    def _progress(self, call_id: str) -> dict[str, Any]:
+    def _progress(self, call_id: str) -> RemoteSummary:
         """The body's summary (daemon/cloud/offload/remote.py, written at each commit): the same few
         hundred bytes at step 50 and at step 50,000."""
-        empty = progress_summary([])
+        empty: RemoteSummary = {**progress_summary([])}
         key = self._keys.get(call_id)
         if not key:
             return empty
@@ -443,8 +453,7 @@ class ModalBackend(OffloadBackend):
             got = json.loads(data)
         except ValueError:
             return empty
-        return empty | {k: got.get(k) for k in (*PROGRESS_KEYS, "state", "result", "checkpoint_step")} \
-            if isinstance(got, dict) else empty
+        return read_summary(got)
 
     def remember(self, call_id: str, run_key: str) -> None:
         self._keys[call_id] = run_key
@@ -479,7 +488,7 @@ class ModalBackend(OffloadBackend):
         return got
 
     @staticmethod
-    def _download(vol: Any, remote: str, local: Path) -> None:
+    def _download(vol: modal.Volume, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         with open(local, "wb") as f:
             for chunk in vol.read_file(remote):
@@ -487,7 +496,7 @@ class ModalBackend(OffloadBackend):
             f.flush()
             os.fsync(f.fileno())
 
-    def _pull_trainer(self, vol: Any, dest: Path) -> Path | None:
+    def _pull_trainer(self, vol: modal.Volume, dest: Path) -> Path | None:
         """The newest remote step that verifies here, newest first: a corrupt one is skipped for
         the next older (as the SSH backend does). A local step identical to the remote one (the
         checkpoint that went up, when the cloud never got to its own) is kept as it is. Files
@@ -538,7 +547,7 @@ class ModalBackend(OffloadBackend):
             return final
         return None
 
-    def _pull_adopted(self, vol: Any) -> Path | None:
+    def _pull_adopted(self, vol: modal.Volume) -> Path | None:
         """Newest version first; a copy that does not verify here is skipped for the next one."""
         from daemon.job.adopt import Adopter
         assert self.carry is not None

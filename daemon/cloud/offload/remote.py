@@ -45,7 +45,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: the body imports what it runs where it runs it
+    from daemon.cloud.offload.base import RemoteResult, RemoteSpec
+    from daemon.job.progress import ProgressRecord
 
 import daemon
 
@@ -58,7 +63,7 @@ SUMMARY = "summary.json"  # in run/: what the daemon reads each poll (O(1) in th
 PROGRESS_KEYS = ("step", "total_steps", "loss", "steps_per_s")
 
 
-def write_summary(run_dir: Path, last: dict[str, Any] | None, checkpoint_step: int | None,
+def write_summary(run_dir: Path, last: ProgressRecord | None, checkpoint_step: int | None,
                   state: str = "running", result: str | None = None) -> None:
     """The poll's whole answer, replaced atomically (the daemon never reads half of it)."""
     data = {"t": time.time(), "state": state, "result": result, "checkpoint_step": checkpoint_step,
@@ -151,7 +156,7 @@ class _Output(threading.Thread):
         self.proc, self.log_path, self.progress_path = proc, log_path, progress_path
         self.parser = OutputProgress(pattern, total_steps=total_steps) if pattern else None
         self.records = 0
-        self.last: dict[str, Any] | None = None  # the newest record parsed from the output
+        self.last: ProgressRecord | None = None  # the newest record parsed from the output
 
     @property
     def step(self) -> int | None:
@@ -172,8 +177,8 @@ class _Output(threading.Thread):
                     self.last = rec
 
 
-def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None] = lambda: None,
-               poll_s: float = 0.5, term_grace_s: float = 20.0, commit_every_s: float = 60.0) -> dict[str, Any]:
+def run_remote(spec: RemoteSpec, volume_root: str, commit: Callable[[], None] = lambda: None,
+               poll_s: float = 0.5, term_grace_s: float = 20.0, commit_every_s: float = 60.0) -> RemoteResult:
     from daemon.cloud.offload.carry import link_data
     from daemon.job.adopt import Adopter
     from daemon.job.progress import ProgressTail
@@ -186,18 +191,20 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
     workdir = Path(spec.get("workdir") or vol)
     workdir.mkdir(parents=True, exist_ok=True)
     save = _guarded(commit)
-    if spec.get("data") and spec.get("data_root"):
-        link_data(workdir, Path(spec["data_root"]), spec["data"])
+    data, data_root = spec.get("data"), spec.get("data_root")
+    if data and data_root:
+        link_data(workdir, Path(data_root), data)
     placed = _place_sent_files(vol / "files", workdir)
     adopter = None
     restored = None
-    if spec.get("checkpoint_glob"):
-        adopter = Adopter(workdir, spec["checkpoint_glob"], vol / "adopted", keep=int(spec.get("keep") or 3),
+    if checkpoint_glob := spec.get("checkpoint_glob"):
+        adopter = Adopter(workdir, checkpoint_glob, vol / "adopted", keep=int(spec.get("keep") or 3),
                           settle_s=float(spec.get("settle_s") or 2.0), log=log.info)
         restored = adopter.restore_newest()  # the newest valid copy, in place, before the command
     info = find_latest_valid(ckpt_dir)
     resume = info is not None or restored is not None
-    command = spec["resume_command"] if resume and spec.get("resume_command") else spec["command"]
+    resume_command = spec.get("resume_command")
+    command = resume_command if resume and resume_command else spec["command"]
     if command and command[0] in ("python", "python3"):
         command = [sys.executable, *command[1:]]
     env = {**os.environ, **(spec.get("env") or {}), "NIGHTSHIFT_RUN_DIR": str(run_dir),
@@ -224,7 +231,7 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
 
     term_at: list[float] = []
 
-    def forward(signum: int, frame: Any) -> None:  # preemption / local cancel: let the job save
+    def forward(signum: int, frame: FrameType | None) -> None:  # preemption / local cancel: let the job save
         if terminated.is_set():
             return  # once: a second TERM would hit a script in its own save-on-TERM handler
         terminated.set()
@@ -238,7 +245,7 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
         old_term = signal.signal(signal.SIGTERM, forward)
     done = cooperative = False
     last_commit, seen = time.monotonic(), 0
-    last: dict[str, Any] | None = None  # the newest progress record (the summary's)
+    last: ProgressRecord | None = None  # the newest progress record (the summary's)
     ckpt_step: int | None = info.step if info else None
 
     def summary(state: str = "running", result: str | None = None) -> None:
@@ -253,8 +260,8 @@ def run_remote(spec: dict[str, Any], volume_root: str, commit: Callable[[], None
             kind = rec.get("kind")
             if kind == "progress":
                 last = rec
-            elif kind == "checkpoint" and isinstance(rec.get("step"), int):
-                ckpt_step = rec["step"]
+            elif kind == "checkpoint" and isinstance(step := rec.get("step"), int):
+                ckpt_step = step
             durable = durable or kind == "checkpoint"
             done = done or kind == "done"
             cooperative = cooperative or (kind == "start" and bool(rec.get("protocol")))
@@ -356,6 +363,7 @@ def main() -> int:
     t0 = time.monotonic()
     ooms = oom_kills()
     (Path(a.volume) / "oom_start.json").write_text(json.dumps({"oom_kill": ooms}))  # for the daemon's poll
+    res: RemoteResult
     try:
         res = run_remote(spec, a.volume)
     except OSError as e:  # the command could not start (a missing executable): the job's failure

@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon.cloud.offload.base import (
     JobSpec,
@@ -66,6 +66,9 @@ from daemon.cloud.offload.sync import (
 from daemon.policy.cfgtypes import Config, SshConfig
 from daemon.policy.remote import DetachPlan, detach_plan
 
+if TYPE_CHECKING:  # asyncssh is imported where a link is used: a daemon without ssh never loads it
+    from asyncssh import SFTPClient, SSHClientConnection
+
 SOURCES = ("daemon", "trainer")
 # files whose content defines the remote environment, besides setup_command itself
 ENV_FILES = ("requirements.txt", "requirements-gpu.txt", "pyproject.toml", "setup.py", "setup.cfg",
@@ -78,6 +81,7 @@ _SEP = "@@nightshift@@"
 # Started through SSH with cwd = the run dir: detaches the runner, prints "<pid> <start ticks>".
 LAUNCHER = """\
 import json, os, subprocess, sys, time
+
 log = open("remote.log", "ab")
 p = subprocess.Popen([sys.executable, "-m", "daemon.cloud.offload.remote", "--spec", "spec.json",
                       "--volume", os.getcwd()], stdout=log, stderr=subprocess.STDOUT,
@@ -146,23 +150,33 @@ def proc_alive(stat: bytes | None, ticks: str) -> bool:
     return len(rest) > 19 and rest[0] not in (b"Z", b"X") and rest[19].decode() == ticks
 
 
-async def _read(sftp: Any, path: str, size: int = -1) -> bytes | None:
+async def _read(sftp: SFTPClient, path: str, size: int = -1) -> bytes | None:
     """A small remote file's bytes, None if absent. ``size`` for /proc files (they stat as 0)."""
     import asyncssh
     try:
         async with sftp.open(path, "rb") as f:
-            return await f.read(size)
+            return _bytes(await f.read(size))
     except asyncssh.SFTPNoSuchFile:
         return None
 
 
-async def _tail(sftp: Any, path: str, n: int) -> bytes:
+def _bytes(data: str | bytes) -> bytes:
+    """A file opened "rb" reads bytes; asyncssh's types say str or bytes by the mode."""
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def _text(out: str | bytes | None) -> str:
+    """A command's output as text (asyncssh decodes it as UTF-8 unless asked for bytes)."""
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+
+async def _tail(sftp: SFTPClient, path: str, n: int) -> bytes:
     import asyncssh
     try:
         size = (await sftp.stat(path)).size or 0
         async with sftp.open(path, "rb") as f:
             await f.seek(max(0, size - n))
-            return await f.read(n)
+            return _bytes(await f.read(n))
     except asyncssh.SFTPNoSuchFile:
         return b""
 
@@ -194,7 +208,7 @@ class SshBackend(OffloadBackend):
         self.price_usd_per_h = float(cfg_ssh.get("price_usd_per_h") or 0.0)
         self.sources = [Path(s) for s in (sources or [PROJECT / s for s in SOURCES])]
         self._root: str | None = None
-        self.last_sync: dict[str, Any] = {}
+        self.last_sync: dict[str, dict[str, object]] = {}  # what the last upload sent, for status
         self.last_state: str | None = None
         self.problem: str | None = None
         self.warnings: list[str] = []  # said once, at the launch that found them (the Offloader emits them)
@@ -233,14 +247,14 @@ class SshBackend(OffloadBackend):
         """Nothing to remember: the call id carries the run key, pid and start time."""
 
     # paths ---------------------------------------------------------------------------------------
-    async def _root_dir(self, conn: Any) -> str:
+    async def _root_dir(self, conn: SSHClientConnection) -> str:
         if self._root is None:
             rd = str(self.cfg.get("remote_dir") or "nightshift")
             rd = rd[2:] if rd.startswith("~/") else rd  # an ssh session starts in the home dir
             r = await conn.run(f"mkdir -p {_q(rd)} && cd {_q(rd)} && pwd -P", check=False)
             if r.exit_status != 0:
                 raise OffloadError(f"ssh {self.link.where}: cannot create remote_dir {rd}: "
-                                   f"{(r.stderr or '').strip()}")
+                                   f"{_text(r.stderr).strip()}")
             self._root = str(r.stdout).strip()
         return self._root
 
@@ -255,7 +269,7 @@ class SshBackend(OffloadBackend):
         sent = self.link.call(lambda conn: self._upload(conn, run_key, checkpoint, files))
         return UploadResult(sent, time.monotonic() - t0)
 
-    async def _upload(self, conn: Any, run_key: str, checkpoint: Path | None, files: list[Path]) -> int:
+    async def _upload(self, conn: SSHClientConnection, run_key: str, checkpoint: Path | None, files: list[Path]) -> int:
         root = await self._root_dir(conn)
         run = self._run_dir(root, run_key)
         stats: dict[str, SyncResult] = {}
@@ -299,7 +313,7 @@ class SshBackend(OffloadBackend):
         p = f.resolve()
         return p.relative_to(w).as_posix() if w is not None and p.is_relative_to(w) else p.name
 
-    async def _put_dir(self, sftp: Any, src: Path, remote_parent: str) -> int:
+    async def _put_dir(self, sftp: SFTPClient, src: Path, remote_parent: str) -> int:
         """A checkpoint (or adopted copy) directory, whole, under a temporary name then renamed:
         the runner never sees half of one. Already there (a relaunch): nothing to send."""
         dest = posixpath.join(remote_parent, src.name)
@@ -325,7 +339,7 @@ class SshBackend(OffloadBackend):
                     pass
         return h.hexdigest()[:16]
 
-    async def _setup(self, conn: Any, root: str, work: str) -> None:
+    async def _setup(self, conn: SSHClientConnection, root: str, work: str) -> None:
         cmd = self.cfg.get("setup_command")
         if not cmd:
             return
@@ -366,7 +380,7 @@ class SshBackend(OffloadBackend):
             out += f"export {k}={_q(v)}; "
         return out
 
-    async def _sh(self, conn: Any, cmd: str, what: str, timeout: float | None = None) -> str:
+    async def _sh(self, conn: SSHClientConnection, cmd: str, what: str, timeout: float | None = None) -> str:
         r = await conn.run(cmd, check=False, timeout=timeout)
         if r.exit_status != 0:
             hint = (f" (is {self.python!r} on the box? set [offload.ssh] python, or install it with "
@@ -382,7 +396,7 @@ class SshBackend(OffloadBackend):
         self.warnings = []
         return self.link.call(lambda conn: self._launch(conn, run_key, job), timeout=120, retry=False)
 
-    async def _detach_plan(self, conn: Any, root: str) -> DetachPlan:
+    async def _detach_plan(self, conn: SSHClientConnection, root: str) -> DetachPlan:
         """Asked at every new runner (a fixed box is used at once); its warning said only once.
         With [offload.ssh] env exported, so loginctl and systemd-run are the ones the runner's
         launch would find."""
@@ -395,7 +409,7 @@ class SshBackend(OffloadBackend):
         self.detach = plan
         return plan
 
-    async def _launch(self, conn: Any, run_key: str, job: JobSpec) -> str:
+    async def _launch(self, conn: SSHClientConnection, run_key: str, job: JobSpec) -> str:
         root = await self._root_dir(conn)
         run = self._run_dir(root, run_key)
         r = await conn.run(f"cat {_q(posixpath.join(run, 'runner.json'))} 2>/dev/null", check=False)
@@ -412,14 +426,15 @@ class SshBackend(OffloadBackend):
                                f"{root} (was the box re-created?): upload before launching")
         spec = job.to_dict()
         spec["command"] = remote_command(spec["command"])
-        if spec.get("resume_command"):
-            spec["resume_command"] = remote_command(spec["resume_command"])
+        if resume_command := spec.get("resume_command"):
+            spec["resume_command"] = remote_command(resume_command)
         spec["env"] = {**spec["env"], **(self.cfg.get("env") or {})}
         spec["workdir"] = posixpath.join(run, "work")
         c = self.carry
         if c is not None:
-            spec.update(data=list(c.data), data_root=posixpath.join(root, "data"),
-                        checkpoint_glob=c.checkpoint_glob, progress_pattern=c.progress_pattern, keep=c.keep)
+            spec.update({"data": list(c.data), "data_root": posixpath.join(root, "data"),
+                         "checkpoint_glob": c.checkpoint_glob, "progress_pattern": c.progress_pattern,
+                         "keep": c.keep})
         async with conn.start_sftp_client() as sftp:
             await write_remote(sftp, posixpath.join(run, "spec.json"), json.dumps(spec).encode())
         # in a scope of the user's manager, the runner is out of the SSH session's cgroup
@@ -445,7 +460,7 @@ class SshBackend(OffloadBackend):
         self.last_state = st.state
         return st
 
-    async def _poll(self, conn: Any, key: str, pid: int, ticks: str) -> RemoteStatus:
+    async def _poll(self, conn: SSHClientConnection, key: str, pid: int, ticks: str) -> RemoteStatus:
         """Over the kept SFTP session, no command: liveness first, then the result, so a runner
         that wrote its result and exited between the two reads is never taken for preempted."""
         run = self._run_dir(await self._root_dir(conn), key)
@@ -511,7 +526,7 @@ class SshBackend(OffloadBackend):
         key, pid, ticks = self.parse(call_id)
         self.link.call(lambda conn: self._cancel(conn, key, pid, ticks), timeout=2 * self.cancel_grace_s + 60)
 
-    async def _cancel(self, conn: Any, key: str, pid: int, ticks: str) -> None:
+    async def _cancel(self, conn: SSHClientConnection, key: str, pid: int, ticks: str) -> None:
         root = await self._root_dir(conn)
         run = self._run_dir(root, key)
         r = await conn.run(f"cd {_q(run)} && touch {CANCEL_MARK} && {_alive_sh(pid, ticks)} && "
@@ -549,7 +564,7 @@ class SshBackend(OffloadBackend):
     def pull(self, run_key: str, call_id: str, dest_checkpoint_dir: Path) -> Path:
         return self.link.call(lambda conn: self._pull(conn, run_key, Path(dest_checkpoint_dir)))
 
-    async def _pull(self, conn: Any, run_key: str, dest: Path) -> Path:
+    async def _pull(self, conn: SSHClientConnection, run_key: str, dest: Path) -> Path:
         from trainer.format import CorruptCheckpoint, fsync_dir, verify
         run = self._run_dir(await self._root_dir(conn), run_key)
         got: Path | None = None
@@ -592,7 +607,7 @@ class SshBackend(OffloadBackend):
             raise OffloadError(f"ssh {self.link.where}: no valid checkpoint under {run} to bring home")
         return got
 
-    async def _pull_adopted(self, sftp: Any, remote_store: str, dest: Path) -> Path | None:
+    async def _pull_adopted(self, sftp: SFTPClient, remote_store: str, dest: Path) -> Path | None:
         """The newest adopted copy on the box that verifies, put back at its relative path in
         the job's workdir (by daemon.job.adopt, like at home). Newest first, one version at a time:
         the store may hold ``keep`` copies of a large file."""
@@ -618,7 +633,7 @@ class SshBackend(OffloadBackend):
         return None
 
     # status --------------------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"backend": "ssh", "host": self.link.where, "remote_dir": self._root or self.cfg.get("remote_dir"),
                 "connected": self.link.connected, "remote_state": self.last_state,
                 "price_usd_per_h": self.price_usd_per_h, "last_sync": self.last_sync,

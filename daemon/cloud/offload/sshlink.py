@@ -24,10 +24,13 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.cloud.offload.base import OffloadAuthError, OffloadError
 from daemon.policy.cfgtypes import SshConfig
+
+if TYPE_CHECKING:  # asyncssh is imported where a link is used: a daemon without ssh never loads it
+    from asyncssh import SFTPClient, SSHClientConnection, SSHKey, SSHKnownHosts
 
 T = TypeVar("T")
 
@@ -67,10 +70,10 @@ class SshLink:
         self.timeout_s = float(cfg.get("connect_timeout_s") or 15.0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._conn: Any = None
-        self._sftp: Any = None  # an SFTP session on _conn, kept: a poll is a few ~1 ms reads
+        self._conn: SSHClientConnection | None = None
+        self._sftp: SFTPClient | None = None  # an SFTP session on _conn, kept: a poll is a few ~1 ms reads
         self._lock: asyncio.Lock | None = None
-        self._offered: Any = None  # the host key the server showed, for the refusal message
+        self._offered: tuple[SSHKey, list[SSHKey]] | None = None  # the host key the server showed, for the refusal message
         self.connects = 0  # how many connections were opened (status, tests)
 
     @property
@@ -78,7 +81,7 @@ class SshLink:
         return f"{self.user}@{self.host}:{self.port}"
 
     # the private loop ------------------------------------------------------------------------
-    def call(self, fn: Callable[[Any], Awaitable[T]], timeout: float | None = None,
+    def call(self, fn: Callable[[SSHClientConnection], Awaitable[T]], timeout: float | None = None,
              retry: bool = True) -> T:
         """Run ``await fn(connection)`` on the link's loop; reconnect once if the link was dead.
 
@@ -96,7 +99,7 @@ class SshLink:
             raise OffloadError(f"ssh {self.where}: no answer within {timeout:.0f} s",
                                retryable=True) from None
 
-    async def _call(self, fn: Callable[[Any], Awaitable[T]], retry: bool) -> T:
+    async def _call(self, fn: Callable[[SSHClientConnection], Awaitable[T]], retry: bool) -> T:
         for attempt in (1, 2):
             conn = await self._connection()
             try:
@@ -146,7 +149,7 @@ class SshLink:
             self._conn.abort()
         self._conn = None
 
-    async def _connection(self) -> Any:
+    async def _connection(self) -> SSHClientConnection:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -157,19 +160,19 @@ class SshLink:
             self.connects += 1
             return self._conn
 
-    async def sftp(self, conn: Any) -> Any:
+    async def sftp(self, conn: SSHClientConnection) -> SFTPClient:
         """The kept SFTP session on ``conn`` (opening a command channel costs the box a fork and
         a shell start, ~200 ms on a loaded machine; an SFTP read on an open session ~1 ms)."""
         if self._sftp is None:
             self._sftp = await conn.start_sftp_client()
         return self._sftp
 
-    async def _open(self) -> Any:
+    async def _open(self) -> SSHClientConnection:
         import asyncssh
         link = self
 
         class Client(asyncssh.SSHClient):
-            def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+            def validate_host_public_key(self, host: str, addr: str, port: int, key: SSHKey) -> bool:
                 return link._unknown_host_key(host, addr, port, key)
 
         opts: dict[str, Any] = {"known_hosts": self._known(),
@@ -222,7 +225,7 @@ class SshLink:
         return [str(path)] if path.is_file() else None
 
     # host keys ---------------------------------------------------------------------------------
-    def _known(self) -> Any:
+    def _known(self) -> SSHKnownHosts:
         import asyncssh
         if self.known_hosts.exists():
             return asyncssh.read_known_hosts(str(self.known_hosts))
@@ -231,13 +234,13 @@ class SshLink:
     def _host_pattern(self) -> str:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
-    def _recorded(self, host: str, addr: str, port: int) -> list[Any]:
+    def _recorded(self, host: str, addr: str, port: int) -> list[SSHKey]:
         import asyncssh
         if not self.known_hosts.exists():
             return []
         return list(asyncssh.match_known_hosts(str(self.known_hosts), host, addr, port)[0])
 
-    def _unknown_host_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+    def _unknown_host_key(self, host: str, addr: str, port: int, key: SSHKey) -> bool:
         """Called by asyncssh for a key known_hosts does not trust: record it, maybe accept it."""
         self._offered = (key, self._recorded(host, addr, port))
         if self.cfg.get("accept_new_host_key") and not self._offered[1]:

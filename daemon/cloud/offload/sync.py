@@ -25,7 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncssh is imported where a link is used: a daemon without ssh never loads it
+    from asyncssh import SFTPClient
 
 ALWAYS_EXCLUDED = (".git", "__pycache__", "*.pyc", ".venv", ".nightshift-tmp-*")
 TMP_PREFIX = ".nightshift-tmp-"
@@ -144,16 +147,17 @@ def load_manifest(data: bytes) -> dict[str, Entry]:
         return {}  # unreadable: treat the remote as empty and send everything again
 
 
-async def read_remote(sftp: Any, path: str) -> bytes | None:
+async def read_remote(sftp: SFTPClient, path: str) -> bytes | None:
     import asyncssh
     try:
         async with sftp.open(path, "rb") as f:
-            return await f.read()
+            data = await f.read()
+            return data if isinstance(data, bytes) else data.encode()  # "rb": bytes
     except asyncssh.SFTPNoSuchFile:
         return None
 
 
-async def write_remote(sftp: Any, path: str, data: bytes) -> None:
+async def write_remote(sftp: SFTPClient, path: str, data: bytes) -> None:
     """Write a small remote file atomically (temporary name, then POSIX rename)."""
     tmp = posixpath.join(posixpath.dirname(path), TMP_PREFIX + posixpath.basename(path))
     async with sftp.open(tmp, "wb") as f:
@@ -161,13 +165,13 @@ async def write_remote(sftp: Any, path: str, data: bytes) -> None:
     await sftp.posix_rename(tmp, path)
 
 
-async def put_file(sftp: Any, local: Path, remote: str) -> None:
+async def put_file(sftp: SFTPClient, local: Path, remote: str) -> None:
     tmp = posixpath.join(posixpath.dirname(remote), TMP_PREFIX + posixpath.basename(remote))
     await sftp.put(str(local), tmp)
     await sftp.posix_rename(tmp, remote)
 
 
-async def push_tree(sftp: Any, root: Path, remote_root: str, manifest_path: str,
+async def push_tree(sftp: SFTPClient, root: Path, remote_root: str, manifest_path: str,
                     exclude: Iterable[str] = ()) -> SyncResult:
     """Mirror ``root`` into ``remote_root``; the manifest lives at ``manifest_path``."""
     import asyncssh

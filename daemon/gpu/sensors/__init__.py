@@ -8,14 +8,13 @@ import errno
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from daemon.gpu.sensors.amdgpu_sysfs import AmdgpuSysfs
 from daemon.gpu.sensors.base import Reading, read_text
 from daemon.gpu.sensors.cards import Card
 from daemon.gpu.sensors.fallbacks import PsutilTemps, PyAmdgpu
 from daemon.gpu.sensors.k10temp import K10temp
-from daemon.policy.cfgtypes import GpuConfig
 from daemon.policy.thermal import THERMAL_OFF
 
 __all__ = ["THERMAL_OFF", "Card", "Reading", "Sensor", "open_sensor", "simulated_reader"]
@@ -107,7 +106,16 @@ def read_text_safe(path: Path) -> str:
         return ""
 
 
-def open_sensor(gpu_cfg: GpuConfig, *, read_text_fn=None, clock=time.time,
+class SensorChoice(TypedDict):
+    """What ``open_sensor`` reads of ``[gpu]`` (daemon/policy/cfgtypes.GpuConfig has these keys
+    and more; the sensors import nothing of daemon/, so they name only what they read)."""
+
+    sensor: str
+    sysfs_root: str
+    card: str | None
+
+
+def open_sensor(gpu_cfg: SensorChoice, *, read_text_fn=None, clock=time.time,
                 env: Mapping[str, str] | None = None) -> Sensor:
     """The sensor ``[gpu]`` asks for. ``env`` is the job's environment (default: ours), where
     HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES say which GPU the job uses."""
