@@ -12,13 +12,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from daemon.policy.cfgtypes import Config
 from daemon.state import config as config_mod
 from daemon.state.config import EX_CONFIG, ConfigError
 
 log = logging.getLogger("nightshift")
+T = TypeVar("T")
 
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
 DESCRIPTION = ("nightshift supervises one training job overnight on a flaky GPU: it pauses the "
@@ -186,7 +187,7 @@ def _no_daemon(cfg: Config) -> bool:
     return client.served_address(cfg["daemon"]["state_dir"]) is None
 
 
-def _offline(cfg: Config, read: Callable[[], Any]) -> tuple[Any, int]:
+def _offline(cfg: Config, read: Callable[[], T]) -> tuple[T | str, int]:
     """(what ``read`` returned, 0) from the store, with a note on stderr; (message, 1) when it
     cannot be read."""
     from daemon.commands import offline
@@ -282,9 +283,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
     base, token = _base_url(cfg), _token_file(cfg)
     if args.op is None and _no_daemon(cfg):
         from daemon.commands import offline
-        q = _offline(cfg, lambda: offline.queue(cfg))
-        text, code = (q[0] if q[1] else (json.dumps({"queue": q[0]}, indent=2) if args.json
-                                           else queuecli.format_queue(q[0], args.wide))), q[1]
+        q, code = _offline(cfg, lambda: offline.queue(cfg))
+        text = q if isinstance(q, str) else (json.dumps({"queue": q}, indent=2) if args.json
+                                             else queuecli.format_queue(q, args.wide))
     elif args.op is None:
         text, code = queuecli.show_queue(base, wide=args.wide, json_out=args.json)
     elif args.op == "add":

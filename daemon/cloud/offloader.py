@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from daemon.cloud.offload.base import (
     JobSpec,
@@ -98,7 +97,7 @@ class Offloader:
     # ------------------------------------------------------------------ the launch journal
     journal: Path | None = None
 
-    def _journal_write(self, entry: dict[str, Any]) -> None:
+    def _journal_write(self, entry: dict[str, str | bool]) -> None:
         if self.journal is None:
             return
         line = (json.dumps(entry) + "\n").encode()

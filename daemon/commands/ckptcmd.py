@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from daemon.job import quarantine
 from daemon.job.adopt import AdoptedCheckpoint, Adopter, Unverifiable, place, step_of, verify_tree
@@ -284,5 +284,13 @@ def next_step_hint(cfg: Config, run_id: int, unfinished: int | None) -> str:
             f"`nightshift run --new --resume-from PATH` (PATH above)")
 
 
-def result(run_id: int, message: str, hint: str) -> dict[str, Any]:
+class Result(TypedDict):
+    """What `nightshift restore` says, as JSON with --json."""
+
+    run: int
+    message: str
+    next: str
+
+
+def result(run_id: int, message: str, hint: str) -> Result:
     return {"run": run_id, "message": message, "next": hint}

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from daemon.core.intent import ExitIntent
 from daemon.policy.states import State
 from daemon.policy.thermal import ThermalState
+from daemon.state.store import RunFields
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Emit:
     kind: str
     message: str
     level: str = "info"
+    # passed as **kwargs to Supervisor.event, whose own keyword detail= is a bool: Any here
     data: dict[str, Any] | None = None
 
 
@@ -33,7 +35,7 @@ class Goto:
 @dataclass(frozen=True)
 class Save:
     """Run fields to write."""
-    fields: dict[str, Any]
+    fields: RunFields
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from daemon.cloud.offload.base import (
     JobSpec,
@@ -42,7 +42,7 @@ from daemon.policy import remote as rules
 from daemon.policy import supervise as budget_rules
 from daemon.policy.cfgtypes import Config
 from daemon.policy.states import State
-from daemon.state.store import RunRow
+from daemon.state.store import RunFields, RunRow
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
 AfterPull = Literal["finish", "local", "stopped", "cancelled", "failed", "fallback", "relaunch"]
@@ -203,7 +203,7 @@ class RemoteRun:
         return [Emit("offload", f"{', '.join(sorted(lifted))}: config changed, will be tried again")]
 
     # ------------------------------------------------------------------ launch
-    async def launch(self, now: float, job: LaunchJob, *, persist: Callable[[dict[str, Any]], None],
+    async def launch(self, now: float, job: LaunchJob, *, persist: Callable[[RunFields], None],
                      proceed: Callable[[], bool]) -> list[Action]:
         """Upload and launch on the first backend that works, in [offload] backends order,
         skipping refused ones. ``persist`` writes the record before anything can start a paid

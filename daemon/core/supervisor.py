@@ -445,7 +445,8 @@ class Supervisor:
         if f.checkpoint is None:
             newest = next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
             if newest is not None:
-                f.checkpoint = {k: newest.get(k) for k in ("step", "path", "t", "bytes")}
+                f.checkpoint = {"step": newest["step"], "path": newest["path"], "t": newest["t"],
+                                "bytes": newest["bytes"]}
         self._saved_counters = (f.steps_lost, f.max_step)
 
     def _last_logged_step(self) -> int | None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
-from daemon.gpu.governor_io import obs_from_reading
+from daemon.gpu.governor_io import GovernorPort, NoDevicePort, ReadingLike, obs_from_reading
 from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.governor import GovState, SpeedMeter, decide_governor
+from daemon.policy.jsonvalue import JSONObject
 
 MOVED_MHZ = 200  # a cap change this large (or on/off) is an event; smaller ones are tuning
 
@@ -28,8 +29,8 @@ MOVED_MHZ = 200  # a cap change this large (or on/off) is an event; smaller ones
 class Memory(Protocol):
     """What the governor remembers between nights (daemon/state/store.py's ``memory`` table)."""
 
-    def recall(self, key: str) -> dict[str, Any] | None: ...
-    def remember(self, key: str, value: dict[str, Any]) -> None: ...
+    def recall(self, key: str) -> JSONObject | None: ...
+    def remember(self, key: str, value: JSONObject) -> None: ...
 
 
 def job_key(job: JobConfig) -> str:
@@ -48,8 +49,8 @@ class GovernorSays:
 
 
 class Governor:
-    def __init__(self, port: Any, memory: Memory, key: str):
-        self.port = port  # governor_io.GovernorPort (or NoDevicePort)
+    def __init__(self, port: GovernorPort | NoDevicePort, memory: Memory, key: str):
+        self.port = port
         self.memory = memory
         self.key = key
         self.state = GovState()
@@ -66,7 +67,8 @@ class Governor:
         self.key = key
         mem = self.memory.recall(key) or {}
         self.state = GovState.start(mem)
-        self.speed = SpeedMeter(full_rate=mem.get("full_steps_per_s"))
+        full = mem.get("full_steps_per_s")
+        self.speed = SpeedMeter(full_rate=float(full) if isinstance(full, (int, float)) else None)
         self.since, self.pauses = None, 0
 
     @staticmethod
@@ -75,7 +77,7 @@ class Governor:
         at least (a job's first steps, eval, a checkpoint make a shorter window noise)."""
         return max(30.0, 10 * poll_interval_s)
 
-    def step(self, reading: Any, mono: float, *, job_step: int | None, training: bool,
+    def step(self, reading: ReadingLike | None, mono: float, *, job_step: int | None, training: bool,
              cfg: Config) -> GovernorSays:
         """One poll while the job is local: the cap for this reading, through the port."""
         says = GovernorSays()

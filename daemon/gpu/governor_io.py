@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from daemon.gpu.clockcap import LEVEL, OD, ClockCap, sysfs_read, sysfs_write
 from daemon.policy.governor import GovObs
@@ -153,7 +153,16 @@ class NoDevicePort:
         return None
 
 
-def obs_from_reading(reading: Any, port: GovernorPort | None, poll_interval_s: float,
+class ReadingLike(Protocol):
+    """What the governor reads of a sensors.base.Reading (gpu/ does not import sensors/)."""
+
+    t: float
+    edge_c: float | None
+    sclk_mhz: float | None
+    power_w: float | None
+
+
+def obs_from_reading(reading: ReadingLike, port: GovernorPort | NoDevicePort | None, poll_interval_s: float,
                      now: float | None = None) -> GovObs:
     """A sensors.base.Reading (+ the port's range and problem) as the governor's observation."""
     problem = port.problem() if port is not None else "no amdgpu device to cap (the sensor found none)"

@@ -36,8 +36,8 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 DEFAULTS: dict[str, float] = {
     "time_scale": 1.0,        # simulated seconds per real second
@@ -190,7 +190,7 @@ def probe(root: str | os.PathLike) -> bool:
 
 
 class SimulatedGPU:
-    def __init__(self, root: str | os.PathLike, params: dict[str, Any] | None = None, *,
+    def __init__(self, root: str | os.PathLike, params: Mapping[str, float] | None = None, *,
                  clock=time.monotonic, load_fn=None, tick_s: float = 0.1,
                  cpu_fn=process_cpu_seconds):
         self.root = Path(root)
@@ -389,7 +389,7 @@ class SimulatedGPU:
             if not self.resetting:
                 self._reset("injected")
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, object]:  # shown as it is (tests, the bench)
         return {"temp_c": round(self.temp, 2), "load": self.load, "cap_mhz": self.cap_mhz,
                 "speed": round(self.speed(), 4), "power_w": round(self.power_w(), 2),
                 "resetting": self.resetting,

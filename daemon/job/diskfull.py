@@ -70,7 +70,7 @@ class DiskWatch:
     in tests); ``checkpoint_bytes()``: the size of the last checkpoint, or None."""
 
     def __init__(self, dirs: Callable[[], Sequence[str]],
-                 checkpoint_bytes: Callable[[], int | None],
+                 checkpoint_bytes: Callable[[], float | None],
                  free: Callable[[str], int] = _free, total: Callable[[str], int] = _total):
         self.dirs = dirs
         self.checkpoint_bytes = checkpoint_bytes

@@ -12,7 +12,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 LOG, ROTATED = "job.log", "job.log.1"
 MAX_PARTIAL = 64 * 1024
@@ -110,7 +109,8 @@ def follow(path: Path, *, from_start: bool = False, poll_s: float = 0.5,
             f.close()
 
 
-def follow_runs(state_dir: str | Path, run: int, **kw: Any) -> Iterator[str]:
+def follow_runs(state_dir: str | Path, run: int, *, poll_s: float = 0.5,
+                sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
     """``follow`` run ``run``'s job.log, and when a newer run's job.log appears (the queue
     moved on), one separator line naming it, then that run's output from its start."""
     def newer(after: int) -> int | None:
@@ -120,7 +120,8 @@ def follow_runs(state_dir: str | Path, run: int, **kw: Any) -> Iterator[str]:
     while True:
         def stop(r: int = run) -> bool:
             return newer(r) is not None
-        yield from follow(runs_dir(state_dir) / str(run) / LOG, from_start=not first, stop=stop, **kw)
+        yield from follow(runs_dir(state_dir) / str(run) / LOG, from_start=not first, stop=stop,
+                          poll_s=poll_s, sleep=sleep)
         nxt = newer(run)
         if nxt is None:
             return  # follow() ended for its own reason

@@ -44,6 +44,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import psutil
 
@@ -134,6 +135,15 @@ async def stop_orphan(pid: int | None, create_time: float | None, term_s: float 
                 break
             await asyncio.sleep(0.1)
     return True
+
+
+class ProcessOptions(TypedDict, total=False):
+    """JobProcess's optional keywords, as a spawn passes them on."""
+
+    tail_lines: int
+    log_max_bytes: int
+    scope: bool | None
+    tree_poll_s: float
 
 
 class JobProcess:

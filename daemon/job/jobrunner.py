@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, Unpack
 
 from daemon.job.control import JobControl
 from daemon.job.progress import ProgressRecord, ProgressTail
 from trainer.protocol import PROGRESS_FILE
+
+if TYPE_CHECKING:
+    from daemon.job.jobproc import ProcessOptions  # JobProcess is imported when a job is spawned
 
 log = logging.getLogger("nightshift")
 TERM_S = 10.0  # SIGTERM to SIGKILL
@@ -51,7 +54,7 @@ Spawn = Callable[..., Process]  # (command, *, cwd, env, log_path, on_line) -> P
 
 
 def default_spawn(command: list[str], *, cwd: str, env: dict[str, str], log_path: Path,
-                  on_line: Callable[[str], None], **kw: Any) -> Process:
+                  on_line: Callable[[str], None], **kw: Unpack[ProcessOptions]) -> Process:
     from daemon.job.jobproc import JobProcess
     return JobProcess(command, cwd=cwd, env=env, log_path=log_path, on_line=on_line, **kw)
 
@@ -67,7 +70,7 @@ class _Stop:
 
 class JobRunner:
     def __init__(self, run_dir: Path, *, spawn: Spawn = default_spawn, clock=time.monotonic,
-                 spawn_kw: dict[str, Any] | None = None):
+                 spawn_kw: ProcessOptions | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.spawn = spawn

@@ -9,9 +9,22 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from daemon.job.progress import ProgressRecord
+
+
+class CheckpointFact(TypedDict, total=False):
+    """The newest checkpoint as status shows it: from a checkpoint record, a trainer
+    checkpoint's meta.json, or an adopted copy of a script's (``adopted``: its relative path)."""
+
+    step: int | None
+    path: str | None
+    t: float
+    bytes: float | None
+    stall_s: float | None
+    persist_s: float | None
+    adopted: str
 
 
 @dataclass
@@ -25,7 +38,7 @@ class JobFacts:
     last_record_t: float | None = None
     done: bool = False  # the current attempt reported "done"
     cooperative: bool = False  # the job announced trainer/'s control protocol
-    checkpoint: dict[str, Any] | None = None  # {"step","path","t","bytes","stall_s","persist_s"}
+    checkpoint: CheckpointFact | None = None
     checkpoint_costs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     max_step: int | None = None  # the furthest step any attempt reached
     steps_lost: int = 0  # steps recomputed after restarts (progress past the resumed checkpoint)
@@ -76,8 +89,8 @@ class JobFacts:
         elif kind == "eval" and isinstance(rec.get("metrics"), dict):
             self.metrics.update(rec["metrics"])
         elif kind == "checkpoint":
-            self.checkpoint = {k: rec.get(k) for k in ("step", "path", "bytes", "stall_s", "persist_s")}
-            self.checkpoint["t"] = t
+            self.checkpoint = {"step": rec.get("step"), "path": rec.get("path"), "bytes": rec.get("bytes"),
+                               "stall_s": rec.get("stall_s"), "persist_s": rec.get("persist_s"), "t": t}
             cost = rec.get("stall_s")
             if isinstance(cost, (int, float)):
                 self.checkpoint_costs.append(float(cost))

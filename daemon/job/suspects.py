@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from daemon.job import quarantine
 from daemon.job.adopt import AdoptedCheckpoint, Adopter
+from daemon.job.status import CheckpointFact
 from trainer.format import CorruptCheckpoint, list_checkpoints, read_meta
 
 HOW = "`nightshift checkpoints` lists them; `nightshift restore` puts one back on purpose"
@@ -33,10 +33,10 @@ HOW = "`nightshift checkpoints` lists them; `nightshift restore` puts one back o
 class Said:
     event: str  # what was set aside and why ("" when nothing was)
     problem: str  # status' line: the last good checkpoint, what is suspect
-    shown: dict[str, Any] | None  # the checkpoint status shows now (None: no good one left)
+    shown: CheckpointFact | None  # the checkpoint status shows now (None: no good one left)
 
 
-def newest_left(ckpt_dir: Path) -> dict[str, Any] | None:
+def newest_left(ckpt_dir: Path) -> CheckpointFact | None:
     """The newest trainer checkpoint still in the namespace, as status shows one (shallow: its
     meta.json; the resume choice verifies it fully)."""
     for p in list_checkpoints(ckpt_dir):
@@ -49,7 +49,7 @@ def newest_left(ckpt_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def adopted_fact(c: AdoptedCheckpoint) -> dict[str, Any]:
+def adopted_fact(c: AdoptedCheckpoint) -> CheckpointFact:
     return {"step": c.step, "path": str(c.path), "t": c.t, "bytes": c.bytes, "adopted": c.relpath}
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from daemon.policy.cfgtypes import NotifyConfig
@@ -65,7 +65,7 @@ class Notifier:
         except asyncio.CancelledError:
             pass
 
-    def notify(self, kind: str, title: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def notify(self, kind: str, title: str, message: str, data: Mapping[str, object] | None = None) -> None:
         if kind not in self.cfg["events"] or self.queue is None:
             return
         now = self.clock()
@@ -90,7 +90,7 @@ class Notifier:
             finally:
                 self.queue.task_done()
 
-    async def _deliver(self, kind: str, title: str, message: str, data: dict[str, Any]) -> None:
+    async def _deliver(self, kind: str, title: str, message: str, data: Mapping[str, object] | None) -> None:
         targets: list[tuple[str, bytes, dict[str, str]]] = []
         if ntfy_url := self.cfg.get("ntfy_url"):
             targets.append((ntfy_url, message.encode(),

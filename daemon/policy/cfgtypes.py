@@ -2,8 +2,8 @@
 
 ``daemon/state/config.py`` (``SCHEMA``, ``SUBTABLES``, ``QUEUE_KEYS``) says every key's type, default
 and range and validates the file; these TypedDicts say the same to the type checker, so code
-that reads ``cfg["thermal"]["pause_at_c"]`` is checked against the key and its type instead of
-``dict[str, Any]``. tests/test_cfgtypes.py keeps them in step with the schema: every section,
+that reads ``cfg["thermal"]["pause_at_c"]`` is checked against the key and its type instead of an
+untyped dict. tests/test_cfgtypes.py keeps them in step with the schema: every section,
 every key, the same type. At run time they are the plain dicts config.py builds.
 
 A SCHEMA kind maps to: "float" -> float (an int is accepted, as in the file), "int|auto" ->

@@ -43,9 +43,11 @@ Choices, stated once:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypedDict
+
+from daemon.policy.jsonvalue import JSONObject
 
 WINDOW_S = 3600.0
 MIN_OBSERVED_S = 30.0
@@ -260,7 +262,16 @@ def _span(s: float) -> str:
     return f"{s:.0f} s"
 
 
-def transitions_from_events(events: Iterable[Mapping[str, Any]]) -> list[tuple[float, bool]]:
+class EventSeen(TypedDict):
+    """What the duty cycle reads of a stored event (daemon/store.EventRow has these and more)."""
+
+    t: float
+    kind: str
+    message: str
+    data: JSONObject | None
+
+
+def transitions_from_events(events: Iterable[EventSeen]) -> list[tuple[float, bool]]:
     """Rebuild the (t, training) timeline from stored events, oldest first.
 
     Folds ``state`` events (data.new), hold events (``paused``, ``paused_hot``, the schedule's
@@ -271,10 +282,11 @@ def transitions_from_events(events: Iterable[Mapping[str, Any]]) -> list[tuple[f
     state, held = None, False
     for ev in events:
         kind, data = ev.get("kind"), ev.get("data") or {}
-        if kind == "state" and data.get("new"):
-            if state == "stopped" and data["new"] != "stopped":
+        new = data.get("new")
+        if kind == "state" and isinstance(new, str) and new:
+            if state == "stopped" and new != "stopped":
                 held = False  # resuming a stopped run lifts the user's pause without an event
-            state = data["new"]
+            state = new
         elif kind in _HOLD_KINDS or (kind == "schedule" and
                                      str(ev.get("message", "")).startswith(("holding", "waiting"))):
             held = True
@@ -297,7 +309,8 @@ class DutyMeter:
 
     window_s: float = WINDOW_S
     transitions: list[tuple[float, bool]] = field(default_factory=list)
-    _cache: tuple[Any, float, Duty | None] | None = field(default=None, repr=False)
+    # (transitions' count and newest, when computed, the duty then)
+    _cache: tuple[tuple[int, tuple[float, bool] | None], float, Duty | None] | None = field(default=None, repr=False)
 
     def seed(self, transitions: list[tuple[float, bool]]) -> None:
         self.transitions = list(transitions)

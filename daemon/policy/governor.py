@@ -54,8 +54,8 @@ A governor cannot help firmware hangs at normal temperature: see ``FIRMWARE_NOTE
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from daemon.policy.cfgtypes import ThermalConfig
 
@@ -112,13 +112,13 @@ class GovState:
     problem: str | None = None  # why no cap can be set (falls back to pausing)
 
     @staticmethod
-    def start(memory: dict[str, Any] | None = None) -> GovState:
+    def start(memory: Mapping[str, object] | None = None) -> GovState:
         """A night's first state; ``memory`` is last night's ``memory()`` (or None)."""
         mhz = (memory or {}).get("learned_mhz")
         mhz = int(mhz) if isinstance(mhz, (int, float)) and mhz > 0 else None
         return GovState(cap_mhz=mhz, learned_mhz=mhz)
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> dict[str, int | None]:
         """What to store for the next night (JSON-safe)."""
         return {"learned_mhz": self.learned_mhz}
 

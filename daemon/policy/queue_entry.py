@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME = 200
 
 
-def entry_problem(name: Any, command: Any, env: Any, total_steps: Any) -> str | None:
-    """None when the entry can run, else one sentence naming what is wrong and the fix."""
+def entry_problem(name: object, command: object, env: object, total_steps: object) -> str | None:
+    """None when the entry can run, else one sentence naming what is wrong and the fix. The
+    values are unchecked (an API body, a [[queue]] table): each is checked here."""
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME or "\0" in name):
         return f"the name must be text of at most {MAX_NAME} characters without NUL"
     if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):

@@ -20,12 +20,20 @@ Choices, stated once:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from daemon.job.classify import ExitInfo
 from daemon.policy.cfgtypes import Config, JobConfig
 from daemon.policy.restart import decide_restart
 from daemon.policy.thermal import THERMAL_OFF
+
+
+class ReadingLike(Protocol):
+    """What the sensor check reads of a gpu.sensors Reading (policy/ does not import gpu/)."""
+
+    edge_c: float | None
+    tctl_c: float | None
+
 
 MIN_BACKOFF_S = 1.0
 HOLD_OWNERS = ("thermal", "disk", "user", "schedule")  # precedence for what status shows
@@ -198,7 +206,7 @@ def over_budget(cost_now_usd: float, budget_usd: float) -> bool:
 
 
 # --------------------------------------------------------------------------- sensors
-def sensor_problem(reading: Any, previous: str | None = None) -> str | None:
+def sensor_problem(reading: ReadingLike | None, previous: str | None = None) -> str | None:
     """No temperature at all means the thermal policy cannot pause anything: say so loudly
     (status, the phone text, the log) until a temperature appears. ``previous`` is the verdict
     in force: a reading taken while the GPU resets or sleeps (runtime-suspended) says nothing

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from daemon.cloud.offloader import Offloader
 from daemon.core import parts as build
 from daemon.core.supervisor import Parts, Supervisor
-from daemon.job.jobrunner import JobRunner
+from daemon.job.jobproc import ProcessOptions
+from daemon.job.jobrunner import JobRunner, default_spawn
 from daemon.policy.cfgtypes import Config
 from daemon.service.polltimer import PollTimer
 from daemon.service.sdnotify import Notifier as SdNotifier
@@ -40,13 +41,13 @@ def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
     """Every part from the config; ``overrides`` replace any of them (tests, the demo)."""
     sim = overrides.pop("simgpu") if "simgpu" in overrides else build.simgpu(cfg)
     sensor = overrides.pop("sensor") if "sensor" in overrides else build.sensor(cfg, sim)
-    spawn = overrides.pop("spawn", None)
-    runner_kw: dict[str, Any] = {"spawn": spawn} if spawn is not None else {}
+    spawn = overrides.pop("spawn", None) or default_spawn
+    spawn_kw: ProcessOptions = {}
     if "log_max_bytes" in cfg["job"]:
-        runner_kw["spawn_kw"] = {"log_max_bytes": int(cfg["job"]["log_max_bytes"])}
+        spawn_kw["log_max_bytes"] = int(cfg["job"]["log_max_bytes"])
     p = Parts(
         store=store,
-        make_runner=lambda run_dir: JobRunner(run_dir, **runner_kw),
+        make_runner=lambda run_dir: JobRunner(run_dir, spawn=spawn, spawn_kw=spawn_kw),
         make_adopter=lambda run_id: build.adopter(cfg, run_id, time.time),
         offloader=Offloader(cfg, backends=overrides.pop("backends", None)),
         sensor=sensor,

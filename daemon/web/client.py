@@ -8,8 +8,9 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from daemon.web import auth
 
@@ -176,7 +177,8 @@ def control(base_url: str, token_file: str | Path, action: str, query: str = "")
     return _control_text(res), 0 if res.get("ok") else 1
 
 
-def _control_text(res: dict[str, Any]) -> str:
+def _control_text(res: Mapping[str, object]) -> str:
+    """``res``: the daemon's JSON answer (an Answer, and the status' headline), unchecked."""
     """The daemon's answer, then what the run is now in the status' own first words ("Paused.
     Now: PAUSED by you."), never a second wording of the state that could contradict it."""
     msg = _sentence(str(res.get("message") or ""))

@@ -12,18 +12,22 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.policy.queue_entry import safe_text
-from daemon.policy.records import RunTableRow
+from daemon.policy.records import QueueItem, RunTableRow
 from daemon.web import auth
 from daemon.web.client import _not_running
 from daemon.web.statusfmt import sparkline
 
 
-def _call(base_url: str, path: str, method: str = "GET", body: Any = None,
+def _call(base_url: str, path: str, method: str = "GET", body: Mapping[str, object] | None = None,
           token_file: str | Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the daemon's JSON answer, None) or (None, what went wrong). Any: the answer is the
+    daemon's JSON as docs/api.md documents it, not checked here; the formatters read it with
+    .get where an older daemon may lack a field."""
     headers = {"Accept": "application/json"}
     data = None
     if token_file is not None:
@@ -94,7 +98,7 @@ def _wrapped(head: str, body: str, width: int = WIDTH) -> list[str]:
     return [head + lines[0]] + [indent + line for line in lines[1:]]
 
 
-def format_queue(q: list[dict[str, Any]], wide: bool = False) -> str:
+def format_queue(q: list[QueueItem], wide: bool = False) -> str:
     if not q:
         return "the queue is empty (nightshift queue add -- COMMAND... adds a run)"
     if wide:
@@ -119,14 +123,16 @@ def format_queue(q: list[dict[str, Any]], wide: bool = False) -> str:
     return "\n".join(out)
 
 
-def edit_queue(base_url: str, token_file: str | Path, op: str, **kw: Any) -> tuple[str, int]:
+def edit_queue(base_url: str, token_file: str | Path, op: str, *, name: str | None = None,
+               command: list[str] | None = None, env: dict[str, str] | None = None,
+               id: int | None = None, to: int | None = None) -> tuple[str, int]:  # noqa: A002 - the CLI's word
     if op == "add":
-        res, err = _call(base_url, "/queue", "POST", {"name": kw.get("name"), "command": kw["command"],
-                                                      "env": kw.get("env") or {}}, token_file)
+        res, err = _call(base_url, "/queue", "POST", {"name": name, "command": command or [],
+                                                      "env": env or {}}, token_file)
     elif op == "remove":
-        res, err = _call(base_url, f"/queue/{int(kw['id'])}", "DELETE", None, token_file)
+        res, err = _call(base_url, f"/queue/{int(id or 0)}", "DELETE", None, token_file)
     else:
-        res, err = _call(base_url, f"/queue/{int(kw['id'])}/move?to={int(kw['to'])}", "POST", None, token_file)
+        res, err = _call(base_url, f"/queue/{int(id or 0)}/move?to={int(to or 1)}", "POST", None, token_file)
     if err:
         return f"queue {op} {err}", 1
     assert res is not None

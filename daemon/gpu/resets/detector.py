@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
 
 from daemon.gpu.resets import sources as src
 from daemon.gpu.resets.incident import ResetEvent
@@ -75,7 +74,7 @@ class ResetDetector:
         self.device = device.lower() if device else None
         self.cards = cards
         self.boot_time = boot_time
-        self.sources: list[Any] = []
+        self.sources: list[src.Source] = []
         self._clocks: dict[int, KernelClock] = {}
         self._problems: list[str] = []
         self._reported: set[str] = set()
@@ -262,7 +261,7 @@ class ResetDetector:
         self._touch(ev, source, line, t, now)
 
     # signals from the daemon ----------------------------------------------------------------
-    def note_sensor(self, reading: Any) -> None:
+    def note_sensor(self, reading: object) -> None:  # a sensors.base.Reading: read by getattr
         """A sensor read failing with EPERM means a reset is in progress (a runtime-suspended
         device's EPERM never gets here: the sensor does not mark it ``resetting``)."""
         if "sensor" not in self.uses:

@@ -12,6 +12,16 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Protocol
+
+
+class Source(Protocol):
+    """A kernel-log-like source the detector polls (FileTail, Kmsg, Journal, Uevents,
+    Devcoredump); a ``close()`` where one is defined is called at shutdown."""
+
+    name: str
+
+    def lines(self) -> list[str]: ...
 
 
 class SourceUnavailable(Exception):

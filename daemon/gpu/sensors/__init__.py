@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Protocol, TypedDict
 
 from daemon.gpu.sensors.amdgpu_sysfs import AmdgpuSysfs
 from daemon.gpu.sensors.base import Reading, read_text
@@ -16,6 +16,12 @@ from daemon.gpu.sensors.cards import Card
 from daemon.gpu.sensors.fallbacks import PsutilTemps, PyAmdgpu
 from daemon.gpu.sensors.k10temp import K10temp
 from daemon.policy.thermal import THERMAL_OFF
+
+
+class SensorPart(Protocol):
+    """One source of a Reading's fields (AmdgpuSysfs, K10temp, PyAmdgpu, PsutilTemps)."""
+
+    def read_into(self, r: Reading) -> None: ...
 
 __all__ = ["THERMAL_OFF", "Card", "Reading", "Sensor", "open_sensor", "simulated_reader"]
 
@@ -32,7 +38,7 @@ class Sensor:
       resets or sleeps do not count either way).
     """
 
-    def __init__(self, parts: list[Any], name: str, clock=time.time, problems: list[str] | None = None,
+    def __init__(self, parts: Sequence[SensorPart], name: str, clock=time.time, problems: list[str] | None = None,
                  configured: str | None = None):
         self.parts = parts
         self.name = name
@@ -82,7 +88,7 @@ class Sensor:
         return out
 
 
-def _has_temperature(part: Any) -> bool:
+def _has_temperature(part: SensorPart) -> bool:
     if isinstance(part, AmdgpuSysfs):
         return part.hwmon is not None and (part.hwmon / "temp1_input").exists()
     return bool(getattr(part, "found", False))
@@ -147,7 +153,7 @@ def open_sensor(gpu_cfg: SensorChoice, *, read_text_fn=None, clock=time.time,
     if p.found:
         return Sensor([p, k10], "pyamdgpuinfo", clock, problems, configured="auto")
     problems.append(p.problem or "pyamdgpuinfo unavailable")
-    parts: list[Any] = [k10] if k10.found else []
+    parts: list[SensorPart] = [k10] if k10.found else []
     ps = PsutilTemps()
     if ps.found:
         parts.append(ps)
