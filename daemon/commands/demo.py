@@ -32,10 +32,11 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from daemon.commands.demo_baseline import Baseline, pause_only
 from daemon.policy.cfgtypes import Config
+from daemon.policy.records import GovernorStatus, Status
 from daemon.state import config as config_mod
 from daemon.state.config import TomlValue
 from daemon.web import statusfmt
@@ -131,9 +132,9 @@ class Screen:
         step = f"{st.get('step') or 0}/{st.get('total_steps') or '?'}"
         temp = f"{t:5.1f}C" if t is not None else "  ?  "
         word = st.get("display_state") or st["state"].upper()
-        eta = st.get("eta_s")
-        if eta is not None and st.get("step"):
-            self.etas.append((time.monotonic() - self.t0, st["step"], float(eta)))
+        eta, at_step = st.get("eta_s"), st.get("step")
+        if eta is not None and at_step:
+            self.etas.append((time.monotonic() - self.t0, at_step, float(eta)))
         eta_txt = statusfmt.eta_text(st) or ""  # the phone's words: "ends about 00:14, in 1m05s"
         w = st.get("waiting")
         if w and w.get("for"):  # what it waits for, as the phone's wait line says it
@@ -179,7 +180,7 @@ async def _drive(d: Supervisor, screen: Screen, inject_at_steps: list[int]) -> N
 
 
 async def run_demo(workdir: Path, story: Story, out=sys.stdout, governor: bool = False,
-                   governor_chip: bool | None = None) -> tuple[int, dict[str, Any], Screen]:
+                   governor_chip: bool | None = None) -> tuple[int, Status, Screen]:
     from daemon.core.supervisor import Supervisor
     from daemon.service import app, logs
     from daemon.state.store import Store
@@ -231,18 +232,18 @@ def governor_baseline(story: Story) -> Baseline:
                       float(cfg["gpu"]["poll_interval_s"]))
 
 
-def compare_line(gov: dict[str, Any], pauses: int, base: Baseline, steps: int) -> str:
+def compare_line(gov: GovernorStatus, pauses: int, base: Baseline, steps: int) -> str:
     """The governed run against pausing alone: "0 pauses with the governor; pausing alone ..."."""
     cost = ""
-    if gov.get("speed"):  # measured step rate under the cap / at full clock
-        cost = f"; the cap cost ~{base.train_s * (1 / gov['speed'] - 1):.0f} s of training ({gov['speed']:.2f}x speed)"
+    if speed := gov.get("speed"):  # measured step rate under the cap / at full clock
+        cost = f"; the cap cost ~{base.train_s * (1 / speed - 1):.0f} s of training ({speed:.2f}x speed)"
     return (f"{pauses} pause{'' if pauses == 1 else 's'} with the governor; the plain demo's pausing "
             f"alone on this chip: {base.pauses} pause{'' if base.pauses == 1 else 's'}, "
             f"{base.held_s:.0f} s held, for the same {steps} steps (the chip model, the reset aside)"
             f"{cost}")
 
 
-def summary(st: dict[str, Any], wall_s: float, events: list[EventRow],
+def summary(st: Status, wall_s: float, events: list[EventRow],
             etas: list[str] | None = None, baseline: Baseline | None = None) -> str:
     kinds = [e["kind"] for e in events]
     resets = (st.get("resets") or {})

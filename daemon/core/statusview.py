@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from daemon.core import waitview
 from daemon.core.viewsource import SupervisorView
+from daemon.gpu.sensors.base import Reading
 from daemon.policy import eta as eta_mod
+from daemon.policy.records import (
+    CheckpointStatus,
+    CloudStatus,
+    EtaAt,
+    GovernorStatus,
+    LossStopped,
+    Status,
+)
 from daemon.policy.states import REMOTE_STATES, State
 from daemon.policy.supervise import shown_hold
 from daemon.state.store import RunRow
@@ -34,14 +42,14 @@ from daemon.web import statusfmt
 Supervisor = SupervisorView
 
 
-def _num(x: Any) -> Any:
+def _num(x: float | None) -> float | None:
     """JSON has no NaN or Infinity: an unknown or non-finite number is null."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 
 
-def _cloud(s: Supervisor, run: RunRow, now: float) -> dict[str, Any]:
+def _cloud(s: Supervisor, run: RunRow, now: float) -> CloudStatus:
     o = s.cfg["offload"]
     st = s.remote.remote
     eta = None
@@ -110,7 +118,7 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-def _governor(s: Supervisor, r: Any, mono: float) -> dict[str, Any] | None:
+def _governor(s: Supervisor, r: Reading | None, mono: float) -> GovernorStatus | None:
     g = s.gov
     if g is None:
         return None
@@ -125,7 +133,7 @@ def _governor(s: Supervisor, r: Any, mono: float) -> dict[str, Any] | None:
                                 governed_s=governed, top_mhz=g.top or 2700)}
 
 
-def _eta_at(eta: float | None, est: Any, wall: float) -> dict[str, Any]:
+def _eta_at(eta: float | None, est: eta_mod.Eta | None, wall: float) -> EtaAt:
     """The ETA as wall-clock times (epoch seconds): when it ends, and the range while uncertain."""
     if eta is None or not math.isfinite(eta):
         return {"eta_at": None, "eta_low_at": None, "eta_high_at": None}
@@ -155,7 +163,7 @@ def _step(s: Supervisor, loading: bool) -> tuple[int | None, str | None]:
 REFRESH_S = 1.0
 
 
-def inputs_key(s: Supervisor) -> tuple[Any, ...]:
+def inputs_key(s: Supervisor) -> tuple[object, ...]:
     """What the status shows that can change without time passing, compared by value or by
     identity (the Supervisor replaces those objects, never mutates them in place): a new
     progress record, reading, event, hold, problem, checkpoint, state, run-row write, remote
@@ -175,7 +183,7 @@ def inputs_key(s: Supervisor) -> tuple[Any, ...]:
             s.interval_steps, None if g is None else (id(g.state), g.reason, g.pauses))
 
 
-def _stop_loss(stop: tuple[int, float] | None) -> dict[str, Any] | None:
+def _stop_loss(stop: tuple[int, float] | None) -> LossStopped | None:
     """The loss of the divergence that stopped the run, as text ("nan", "inf", "2152"): JSON
     has no NaN, and null would read as "no loss"."""
     if stop is None:
@@ -184,16 +192,17 @@ def _stop_loss(stop: tuple[int, float] | None) -> dict[str, Any] | None:
     return {"step": step, "loss": f"{loss:.4g}" if math.isfinite(loss) else str(loss)}
 
 
-def build_status(s: Supervisor, now: float) -> dict[str, Any]:
+def build_status(s: Supervisor, now: float) -> Status:
     f = s.facts
     run = s.run
     r = s.last_reading
-    ckpt = None
-    if f.checkpoint and f.checkpoint.get("path"):
-        ckpt = {"step": f.checkpoint.get("step"), "path": f.checkpoint["path"],
+    ckpt: CheckpointStatus | None = None
+    if f.checkpoint and (path := f.checkpoint.get("path")):
+        t = f.checkpoint.get("t")
+        ckpt = {"step": f.checkpoint.get("step"), "path": path,
                 "adopted": f.checkpoint.get("adopted"),
-                "name": Path(str(f.checkpoint["path"])).name,
-                "age_s": round(now - f.checkpoint["t"], 1) if f.checkpoint.get("t") else None}
+                "name": Path(str(path)).name,
+                "age_s": round(now - t, 1) if t else None}
     cloud = _cloud(s, run, now)
     holds = frozenset(s.holds)
     word, detail = display_state(s.state, holds)
@@ -213,7 +222,7 @@ def build_status(s: Supervisor, now: float) -> dict[str, Any]:
     eta_at = _eta_at(eta, est if s.state != State.REMOTE else None, now)
     owner = shown_hold(holds)
     step, step_note = _step(s, loading)
-    doc = {
+    doc: Status = {
         "state": s.state.value,
         "display_state": word,
         "display_detail": detail,

@@ -70,7 +70,7 @@ from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
-from daemon.policy.records import Answer, QueueItem, RunTableRow
+from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.policy.timebase import clock_step
@@ -182,13 +182,13 @@ class Supervisor:
         self.interval_explanation = ""
         self.age_warned: float | None = None
         self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
-        self.last_event: dict[str, Any] | None = None
+        self.last_event: LastEvent | None = None
         self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
         self.stop_signal: int | None = None
         self.shutting_down = False
         self.done = asyncio.Event()
         self.poll_due = True
-        self.snapshot: dict[str, Any] = {}
+        self.snapshot: Status = {}
         self._published: tuple[tuple[Any, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
         self.loss_series: list[tuple[int, float]] = []
@@ -1515,7 +1515,7 @@ class Supervisor:
             self.problems["status"] = f"status could not be built: {e}"
 
     # StatusSource (daemon/web/api.py)
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         return self.snapshot
 
     def history(self, since: float | None) -> list[ReadingRow]:

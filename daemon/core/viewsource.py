@@ -2,7 +2,7 @@
 
 The views never import the Supervisor, not even for typing: data flows from it to them, never
 back (no import cycle, type-only ones included). This Protocol says what they read instead of
-``Any``; mypy checks that the Supervisor handed to ``build_status`` has each member with a
+an untyped object; mypy checks that the Supervisor handed to ``build_status`` has each member with a
 compatible type. Every member is read-only here: a view never writes the Supervisor's state.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.cloud.offloader import Offloader
 from daemon.core.recovering import Recovery
@@ -23,7 +23,7 @@ from daemon.job.jobrunner import JobRunner
 from daemon.job.status import JobFacts
 from daemon.policy.cfgtypes import Config
 from daemon.policy.eta import DutyMeter, ProgressMeter
-from daemon.policy.records import QueueItem
+from daemon.policy.records import LastEvent, QueueItem
 from daemon.policy.states import State
 from daemon.state.store import RunRow, Store
 
@@ -63,7 +63,7 @@ class SupervisorView(Protocol):
     @property
     def last_reading(self) -> Reading | None: ...
     @property
-    def last_event(self) -> dict[str, Any] | None: ...
+    def last_event(self) -> LastEvent | None: ...
     @property
     def edges(self) -> collections.deque[tuple[float, float]]: ...  # (mono, edge_c)
     @property

@@ -14,10 +14,9 @@ Reads the Supervisor like daemon/core/statusview.py does: its fields, never writ
 
 from __future__ import annotations
 
-from typing import Any
-
 from daemon.core.viewsource import SupervisorView
 from daemon.policy.cooling import time_to_cool
+from daemon.policy.records import Waiting
 from daemon.policy.recovery import decide_recovery
 from daemon.policy.states import State
 
@@ -38,7 +37,7 @@ def starting_detail(s: Supervisor) -> str:
     return "loading the job"
 
 
-def waiting(s: Supervisor, word: str, mono: float) -> dict[str, Any] | None:
+def waiting(s: Supervisor, word: str, mono: float) -> Waiting | None:
     """{"for": phrase, "about_s": seconds or None} while the run waits, else None."""
     holds = s.holds
     if word == "PAUSED":

@@ -139,7 +139,7 @@ def sysfs_write(path: Path, text: str) -> None:
     file beside it, so any process can drive the chip. Like the kernel: EPERM while the GPU
     resets, EACCES when the file's mode has no owner write bit (we may run as root, which the
     kernel would let through: the mode is how the sim plays "no permission"), ENOENT without
-    overdrive. Any other file is written plainly.
+    overdrive. Every other file is written plainly.
     """
     path = Path(path)
     dev = path.parent

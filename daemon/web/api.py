@@ -29,7 +29,7 @@ JavaScript from a CDN; /openapi.json stays and lists the 401/403/404/413/421 ans
 daemon publishes one immutable status snapshot per tick, its JSON and text bytes are rendered
 once per snapshot (``StatusCache``), and a plain ``GET /status`` (no query, or exactly
 ``format=json``/``format=text``) is answered from them without FastAPI's routing, parameter
-validation and response building. Any other /status request (an invalid ``format``, other
+validation and response building. Every other /status request (an invalid ``format``, other
 parameters) takes the FastAPI route, which serves the same cached bytes, so validation errors
 and the OpenAPI schema are unchanged.
 """
@@ -44,18 +44,19 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol, cast
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from daemon.policy.records import Answer, QueueItem, RunTableRow
+from daemon.policy.records import Answer, QueueItem, RunTableRow, Status
 from daemon.state.store import EventRow, ReadingRow
 from daemon.web import auth, metrics, statusfmt
 
@@ -84,7 +85,7 @@ def raise_nofile_limit() -> tuple[int, int]:
     return soft, soft
 
 
-def _finite(v: Any) -> Any:
+def _finite(v: object) -> object:
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
@@ -94,7 +95,7 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def strict_json(content: Any) -> bytes:
+def strict_json(content: object) -> bytes:
     """Strict JSON whatever the content: NaN and +-Infinity become null (JSON has neither,
     and a client's parser rejects the whole document over one of them)."""
     return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, default=str,
@@ -104,7 +105,7 @@ def strict_json(content: Any) -> bytes:
 class SafeJSONResponse(JSONResponse):
     """Every JSON response of the API: strict_json."""
 
-    def render(self, content: Any) -> bytes:
+    def render(self, content: object) -> bytes:
         return strict_json(content)
 
 
@@ -117,11 +118,11 @@ class StatusCache:
 
     TEXT_MAX_AGE_S = 1.0
 
-    def __init__(self, source: StatusSource, clock: Any = None):
+    def __init__(self, source: StatusSource, clock: Callable[[], float] | None = None):
         self.source = source
         self.clock = clock or time.time
-        self._json: tuple[Any, bytes] | None = None
-        self._text: tuple[Any, float, bytes] | None = None
+        self._json: tuple[Status, bytes] | None = None
+        self._text: tuple[Status, float, bytes] | None = None
 
     def json(self) -> bytes:
         st = self.source.status()
@@ -133,7 +134,9 @@ class StatusCache:
         st, now = self.source.status(), self.clock()
         c = self._text
         if c is None or c[0] is not st or not 0 <= now - c[1] < self.TEXT_MAX_AGE_S:
-            body = statusfmt.render(_finite(st), now=now).encode("utf-8")  # a NaN reads as unknown
+            # a NaN reads as unknown; _finite keeps the document's shape (every number of a
+            # Status may be None), so it is a Status still
+            body = statusfmt.render(cast(Status, _finite(st)), now=now).encode("utf-8")
             self._text = c = (st, now, body)
         return c[2]
 
@@ -153,11 +156,11 @@ class _StatusFastPath:
 
     QUERIES = {b"": None, b"format=json": "json", b"format=text": "text"}
 
-    def __init__(self, app: Any, cache: StatusCache):
+    def __init__(self, app: ASGIApp, cache: StatusCache):
         self.app = app
         self.cache = cache
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["path"] != "/status" or scope["method"] != "GET"
                 or scope["query_string"] not in self.QUERIES or scope.get("root_path")):
             return await self.app(scope, receive, send)
@@ -200,7 +203,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def _idle(conn: Any) -> bool:
+def _idle(conn: object) -> bool:  # a uvicorn protocol, read by getattr
     cycle = getattr(conn, "cycle", None)
     return cycle is None or bool(getattr(cycle, "response_complete", False))
 
@@ -209,13 +212,13 @@ class _NoTraceback:
     """ASGI middleware: an exception in a handler becomes one log line and a 500, never a
     traceback in the journal (a client could otherwise write 75 lines there per request)."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
-        async def tracked(message: Any) -> None:
+        async def tracked(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -280,14 +283,14 @@ class _Guard:
     """ASGI middleware, outermost: the Host check, the token of a write before its body is
     read, the body limit (see the module's docstring). Its refusals close the connection."""
 
-    def __init__(self, app: Any, token: str | None, hosts: frozenset[str] | None,
+    def __init__(self, app: ASGIApp, token: str | None, hosts: frozenset[str] | None,
                  max_body: int = MAX_BODY):
         self.app = app
         self.token = token
         self.hosts = hosts  # None: any Host (a test app served on an unknown address)
         self.max_body = max_body
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers: dict[bytes, bytes] = {}
@@ -313,7 +316,7 @@ class _Guard:
         seen = 0
         started = refused = False
 
-        async def limited_receive() -> Any:
+        async def limited_receive() -> Message:
             # FastAPI turns an exception raised while it reads the body into a 400, so the 413
             # is sent from here and whatever the app answers after it is dropped
             nonlocal seen, refused
@@ -327,7 +330,7 @@ class _Guard:
                     raise _BodyTooLarge
             return message
 
-        async def tracked_send(message: Any) -> None:
+        async def tracked_send(message: Message) -> None:
             nonlocal started
             if refused:
                 return
@@ -339,7 +342,7 @@ class _Guard:
             await self.app(scope, limited_receive, tracked_send)
 
 
-async def _refuse(send: Any, status: int, detail: str,
+async def _refuse(send: Send, status: int, detail: str,
                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
     """An error answer that also closes the connection: the rest of the body stays unread."""
     body = strict_json({"detail": detail})
@@ -375,7 +378,7 @@ JSONBody = Mapping[str, object]
 
 
 class StatusSource(Protocol):
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The published snapshot: the same object until the next one, never mutated."""
         ...
     def history(self, since: float | None) -> list[ReadingRow]: ...

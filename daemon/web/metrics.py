@@ -12,11 +12,11 @@ docs/grafana-dashboard.json charts these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from daemon.policy.records import Status
 from daemon.policy.states import ALL_STATES as STATES
 
 # (metric name without _total, status key, help)
@@ -60,8 +60,9 @@ GAUGES = (
 )
 
 
-def _get(st: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    v: Any = st
+def _get(st: Status, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in the snapshot (a dotted walk by name), None when not a number."""
+    v: object = st
     for k in path:
         if not isinstance(v, dict):
             return None
@@ -70,7 +71,7 @@ def _get(st: dict[str, Any], path: tuple[str, ...]) -> float | None:
 
 
 class StatusCollector:
-    def __init__(self, status: Callable[[], dict[str, Any]]):
+    def __init__(self, status: Callable[[], Status]):
         self.status = status
 
     def collect(self):
@@ -108,7 +109,7 @@ class StatusCollector:
         yield m
 
 
-def make_registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def make_registry(status: Callable[[], Status]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StatusCollector(status))
     return reg

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import textwrap
 import time
-from typing import Any
+
+from daemon.policy.records import GpuChoice, ResetsStatus, Status, StatusTemps
 
 BARS = "▁▂▃▄▅▆▇█"
 WIDTH = 40
@@ -76,14 +77,14 @@ def _sentence(text: str) -> str:
     return text if text[-1] in ".!?)" else text + "."
 
 
-def _heat(r: dict[str, Any]) -> str | None:
+def _heat(r: ResetsStatus) -> str | None:
     if not r.get("total"):
         return None
     return {True: "They look heat-related.", False: "They are not heat-related.",
             None: "Too few so far to tell if heat causes them."}[r.get("heat_correlated")]
 
 
-def headline(st: dict[str, Any]) -> str:
+def headline(st: Status) -> str:
     """The first words of the card ("PAUSED by you", "RUNNING"): also what a control reply says
     the run is now, so the two can never disagree (daemon/web/client.py)."""
     word = st.get("display_state") or str(st.get("state", "?")).upper()
@@ -99,7 +100,7 @@ def clock(t: float, now: float | None = None) -> str:
     return time.strftime("%H:%M" if -3600 < t - now < 86400 else "%a %H:%M", lt)
 
 
-def eta_text(st: dict[str, Any], now: float | None = None) -> str | None:
+def eta_text(st: Status, now: float | None = None) -> str | None:
     """When it ends, as a clock time and a duration, a range while the prediction is uncertain:
     "ends about 04:10, in 2h13m" / "ends 04:00-04:40, in about 2h13m". One sentence, used by
     the card, the demo's screen, the JSON's eta_text (the dashboard) alike."""
@@ -119,7 +120,7 @@ def eta_text(st: dict[str, Any], now: float | None = None) -> str | None:
     return f"ends about {clock(at, now)}, in {duration(eta)}"
 
 
-def render(st: dict[str, Any], now: float | None = None) -> str:
+def render(st: Status, now: float | None = None) -> str:
     now = time.time() if now is None else now
     word = st.get("display_state") or str(st.get("state", "?")).upper()
     head = f"nightshift  {headline(st)}"
@@ -142,18 +143,18 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
         lines += field("rate", f"{rate:.2f} steps/s while training")
     if st.get("eta_s") is not None or st.get("eta_why"):
         lines += _eta_lines(st, now)
-    t = st.get("temps") or {}
+    t: StatusTemps = st.get("temps") or {}
     lines += field("temp", f"edge {_c(t.get('edge_c'))}, Tctl {_c(t.get('tctl_c'))}")
-    gpu = st.get("gpu") or {}
-    if gpu.get("card"):  # which GPU those are from, and why in short (the JSON has the whole why)
+    gpu: GpuChoice = st.get("gpu") or {}
+    if card := gpu.get("card"):  # which GPU those are from, and why in short (the JSON has the whole why)
         why = (gpu.get("why") or "").split(" (")[0].split(";")[0]
-        lines += field("gpu", f"{gpu['card']}, {why}." if why else gpu["card"])  # "card2" stays lower case
+        lines += field("gpu", f"{card}, {why}." if why else card)  # "card2" stays lower case
     gov = st.get("governor")
     if gov and gov.get("line"):  # [thermal] governor = "clock": the cap, its speed, its pauses
         lines += field("gov", gov["line"])
-    if st.get("paused_reason"):
-        lines += field("why", _sentence(st["paused_reason"]))
-    r = st.get("resets") or {}
+    if paused_reason := st.get("paused_reason"):
+        lines += field("why", _sentence(paused_reason))
+    r: ResetsStatus = st.get("resets") or {}
     resets = (f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
               f"{r.get('total', 0)} in this run." if r.get("total") else "none in this run.")
     kr = r.get("kernel_resets_in_window") or 0
@@ -182,28 +183,28 @@ def render(st: dict[str, Any], now: float | None = None) -> str:
     if ev:
         ago = duration(now - ev["t"]) if ev.get("t") else "?"
         lines += field("last", f"{ago} ago: {_sentence(ev.get('message') or ev.get('kind', ''))}")
-    if st.get("failure") and word == "FAILED":
-        lines += field("FAIL", _sentence(st["failure"].splitlines()[0]))
-    if cloud.get("problem"):
-        lines += field("cloud", _sentence(cloud["problem"]))
+    if (failure := st.get("failure")) and word == "FAILED":
+        lines += field("FAIL", _sentence(failure.splitlines()[0]))
+    if cloud_problem := cloud.get("problem"):
+        lines += field("cloud", _sentence(cloud_problem))
     for p in st.get("problems") or []:
         lines += field("!", _sentence(p))
     return "\n".join(lines) + "\n"
 
 
-def _other_incidents(r: dict[str, Any]) -> str:
+def _other_incidents(r: ResetsStatus) -> str:
     """Soft recoveries, GPU faults and unattributed incidents: not resets, shown apart."""
     parts = []
-    for key, one, many in (("faults", "GPU page fault", "GPU page faults"),
-                           ("soft_recoveries", "soft recovery", "soft recoveries"),
-                           ("unattributed", "incident naming no card", "incidents naming no card")):
-        n = (r.get(key) or {}).get("total") or 0
+    for counts, one, many in ((r.get("faults"), "GPU page fault", "GPU page faults"),
+                              (r.get("soft_recoveries"), "soft recovery", "soft recoveries"),
+                              (r.get("unattributed"), "incident naming no card", "incidents naming no card")):
+        n = (counts or {}).get("total") or 0
         if n:
             parts.append(f"{n} {one if n == 1 else many}")
     return (", ".join(parts) + " in this run (not resets).") if parts else ""
 
 
-def failure_card(st: dict[str, Any], budget: int = FAILED_LINES - 3) -> list[str]:
+def failure_card(st: Status, budget: int = FAILED_LINES - 3) -> list[str]:
     """What a failed run shows under its head, job and step lines, in ``budget`` lines: the
     loss that stopped it, the cause first in one sentence, the job's own error once (cut at a
     sentence or line boundary, never mid-word), the newest good checkpoint, problems, resets. Nothing
@@ -224,7 +225,7 @@ def failure_card(st: dict[str, Any], budget: int = FAILED_LINES - 3) -> list[str
         blocks.append(field("ckpt", f"step {ck['step']}, saved {duration(ck.get('age_s'))} ago"))
     for p in st.get("problems") or []:
         blocks.append(field("!", _clip(_sentence(p), 3)))
-    r = st.get("resets") or {}
+    r: ResetsStatus = st.get("resets") or {}
     if r.get("total"):
         heat = _heat(r)
         blocks.append(field("reset", f"{r.get('in_window', 0)} in the last {duration(r.get('window_s'))}, "
@@ -263,7 +264,7 @@ def _clip(text: str, max_lines: int) -> str:
     return text[:room].rsplit(" ", 1)[0] + " ..."
 
 
-def _eta_lines(st: dict[str, Any], now: float | None = None) -> list[str]:
+def _eta_lines(st: Status, now: float | None = None) -> list[str]:
     eta, steady, basis = st.get("eta_s"), st.get("eta_steady_s"), st.get("eta_basis")
     text = eta_text(st, now) if eta is not None else None
     if text is None:
