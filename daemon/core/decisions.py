@@ -20,7 +20,7 @@ class Emit:
     kind: str
     message: str
     level: str = "info"
-    # passed as **kwargs to Supervisor.event, whose own keyword detail= is a bool: Any here
+    # passed as **kwargs to Supervisor.event, whose own keyword detail= is a bool: untyped here
     data: dict[str, Any] | None = None
 
 

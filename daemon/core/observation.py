@@ -13,12 +13,13 @@ the schedule and the job's record times (see daemon/policy/timebase.py).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 from daemon.gpu.resets.incident import ResetEvent
 from daemon.gpu.sensors.base import Reading
 from daemon.job.progress import ProgressRecord
+from daemon.policy.records import Answer
 from daemon.policy.states import State
 from daemon.policy.thermal import ThermalState
 
@@ -56,7 +57,8 @@ class Observation:
     records: tuple[ProgressRecord, ...] = ()  # output-derived ones included
     lines: tuple[str, ...] = ()  # output lines since the last tick
     exit_code: int | None = None  # the job's exit status, once it has ended
-    commands: tuple[tuple[str, Any, Any], ...] = ()  # (action, argument, future) from the API
+    # (action, its argument, the asker's future) from the API: carried, never read, here
+    commands: tuple[tuple[str, object, asyncio.Future[Answer] | None], ...] = ()
     stop_signal: int | None = None  # a shutdown signal that begins a graceful stop now
     poll: Poll | None = None  # per poll interval
     job: JobSigns = field(default_factory=JobSigns)

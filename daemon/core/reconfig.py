@@ -8,14 +8,54 @@ calls ``apply`` from its tick (never from the watcher's thread) and assigns what
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from daemon.core import parts as build
 from daemon.policy.cfgtypes import Config
 from daemon.state.config import copy_key
 
+if TYPE_CHECKING:  # the parts' types; each is imported where it is built (daemon/core/parts.py)
+    from daemon.gpu.clockcap import ClockCap
+    from daemon.gpu.governor_io import GovernorPort, NoDevicePort
+    from daemon.gpu.sensors import Sensor
+    from daemon.gpu.simgpu import SimulatedGPU
+    from daemon.job.outputprogress import OutputProgress
+    from daemon.night.divergence import DivergenceDetector
+    from daemon.night.notify import Notifier
+    from daemon.night.schedule import NightSchedule
 
-async def apply(cfg: Config, new: Config, keys: list[str], p: Any) -> dict[str, Any]:
+
+class LiveParts(Protocol):
+    """What a reload reads of the Supervisor's Parts (supervisor.Parts; not imported: the
+    Supervisor imports this module)."""
+
+    @property
+    def sensor(self) -> Sensor | None: ...
+    @property
+    def simgpu(self) -> SimulatedGPU | None: ...
+    @property
+    def notifier(self) -> Notifier | None: ...
+    @property
+    def clockcap(self) -> ClockCap | None: ...
+    @property
+    def governor(self) -> GovernorPort | NoDevicePort | None: ...
+    @property
+    def reschedule_poll(self) -> Callable[[float], None] | None: ...
+
+
+class Rebuilt(TypedDict, total=False):
+    """The parts a reload built anew, by their name in Parts (None: now off)."""
+
+    divergence: DivergenceDetector | None
+    schedule: NightSchedule | None
+    notifier: Notifier | None
+    clockcap: ClockCap | None
+    governor: GovernorPort | NoDevicePort | None
+    output_progress: OutputProgress | None
+
+
+async def apply(cfg: Config, new: Config, keys: list[str], p: LiveParts) -> Rebuilt:
     """Copy ``keys`` ("section.key") from ``new`` into ``cfg`` in place; return the rebuilt parts
     by attribute name of ``Parts`` (the Supervisor assigns them). Raises ``ConfigError`` with
     nothing changed when the edit cannot apply (a clock cap outside the card's OD_RANGE)."""
@@ -35,7 +75,7 @@ async def apply(cfg: Config, new: Config, keys: list[str], p: Any) -> dict[str, 
         sec, key = k.split(".", 1)
         copy_key(cfg, new, sec, key)
     secs = {k.split(".", 1)[0] for k in keys}
-    changed: dict[str, Any] = {}
+    changed: Rebuilt = {}
     if "divergence" in secs:
         changed["divergence"] = build.divergence(cfg)  # None when disabled: disabling works
     if "schedule" in secs:

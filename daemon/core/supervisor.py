@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import Offloader, run_key
 from daemon.core import commanding, decide
@@ -70,11 +70,19 @@ from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
-from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
+from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
 from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.policy.timebase import clock_step
-from daemon.state.store import TERMINAL_STATES, EventRow, QueueRow, ReadingRow, RunRow, Store
+from daemon.state.store import (
+    TERMINAL_STATES,
+    EventRow,
+    QueueRow,
+    ReadingRow,
+    RunFields,
+    RunRow,
+    Store,
+)
 
 if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), imported only there
     from daemon.cloud.offload.base import JobSpec, RemoteStatus
@@ -189,7 +197,7 @@ class Supervisor:
         self.done = asyncio.Event()
         self.poll_due = True
         self.snapshot: Status = {}
-        self._published: tuple[tuple[Any, ...] | None, float] = (None, 0.0)  # inputs_key, when
+        self._published: tuple[tuple[object, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
         self.loss_series: list[tuple[int, float]] = []
         self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
@@ -233,7 +241,7 @@ class Supervisor:
         if self.on_state is not None:
             self.on_state(f"{state.value}: {reason}"[:200])
 
-    def _update_run(self, **fields: Any) -> None:
+    def _update_run(self, **fields: Unpack[RunFields]) -> None:
         self.stored(self.store.update_run, self.run_id, **fields)
 
     @property
@@ -503,7 +511,7 @@ class Supervisor:
                 except Exception as e:  # noqa: BLE001 - a failed read is an unknown, never a crash
                     log.exception("reading the sensor failed")
                     error = f"{type(e).__name__}: {e}"
-            resets: tuple[Any, ...] = ()
+            resets: tuple[ResetEvent, ...] = ()
             if self.p.detector is not None:
                 if reading is not None:
                     self.p.detector.note_sensor(reading)
@@ -1153,7 +1161,7 @@ class Supervisor:
                 self.event("interval", f"checkpoint interval now {steps} steps ({why})")
 
     # ================================================================== resets
-    def _temps_before(self, t: float) -> dict[str, Any]:
+    def _temps_before(self, t: float) -> Temps:
         for r in reversed(self.readings):
             # "just before": the last good reading, not one taken while the reset was underway
             if r.t <= t and not r.resetting and (r.edge_c is not None or r.tctl_c is not None):
@@ -1346,7 +1354,7 @@ class Supervisor:
         self._apply(await self.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
                                              proceed=lambda: self.stop_signal is None))
 
-    def remote_description(self) -> dict[str, Any] | None:
+    def remote_description(self) -> dict[str, object] | None:
         """What the backend says about the remote side (host, connection, state) for status."""
         if self.state not in (*REMOTE_STATES, State.OFFLOADING) or not self.run.get("remote_backend"):
             return None
@@ -1533,11 +1541,11 @@ def _gpu_signature(tail: str) -> str | None:
 _adopted_fact = suspects.adopted_fact
 
 
-def _finite(x: Any) -> float | None:
+def _finite(x: object) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+def _public_config(cfg: Config) -> dict[str, object]:
     from daemon.state.config import public_config
     return public_config(cfg)
 

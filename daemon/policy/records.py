@@ -19,6 +19,7 @@ class Answer(TypedDict):
     id: NotRequired[int]  # a queue add: the new entry's id
     queue: NotRequired[list[QueueItem]]  # a queue remove/move: the queue after it
     state: NotRequired[str]  # the run's state after the command, when it says one
+    headline: NotRequired[str]  # that state in the status' own first words (statusview.headline)
 
 
 class QueueItem(TypedDict):

@@ -31,6 +31,9 @@ from daemon.service.sdnotify import watchdog_interval_s
 from daemon.state.store import Store
 
 if TYPE_CHECKING:
+    import uvicorn  # imported when the API starts
+
+    from daemon.gpu.probe import ProbeResult
     from daemon.service.configwatch import ConfigWatcher  # imported when the watcher starts
 
 log = logging.getLogger("nightshift")
@@ -38,7 +41,8 @@ TICK_S = 0.2
 
 
 def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
-    """Every part from the config; ``overrides`` replace any of them (tests, the demo)."""
+    """Every part from the config; ``overrides`` replace any of them (tests, the demo: a fake of
+    any type, hence Any)."""
     sim = overrides.pop("simgpu") if "simgpu" in overrides else build.simgpu(cfg)
     sensor = overrides.pop("sensor") if "sensor" in overrides else build.sensor(cfg, sim)
     spawn = overrides.pop("spawn", None) or default_spawn
@@ -67,7 +71,7 @@ def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
     return p
 
 
-async def _probe(command: list[str] | None, timeout_s: float, env: dict[str, str]) -> Any:
+async def _probe(command: list[str] | None, timeout_s: float, env: dict[str, str]) -> ProbeResult:
     from daemon.gpu.probe import default_probe_command, run_probe
     return await run_probe(command or default_probe_command(), timeout_s, env)
 
@@ -143,7 +147,7 @@ async def run_loop(cfg: Config, sup: Supervisor, tick_s: float = TICK_S) -> int:
     return sup.exit_code()
 
 
-async def _start_api(cfg: Config, sup: Supervisor) -> tuple[Any, asyncio.Task]:
+async def _start_api(cfg: Config, sup: Supervisor) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     from daemon.web import api, auth
     a = cfg["api"]
     token_file = a["token_file"]

@@ -25,7 +25,7 @@ from daemon.web.statusfmt import sparkline
 
 def _call(base_url: str, path: str, method: str = "GET", body: Mapping[str, object] | None = None,
           token_file: str | Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
-    """(the daemon's JSON answer, None) or (None, what went wrong). Any: the answer is the
+    """(the daemon's JSON answer, None) or (None, what went wrong). Untyped: the answer is the
     daemon's JSON as docs/api.md documents it, not checked here; the formatters read it with
     .get where an older daemon may lack a field."""
     headers = {"Accept": "application/json"}

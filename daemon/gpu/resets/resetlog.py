@@ -72,8 +72,8 @@ class Recorded:
     event_kind: str
     message: str
     level: str
-    # the event's data (stored as JSON); Any: it is passed as **kwargs to Supervisor.event, whose
-    # own keyword detail= is a bool
+    # the event's data (stored as JSON); untyped: it is passed as **kwargs to Supervisor.event,
+    # whose own keyword detail= is a bool
     data: dict[str, Any] = field(default_factory=dict)
     detail: bool = False  # late evidence that changes nothing counted: a timeline detail
 
