@@ -31,10 +31,12 @@ from daemon.core.decisions import (
     Save,
     StopRemote,
 )
+from daemon.job.status import CheckpointFact
 from daemon.policy.cancel import cancel_refusal
 from daemon.policy.commands import CommandFacts, refusal
 from daemon.policy.records import Answer
 from daemon.policy.states import REMOTE_STATES, State
+from daemon.state.store import RunRow
 
 
 class JobPort(Protocol):
@@ -54,8 +56,8 @@ class Here:
     """What a stop or cancel reads besides the refusals' facts."""
     run_id: int  # the current run
     job_alive: bool  # a job process runs here (being stopped or not)
-    checkpoint: Mapping[str, Any] | None  # the run's newest checkpoint (JobFacts.checkpoint)
-    lookup: Callable[[int], Mapping[str, Any] | None]  # a run's row by id (Store.get_run)
+    checkpoint: CheckpointFact | None  # the run's newest checkpoint (JobFacts.checkpoint)
+    lookup: Callable[[int], RunRow | None]  # a run's row by id (Store.get_run)
 
 
 def _refused(message: str) -> Reply:

@@ -42,7 +42,7 @@ TICK_S = 0.2
 
 def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
     """Every part from the config; ``overrides`` replace any of them (tests, the demo: a fake of
-    any type, hence Any)."""
+    any type, so they are untyped)."""
     sim = overrides.pop("simgpu") if "simgpu" in overrides else build.simgpu(cfg)
     sensor = overrides.pop("sensor") if "sensor" in overrides else build.sensor(cfg, sim)
     spawn = overrides.pop("spawn", None) or default_spawn
