@@ -92,6 +92,51 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """The run succeeded; a stop still waiting is answered with ``settle``."""
+    settle: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The run failed: ``reason`` (a line), ``detail`` (the job's traceback) in status."""
+    reason: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class AfterStop:
+    """The job ended as asked by a stop, a cancel or a shutdown: the run ends so, and the stop's
+    answer says whether its final checkpoint is the stop's own."""
+    intent: ExitIntent
+
+
+@dataclass(frozen=True)
+class HoldForDisk:
+    """The disk is full: hold the run until there is room (``what`` hit it)."""
+    what: str
+
+
+@dataclass(frozen=True)
+class LaunchRemote:
+    """The job has exited for the move: launch it on the cloud now (awaited by the Supervisor)."""
+
+
+@dataclass(frozen=True)
+class Recover:
+    """A GPU reset ended the job: the recovery (cooldown, probe) before it starts again."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Start the job again after ``delay_s`` (the restart backoff), waiting in ``state``."""
+    delay_s: float
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True)
 class Problem:
     """Set (``text``) or clear (None) one problem shown in status."""
     key: str
@@ -120,4 +165,5 @@ class Remember:
 
 
 Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
-    Offload | Cancelled | Problem | CapClock | UncapClock | Remember
+    Offload | Cancelled | Finish | Fail | AfterStop | HoldForDisk | LaunchRemote | Recover | Wait | \
+    Problem | CapClock | UncapClock | Remember

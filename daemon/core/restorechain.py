@@ -3,16 +3,22 @@
 ``restore_for_start`` puts the best adopted copy back before a start and reports the files
 found before the run (an older run's, never resumed); ``judge_exit`` applies the restore
 chain (daemon/policy/scriptckpt.py) after a resumed attempt died: it marks the copy that did
-not load, and with no copy left moves the file aside. The Supervisor says what happened and
-restarts; nothing here touches run state.
+not load, and with no copy left moves the file aside; ``after_resumed_exit`` says what follows
+as decisions (said, counted, restarted or failed) that the Supervisor carries out; nothing here
+touches run state.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from daemon.core.decisions import Decision, Emit, Fail, Restart
+from daemon.core.exits import counted_restart, job_error
 from daemon.job.adopt import AdoptedCheckpoint, Adopter, Found, Unverifiable, verify_tree
+from daemon.policy.cfgtypes import Config
 from daemon.policy.scriptckpt import ChainDecision, Resumed, after_exit, error_line
+from daemon.state.store import RunRow
 
 
 def restore_for_start(adopter: Adopter) -> tuple[AdoptedCheckpoint | None, list[Found]]:
@@ -60,3 +66,23 @@ def judge_exit(adopter: Adopter, resumed: Resumed, exit_kind: str, attempt_step:
     if dec.action == "fresh":
         adopter.set_aside(resumed.relpath, "no copy of this run loads")
     return dec
+
+
+def after_resumed_exit(adopter: Adopter, resumed: Resumed, exit_kind: str, attempt_step: int | None,
+                       tail: str, run: RunRow, now: float, cfg: Config) -> list[Decision] | None:
+    """A job resumed from an adopted copy died before reporting progress from it: the next
+    older copy, then (when the run allows) a fresh start, then a failure saying so. None: the
+    restart rules decide (the restart bound is reached, or the copy was not the cause). Runs in
+    a worker thread: it verifies and marks the copies on disk."""
+    times = json.loads(run.get("restart_times") or "[]")
+    window, limit = float(cfg["job"]["restart_window_s"]), int(cfg["job"]["restart_limit"])
+    if sum(1 for t in times if now - t <= window) >= limit:
+        return None  # the restart bound decides
+    error = job_error(tail)
+    dec = judge_exit(adopter, resumed, exit_kind, attempt_step, error, fresh_allowed=not run.get("resume_from"))
+    if dec.action == "none":
+        return None
+    said = Emit("restore_failed", dec.reason, "error" if dec.action == "fail" else "warn")
+    if dec.action == "fail":
+        return [said, Fail(dec.reason, error)]
+    return [said, counted_restart(run, now), Restart(dec.reason)]

@@ -28,24 +28,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import Offloader, run_key
-from daemon.core import commanding, decide
+from daemon.core import commanding, decide, exits
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.commanding import Here
 from daemon.core.decisions import (
+    AfterStop,
     AskCheckpoint,
     AskExit,
     Cancelled,
     CapClock,
     Decision,
+    Fail,
+    Finish,
     Hold,
+    HoldForDisk,
+    LaunchRemote,
     Offload,
     Problem,
+    Recover,
     Release,
     Remember,
     Restart,
     StopRemote,
     UncapClock,
+    Wait,
 )
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
@@ -57,7 +64,7 @@ from daemon.core.storeguard import StoreGuard
 from daemon.gpu.governing import Governor, job_key
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
-from daemon.job.classify import ExitInfo, classify_exit, traceback_tail
+from daemon.job.classify import classify_exit
 from daemon.job.diskfull import is_full_error, says_full
 from daemon.job.jobproc import same_process_alive, stop_orphan
 from daemon.job.jobrunner import JobRunner
@@ -71,7 +78,7 @@ from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
-from daemon.policy.scriptckpt import Resumed, wait_state_after_exit
+from daemon.policy.scriptckpt import Resumed
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.policy.timebase import clock_step
 from daemon.state.store import (
@@ -665,91 +672,28 @@ class Supervisor:
             if match_job_output(tail):
                 self.p.detector.note_job_exit(tail, now)
             self._poll_resets()
-        sig = _gpu_signature(tail)
         pending = self.p.detector.pending_t() if self.p.detector is not None else None
         # a reset or a GPU fault (not a soft recovery: the compositor's) explains the death
         near = rules.reset_explains_death(now, self.reset_log.death_times(),
                                           started_at=started or 0.0, pending_t=pending)
-        info = classify_exit(rc, tail, gpu_signature=sig, reset_near_exit=near,
-                             step=self.facts.step, asked_to_exit=intent is not None,
-                             done=self.facts.done)
-        if info.kind == "success":
-            self._finish()
-            self._settle_stop(f"the job had already finished{_at_step(self.facts.step)}")
-            return
-        why = intent.why if intent is not None else None
-        if intent is None and says_full(tail) and not self.disk.room():  # not the code's fault
-            self._hold_for_disk("the job died writing to a full disk", mono)
-            return
-        if intent is not None and (intent.user_stop or why == Why.CANCEL):
-            self._after_stop(intent)
-            return
-        if why == Why.OFFLOAD:
-            if self.shutting_down:  # SIGTERM while moving: nothing is launched (the money stays)
-                self.event("offload", "shutting down: the move to the cloud is cancelled, nothing "
-                           "launched; the run continues from its newest checkpoint at the next start")
-                self._after_stop(intents.SHUTDOWN)
-                return
+        info = classify_exit(rc, tail, gpu_signature=_gpu_signature(tail), reset_near_exit=near,
+                             step=self.facts.step, asked_to_exit=intent is not None, done=self.facts.done)
+        said = exits.on_exit(exits.Exited(info, intent, self.facts.step, intent is None and says_full(tail)
+                                          and not self.disk.room(), self.shutting_down))
+        if said == [LaunchRemote()]:
             await self._launch_remote(now)
             return
-        if intent is not None and why == Why.ROLLBACK:
-            self._restart_now(intent.reason, resume=intent.resume)
+        if said is not None:
+            self._apply(said)
             return
-        if intent is not None and why in (Why.DIVERGED, Why.NEXT):
-            self._fail(intent.reason)
-            return
-        if why == Why.HANG:
-            info = ExitInfo("signal", f"hung job stopped ({info.detail})", signal_name=info.signal_name)
-        if self._resumed is not None and await self._restore_chain(info, tail, now):
-            return
-        run = self.run
-        times = json.loads(run.get("restart_times") or "[]")
-        dec = rules.decide_exit(info, code_errors=run.get("code_errors", 0),
-                                last_error_sig=run.get("last_error_sig"), recent_restarts=times,
-                                now=now, cfg=self.cfg, has_checkpoint=self.facts.checkpoint is not None)
-        self.event("exit", f"job exited: {info.detail} -> {dec.action}",
-                   "info" if info.kind == "success" else "warn", returncode=rc, exit_kind=info.kind)
-        if info.kind == "code_error":
-            self._update_run(code_errors=run.get("code_errors", 0) + 1, last_error_sig=info.signature)
-        elif info.kind in ("gpu_fault", "signal"):
-            self._update_run(last_error_sig=None)
-        if dec.action == "fail":
-            self._fail(dec.reason, detail=traceback_tail(tail) or tail[-2000:])
-            return
-        self._update_run(restarts=run.get("restarts", 0) + 1,
-                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
-        if dec.action == "recover":
-            self.recovering.begin(mono)
-            self.set_state(State.RECOVERING, dec.reason)
-        else:
-            self.next_start_at = mono + dec.delay_s
-            self.set_state(State(wait_state_after_exit(self.state.value, "thermal" in self.holds)), dec.reason)
-
-    async def _restore_chain(self, info: ExitInfo, tail: str, now: float) -> bool:
-        """A job resumed from an adopted copy died before reporting progress from it: the next
-        older copy, then (when the run allows) a fresh start, then a failure saying so."""
-        resumed, self._resumed = self._resumed, None
-        if resumed is None or self.adopter is None:  # only a resume from an adopted copy chains
-            return False
-        run = self.run
-        times = json.loads(run.get("restart_times") or "[]")
-        window, limit = float(self.cfg["job"]["restart_window_s"]), int(self.cfg["job"]["restart_limit"])
-        if sum(1 for t in times if now - t <= window) >= limit:
-            return False  # the restart bound decides
-        error = traceback_tail(tail) or tail[-2000:]
-        dec = await asyncio.to_thread(chain.judge_exit, self.adopter, resumed, info.kind,
-                                      self.facts.attempt_step, error,
-                                      fresh_allowed=not run.get("resume_from"))
-        if dec.action == "none":
-            return False
-        self.event("restore_failed", dec.reason, "error" if dec.action == "fail" else "warn")
-        if dec.action == "fail":
-            self._fail(dec.reason, detail=error)
-            return True
-        self._update_run(restarts=run.get("restarts", 0) + 1,
-                         restart_times=json.dumps([t for t in times if now - t <= 86400] + [now]))
-        self._restart_now(dec.reason)
-        return True
+        info = exits.died_as(info, intent)
+        resumed, self._resumed = self._resumed, None  # only a resume from an adopted copy chains
+        if resumed is not None and self.adopter is not None:
+            said = await asyncio.to_thread(chain.after_resumed_exit, self.adopter, resumed, info.kind,
+                                           self.facts.attempt_step, tail, self.run, now, self.cfg)
+        self._apply(said or exits.after_death(
+            info, rc, tail, self.run, now, self.cfg, has_checkpoint=self.facts.checkpoint is not None,
+            state=self.state, thermal_held="thermal" in self.holds))
 
     def _after_stop(self, intent: ExitIntent) -> None:
         ck = self.facts.checkpoint
@@ -781,10 +725,10 @@ class Supervisor:
         self.stop_waiters.clear()
 
     def _finish(self) -> None:
-        self.set_state(State.SUCCEEDED, f"finished{_at_step(self.facts.step)}")
+        self.set_state(State.SUCCEEDED, f"finished{exits.at_step(self.facts.step)}")
         fp = self._fingerprint()
         self.event("finished", f"run {self.run_id} ({self.job['name']}) finished"
-                   f"{_at_step(self.facts.step)}: {fp.line()}")
+                   f"{exits.at_step(self.facts.step)}: {fp.line()}")
         self.holds.clear()
         self._update_run(user_hold=0)
         self._run_ended()
@@ -1255,6 +1199,21 @@ class Supervisor:
                 self._begin_offload(a.reason)
             elif isinstance(a, Cancelled):
                 self._cancelled(a.message)
+            elif isinstance(a, Finish):
+                self._finish()
+                self._settle_stop(a.settle)
+            elif isinstance(a, Fail):
+                self._fail(a.reason, detail=a.detail)
+            elif isinstance(a, AfterStop):
+                self._after_stop(a.intent)
+            elif isinstance(a, HoldForDisk):
+                self._hold_for_disk(a.what, self.mono())
+            elif isinstance(a, Recover):
+                self.recovering.begin(self.mono())
+                self.set_state(State.RECOVERING, a.reason)
+            elif isinstance(a, Wait):
+                self.next_start_at = self.mono() + a.delay_s
+                self.set_state(a.state, a.reason)
             elif isinstance(a, Restart):
                 self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
@@ -1551,8 +1510,3 @@ def _public_config(cfg: Config) -> dict[str, object]:
 
 
 __all__ = ["Parts", "Supervisor", "TERMINAL_STATES"]
-
-
-def _at_step(step: int | None) -> str:
-    """The words ' at step N', or for a job that never reported a step, not 'at step None'."""
-    return f" at step {step}" if step is not None else " (no step reported)"
