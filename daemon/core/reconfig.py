@@ -2,18 +2,22 @@
 that depend on them (each keeping its state where it has any), and say exactly what applied.
 
 Which keys need a restart is declared next to the schema (config.RESTART_KEYS). The Supervisor
-calls ``apply`` from its tick (never from the watcher's thread) and assigns what it returns.
+calls ``apply`` from its tick (never from the watcher's thread) and assigns what it returns;
+``split`` sorts an edit's keys (live, edited back, waiting for a restart) and ``said`` /
+``rejected`` are the config events it carries out (decisions).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from daemon.core import parts as build
+from daemon.core.decisions import Emit
 from daemon.policy.cfgtypes import Config
-from daemon.state.config import copy_key
+from daemon.state.config import RESTART_KEYS, ConfigError, copy_key
 
 if TYPE_CHECKING:  # the parts' types; each is imported where it is built (daemon/core/parts.py)
     from daemon.gpu.clockcap import ClockCap
@@ -103,3 +107,36 @@ async def apply(cfg: Config, new: Config, keys: list[str], p: LiveParts) -> Rebu
     if "gpu.poll_interval_s" in keys and p.reschedule_poll is not None:
         p.reschedule_poll(float(cfg["gpu"]["poll_interval_s"]))
     return changed
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An edit's changed keys ("section.key"), sorted by what happens to them."""
+    live: list[str]  # applied now
+    reverted: list[str]  # a restart key edited back to the value the daemon runs with: nothing to do
+    restart: list[str]  # wait for a daemon restart
+
+
+def split(keys: list[str], restart: list[str]) -> Edit:
+    """``restart``: the keys the watcher found that need a restart and differ from what runs."""
+    reverted = [k for k in keys if k not in restart and tuple(k.split(".", 1)) in RESTART_KEYS]
+    return Edit([k for k in keys if k not in restart and k not in reverted], reverted, list(restart))
+
+
+def said(edit: Edit) -> list[Emit]:
+    out = []
+    if edit.live:
+        out.append(Emit("config", "Config reloaded: now in force: " + ", ".join(edit.live) + "."))
+    if edit.reverted:
+        out.append(Emit("config", "Config reloaded: " + ", ".join(edit.reverted) + " edited back to the "
+                        "value the daemon runs with, so nothing was applied and no restart is needed."))
+    if edit.restart:
+        out.append(Emit("config", "Changed keys wait for a daemon restart: " + ", ".join(edit.restart)
+                        + " (systemctl restart nightshiftd).", "warn"))
+    return out
+
+
+def rejected(e: ConfigError) -> Emit:
+    """An edit that cannot apply (a clock cap outside the card's range): nothing changed."""
+    return Emit("config", f"Config edit rejected, the previous config stays in force: {str(e).rstrip('.')}.",
+                "error")

@@ -1412,34 +1412,24 @@ class Supervisor:
     # ================================================================== live config
     async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> Answer:
         from daemon.core import reconfig
-        from daemon.state.config import RESTART_KEYS, ConfigError
-        # a restart key edited back to the value we run with: nothing to apply, nothing to wait for
-        reverted = [k for k in keys if k not in restart and tuple(k.split(".", 1)) in RESTART_KEYS]
-        live = [k for k in keys if k not in restart and k not in reverted]
+        from daemon.state.config import ConfigError
+        edit = reconfig.split(keys, restart)
         try:
-            changed = await reconfig.apply(self.cfg, new, live, self.p)
+            changed = await reconfig.apply(self.cfg, new, edit.live, self.p)
         except ConfigError as e:  # e.g. a clock cap outside the card's range: nothing changed
-            self.event("config", f"Config edit rejected, the previous config stays in force: "
-                       f"{str(e).rstrip('.')}.", "error")
+            self._apply([reconfig.rejected(e)])
             return {"ok": False, "message": str(e)}
         for name, part in changed.items():
             setattr(self.p, name, part)
-        if "thermal.governor" in live:  # its port was built or torn down: its state follows
+        if "thermal.governor" in edit.live:  # its port was built or torn down: its state follows
             if self.gov is not None:  # what it learned stays for the next time it is on
                 self.stored(self.gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
             self.gov = None
             self.problems.pop("governor", None)
             if self.p.governor is not None:
                 self.gov = Governor(self.p.governor, self.store, job_key(self.job))
-        self._apply(self.remote.config_changed(live))  # [offload.ssh] edited: a refused ssh is tried again
-        if live:
-            self.event("config", "Config reloaded: now in force: " + ", ".join(live) + ".")
-        if reverted:
-            self.event("config", "Config reloaded: " + ", ".join(reverted) + " edited back to the "
-                       "value the daemon runs with, so nothing was applied and no restart is needed.")
-        if restart:
-            self.event("config", "Changed keys wait for a daemon restart: " + ", ".join(restart)
-                       + " (systemctl restart nightshiftd).", "warn")
+        self._apply(self.remote.config_changed(edit.live))  # [offload.ssh] edited: a refused ssh is tried again
+        self._apply(reconfig.said(edit))
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
