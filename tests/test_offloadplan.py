@@ -1,4 +1,4 @@
-"""OffloadPlanner (daemon/offloadplan.py): the failover's reasons and the queue's plan, as
+"""OffloadPlanner (daemon/core/offloadplan.py): the failover's reasons and the queue's plan, as
 decisions, with the real Offloader's read-only side (no backend is called)."""
 
 from __future__ import annotations

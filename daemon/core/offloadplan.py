@@ -6,7 +6,7 @@ which cannot finish, said early).
 ``OffloadPlanner`` reads a copy of the night (``Night``) and the offload port's read-only side
 (which backends are usable, their price); it keeps the queue's newest plan (status shows its
 reason) and returns decisions (``Offload``, ``Emit``) the Supervisor carries out. A user's
-`nightshift offload` is daemon/commanding.py's; the move itself is daemon/remote_run.py's.
+`nightshift offload` is daemon/core/commanding.py's; the move itself is daemon/core/remote_run.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CLOUD_STARTUP_S = 120.0  # a real backend's start (image, volume, interpreter), 
 
 
 class Backends(Protocol):
-    """The offload port's read-only side (daemon/offloader.py's Offloader)."""
+    """The offload port's read-only side (daemon/cloud/offloader.py's Offloader)."""
     @property
     def names(self) -> list[str]: ...
     @property
