@@ -78,6 +78,23 @@ class StopRemote:
 
 
 @dataclass(frozen=True)
+class CancelRemote:
+    """Cancel the cloud call on the daemon's own word (a divergence there): its final checkpoint
+    comes home, then the run ends ``after``."""
+    reason: str
+    after: Literal["failed"] = "failed"
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """The checkpoints written after ``last_ok`` (the last normal loss) may hold a divergence's
+    weights: set aside, never put back on their own (daemon/job/suspects.py)."""
+    last_ok: int
+    at_step: int
+    what: str  # "loss spike", "non-finite loss", "climb back"
+
+
+@dataclass(frozen=True)
 class Offload:
     """Move the job to the cloud (a running job first exits with a final checkpoint).
     ``retry_now``: the user asked: no launch backoff is waited for."""
@@ -165,5 +182,5 @@ class Remember:
 
 
 Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
-    Offload | Cancelled | Finish | Fail | AfterStop | HoldForDisk | LaunchRemote | Recover | Wait | \
+    CancelRemote | SetAside | Offload | Cancelled | Finish | Fail | AfterStop | HoldForDisk | LaunchRemote | Recover | Wait | \
     Problem | CapClock | UncapClock | Remember

@@ -37,6 +37,7 @@ from daemon.core.decisions import (
     AskCheckpoint,
     AskExit,
     Cancelled,
+    CancelRemote,
     CapClock,
     Decision,
     Fail,
@@ -50,11 +51,13 @@ from daemon.core.decisions import (
     Release,
     Remember,
     Restart,
+    SetAside,
     StopRemote,
     UncapClock,
     Wait,
 )
 from daemon.core.intent import ExitIntent, Why
+from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
 from daemon.core.offloadplan import Night, OffloadPlanner
 from daemon.core.recovering import Probe, Recovery
@@ -74,7 +77,6 @@ from daemon.night.runbook import RunBook
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
-from daemon.policy.climb import Climb, ClimbState, observe_climb
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
@@ -151,7 +153,6 @@ class Supervisor:
         self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/job/adopt.py), per run
         self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
         self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
-        self.stop_loss: tuple[int, float] | None = None  # (step, loss) of the divergence that stopped it
         self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
         # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
@@ -206,9 +207,7 @@ class Supervisor:
         self.snapshot: Status = {}
         self._published: tuple[tuple[object, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
-        self.loss_series: list[tuple[int, float]] = []
-        self.climb = ClimbState()  # this run's climb watch (policy/climb.py)
-        self._replaying = False  # (step, loss) of this run: its fingerprint
+        self.losses = LossWatch()  # the loss series, the climb watch, a divergence's action (losswatch.py)
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
@@ -429,12 +428,12 @@ class Supervisor:
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
         checkpoint costs (for the interval) and the restart history."""
-        self._replaying = True  # a climb already said before the restart is not said again
+        self.losses.replaying = True  # a climb already said before the restart is not said again
         try:
             for rec in self.runner.records():
                 self._observe_record(rec, replay=True)
         finally:
-            self._replaying = False
+            self.losses.replaying = False
         # resets belong to the machine, not the run: a queue's next run inherits the count
         self.reset_log.load(self.clock())
         for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
@@ -607,16 +606,8 @@ class Supervisor:
             self.facts.observe(rec)
         except (TypeError, ValueError, OverflowError):
             return  # a record of the wrong shape: skipped (daemon/job/progress.py counts them)
-        kind, step, loss = rec.get("kind"), rec.get("step"), rec.get("loss")
-        if kind == "progress" and isinstance(step, int) and loss == "nan":
-            self._remember_loss(step, math.nan)  # the trainer's marker for a NaN loss
-        elif kind == "progress" and isinstance(step, int) and isinstance(loss, (int, float)):
-            # records are rate-limited: the worst loss since the last one (and its step) is what
-            # a climb or a spike between two records looks like
-            worst, at = rec.get("loss_max"), rec.get("loss_max_step")
-            if isinstance(worst, (int, float)) and isinstance(at, int) and at != step:
-                self._remember_loss(at, float(worst))
-            self._remember_loss(step, float(loss))
+        kind, step = rec.get("kind"), rec.get("step")
+        self._apply(self.losses.note_record(rec, self.cfg["divergence"], self._acting()))
         if replay:
             return
         self.record_seen_at = self.mono()
@@ -649,7 +640,12 @@ class Supervisor:
                 self.problems["resume"] = skipped
                 self.event("resume_skipped", skipped, "warn")
         elif kind == "progress":
-            self._divergence(rec)
+            self._apply(self.losses.spike(rec, self.p.divergence, self.cfg["divergence"], self._acting(),
+                                          Path(self.checkpoint_dir), self.run.get("skip_steps") or ""))
+
+    def _acting(self) -> Acting:
+        return Acting(watching=self.p.divergence is not None, exiting=self.exit_intent is not None,
+                      job_here=self.runner.running, remote=self.state == State.REMOTE)
 
     # ================================================================== exits
     async def _on_exit(self, now: float, mono: float) -> None:
@@ -766,38 +762,8 @@ class Supervisor:
                    + (f"next in the queue: {waiting[0]['name']}" if waiting else "nothing queued"))
         self._run_ended()
 
-    def _remember_loss(self, step: int, loss: float) -> None:
-        self.loss_series.append((step, loss))
-        if len(self.loss_series) > 5000:  # a long night: keep every other point
-            self.loss_series = self.loss_series[::2]
-        self.climb, found = observe_climb(self.climb, step, loss)  # policy/climb.py
-        if found is not None and not self._replaying:
-            self._on_climb(found)
-
-    def _on_climb(self, c: Climb) -> None:
-        """A climb back (policy/climb.py) is a divergence: said, and [divergence] action applied
-        (stop or next; a rollback would climb again, so a climb is only said then)."""
-        if self.p.divergence is None or self.exit_intent is not None or not math.isfinite(c.loss):
-            return  # a non-finite loss is the spike watchdog's to say (and act on)
-        action = self.cfg["divergence"]["action"]
-        ends = action in ("stop", "next") and self.runner.running
-        remote = action in ("stop", "next") and self.state == State.REMOTE  # billing on: cut it too
-        self.event("divergence", f"the loss is climbing back at step {c.step}: {c.reason}; "
-                   + (f"action: {action}" if ends or remote or action == "alert" else
-                      f"said only ({action} does not apply to a climb, or no job is running here)"),
-                   "error", step=c.step, climb_start=c.start, loss=str(c.loss))
-        self._suspect_after(c.start if c.start is not None else c.step - 1, c.step, "climb back")
-        if ends:
-            reason = f"stopped: the loss climbed back from step {c.start} ({c.reason})"
-            self._ask_exit(intents.next_run(reason) if action == "next" else intents.diverged(reason),
-                           self.mono())
-        elif remote:  # the cloud's final checkpoint comes home, then the run fails as it would here
-            self._apply(self.remote.cancel(self.mono(), f"stopped: the loss climbed back from step {c.start} "
-                                           f"({c.reason})", "failed"))
-
     def _fingerprint(self) -> Fingerprint:
-        from daemon.policy.fingerprint import fingerprint
-        fp = fingerprint(sorted(self.loss_series))
+        fp = self.losses.fingerprint()
         self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
                          final_loss=fp.final_loss, ended=self.clock())
         return fp
@@ -833,8 +799,7 @@ class Supervisor:
             return
         self._create_run(waiting[0])
         self.facts = type(self.facts)()
-        self.loss_series = []
-        self.climb = ClimbState()
+        self.losses.next_run()
         self.failure = None
         self.holds.pop("thermal", None)
         self.interval_steps = None
@@ -860,10 +825,9 @@ class Supervisor:
     def runs(self, against: int | None = None) -> list[RunTableRow]:
         """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
         ``against``."""
-        from daemon.policy.fingerprint import fingerprint
-        fp = fingerprint(sorted(self.loss_series))  # live for the current run
+        fp = self.losses.fingerprint()  # live for the current run
         return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
-                                              list(self.loss_series))}, against)
+                                              list(self.losses.series))}, against)
 
     def queue(self) -> list[QueueItem]:
         return self.book.queue()
@@ -1128,27 +1092,6 @@ class Supervisor:
         return self.reset_log.in_window(now)
 
     # ================================================================== divergence
-    def _divergence(self, rec: ProgressRecord) -> None:
-        dv = self.p.divergence
-        if dv is None or rec.get("loss") is None or self.exit_intent is not None:
-            return
-        # the job reports the worst loss since its previous record (records are rate-limited)
-        loss, step = rec.get("loss_max", rec["loss"]), rec.get("loss_max_step", rec["step"])
-        if step is None or loss is None:
-            return
-        try:
-            spike = dv.observe(int(step), float(loss))
-        except (TypeError, ValueError):
-            return
-        if spike is None:
-            return
-        self.stop_loss = (spike.step, spike.loss)  # what status shows: the loss that did it
-        self._suspect_after(spike.last_ok_step if spike.last_ok_step is not None else spike.step - 1,
-                            spike.step, "loss spike" if math.isfinite(spike.loss) else "non-finite loss")
-        from daemon.core.spikes import on_spike
-        self._apply(on_spike(spike, self.cfg["divergence"], Path(self.checkpoint_dir),
-                             self.run.get("skip_steps") or ""))
-
     def _suspect_after(self, last_ok: int, at_step: int, what: str) -> None:
         """Checkpoints written after the last normal loss are set aside, never put back on their
         own; status names the last good one (daemon/job/suspects.py)."""
@@ -1182,7 +1125,7 @@ class Supervisor:
                     self.facts.losses.clear()
                     # and so does the climb watch: the spike's losses came from the weights the
                     # rollback discards (kept, they were read as a climb back after the restart)
-                    self.climb = ClimbState()
+                    self.losses.restart_climb()
             elif isinstance(a, Problem):
                 if a.text is None:
                     self.problems.pop(a.key, None)
@@ -1214,6 +1157,10 @@ class Supervisor:
             elif isinstance(a, Wait):
                 self.next_start_at = self.mono() + a.delay_s
                 self.set_state(a.state, a.reason)
+            elif isinstance(a, SetAside):
+                self._suspect_after(a.last_ok, a.at_step, a.what)
+            elif isinstance(a, CancelRemote):
+                self._apply(self.remote.cancel(self.mono(), a.reason, a.after))
             elif isinstance(a, Restart):
                 self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
@@ -1245,7 +1192,8 @@ class Supervisor:
             self.facts.loss = st.loss
             self.facts.losses.append(st.loss)
             if st.step is not None:  # the run's fingerprint covers its remote part too
-                self._remember_loss(int(st.step), float(st.loss))
+                self._apply(self.losses.note(int(st.step), float(st.loss), self.cfg["divergence"],
+                                             self._acting()))
 
     def _end_remote(self, end: End) -> None:
         if end.how == "fail":
@@ -1283,6 +1231,10 @@ class Supervisor:
             f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
             self.local_eta_s(now), self._deadline(now), self.resets_in_window(now), self.recovering.gpu_unusable,
             float(self.run.get("cloud_cost_usd") or 0.0), self.store.queue())))
+
+    @property
+    def stop_loss(self) -> tuple[int, float] | None:
+        return self.losses.stop_loss  # said in status: the loss that stopped the run
 
     @property
     def queue_plan(self) -> QueuePlan | None:
