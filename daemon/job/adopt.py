@@ -69,8 +69,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
+from daemon.job.progress import ProgressRecord
 from trainer.format import fsync_dir
 
 META = "meta.json"
@@ -81,6 +82,43 @@ _HF_DIR = re.compile(r"^checkpoint-\d+$")
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt"})
 BEFORE = "before.json"
 MARKS = "marks.json"
+
+
+class FileEntry(TypedDict):
+    size: int
+    sha256: str
+
+
+class Meta(TypedDict):
+    """A stored copy's meta.json."""
+
+    version: int
+    relpath: str
+    step: int | None
+    t: float
+    bytes: int
+    sha256: str
+    files: dict[str, FileEntry]  # "." for a single file
+    source_mtime_ns: int
+    verified: str
+
+
+class Window(TypedDict):
+    """A divergence window: copies of a step past ``step`` are suspect, those adopted up to
+    version ``through`` (None: still open, the next good start closes it)."""
+
+    step: int
+    why: str
+    through: int | None
+
+
+class Marks(TypedDict, total=False):
+    """marks.json: what copies turned out to be (version -> why)."""
+
+    failed: dict[str, str]
+    set_aside: dict[str, str]
+    chosen: list[int]  # restored on purpose: no mark holds for them
+    suspect: list[Window]
 
 
 @dataclass(frozen=True)
@@ -97,13 +135,13 @@ class AdoptedCheckpoint:
     mark: str | None = None  # "failed" | "suspect" | "set aside" (marks.json), with why in mark_why
     mark_why: str = ""
 
-    def as_record(self) -> dict[str, Any]:
+    def as_record(self) -> ProgressRecord:
         """A progress.jsonl ``checkpoint`` record, so JobFacts (newest checkpoint, status) takes
         an adopted copy like a trainer checkpoint."""
         return {"kind": "checkpoint", "t": self.t, "step": self.step if self.step is not None else 0,
                 "path": str(self.path), "bytes": self.bytes}
 
-    def to_status(self, now: float) -> dict[str, Any]:
+    def to_status(self, now: float) -> dict[str, int | float | str | bool | None]:
         """The fields status shows: step, path, age."""
         return {"step": self.step, "path": self.relpath, "t": self.t, "bytes": self.bytes,
                 "age_s": round(max(0.0, now - self.t), 1), "adopted": True}
@@ -267,9 +305,9 @@ def _tree_files(path: Path) -> list[Path]:
     return [path] if not path.is_dir() else [p for p in sorted(path.rglob("*")) if p.is_file()]
 
 
-def _digest(path: Path) -> tuple[str, dict[str, dict[str, Any]], int]:
+def _digest(path: Path) -> tuple[str, dict[str, FileEntry], int]:
     """(sha256, {relname: {size, sha256}}, bytes) of a file or directory."""
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, FileEntry] = {}
     for p in _tree_files(path):
         rel = "." if p == path else p.relative_to(path).as_posix()
         files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
@@ -468,26 +506,25 @@ class Adopter:
             if not (m := _VER.match(n)):
                 continue
             try:
-                meta = json.loads((self.store / n / META).read_text())
+                meta = _read_meta(json.loads((self.store / n / META).read_text()))
                 out.append(self._from_meta(int(m.group(1)), meta, marks))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(out, key=lambda c: c.version, reverse=True)
 
-    def _from_meta(self, version: int, meta: dict[str, Any],
-                   marks: dict[str, Any] | None = None) -> AdoptedCheckpoint:
-        mark, why = _mark_of(version, meta.get("step"), marks or {})
+    def _from_meta(self, version: int, meta: Meta, marks: Marks | None = None) -> AdoptedCheckpoint:
+        mark, why = _mark_of(version, meta["step"], marks or {})
         return AdoptedCheckpoint(version, meta["relpath"], self.store / f"v_{version:06d}" / meta["relpath"],
-                                 meta.get("step"), float(meta["t"]), int(meta["bytes"]), meta["sha256"],
-                                 int(meta["source_mtime_ns"]), meta["verified"], mark, why)
+                                 meta["step"], meta["t"], meta["bytes"], meta["sha256"],
+                                 meta["source_mtime_ns"], meta["verified"], mark, why)
 
-    def _marks(self) -> dict[str, Any]:
+    def _marks(self) -> Marks:
         try:
-            return json.loads((self.store / MARKS).read_text())
+            return _read_marks(json.loads((self.store / MARKS).read_text()))
         except (OSError, ValueError):
             return {}
 
-    def _set_marks(self, marks: dict[str, Any]) -> None:
+    def _set_marks(self, marks: Marks) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         _write_json(self.store / MARKS, marks)
 
@@ -502,33 +539,31 @@ class Adopter:
         adopted with such a step until ``close_suspect``, are suspect: not offered, not
         restored unless asked. Returns the copies marked now."""
         marks = self._marks()
-        windows = _windows(marks)
-        if windows and windows[-1].get("through") is None:  # still open: the lowest step wins
-            windows[-1] = {**windows[-1], "step": min(int(step), int(windows[-1]["step"])), "why": why}
+        windows = list(marks.get("suspect", []))
+        if windows and windows[-1]["through"] is None:  # still open: the lowest step wins
+            windows[-1] = {**windows[-1], "step": min(int(step), windows[-1]["step"]), "why": why}
         else:
             windows.append({"step": int(step), "why": why, "through": None})
-        marks.pop("suspect_after", None)
         marks["suspect"] = windows
         self._set_marks(marks)
         return [c for c in self._versions() if c.mark == "suspect"]
 
     def suspect_window(self) -> tuple[int, str] | None:
         """The open divergence window: (the last normal step, why), or None."""
-        windows = _windows(self._marks())
-        if windows and windows[-1].get("through") is None:
-            return int(windows[-1]["step"]), str(windows[-1].get("why") or "")
+        windows = self._marks().get("suspect", [])
+        if windows and windows[-1]["through"] is None:
+            return windows[-1]["step"], windows[-1]["why"]
         return None
 
     def close_suspect(self) -> bool:
         """The next attempt starts from a good copy: what it writes is not suspect, whatever its
         step. True if a window was open."""
         marks = self._marks()
-        windows = _windows(marks)
-        if not windows or windows[-1].get("through") is not None:
+        windows = list(marks.get("suspect", []))
+        if not windows or windows[-1]["through"] is not None:
             return False
         versions = self._versions()
         windows[-1] = {**windows[-1], "through": versions[0].version if versions else 0}
-        marks.pop("suspect_after", None)
         marks["suspect"] = windows
         self._set_marks(marks)
         return True
@@ -550,7 +585,7 @@ class Adopter:
     def _check_copy(self, c: AdoptedCheckpoint, deep: bool) -> str | None:
         """Why a stored copy is not usable, or None. Shallow: sizes; deep: sha256 and zip CRCs."""
         try:
-            meta = json.loads((self.store / f"v_{c.version:06d}" / META).read_text())
+            meta = _read_meta(json.loads((self.store / f"v_{c.version:06d}" / META).read_text()))
             for rel, entry in meta["files"].items():
                 p = c.path if rel == "." else c.path / rel
                 if p.stat().st_size != entry["size"]:
@@ -654,11 +689,10 @@ class Adopter:
                 self._adopted_sig[rel] = sig
                 self._pending.pop(rel, None)
                 return None
-            meta = {"version": version, "relpath": rel, "step": step_of(tmp / rel),
-                    "t": now, "bytes": nbytes, "sha256": sha, "files": files,
-                    "source_mtime_ns": self._mtime(src), "verified": verified}
-            if meta["step"] is None:
-                meta["step"] = step
+            found_step = step_of(tmp / rel)
+            meta: Meta = {"version": version, "relpath": rel, "step": step if found_step is None else found_step,
+                          "t": now, "bytes": nbytes, "sha256": sha, "files": files,
+                          "source_mtime_ns": self._mtime(src), "verified": verified}
             mp = tmp / META
             with open(mp, "w") as f:
                 json.dump(meta, f, indent=1)
@@ -795,37 +829,76 @@ def _move_aside(src: Path, why: str) -> Path:
     return aside
 
 
-def _as_tuple(v: Any) -> Any:
+def _as_tuple(v: object) -> object:
     return tuple(_as_tuple(x) for x in v) if isinstance(v, list) else v
 
 
-def _windows(marks: dict[str, Any]) -> list[dict[str, Any]]:
-    """The divergence windows, oldest first (``suspect_after``: the one open window of a store
-    written before windows closed)."""
-    out = [w for w in marks.get("suspect") or [] if isinstance(w, dict) and "step" in w]
-    old = marks.get("suspect_after")
-    if isinstance(old, dict) and "step" in old:
-        out.append({"step": old["step"], "why": old.get("why", ""), "through": None})
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _read_meta(raw: object) -> Meta:
+    """A meta.json as this module writes it; ValueError naming the field that is not."""
+    d = raw if isinstance(raw, dict) else {}
+    version, step, t, nbytes, mtime = (_int(d.get("version")), d.get("step"), d.get("t"),
+                                       _int(d.get("bytes")), _int(d.get("source_mtime_ns")))
+    relpath, sha, verified, files = d.get("relpath"), d.get("sha256"), d.get("verified"), d.get("files")
+    if version is None or nbytes is None or mtime is None or not isinstance(t, (int, float)) \
+            or not isinstance(relpath, str) or not isinstance(sha, str) or not isinstance(verified, str) \
+            or not isinstance(files, dict) or (step is not None and _int(step) is None):
+        raise ValueError("meta.json is not a stored copy's: a field is missing or of another type")
+    entries: dict[str, FileEntry] = {}
+    for rel, e in files.items():
+        size, digest = _int(e.get("size")) if isinstance(e, dict) else None, \
+            e.get("sha256") if isinstance(e, dict) else None
+        if size is None or not isinstance(digest, str):
+            raise ValueError(f"meta.json: files[{rel!r}] is not a size and a sha256")
+        entries[str(rel)] = {"size": size, "sha256": digest}
+    return {"version": version, "relpath": relpath, "step": _int(step), "t": float(t), "bytes": nbytes,
+            "sha256": sha, "files": entries, "source_mtime_ns": mtime, "verified": verified}
+
+
+def _read_marks(raw: object) -> Marks:
+    """marks.json as written (a field of another shape reads as absent). ``suspect_after``: the
+    one open window of a store written before windows closed, read as the newest window."""
+    d = raw if isinstance(raw, dict) else {}
+    out: Marks = {}
+    failed, aside, chosen = d.get("failed"), d.get("set_aside"), d.get("chosen")
+    if isinstance(failed, dict):
+        out["failed"] = {str(k): str(v) for k, v in failed.items()}
+    if isinstance(aside, dict):
+        out["set_aside"] = {str(k): str(v) for k, v in aside.items()}
+    if isinstance(chosen, list):
+        out["chosen"] = [i for v in chosen if (i := _int(v)) is not None]
+    windows: list[Window] = []
+    suspect, old = d.get("suspect"), d.get("suspect_after")
+    for w in [*(suspect if isinstance(suspect, list) else []), *([old] if isinstance(old, dict) else [])]:
+        step = _int(w.get("step")) if isinstance(w, dict) else None
+        if isinstance(w, dict) and step is not None:
+            through = _int(w.get("through")) if w is not old else None
+            windows.append({"step": step, "why": str(w.get("why") or ""), "through": through})
+    if windows:
+        out["suspect"] = windows
     return out
 
 
-def _mark_of(version: int, step: Any, marks: dict[str, Any]) -> tuple[str | None, str]:
-    if version in (marks.get("chosen") or []):
+def _mark_of(version: int, step: int | None, marks: Marks) -> tuple[str | None, str]:
+    if version in marks.get("chosen", []):
         return None, ""  # restored on purpose: whatever it was, the user took it
-    failed = (marks.get("failed") or {}).get(str(version))
+    failed = marks.get("failed", {}).get(str(version))
     if failed is not None:
-        return "failed", str(failed)
-    aside = (marks.get("set_aside") or {}).get(str(version))
+        return "failed", failed
+    aside = marks.get("set_aside", {}).get(str(version))
     if aside is not None:
-        return "set aside", str(aside)
-    for w in _windows(marks):
-        through = w.get("through")
-        if isinstance(step, int) and step > int(w["step"]) and (through is None or version <= int(through)):
-            return "suspect", str(w.get("why") or "")
+        return "set aside", aside
+    for w in marks.get("suspect", []):
+        through = w["through"]
+        if step is not None and step > w["step"] and (through is None or version <= through):
+            return "suspect", w["why"]
     return None, ""
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
