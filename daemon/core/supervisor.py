@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import Offloader, run_key
-from daemon.core import commanding, decide, exits
+from daemon.core import commanding, decide, exits, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.commanding import Here
@@ -79,6 +78,7 @@ from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
+from daemon.policy.opening import choose
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
 from daemon.policy.scriptckpt import Resumed
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
@@ -280,33 +280,31 @@ class Supervisor:
         """Continue the newest unfinished run (after any stop, kill -9 included) with its own
         command, or start a new one. Older unfinished runs are closed as interrupted: a restart
         never resurrects them (issue 28)."""
-        await self._end_leftover_jobs()
+        self._apply(await opening.end_leftover_jobs(self.run_dir.parent))
         fresh = self.new_run or bool(self.resume_from)
         # even for --new: the new run must not take a number whose directory holds an older run
         recovered = self.book.recover_from_disk()
         self.book.seed()  # after: a recovered run's entry is not queued again
-        for rec in recovered[:-1]:
-            self.event("run", f"run {rec.id} ({rec.name}) re-created from its own files (the state "
-                       f"database was new), with its own command: {shlex.join(rec.command)}", "warn")
-        unfinished = self.book.unfinished()
-        row = None if fresh or not unfinished else unfinished[0]
-        for old in unfinished:
-            if row is None or old["id"] != row["id"]:
-                self._interrupt(old, f"run {row['id']} was continued instead" if row is not None
-                                else "a new run was started (nightshift run --new / --resume-from)")
-        if row is None:
+        self._apply(opening.recreated(recovered))
+        unfinished = {r["id"]: r for r in self.book.unfinished()}
+        waiting = self.book.waiting()
+        plan = choose(list(unfinished), fresh=fresh, any_run=self.store.latest_run() is not None,
+                      waiting=bool(waiting))
+        for run_id, why in plan.interrupt:
+            self._interrupt(unfinished[run_id], why)
+        if plan.show_latest:  # every run has ended and nothing waits: show the last one, start nothing
             latest = self.store.latest_run()
-            waiting = self.book.waiting()
-            if latest is not None and not waiting and not fresh:
-                # every run has ended and nothing waits: show the last one, start nothing
-                self.run_id = latest["id"]
-                self.state = State(latest["state"])
-                self.runner = self.p.make_runner(self.run_dir)
-                self._rebuild()
-                self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
-                           "(`nightshift queue add` or `nightshift run --new` starts another)")
-                return
-            self._create_run(waiting[0] if waiting and not fresh else None)
+            assert latest is not None
+            self.run_id = latest["id"]
+            self.state = State(latest["state"])
+            self.runner = self.p.make_runner(self.run_dir)
+            self._rebuild()
+            self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
+                       "(`nightshift queue add` or `nightshift run --new` starts another)")
+            return
+        row = unfinished[plan.continue_id] if plan.continue_id is not None else None
+        if row is None:
+            self._create_run(waiting[0] if plan.from_queue else None)
             if self.resume_from:
                 self._update_run(resume_from=self.resume_from)
                 self.forced_resume = self.resume_from
@@ -315,27 +313,12 @@ class Supervisor:
             self.run_id = row["id"]
             self.state = State(row["state"])
             self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
-            rec = self.book.record(row)
-            if recovered and recovered[-1].id == row["id"]:
-                self.event("run", f"continuing run {row['id']} from its files: the state database was "
-                           "new, the run's directory, history and checkpoints were not", "warn")
-            self.event("run", f"continuing run {self.run_id} ({rec.name}: {shlex.join(rec.command)}; "
-                       f"state {row['state']}, {row['restarts']} restarts, {row['resets']} resets so far)")
-            differs = self.book.differs(row)
-            if differs:
-                self.event("run", f"[job] changed since run {self.run_id} began ({'; '.join(differs)}): "
-                           f"the run continues as it was created; `nightshift run --new` starts a run "
-                           "with the new [job]", "warn")
+            self._apply(opening.continued(row, self.book.record(row), differs=self.book.differs(row),
+                                          from_files=bool(recovered) and recovered[-1].id == row["id"]))
             if same_process_alive(row["job_pid"], row["job_create_time"]):
                 await stop_orphan(row["job_pid"], row["job_create_time"])
-                self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous "
-                           "daemon", "warn")
-            if row["job_pid"]:  # the daemon died under a running job: that is a restart too
-                times = json.loads(row.get("restart_times") or "[]")
-                self._update_run(restarts=row["restarts"] + 1, restart_times=json.dumps(times + [self.clock()]))
-                self.event("restart", "the previous daemon stopped without stopping its job (a crash or "
-                           "kill -9): the job starts again, counted as a restart", "warn")
-            self._update_run(job_pid=None, job_create_time=None)
+                self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous daemon", "warn")
+            self._apply(opening.died_under(row, self.clock()))
             if row["user_hold"]:
                 self.holds["user"] = "paused by the user"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -366,22 +349,6 @@ class Supervisor:
             self.next_start_at = self.mono()
             if row is not None:
                 self._restore_holds(self.mono())
-
-    async def _end_leftover_jobs(self) -> None:
-        """A daemon killed while a job ran left its record (jobproc.TREE_FILE) in that run's
-        dir: end the whole tree it names -- a wrapper's trainer too -- before anything starts,
-        whichever run this daemon goes on with (never two trainers on one GPU)."""
-        from daemon.job.jobproc import end_leftovers
-        runs = self.run_dir.parent
-        try:
-            dirs = [d for d in runs.iterdir() if d.is_dir()]
-        except OSError:
-            return
-        for d in dirs:
-            ended = await end_leftovers(d)
-            if ended:
-                self.event("orphan", f"stopped what was left of run {d.name}'s job, left by the "
-                           f"previous daemon (pids {', '.join(map(str, ended))})", "warn")
 
     # ================================================================== a full disk (diskfull.py)
     def _hold_for_disk(self, what: str, mono: float | None) -> None:
@@ -751,8 +718,7 @@ class Supervisor:
         self.stored(self.store.update_run, row["id"], state=State.INTERRUPTED.value, ended=now,
                     failure=f"interrupted: {why}")
         self.book.ended(row["id"], State.INTERRUPTED.value, now)
-        self.event("run", f"run {row['id']} ({row['name']}, {row['state']} at step {row['step']}) "
-                   f"closed as interrupted: {why}", "warn")
+        self._apply([opening.interrupted(row, why)])
 
     def _cancelled(self, msg: str) -> None:
         waiting = self.book.waiting()
