@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.core import intent as intents
 from daemon.core.decisions import (
@@ -65,7 +65,7 @@ def _refused(message: str) -> Reply:
 
 
 def answer(action: str, f: CommandFacts, here: Here, job: JobPort,
-           arg: Mapping[str, Any] | None = None) -> Reply:
+           arg: Mapping[str, object] | None = None) -> Reply:
     why = refusal(action, f)
     if why is not None:
         return _refused(why)
@@ -103,10 +103,11 @@ def answer(action: str, f: CommandFacts, here: Here, job: JobPort,
     raise AssertionError(action)
 
 
-def _cancel(f: CommandFacts, c: Here, arg: Mapping[str, Any]) -> Reply:
+def _cancel(f: CommandFacts, c: Here, arg: Mapping[str, object]) -> Reply:
     """`nightshift cancel [RUN]`: the current run ends ``cancelled`` after a durable checkpoint
     and the queue moves on (a queued entry's cancel is the run book's: a queue edit)."""
-    run_id = int(arg.get("run") or c.run_id)
+    asked = arg.get("run")  # the API's query: a run id, or None for the current run
+    run_id = asked if isinstance(asked, int) and asked else c.run_id
     row = c.lookup(run_id) if run_id else None
     why = cancel_refusal(run_id, row is not None, (row or {}).get("state"), c.run_id, f.state)
     if why is not None:

@@ -22,7 +22,7 @@ When is a file a checkpoint worth adopting? It is judged by what it claims to be
   last). Such a file is adopted as soon as it verifies: a complete zip needs no quiet period,
   so saves a few seconds apart are all kept. One that does not verify yet may be mid-write: it
   is refused (and said) only once it has stayed the same for ``settle_s`` or its writer exited.
-- Any other file cannot be checked: it is adopted once *settled* (size and mtime the same at
+- Every other file cannot be checked: it is adopted once *settled* (size and mtime the same at
   two observations ``settle_s`` apart; ``meta["verified"] == "settled"``), and a restore never
   prefers it over a copy that verified.
 - The copy is what gets verified (the source may change under us), and the source must still

@@ -24,7 +24,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from daemon.cloud.offload.base import OffloadAuthError, OffloadError
 from daemon.policy.cfgtypes import SshConfig
@@ -175,12 +175,13 @@ class SshLink:
             def validate_host_public_key(self, host: str, addr: str, port: int, key: SSHKey) -> bool:
                 return link._unknown_host_key(host, addr, port, key)
 
-        opts: dict[str, Any] = {"known_hosts": self._known(),
-                                "connect_timeout": self.timeout_s, "keepalive_interval": 10,
-                                "keepalive_count_max": 3, "config": self._ssh_config(),
-                                "client_factory": Client}
+        # asyncssh.connect's options (its **kwargs are typed object: each is checked there)
+        opts: dict[str, object] = {"known_hosts": self._known(),
+                                   "connect_timeout": self.timeout_s, "keepalive_interval": 10,
+                                   "keepalive_count_max": 3, "client_factory": Client}
+        config = self._ssh_config()
         port: int | None = self.port
-        if opts["config"]:
+        if config:
             # what ~/.ssh/config says for this Host counts unless [offload.ssh] says otherwise
             # (the schema's port default, 22, says nothing)
             port = self.port if self.port != 22 else None
@@ -198,8 +199,8 @@ class SshLink:
             opts["agent_path"] = None
         self._offered = None
         try:
-            return await asyncssh.connect(self.host, port, **opts) if port is not None else \
-                await asyncssh.connect(self.host, **opts)
+            return await asyncssh.connect(self.host, port, config=config, **opts) if port is not None else \
+                await asyncssh.connect(self.host, config=config, **opts)
         except asyncssh.HostKeyNotVerifiable:
             raise SshHostKeyError(self._host_key_message()) from None
         except asyncssh.PermissionDenied:
