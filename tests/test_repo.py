@@ -49,6 +49,16 @@ def test_type_check_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_any_stays_rare_in_daemon():
+    """Issue 30: the config, the store's rows, the records and the status are typed
+    (daemon/policy/cfgtypes.py, records.py, state/store.py); ``Any`` is left where a value really
+    is untyped (a test's fakes, an older version's files, **kwargs handed on). Under 60, counted
+    as the issue counts it (every word ``Any`` in daemon/'s .py files, imports included)."""
+    found = {p.relative_to(ROOT).as_posix(): n for p in sorted((ROOT / "daemon").rglob("*.py"))
+             if (n := len(re.findall(r"\bAny\b", p.read_text())))}
+    assert sum(found.values()) < 60, f"{sum(found.values())} Any in daemon/: {found}"
+
+
 def test_ruff_is_clean():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "daemon", "trainer", "tests", "bench"],
                        cwd=ROOT, capture_output=True, text=True)
