@@ -80,3 +80,14 @@ def test_property_interval_is_positive_and_at_most_the_mtbf_scale(c, m):
 def test_property_a_longer_mtbf_never_shortens_the_interval(c, m1, m2):
     lo, hi = sorted((m1, m2))
     assert young_daly_interval_s(c, lo) <= young_daly_interval_s(c, hi) + 1e-6
+
+
+def test_checkpoint_interval_fixed_at_once_auto_only_with_a_measured_cost_and_rate():
+    from daemon.policy.interval import auto_interval_steps, checkpoint_interval
+    assert checkpoint_interval(250, None, None, [], 0.0) == (250, "fixed (checkpoint.interval)")
+    waiting = (None, "auto: waiting for a measured checkpoint cost and step rate")
+    assert checkpoint_interval("auto", None, 2.0, [], 0.0) == waiting
+    assert checkpoint_interval("auto", 10.0, None, [], 0.0) == waiting
+    assert checkpoint_interval("auto", 10.0, 0.0, [], 0.0) == waiting  # no rate measured yet
+    assert checkpoint_interval("auto", 10.0, 2.0, [50.0], 100.0, since=0.0) == \
+        auto_interval_steps(10.0, [50.0], 100.0, 2.0, since=0.0)

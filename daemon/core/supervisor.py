@@ -1016,17 +1016,13 @@ class Supervisor:
             self.stored(gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
 
     def _interval(self, now: float) -> None:
+        from daemon.policy.interval import checkpoint_interval
         iv = self.cfg["checkpoint"]["interval"]
-        if iv != "auto":
-            steps, why = int(iv), "fixed (checkpoint.interval)"
-        else:
-            from daemon.policy.interval import auto_interval_steps
-            cost, rate = self.facts.checkpoint_cost_s(), self.facts.steps_per_s
-            if cost is None or not rate:
-                self.interval_explanation = "auto: waiting for a measured checkpoint cost and step rate"
-                return
-            steps, why = auto_interval_steps(cost, self.reset_log.reset_times(), now, rate,
-                                             since=self.run.get("created"))
+        steps, why = checkpoint_interval(iv, self.facts.checkpoint_cost_s(), self.facts.steps_per_s,
+                                         self.reset_log.reset_times(), now, since=self.run.get("created"))
+        if steps is None:
+            self.interval_explanation = why
+            return
         if steps != self.interval_steps:
             changed = self.interval_steps is not None
             self.interval_steps, self.interval_explanation = steps, why

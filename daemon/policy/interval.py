@@ -59,6 +59,17 @@ def auto_interval_steps(checkpoint_cost_s: float, reset_times: list[float], now:
                    f"({n} reset{'s' if n != 1 else ''}) -> {_dur(secs)} = {steps} steps")
 
 
+def checkpoint_interval(setting: int | str, checkpoint_cost_s: float | None, steps_per_s: float | None,
+                        reset_times: list[float], now: float, since: float | None = None) -> tuple[int | None, str]:
+    """``[checkpoint] interval``: a fixed number of steps, or "auto" (Young/Daly) once both the
+    checkpoint cost and the step rate are measured. (None, why) while auto still waits."""
+    if setting != "auto":
+        return int(setting), "fixed (checkpoint.interval)"
+    if checkpoint_cost_s is None or not steps_per_s:
+        return None, "auto: waiting for a measured checkpoint cost and step rate"
+    return auto_interval_steps(checkpoint_cost_s, reset_times, now, steps_per_s, since=since)
+
+
 def _dur(s: float) -> str:
     if not math.isfinite(s):
         return "inf"
