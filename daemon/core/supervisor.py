@@ -1,10 +1,14 @@
 """The Supervisor: the only writer of the run's state.
 
 Each tick it observes (the job's exit, progress records, output and CPU time, user commands,
-config changes; per poll interval the sensors, reset sources, the schedule), asks the pure
-policies (daemon/policy/) what to do, carries the decisions out through narrow ports that never
-see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe), and
-publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
+config changes; per poll interval the sensors, reset sources, the schedule), asks what to do
+-- the pure policies (daemon/policy/) and the pieces beside this module that turn one concern
+into decisions without ever seeing the Supervisor (decide: the tick's rules; exits: the job's
+exit; commanding: a user's command; starting: the next start's plan; recovering: a reset's
+recovery; offloadplan and remote_run: the cloud; losswatch: the run's losses; opening: which run
+a start continues) -- carries the decisions out in order (``_apply``) through narrow ports that
+never see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe),
+and publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
 
 Time comes from the injected clock and nothing here sleeps, so tests drive a whole night tick
 by tick in milliseconds (tests/harness.py). A failure inside a tick becomes an event and a
