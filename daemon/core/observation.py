@@ -1,11 +1,12 @@
 """What one tick of the Supervisor saw, as one value.
 
-``Supervisor._observe`` reads everything outside once per tick (the job's records, output and
-exit, the queued commands, a shutdown signal, both clocks, and per poll interval the sensor,
-the reset sources and the schedule) into an ``Observation``; the rules (daemon/core/decide.py) read
-only it and what the Supervisor remembers (``Memory``), and return decisions as values
-(daemon/core/decisions.py). So a tick is a straight line, observe -> decide -> apply, and a test
-can hand the rules an Observation and assert the decisions, with no side effect.
+``Observer.observe`` (daemon/core/observer.py) reads everything outside once per tick (the job's
+records, output and exit, the queued commands, a shutdown signal, both clocks, and per poll
+interval the sensor, the reset sources and the schedule) into an ``Observation``; the rules
+(daemon/core/decide.py) read only it and what the Supervisor remembers (``Memory``), and return
+decisions as values (daemon/core/decisions.py). So a tick is a straight line, observe -> decide
+-> apply, and a test can hand the rules an Observation and assert the decisions, with no side
+effect.
 
 Times: ``clock.mono`` (monotonic) for every duration, ``clock.wall`` for what a person reads,
 the schedule and the job's record times (see daemon/policy/timebase.py).
@@ -50,6 +51,10 @@ class Poll:
     error: str | None = None  # the sensor's read raised this (the reading is then unknown)
 
 
+# a queued command: (action, its argument, the future its answer goes to, if anyone waits)
+Command = tuple[str, object, "asyncio.Future[Answer] | None"]
+
+
 @dataclass(frozen=True)
 class Observation:
     clock: Clock
@@ -58,7 +63,7 @@ class Observation:
     lines: tuple[str, ...] = ()  # output lines since the last tick
     exit_code: int | None = None  # the job's exit status, once it has ended
     # (action, its argument, the asker's future) from the API: carried, never read, here
-    commands: tuple[tuple[str, object, asyncio.Future[Answer] | None], ...] = ()
+    commands: tuple[Command, ...] = ()
     stop_signal: int | None = None  # a shutdown signal that begins a graceful stop now
     poll: Poll | None = None  # per poll interval
     job: JobSigns = field(default_factory=JobSigns)

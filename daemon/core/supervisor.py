@@ -61,7 +61,8 @@ from daemon.core.decisions import (
 )
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.losswatch import Acting, LossWatch
-from daemon.core.observation import Clock, JobSigns, Memory, Observation, Poll
+from daemon.core.observation import Command, Memory, Observation
+from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
 from daemon.core.recovering import Probe, Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
@@ -86,7 +87,6 @@ from daemon.policy.opening import choose
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
 from daemon.policy.scriptckpt import Resumed
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
-from daemon.policy.timebase import clock_step
 from daemon.state.store import (
     TERMINAL_STATES,
     EventRow,
@@ -164,7 +164,7 @@ class Supervisor:
         # neither fires nor starves any of them.
         self.clock = clock
         self.mono = mono
-        self._clock_offset: float | None = None  # wall - mono at the last tick: a jump is a step
+        self.observer = Observer()  # the outside world read once per tick (observer.py)
         self.new_run = new_run
         self.resume_from = resume_from
         self.run_id = 0
@@ -203,7 +203,7 @@ class Supervisor:
         self.age_warned: float | None = None
         self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
         self.last_event: LastEvent | None = None
-        self.commands: collections.deque[tuple[str, Any, asyncio.Future | None]] = collections.deque()
+        self.commands: collections.deque[Command] = collections.deque()
         self.stop_signal: int | None = None
         self.shutting_down = False
         self.done = asyncio.Event()
@@ -458,7 +458,10 @@ class Supervisor:
     async def tick(self) -> None:
         """One tick: observe (one Observation value) -> decide -> apply -> publish."""
         try:
-            obs = await self._observe()
+            poll, self.poll_due = self.poll_due, False
+            obs = self.observer.observe(self.p, self.runner, self.clock(), self.mono(), commands=self.commands,
+                                        stop_signal=self.stop_signal if not self.shutting_down else None,
+                                        poll=poll, last_record_at=self.record_seen_at)
             await self._tick(obs)
         except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
             log.exception("supervisor tick failed")
@@ -466,46 +469,6 @@ class Supervisor:
             self.event("error", f"internal error while {self.state.value}: {type(e).__name__}: {e}; "
                        "the daemon carries on", "error")
         self._publish(self.clock())
-
-    async def _observe(self) -> Observation:
-        """Everything outside, read once for this tick."""
-        now, mono = self.clock(), self.mono()
-        step = clock_step(self._clock_offset, now, mono)
-        self._clock_offset = now - mono
-        recs = self.runner.records()
-        lines = self.runner.drain_lines()
-        if self.p.output_progress is not None:  # [job] progress_pattern: progress from output
-            recs += [r for r in map(self.p.output_progress.feed, lines) if r is not None]
-        commands = tuple(self.commands)  # each leaves the queue once handled
-        poll = None
-        if self.poll_due:
-            self.poll_due = False
-            self.runner.sample_cpu(mono)
-            reading, error = None, None
-            if self.p.sensor is not None:
-                try:
-                    reading = self.p.sensor.read()
-                except Exception as e:  # noqa: BLE001 - a failed read is an unknown, never a crash
-                    log.exception("reading the sensor failed")
-                    error = f"{type(e).__name__}: {e}"
-            resets: tuple[ResetEvent, ...] = ()
-            if self.p.detector is not None:
-                if reading is not None:
-                    self.p.detector.note_sensor(reading)
-                resets = tuple(self.p.detector.poll())
-            sched = self.p.schedule.should_run(now) if self.p.schedule is not None else None
-            poll = Poll(reading=reading, resets=resets, schedule=sched, error=error)
-        return Observation(
-            clock=Clock(now, mono), clock_step_s=step, records=tuple(recs), lines=tuple(lines),
-            exit_code=self.runner.exited(), commands=commands,
-            stop_signal=self.stop_signal if not self.shutting_down else None, poll=poll,
-            job=self._job_signs(mono if recs else self.record_seen_at))
-
-    def _job_signs(self, last_record_at: float | None) -> JobSigns:
-        r = self.runner
-        return JobSigns(running=r.running, stopping=r.stopping, started_at=r.started_at,
-                        last_record_at=last_record_at, last_output_at=r.last_output_t,
-                        last_cpu_growth_at=r.last_cpu_growth_t)
 
     def _memory(self) -> Memory:
         """What the tick's rules may read of the Supervisor's state (a copy)."""
@@ -823,7 +786,7 @@ class Supervisor:
             await self._maybe_start(now, mono)
         elif self.state in (State.RUNNING, State.COOLING):
             # the job as it is now, after this tick's exit and commands
-            signs = replace(obs, job=self._job_signs(self.record_seen_at))
+            signs = replace(obs, job=job_signs(self.runner, self.record_seen_at))
             self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
         elif self.state == State.RECOVERING:
             self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
