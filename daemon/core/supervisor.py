@@ -64,6 +64,7 @@ from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
+from daemon.core.pace import Pace
 from daemon.core.recovering import Probe, Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
@@ -215,11 +216,8 @@ class Supervisor:
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
-        self.duty = eta_mod.DutyMeter()  # time training / wall time: the ETA counts the pauses
-        self.progress = eta_mod.ProgressMeter()  # net steps per second: the ETA's basis
+        self.pace = Pace()  # the duty cycle and the net rate: the ETA's basis (pace.py)
         self.resume_step: int | None = None  # the checkpoint step the newest start resumed from
-        self._duty_pid: int | None = None
-        self._duty_pid_t = 0.0
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
@@ -737,8 +735,7 @@ class Supervisor:
         self.holds.pop("thermal", None)
         self.interval_steps = None
         self.remote = RemoteRun(self.cfg, self.p.offloader, wall=self.clock)
-        self.duty = type(self.duty)()  # a new run's duty cycle starts with it
-        self.progress = eta_mod.ProgressMeter()
+        self.pace = Pace()  # a new run's duty cycle starts with it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runner = self.p.make_runner(self.run_dir)
         self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
@@ -1314,34 +1311,21 @@ class Supervisor:
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
-    def _note_duty(self, now: float) -> None:
-        """Training = running, not held, and this attempt has reported since it started (the
-        interpreter's start-up, the torch import and the restore are not training)."""
-        pid = self.runner.pid if self.runner is not None else None
-        if pid != self._duty_pid:
-            self._duty_pid, self._duty_pid_t = pid, now
-        last = self.facts.last_record_t
-        self.duty.note(now, self.state == State.RUNNING and not self.holds and pid is not None
-                       and last is not None and last >= self._duty_pid_t)
-        # the net rate's clock runs while the job is on its way without waiting for a person;
-        # the time bringing it back after a fault (down to its first report) and the thermal
-        # pauses are told apart (policy/eta.ProgressMeter.rate)
-        loading = self.state == State.RUNNING and (last is None or last < self._duty_pid_t)
-        self.progress.note(self.mono(), self.facts.step, self.state.value in LOCAL_STATES
-                           and not ({"user", "schedule"} & set(self.holds)),
-                           restarting=loading or self.state in (State.RECOVERING, State.STARTING),
-                           cooling=self.state == State.COOLING)
-
     def local_eta_s(self, now: float) -> float | None:
-        """Time to the end here at the steady rate divided by the measured duty cycle."""
-        f = self.facts
-        remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None
-        est = eta_mod.estimate(remaining, f.steps_per_s, self.duty.duty(now), self.progress.rate())
-        return est.seconds if est is not None else None
+        return self.pace.eta_s(now, self.facts)
+
+    @property
+    def duty(self) -> eta_mod.DutyMeter:
+        return self.pace.duty  # said in status
+
+    @property
+    def progress(self) -> eta_mod.ProgressMeter:
+        return self.pace.progress
 
     def _publish(self, now: float) -> None:
         from daemon.core.statusview import REFRESH_S, build_status, inputs_key
-        self._note_duty(now)
+        self.pace.note(now, self.mono(), self.state, self.holds,
+                       self.runner.pid if self.runner is not None else None, self.facts)
         key = inputs_key(self)  # rebuilt when something changed, else once a second (issue 30)
         if key == self._published[0] and 0 <= now - self._published[1] < REFRESH_S:
             return
