@@ -9,6 +9,7 @@ tests are added (small helper processes -- a shell, a fake job without torch -- 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # the gaps after; in file order they started late and the run waited on them at its end.
     # The sort is stable: a file's tests keep their order (xdist_group files rely on it).
     items.sort(key=_weight)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each test is its own unit of work, given to the next free worker in the order above,
+    except a file with a module-scoped fixture (test_phone_daemon.py's one daemon, test_api.py's
+    server): its tests read what earlier ones did to it, so the whole file is one unit, in order.
+    Our own scheduler, not `--dist loadgroup`: xdist 3.8 marks a group by rewriting
+    ``item._nodeid``, which pytest 9.2 no longer reads (every test ran alone, a shared daemon
+    once per worker, its later tests failing)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared = _files_with_module_fixtures(Path(__file__).parent)
+
+    class OneFilePerSharedFixture(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in shared else nodeid
+
+    return OneFilePerSharedFixture(config, log)
+
+
+def _files_with_module_fixtures(tests: Path) -> set[str]:
+    return {f.name for f in tests.glob("test_*.py")
+            if re.search(r"@pytest\.fixture\(scope=[\"'](module|package|session)[\"']", f.read_text())}
 
 
 def _weight(item: pytest.Item) -> int:

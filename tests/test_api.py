@@ -25,10 +25,6 @@ from tests.helpers import (
 )
 from tests.test_trainer_resume import SMALL
 
-# One worker runs this file in order: its tests share one module-scoped server and read what
-# earlier tests did to it (pytest-xdist's loadgroup, pyproject.toml).
-pytestmark = pytest.mark.xdist_group("test_api")
-
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):

@@ -13,10 +13,6 @@ import pytest
 from daemon.web import api, statusfmt
 from tests.test_hardening_api import TOKEN, FakeSource, Served
 
-# One worker runs this file in order: its tests share one module-scoped server and read what
-# earlier tests did to it (pytest-xdist's loadgroup, pyproject.toml).
-pytestmark = pytest.mark.xdist_group("test_api_status_cache")
-
 
 class Snapshots:
     """A status source like the Supervisor: one dict per tick, the same object between ticks."""

@@ -257,7 +257,8 @@ def test_the_dashboard_shows_the_cap(tmp_path):
 @pytest.mark.slow
 def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
     """The real `nightshift demo --governor` (the reference job, the simulated chip's clock
-    model): the governor caps the chip below its top clock and the story ends DONE, with at most
+    model): the governor caps the chip below its top clock once it is hot (the setpoint, 85 C)
+    and the story ends DONE, with at most
     one thermal pause (bench/demo_governor.py: 0 in 3 runs; the same chip with the pause policy
     alone pauses once; a loaded machine can delay a poll past the first crossing)."""
     r = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", "--governor", "--workdir",
@@ -267,7 +268,16 @@ def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
     assert "result:          DONE at step 250/250" in r.stdout
     m = re.search(r"governor: +governed at (\d+) MHz \((\d\.\d\d)x (speed|clock)\), edge \d+ C, "
                   r"(\d+) pauses? in \d+ (min|h); learned (\d+) MHz", r.stdout)
-    assert m and int(m.group(1)) < 2700 and int(m.group(6)) < 2700, r.stdout[-2000:]
+    assert m, r.stdout[-2000:]
+    # On a loaded test machine the job steps slower, the simulated chip (heated by the job's
+    # steps) stays cooler and may never need a cap (seen at load 8: 83 C at most, no cap, no
+    # pause). What must hold: a chip that reached the setpoint was capped below the top clock.
+    lines = re.findall(r"edge +(\d+\.\d)C +cap (\d+ MHz|none)", r.stdout)
+    assert lines, r.stdout[-2000:]
+    hottest = max(float(e) for e, _ in lines)
+    lowest_cap = min(2700 if c == "none" else int(c.split()[0]) for _, c in lines)
+    if hottest >= 85.0:
+        assert lowest_cap < 2700 and int(m.group(1)) < 2700 and int(m.group(6)) < 2700, r.stdout[-2000:]
     pauses = int(re.search(r"thermal pauses: +(\d+)", r.stdout).group(1))
     assert pauses <= 1 and int(m.group(4)) <= pauses
     # the summary compares it with pausing alone on the same chip (issue 29, item 8)

@@ -32,8 +32,9 @@ from tests.test_trainer_resume import SMALL
 
 # One real daemon for the module (a fixture): every test here is end to end.
 # One worker runs this file in order: its tests share one module-scoped daemon and read what
-# earlier tests did to it (pytest-xdist's loadgroup, pyproject.toml).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_phone_daemon")]
+# earlier tests did to it (tests/conftest.py's scheduler: a file with a module-scoped
+# fixture is one unit of work).
+pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium")
 
