@@ -101,3 +101,22 @@ def test_a_sensor_that_raises_is_an_error_said_once_and_no_temperature_is_a_prob
     none = decide.sensor(polled(None), Memory(state=State.RUNNING))
     assert none[0].kind == "sensor" and none[1] == Problem("sensor", none[0].message)
     assert none[2] == Problem("sensor_read", None)
+
+
+def test_the_sensors_own_problems_are_said_once_each_and_no_temperature_is_left_to_sensor():
+    from daemon.core.decisions import Emit, Problem
+    from daemon.policy.thermal import THERMAL_OFF
+    found = ["HIP_VISIBLE_DEVICES=3 matches no card", THERMAL_OFF + " ([gpu] sensor = none)",
+             "HIP_VISIBLE_DEVICES=3 matches no card"]
+    got = decide.gpu_problems(found, Memory(state=State.RUNNING))
+    assert got == [Problem("gpu:HIP_VISIBLE_DEVICES=3 matches no card", found[0]), Emit("sensor", found[0], "warn")]
+    known = Memory(state=State.RUNNING, problems={"gpu:HIP_VISIBLE_DEVICES=3 matches no card": found[0]})
+    assert decide.gpu_problems(found, known) == []
+
+
+def test_a_reset_sources_problem_is_said_once_even_under_another_key():
+    from daemon.core.decisions import Emit, Problem
+    p = "cannot read /dev/kmsg: permission denied (add the user to group adm)"
+    assert decide.source_problems([p, p], Memory(state=State.RUNNING)) == [
+        Problem(f"source:{p[:40]}", p), Emit("source_problem", p, "warn")]
+    assert decide.source_problems([p], Memory(state=State.RUNNING, problems={"elsewhere": p})) == []

@@ -180,3 +180,17 @@ def test_the_readme_your_own_script_examples_are_valid_configs_with_existing_pre
     assert len(blocks) == 2
     patterns = [config_mod.validate(tomllib.loads(b), "README.md")["job"]["progress_pattern"] for b in blocks]
     assert patterns == ["nanogpt", "hf"]
+
+
+def test_last_logged_step_reads_the_logs_tail_and_skips_its_cut_first_line(tmp_path):
+    from daemon.job.outputprogress import last_logged_step
+    log = tmp_path / "job.log"
+    assert last_logged_step(log, OutputProgress("nanogpt")) is None  # no log yet
+    log.write_text("".join(f"iter {i}: loss 2.0, time 10.00ms, mfu 4.00%\n" for i in range(0, 400, 10)))
+    assert last_logged_step(log, OutputProgress("nanogpt")) == 390
+    # only the last bytes are read; the first line of that tail may be cut mid-number: skipped
+    last = len("iter 390: loss 2.0, time 10.00ms, mfu 4.00%\n")
+    assert last_logged_step(log, OutputProgress("nanogpt"), tail_bytes=last + 3) == 390
+    assert last_logged_step(log, OutputProgress("nanogpt"), tail_bytes=last - 4) is None  # its only line is cut: skipped
+    log.write_text("warming up\n")
+    assert last_logged_step(log, OutputProgress("nanogpt")) is None

@@ -25,7 +25,13 @@ from daemon.core.observation import Memory, Observation
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config
 from daemon.policy.states import State
-from daemon.policy.thermal import ThermalObs, ThermalState, clock_cap_due, decide_thermal
+from daemon.policy.thermal import (
+    THERMAL_OFF,
+    ThermalObs,
+    ThermalState,
+    clock_cap_due,
+    decide_thermal,
+)
 
 LOCAL_RUNNING = (State.RUNNING, State.COOLING)
 
@@ -56,6 +62,31 @@ def sensor(obs: Observation, mem: Memory) -> list[Decision]:
     if msg is not None and previous != msg:
         out.append(Emit("sensor", msg, "warn"))
     out += [Problem("sensor", msg), Problem("sensor_read", None)]
+    return out
+
+
+def gpu_problems(found: list[str], mem: Memory) -> list[Decision]:
+    """What the sensor found wrong at start (a HIP_VISIBLE_DEVICES matching no card, a wrong
+    ``[gpu] card``...): in status and one event each. Its "no temperature" problem is
+    ``sensor``'s (above), not said twice."""
+    out: list[Decision] = []
+    known = set(mem.problems)
+    for problem in found:
+        key = f"gpu:{problem[:60]}"
+        if not problem.startswith(THERMAL_OFF) and key not in known:
+            known.add(key)
+            out += [Problem(key, problem), Emit("sensor", problem, "warn")]
+    return out
+
+
+def source_problems(found: list[str], mem: Memory) -> list[Decision]:
+    """A reset source's problem (a kernel log it cannot read...): in status and one event each."""
+    out: list[Decision] = []
+    said = set(mem.problems.values())
+    for problem in found:
+        if problem not in said:
+            said.add(problem)
+            out += [Problem(f"source:{problem[:40]}", problem), Emit("source_problem", problem, "warn")]
     return out
 
 

@@ -435,22 +435,10 @@ class Supervisor:
     def _last_logged_step(self) -> int | None:
         """The furthest step in the last 64 KiB of job.log, read with [job] progress_pattern
         (a script's progress is its output: nothing else remembers it)."""
-        if self.p.output_progress is None:
-            return None
         from daemon.core import parts as build
-        parser = build.output_progress(self.cfg)
-        if parser is None:
-            return None
-        try:
-            with open(self.run_dir / "job.log", "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 65536))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return None
-        found = [step for r in map(parser.feed, text.splitlines()[1:])
-                 if r is not None and isinstance(step := r.get("step"), int)]
-        return max(found) if found else None
+        from daemon.job.outputprogress import last_logged_step
+        parser = build.output_progress(self.cfg) if self.p.output_progress is not None else None
+        return last_logged_step(self.run_dir / "job.log", parser) if parser is not None else None
 
     # ================================================================== the tick
     async def tick(self) -> None:
@@ -912,7 +900,7 @@ class Supervisor:
             self._hold_for_disk("the state database cannot be written", None)
         elif "disk" in self.holds and self.runner.running:
             self._disk_room()  # space back: the held job goes on
-        self._static_sensor_problems()
+        self._apply(decide.gpu_problems(list(getattr(self.p.sensor, "problems", None) or []), self._memory()))
         self._apply(decide.sensor(obs, self._memory()))
         f = self.facts
         if self.stored(self.store.add_reading, self.run_id, now, getattr(reading, "edge_c", None),
@@ -920,10 +908,7 @@ class Supervisor:
                        getattr(reading, "busy_pct", None), f.step, _finite(f.loss)):
             self.stored.healthy()
         if self.p.detector is not None:
-            for problem in self.p.detector.problems():
-                if problem not in self.problems.values():
-                    self.problems[f"source:{problem[:40]}"] = problem
-                    self.event("source_problem", problem, "warn")
+            self._apply(decide.source_problems(self.p.detector.problems(), self._memory()))
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
         self._save_counters()
@@ -1275,17 +1260,6 @@ class Supervisor:
         if self.stop_signal is not None:
             self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
                        "continues when the daemon starts again")
-
-    def _static_sensor_problems(self) -> None:
-        """What the sensor found wrong at start (a HIP_VISIBLE_DEVICES matching no card, a
-        wrong ``[gpu] card``...): in status and one event each, like a reset source's problem.
-        Its "no temperature" problem is the one above (``sensor_problem``), not said twice."""
-        from daemon.gpu.sensors import THERMAL_OFF
-        for problem in getattr(self.p.sensor, "problems", None) or []:
-            key = f"gpu:{problem[:60]}"
-            if not problem.startswith(THERMAL_OFF) and key not in self.problems:
-                self.problems[key] = problem
-                self.event("sensor", problem, "warn")
 
     # ================================================================== live config
     async def _reconfigure(self, new: Config, keys: list[str], restart: list[str]) -> Answer:

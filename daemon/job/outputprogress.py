@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -308,3 +309,19 @@ class OutputProgress:
         if h.epoch is not None:
             rec["epoch"] = h.epoch
         return rec
+
+
+def last_logged_step(log_path: str | os.PathLike[str], parser: OutputProgress, tail_bytes: int = 65536) -> int | None:
+    """The furthest step in the last ``tail_bytes`` of the job's log, read with a fresh parser
+    (a script's progress is its output: after a daemon restart nothing else remembers it).
+    The first line of the tail is skipped: it may be cut mid-line. None: no step, or no log."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = [step for r in map(parser.feed, text.splitlines()[1:])
+             if r is not None and isinstance(step := r.get("step"), int)]
+    return max(found) if found else None
