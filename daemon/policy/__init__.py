@@ -1,5 +1,7 @@
 """Pure policies: observations + state + config + now in, decisions out. No I/O here. Also the
-run's states they decide over (states) and the config sections they read by key (cfgtypes).
+run's states they decide over (states) and the plain types the packages hand each other: the
+config's sections (cfgtypes), commands' answers, rows and the status snapshot (records), JSON
+values (jsonvalue).
 Every package may import it; it imports only daemon.job's classify (how a job ended), which
 imports nothing else of daemon/.
 """
