@@ -98,3 +98,17 @@ def test_a_gpu_fault_recovers_and_a_repeated_code_error_fails_with_its_traceback
 
 def test_at_step_never_says_none():
     assert at_step(0) == " at step 0" and at_step(None) == " (no step reported)"
+
+
+def test_a_shutdown_checkpoints_a_job_here_keeps_an_asked_exit_and_leaves_a_cloud_run_going():
+    from daemon.core.decisions import AskExit
+    from daemon.core.exits import shutdown
+    assert shutdown(State.RUNNING, True, None) == [AskExit(intents.SHUTDOWN, graceful=True)]
+    assert shutdown(State.OFFLOADING, True, intents.OFFLOAD) == [AskExit(intents.OFFLOAD, graceful=True)]
+    back = intents.rollback("/ck/step_20", "rolled back")  # asked without a checkpoint: one now
+    assert shutdown(State.RUNNING, True, back) == [AskExit(back, graceful=True)]
+    remote = shutdown(State.REMOTE, False, None)
+    assert len(remote) == 1 and "re-attached at the next start" in remote[0].message  # type: ignore[union-attr]
+    assert shutdown(State.PULLING, False, None) == [
+        Emit("daemon", "stopping while pulling; the next start carries on from here")]
+    assert shutdown(State.STARTING, False, None) == []

@@ -54,8 +54,10 @@ class Release:
 
 @dataclass(frozen=True)
 class AskExit:
-    """Ask the job to end; the intent says what follows its exit."""
+    """Ask the job to end; the intent says what follows its exit. ``graceful``: a final
+    checkpoint first (None: as the intent says; a shutdown always asks for one)."""
     intent: ExitIntent
+    graceful: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ disk (held until there is room, never counted against the code), or the end the 
 for (the intent: a stop or cancel, a move to the cloud, a rollback, a divergence's stop). None:
 the job died on its own (or hung): the restore chain (restorechain.after_resumed_exit) and then
 ``after_death`` -- the bounded restarts of policy/supervise.decide_exit -- decide.
+``shutdown``: what a SIGTERM asks of the job (or says of a run on the cloud) first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from daemon.core import intent as intents
 from daemon.core.decisions import (
     AfterStop,
+    AskExit,
     Decision,
     Emit,
     Fail,
@@ -33,7 +35,7 @@ from daemon.job.classify import ExitInfo, traceback_tail
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config
 from daemon.policy.scriptckpt import wait_state_after_exit
-from daemon.policy.states import State
+from daemon.policy.states import REMOTE_STATES, State
 from daemon.state.store import RunRow
 
 DAY_S = 86400.0  # restart_times keeps a day of restarts (the restart window is within it)
@@ -114,3 +116,16 @@ def after_death(info: ExitInfo, returncode: int, tail: str, run: RunRow, now: fl
     if dec.action == "recover":
         return out + [Recover(dec.reason)]
     return out + [Wait(dec.delay_s, State(wait_state_after_exit(state.value, thermal_held)), dec.reason)]
+
+
+def shutdown(state: State, job_running: bool, asked: ExitIntent | None) -> list[Decision]:
+    """The daemon is stopping: a job here ends on a final checkpoint (an exit already asked for,
+    an offload or a user's stop, keeps its meaning); a run on the cloud goes on, re-attached
+    (or, cancelling or pulling, carried on) at the next start."""
+    if job_running:
+        return [AskExit(asked or intents.SHUTDOWN, graceful=True)]
+    if state == State.REMOTE:
+        return [Emit("daemon", "stopping; the remote run goes on and is re-attached at the next start")]
+    if state in REMOTE_STATES:  # the record says what follows: the next start carries on
+        return [Emit("daemon", f"stopping while {state.value}; the next start carries on from here")]
+    return []

@@ -497,7 +497,8 @@ class Supervisor:
                 fut.set_result({**res, "state": self.state.value,
                                 "headline": headline(self.state, self.holds)})
         if obs.stop_signal is not None and not self.shutting_down:
-            self._begin_shutdown(mono)
+            self.shutting_down = True
+            self._apply(exits.shutdown(self.state, self.runner.running, self.exit_intent))
         if self._next_run_due and not self.runner.running and not self.shutting_down:
             self._start_next_run(now)
         if obs.poll is not None:
@@ -1043,7 +1044,7 @@ class Supervisor:
                 else:
                     self.problems[a.key] = a.text
             elif isinstance(a, AskExit):
-                self._ask_exit(a.intent, self.mono())
+                self._ask_exit(a.intent, self.mono(), graceful=a.graceful)
             elif isinstance(a, StopRemote):
                 self.stop_asked_at = self.mono()
                 self._apply(self.remote.stop(self.stop_asked_at, self.state, a.then))
@@ -1231,16 +1232,6 @@ class Supervisor:
                  "checkpointing and stopping the job" if self.runner is not None and self.runner.running
                  else "no job is running here; stopping the daemon")
         self.stop_signal = sig
-
-    def _begin_shutdown(self, mono: float) -> None:
-        self.shutting_down = True
-        if self.runner.running:
-            # an exit already asked for (an offload, a user's stop) keeps its meaning
-            self._ask_exit(self.exit_intent or intents.SHUTDOWN, mono, graceful=True)
-        elif self.state == State.REMOTE:
-            self.event("daemon", "stopping; the remote run goes on and is re-attached at the next start")
-        elif self.state in REMOTE_STATES:  # the record says what follows: the next start carries on
-            self.event("daemon", f"stopping while {self.state.value}; the next start carries on from here")
 
     def exit_code(self) -> int:
         return rules.exit_code(self.stop_signal, self.state.value)
