@@ -323,12 +323,7 @@ class Supervisor:
             self._apply(opening.died_under(row, self.clock()))
             if row["user_hold"]:
                 self.holds["user"] = "paused by the user"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.runner = self.p.make_runner(self.run_dir)
-        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        if self.adopter is not None and self.run.get("resume_from"):
-            self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
-        self.p.offloader.for_run(self.run_id, self.run_dir)
+        self._attach_run()
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included
             evs = self.store.events(self.run_id, limit=5000)
@@ -725,16 +720,23 @@ class Supervisor:
         self.interval_steps = None
         self.remote = RemoteRun(self.cfg, self.p.offloader, wall=self.clock)
         self.pace = Pace()  # a new run's duty cycle starts with it
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.runner = self.p.make_runner(self.run_dir)
-        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        self.p.offloader.for_run(self.run_id, self.run_dir)
+        self._attach_run()
         if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
             from daemon.core import parts as build
             self.p.divergence = build.divergence(self.cfg)
         if self.holds:
             self._update_run(user_hold=1 if "user" in self.holds else 0)
         self._restart_now(f"next in the queue: {self.job['name']}")
+
+    def _attach_run(self) -> None:
+        """The current run's own ports: its directory, the job runner, its adopted checkpoints
+        and the offloader's view of it."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = self.p.make_runner(self.run_dir)
+        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        if self.adopter is not None and self.run.get("resume_from"):
+            self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
+        self.p.offloader.for_run(self.run_id, self.run_dir)
 
     def _restart_now(self, reason: str, resume: str | None = None) -> None:
         self.forced_resume = resume
