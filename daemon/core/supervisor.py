@@ -81,6 +81,7 @@ from daemon.job.status import JobFacts
 from daemon.night.runbook import RunBook
 from daemon.policy import eta as eta_mod
 from daemon.policy import supervise as rules
+from daemon.policy import tickrate
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
@@ -213,6 +214,7 @@ class Supervisor:
         self._published: tuple[tuple[object, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
         self.losses = LossWatch()  # the loss series, the climb watch, a divergence's action (losswatch.py)
+        self.on_command: Callable[[], object] | None = None  # wakes the loop (app.py)
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
@@ -506,6 +508,20 @@ class Supervisor:
             self._settle_stop(f"the daemon is shutting down while {self.state.value}; the next start "
                               "carries on from here")
             self.done.set()
+
+    def tick_wait_s(self) -> float:
+        """How long the loop may sleep now (daemon/policy/tickrate.py)."""
+        r = self.runner
+        steady = None
+        if self.state == State.RUNNING and r is not None and r.running and not r.stopping \
+                and not self.commands and not self.shutting_down and self.stop_signal is None \
+                and self.exit_intent is None and not self._next_run_due:
+            steady = rules.Liveness(started_at=r.started_at if r.started_at is not None else self.mono(),
+                                    last_record_t=self.record_seen_at,
+                                    last_output_t=r.last_output_t,
+                                    last_cpu_growth_t=r.last_cpu_growth_t, held=bool(self.holds),
+                                    suspect_since=self.suspect_since)
+        return tickrate.tick_wait_s(steady, self.mono(), self.cfg["job"])
 
     # ================================================================== the job's output
     def _read_job(self) -> None:
@@ -1190,6 +1206,8 @@ class Supervisor:
         """Queue a command for the next tick (HTTP handlers, signals, the config watcher)."""
         fut = asyncio.get_running_loop().create_future()
         self.commands.append((action, arg, fut))
+        if self.on_command is not None:  # answered now, not at the next tick
+            self.on_command()
         return fut
 
     async def control(self, action: str) -> Answer:

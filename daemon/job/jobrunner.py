@@ -87,6 +87,7 @@ class JobRunner:
         self._cpu_s: float | None = None
         self._stop: _Stop | None = None
         self._lines: list[str] = []  # output lines since the last drain (for progress_pattern)
+        self.on_exit: Callable[[], object] | None = None  # wakes the daemon's loop (service/app.py)
 
     # ------------------------------------------------------------------ starting
     async def start(self, command: list[str], *, cwd: str, env: dict[str, str], hold: bool) -> int:
@@ -101,6 +102,7 @@ class JobRunner:
         await self.proc.start()
         self.started_at = self.clock()
         self._wait = asyncio.get_running_loop().create_task(self.proc.wait())
+        self._wait.add_done_callback(self._exited)
         assert self.proc.pid is not None
         return self.proc.pid
 
@@ -108,6 +110,10 @@ class JobRunner:
         self.last_output_t = self.clock()
         if len(self._lines) < 10_000:  # bounded even if nobody drains
             self._lines.append(line)
+
+    def _exited(self, _task: asyncio.Task) -> None:
+        if self.on_exit is not None:  # the exit is handled now, not at the next tick
+            self.on_exit()
 
     # ------------------------------------------------------------------ observing
     @property

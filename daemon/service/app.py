@@ -28,6 +28,7 @@ from daemon.policy.cfgtypes import Config
 from daemon.service.polltimer import PollTimer
 from daemon.service.sdnotify import Notifier as SdNotifier
 from daemon.service.sdnotify import watchdog_interval_s
+from daemon.service.wakeup import Wakeup
 from daemon.state.store import Store
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from daemon.service.configwatch import ConfigWatcher  # imported when the watcher starts
 
 log = logging.getLogger("nightshift")
-TICK_S = 0.2
 
 
 def build_parts(cfg: Config, store: Store, **overrides: Any) -> Parts:
@@ -85,12 +85,22 @@ async def serve(cfg: Config, *, new_run: bool = False, resume_from: str | None =
     return await run_loop(cfg, sup)
 
 
-async def run_loop(cfg: Config, sup: Supervisor, tick_s: float = TICK_S) -> int:
+async def run_loop(cfg: Config, sup: Supervisor) -> int:
     loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
+    wake = Wakeup()
     sd = SdNotifier()
-    sup.on_state = sd.status
     p = sup.p
+    sup.on_state = sd.status
+    sup.on_command = wake.set
+    make_runner = p.make_runner
+
+    def runner_that_wakes(run_dir: Path) -> JobRunner:  # a job's exit is handled at once
+        r = make_runner(run_dir)
+        r.on_exit = wake.set
+        return r
+    p.make_runner = runner_that_wakes
+    if sup.runner is not None:
+        sup.runner.on_exit = wake.set
 
     def on_signal(sig: int) -> None:
         sup.request_stop(sig)
@@ -119,9 +129,9 @@ async def run_loop(cfg: Config, sup: Supervisor, tick_s: float = TICK_S) -> int:
             if wd and time.monotonic() >= wd_next:
                 sd.watchdog()  # a wedged loop stops these and systemd restarts us
                 wd_next = time.monotonic() + wd
-            with contextlib.suppress(TimeoutError):  # asyncio's timeouts are monotonic too
-                await asyncio.wait_for(wake.wait(), min(tick_s, poll.wait_s()))
-            wake.clear()
+            # 0.2 s, or 1 s while a job trains and nothing waits (policy/tickrate.py); asyncio's
+            # timers are monotonic too
+            await wake.sleep(min(sup.tick_wait_s(), poll.wait_s()))
         sd.stopping(f"stopping ({sup.state.value})")
         sup.close()
     finally:
@@ -181,7 +191,7 @@ async def _start_api(cfg: Config, sup: Supervisor) -> tuple[uvicorn.Server, asyn
 
 
 async def _watch_config(cfg: Config, sup: Supervisor, loop: asyncio.AbstractEventLoop,
-                        wake: asyncio.Event) -> ConfigWatcher:
+                        wake: Wakeup) -> ConfigWatcher:
     from daemon.service.configwatch import ConfigWatcher, load_off_loop
     from daemon.state.config import ConfigError
     try:  # what the file says now, read off the loop (a hung mount must not stop the loop)
