@@ -11,7 +11,8 @@ writing progress and checkpoints for the whole window and leaves the CPU to the 
 neighbours). From the job's first progress record, ``--seconds`` of wall time; the daemon's
 utime+stime from /proc/<pid>/stat at both ends (all its threads). CPU time consumed is what
 this measures, so a loaded machine slows the job but does not inflate the figure much.
-``--profile`` runs the daemon under cProfile (its main thread, the loop) and writes the stats.
+``--profile`` runs the daemon under cProfile (its main thread, the loop) from the window's start
+to its exit and writes the stats.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--ba
 TICKS = os.sysconf("SC_CLK_TCK")
 THREADS = False  # --threads
 TO_EXIT = 0  # --to-exit STEPS
+
+
+# The daemon under cProfile from SIGUSR2 (the window's start) to its exit: what it does while
+# it supervises, without its start-up.
+PROFILED = """
+import atexit, cProfile, signal, sys
+prof = cProfile.Profile()
+signal.signal(signal.SIGUSR2, lambda *_: prof.enable())
+cfg, out = sys.argv[1:3]
+atexit.register(lambda: (prof.disable(), prof.dump_stats(out)))
+sys.argv = ["nightshift", "run", "-c", cfg]
+from daemon.cli import main
+main()
+"""
 
 
 def cpu_s(pid: int | str) -> float:
@@ -73,10 +88,10 @@ def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> flo
             "resets": {"sources": ["auto"]},
             "api": {"enabled": True, "port": free_port()},
         })
-        prof = ["-m", "cProfile", "-o", profile] if profile else []
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        d = subprocess.Popen([sys.executable, *prof, "-m", "daemon.cli", "run", "-c", str(cfg)],
-                             cwd=tree, env=env, stdout=subprocess.DEVNULL,
+        cmd = ["-c", PROFILED, str(cfg), profile] if profile else ["-m", "daemon.cli", "run", "-c",
+                                                                    str(cfg)]
+        d = subprocess.Popen([sys.executable, *cmd], cwd=tree, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         try:
             progress = tmp / "state" / "runs" / "1" / "progress.jsonl"
@@ -85,6 +100,8 @@ def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> flo
                 assert d.poll() is None, f"daemon exited {d.returncode} before the job trained"
                 assert time.monotonic() < deadline, "the job wrote no progress record in 300 s"
                 time.sleep(0.2)
+            if profile:
+                d.send_signal(signal.SIGUSR2)  # the window starts: profile from here
             c0, t0, th0 = cpu_s(d.pid), time.monotonic(), threads_s(d.pid)
             if TO_EXIT:
                 while True:  # the last sample before the exit (a reaped pid has no /proc)
