@@ -3,12 +3,13 @@ about the runs it finds at start (opening) and the pieces of its tick: what one 
 (observation) and how it is read (observer), the rules that turn it into decisions (decide) and
 the decisions as values (decisions, intent), what the job's exit means (exits), the run's
 losses: climb, spike (losswatch), what follows a loss spike (spikes), the night's pace for the
-ETA (pace), the guarded store writes (storeguard), the remote run it carries out (remote_run), a
-user's command as an answer and decisions (commanding), the start plan: checkpoint, command,
-environment (starting), a GPU reset's recovery: cooldown, probe, restart (recovering), when to
-move to the cloud on its own: failover and the queue's plan (offloadplan), a script's
-checkpoints restored around a restart (restorechain), the optional parts and their live reload
-(parts, reconfig) and the status snapshot it publishes (statusview, waitview, and viewsource:
-what they read of the Supervisor, as a Protocol). It may import every package below it: policy,
-job, gpu, cloud, night, state, web; never service or commands, which build and drive it.
+ETA (pace), a full disk held until there is room (diskhold), the guarded store writes
+(storeguard), the remote run it carries out (remote_run), a user's command as an answer and
+decisions (commanding), the start plan: checkpoint, command, environment (starting), a GPU
+reset's recovery: cooldown, probe, restart (recovering), when to move to the cloud on its own:
+failover and the queue's plan (offloadplan), a script's checkpoints restored around a restart
+(restorechain), the optional parts and their live reload (parts, reconfig) and the status
+snapshot it publishes (statusview, waitview, and viewsource: what they read of the Supervisor,
+as a Protocol). It may import every package below it: policy, job, gpu, cloud, night, state,
+web; never service or commands, which build and drive it.
 """

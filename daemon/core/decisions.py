@@ -40,9 +40,13 @@ class Save:
 
 @dataclass(frozen=True)
 class Hold:
-    """Hold the job for ``owner`` (thermal, user, schedule) until it lets go."""
+    """Hold the job for ``owner`` (thermal, user, schedule, disk) until it lets go. ``quiet``:
+    no job to tell (a dead one starts held); ``or_stop``: when the control file cannot be
+    written (a full disk), SIGSTOP the job instead."""
     owner: str
     why: str
+    quiet: bool = False
+    or_stop: bool = False
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from daemon.core.decisions import (
     UncapClock,
     Wait,
 )
+from daemon.core.diskhold import DiskHold
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
@@ -179,11 +180,10 @@ class Supervisor:
         self.forced_resume: str | None = None
         self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/job/resume.py)
         from daemon.job.diskfull import DiskWatch
-        self.disk = DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
-                              lambda: (self.facts.checkpoint or {}).get("bytes"),
-                              **({"free": parts.disk_free} if parts.disk_free else {}))
-        self._disk_stopped = False  # held by SIGSTOP: the control file could not be written
-        self._disk_why = ""  # what hit the full disk (said until there is room again)
+        self.disk = DiskHold(DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
+                                       lambda: (self.facts.checkpoint or {}).get("bytes"),
+                                       **({"free": parts.disk_free} if parts.disk_free else {})))
+        self._stopped_for: str | None = None  # the hold that SIGSTOPped the job (its control file was unwritable)
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
@@ -350,46 +350,15 @@ class Supervisor:
                 self._restore_holds(self.mono())
 
     # ================================================================== a full disk (diskfull.py)
-    def _hold_for_disk(self, what: str, mono: float | None) -> None:
-        """Hold the run for disk space: a running job is held (control file, or SIGSTOP when
-        that cannot be written either), a dead one is restarted only once there is room."""
-        self._disk_why = what
-        msg = self.disk.message(what)
-        first = "disk" not in self.holds
-        self.problems["disk"] = msg
-        if first:
-            self.event("disk_full", msg, "warn")
-        if self.runner.running:
-            try:
-                self._hold("disk", msg)
-            except OSError:
-                self.holds["disk"] = msg
-                if self.runner.proc is not None and not self.runner.proc.stopped_by_signal:
-                    self.runner.proc.hold()
-                    self._disk_stopped = True
-            return
-        self.holds["disk"] = msg
-        if mono is not None:
-            self.next_start_at = mono
-            self.set_state(State.STARTING, msg)
+    def _hold_for_disk(self, what: str, restart: bool) -> None:
+        self._apply(self.disk.hold(what, held="disk" in self.holds, job_running=self.runner.running,
+                                   restart=restart))
 
     def _disk_room(self) -> bool:
         """True (and the disk hold lifted) once every watched disk has room again."""
-        if not self.disk.room():
-            msg = self.disk.message(self._disk_why or "waiting for space")
-            if self.problems.get("disk") != msg:
-                self.problems["disk"] = msg
-            return False
-        self.problems.pop("disk", None)
-        if self._disk_stopped and self.runner.proc is not None:
-            self.runner.proc.release()
-        self._disk_stopped = False
-        if self.runner.running:
-            self._release("disk")
-        else:
-            self.holds.pop("disk", None)
-        self.event("disk_full", "disk space is back: the run goes on", "info")
-        return True
+        room, said = self.disk.room(self.problems.get("disk"), self.runner.running)
+        self._apply(said)
+        return room
 
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
@@ -556,7 +525,7 @@ class Supervisor:
             self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
                        f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
             if says_full(str(rec.get("error"))):  # training on would only widen the loss
-                self._hold_for_disk(f"the checkpoint at step {rec.get('step')} did not fit", None)
+                self._hold_for_disk(f"the checkpoint at step {rec.get('step')} did not fit", False)
         elif kind == "held":
             # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
             self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
@@ -607,7 +576,7 @@ class Supervisor:
         info = classify_exit(rc, tail, gpu_signature=_gpu_signature(tail), reset_near_exit=near,
                              step=self.facts.step, asked_to_exit=intent is not None, done=self.facts.done)
         said = exits.on_exit(exits.Exited(info, intent, self.facts.step, intent is None and says_full(tail)
-                                          and not self.disk.room(), self.shutting_down))
+                                          and not self.disk.watch.room(), self.shutting_down))
         if said == [LaunchRemote()]:
             await self._launch_remote(now)
             return
@@ -829,7 +798,7 @@ class Supervisor:
             pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
             if is_full_error(e):
-                self._hold_for_disk(f"cannot start the job: {e}", mono)
+                self._hold_for_disk(f"cannot start the job: {e}", True)
                 return
             self._fail(f"cannot start the job: {e}")
             return
@@ -916,7 +885,7 @@ class Supervisor:
         self.store.retry_pending()  # writes queued while the disk was full or read-only
         if "disk" not in self.holds and self.store.pending_writes and says_full(self.store.problem) \
                 and self.runner.running:
-            self._hold_for_disk("the state database cannot be written", None)
+            self._hold_for_disk("the state database cannot be written", False)
         elif "disk" in self.holds and self.runner.running:
             self._disk_room()  # space back: the held job goes on
         self._apply(decide.gpu_problems(list(getattr(self.p.sensor, "problems", None) or []), self._memory()))
@@ -1038,14 +1007,28 @@ class Supervisor:
         """Carry out decisions, in order: the tick's rules' (daemon/core/decide.py) and the remote
         run's (daemon/core/remote_run.py). The one place run state changes on a rule's word."""
         for a in actions:
-            if isinstance(a, Hold):
+            if isinstance(a, Hold) and a.quiet:
+                self.holds[a.owner] = a.why
+            elif isinstance(a, Hold):
                 if a.owner == "thermal" and self.gov is not None:
                     self.gov.paused()  # the governor's safety net fired: the phone line counts it
-                self._hold(a.owner, a.why)
-            elif isinstance(a, Release) and a.quiet:
-                self.holds.pop(a.owner, None)
+                try:
+                    self._hold(a.owner, a.why)
+                except OSError:
+                    if not a.or_stop:
+                        raise
+                    self.holds[a.owner] = a.why
+                    if self.runner.proc is not None and not self.runner.proc.stopped_by_signal:
+                        self.runner.proc.hold()
+                        self._stopped_for = a.owner
             elif isinstance(a, Release):
-                self._release(a.owner)
+                if self._stopped_for == a.owner and self.runner.proc is not None:
+                    self.runner.proc.release()
+                self._stopped_for = None if self._stopped_for == a.owner else self._stopped_for
+                if a.quiet:
+                    self.holds.pop(a.owner, None)
+                else:
+                    self._release(a.owner)
             elif isinstance(a, Remember):
                 self.thermal = a.thermal if a.thermal is not None else self.thermal
                 self.suspect_since = None if a.clear_suspect else (
@@ -1080,7 +1063,7 @@ class Supervisor:
             elif isinstance(a, AfterStop):
                 self._after_stop(a.intent)
             elif isinstance(a, HoldForDisk):
-                self._hold_for_disk(a.what, self.mono())
+                self._hold_for_disk(a.what, True)
             elif isinstance(a, Recover):
                 self.recovering.begin(self.mono())
                 self.set_state(State.RECOVERING, a.reason)
