@@ -276,8 +276,10 @@ def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
     assert lines, r.stdout[-2000:]
     hottest = max(float(e) for e, _ in lines)
     lowest_cap = min(2700 if c == "none" else int(c.split()[0]) for _, c in lines)
+    # (The summary's "governed at" is the cap at the end, when the finished chip cools uncapped;
+    # the cap that mattered is the one while it was hot.)
     if hottest >= 85.0:
-        assert lowest_cap < 2700 and int(m.group(1)) < 2700 and int(m.group(6)) < 2700, r.stdout[-2000:]
+        assert lowest_cap < 2700, r.stdout[-2000:]
     pauses = int(re.search(r"thermal pauses: +(\d+)", r.stdout).group(1))
     assert pauses <= 1 and int(m.group(4)) <= pauses
     # the summary compares it with pausing alone on the same chip (issue 29, item 8)

@@ -104,8 +104,11 @@ def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
     finally:
         kill_group(d)
     con = db(work)
-    reset = con.execute("SELECT * FROM resets").fetchone()
-    assert reset is not None and "kernel" in reset["sources"] and "job" in reset["sources"]
+    # One incident: the kernel's lines, the sensor's EPERM and the job's "GPU Hang" are one reset,
+    # never two. (The job prints it at its next step; on a loaded machine a step slower than the
+    # simulated chip's 2 s grace gets SIGABRT first, without the message: no "job" source then.)
+    [reset] = con.execute("SELECT * FROM resets").fetchall()
+    assert "kernel" in reset["sources"] and reset["kind"] == "reset", dict(reset)
     assert json.loads(reset["temps"])["edge_c"] is not None  # temperatures just before, recorded
     got, _ = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
     for group in ("model", "optimizer"):
