@@ -120,3 +120,19 @@ def test_a_reset_sources_problem_is_said_once_even_under_another_key():
     assert decide.source_problems([p, p], Memory(state=State.RUNNING)) == [
         Problem(f"source:{p[:40]}", p), Emit("source_problem", p, "warn")]
     assert decide.source_problems([p], Memory(state=State.RUNNING, problems={"elsewhere": p})) == []
+
+
+def test_a_records_words_failed_checkpoint_hold_ack_and_a_skipped_resume():
+    from daemon.core.decisions import Emit, HoldForDisk, Problem
+    err = {"kind": "checkpoint_error", "step": 40, "error": "OSError: [Errno 28] No space left on device"}
+    got = decide.record(err, frozenset(), "")
+    assert got[0].kind == "checkpoint_error" and got[0].level == "warn"  # type: ignore[union-attr]
+    assert got[1] == HoldForDisk("the checkpoint at step 40 did not fit", restart=False)
+    assert len(decide.record({**err, "error": "ValueError: bad tensor"}, frozenset(), "")) == 1
+    assert decide.record({"kind": "held", "step": 7}, frozenset({"thermal"}), "")[0].data == {"detail": True}  # type: ignore[union-attr]
+    assert decide.record({"kind": "held", "step": 7}, frozenset({"user"}), "")[0].data == {"detail": False}  # type: ignore[union-attr]
+    resumed = decide.record({"kind": "start", "step": 150, "resumed_from": "/c/step_150"}, frozenset(), "/c/step_150")
+    assert resumed == [Emit("resumed", "job resumed at step 150 from /c/step_150"), Problem("resume", None)]
+    fresh = decide.record({"kind": "start", "step": 0, "resumed_from": None, "protocol": 2}, frozenset(), "/c/step_150")
+    assert fresh[0].key == "resume" and fresh[0].text and fresh[1].kind == "resume_skipped"  # type: ignore[union-attr]
+    assert decide.record({"kind": "progress", "step": 1, "loss": 1.0}, frozenset(), "") == []

@@ -16,12 +16,16 @@ from daemon.core.decisions import (
     Emit,
     Goto,
     Hold,
+    HoldForDisk,
     Problem,
     Release,
     Remember,
     UncapClock,
 )
 from daemon.core.observation import Memory, Observation
+from daemon.job.diskfull import says_full
+from daemon.job.progress import ProgressRecord
+from daemon.job.resume import skipped_resume
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config
 from daemon.policy.states import State
@@ -63,6 +67,30 @@ def sensor(obs: Observation, mem: Memory) -> list[Decision]:
         out.append(Emit("sensor", msg, "warn"))
     out += [Problem("sensor", msg), Problem("sensor_read", None)]
     return out
+
+
+def record(rec: ProgressRecord, holds: frozenset[str], resume_passed: str) -> list[Decision]:
+    """What a job's record says (its checkpoint and losses are the Supervisor's and LossWatch's):
+    a failed checkpoint (on a full disk the run is held: training on would only widen the
+    loss), a hold acknowledged, a start that resumed -- or that skipped the resume it was given
+    (``resume_passed``, NIGHTSHIFT_RESUME: never a silent fresh start)."""
+    kind = rec.get("kind")
+    if kind == "checkpoint_error":
+        out: list[Decision] = [Emit("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
+                                    f"{rec.get('error')}; the previous checkpoint stays usable", "warn")]
+        if says_full(str(rec.get("error"))):
+            out.append(HoldForDisk(f"the checkpoint at step {rec.get('step')} did not fit", restart=False))
+        return out
+    if kind == "held":  # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
+        return [Emit("held", f"job held at step {rec.get('step')} (checkpoint saved)",
+                     data={"detail": holds == {"thermal"}})]
+    if kind == "start":
+        out = [Emit("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")] \
+            if rec.get("resumed_from") else []
+        skipped = skipped_resume(resume_passed, rec)
+        return out + ([Problem("resume", None)] if skipped is None else
+                      [Problem("resume", skipped), Emit("resume_skipped", skipped, "warn")])
+    return []
 
 
 def gpu_problems(found: list[str], mem: Memory) -> list[Decision]:

@@ -136,8 +136,10 @@ class AfterStop:
 
 @dataclass(frozen=True)
 class HoldForDisk:
-    """The disk is full: hold the run until there is room (``what`` hit it)."""
+    """The disk is full: hold the run until there is room (``what`` hit it). ``restart``: the
+    job died of it: it starts again once there is room."""
     what: str
+    restart: bool = True
 
 
 @dataclass(frozen=True)

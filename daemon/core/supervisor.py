@@ -521,26 +521,9 @@ class Supervisor:
             self._update_run(step=step)
             self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), step,
                                               int(self.cfg["checkpoint"]["keep"])))
-        elif kind == "checkpoint_error":
-            self.event("checkpoint_error", f"checkpoint at step {rec.get('step')} failed: "
-                       f"{rec.get('error')}; the previous checkpoint stays usable", "warn")
-            if says_full(str(rec.get("error"))):  # training on would only widen the loss
-                self._hold_for_disk(f"the checkpoint at step {rec.get('step')} did not fit", False)
-        elif kind == "held":
-            # a thermal hold's ack is part of its pause (one line: paused_hot); yours is news
-            self.event("held", f"job held at step {rec.get('step')} (checkpoint saved)",
-                       detail=set(self.holds) == {"thermal"})
-        elif kind == "start":
-            if rec.get("resumed_from"):
-                self.event("resumed", f"job resumed at step {rec.get('step')} from {rec['resumed_from']}")
-            from daemon.job.resume import skipped_resume
-            skipped = skipped_resume(self.resume_passed, rec)
-            if skipped is None:
-                self.problems.pop("resume", None)
-            else:  # never a silent fresh start (issue 31)
-                self.problems["resume"] = skipped
-                self.event("resume_skipped", skipped, "warn")
-        elif kind == "progress":
+        else:
+            self._apply(decide.record(rec, frozenset(self.holds), self.resume_passed))
+        if kind == "progress":
             self._apply(self.losses.spike(rec, self.p.divergence, self.cfg["divergence"], self._acting(),
                                           Path(self.checkpoint_dir), self.run.get("skip_steps") or ""))
 
@@ -1063,7 +1046,7 @@ class Supervisor:
             elif isinstance(a, AfterStop):
                 self._after_stop(a.intent)
             elif isinstance(a, HoldForDisk):
-                self._hold_for_disk(a.what, True)
+                self._hold_for_disk(a.what, a.restart)
             elif isinstance(a, Recover):
                 self.recovering.begin(self.mono())
                 self.set_state(State.RECOVERING, a.reason)
