@@ -136,3 +136,15 @@ def test_a_records_words_failed_checkpoint_hold_ack_and_a_skipped_resume():
     fresh = decide.record({"kind": "start", "step": 0, "resumed_from": None, "protocol": 2}, frozenset(), "/c/step_150")
     assert fresh[0].key == "resume" and fresh[0].text and fresh[1].kind == "resume_skipped"  # type: ignore[union-attr]
     assert decide.record({"kind": "progress", "step": 1, "loss": 1.0}, frozenset(), "") == []
+
+
+def test_the_start_waits_outside_the_schedule_said_once_per_reason_and_while_the_gpu_cools():
+    from daemon.core.decisions import Emit, Goto, Hold, Release
+    assert decide.start_gate(None, {}) == (True, [])
+    assert decide.start_gate((True, "within hours"), {"schedule": "before 22:00"}) == (
+        True, [Release("schedule", quiet=True)])
+    assert decide.start_gate((False, "before 22:00"), {}) == (
+        False, [Hold("schedule", "before 22:00", quiet=True), Emit("schedule", "waiting to start: before 22:00")])
+    assert decide.start_gate((False, "before 22:00"), {"schedule": "before 22:00"}) == (False, [])
+    go, said = decide.start_gate(None, {"thermal": "edge 95C"})
+    assert not go and said == [Goto(State.COOLING, "the job restarts once the GPU has cooled (edge 95C)")]

@@ -93,6 +93,22 @@ def record(rec: ProgressRecord, holds: frozenset[str], resume_passed: str) -> li
     return []
 
 
+def start_gate(schedule: tuple[bool, str] | None, holds: dict[str, str]) -> tuple[bool, list[Decision]]:
+    """May the job start now (its backoff over, the disk with room)? Not outside the schedule's
+    hours (held for it, said once per reason), nor while the GPU cools (a job that died cooling,
+    or a restart: it starts when the thermal hold ends). ``schedule``: its verdict, if any."""
+    out: list[Decision] = []
+    if schedule is not None:
+        ok, why = schedule
+        if not ok:
+            return False, [] if holds.get("schedule") == why else [
+                Hold("schedule", why, quiet=True), Emit("schedule", f"waiting to start: {why}")]
+        out.append(Release("schedule", quiet=True))
+    if "thermal" in holds:
+        return False, out + [Goto(State.COOLING, f"the job restarts once the GPU has cooled ({holds['thermal']})")]
+    return True, out
+
+
 def gpu_problems(found: list[str], mem: Memory) -> list[Decision]:
     """What the sensor found wrong at start (a HIP_VISIBLE_DEVICES matching no card, a wrong
     ``[gpu] card``...): in status and one event each. Its "no temperature" problem is

@@ -762,16 +762,10 @@ class Supervisor:
             return
         if "disk" in self.holds and not self._disk_room():
             return  # a job started on a full disk dies at its first write: wait for space
-        if self.p.schedule is not None:
-            ok, why = self.p.schedule.should_run(now)
-            if not ok:
-                if self.holds.get("schedule") != why:
-                    self.holds["schedule"] = why
-                    self.event("schedule", f"waiting to start: {why}")
-                return
-            self.holds.pop("schedule", None)
-        if "thermal" in self.holds:  # died while cooling (or a restart): start when the hold ends
-            self.set_state(State.COOLING, f"the job restarts once the GPU has cooled ({self.holds['thermal']})")
+        go, said = decide.start_gate(self.p.schedule.should_run(now) if self.p.schedule is not None else None,
+                                     self.holds)
+        self._apply(said)
+        if not go:
             return
         plan = await self.starter.plan(self._start_context(self.forced_resume))
         self.forced_resume = None
