@@ -51,6 +51,7 @@ def seen(tmp: Path, kind: str) -> int:
 
 
 @pytest.mark.torture
+@pytest.mark.timeout(600)  # 57 s quiet; over 300 s at load 9 (two CPU burners beside the suite)
 def test_kill9_at_random_moments_resumes_bit_exactly(tmp_path):
     steps = 200
     ref = tmp_path / "ref"
