@@ -783,13 +783,7 @@ class Store:
                                        None if sources is None else json.dumps(sources), row_id))
 
     def resets(self, run_id: int | None = None, since: float | None = None) -> list[ResetRow]:
-        sql, args = "SELECT * FROM resets WHERE 1=1", list[object]()
-        if run_id is not None:
-            sql += " AND run_id=?"
-            args.append(run_id)
-        if since is not None:
-            sql += " AND t>=?"
-            args.append(since)
+        sql, args = _run_since("SELECT * FROM resets", run_id, since)
         out = []
         for row in self.db.execute(sql + " ORDER BY t", args):
             d = dict(row)
@@ -829,13 +823,7 @@ class Store:
     def readings(self, run_id: int | None = None, since: float | None = None,
                  limit: int = 2000) -> list[ReadingRow]:
         """Oldest first, at most ``limit`` rows, evenly thinned over a long night."""
-        sql, args = "SELECT * FROM readings WHERE 1=1", list[object]()
-        if run_id is not None:
-            sql += " AND run_id=?"
-            args.append(run_id)
-        if since is not None:
-            sql += " AND t>=?"
-            args.append(since)
+        sql, args = _run_since("SELECT * FROM readings", run_id, since)
         rows = [cast(ReadingRow, dict(r)) for r in self.db.execute(sql + " ORDER BY t", args)]
         if len(rows) > limit:
             stride = len(rows) / limit
@@ -872,3 +860,16 @@ def _private_file(p: Path, mode: int = 0o600) -> None:
             os.chmod(p, mode)
     except OSError:
         pass  # missing, or not ours to change
+
+
+def _run_since(select: str, run_id: int | None, since: float | None) -> tuple[str, list[object]]:
+    """``select`` narrowed to one run and to rows from ``since`` on, when given (the resets'
+    and the readings' queries)."""
+    where, args = [], list[object]()
+    if run_id is not None:
+        where.append("run_id=?")
+        args.append(run_id)
+    if since is not None:
+        where.append("t>=?")
+        args.append(since)
+    return select + (" WHERE " + " AND ".join(where) if where else ""), args
