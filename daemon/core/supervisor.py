@@ -1120,7 +1120,7 @@ class Supervisor:
             now, self.state.value, f"run {self.run_id} ({job['name']})", max(0, (f.total_steps or 0) - (f.step or 0)),
             f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
             self.local_eta_s(now), self._deadline(now), self.resets_in_window(now), self.recovering.gpu_unusable,
-            float(self.run.get("cloud_cost_usd") or 0.0), self.store.queue())))
+            float(self.run.get("cloud_cost_usd") or 0.0), self.book.waiting())))
 
     @property
     def stop_loss(self) -> tuple[int, float] | None:

@@ -12,7 +12,12 @@ directory (``runs/<N>/run.json``, and ``outcome.json`` once it ends), so a store
 corruption re-creates each run with its own command instead of the config's.
 
 The queue lives in the store (names of env vars only; values in ``queue-env/<id>.json``,
-daemon/night/queueenv.py). Edits come from the API through the Supervisor's tick.
+daemon/night/queueenv.py). Edits come from the API through the Supervisor's tick. The waiting
+entries are read from the store once and kept here, every edit written through to that copy
+(issue 30: the status read them from SQLite at each build, about once a second): the book is the
+queue's only writer while the daemon holds the state dir's lock. While the store cannot be written
+or read (writes kept in memory, a problem) the copy is dropped and each read goes to the file, as
+the run rows do (a queued write must not show before it lands).
 """
 
 from __future__ import annotations
@@ -98,6 +103,14 @@ class QueueEdit:
     added: bool = False  # an entry was added: an idle daemon starts it
 
 
+def _without(entries: list[QueueRow], qid: int) -> list[QueueRow]:
+    return [e for e in entries if e["id"] != qid]
+
+
+def _by_position(entries: list[QueueRow]) -> list[QueueRow]:
+    return sorted(entries, key=lambda e: (e["pos"], e["id"]))  # as Store.queue orders them
+
+
 class RunBook:
     def __init__(self, store: Store, cfg: Config, clock: Callable[[], float],
                  runs_dir: Path, read_only: bool = False):
@@ -106,6 +119,7 @@ class RunBook:
         self.clock = clock
         self.runs_dir = runs_dir  # <state_dir>/runs (or the read-only fallback's)
         self._qenv: QueueEnv | None = None
+        self._waiting: list[QueueRow] | None = None  # the waiting entries, in order (see above)
         self.read_only = read_only  # the CLI's view of a stopped daemon's store (daemon/commands/offline.py)
 
     # ================================================================== history
@@ -141,6 +155,7 @@ class RunBook:
         self._write_history(rec, night)
         if entry is not None:
             self.store.queue_set(entry["id"], state="started", run_id=run_id)
+            self._wrote(lambda q: _without(q, entry["id"]))
         return rec
 
     def _write_history(self, rec: RunRecord, night: float | None) -> None:
@@ -263,6 +278,7 @@ class RunBook:
                 self.store.queue_add(rec.name, rec.command, dict.fromkeys(rec.env_names, REDACTED),
                                      "recovered", rec.resume_command, rec.total_steps,
                                      entry_id=rec.queue_id, state="started", run_id=rec.id)
+                self._waiting = None  # a started entry: not waiting, but read anew to be sure
             self._write_history(rec, None)
             if outcome.get("state"):
                 self.store.update_run(rec.id, state=str(outcome["state"]), ended=outcome.get("ended"),
@@ -297,6 +313,7 @@ class RunBook:
             self._qenv = QueueEnv(d.get("_fallback_dir") or d["state_dir"], read_only=self.read_only)
             for qid, env in ({} if self.read_only else self.store.take_queue_env()).items():  # an older db's
                 self._qenv.put(qid, env)
+                self._waiting = None  # its env column now holds names only: read anew
         return self._qenv
 
     def queued_env(self, row: RunRow) -> dict[str, str]:
@@ -314,18 +331,37 @@ class RunBook:
             if q is None:
                 qid = self.store.queue_add(item["name"], item["command"], item["env"], "config",
                                            item["resume_command"], item["total_steps"])
+                self._waiting = None  # at start only: read anew
             elif q["state"] == "removed":
                 continue  # it will never run: its values are not wanted back
             else:
                 qid = int(q["id"])
             self._qenv_obj().put(qid, item["env"])  # the values, from the config, kept out of the store
 
+    def _cacheable(self) -> bool:
+        """The copy is kept only while the store holds what was written and reads it well."""
+        return not self.read_only and not self.store.pending_writes and self.store.problem is None
+
+    def _entries(self) -> list[QueueRow]:
+        """The waiting entries, oldest position first: the copy, or the store when none is kept
+        (the caller must not change them)."""
+        if self._waiting is not None and self._cacheable():
+            return self._waiting
+        rows = self.store.queue()
+        self._waiting = rows if self._cacheable() else None
+        return rows
+
+    def _wrote(self, change: Callable[[list[QueueRow]], list[QueueRow]]) -> None:
+        """An edit was written to the store: the same edit to the copy (none kept: nothing to do)."""
+        if self._waiting is not None:
+            self._waiting = change(self._waiting) if self._cacheable() else None
+
     def waiting(self) -> list[QueueRow]:
-        return self.store.queue()
+        return [cast(QueueRow, dict(q)) for q in self._entries()]
 
     def queue(self) -> list[QueueItem]:
         return [{"id": q["id"], "name": q["name"], "command": q["command"], "env": q["env"],
-                 "total_steps": q["total_steps"], "source": q["source"]} for q in self.store.queue()]
+                 "total_steps": q["total_steps"], "source": q["source"]} for q in self._entries()]
 
     def add(self, arg: Mapping[str, object]) -> tuple[Answer, int | None]:
         """(answer, the new entry's id or None when refused)."""
@@ -342,6 +378,12 @@ class RunBook:
         name = name or f"run-{self.store.queue_next_id()}"
         qid = self.store.queue_add(name, command, env, "cli", total_steps=total_steps)
         self._qenv_obj().put(qid, env)  # values kept out of the store (daemon/night/queueenv.py)
+        # the row as stored, read by its id (O(1) in the queue's length, like the add)
+        row = self.store.queue_entry(qid) if self._waiting is not None and self._cacheable() else None
+        if row is None:
+            self._waiting = None  # read anew at the next read
+        else:
+            self._wrote(lambda q: _by_position([*_without(q, qid), row]))
         return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
                 f"{self.store.queue_position(qid)}"}, qid
 
@@ -374,15 +416,19 @@ class RunBook:
 
     def remove(self, qid: int) -> None:
         self.store.queue_set(qid, state="removed")
+        self._wrote(lambda q: _without(q, qid))
         self._qenv_obj().drop(qid)  # it will never run: its values go (a run's stay: its `changes`)
 
     def move(self, qid: int, to: int) -> int:
-        ids = [q["id"] for q in self.store.queue()]
+        ids = [q["id"] for q in self._entries()]
         to = max(1, min(to, len(ids)))
         order = [i for i in ids if i != qid]
         order.insert(to - 1, qid)
         for pos, i in enumerate(order, 1):
             self.store.queue_set(i, pos=float(pos))
+        new_pos = {i: float(pos) for pos, i in enumerate(order, 1)}
+        self._wrote(lambda q: _by_position([cast(QueueRow, {**e, "pos": new_pos.get(e["id"], e["pos"])})
+                                            for e in q]))
         return to
 
     # ================================================================== the table
