@@ -482,7 +482,7 @@ class Supervisor:
         """How long the loop may sleep now (daemon/policy/tickrate.py)."""
         r = self.runner
         steady = None
-        if self.state == State.RUNNING and r is not None and r.running and not r.stopping \
+        if self.state in (State.RUNNING, State.COOLING) and r is not None and r.running and not r.stopping \
                 and not self.commands and not self.shutting_down and self.stop_signal is None \
                 and self.exit_intent is None and not self._next_run_due:
             steady = rules.Liveness(started_at=r.started_at if r.started_at is not None else self.mono(),

@@ -24,6 +24,7 @@ from daemon.core import parts as build
 from daemon.core.supervisor import Parts, Supervisor
 from daemon.job.jobproc import ProcessOptions
 from daemon.job.jobrunner import JobRunner, default_spawn
+from daemon.policy import tickrate
 from daemon.policy.cfgtypes import Config
 from daemon.service.polltimer import PollTimer
 from daemon.service.sdnotify import Notifier as SdNotifier
@@ -129,9 +130,9 @@ async def run_loop(cfg: Config, sup: Supervisor) -> int:
             if wd and time.monotonic() >= wd_next:
                 sd.watchdog()  # a wedged loop stops these and systemd restarts us
                 wd_next = time.monotonic() + wd
-            # 0.2 s, or 1 s while a job trains and nothing waits (policy/tickrate.py); asyncio's
-            # timers are monotonic too
-            await wake.sleep(min(sup.tick_wait_s(), poll.wait_s()))
+            # 0.2 s, 1 s while a job trains and nothing waits, up to the next poll while it is
+            # held (policy/tickrate.py); asyncio's timers are monotonic too
+            await wake.sleep(tickrate.sleep_s(sup.tick_wait_s(), poll.wait_s()))
         sd.stopping(f"stopping ({sup.state.value})")
         sup.close()
     finally:
