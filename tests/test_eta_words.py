@@ -227,7 +227,9 @@ def test_the_status_json_has_the_eta_as_a_clock_time_and_its_words(tmp_path):
 
 def test_the_supervisor_tells_the_meter_the_time_it_spends_restarting_the_job(tmp_path):
     """A crash: the 3 s back-off and the new process loading are restarting time, measured
-    apart from the training and pausing (the ETA counts restarts at their whole-run rate)."""
+    apart from the training and pausing: one fault, its cost measured. The ETA expects more at
+    the rate policy/faults.py estimates (one crash in 50 s is not 70 an hour: the prior holds
+    it near one in 2-4 h), not at the run's own rate (which made it 10% longer here)."""
     from tests.harness import Behaviour, Harness, config
 
     async def go():
@@ -241,8 +243,10 @@ def test_the_supervisor_tells_the_meter_the_time_it_spends_restarting_the_job(tm
         restarted = sup.progress._restart - sup.progress.samples[0].restart_s
         assert before == 0.0 and 3.0 <= restarted <= 6.0, (before, restarted, h.events()[-4:])
         assert sup.snapshot["eta_basis"] == "progress"
-        remaining = (1000 - sup.snapshot["step"]) / 2.0  # 2 steps/s, restarts 3.6 s in 50 s
-        assert sup.snapshot["eta_s"] == pytest.approx(remaining * 1.1, rel=0.1)
+        ahead = sup.progress.rate().faults
+        assert sup.progress.faults == 1 and ahead.measured and ahead.cost_s >= restarted, ahead
+        remaining = (1000 - sup.snapshot["step"]) / 2.0  # 2 steps/s
+        assert sup.snapshot["eta_s"] == pytest.approx(remaining, rel=0.04)
     _run(go())
 
 

@@ -4,16 +4,31 @@
 rate (steps per second over the night, the time bringing the job back after a fault and the
 thermal pauses told apart), fed once per tick from a copy of the run's state. Training means:
 running, not held, and this attempt has reported since it started (the interpreter's start-up,
-the torch import and the restore are not training). It writes no run state.
+the torch import and the restore are not training). It writes no run state. The fault prior (policy/faults.py) comes from this machine's past runs
+in the store (``history_prior``), set when a run is attached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from daemon.job.status import JobFacts
-from daemon.policy import eta
+from daemon.policy import eta, faults
 from daemon.policy.states import LOCAL_STATES, State
+from daemon.state.store import RunRow
+
+
+def history_prior(runs: Iterable[RunRow], current: int | None) -> faults.FaultPrior:
+    """The fault prior from this machine's other runs that ran a job: their restarts over
+    their time (created to ended or last update, less the time in the cloud)."""
+    n, up = 0, 0.0
+    for r in runs:
+        if r.get("id") == current or not r.get("has_run"):
+            continue
+        end = r.get("ended") or r.get("updated") or 0.0
+        up += max(0.0, float(end) - float(r.get("created") or end) - float(r.get("cloud_seconds") or 0.0))
+        n += int(r.get("restarts") or 0)
+    return faults.prior_from_history(n, up)
 
 
 class Pace:
@@ -37,6 +52,10 @@ class Pace:
         self.progress.note(mono, facts.step, state.value in LOCAL_STATES and not ({"user", "schedule"} & set(holds)),
                            restarting=loading or state in (State.RECOVERING, State.STARTING),
                            cooling=state == State.COOLING)
+
+    def use_prior(self, prior: faults.FaultPrior) -> None:
+        """The faults expected before this run shows its own (policy/faults.py)."""
+        self.progress.prior = prior
 
     def eta_s(self, now: float, facts: JobFacts) -> float | None:
         """Time to the end here at the steady rate divided by the measured duty cycle."""

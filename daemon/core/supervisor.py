@@ -65,7 +65,7 @@ from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
-from daemon.core.pace import Pace
+from daemon.core.pace import Pace, history_prior
 from daemon.core.recovering import Probe, Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
@@ -705,6 +705,7 @@ class Supervisor:
         if self.adopter is not None and self.run.get("resume_from"):
             self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
         self.p.offloader.for_run(self.run_id, self.run_dir)
+        self.pace.use_prior(history_prior(self.store.runs(), self.run_id))  # the faults expected (ETA)
 
     def _restart_now(self, reason: str, resume: str | None = None) -> None:
         self.forced_resume = resume

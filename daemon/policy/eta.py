@@ -7,13 +7,15 @@ recomputed after a reset included. Time held by you or the schedule is left out 
 (it says nothing about how fast the rest goes; the ETA is not shown while held). A window that
 grows with the run converges: an hour of history is not swung by one cooling pause, which is
 what made the old ETA jump 12m55s -> 22m04s within two minutes. Once the run has paused a few
-times its start weighs less, and restarts after faults count at their whole-run rate
-(``ProgressMeter.rate``): counted evenly over the whole run, a cold chip's first long stretch
-made the ETA of the recorded thermal night (bench/results/eta.json) 17% short at a third and
-at two thirds of it; replayed through this meter from the same samples (a pause read where
-the step stood still), -6% and -11%. The resets still ahead are the one thing no estimate from
-the run itself can see (the demo's come at 35% and 70% of its steps: its ETA at a third stays
-short by their restarts). While the window is short against what is left, the ETA is a range (``low_s``..``high_s``): half-width
+times its start weighs less (``ProgressMeter.rate``): counted evenly over the whole run, a
+cold chip's first long stretch made the ETA of the recorded thermal night
+(bench/results/eta.json) 17% short at a third and at two thirds of it; replayed through this
+meter from the same samples (a pause read where the step stood still), -6% and -11%. Faults
+(resets, crashes) are counted apart, as the time still expected to be lost to them
+(policy/faults.py: a Poisson rate with a prior, times the measured cost of one); read off the
+run alone, the thermal night's one reset at 60% of it made the ETA at two thirds 20% long.
+Which resets are still ahead no estimate can see (the demo's come at 35% and 70% of its
+steps, many times the prior's rate: its ETA stays short by their restarts). While the window is short against what is left, the ETA is a range (``low_s``..``high_s``): half-width
 ``RANGE_K * remaining / (remaining + observed)`` of the estimate, widened to the estimate from
 the window's recent half when that disagrees. Before that, the duty-cycle estimate below, with
 a wide range.
@@ -47,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypedDict
 
+from daemon.policy import faults as faults_mod
 from daemon.policy.jsonvalue import JSONObject
 
 WINDOW_S = 3600.0
@@ -92,6 +95,7 @@ class NetRate:
     rate: float
     recent_rate: float | None
     observed_s: float
+    faults: faults_mod.Outlook | None = None  # the faults still expected (policy/faults.py)
 
 
 class Sample(NamedTuple):
@@ -121,6 +125,11 @@ class ProgressMeter:
     _last_restarting: bool = False
     pauses: int = 0  # thermal pauses since the first report (the cycles seen)
     _cooling: bool = False
+    # faults since the first report: a restart that begins after steps were gained since the
+    # last one began (a reset's recovery, a cooling wait and the new process loading are one)
+    faults: int = 0
+    _fault_fwd: int | None = None
+    prior: faults_mod.FaultPrior = field(default_factory=faults_mod.default_prior)
 
     def note(self, now: float, step: int | None, counting: bool, restarting: bool = False,
              cooling: bool = False) -> None:
@@ -128,6 +137,12 @@ class ProgressMeter:
             self._counted += now - self._last_now
             if self._last_restarting:
                 self._restart += now - self._last_now
+        if counting and restarting and not self._last_restarting and self.samples:
+            prev = self.samples[-1]
+            fwd = prev.fwd + (max(0, step - prev.step) if step is not None else 0)  # as of now
+            if self._fault_fwd is None or fwd > self._fault_fwd:
+                self.faults += 1
+                self._fault_fwd = fwd
         self._last_now, self._last_counting = now, counting
         self._last_restarting = counting and restarting
         if cooling and not self._cooling and self.samples:
@@ -156,8 +171,9 @@ class ProgressMeter:
         ramp grows in from none at ``RAMP_PAUSES`` pauses seen to its length at twice as many:
         over a few long cycles, weighing some of them less would weigh their pause or their
         training more than the cycle does, and the ETA would swing with where in a pause it is
-        asked. The faults (time restarting, steps thrown away by a rewind), rare, from the
-        whole run: one reset in a short window would weigh as if it came that often."""
+        asked. The faults (time restarting, steps thrown away by a rewind), rare: the time
+        ahead is stretched by the faults still expected (policy/faults.py: a rate shrunk
+        towards ``prior`` while little has been seen, times the measured cost of one)."""
         if len(self.samples) < 2:
             return None
         first, last = self.samples[0], self.samples[-1]
@@ -180,10 +196,11 @@ class ProgressMeter:
         restart = self._restart - first.restart_s
         if busy <= 0 or span - restart <= 0:  # restarting all along so far: the plain net rate
             return NetRate((last.step - first.step) / span, recent, span)
-        fwd = last.fwd - first.fwd
-        lost = (last.lost - first.lost) / fwd if fwd > 0 else 0.0
-        rate = gained / busy * max(0.0, 1.0 - lost) / (1.0 + restart / (span - restart))
-        return NetRate(rate, recent, span)
+        cycle = gained / busy  # steps per second up, pauses included, redone steps counted
+        seen = faults_mod.Seen(self.faults, span - restart, restart, last.lost - first.lost,
+                           startup_s=first.restart_s)
+        ahead = faults_mod.outlook(self.prior, seen, cycle)
+        return NetRate(cycle / (1.0 + ahead.overhead), recent, span, ahead)
 
     def _at(self, t: float) -> Sample:
         """The sample in force at counted time ``t``: the last one at or before it."""
