@@ -97,3 +97,47 @@ def test_a_job_that_starts_slowly_at_full_clock_is_then_governed_under_the_pause
     assert gov.state.cap_mhz is not None and abs(gov.state.cap_mhz - true) <= 75, gov.reason
     assert sim.read_cap() == gov.state.cap_mhz  # the cap reached the chip
     assert gov.state.learned_mhz is not None and abs(gov.state.learned_mhz - true) <= 50, gov.reason
+
+
+def test_after_a_reset_the_cap_holds_while_the_chip_cools_instead_of_returning_to_full_clock(tmp_path):
+    """Issue 29: after a reset the cap went back to the top clock while the chip cooled (no job
+    computing), then was capped again once the job trained. The demo's governed chip on a fake
+    clock: governed to its sustainable clock, then 15 s of reset, recovery and loading (no load,
+    no step), then training again."""
+    t = [0.0]
+    chip = {"time_scale": 60.0, "ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 600.0,
+            "tau_cool_s": 400.0, "reset_at_c": 150.0}
+    load = [1.0]
+    sim = SimulatedGPU(tmp_path / "chip", chip, clock=lambda: t[0], cpu_fn=None, load_fn=lambda: load[0])
+    sensor = open_sensor({"sensor": "simulated", "sysfs_root": str(sim.root), "card": None},
+                         clock=lambda: t[0])
+    gov, _ = make(tmp_path, port=GovernorPort(sim.device_dir, write=simgpu.sysfs_write))
+    cfg = {**CFG, "gpu": {**CFG["gpu"], "poll_interval_s": 0.2}}
+    step, i = 0.0, 0
+
+    def poll(training: bool) -> None:
+        nonlocal step, i
+        t[0] = i * 0.2
+        i += 1
+        load[0] = 1.0 if training else 0.0
+        sim.step(0.2)
+        if training:
+            step += 10 * sim.speed() * 0.2
+        gov.step(sensor.read(), t[0], job_step=int(step), training=training, cfg=cfg)
+
+    for _ in range(int(40 / 0.2)):
+        poll(True)
+    held = gov.state.cap_mhz
+    assert held is not None and held < 2600, gov.reason
+    cooled_from = sim.temp
+    caps = []
+    for _ in range(int(15 / 0.2)):  # the reset, the probe, the new process loading
+        poll(False)
+        caps.append(gov.state.cap_mhz)
+    assert sim.temp < cooled_from - 10, "the chip cooled"
+    assert max(c or 2700 for c in caps) <= held, f"the cap rose to {max(c or 2700 for c in caps)} while cooling"
+    edges = []
+    for _ in range(int(20 / 0.2)):  # training again: a cool chip may run faster, then is held
+        poll(True)
+        edges.append(sim.temp)
+    assert max(edges) < 88.0 and gov.state.cap_mhz is not None and gov.state.cap_mhz < 2600, gov.reason

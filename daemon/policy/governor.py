@@ -39,6 +39,8 @@ Choices, each deliberate:
   steps. The steady-state miss that remains (a wrong a, a warmer room) is ``offset_c``'s, an
   integrator that cannot change the loop's gain.
 - Above the setpoint the cap never rises (hot means "not faster", whatever the model says).
+  Nor while the job does not compute (``GovObs.computing``): a chip cooling under no load
+  says nothing of the clock the load will sustain.
 - Caps are multiples of ``STEP_MHZ`` inside OD_RANGE and change only by at least one step, so
   noise does not rewrite the cap every poll.
 - Unknown edge (a reset: every read fails with EPERM) keeps the cap and learns nothing.
@@ -299,6 +301,11 @@ def decide_governor(obs: GovObs, state: GovState, cfg: ThermalConfig) -> GovDeci
     new = min(max(new, cap - step), cap + step)
     if edge > target and new > cap:
         new = cap  # hot: never faster
+    if not obs.computing and new > cap:
+        # not computing (a reset's recovery, the new process loading, a pause): the chip cools
+        # because the load is gone, not because the cap is low; raised now, it came back to the
+        # top clock and had to be capped again once the job computed (issue 29)
+        new = cap
     if abs(new - cap) < (2 if abs(edge - target) <= HOLD_C else 1) * STEP_MHZ:
         new = cap  # at the setpoint a one-step wish is quantization dither: keep the cap
     busy = obs.clock_mhz is not None and obs.clock_mhz > lo + STEP_MHZ
