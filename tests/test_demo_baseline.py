@@ -27,3 +27,38 @@ def test_the_summary_says_the_governed_pauses_beside_pausing_alone():
     assert "for the same 250 steps" in line and "the cap cost ~2 s of training (0.94x speed)" in line
     plain = demo.summary({**st, "governor": None}, 40.0, [], [], None)
     assert "vs pausing" not in plain  # the plain demo has nothing to compare
+
+
+GOVERNED_THEN_COOLED = {
+    "display_state": "DONE", "step": 250, "total_steps": 250, "resets": {"total": 1},
+    # the last snapshot: the job finished, the chip cooled, the cap is the top clock again
+    "governor": {"cap_mhz": 2700, "top_mhz": 2700, "learned_mhz": 2425, "speed": 0.94, "pauses": 0,
+                 "line": "governed at 2700 MHz (1.00x clock), edge 61 C, 0 pauses in 1 min",
+                 "held_s": 21.4, "held_mean_mhz": 2512, "held_min_mhz": 2450, "problem": None}}
+
+
+def test_the_summary_says_the_caps_held_during_the_run_not_the_cap_at_its_end():
+    """Issue 29: the summary said "governed at 2700 MHz (1.00x clock)" of a run held at ~2500
+    MHz: the cap at the end, after the finished chip cooled."""
+    text = demo.summary(GOVERNED_THEN_COOLED, 40.0, [{"kind": "state"}], [], None)
+    line = next(x for x in text.splitlines() if x.startswith("governor:"))
+    assert line == ("governor:        held a cap for 21 s: 2512 MHz on average (0.93x the top clock), "
+                    "lowest 2450 MHz, 0.94x speed; 0 pauses since it engaged; learned 2425 MHz "
+                    "(the next night of this job starts there)"), line
+    assert "2700" not in line and "1.00x" not in line
+
+
+def test_a_chip_that_never_needed_a_cap_is_said_to_have_stayed_at_full_clock():
+    st = {**GOVERNED_THEN_COOLED, "governor": {**GOVERNED_THEN_COOLED["governor"], "held_s": 0.0,
+                                               "held_mean_mhz": None, "held_min_mhz": None, "pauses": 1,
+                                               "learned_mhz": None}}
+    line = next(x for x in demo.summary(st, 40.0, [], [], None).splitlines() if x.startswith("governor:"))
+    assert line.startswith("governor:        never capped the clock: the chip stayed under the "
+                           "setpoint at full clock; 1 pause since it engaged; learned - MHz"), line
+
+
+def test_a_governor_that_cannot_cap_says_so_in_the_summary():
+    st = {**GOVERNED_THEN_COOLED, "governor": {**GOVERNED_THEN_COOLED["governor"], "problem": "no overdrive",
+                                               "line": "governor cannot cap the clock; pausing only (see the problem)"}}
+    line = next(x for x in demo.summary(st, 40.0, [], [], None).splitlines() if x.startswith("governor:"))
+    assert "cannot cap the clock; pausing only" in line and "held" not in line

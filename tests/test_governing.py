@@ -141,3 +141,16 @@ def test_after_a_reset_the_cap_holds_while_the_chip_cools_instead_of_returning_t
         poll(True)
         edges.append(sim.temp)
     assert max(edges) < 88.0 and gov.state.cap_mhz is not None and gov.state.cap_mhz < 2600, gov.reason
+
+
+def test_the_caps_held_are_weighed_by_how_long_each_held_and_full_clock_is_no_cap(tmp_path):
+    """What a run's summary says of the governor (issue 29): 2500 MHz for 10 s then 2400 MHz
+    for 30 s is 2425 MHz on average over 40 s, lowest 2400; the top clock after it is not held."""
+    from daemon.policy.governor import CapLog
+    log = CapLog().add(0.0, None).add(5.0, 2500).add(15.0, 2400).add(45.0, None).add(100.0, None)
+    assert log.held_s == 40.0 and log.mean_mhz == 2425 and log.lowest_mhz == 2400
+    gov, _ = make(tmp_path)
+    for i in range(60):
+        gov.step(hot(1e9 + i), 100.0 + i, job_step=i, training=True, cfg=CFG)
+    assert gov.caps.held_s > 0 and gov.caps.lowest_mhz is not None and gov.caps.lowest_mhz < 2700
+    assert gov.caps.lowest_mhz <= gov.caps.mean_mhz < 2700

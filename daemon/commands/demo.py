@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from daemon.commands.demo_baseline import Baseline, pause_only
 from daemon.policy.cfgtypes import Config
+from daemon.policy.governor import held_line
 from daemon.policy.records import GovernorStatus, Status
 from daemon.state import config as config_mod
 from daemon.state.config import TomlValue
@@ -243,6 +244,20 @@ def compare_line(gov: GovernorStatus, pauses: int, base: Baseline, steps: int) -
             f"{cost}")
 
 
+def governed(gov: GovernorStatus) -> str:
+    """The governor over the whole run: the caps it held (time-weighed, the lowest), not the cap
+    at the end, when the finished chip has cooled ("governed at 2700 MHz (1.00x clock)" was
+    said of a run held at ~2500 MHz)."""
+    if gov.get("problem"):
+        return gov.get("line") or "governor cannot cap the clock; pausing only"
+    words = held_line(gov.get("held_s"), gov.get("held_mean_mhz"), gov.get("held_min_mhz"),
+                      gov.get("top_mhz") or 2700)
+    if gov.get("held_s") and (speed := gov.get("speed")):
+        words += f", {speed:.2f}x speed"
+    n = gov.get("pauses") or 0
+    return f"{words}; {n} pause{'' if n == 1 else 's'} since it engaged"
+
+
 def summary(st: Status, wall_s: float, events: list[EventRow],
             etas: list[str] | None = None, baseline: Baseline | None = None) -> str:
     kinds = [e["kind"] for e in events]
@@ -263,8 +278,8 @@ def summary(st: Status, wall_s: float, events: list[EventRow],
     ]
     lines += [f"{'ETA check:':<17}{e}" for e in etas or []]
     gov = st.get("governor")
-    if gov:  # --governor: what it held and learned (the phone's line, from the last snapshot)
-        lines.append(f"{'governor:':<17}{gov['line']}; learned {gov.get('learned_mhz') or '-'} MHz "
+    if gov:  # --governor: what it held over the run, and learned
+        lines.append(f"{'governor:':<17}{governed(gov)}; learned {gov.get('learned_mhz') or '-'} MHz "
                      "(the next night of this job starts there)")
         if baseline is not None:
             lines.append(f"{'vs pausing:':<17}" + compare_line(gov, kinds.count("paused_hot"), baseline,

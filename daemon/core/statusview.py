@@ -129,6 +129,7 @@ def _governor(s: Supervisor, r: Reading | None, mono: float) -> GovernorStatus |
     return {"cap_mhz": g.state.cap_mhz, "learned_mhz": g.state.learned_mhz, "reason": g.reason,
             "speed": speed, "top_mhz": g.top, "pauses": g.pauses, "governed_s": governed,
             "problem": g.state.problem or s.problems.get("governor"),
+            "held_s": round(g.caps.held_s, 1), "held_mean_mhz": g.caps.mean_mhz, "held_min_mhz": g.caps.lowest_mhz,
             "line": status_line(g.state, getattr(r, "edge_c", None), speed=speed, pauses=g.pauses,
                                 governed_s=governed, top_mhz=g.top or 2700)}
 

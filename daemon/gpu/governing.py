@@ -20,7 +20,7 @@ from typing import Protocol
 
 from daemon.gpu.governor_io import GovernorPort, NoDevicePort, ReadingLike, obs_from_reading
 from daemon.policy.cfgtypes import Config, JobConfig
-from daemon.policy.governor import GovState, SpeedMeter, decide_governor
+from daemon.policy.governor import CapLog, GovState, SpeedMeter, decide_governor
 from daemon.policy.jsonvalue import JSONObject
 
 MOVED_MHZ = 200  # a cap change this large (or on/off) is an event; smaller ones are tuning
@@ -59,6 +59,7 @@ class Governor:
         self.since: float | None = None  # when it engaged (its first governed reading)
         self.pauses = 0  # thermal pauses since then (the phone line's "0 pauses in 2 h")
         self.top: int | None = None  # the card's OD_RANGE top clock (the "x clock" fallback)
+        self.caps = CapLog()  # the caps held and for how long (a run's summary says them)
         self._said: str | None = None  # the problem last said (said once, not every poll)
         self.start(key)
 
@@ -69,7 +70,7 @@ class Governor:
         self.state = GovState.start(mem)
         full = mem.get("full_steps_per_s")
         self.speed = SpeedMeter(full_rate=float(full) if isinstance(full, (int, float)) else None)
-        self.since, self.pauses = None, 0
+        self.since, self.pauses, self.caps = None, 0, CapLog()
 
     @staticmethod
     def min_s(poll_interval_s: float) -> float:
@@ -107,6 +108,7 @@ class Governor:
             self.since = mono  # engaged: pauses and hours count from here
         capped = dec.cap_mhz is not None and dec.cap_mhz < (self.top or 1 << 30)  # the top clock is no cap
         self.speed = self.speed.add(mono, job_step, capped, training)
+        self.caps = self.caps.add(mono, dec.cap_mhz if capped and msg is None else None)
         moved = (before is None) != (dec.cap_mhz is None) or \
             (before is not None and dec.cap_mhz is not None and abs(before - dec.cap_mhz) >= MOVED_MHZ)
         if moved:

@@ -388,5 +388,42 @@ class SpeedMeter:
         return self.capped[0] / self.capped[1] / full
 
 
+@dataclass(frozen=True)
+class CapLog:
+    """The caps that were in force while the governor held one, weighed by how long each held:
+    what a run's summary says (the cap at its end, after the finished chip cooled, says
+    nothing of it). A cap at or above the card's top clock is no cap."""
+    mhz_s: float = 0.0  # sum of cap x seconds held
+    held_s: float = 0.0
+    lowest_mhz: int | None = None
+    last: tuple[float, int | None] | None = None  # (t, the cap in force from then; None: none)
+
+    def add(self, now: float, cap_mhz: int | None) -> CapLog:
+        m = self
+        if self.last is not None and self.last[1] is not None and now > self.last[0]:
+            dt = now - self.last[0]
+            m = replace(m, mhz_s=m.mhz_s + dt * self.last[1], held_s=m.held_s + dt)
+        if cap_mhz is not None and (m.lowest_mhz is None or cap_mhz < m.lowest_mhz):
+            m = replace(m, lowest_mhz=cap_mhz)
+        return replace(m, last=(now, cap_mhz))
+
+    @property
+    def mean_mhz(self) -> int | None:
+        return round(self.mhz_s / self.held_s) if self.held_s > 0 else None
+
+
+def held_line(held_s: float | None, mean_mhz: int | None, lowest_mhz: int | None, top_mhz: int,
+              setpoint: float | None = None) -> str:
+    """What the governor did over a run, in words: "held a cap for 21 s: 2510 MHz on average
+    (0.93x the top clock), lowest 2450 MHz", or that it never needed one."""
+    if not held_s or mean_mhz is None:
+        where = f" ({setpoint:g} C)" if setpoint is not None else ""
+        return f"never capped the clock: the chip stayed under the setpoint{where} at full clock"
+    span = f"{held_s:.0f} s" if held_s < 90 else (f"{held_s / 60:.0f} min" if held_s < 5400
+                                                   else f"{held_s / 3600:.1f} h")
+    return (f"held a cap for {span}: {mean_mhz} MHz on average ({mean_mhz / top_mhz:.2f}x the top "
+            f"clock), lowest {lowest_mhz} MHz")
+
+
 def _fmt(mhz: int | None) -> str:
     return "none (full clock)" if mhz is None else f"{mhz} MHz"

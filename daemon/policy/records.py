@@ -176,6 +176,9 @@ class GovernorStatus(TypedDict, total=False):
     governed_s: float | None
     problem: str | None
     line: str
+    held_s: float  # seconds a cap was in force (below the top clock) since it engaged
+    held_mean_mhz: int | None  # the caps in force then, weighed by how long each held
+    held_min_mhz: int | None  # the lowest of them
 
 
 class EtaAt(TypedDict):
