@@ -1,27 +1,58 @@
-"""Building the Supervisor's parts from the config: one function per optional part, used by
-the composition root (daemon/service/app.py) at start and by live reload (daemon/core/reconfig.py)."""
+"""The Supervisor's parts (``Parts``: the outside world it drives through narrow ports) and how
+they are built from the config: one function per optional part, used by the composition root
+(daemon/service/app.py) at start and by live reload (daemon/core/reconfig.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.policy.cfgtypes import Config, workdir
 
 if TYPE_CHECKING:  # each part is imported when it is built: a daemon without it never loads it
+    from daemon.cloud.offloader import Offloader
+    from daemon.core.recovering import Probe
     from daemon.gpu.clockcap import ClockCap
     from daemon.gpu.governor_io import GovernorPort, NoDevicePort
     from daemon.gpu.resets import ResetDetector
     from daemon.gpu.sensors import Sensor
     from daemon.gpu.simgpu import SimulatedGPU
     from daemon.job.adopt import Adopter
+    from daemon.job.jobrunner import JobRunner
     from daemon.job.outputprogress import OutputProgress
     from daemon.night.divergence import DivergenceDetector
     from daemon.night.notify import Notifier
     from daemon.night.schedule import NightSchedule
+    from daemon.state.store import Store
+    from trainer.format import CheckpointInfo
+
+
+
+@dataclass
+class Parts:
+    """The outside world, built by daemon/service/app.py from the config (or by a test)."""
+    store: Store
+    make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
+    offloader: Offloader
+    make_adopter: Callable[[int], Adopter | None] | None = None  # run id -> checkpoint_glob's
+    sensor: Sensor | None = None
+    detector: ResetDetector | None = None
+    simgpu: SimulatedGPU | None = None
+    notifier: Notifier | None = None
+    schedule: NightSchedule | None = None
+    divergence: DivergenceDetector | None = None
+    clockcap: ClockCap | None = None
+    governor: GovernorPort | NoDevicePort | None = None  # [thermal] governor = "clock"
+    probe: Probe | None = None  # a tiny GPU job after a reset (daemon/gpu/probe.py)
+    find_checkpoint: Callable[[str], CheckpointInfo | None] | None = None  # newest valid in a dir
+    output_progress: OutputProgress | None = None  # [job] progress_pattern
+    reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
+    job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
+    disk_free: Callable[[str], int] | None = None  # bytes free where a path lives (diskfull.py)
 
 
 def simgpu(cfg: Config) -> SimulatedGPU | None:

@@ -26,11 +26,11 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
-from daemon.cloud.offloader import Offloader, run_key
+from daemon.cloud.offloader import run_key
 from daemon.core import commanding, decide, exits, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
@@ -60,17 +60,18 @@ from daemon.core.decisions import (
     Wait,
 )
 from daemon.core.diskhold import DiskHold
+from daemon.core.governorloop import GovernorLoop
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
 from daemon.core.pace import Pace, history_prior
-from daemon.core.recovering import Probe, Recovery
+from daemon.core.parts import Parts
+from daemon.core.recovering import Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
 from daemon.core.storeguard import StoreGuard
-from daemon.gpu.governing import Governor, job_key
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
 from daemon.job.classify import classify_exit
@@ -97,57 +98,24 @@ from daemon.state.store import (
     ReadingRow,
     RunFields,
     RunRow,
-    Store,
 )
 
 if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), imported only there
     from daemon.cloud.offload.base import JobSpec, RemoteStatus
-    from daemon.gpu.clockcap import ClockCap
     from daemon.gpu.diagnosis import Diagnosis
-    from daemon.gpu.governor_io import GovernorPort, NoDevicePort
-    from daemon.gpu.resets import ResetDetector
+    from daemon.gpu.governing import Governor
     from daemon.gpu.resets.incident import ResetEvent
-    from daemon.gpu.sensors import Sensor
     from daemon.gpu.sensors.base import Reading
-    from daemon.gpu.simgpu import SimulatedGPU
     from daemon.job.adopt import AdoptedCheckpoint, Adopter
-    from daemon.job.outputprogress import OutputProgress
-    from daemon.night.divergence import DivergenceDetector
-    from daemon.night.notify import Notifier
-    from daemon.night.schedule import NightSchedule
     from daemon.policy.fingerprint import Fingerprint
     from daemon.policy.queueplan import QueuePlan
     from daemon.policy.thermal import ThermalState
-    from trainer.format import CheckpointInfo
 
 log = logging.getLogger("nightshift")
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
 NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
                  "budget": "Cloud budget reached", "divergence": "Loss diverged",
                  "failed": "Training failed", "finished": "Training finished"}
-
-
-@dataclass
-class Parts:
-    """The outside world, built by daemon/service/app.py from the config (or by a test)."""
-    store: Store
-    make_runner: Callable[[Path], JobRunner]  # the job port, given the run's directory
-    offloader: Offloader
-    make_adopter: Callable[[int], Adopter | None] | None = None  # run id -> checkpoint_glob's
-    sensor: Sensor | None = None
-    detector: ResetDetector | None = None
-    simgpu: SimulatedGPU | None = None
-    notifier: Notifier | None = None
-    schedule: NightSchedule | None = None
-    divergence: DivergenceDetector | None = None
-    clockcap: ClockCap | None = None
-    governor: GovernorPort | NoDevicePort | None = None  # [thermal] governor = "clock"
-    probe: Probe | None = None  # a tiny GPU job after a reset (daemon/gpu/probe.py)
-    find_checkpoint: Callable[[str], CheckpointInfo | None] | None = None  # newest valid in a dir
-    output_progress: OutputProgress | None = None  # [job] progress_pattern
-    reschedule_poll: Callable[[float], None] | None = None  # the poll timer, owned by app.py
-    job_env: dict[str, str] = field(default_factory=dict)  # e.g. the simulated GPU's root
-    disk_free: Callable[[str], int] | None = None  # bytes free where a path lives (diskfull.py)
 
 
 class Supervisor:
@@ -217,7 +185,7 @@ class Supervisor:
         self.on_command: Callable[[], object] | None = None  # wakes the loop (app.py)
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
-        self.gov: Governor | None = None  # [thermal] governor = "clock" (daemon/gpu/governing.py)
+        self.governing = GovernorLoop(self.stored)  # [thermal] governor = "clock" (governorloop.py)
         self.pace = Pace()  # the duty cycle and the net rate: the ETA's basis (pace.py)
         self.resume_step: int | None = None  # the checkpoint step the newest start resumed from
 
@@ -332,8 +300,7 @@ class Supervisor:
             self.duty.seed(eta_mod.transitions_from_events(reversed(evs)))
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
-        if self.p.governor is not None:
-            self.gov = Governor(self.p.governor, self.store, job_key(self.job))  # last night's clock
+        self.governing.open(self.p.governor, self.store, self.job)  # last night's clock
         run = self.run
         if self.state in REMOTE_STATES and run.get("remote_call_id"):
             self._apply(self.remote.attach(run, self.state, self.mono()))
@@ -878,7 +845,11 @@ class Supervisor:
         if self.adopter is not None and self.runner.running:
             self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
         self._save_counters()
-        self._govern(mono, reading)
+        if self.p.governor is not None:  # holds the edge under pause_at_c; the pause below stays the net
+            self._apply(self.governing.step(
+                self.p.governor, self.job, reading, mono, local=self.state in (State.RUNNING, State.COOLING),
+                training=self.state == State.RUNNING and not self.holds and self.runner.running,
+                job_step=self.facts.step, cfg=self.cfg))
         self._apply(decide.thermal(obs, self._memory(), self.cfg))
         self._apply(decide.schedule(obs, self._memory()))
         self._interval(now)
@@ -909,26 +880,6 @@ class Supervisor:
             return
         for ev in self.p.detector.poll():
             self._on_reset(ev)
-
-    def _govern(self, mono: float, reading: Reading | None) -> None:
-        """[thermal] governor = "clock": hold the edge under pause_at_c with the sclk cap; the
-        pause policy below stays the safety net."""
-        gov = self.gov
-        if self.p.governor is None or gov is None or self.state not in (State.RUNNING, State.COOLING):
-            return
-        key = job_key(self.job)
-        if key != gov.key:  # the queue's next run is another job: its own clock
-            gov.start(key)
-        training = self.state == State.RUNNING and not self.holds and self.runner.running
-        says = gov.step(reading, mono, job_step=self.facts.step, training=training, cfg=self.cfg)
-        for message, level in says.events:
-            self.event("governor", message, level)
-        if says.problem is None:
-            self.problems.pop("governor", None)
-        else:
-            self.problems["governor"] = says.problem
-        if says.learned:  # kept at once: a kill -9 must not lose the night's learning
-            self.stored(gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
 
     def _interval(self, now: float) -> None:
         from daemon.policy.interval import checkpoint_interval
@@ -988,8 +939,8 @@ class Supervisor:
             if isinstance(a, Hold) and a.quiet:
                 self.holds[a.owner] = a.why
             elif isinstance(a, Hold):
-                if a.owner == "thermal" and self.gov is not None:
-                    self.gov.paused()  # the governor's safety net fired: the phone line counts it
+                if a.owner == "thermal":
+                    self.governing.paused()  # the governor's safety net fired: the phone line counts it
                 try:
                     self._hold(a.owner, a.why)
                 except OSError:
@@ -1124,6 +1075,10 @@ class Supervisor:
             float(self.run.get("cloud_cost_usd") or 0.0), self.book.waiting())))
 
     @property
+    def gov(self) -> Governor | None:
+        return self.governing.gov  # said in status (the phone line, the card)
+
+    @property
     def stop_loss(self) -> tuple[int, float] | None:
         return self.losses.stop_loss  # said in status: the loss that stopped the run
 
@@ -1220,15 +1175,8 @@ class Supervisor:
     def close(self) -> None:
         self._update_run(job_pid=None, job_create_time=None)
         self._save_counters()
-        if self.p.governor is not None:
-            msg = self.p.governor.restore()  # the GPU is never left capped behind us
-            if msg:
-                log.warning("governor: %s", msg)
-            if self.gov is not None:
-                try:
-                    self.gov.remember(float(self.cfg["gpu"]["poll_interval_s"]))  # tomorrow starts here
-                except Exception as e:  # noqa: BLE001
-                    log.warning("cannot remember the governor's clock: %s", e)
+        for msg in self.governing.close(self.p.governor, self.cfg):  # uncapped; tomorrow starts here
+            log.warning("governor: %s", msg)
         if self.stop_signal is not None:
             self.event("daemon", f"stopped by {signal.Signals(self.stop_signal).name}; the run "
                        "continues when the daemon starts again")
@@ -1246,12 +1194,7 @@ class Supervisor:
         for name, part in changed.items():
             setattr(self.p, name, part)
         if "thermal.governor" in edit.live:  # its port was built or torn down: its state follows
-            if self.gov is not None:  # what it learned stays for the next time it is on
-                self.stored(self.gov.remember, float(self.cfg["gpu"]["poll_interval_s"]))
-            self.gov = None
-            self.problems.pop("governor", None)
-            if self.p.governor is not None:
-                self.gov = Governor(self.p.governor, self.store, job_key(self.job))
+            self._apply(self.governing.reconfigured(self.p.governor, self.store, self.job, self.cfg))
         self._apply(self.remote.config_changed(edit.live))  # [offload.ssh] edited: a refused ssh is tried again
         self._apply(reconfig.said(edit))
         return {"ok": True, "message": "applied"}
