@@ -149,8 +149,11 @@ class LaunchRemote:
 
 @dataclass(frozen=True)
 class Recover:
-    """A GPU reset ended the job: the recovery (cooldown, probe) before it starts again."""
+    """A GPU reset ended the job: the recovery (cooldown, probe) before it starts again.
+    ``resumed``: the previous daemon's recovery, whose wait and probe start again (the new
+    daemon's first state, taken quietly)."""
     reason: str
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,19 @@ class Remember:
     clear_losses: bool = False  # a rollback: the loss trend starts again
 
 
+@dataclass(frozen=True)
+class Count:
+    """Add ``by`` to one of the run's counters (pauses, resets, ...)."""
+    counter: str
+    by: int = 1
+
+
+@dataclass(frozen=True)
+class KeepHolds:
+    """Keep the thermal hold and a recovery in progress in the store: they outlive a daemon
+    restart (daemon/core/holds.py)."""
+
+
 Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
     CancelRemote | SetAside | Offload | Cancelled | Finish | Fail | AfterStop | HoldForDisk | LaunchRemote | Recover | Wait | \
-    Problem | CapClock | UncapClock | Remember
+    Problem | CapClock | UncapClock | Remember | Count | KeepHolds

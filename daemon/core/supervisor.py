@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import run_key
-from daemon.core import commanding, decide, exits, opening
+from daemon.core import commanding, decide, exits, holds, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.commanding import Here
@@ -42,11 +42,13 @@ from daemon.core.decisions import (
     Cancelled,
     CancelRemote,
     CapClock,
+    Count,
     Decision,
     Fail,
     Finish,
     Hold,
     HoldForDisk,
+    KeepHolds,
     LaunchRemote,
     Offload,
     Problem,
@@ -61,6 +63,7 @@ from daemon.core.decisions import (
 )
 from daemon.core.diskhold import DiskHold
 from daemon.core.governorloop import GovernorLoop
+from daemon.core.holds import Holds
 from daemon.core.intent import ExitIntent, Why
 from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
@@ -143,7 +146,7 @@ class Supervisor:
         self.book = RunBook(parts.store, cfg, clock, base / "runs")  # runs, queue, history
         self.state = State.IDLE
         self.facts = JobFacts()
-        self.holds: dict[str, str] = {}  # owner (thermal|user|schedule) -> why
+        self.holds = Holds()  # owner (thermal|user|schedule|disk) -> why, carried out on the job (holds.py)
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
         self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/job/resume.py)
@@ -151,7 +154,6 @@ class Supervisor:
         self.disk = DiskHold(DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
                                        lambda: (self.facts.checkpoint or {}).get("bytes"),
                                        **({"free": parts.disk_free} if parts.disk_free else {})))
-        self._stopped_for: str | None = None  # the hold that SIGSTOPped the job (its control file was unwritable)
         self.exit_intent: ExitIntent | None = None  # why we asked the job to end
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
@@ -314,7 +316,8 @@ class Supervisor:
             self._update_run(state=State.STARTING.value)
             self.next_start_at = self.mono()
             if row is not None:
-                self._restore_holds(self.mono())
+                self._apply(holds.restored(self.store.recall(f"holds:run-{self.run_id}") or {},
+                                           self.p.sensor is not None, self.mono()))
 
     # ================================================================== a full disk (diskfull.py)
     def _hold_for_disk(self, what: str, restart: bool) -> None:
@@ -766,53 +769,9 @@ class Supervisor:
                             self.interval_steps, forced_resume, self.adopter)
 
     # ================================================================== holds
-    def _apply_holds(self, before: bool) -> None:
-        held = bool(self.holds)
-        self.runner.set_hold(held)
-        if held and not before:
-            self.stored(self.store.increment, self.run_id, "pauses")
-
-    def _hold(self, owner: str, why: str) -> None:
-        before = bool(self.holds)
-        self.holds[owner] = why
-        self._apply_holds(before)
-        if owner == "thermal":
-            self._save_holds()
-
     def _save_holds(self) -> None:
-        """The thermal hold and a recovery in progress outlive a daemon restart, like the
-        user's pause (``user_hold``): restored by ``_restore_holds``."""
-        self.stored(self.store.remember, f"holds:run-{self.run_id}",
-                    {"thermal": self.holds.get("thermal"), "recovering": self.state == State.RECOVERING})
-
-    def _restore_holds(self, mono: float) -> None:
-        held = self.store.recall(f"holds:run-{self.run_id}") or {}
-        if held.get("recovering"):
-            self.recovering.resume(mono)
-            self.state = State.RECOVERING  # the probe passes before the job starts again
-            self._update_run(state=self.state.value)
-            self.event("holds", "the GPU was recovering from a reset when the daemon stopped: the "
-                       "job starts again once the recovery's wait and probe have passed")
-        elif held.get("thermal") and self.p.sensor is not None:
-            from daemon.policy.thermal import ThermalState
-            # the cooldown counts from now: how hot it got while the daemon was away is unknown
-            self.thermal = ThermalState(paused=True, paused_at=mono, reason=str(held["thermal"]))
-            self.holds["thermal"] = str(held["thermal"])
-            self.event("holds", "the GPU was cooling when the daemon stopped: the job starts again "
-                       "once it is under resume_at_c and min_cooldown_s has passed")
-
-    def _release(self, owner: str) -> bool:
-        if owner not in self.holds:
-            return False
-        before = bool(self.holds)
-        del self.holds[owner]
-        self._apply_holds(before)
-        if before and not self.holds:
-            self.event("released", f"job released ({owner} hold ended)",
-                       detail=owner == "thermal")  # "cooling -> running" says it
-        if owner == "thermal":
-            self._save_holds()
-        return True
+        """The thermal hold and a recovery in progress outlive a daemon restart (holds.py)."""
+        self.stored(self.store.remember, f"holds:run-{self.run_id}", self.holds.kept(self.state == State.RECOVERING))
 
     # ================================================================== polling
     def _note_reading(self, reading: Reading | None, mono: float) -> None:
@@ -908,8 +867,7 @@ class Supervisor:
         """One GPU incident (or a revision of one): the reset log records it, we apply."""
         rec = self.reset_log.record(ev, ev.temps or self._temps_before(ev.t), self.run_id or None,
                                     self.facts.step)
-        for counter, by in rec.counters.items():  # run state: ours to write
-            self.stored(self.store.increment, self.run_id, counter, by)
+        self._apply([Count(counter, by) for counter, by in rec.counters.items()])  # run state: ours to write
         self.event(rec.event_kind, rec.message, rec.level, detail=rec.detail, **rec.data)
 
     @property
@@ -936,28 +894,16 @@ class Supervisor:
         """Carry out decisions, in order: the tick's rules' (daemon/core/decide.py) and the remote
         run's (daemon/core/remote_run.py). The one place run state changes on a rule's word."""
         for a in actions:
-            if isinstance(a, Hold) and a.quiet:
-                self.holds[a.owner] = a.why
-            elif isinstance(a, Hold):
-                if a.owner == "thermal":
+            if isinstance(a, Hold):
+                if a.owner == "thermal" and not a.quiet:
                     self.governing.paused()  # the governor's safety net fired: the phone line counts it
-                try:
-                    self._hold(a.owner, a.why)
-                except OSError:
-                    if not a.or_stop:
-                        raise
-                    self.holds[a.owner] = a.why
-                    if self.runner.proc is not None and not self.runner.proc.stopped_by_signal:
-                        self.runner.proc.hold()
-                        self._stopped_for = a.owner
+                self._apply(self.holds.take(a, self.runner))
             elif isinstance(a, Release):
-                if self._stopped_for == a.owner and self.runner.proc is not None:
-                    self.runner.proc.release()
-                self._stopped_for = None if self._stopped_for == a.owner else self._stopped_for
-                if a.quiet:
-                    self.holds.pop(a.owner, None)
-                else:
-                    self._release(a.owner)
+                self._apply(self.holds.let_go(a, self.runner))
+            elif isinstance(a, Count):
+                self.stored(self.store.increment, self.run_id, a.counter, a.by)
+            elif isinstance(a, KeepHolds):
+                self._save_holds()
             elif isinstance(a, Remember):
                 self.thermal = a.thermal if a.thermal is not None else self.thermal
                 self.suspect_since = None if a.clear_suspect else (
@@ -993,6 +939,10 @@ class Supervisor:
                 self._after_stop(a.intent)
             elif isinstance(a, HoldForDisk):
                 self._hold_for_disk(a.what, a.restart)
+            elif isinstance(a, Recover) and a.resumed:  # the probe passes before the job starts again
+                self.recovering.resume(self.mono())
+                self.state = State.RECOVERING
+                self._update_run(state=self.state.value)
             elif isinstance(a, Recover):
                 self.recovering.begin(self.mono())
                 self.set_state(State.RECOVERING, a.reason)
