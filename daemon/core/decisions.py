@@ -190,6 +190,7 @@ class Remember:
     clear_suspect: bool = False
     age_warned: float | None = None
     clear_losses: bool = False  # a rollback: the loss trend starts again
+    clear_thermal: bool = False  # an ended run waits for no cooldown
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,33 @@ class KeepHolds:
     restart (daemon/core/holds.py)."""
 
 
+@dataclass(frozen=True)
+class Settle:
+    """Answer the stops still waiting (`nightshift stop` answers once the job has exited)."""
+    message: str
+
+
+@dataclass(frozen=True)
+class EndJob:
+    """Stop the job now, no final checkpoint (the run has failed)."""
+
+
+@dataclass(frozen=True)
+class DropHolds:
+    """Every hold dropped, the user's pause too: an ended run waits for nothing."""
+
+
+@dataclass(frozen=True)
+class StartNext:
+    """The run has ended: the queue's next run starts (at the tick, once no job runs here)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """The run has ended, nothing is queued and ``[daemon] exit_when_done``: the daemon leaves."""
+
+
 Decision = Emit | Goto | Save | Hold | Release | AskExit | AskCheckpoint | Restart | StopRemote | \
     CancelRemote | SetAside | Offload | Cancelled | Finish | Fail | AfterStop | HoldForDisk | LaunchRemote | Recover | Wait | \
-    Problem | CapClock | UncapClock | Remember | Count | KeepHolds
+    Problem | CapClock | UncapClock | Remember | Count | KeepHolds | Settle | EndJob | DropHolds | \
+    StartNext | Done

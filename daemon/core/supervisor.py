@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import run_key
-from daemon.core import commanding, decide, exits, holds, opening
+from daemon.core import commanding, decide, exits, holds, lifecycle, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.commanding import Here
@@ -44,6 +44,9 @@ from daemon.core.decisions import (
     CapClock,
     Count,
     Decision,
+    Done,
+    DropHolds,
+    EndJob,
     Fail,
     Finish,
     Hold,
@@ -57,6 +60,8 @@ from daemon.core.decisions import (
     Remember,
     Restart,
     SetAside,
+    Settle,
+    StartNext,
     StopRemote,
     UncapClock,
     Wait,
@@ -64,7 +69,7 @@ from daemon.core.decisions import (
 from daemon.core.diskhold import DiskHold
 from daemon.core.governorloop import GovernorLoop
 from daemon.core.holds import Holds
-from daemon.core.intent import ExitIntent, Why
+from daemon.core.intent import ExitIntent
 from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
@@ -110,7 +115,6 @@ if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), impor
     from daemon.gpu.resets.incident import ResetEvent
     from daemon.gpu.sensors.base import Reading
     from daemon.job.adopt import AdoptedCheckpoint, Adopter
-    from daemon.policy.fingerprint import Fingerprint
     from daemon.policy.queueplan import QueuePlan
     from daemon.policy.thermal import ThermalState
 
@@ -545,19 +549,6 @@ class Supervisor:
             info, rc, tail, self.run, now, self.cfg, has_checkpoint=self.facts.checkpoint is not None,
             state=self.state, thermal_held="thermal" in self.holds))
 
-    def _after_stop(self, intent: ExitIntent) -> None:
-        ck = self.facts.checkpoint
-        msg = rules.stop_outcome(ck is not None, ck.get("step") if ck else None,
-                                 self.checkpoint_seen_at, self.stop_asked_at).message
-        if intent.why == Why.STOP:
-            self.set_state(State.STOPPED, msg + "; `nightshift resume` continues the run")
-        elif intent.why == Why.CANCEL:
-            msg = "cancelled; " + msg
-            self._cancelled(msg)
-        else:
-            self.event("daemon", msg + "; the run continues when the daemon starts again")
-        self._settle_stop(msg)
-
     def _ask_exit(self, intent: ExitIntent, mono: float, *, graceful: bool | None = None) -> None:
         """Ask the job to end; ``intent`` says, once it has exited, what happens next.
         Graceful (a final checkpoint first) unless the intent must not write one."""
@@ -574,27 +565,14 @@ class Supervisor:
                 fut.set_result({"ok": True, "message": message, "state": self.state.value})
         self.stop_waiters.clear()
 
-    def _finish(self) -> None:
-        self.set_state(State.SUCCEEDED, f"finished{exits.at_step(self.facts.step)}")
-        fp = self._fingerprint()
-        self.event("finished", f"run {self.run_id} ({self.job['name']}) finished"
-                   f"{exits.at_step(self.facts.step)}: {fp.line()}")
-        self.holds.clear()
-        self._update_run(user_hold=0)
-        self._run_ended()
-
     def _fail(self, reason: str, detail: str | None = None) -> None:
-        if self.holds.pop("thermal", None) is not None:  # an ended run waits for nothing
-            self.thermal = None
-            self._save_holds()
-        self.failure = reason + (f"\n{detail}" if detail else "")
-        self._update_run(failure=self.failure)
-        self.set_state(State.FAILED, reason)
-        fp = self._fingerprint()
-        self.event("failed", f"run {self.run_id} ({self.job['name']}): {reason}; {fp.line()}", "error")
-        if self.runner.running:
-            self.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
-        self._run_ended()
+        self._apply([Fail(reason, detail)])
+
+    def _ending(self) -> lifecycle.Ending:
+        """What the run's ending says and does next (lifecycle.py), read as it ends."""
+        return lifecycle.Ending(self.run_id, self.job["name"], self.facts.step, self.losses.fingerprint(),
+                                self.clock(), "thermal" in self.holds, tuple(q["name"] for q in self.book.waiting()),
+                                bool(self.cfg["daemon"]["exit_when_done"]), self.runner.running)
 
     # ================================================================== runs and the queue
     # The book (daemon/night/runbook.py) keeps runs, the queue and their history; here is what
@@ -606,27 +584,6 @@ class Supervisor:
                     failure=f"interrupted: {why}")
         self.book.ended(row["id"], State.INTERRUPTED.value, now)
         self._apply([opening.interrupted(row, why)])
-
-    def _cancelled(self, msg: str) -> None:
-        waiting = self.book.waiting()
-        self.set_state(State.CANCELLED, msg)
-        fp = self._fingerprint()
-        self.event("cancelled", f"run {self.run_id} ({self.job['name']}) {msg}; {fp.line()}; "
-                   + (f"next in the queue: {waiting[0]['name']}" if waiting else "nothing queued"))
-        self._run_ended()
-
-    def _fingerprint(self) -> Fingerprint:
-        fp = self.losses.fingerprint()
-        self._update_run(best_loss=fp.best_loss, best_step=fp.best_step, climb_step=fp.climb_step,
-                         final_loss=fp.final_loss, ended=self.clock())
-        return fp
-
-    def _run_ended(self) -> None:
-        """The next queued run starts now; with nothing queued, a one-shot daemon leaves."""
-        if self.book.waiting():
-            self._next_run_due = True
-        elif self.cfg["daemon"]["exit_when_done"]:
-            self.done.set()
 
     def _create_run(self, entry: QueueRow | None) -> None:
         found = None if entry is not None or self.new_run or self.resume_from else \
@@ -905,7 +862,7 @@ class Supervisor:
             elif isinstance(a, KeepHolds):
                 self._save_holds()
             elif isinstance(a, Remember):
-                self.thermal = a.thermal if a.thermal is not None else self.thermal
+                self.thermal = None if a.clear_thermal else a.thermal if a.thermal is not None else self.thermal
                 self.suspect_since = None if a.clear_suspect else (
                     a.suspect_since if a.suspect_since is not None else self.suspect_since)
                 self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
@@ -928,15 +885,22 @@ class Supervisor:
                 if a.retry_now:
                     self.remote.retry_now()
                 self._begin_offload(a.reason)
-            elif isinstance(a, Cancelled):
-                self._cancelled(a.message)
-            elif isinstance(a, Finish):
-                self._finish()
-                self._settle_stop(a.settle)
-            elif isinstance(a, Fail):
-                self._fail(a.reason, detail=a.detail)
+            elif isinstance(a, (Cancelled, Finish, Fail)):
+                self._apply(lifecycle.ended(a, self._ending()))
             elif isinstance(a, AfterStop):
-                self._after_stop(a.intent)
+                ck = self.facts.checkpoint
+                self._apply(lifecycle.after_stop(a.intent, rules.stop_outcome(
+                    ck is not None, ck.get("step") if ck else None, self.checkpoint_seen_at, self.stop_asked_at).message))
+            elif isinstance(a, Settle):
+                self._settle_stop(a.message)
+            elif isinstance(a, EndJob):
+                self.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
+            elif isinstance(a, DropHolds):
+                self.holds.clear()
+            elif isinstance(a, StartNext):
+                self._next_run_due = True
+            elif isinstance(a, Done):
+                self.done.set()
             elif isinstance(a, HoldForDisk):
                 self._hold_for_disk(a.what, a.restart)
             elif isinstance(a, Recover) and a.resumed:  # the probe passes before the job starts again
@@ -966,6 +930,7 @@ class Supervisor:
                 if self.p.clockcap is not None:
                     self.p.clockcap.restore()
             elif isinstance(a, Save):
+                self.failure = a.fields["failure"] if "failure" in a.fields else self.failure  # said in status
                 self._update_run(**a.fields)
             elif isinstance(a, Emit):
                 self.event(a.kind, a.message, a.level, **(a.data or {}))
@@ -988,21 +953,9 @@ class Supervisor:
                                              self._acting()))
 
     def _end_remote(self, end: End) -> None:
-        if end.how == "fail":
-            self._fail(end.message)
-        elif end.how == "finish":
-            self._finish()
-            self._settle_stop(f"the run had already finished at step {self.facts.step}")
-        elif end.how == "stopped":
-            self.set_state(State.STOPPED, "stopped by the user; " + end.message.removeprefix("stopped; "))
-            self._settle_stop(end.message)
-        elif end.how == "cancelled":
-            self._cancelled(end.message)
-            self._settle_stop(end.message)
-        else:
-            self._restart_now(end.message)
-            if self.adopter is not None:  # a script's checkpoint came home in place: keep a copy now
-                self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
+        self._apply(lifecycle.after_remote(end.how, end.message, self.facts.step))
+        if end.how == "local" and self.adopter is not None:  # a script's checkpoint came home in place: keep a copy
+            self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
 
     def cost_now(self, now: float) -> float:
         return self.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
