@@ -76,6 +76,7 @@ from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
 from daemon.core.pace import Pace, history_prior
 from daemon.core.parts import Parts
+from daemon.core.readings import Readings
 from daemon.core.recovering import Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
@@ -96,7 +97,7 @@ from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
 from daemon.policy.opening import choose
-from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status, Temps
+from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
 from daemon.policy.scriptckpt import Resumed
 from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
 from daemon.state.store import (
@@ -171,9 +172,7 @@ class Supervisor:
         self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
         # GPU incidents: counts per kind, the window, the diagnosis (daemon/gpu/resets/resetlog.py)
         self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
-        self.readings: collections.deque = collections.deque(maxlen=120)
-        self.edges: collections.deque[tuple[float, float]] = collections.deque(maxlen=20)  # (mono, edge_c)
-        self.last_reading: Reading | None = None
+        self.sensed = Readings()  # the newest reading, the last two minutes, the edge trend (readings.py)
         self.interval_steps: int | None = None
         self.interval_explanation = ""
         self.age_warned: float | None = None
@@ -414,7 +413,7 @@ class Supervisor:
         for rec in obs.records:
             self._observe_record(rec)
         if obs.poll is not None:  # the reading and resets first: an exit below may be explained by them
-            self._note_reading(obs.poll.reading, mono)
+            self.sensed.note(obs.poll.reading, mono)
             for ev in obs.poll.resets:
                 self._on_reset(ev)
         if obs.exit_code is not None:
@@ -731,13 +730,13 @@ class Supervisor:
         self.stored(self.store.remember, f"holds:run-{self.run_id}", self.holds.kept(self.state == State.RECOVERING))
 
     # ================================================================== polling
-    def _note_reading(self, reading: Reading | None, mono: float) -> None:
-        if reading is None:
-            return
-        self.last_reading = reading
-        self.readings.append(reading)
-        if reading.edge_c is not None:
-            self.edges.append((mono, reading.edge_c))
+    @property
+    def last_reading(self) -> Reading | None:
+        return self.sensed.last  # said in status
+
+    @property
+    def edges(self) -> collections.deque[tuple[float, float]]:
+        return self.sensed.edges  # (mono, edge_c): the thermal trend, the cooling estimate
 
     async def _poll(self, obs: Observation) -> None:
         """Per poll interval: the reading kept, problems, adopted checkpoints, then the rules."""
@@ -813,16 +812,9 @@ class Supervisor:
                 self.event("interval", f"checkpoint interval now {steps} steps ({why})")
 
     # ================================================================== resets
-    def _temps_before(self, t: float) -> Temps:
-        for r in reversed(self.readings):
-            # "just before": the last good reading, not one taken while the reset was underway
-            if r.t <= t and not r.resetting and (r.edge_c is not None or r.tctl_c is not None):
-                return {"edge_c": r.edge_c, "tctl_c": r.tctl_c, "power_w": r.power_w, "t": r.t}
-        return {}
-
     def _on_reset(self, ev: ResetEvent) -> None:
         """One GPU incident (or a revision of one): the reset log records it, we apply."""
-        rec = self.reset_log.record(ev, ev.temps or self._temps_before(ev.t), self.run_id or None,
+        rec = self.reset_log.record(ev, ev.temps or self.sensed.temps_before(ev.t), self.run_id or None,
                                     self.facts.step)
         self._apply([Count(counter, by) for counter, by in rec.counters.items()])  # run state: ours to write
         self.event(rec.event_kind, rec.message, rec.level, detail=rec.detail, **rec.data)
