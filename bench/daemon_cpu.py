@@ -30,11 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.procstat import cpu_s, threads_s  # noqa: E402
 from tests.helpers import free_port, write_config  # noqa: E402
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--batch", "8",
         "--threads", "1"]
-TICKS = os.sysconf("SC_CLK_TCK")
 THREADS = False  # --threads
 TO_EXIT = 0  # --to-exit STEPS
 
@@ -51,24 +51,6 @@ sys.argv = ["nightshift", "run", "-c", cfg]
 from daemon.cli import main
 main()
 """
-
-
-def cpu_s(pid: int | str) -> float:
-    """utime + stime of the whole process (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def threads_s(pid: int) -> dict[str, float]:
-    """CPU seconds per thread (by tid and name)."""
-    out = {}
-    for t in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (t / "comm").read_text().strip()
-            out[f"{t.name} {name}"] = cpu_s(f"{pid}/task/{t.name}")
-        except OSError:
-            pass
-    return out
 
 
 def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> float:

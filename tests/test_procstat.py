@@ -1,0 +1,79 @@
+"""The benchmarks' CPU-time reader (bench/procstat.py) and supervise_bench.py's per-step figures,
+on real child processes (small Python ones, no torch): CPU seconds from /proc, a command pinned
+to one CPU keeping its pid, a sampler that follows a process to its end, and the job's window
+read from its own progress records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.procstat import CpuSampler, cpu_at, cpu_s, pinned
+from bench.supervise_bench import window
+
+BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass"
+
+
+def test_cpu_s_counts_a_busy_childs_cpu_and_says_when_it_is_gone():
+    p = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.5) + "\nimport sys; sys.stdin.read()"],
+                         stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while cpu_s(p.pid) < 0.5:
+            assert time.monotonic() < deadline, f"the child burned only {cpu_s(p.pid)} s of CPU in 60 s"
+            time.sleep(0.05)
+        assert cpu_s(p.pid) < 5
+    finally:
+        p.communicate(b"")
+    with pytest.raises(OSError):
+        cpu_s(p.pid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to pin apart")
+def test_a_pinned_command_runs_on_that_cpu_alone_under_its_own_pid():
+    cpu = max(os.sched_getaffinity(0))
+    out = subprocess.run(pinned([sys.executable, "-c", "import os; print(os.getpid(), sorted(os.sched_getaffinity(0)))"],
+                                cpu), capture_output=True, text=True, check=True).stdout
+    p = subprocess.Popen(pinned([sys.executable, "-c", "import os; print(os.getpid())"], cpu),
+                         stdout=subprocess.PIPE, text=True)
+    assert out.split(" ", 1)[1].strip() == f"[{cpu}]"
+    assert int(p.communicate()[0]) == p.pid  # exec'd: the job's pid is the one its starter sees
+    assert pinned(["x"], None) == ["x"]
+
+
+def test_the_sampler_follows_a_process_to_its_end():
+    p = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.3)])
+    sampler = CpuSampler(p.pid, every_s=0.02)
+    p.wait()
+    samples = sampler.stop()
+    assert samples, "no sample taken"
+    assert all(b[1] >= a[1] and b[0] >= a[0] for a, b in zip(samples, samples[1:], strict=False))
+    assert 0.2 <= samples[-1][1] <= 2.0
+
+
+def test_cpu_at_interpolates_between_samples_and_clamps_outside():
+    s = [(10.0, 1.0), (11.0, 2.0), (13.0, 2.5)]
+    assert cpu_at(s, 10.0) == 1.0 and cpu_at(s, 10.5) == 1.5 and cpu_at(s, 11.0) == 2.0
+    assert cpu_at(s, 12.0) == 2.25
+    assert cpu_at(s, 9.0) == 1.0 and cpu_at(s, 14.0) == 2.5  # before the first, after the last
+    assert cpu_at([], 1.0) is None
+
+
+def test_window_is_the_rate_and_cpu_per_step_of_the_same_records(tmp_path):
+    """From the record 10% in (warm-up) to the last; if CPU sampling began later (the
+    supervised job is found once its first record is seen), from the first record after it."""
+    prog = tmp_path / "progress.jsonl"
+    prog.write_text("".join(json.dumps({"kind": "progress", "step": i, "t": 100.0 + i / 10}) + "\n"
+                            for i in range(101)) + json.dumps({"kind": "checkpoint", "step": 100}) + "\n")
+    samples = [(100.0 + k / 10, 0.005 * k) for k in range(0, 102)]  # 5 ms of CPU per step
+    rate, per_step = window(prog, samples)
+    assert rate == pytest.approx(10.0) and per_step == pytest.approx(0.005)
+    late = [x for x in samples if x[0] >= 105.0]  # sampling from step 50 on
+    rate, per_step = window(prog, late)
+    assert rate == pytest.approx(10.0) and per_step == pytest.approx(0.005)
+    assert window(prog, [])[1] is None
