@@ -72,9 +72,9 @@ def _daemon_affinity() -> None:  # in the daemon's child, before exec
 
 
 def window(progress: Path, samples: list[tuple[float, float]]) -> tuple[float, float | None]:
-    """(steps/s, CPU seconds per step) of the job from its records: from the record 10% in
-    (warm-up skipped) -- or the first one after the first CPU sample -- to the last. CPU per
-    step None without samples in the window."""
+    """(steps/s, CPU seconds per step) of the job from its records (written at most every
+    0.5 s): from the record 10% in (warm-up skipped) or, if later, the first one after the first
+    CPU sample, to the last. CPU per step None without samples."""
     recs = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
     prog = [r for r in recs if r.get("kind") == "progress"]
     first = len(prog) // 10
@@ -92,12 +92,22 @@ def run_bare(steps: int) -> tuple[float, float | None]:
         env = {**os.environ, "NIGHTSHIFT_RUN_DIR": tmp, "NIGHTSHIFT_CHECKPOINT_DIR": f"{tmp}/ckpt",
                "NIGHTSHIFT_RESUME": ""}
         job = subprocess.Popen(job_args(steps), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-        sampler = CpuSampler(job.pid)
-        _, err = job.communicate()
-        samples = sampler.stop()
-        assert job.returncode == 0, f"the bare job exited {job.returncode}: {err.decode()[-2000:]}"
-        return window(Path(tmp) / "progress.jsonl", samples)
+                               stderr=subprocess.DEVNULL)
+        progress = Path(tmp) / "progress.jsonl"
+        _first_record(progress, job)
+        sampler = CpuSampler(job.pid)  # from the first record, as the supervised job's (fair)
+        assert job.wait() == 0, f"the bare job exited {job.returncode}"
+        return window(progress, sampler.stop())
+
+
+def _first_record(progress: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the job's first progress record (both sides start sampling here: the window
+    starts at the first record after the first sample, so at the same place on both)."""
+    deadline = time.monotonic() + 300
+    while not (progress.exists() and '"progress"' in progress.read_text()):
+        assert proc.poll() is None, f"{proc.args[:4]} exited {proc.returncode} before the job trained"
+        assert time.monotonic() < deadline, "the job wrote no progress record in 300 s"
+        time.sleep(0.1)
 
 
 def _the_job(daemon: psutil.Process) -> psutil.Process:
@@ -127,11 +137,7 @@ def run_supervised(steps: int) -> tuple[float, float | None, float, float, float
         # record comes after the daemon has imported and started everything, the API included
         # (a fixed 2 s was not enough on a loaded machine: the API's import fell inside).
         progress = tmp / "state" / "runs" / "1" / "progress.jsonl"
-        deadline = time.monotonic() + 300
-        while not (progress.exists() and '"progress"' in progress.read_text()):
-            assert d.poll() is None, f"daemon exited {d.returncode} before the job trained"
-            assert time.monotonic() < deadline, "the job wrote no progress record in 300 s"
-            time.sleep(0.1)
+        _first_record(progress, d)
         c0, t0 = cpu_s(d.pid), time.monotonic()
         job = _the_job(proc)  # while it lives, the daemon is supervising
         sampler = CpuSampler(job.pid)
