@@ -72,11 +72,13 @@ def _daemon_affinity() -> None:  # in the daemon's child, before exec
 
 
 def window(progress: Path, samples: list[tuple[float, float]]) -> tuple[float, float | None]:
-    """(steps/s, CPU seconds per step) of the job from its records (written at most every
-    0.5 s): from the record 10% in (warm-up skipped) or, if later, the first one after the first
-    CPU sample, to the last. CPU per step None without samples."""
+    """(steps/s, CPU seconds per step) of the job from its records written in its loop, at a
+    step: ``progress`` (at most every 0.5 s) and ``eval`` (every checkpoint interval, the last at
+    the last step), not ``checkpoint`` (written when the save ends, on another thread). From the
+    record 10% in (warm-up skipped) or, if later, the first one after the first CPU sample, to
+    the last. CPU per step None without samples."""
     recs = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    prog = [r for r in recs if r.get("kind") == "progress"]
+    prog = sorted((r for r in recs if r.get("kind") in ("progress", "eval")), key=lambda r: r["t"])
     first = len(prog) // 10
     if samples:
         first = next((i for i in range(first, len(prog) - 1) if prog[i]["t"] >= samples[0][0]), first)

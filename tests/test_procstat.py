@@ -65,15 +65,19 @@ def test_cpu_at_interpolates_between_samples_and_clamps_outside():
 
 
 def test_window_is_the_rate_and_cpu_per_step_of_the_same_records(tmp_path):
-    """From the record 10% in (warm-up) to the last; if CPU sampling began later (the
-    supervised job is found once its first record is seen), from the first record after it."""
+    """From the record 10% in (warm-up) to the last one written at a step (the final eval, not
+    a checkpoint record, which says when a save of an older step ended); if CPU sampling began
+    later, from the first record after it."""
     prog = tmp_path / "progress.jsonl"
-    prog.write_text("".join(json.dumps({"kind": "progress", "step": i, "t": 100.0 + i / 10}) + "\n"
-                            for i in range(101)) + json.dumps({"kind": "checkpoint", "step": 100}) + "\n")
-    samples = [(100.0 + k / 10, 0.005 * k) for k in range(0, 102)]  # 5 ms of CPU per step
+    lines = [{"kind": "progress", "step": i, "t": 100.0 + i / 10} for i in range(0, 100, 10)]
+    lines.append({"kind": "checkpoint", "step": 50, "t": 110.5})  # a save of step 50, ending late
+    lines.append({"kind": "eval", "step": 100, "t": 111.0})  # the last 10 steps took 2 s
+    prog.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    samples = [(100.0 + k / 10, 0.005 * k) for k in range(0, 120)]  # 50 ms of CPU a second
     rate, per_step = window(prog, samples)
-    assert rate == pytest.approx(10.0) and per_step == pytest.approx(0.005)
+    assert rate == pytest.approx(90 / 10.0)  # steps 10 (t 101) to 100 (t 111)
+    assert per_step == pytest.approx(0.5 / 90)
     late = [x for x in samples if x[0] >= 105.0]  # sampling from step 50 on
     rate, per_step = window(prog, late)
-    assert rate == pytest.approx(10.0) and per_step == pytest.approx(0.005)
+    assert rate == pytest.approx(50 / 6.0) and per_step == pytest.approx(0.3 / 50)
     assert window(prog, [])[1] is None
