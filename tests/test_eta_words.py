@@ -247,6 +247,9 @@ def test_the_supervisor_tells_the_meter_the_time_it_spends_restarting_the_job(tm
         assert sup.progress.faults == 1 and ahead.measured and ahead.cost_s >= restarted, ahead
         remaining = (1000 - sup.snapshot["step"]) / 2.0  # 2 steps/s
         assert sup.snapshot["eta_s"] == pytest.approx(remaining, rel=0.04)
+        said = sup.snapshot["eta_faults"]  # the JSON says what the ETA expects of them
+        assert said["measured"] and said["prior"] == "default" and said["cost_s"] >= restarted, said
+        assert said["per_h"] == pytest.approx(ahead.per_s * 3600, abs=0.01) and said["per_h"] < 1.0
     _run(go())
 
 

@@ -28,6 +28,7 @@ from daemon.policy.records import (
     CheckpointStatus,
     CloudStatus,
     EtaAt,
+    EtaFaults,
     GovernorStatus,
     LossStopped,
     Status,
@@ -132,6 +133,15 @@ def _governor(s: Supervisor, r: Reading | None, mono: float) -> GovernorStatus |
             "held_s": round(g.caps.held_s, 1), "held_mean_mhz": g.caps.mean_mhz, "held_min_mhz": g.caps.lowest_mhz,
             "line": status_line(g.state, getattr(r, "edge_c", None), speed=speed, pauses=g.pauses,
                                 governed_s=governed, top_mhz=g.top or 2700)}
+
+
+def _faults(net: eta_mod.NetRate | None) -> EtaFaults | None:
+    """The faults the ETA still expects (policy/faults.py), for the JSON."""
+    o = net.faults if net is not None else None
+    if o is None:
+        return None
+    return {"per_h": round(o.per_s * 3600, 3), "cost_s": round(o.cost_s, 1), "measured": o.measured,
+            "prior": o.prior.source}
 
 
 def _eta_at(eta: float | None, est: eta_mod.Eta | None, wall: float) -> EtaAt:
@@ -244,6 +254,7 @@ def build_status(s: Supervisor, now: float) -> Status:
         **eta_at,
         "eta_basis": ("cloud" if s.state == State.REMOTE else est.basis) if est is not None else None,
         "eta_why": est.why if est is not None and s.state != State.REMOTE else None,
+        "eta_faults": _faults(net) if est is not None and est.basis == "progress" and s.state != State.REMOTE else None,
         "duty_cycle": round(duty.fraction, 3) if duty is not None else None,
         "duty_window_s": round(duty.observed_s) if duty is not None else None,
         "temps": {"edge_c": _num(getattr(r, "edge_c", None)), "tctl_c": _num(getattr(r, "tctl_c", None))},

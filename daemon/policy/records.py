@@ -181,6 +181,13 @@ class GovernorStatus(TypedDict, total=False):
     held_min_mhz: int | None  # the lowest of them
 
 
+class EtaFaults(TypedDict):
+    per_h: float  # faults expected per hour ahead (policy/faults.py)
+    cost_s: float  # seconds one costs
+    measured: bool  # the cost is this run's faults' (else its first start-up's)
+    prior: str  # "default" | "history"
+
+
 class EtaAt(TypedDict):
     eta_at: int | None  # epoch seconds
     eta_low_at: int | None
@@ -210,6 +217,7 @@ class Status(TypedDict, total=False):
     eta_high_at: int | None
     eta_basis: str | None
     eta_why: str | None
+    eta_faults: EtaFaults | None
     eta_text: str | None
     duty_cycle: float | None
     duty_window_s: int | None
