@@ -174,3 +174,29 @@ def test_a_reset_its_cooling_and_the_new_process_loading_are_one_fault():
     assert m.faults == 1
     m.note(200.0, 160, True, restarting=True)  # a second fault after progress
     assert m.faults == 2
+
+
+def test_a_restart_under_way_adds_what_is_left_of_it_at_a_restarts_usual_length():
+    """`demo --governor` at load 10: 10 s into a restart the ETA was 33% short: the restart under
+    way was counted only at the faults' rate. What is left of it is added: the first start-up
+    took 30 s, so 10 s into the first fault's restart 20 s are left; after a 60 s restart, the
+    next is taken to last 60 s."""
+    m = eta.ProgressMeter()
+    for t in range(0, 30):
+        m.note(float(t), None, True, restarting=True)  # the first start-up: 30 s
+    for t in range(30, 630):
+        m.note(float(t), t - 30, True)  # 1 step/s
+    for t in range(630, 640):
+        m.note(float(t), 600, True, restarting=True)  # a reset: 10 s into its restart
+    r = m.rate()
+    assert r.pending_s == pytest.approx(20.0, abs=1.0)
+    e = eta.estimate(400, 1.0, None, r)
+    assert e.seconds == pytest.approx(400 / r.rate + r.pending_s)
+    for t in range(640, 690):
+        m.note(float(t), 590, True, restarting=True)  # it took 60 s, rewound to 590
+    for t in range(690, 1290):
+        m.note(float(t), 590 + t - 690, True)
+    assert m.rate().pending_s == 0.0  # steps gained since: no fault under way
+    for t in range(1290, 1300):
+        m.note(float(t), 1190, True, restarting=True)  # the second: 10 s in
+    assert m.rate().pending_s == pytest.approx(50.0, abs=1.5)
