@@ -11,6 +11,11 @@ writing progress and checkpoints for the whole window and leaves the CPU to the 
 neighbours). From the job's first progress record, ``--seconds`` of wall time; the daemon's
 utime+stime from /proc/<pid>/stat at both ends (all its threads). CPU time consumed is what
 this measures, so a loaded machine slows the job but does not inflate the figure much.
+``--cooling``: the job held for the whole window, COOLING (the simulated GPU, ``pause_at_c``
+below its idle temperature so it never cools enough to resume); the window starts 2 s after the
+daemon's ``paused_hot`` event (read from its store, read-only). The job is paused at the first
+poll, before it has announced the control protocol, so it is held by SIGSTOP. What the daemon
+costs while a job waits for the chip.
 ``--profile`` runs the daemon under cProfile (its main thread, the loop) from the window's start
 to its exit and writes the stats.
 """
@@ -21,6 +26,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,6 +43,7 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ctx", "32", "--ba
         "--threads", "1"]
 THREADS = False  # --threads
 TO_EXIT = 0  # --to-exit STEPS
+COOLING = False  # --cooling
 
 
 # The daemon under cProfile from SIGUSR2 (the window's start) to its exit: what it does while
@@ -51,6 +58,21 @@ sys.argv = ["nightshift", "run", "-c", cfg]
 from daemon.cli import main
 main()
 """
+
+
+def _paused(tmp: Path) -> bool:
+    """The daemon said it paused the job for heat (its store, opened read-only)."""
+    db = tmp / "state" / "nightshift.db"
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT 1 FROM events WHERE kind='paused_hot' LIMIT 1").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False  # not created yet
 
 
 def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> float:
@@ -69,6 +91,9 @@ def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> flo
             "gpu": {"sensor": "auto", "poll_interval_s": 2.0},
             "resets": {"sources": ["auto"]},
             "api": {"enabled": True, "port": free_port()},
+            **({"gpu": {"sensor": "simulated", "poll_interval_s": 2.0},  # idles at 40 C
+                "thermal": {"pause_at_c": 35.0, "resume_at_c": 30.0, "min_cooldown_s": 0.0,
+                            "max_cooldown_s": 86400.0}} if COOLING else {}),
         })
         env = {**os.environ, "PYTHONPATH": str(tree)}
         cmd = ["-c", PROFILED, str(cfg), profile] if profile else ["-m", "daemon.cli", "run", "-c",
@@ -78,10 +103,12 @@ def one_run(tree: Path, seconds: float, pace: float, profile: str | None) -> flo
         try:
             progress = tmp / "state" / "runs" / "1" / "progress.jsonl"
             deadline = time.monotonic() + 300
-            while not (progress.exists() and '"progress"' in progress.read_text()):
+            while not (_paused(tmp) if COOLING else progress.exists() and '"progress"' in progress.read_text()):
                 assert d.poll() is None, f"daemon exited {d.returncode} before the job trained"
                 assert time.monotonic() < deadline, "the job wrote no progress record in 300 s"
                 time.sleep(0.2)
+            if COOLING:
+                time.sleep(2.0)  # the pause's own ticks (the hold, its events) are over
             if profile:
                 d.send_signal(signal.SIGUSR2)  # the window starts: profile from here
             c0, t0, th0 = cpu_s(d.pid), time.monotonic(), threads_s(d.pid)
@@ -120,9 +147,10 @@ def main() -> None:
                     help="supervise_bench.py's window instead: an unpaced job of STEPS steps, "
                     "measured from its first progress record until the daemon exits")
     ap.add_argument("--threads", action="store_true", help="also each thread's share")
+    ap.add_argument("--cooling", action="store_true", help="the job held, COOLING, all window")
     a = ap.parse_args()
-    global THREADS, TO_EXIT
-    THREADS, TO_EXIT = a.threads, a.to_exit
+    global THREADS, TO_EXIT, COOLING
+    THREADS, TO_EXIT, COOLING = a.threads, a.to_exit, a.cooling
     res: dict[str, list[float]] = {t: [] for t in a.trees}
     load = [os.getloadavg()]
     for r in range(a.rounds):
@@ -137,8 +165,8 @@ def main() -> None:
               f"({', '.join(f'{100 * x:.3f}' for x in v)})")
     if a.out:
         with open(a.out, "a") as fh:
-            fh.write(json.dumps({"seconds": a.seconds, "pace": a.pace, "cpu_share": res,
-                                 "load": load}) + "\n")
+            fh.write(json.dumps({"seconds": a.seconds, "pace": a.pace, "cooling": a.cooling,
+                                 "cpu_share": res, "load": load}) + "\n")
 
 
 if __name__ == "__main__":
