@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -165,6 +166,27 @@ def run_supervised(steps: int) -> tuple[float, float | None, float, float, float
         return rate, per_step, sup_cpu, cpu, max(rss)
 
 
+UNDISTURBED = 0.9  # a run whose job had at least this share of its CPU
+
+
+def undisturbed(per_pair: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of its CPU each run's job got (steps/s x CPU seconds per step: 1.0 = the
+    whole CPU) and the ratio over the pairs where both runs had at least ``UNDISTURBED`` of it:
+    the job's own figures say which pairs a neighbour took time from. Added to ``per_pair``'s
+    entries; the headline ratio stays the median of every pair."""
+    kept = []
+    for p in per_pair:
+        for side in ("bare", "supervised"):
+            ms = p.get(f"{side}_cpu_ms_per_step")
+            p[f"{side}_cpu_share"] = None if ms is None else p[side] * ms / 1e3
+        shares = (p["bare_cpu_share"], p["supervised_cpu_share"])
+        if all(x is not None and x >= UNDISTURBED for x in shares):
+            kept.append(p["ratio"])
+    return {"undisturbed_pairs": len(kept),
+            "undisturbed_ratio": statistics.median(kept) if kept else None,
+            "undisturbed_ratios": kept}
+
+
 def _median(xs: list[float | None]) -> float | None:
     v = [x for x in xs if x is not None]
     return statistics.median(v) if v else None
@@ -249,6 +271,7 @@ def main() -> None:
         "daemon_rss_mb": max(rss) / 2**20,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
     }
+    res.update(undisturbed(res["per_pair"]))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"throughput supervised/bare: median of {a.pairs} pairs {res['ratio']:.3f} "
@@ -257,6 +280,13 @@ def main() -> None:
         print(f"the job's CPU per step, bare/supervised: median {res['cpu_per_step_ratio']:.3f} "
               f"({min(cr):.3f}-{max(cr):.3f}); {res['bare_cpu_ms_per_step']:.3f} ms bare, "
               f"{res['supervised_cpu_ms_per_step']:.3f} ms supervised")
+    shares = ", ".join(f"{p['bare_cpu_share']:.2f}/{p['supervised_cpu_share']:.2f}"
+                       if p["bare_cpu_share"] is not None and p["supervised_cpu_share"] is not None
+                       else "n/a" for p in res["per_pair"])
+    print(f"the job's share of its CPU per pair, bare/supervised: {shares}; pairs where both had "
+          f">= {UNDISTURBED:.0%}: {res['undisturbed_pairs']}, their ratio "
+          + (f"median {res['undisturbed_ratio']:.3f} ({', '.join(f'{r:.3f}' for r in res['undisturbed_ratios'])})"
+             if res["undisturbed_ratio"] is not None else "n/a"))
     print(f"daemon CPU while the job ran: median {res['daemon_cpu_pct_of_core']:.2f}%, max "
           f"{res['daemon_cpu_pct_max']:.2f}% of one core (goal < 0.5%); to the daemon's exit "
           f"(the run's end and the interpreter's teardown too): median "

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bench.procstat import CpuSampler, cpu_at, cpu_s, pinned
-from bench.supervise_bench import window
+from bench.supervise_bench import undisturbed, window
 
 BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass"
 
@@ -81,3 +81,20 @@ def test_window_is_the_rate_and_cpu_per_step_of_the_same_records(tmp_path):
     rate, per_step = window(prog, late)
     assert rate == pytest.approx(50 / 6.0) and per_step == pytest.approx(0.3 / 50)
     assert window(prog, [])[1] is None
+
+
+def test_undisturbed_pairs_are_those_whose_jobs_had_their_cpu_on_both_sides():
+    """Share = steps/s x CPU s/step: 300 steps/s at 3.3 ms is 99% of the CPU; at 100 steps/s
+    the same 3.3 ms is 33%: a neighbour took two thirds of it."""
+    pairs = [{"bare": 300.0, "supervised": 297.0, "ratio": 0.99, "bare_cpu_ms_per_step": 3.3,
+              "supervised_cpu_ms_per_step": 3.3},
+             {"bare": 300.0, "supervised": 100.0, "ratio": 1 / 3, "bare_cpu_ms_per_step": 3.3,
+              "supervised_cpu_ms_per_step": 3.3},
+             {"bare": 272.8, "supervised": 300.0, "ratio": 1.1, "bare_cpu_ms_per_step": 3.3,  # 0.9002
+              "supervised_cpu_ms_per_step": 3.3},
+             {"bare": 300.0, "supervised": 300.0, "ratio": 1.0, "bare_cpu_ms_per_step": None,
+              "supervised_cpu_ms_per_step": 3.3}]
+    got = undisturbed(pairs)
+    assert got == {"undisturbed_pairs": 2, "undisturbed_ratio": pytest.approx(1.045),
+                   "undisturbed_ratios": [0.99, 1.1]}
+    assert pairs[1]["supervised_cpu_share"] == pytest.approx(0.33) and pairs[3]["bare_cpu_share"] is None
