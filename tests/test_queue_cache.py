@@ -68,6 +68,11 @@ def test_snapshots_with_nothing_changed_read_no_queue_and_an_edit_shows_at_the_n
         seen.clear()
         assert build_status(sup, h.clock())["queue"]["waiting"] == 1
         assert [q["id"] for q in sup.queue()] == [first] == _on_file(h)
+        await _submit(h, "queue_add", {"name": "last", "command": ["python", "d.py"]})  # after a move
+        third = sup.queue()[-1]["id"]
+        assert [q["id"] for q in sup.queue()] == [first, third] == _on_file(h)
+        seen.clear()
+        assert build_status(sup, h.clock())["queue"]["waiting"] == 2
         assert _queue_reads(seen) == []
         sup.close()
     asyncio.run(go())

@@ -107,6 +107,14 @@ def _without(entries: list[QueueRow], qid: int) -> list[QueueRow]:
     return [e for e in entries if e["id"] != qid]
 
 
+def _appended(entries: list[QueueRow], row: QueueRow) -> list[QueueRow]:
+    """A new entry goes last (Store.queue_add: after every position used): O(1), in place."""
+    if entries and (entries[-1]["pos"], entries[-1]["id"]) > (row["pos"], row["id"]):
+        return _by_position([*entries, row])  # not where an add puts it: sorted, to be sure
+    entries.append(row)
+    return entries
+
+
 def _by_position(entries: list[QueueRow]) -> list[QueueRow]:
     return sorted(entries, key=lambda e: (e["pos"], e["id"]))  # as Store.queue orders them
 
@@ -383,7 +391,7 @@ class RunBook:
         if row is None:
             self._waiting = None  # read anew at the next read
         else:
-            self._wrote(lambda q: _by_position([*_without(q, qid), row]))
+            self._wrote(lambda q: _appended(q, row))
         return {"ok": True, "message": f"queued {safe_text(name)!r} as #{qid}, position "
                 f"{self.store.queue_position(qid)}"}, qid
 
