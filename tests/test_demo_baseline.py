@@ -64,3 +64,16 @@ def test_a_governor_that_cannot_cap_says_so_in_the_summary():
                                                "line": "governor cannot cap the clock; pausing only (see the problem)"}}
     line = next(x for x in demo.summary(st, 40.0, [], [], None).splitlines() if x.startswith("governor:"))
     assert "cannot cap the clock; pausing only" in line and "held" not in line
+
+
+def test_an_eta_check_says_the_resets_that_came_after_it():
+    """The demo's ETA check said "-52%" bare: a reset injected after it, which no ETA of a rate
+    of one per hours foresees, cost its restart. The line says so; a check with none after it
+    stays as it was."""
+    etas = [(float(t), t * 5, 30.0 - t) for t in range(0, 30)]
+    rows = demo.eta_check(etas, 45.0, resets_at=[20.0])
+    assert [r["resets_after"] for r in rows] == [1, 0]
+    lines = demo.eta_check_lines(rows)
+    assert lines[0] == "at 15 s (step 75): 15 s shown, 30 s taken (-50%; 1 reset came after it, not foreseen)"
+    assert lines[1] == "at 29 s (step 145): 1 s shown, 16 s taken (-94%)"
+    assert "resets_after" not in demo.eta_check(etas, 45.0)[0]  # the bench's nights: not known
