@@ -127,7 +127,8 @@ class ProgressMeter:
     pauses: int = 0  # thermal pauses since the first report (the cycles seen)
     _cooling: bool = False
     # faults since the first report: a restart that begins after steps were gained since the
-    # last one began (a reset's recovery, a cooling wait and the new process loading are one)
+    # last one began (a reset's recovery, a cooling wait and the new process loading are one;
+    # a restart after you stopped and resumed the run counts too: the meter cannot tell)
     faults: int = 0
     _fault_fwd: int | None = None
     _fault_restart: float = 0.0  # restart seconds counted when the newest fault began

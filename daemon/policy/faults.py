@@ -22,9 +22,11 @@ Choices, stated once:
   ``DEFAULT_MTBF_S``: a 780M under ROCm resets every few hours of load), worth one fault
   (``PRIOR_EVENTS``): the daemon holds one belief about this chip's faults, not two. It expects
   a fault before one is seen (the first hours' ETA is not the no-fault one) without making a
-  healthy chip's ETA long: over a 4 h prior, a night that faults often (the one this project
-  comes from: 22 resets) overrules it within its first few faults, and one reset in the first
-  minutes is not "20 an hour".
+  healthy chip's ETA long, and one reset in the first minutes is not "20 an hour". The price:
+  it learns a flaky chip slowly within one night (faulting twice an hour, it is expected at
+  ~1.1/h after 4 h, ~1.4/h after 8: a few % of the ETA, since each fault costs minutes; -2%
+  at two thirds of such a night in tests/test_faults.py), and from the next night on the
+  history prior starts there (one such night of 10 h: ~1.5/h).
 - The history prior: this machine's past runs in the store (faults = their restarts, time up
   = created to last update, less the time in the cloud; an upper bound, so the rate is a
   lower bound) update the default; they weigh at most ``HISTORY_MAX_S`` (one night): another
