@@ -134,3 +134,27 @@ def test_the_clock_cap_goes_on_halfway_between_resume_and_pause():
     assert clock_cap_due(80.0, th) and clock_cap_due(95.0, th)
     assert not clock_cap_due(79.9, th)
     assert not clock_cap_due(None, th)  # an unknown edge never caps
+
+
+def test_a_record_ends_a_hang_suspicion_but_a_running_jobs_heartbeat_does_not():
+    assert rules.spoke("progress", held=False) and rules.spoke("checkpoint", held=False)
+    assert rules.spoke(None, held=False)  # a record of no known kind is still the job speaking
+    assert not rules.spoke("heartbeat", held=False)  # its heartbeat thread beats on while the GPU hangs
+    assert rules.spoke("heartbeat", held=True)  # held on purpose: its heartbeat is all it says
+
+
+def test_a_checkpoint_read_before_a_restart_is_dated_by_its_record_once():
+    assert rules.checkpoint_read_at(50.0, 1_000.0, 2_000.0, 300.0) == 50.0  # read by this daemon
+    assert rules.checkpoint_read_at(None, 1_900.0, 2_000.0, 300.0) == 200.0  # 100 s ago, monotonic
+    assert rules.checkpoint_read_at(None, None, 2_000.0, 300.0) is None
+    assert rules.checkpoint_read_at(None, 0.0, 2_000.0, 300.0) is None  # no time recorded: unknown
+
+
+def test_sigterm_stops_gracefully_a_second_sigint_forces_a_second_sigterm_changes_nothing():
+    first = rules.on_signal("SIGTERM", False, stopping=False, job_running=True)
+    assert first.action == "stop" and first.message == "received SIGTERM: checkpointing and stopping the job"
+    idle = rules.on_signal("SIGINT", True, stopping=False, job_running=False)
+    assert idle.action == "stop" and idle.message.endswith("no job is running here; stopping the daemon")
+    assert rules.on_signal("SIGINT", True, stopping=True, job_running=True).action == "force"
+    again = rules.on_signal("SIGTERM", False, stopping=True, job_running=True)
+    assert again.action == "again" and again.message == "SIGTERM again: already stopping gracefully"

@@ -397,10 +397,9 @@ class Supervisor:
 
     def _memory(self) -> Memory:
         """What the tick's rules may read of the Supervisor's state (a copy)."""
-        ck, at = self.facts.checkpoint, self.checkpoint_seen_at
-        wall, mono = self.clock(), self.mono()
-        if at is None and ck and ck.get("t"):  # known from before a restart: its record time
-            at = mono - (wall - float(ck["t"]))
+        ck = self.facts.checkpoint
+        at = rules.checkpoint_read_at(self.checkpoint_seen_at, float(ck.get("t") or 0) if ck else None,
+                                      self.clock(), self.mono())
         return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
                       edges=tuple(self.edges), suspect_since=self.suspect_since,
                       age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.facts.steps_per_s,
@@ -485,8 +484,8 @@ class Supervisor:
         if replay:
             return
         self.record_seen_at = self.mono()
-        if kind != "heartbeat" or self.holds:
-            self.suspect_since = None  # it spoke (a held job's heartbeat is life too): not hung
+        if rules.spoke(kind, bool(self.holds)):
+            self.suspect_since = None  # not hung
         if kind == "checkpoint" and isinstance(step, int):
             self.checkpoint_seen_at = self.record_seen_at
             self.stored(self.store.add_checkpoint, self.run_id, step, str(rec.get("path")),
@@ -1047,22 +1046,15 @@ class Supervisor:
 
     # ================================================================== shutdown
     def request_stop(self, sig: int) -> None:
-        """Signal handler: only records (the uvicorn way). SIGTERM or a first SIGINT = graceful;
-        a second SIGINT forces."""
-        if self.stop_signal is not None:
-            if sig == signal.SIGINT:
-                log.warning("second SIGINT: killing the job and exiting now")
-                self.runner.kill_now()
-                self.stop_signal = sig
-                self.done.set()
-            else:
-                log.info("%s again: already stopping gracefully", signal.Signals(sig).name)
-            return
-        # what will really happen: an idle daemon has no job to checkpoint
-        log.info("received %s: %s", signal.Signals(sig).name,
-                 "checkpointing and stopping the job" if self.runner is not None and self.runner.running
-                 else "no job is running here; stopping the daemon")
-        self.stop_signal = sig
+        """Signal handler: only records (the uvicorn way); what a signal asks: rules.on_signal."""
+        v = rules.on_signal(signal.Signals(sig).name, sig == signal.SIGINT, self.stop_signal is not None,
+                            self.runner is not None and self.runner.running)
+        (log.warning if v.action == "force" else log.info)(v.message)
+        if v.action == "force":
+            self.runner.kill_now()
+            self.done.set()
+        if v.action != "again":
+            self.stop_signal = sig
 
     def exit_code(self) -> int:
         return rules.exit_code(self.stop_signal, self.state.value)

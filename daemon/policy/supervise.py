@@ -1,5 +1,6 @@
 """The supervisor's rules (pure): liveness and hang, hold precedence, which command starts the
-job, bounded restarts, checkpoint age, stop and finish, offload backoff and budget.
+job, bounded restarts, checkpoint age, stop and finish, offload backoff and budget, what a
+signal asks.
 
 Each function takes plain values (what the supervisor observed, what it remembers, the config,
 the time) and returns a plain decision with its reason; the Supervisor (daemon/core/supervisor.py)
@@ -20,7 +21,7 @@ Choices, stated once:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from daemon.job.classify import ExitInfo
 from daemon.policy.cfgtypes import Config, JobConfig
@@ -74,6 +75,21 @@ def judge_liveness(obs: Liveness, now: float, cfg_job: JobConfig) -> HangVerdict
         return HangVerdict("terminate", f"still silent {grace:.0f} s after a checkpoint was asked",
                            silent)
     return HangVerdict("ok", "waiting for the asked checkpoint", silent)
+
+
+def spoke(kind: object, held: bool) -> bool:
+    """A record ends a hang's suspicion: any record but a heartbeat (a job's heartbeat thread
+    beats on while its GPU kernel hangs), and a held job's heartbeat too (held on purpose, it
+    has nothing else to say)."""
+    return kind != "heartbeat" or held
+
+
+def checkpoint_read_at(seen_at: float | None, record_t: float | None, wall: float, mono: float) -> float | None:
+    """When (monotonic) the newest checkpoint was read, for its age. Read before a restart, it is
+    known only by its record's wall time: turned into a monotonic one once, now."""
+    if seen_at is None and record_t:
+        return mono - (wall - record_t)
+    return seen_at
 
 
 # --------------------------------------------------------------------------- holds
@@ -218,6 +234,25 @@ def sensor_problem(reading: ReadingLike | None, previous: str | None = None) -> 
     if reading.edge_c is None and reading.tctl_c is None:
         return THERMAL_OFF + " (run `nightshift sensors` to see why)"
     return None
+
+
+# --------------------------------------------------------------------------- signals
+@dataclass(frozen=True)
+class SignalVerdict:
+    action: Literal["stop", "force", "again"]
+    message: str  # the journal's line
+
+
+def on_signal(name: str, is_sigint: bool, stopping: bool, job_running: bool) -> SignalVerdict:
+    """SIGTERM or a first SIGINT: a graceful stop (the job checkpoints first); a second SIGINT
+    forces (the job killed, the daemon exits now); a second SIGTERM changes nothing. The line
+    says what will really happen: an idle daemon has no job to checkpoint."""
+    if stopping and is_sigint:
+        return SignalVerdict("force", "second SIGINT: killing the job and exiting now")
+    if stopping:
+        return SignalVerdict("again", f"{name} again: already stopping gracefully")
+    return SignalVerdict("stop", f"received {name}: " + ("checkpointing and stopping the job" if job_running
+                                                          else "no job is running here; stopping the daemon"))
 
 
 # --------------------------------------------------------------------------- exit status
