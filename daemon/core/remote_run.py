@@ -41,7 +41,7 @@ from daemon.night.runbook import ran_on
 from daemon.policy import remote as rules
 from daemon.policy import supervise as budget_rules
 from daemon.policy.cfgtypes import Config
-from daemon.policy.states import State
+from daemon.policy.states import REMOTE_STATES, State
 from daemon.state.store import RunFields, RunRow
 
 LOCAL_STARTUP_S = 15.0  # the local stand-in cloud's start: a process importing torch
@@ -296,10 +296,17 @@ class RemoteRun:
             acts.append(Goto(State.REMOTE, f"re-attached to call {self.call_id}"))
         return acts
 
-    def resume_record(self, run: RunRow) -> None:
-        """A restart in OFFLOADING without a call id: the record says whether a launch was in
-        flight (its call is looked for before a second one starts)."""
-        self.rec = Record.load(run.get("remote_state"))
+    def reopen(self, run: RunRow, state: State, now: float) -> list[Action] | None:
+        """A restarted daemon's run that was on the cloud (its call followed again: ``attach``)
+        or moving there with a launch in flight (its call, if it started, is looked for before
+        a second one). None: nothing remote to continue."""
+        if state in REMOTE_STATES and run.get("remote_call_id"):
+            return self.attach(run, state, now)
+        if state == State.OFFLOADING and Record.load(run.get("remote_state")).launching:
+            self.rec = Record.load(run.get("remote_state"))
+            self.begin(now, "continuing the move to the cloud after a restart")
+            return []
+        return None
 
     def _key(self, run: RunRow) -> str:
         from daemon.cloud.offloader import run_key

@@ -78,7 +78,7 @@ from daemon.core.pace import Pace, history_prior
 from daemon.core.parts import Parts
 from daemon.core.readings import Readings
 from daemon.core.recovering import Recovery
-from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, Record, RemoteRun, Save, Seen
+from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, RemoteRun, Save, Seen
 from daemon.core.starting import JobStarter, StartContext
 from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
@@ -306,13 +306,9 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
         self.governing.open(self.p.governor, self.store, self.job)  # last night's clock
-        run = self.run
-        if self.state in REMOTE_STATES and run.get("remote_call_id"):
-            self._apply(self.remote.attach(run, self.state, self.mono()))
-        elif self.state == State.OFFLOADING and Record.load(run.get("remote_state")).launching:
-            # a launch was in flight: its call (if it started) is looked for before a second one
-            self.remote.resume_record(run)
-            self.remote.begin(self.mono(), "continuing the move to the cloud after a restart")
+        remote = self.remote.reopen(self.run, self.state, self.mono())  # on the cloud, or moving there
+        if remote is not None:
+            self._apply(remote)
         elif self.state.value not in ENDED_STATES:
             # stopped, or interrupted anywhere local: continue from the newest checkpoint
             self.state = State.STARTING
