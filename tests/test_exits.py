@@ -18,7 +18,15 @@ from daemon.core.decisions import (
     Save,
     Wait,
 )
-from daemon.core.exits import Exited, after_death, at_step, counted_restart, died_as, on_exit
+from daemon.core.exits import (
+    Exited,
+    after_death,
+    at_step,
+    classify,
+    counted_restart,
+    died_as,
+    on_exit,
+)
 from daemon.job.classify import ExitInfo
 from daemon.policy.states import State
 from tests.harness import config
@@ -112,3 +120,15 @@ def test_a_shutdown_checkpoints_a_job_here_keeps_an_asked_exit_and_leaves_a_clou
     assert shutdown(State.PULLING, False, None) == [
         Emit("daemon", "stopping while pulling; the next start carries on from here")]
     assert shutdown(State.STARTING, False, None) == []
+
+
+def test_a_reset_near_the_death_and_after_the_start_or_a_hip_message_makes_it_a_gpu_fault():
+    def kind(tail="", deaths=(), pending=None, started=100.0):
+        return classify(134, tail, 1000.0, started_at=started, deaths=list(deaths), pending_t=pending,
+                        step=40, asked=False, done=False).kind
+    assert kind() == "code_error"
+    assert kind(deaths=[990.0]) == "gpu_fault"  # 10 s before: near enough
+    assert kind(deaths=[989.0]) == "code_error"  # 11 s before: another story
+    assert kind(deaths=[995.0], started=996.0) == "code_error"  # it killed an earlier attempt
+    assert kind(pending=1004.0) == "gpu_fault"  # one the detector is still assembling
+    assert kind("Memory access fault by GPU node-1 (Agent handle: 0x1) on address 0x7f") == "gpu_fault"

@@ -8,6 +8,7 @@ for (the intent: a stop or cancel, a move to the cloud, a rollback, a divergence
 the job died on its own (or hung): the restore chain (restorechain.after_resumed_exit) and then
 ``after_death`` -- the bounded restarts of policy/supervise.decide_exit -- decide.
 ``shutdown``: what a SIGTERM asks of the job (or says of a run on the cloud) first.
+``classify``: how the job ended, with the reset or GPU fault that explains a death.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from daemon.core.decisions import (
     Wait,
 )
 from daemon.core.intent import ExitIntent, Why
-from daemon.job.classify import ExitInfo, traceback_tail
+from daemon.job.classify import ExitInfo, classify_exit, traceback_tail
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config
 from daemon.policy.scriptckpt import wait_state_after_exit
@@ -56,6 +57,18 @@ def counted_restart(run: RunRow, now: float) -> Save:
     times = json.loads(run.get("restart_times") or "[]")
     return Save({"restarts": (run.get("restarts") or 0) + 1,
                  "restart_times": json.dumps([t for t in times if now - t <= DAY_S] + [now])})
+
+
+def classify(rc: int, tail: str, now: float, *, started_at: float | None, deaths: list[float],
+             pending_t: float | None, step: int | None, asked: bool, done: bool) -> ExitInfo:
+    """How the job ended (daemon/job/classify.py), with what explains a death: a GPU reset or
+    fault near it and after the attempt started (``deaths``: not a soft recovery, the
+    compositor's; ``pending_t``: one the detector is still assembling), or a ROCm/HIP dying
+    message in its output."""
+    from daemon.gpu.resets.signatures import match_job_output
+    near = rules.reset_explains_death(now, deaths, started_at=started_at or 0.0, pending_t=pending_t)
+    return classify_exit(rc, tail, gpu_signature=match_job_output(tail), reset_near_exit=near, step=step,
+                         asked_to_exit=asked, done=done)
 
 
 @dataclass(frozen=True)

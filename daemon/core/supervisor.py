@@ -83,7 +83,6 @@ from daemon.core.starting import JobStarter, StartContext
 from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
-from daemon.job.classify import classify_exit
 from daemon.job.diskfull import is_full_error, says_full
 from daemon.job.jobproc import same_process_alive, stop_orphan
 from daemon.job.jobrunner import JobRunner
@@ -520,12 +519,9 @@ class Supervisor:
             if match_job_output(tail):
                 self.p.detector.note_job_exit(tail, now)
             self._poll_resets()
-        pending = self.p.detector.pending_t() if self.p.detector is not None else None
-        # a reset or a GPU fault (not a soft recovery: the compositor's) explains the death
-        near = rules.reset_explains_death(now, self.reset_log.death_times(),
-                                          started_at=started or 0.0, pending_t=pending)
-        info = classify_exit(rc, tail, gpu_signature=_gpu_signature(tail), reset_near_exit=near,
-                             step=self.facts.step, asked_to_exit=intent is not None, done=self.facts.done)
+        info = exits.classify(rc, tail, now, started_at=started, deaths=self.reset_log.death_times(),
+                              pending_t=self.p.detector.pending_t() if self.p.detector is not None else None,
+                              step=self.facts.step, asked=intent is not None, done=self.facts.done)
         said = exits.on_exit(exits.Exited(info, intent, self.facts.step, intent is None and says_full(tail)
                                           and not self.disk.watch.room(), self.shutting_down))
         if said == [LaunchRemote()]:
@@ -1119,21 +1115,11 @@ class Supervisor:
         return self.store.events(None, limit=limit, before_id=before_id, kind=kind)
 
 
-def _gpu_signature(tail: str) -> str | None:
-    from daemon.gpu.resets.signatures import match_job_output
-    return match_job_output(tail)
-
-
 _adopted_fact = suspects.adopted_fact
 
 
 def _finite(x: object) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def _public_config(cfg: Config) -> dict[str, object]:
-    from daemon.state.config import public_config
-    return public_config(cfg)
 
 
 __all__ = ["Parts", "Supervisor", "TERMINAL_STATES"]
