@@ -50,3 +50,16 @@ def test_room_comes_back_at_the_needed_bytes_and_the_hold_is_lifted(tmp_path):
     assert ok and said == [Problem("disk", None), Release("disk"),
                            Emit("disk_full", "disk space is back: the run goes on", "info")]
     assert d.room("x", False)[1][1] == Release("disk", quiet=True)  # no job to tell
+
+
+def test_per_poll_a_store_on_a_full_disk_holds_the_running_job_and_room_lets_it_go(tmp_path):
+    free = [0]
+    d = disk(tmp_path, free)
+    assert d.poll(held=False, job_running=False, store_full=True, shown=None) == []  # no job here
+    assert d.poll(held=False, job_running=True, store_full=False, shown=None) == []
+    got = d.poll(held=False, job_running=True, store_full=True, shown=None)
+    assert got[-1] == Hold("disk", got[0].text, or_stop=True)  # type: ignore[union-attr]
+    assert "the state database cannot be written" in str(got[0].text)  # type: ignore[union-attr]
+    assert d.poll(held=True, job_running=True, store_full=True, shown=got[0].text) == []  # type: ignore[union-attr]
+    free[0] = d.watch.needed(str(tmp_path))
+    assert Release("disk") in d.poll(held=True, job_running=True, store_full=False, shown="x")

@@ -41,3 +41,13 @@ class DiskHold:
             return False, [Problem("disk", msg)] if shown != msg else []
         return True, [Problem("disk", None), Release("disk", quiet=not job_running),
                       Emit("disk_full", "disk space is back: the run goes on", "info")]
+
+    def poll(self, *, held: bool, job_running: bool, store_full: bool, shown: str | None) -> list[Decision]:
+        """Per poll while the job runs here: a store whose writes wait on a full disk holds it
+        (training on would only widen what a crash loses); a held job goes on once there is
+        room. ``store_full``: the store has writes pending and its problem says the disk is full."""
+        if not job_running:
+            return []
+        if not held and store_full:
+            return self.hold("the state database cannot be written", held=False, job_running=True, restart=False)
+        return self.room(shown, True)[1] if held else []

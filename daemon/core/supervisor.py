@@ -734,11 +734,8 @@ class Supervisor:
         assert obs.poll is not None
         now, mono, reading = obs.clock.wall, obs.clock.mono, obs.poll.reading
         self.store.retry_pending()  # writes queued while the disk was full or read-only
-        if "disk" not in self.holds and self.store.pending_writes and says_full(self.store.problem) \
-                and self.runner.running:
-            self._hold_for_disk("the state database cannot be written", False)
-        elif "disk" in self.holds and self.runner.running:
-            self._disk_room()  # space back: the held job goes on
+        self._apply(self.disk.poll(held="disk" in self.holds, job_running=self.runner.running, shown=self.problems.get("disk"),
+                                   store_full=bool(self.store.pending_writes) and says_full(self.store.problem)))
         self._apply(decide.gpu_problems(list(getattr(self.p.sensor, "problems", None) or []), self._memory()))
         self._apply(decide.sensor(obs, self._memory()))
         f = self.facts
