@@ -6,7 +6,8 @@ config changes; per poll interval the sensors, reset sources, the schedule), ask
 into decisions without ever seeing the Supervisor (decide: the tick's rules; exits: the job's
 exit; commanding: a user's command; starting: the next start's plan; recovering: a reset's
 recovery; offloadplan and remote_run: the cloud; losswatch: the run's losses; opening: which run
-a start continues) -- carries the decisions out in order (``_apply``) through narrow ports that
+a start continues; lifecycle: how a run ends; holds: a hold carried out on the job; governorloop:
+the clock governor) -- carries the decisions out in order (``_apply``) through narrow ports that
 never see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe),
 and publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
 
