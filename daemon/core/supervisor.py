@@ -91,15 +91,15 @@ from daemon.job.progress import ProgressRecord
 from daemon.job.status import JobFacts
 from daemon.night.runbook import RunBook
 from daemon.policy import eta as eta_mod
+from daemon.policy import gates, tickrate
 from daemon.policy import supervise as rules
-from daemon.policy import tickrate
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
 from daemon.policy.opening import choose
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
 from daemon.policy.scriptckpt import Resumed
-from daemon.policy.states import ENDED_STATES, LOCAL_STATES, REMOTE_STATES, State
+from daemon.policy.states import ENDED_STATES, REMOTE_STATES, State
 from daemon.state.store import (
     TERMINAL_STATES,
     EventRow,
@@ -433,7 +433,7 @@ class Supervisor:
         if obs.stop_signal is not None and not self.shutting_down:
             self.shutting_down = True
             self._apply(exits.shutdown(self.state, self.runner.running, self.exit_intent))
-        if self._next_run_due and not self.runner.running and not self.shutting_down:
+        if gates.next_run_now(self._next_run_due, job_here=self.runner.running, shutting_down=self.shutting_down):
             self._start_next_run(now)
         if obs.poll is not None:
             await self._poll(obs)
@@ -666,8 +666,9 @@ class Supervisor:
         elif self.state == State.RECOVERING:
             self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
                                              self.p.offloader.available))
-        elif self.state == State.OFFLOADING and not self.runner.running and self.exit_intent is None \
-                and not self.shutting_down and self.stop_signal is None:  # a SIGTERM: never launch
+        elif self.state == State.OFFLOADING and gates.may_launch(
+                job_here=self.runner.running, exiting=self.exit_intent is not None,
+                shutting_down=self.shutting_down, signalled=self.stop_signal is not None):
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
             self._apply(await self.remote.poll(mono, self.run, self._job_spec()))
@@ -677,7 +678,7 @@ class Supervisor:
             self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir), self._job_spec()))
 
     async def _maybe_start(self, now: float, mono: float) -> None:
-        if self.shutting_down or self.runner.running or self.next_start_at is None or mono < self.next_start_at:
+        if not gates.may_start(mono, self.next_start_at, job_here=self.runner.running, shutting_down=self.shutting_down):
             return
         if "disk" in self.holds and not self._disk_room():
             return  # a job started on a full disk dies at its first write: wait for space
@@ -948,8 +949,8 @@ class Supervisor:
                               run.get("created"), now)
 
     def _consider_offload(self, now: float) -> None:
-        if self.state.value not in LOCAL_STATES or not self.remote.can_try(self.mono()) or self.shutting_down \
-                or self.exit_intent is not None:
+        if not gates.may_plan_offload(self.state.value, can_try=self.remote.can_try(self.mono()),
+                                      shutting_down=self.shutting_down, exiting=self.exit_intent is not None):
             return
         f, job, duty = self.facts, self.job, self.duty.duty(now)
         self._apply(self.planner.consider(Night(
