@@ -71,6 +71,7 @@ from daemon.core.diskhold import DiskHold
 from daemon.core.governorloop import GovernorLoop
 from daemon.core.holds import Holds
 from daemon.core.intent import ExitIntent
+from daemon.core.journal import Journal
 from daemon.core.losswatch import Acting, LossWatch
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
@@ -121,9 +122,6 @@ if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), impor
 
 log = logging.getLogger("nightshift")
 CONTROL_ACTIONS = ("pause", "resume", "checkpoint", "offload", "stop")
-NOTIFY_TITLES = {"paused_hot": "Paused: GPU hot", "reset": "GPU reset", "offloaded": "Moved to cloud",
-                 "budget": "Cloud budget reached", "divergence": "Loss diverged",
-                 "failed": "Training failed", "finished": "Training finished"}
 
 
 class Supervisor:
@@ -170,6 +168,7 @@ class Supervisor:
         self.recovering = Recovery()  # after a reset: cooldown, probe, restart (recovering.py)
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
         self.stored = StoreGuard(self.problems)  # every store write: a sick disk is a problem, not a crash
+        self.journal = Journal(self.store, self.stored, clock)  # each event: stored, logged, notified
         # GPU incidents: counts per kind, the window, the diagnosis (daemon/gpu/resets/resetlog.py)
         self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
         self.sensed = Readings()  # the newest reading, the last two minutes, the edge trend (readings.py)
@@ -177,7 +176,6 @@ class Supervisor:
         self.interval_explanation = ""
         self.age_warned: float | None = None
         self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
-        self.last_event: LastEvent | None = None
         self.commands: collections.deque[Command] = collections.deque()
         self.stop_signal: int | None = None
         self.shutting_down = False
@@ -196,18 +194,14 @@ class Supervisor:
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
-              **data: Any) -> None:
-        # detail=True: stored (the timeline, `nightshift events --all`) but not a journal line of
-        # its own -- a thermal pause is one line with its reason, not three saying it thrice
-        if detail:
-            data["detail"] = True
-        getattr(log, "debug" if detail else "warning" if level == "warn" else level)(
-            "%s: %s", kind, message)
-        self.stored(self.store.add_event, self.run_id or None, kind, message, level, data or None)
-        self.last_event = {"t": self.clock(), "kind": kind, "message": message}
-        if self.p.notifier is not None and kind in NOTIFY_TITLES and \
-                kind in self.cfg["notify"]["events"]:
-            self.p.notifier.notify(kind, NOTIFY_TITLES[kind], message, data or None)
+              **data: object) -> None:
+        """Stored, a journal line unless ``detail``, a notification if asked for (journal.py)."""
+        self.journal.say(self.run_id or None, kind, message, level, detail=detail, data=data,
+                         phone=self.p.notifier, notify=self.cfg["notify"]["events"])
+
+    @property
+    def last_event(self) -> LastEvent | None:
+        return self.journal.last  # said in status
 
     def set_state(self, state: State, reason: str, detail: bool = False) -> None:
         """``detail``: another event says the same thing (see ``event``)."""
