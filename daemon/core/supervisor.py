@@ -35,6 +35,7 @@ from daemon.cloud.offloader import run_key
 from daemon.core import commanding, decide, exits, holds, lifecycle, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
+from daemon.core.attempt import Attempt
 from daemon.core.commanding import Here
 from daemon.core.decisions import (
     AfterStop,
@@ -99,7 +100,6 @@ from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
 from daemon.policy.opening import choose
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
-from daemon.policy.scriptckpt import Resumed
 from daemon.policy.states import ENDED_STATES, REMOTE_STATES, State
 from daemon.state.store import (
     TERMINAL_STATES,
@@ -132,7 +132,6 @@ class Supervisor:
         self.store = parts.store
         self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
         self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/job/adopt.py), per run
-        self._resumed: Resumed | None = None  # the adopted copy this attempt was resumed from
         self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
         self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
@@ -152,17 +151,14 @@ class Supervisor:
         self.holds = Holds()  # owner (thermal|user|schedule|disk) -> why, carried out on the job (holds.py)
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
-        self.resume_passed = ""  # NIGHTSHIFT_RESUME of the running attempt (daemon/job/resume.py)
         from daemon.job.diskfull import DiskWatch
         self.disk = DiskHold(DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
                                        lambda: (self.facts.checkpoint or {}).get("bytes"),
                                        **({"free": parts.disk_free} if parts.disk_free else {})))
-        self.exit_intent: ExitIntent | None = None  # why we asked the job to end
+        self.attempt = Attempt()  # the job's attempt here: its resume, last record, exit intent (attempt.py)
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
-        self.record_seen_at: float | None = None  # (mono) when this attempt's last record was read
         self.stop_waiters: list[asyncio.Future] = []
-        self.suspect_since: float | None = None
         self.failure: str | None = None
         self.thermal: ThermalState | None = None
         self.recovering = Recovery()  # after a reset: cooldown, probe, restart (recovering.py)
@@ -190,7 +186,6 @@ class Supervisor:
         self._next_run_due = False
         self.governing = GovernorLoop(self.stored)  # [thermal] governor = "clock" (governorloop.py)
         self.pace = Pace()  # the duty cycle and the net rate: the ETA's basis (pace.py)
-        self.resume_step: int | None = None  # the checkpoint step the newest start resumed from
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
@@ -376,7 +371,7 @@ class Supervisor:
             poll, self.poll_due = self.poll_due, False
             obs = self.observer.observe(self.p, self.runner, self.clock(), self.mono(), commands=self.commands,
                                         stop_signal=self.stop_signal if not self.shutting_down else None,
-                                        poll=poll, last_record_at=self.record_seen_at)
+                                        poll=poll, last_record_at=self.attempt.record_seen_at)
             await self._tick(obs)
         except Exception as e:  # noqa: BLE001 - the daemon lives on; the user sees what broke
             log.exception("supervisor tick failed")
@@ -391,7 +386,7 @@ class Supervisor:
         at = rules.checkpoint_read_at(self.checkpoint_seen_at, float(ck.get("t") or 0) if ck else None,
                                       self.clock(), self.mono())
         return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
-                      edges=tuple(self.edges), suspect_since=self.suspect_since,
+                      edges=tuple(self.edges), suspect_since=self.attempt.suspect_since,
                       age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.facts.steps_per_s,
                       interval_steps=self.interval_steps, problems=dict(self.problems),
                       clock_cap=self.p.clockcap is not None)
@@ -426,7 +421,7 @@ class Supervisor:
                                 "headline": headline(self.state, self.holds)})
         if obs.stop_signal is not None and not self.shutting_down:
             self.shutting_down = True
-            self._apply(exits.shutdown(self.state, self.runner.running, self.exit_intent))
+            self._apply(exits.shutdown(self.state, self.runner.running, self.attempt.exit_intent))
         if gates.next_run_now(self._next_run_due, job_here=self.runner.running, shutting_down=self.shutting_down):
             self._start_next_run(now)
         if obs.poll is not None:
@@ -446,12 +441,12 @@ class Supervisor:
         steady = None
         if self.state in (State.RUNNING, State.COOLING) and r is not None and r.running and not r.stopping \
                 and not self.commands and not self.shutting_down and self.stop_signal is None \
-                and self.exit_intent is None and not self._next_run_due:
+                and self.attempt.exit_intent is None and not self._next_run_due:
             steady = rules.Liveness(started_at=r.started_at if r.started_at is not None else self.mono(),
-                                    last_record_t=self.record_seen_at,
+                                    last_record_t=self.attempt.record_seen_at,
                                     last_output_t=r.last_output_t,
                                     last_cpu_growth_t=r.last_cpu_growth_t, held=bool(self.holds),
-                                    suspect_since=self.suspect_since)
+                                    suspect_since=self.attempt.suspect_since)
         return tickrate.tick_wait_s(steady, self.mono(), self.cfg["job"])
 
     # ================================================================== the job's output
@@ -473,24 +468,24 @@ class Supervisor:
         self._apply(self.losses.note_record(rec, self.cfg["divergence"], self._acting()))
         if replay:
             return
-        self.record_seen_at = self.mono()
+        self.attempt.record_seen_at = self.mono()
         if rules.spoke(kind, bool(self.holds)):
-            self.suspect_since = None  # not hung
+            self.attempt.suspect_since = None  # not hung
         if kind == "checkpoint" and isinstance(step, int):
-            self.checkpoint_seen_at = self.record_seen_at
+            self.checkpoint_seen_at = self.attempt.record_seen_at
             self.stored(self.store.add_checkpoint, self.run_id, step, str(rec.get("path")),
                         rec.get("t"), rec.get("bytes"), rec.get("stall_s"), rec.get("persist_s"))
             self._update_run(step=step)
             self._said(suspects.on_checkpoint(Path(self.checkpoint_dir), step,
                                               int(self.cfg["checkpoint"]["keep"])))
         else:
-            self._apply(decide.record(rec, frozenset(self.holds), self.resume_passed))
+            self._apply(decide.record(rec, frozenset(self.holds), self.attempt.resume_passed))
         if kind == "progress":
             self._apply(self.losses.spike(rec, self.p.divergence, self.cfg["divergence"], self._acting(),
                                           Path(self.checkpoint_dir), self.run.get("skip_steps") or ""))
 
     def _acting(self) -> Acting:
-        return Acting(watching=self.p.divergence is not None, exiting=self.exit_intent is not None,
+        return Acting(watching=self.p.divergence is not None, exiting=self.attempt.exit_intent is not None,
                       job_here=self.runner.running, remote=self.state == State.REMOTE)
 
     # ================================================================== exits
@@ -501,8 +496,7 @@ class Supervisor:
         tail = self.runner.output_tail()
         started = self.runner.proc.started_at if self.runner.proc else None
         self.runner.forget()
-        intent, self.exit_intent = self.exit_intent, None
-        self.suspect_since = None
+        intent, resumed = self.attempt.ended()  # only a resume from an adopted copy chains (below)
         self.holds.pop("schedule", None)  # a thermal hold outlives the job: its restart waits for it
         self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
         self._save_counters()
@@ -526,7 +520,6 @@ class Supervisor:
             self._apply(said)
             return
         info = exits.died_as(info, intent)
-        resumed, self._resumed = self._resumed, None  # only a resume from an adopted copy chains
         if resumed is not None and self.adopter is not None:
             said = await asyncio.to_thread(chain.after_resumed_exit, self.adopter, resumed, info.kind,
                                            self.facts.attempt_step, tail, self.run, now, self.cfg)
@@ -537,7 +530,7 @@ class Supervisor:
     def _ask_exit(self, intent: ExitIntent, mono: float, *, graceful: bool | None = None) -> None:
         """Ask the job to end; ``intent`` says, once it has exited, what happens next.
         Graceful (a final checkpoint first) unless the intent must not write one."""
-        self.exit_intent = intent
+        self.attempt.exit_intent = intent
         graceful = intent.graceful if graceful is None else graceful
         if graceful:
             self.stop_asked_at = mono  # a checkpoint read from now on is the stop's own
@@ -655,13 +648,13 @@ class Supervisor:
             await self._maybe_start(now, mono)
         elif self.state in (State.RUNNING, State.COOLING):
             # the job as it is now, after this tick's exit and commands
-            signs = replace(obs, job=job_signs(self.runner, self.record_seen_at))
+            signs = replace(obs, job=job_signs(self.runner, self.attempt.record_seen_at))
             self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
         elif self.state == State.RECOVERING:
             self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
                                              self.p.offloader.available))
         elif self.state == State.OFFLOADING and gates.may_launch(
-                job_here=self.runner.running, exiting=self.exit_intent is not None,
+                job_here=self.runner.running, exiting=self.attempt.exit_intent is not None,
                 shutting_down=self.shutting_down, signalled=self.stop_signal is not None):
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
@@ -684,7 +677,6 @@ class Supervisor:
         plan = await self.starter.plan(self._start_context(self.forced_resume))
         self.forced_resume = None
         self._apply(plan.said)
-        self.resume_step, self._resumed = plan.resume_step, plan.resumed
         try:
             pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
@@ -693,9 +685,8 @@ class Supervisor:
                 return
             self._fail(f"cannot start the job: {e}")
             return
-        self.resume_passed = plan.resume
+        self.attempt = Attempt(resume_passed=plan.resume, resume_step=plan.resume_step, resumed=plan.resumed)
         self.facts.new_attempt()
-        self.record_seen_at = None
         self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
                          if self.runner.proc else None)
         self.book.ran_here(self.run_id)  # its history says where it ran (runs: backend)
@@ -839,8 +830,8 @@ class Supervisor:
                 self._save_holds()
             elif isinstance(a, Remember):
                 self.thermal = None if a.clear_thermal else a.thermal if a.thermal is not None else self.thermal
-                self.suspect_since = None if a.clear_suspect else (
-                    a.suspect_since if a.suspect_since is not None else self.suspect_since)
+                self.attempt.suspect_since = None if a.clear_suspect else (
+                    a.suspect_since if a.suspect_since is not None else self.attempt.suspect_since)
                 self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
                 if a.clear_losses:  # a rollback: the loss trend starts again from its checkpoint
                     self.facts.losses.clear()
@@ -944,7 +935,7 @@ class Supervisor:
 
     def _consider_offload(self, now: float) -> None:
         if not gates.may_plan_offload(self.state.value, can_try=self.remote.can_try(self.mono()),
-                                      shutting_down=self.shutting_down, exiting=self.exit_intent is not None):
+                                      shutting_down=self.shutting_down, exiting=self.attempt.exit_intent is not None):
             return
         f, job, duty = self.facts, self.job, self.duty.duty(now)
         self._apply(self.planner.consider(Night(
@@ -952,6 +943,14 @@ class Supervisor:
             f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
             self.local_eta_s(now), self._deadline(now), self.resets_in_window(now), self.recovering.gpu_unusable,
             float(self.run.get("cloud_cost_usd") or 0.0), self.book.waiting())))
+
+    @property
+    def record_seen_at(self) -> float | None:
+        return self.attempt.record_seen_at  # (mono) said in status: the job's last record
+
+    @property
+    def resume_step(self) -> int | None:
+        return self.attempt.resume_step  # said in status: where the newest start resumed from
 
     @property
     def gov(self) -> Governor | None:
