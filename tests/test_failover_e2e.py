@@ -16,15 +16,13 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, free_port, kill_group, start_daemon, wait_for
-from tests.test_thermal_e2e import records, sim_config, uninterrupted_final_state
+from tests.test_thermal_e2e import records, sim_config, uninterrupted  # noqa: F401 (a fixture)
 from trainer.checkpoint import load_checkpoint
 from trainer.format import find_latest_valid
 
 
 @pytest.mark.torture
-def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
-    expected = uninterrupted_final_state(tmp_path / "ref")
-
+def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path, uninterrupted):  # noqa: F811
     work = tmp_path / "work"
     work.mkdir()
     port = free_port()
@@ -67,6 +65,7 @@ def test_resets_to_threshold_offload_remote_progress_and_result_home(tmp_path):
     assert costs == sorted(costs)  # shown live, never going back
     got, meta = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
     assert meta["step"] == 240
+    expected = uninterrupted.final_state()
     for group in ("model", "optimizer"):
         for k in expected[group]:
             assert torch.equal(got[group][k], expected[group][k]), f"{group}.{k}"

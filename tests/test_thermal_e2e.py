@@ -51,12 +51,38 @@ def db(tmp: Path):
     return con
 
 
-def uninterrupted_final_state(ref: Path) -> dict:
-    """The reference job's final tensors from a plain run that was never interrupted."""
-    env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
-           "NIGHTSHIFT_RESUME": ""}
-    subprocess.run(JOB, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)  # 85 s at load 10
-    return load_checkpoint(find_latest_valid(ref / "ckpt").path)[0]
+class Uninterrupted:
+    """The reference job's final tensors from a plain run that was never interrupted. It runs
+    beside the test's daemon (they share no file), so its torch import and its steps cost the test
+    no wall time (it was run first, alone: 85 s at load 10). Use as a context manager: a failing
+    test leaves no run behind."""
+
+    def __init__(self, ref: Path):
+        ref.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "NIGHTSHIFT_RUN_DIR": str(ref), "NIGHTSHIFT_CHECKPOINT_DIR": str(ref / "ckpt"),
+               "NIGHTSHIFT_RESUME": ""}
+        self.ref, self.log = ref, open(ref / "output.log", "wb")
+        self.p = subprocess.Popen(JOB, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> Uninterrupted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        self.log.close()
+
+    def final_state(self, timeout: float = 300) -> dict:
+        rc = self.p.wait(timeout=timeout)
+        assert rc == 0, (self.ref / "output.log").read_text()[-3000:]
+        return load_checkpoint(find_latest_valid(self.ref / "ckpt").path)[0]
+
+
+@pytest.fixture
+def uninterrupted(tmp_path: Path):
+    with Uninterrupted(tmp_path / "ref") as u:
+        yield u
 
 
 def run_to_end(cfg: Path, timeout: float = 240) -> str:
@@ -88,9 +114,7 @@ def test_paused_before_the_reset_temperature_with_zero_steps_lost(tmp_path):
 
 
 @pytest.mark.torture
-def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
-    expected = uninterrupted_final_state(tmp_path / "ref")
-
+def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path, uninterrupted):
     work = tmp_path / "work"
     work.mkdir()
     cfg = sim_config(work, {"load_c": 20.0})  # stays cool: the reset is the injected one
@@ -111,6 +135,7 @@ def test_injected_reset_is_recovered_with_the_same_final_weights(tmp_path):
     assert "kernel" in reset["sources"] and reset["kind"] == "reset", dict(reset)
     assert json.loads(reset["temps"])["edge_c"] is not None  # temperatures just before, recorded
     got, _ = load_checkpoint(find_latest_valid(work / "ckpt" / "run-1").path)
+    expected = uninterrupted.final_state()
     for group in ("model", "optimizer"):
         for k in expected[group]:
             assert torch.equal(got[group][k], expected[group][k]), f"{group}.{k}"
