@@ -10,7 +10,7 @@ reset's recovery: cooldown, probe, restart (recovering), when to move to the clo
 failover and the queue's plan (offloadplan), a script's checkpoints restored around a restart
 (restorechain), how a run ends and what follows (lifecycle), the holds carried out on the
 job (holds), the clock governor's loop (governorloop), the readings kept between polls
-(readings), the job's current attempt (attempt), each event stored, logged and notified (journal), the parts (``Parts``), the optional ones built and reloaded live (parts, reconfig) and the status
+(readings), the job's current attempt (attempt), the progress that outlives the daemon (counters), each event stored, logged and notified (journal), the parts (``Parts``), the optional ones built and reloaded live (parts, reconfig) and the status
 snapshot it publishes (statusview, waitview, and viewsource: what they read of the Supervisor,
 as a Protocol). It may import every package below it: policy, job, gpu, cloud, night, state,
 web; never service or commands, which build and drive it.

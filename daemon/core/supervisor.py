@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import run_key
-from daemon.core import commanding, decide, exits, holds, lifecycle, opening
+from daemon.core import commanding, counters, decide, exits, holds, lifecycle, opening
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.attempt import Attempt
 from daemon.core.commanding import Here
+from daemon.core.counters import Counters
 from daemon.core.decisions import (
     AfterStop,
     AskCheckpoint,
@@ -133,7 +134,7 @@ class Supervisor:
         self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
         self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/job/adopt.py), per run
         self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
-        self._saved_counters: tuple[int, int | None] = (0, None)  # steps_lost, max_step in the store
+        self.counters = Counters()  # steps_lost, max_step as the run's row has them (counters.py)
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
         # store's timestamps and the job's record times; ``mono`` for every duration, timeout,
         # cooldown, backoff and hang, so a clock step (NTP, suspend, an RTC in local time)
@@ -341,28 +342,14 @@ class Supervisor:
         self._rebuild_counters()
 
     def _rebuild_counters(self) -> None:
-        """steps_lost, the furthest step (the store's, or the job's last printed step if a
-        killed daemon had not saved it yet) and a finished run's step, total and checkpoint."""
-        f, row = self.facts, self.run
-        f.steps_lost = max(f.steps_lost, int(row.get("steps_lost") or 0))
-        steps = [x for x in (f.max_step, row.get("max_step"), self._last_logged_step()) if x is not None]
-        f.max_step = max(steps) if steps else None
-        f.step = f.step if f.step is not None else row.get("step")
-        f.total_steps = f.total_steps or row.get("total_steps")
-        if f.checkpoint is None:
-            newest = next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
-            if newest is not None:
-                f.checkpoint = {"step": newest["step"], "path": newest["path"], "t": newest["t"],
-                                "bytes": newest["bytes"]}
-        self._saved_counters = (f.steps_lost, f.max_step)
-
-    def _last_logged_step(self) -> int | None:
-        """The furthest step in the last 64 KiB of job.log, read with [job] progress_pattern
-        (a script's progress is its output: nothing else remembers it)."""
-        from daemon.core import parts as build
-        from daemon.job.outputprogress import last_logged_step
-        parser = build.output_progress(self.cfg) if self.p.output_progress is not None else None
-        return last_logged_step(self.run_dir / "job.log", parser) if parser is not None else None
+        """steps_lost, the furthest step and a finished run's step, total and checkpoint (counters.py)."""
+        f = self.facts
+        newest = None if f.checkpoint is not None else next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
+        logged = counters.last_logged_step(self.cfg, self.run_dir) if self.p.output_progress is not None else None
+        r = counters.recall(f, self.run, logged, newest)
+        f.steps_lost, f.max_step, f.step, f.total_steps, f.checkpoint = \
+            r.steps_lost, r.max_step, r.step, r.total_steps, r.checkpoint
+        self.counters.saved = (f.steps_lost, f.max_step)
 
     # ================================================================== the tick
     async def tick(self) -> None:
@@ -746,13 +733,7 @@ class Supervisor:
         self._consider_offload(now)
 
     def _save_counters(self) -> None:
-        """steps_lost and the furthest step reached, in the store when they change: a daemon
-        killed -9 does not forget them (at most one poll of steps behind; _rebuild reads the
-        job's last output lines too)."""
-        now_c = (self.facts.steps_lost, self.facts.max_step)
-        if now_c != self._saved_counters:
-            self._saved_counters = now_c
-            self._update_run(steps_lost=now_c[0], max_step=now_c[1])
+        self._apply(self.counters.changed(self.facts))  # a daemon killed -9 does not forget them
 
     def _adopted(self, c: AdoptedCheckpoint | None) -> None:
         if c is None:
