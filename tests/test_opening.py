@@ -4,11 +4,20 @@ leftover job trees ended for real (a real process in its own session, the record
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.core.decisions import Emit, Save
-from daemon.core.opening import continued, died_under, end_leftover_jobs, interrupted, recreated
+from daemon.core.decisions import Emit, Hold, Save
+from daemon.core.opening import (
+    continued,
+    died_under,
+    end_leftover_jobs,
+    end_orphan,
+    interrupted,
+    recreated,
+)
+from daemon.job.jobproc import process_create_time
 from daemon.night.runbook import RunRecord
 
 
@@ -50,3 +59,26 @@ def test_no_runs_dir_or_no_leftover_says_nothing(tmp_path: Path):
     assert asyncio.run(end_leftover_jobs(tmp_path / "missing")) == []
     (tmp_path / "1").mkdir()
     assert asyncio.run(end_leftover_jobs(tmp_path)) == []
+
+
+def test_a_users_pause_outlives_the_daemon_the_job_starts_held():
+    assert died_under(row(user_hold=1), 500.0)[-1] == Hold("user", "paused by the user", quiet=True)
+    assert not any(isinstance(d, Hold) for d in died_under(row(user_hold=0), 500.0))
+
+
+def test_the_continued_runs_own_job_left_running_is_stopped_by_pid_and_start_time():
+    """A real process in its own session, as a killed daemon's job would be."""
+    async def go():
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)",
+                                                    start_new_session=True)
+        try:
+            ct = process_create_time(proc.pid)
+            assert await end_orphan(row(job_pid=proc.pid, job_create_time=(ct or 0.0) + 5.0)) == []  # another process
+            said = await end_orphan(row(job_pid=proc.pid, job_create_time=ct))
+            assert said == [Emit("orphan", f"stopped job pid {proc.pid} left by the previous daemon", "warn")]
+            assert await asyncio.wait_for(proc.wait(), 15) is not None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    asyncio.run(go())

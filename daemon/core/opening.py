@@ -14,7 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
-from daemon.core.decisions import Decision, Emit, Save
+from daemon.core.decisions import Decision, Emit, Hold, Save
 from daemon.night.runbook import RunRecord
 from daemon.state.store import RunRow
 
@@ -35,6 +35,16 @@ async def end_leftover_jobs(runs_dir: Path) -> list[Emit]:
             out.append(Emit("orphan", f"stopped what was left of run {d.name}'s job, left by the "
                             f"previous daemon (pids {', '.join(map(str, ended))})", "warn"))
     return out
+
+
+async def end_orphan(row: RunRow) -> list[Emit]:
+    """The continued run's own job, left running by the previous daemon (its pid and start
+    time in the row, so a reused pid is never hit): stopped before this daemon starts another."""
+    from daemon.job.jobproc import same_process_alive, stop_orphan
+    if not same_process_alive(row["job_pid"], row["job_create_time"]):
+        return []
+    await stop_orphan(row["job_pid"], row["job_create_time"])
+    return [Emit("orphan", f"stopped job pid {row['job_pid']} left by the previous daemon", "warn")]
 
 
 def recreated(recovered: list[RunRecord]) -> list[Emit]:
@@ -65,11 +75,13 @@ def continued(row: RunRow, rec: RunRecord, *, from_files: bool, differs: list[st
 
 def died_under(row: RunRow, now: float) -> list[Decision]:
     """The previous daemon died under a running job (its pid is still in the row): that is a
-    restart too. Either way the row no longer names a job."""
+    restart too. Either way the row no longer names a job; a user's pause holds again."""
     out: list[Decision] = []
     if row["job_pid"]:
         times = json.loads(row.get("restart_times") or "[]")
         out += [Save({"restarts": row["restarts"] + 1, "restart_times": json.dumps(times + [now])}),
                 Emit("restart", "the previous daemon stopped without stopping its job (a crash or kill -9): "
                      "the job starts again, counted as a restart", "warn")]
-    return out + [Save({"job_pid": None, "job_create_time": None})]
+    out.append(Save({"job_pid": None, "job_create_time": None}))
+    # the user's pause outlives the daemon: the job starts held (no job to tell yet)
+    return out + ([Hold("user", "paused by the user", quiet=True)] if row.get("user_hold") else [])

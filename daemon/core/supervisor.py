@@ -88,7 +88,6 @@ from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
 from daemon.job.diskfull import is_full_error, says_full
-from daemon.job.jobproc import same_process_alive, stop_orphan
 from daemon.job.jobrunner import JobRunner
 from daemon.job.progress import ProgressRecord
 from daemon.job.status import JobFacts
@@ -282,12 +281,8 @@ class Supervisor:
             self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
             self._apply(opening.continued(row, self.book.record(row), differs=self.book.differs(row),
                                           from_files=bool(recovered) and recovered[-1].id == row["id"]))
-            if same_process_alive(row["job_pid"], row["job_create_time"]):
-                await stop_orphan(row["job_pid"], row["job_create_time"])
-                self.event("orphan", f"stopped job pid {row['job_pid']} left by the previous daemon", "warn")
+            self._apply(await opening.end_orphan(row))
             self._apply(opening.died_under(row, self.clock()))
-            if row["user_hold"]:
-                self.holds["user"] = "paused by the user"
         self._attach_run()
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included
