@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 
 import psutil
 import pytest
 
-from daemon.job.jobproc import JobProcess
+from daemon.job.jobproc import JobProcess, signal_group
 
 
 def _job(tmp_path, code: str, **kw) -> JobProcess:
@@ -153,3 +154,14 @@ def test_cpu_time_counts_the_whole_tree(tmp_path):
     seen, final = asyncio.run(main())
     assert seen == sorted(seen)  # never decreases
     assert final >= 0.5, final
+
+
+@pytest.mark.parametrize("pgid", [1, 0, -1])
+def test_signal_group_refuses_the_groups_that_mean_every_process_or_our_own(monkeypatch, pgid):
+    """killpg(1) is kill(-1) (every process this user may signal) and killpg(0) the daemon's own
+    group: never a job's. os.killpg recorded, not called: a broken guard harms nothing."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda g, s: sent.append((g, s)))
+    with pytest.raises(ValueError, match="not a job's process group"):
+        signal_group(pgid, signal.SIGTERM)
+    assert sent == []

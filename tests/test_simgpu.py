@@ -153,3 +153,23 @@ def test_simhook_paces_a_step_to_the_clock_even_under_a_rate_limit():
     assert abs(pace_sleep_s(0.1, 0.5) - 0.1) < 1e-9  # a 0.1 s step takes 0.2 s at half speed
     # rate-limited to 1 step/s: the limiter absorbed the compute; the step lasts 1/speed s
     assert abs(pace_sleep_s(0.05, 0.5, period_s=1.0) - 1.95) < 1e-9
+
+
+@pytest.mark.parametrize("pgid", [1, 0, -1])
+def test_a_made_up_process_group_is_refused_not_signalled(tmp_path, monkeypatch, pgid):
+    """killpg(1, SIGABRT) is kill(-1, SIGABRT): at a reset, a chip attached to "pid 1" (a test's
+    made-up pid) aborted every process on the machine, the test runner and the shells with it.
+    Refused at attach; and a reset's kill with such a group signals nothing (os.killpg recorded,
+    not called: a broken guard must not take the machine down again)."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda g, s: sent.append((g, s)))
+    sim = SimulatedGPU(tmp_path, {"time_scale": 60})
+    with pytest.raises(ValueError, match="not a job's process group"):
+        sim.attach_job(pgid)
+    assert sim.pgid is None
+    sim._victim = sim.pgid = pgid  # as if attached before the check: the kill still refuses
+    sim._kill_job()
+    assert sent == []
+    sim._victim = sim.pgid = 4242  # a real job's group is signalled as before
+    sim._kill_job()
+    assert sent == [(4242, signal.SIGABRT)]

@@ -370,7 +370,7 @@ class SimulatedGPU:
         (self.root / "fault").unlink(missing_ok=True)
 
     def _kill_job(self) -> None:
-        if self._victim and self._victim == self.pgid:
+        if self._victim is not None and self._victim > 1 and self._victim == self.pgid:
             try:
                 os.killpg(self._victim, signal.SIGABRT)
             except (ProcessLookupError, PermissionError):
@@ -379,6 +379,11 @@ class SimulatedGPU:
     # control -------------------------------------------------------------------------------
     def attach_job(self, pgid: int) -> None:
         """The job to heat with (its CPU use) and to kill at a reset (its process group)."""
+        if pgid <= 1:
+            # killpg(1, sig) is kill(-1, sig): every process this user may signal (as root, the
+            # whole machine, which is what a test attaching a made-up pid 1 once did); 0 is
+            # the caller's own group. A job's group is its own pid, never these.
+            raise ValueError(f"attach_job({pgid}): not a job's process group")
         with self.lock:
             if pgid != self.pgid:
                 self._cpu_prev, self.cpu_load = None, 0.0

@@ -111,6 +111,10 @@ def same_process_alive(pid: int | None, create_time: float | None) -> bool:
 
 def signal_group(pgid: int, sig: int) -> bool:
     """Signal a process group; False when it is already gone (ESRCH) or not ours (EPERM)."""
+    if pgid <= 1:
+        # killpg(1, sig) is kill(-1, sig), every process this user may signal; killpg(0, sig)
+        # is the daemon's own group. A job's group is its own pid: anything else is a bug.
+        raise ValueError(f"signal_group({pgid}): not a job's process group")
     try:
         os.killpg(pgid, sig)
         return True
