@@ -154,3 +154,38 @@ def test_the_caps_held_are_weighed_by_how_long_each_held_and_full_clock_is_no_ca
         gov.step(hot(1e9 + i), 100.0 + i, job_step=i, training=True, cfg=CFG)
     assert gov.caps.held_s > 0 and gov.caps.lowest_mhz is not None and gov.caps.lowest_mhz < 2700
     assert gov.caps.lowest_mhz <= gov.caps.mean_mhz < 2700
+
+
+def test_a_job_with_no_step_yet_computes_by_the_gpus_busy_percent(tmp_path):
+    """Issue 29, item 8: ``job_step`` is None until the job's first record, written after its
+    imports. Then the GPU's busy percent says whether the job computes: at full clock and 20%
+    busy (a torch import on a busy machine) the clock's cost is not learnt, at 100% it is; a
+    sensor without a busy percent cannot tell, and the job computes while it trains."""
+    gov, _ = make(tmp_path)
+
+    def at(t: float, busy: float | None, power: float) -> Reading:
+        return Reading(t=t, edge_c=50.0 + t / 10, power_w=power, busy_pct=busy, sclk_mhz=2700.0)
+
+    for i in range(10):
+        gov.step(at(i, 20.0, 15.0), float(i), job_step=None, training=True, cfg=CFG)
+    assert gov.state.power.n == 0  # the import taught the clock->power map nothing
+    for i in range(10, 20):
+        gov.step(at(i, 100.0, 45.0), float(i), job_step=None, training=True, cfg=CFG)
+    assert gov.state.power.n == 10
+    for i in range(20, 25):
+        gov.step(at(i, None, 45.0), float(i), job_step=None, training=True, cfg=CFG)
+    assert gov.state.power.n == 15
+
+
+def test_away_the_next_process_computes_only_once_its_own_step_advances(tmp_path):
+    """While the job is not local (a reset's recovery) the loop is not stepped; the next
+    process's import, at the old attempt's step, is not computing (issue 29, item 8)."""
+    gov, _ = make(tmp_path)
+    for i in range(5):
+        gov.step(hot(i), float(i), job_step=100 + i, training=True, cfg=CFG)
+    n = gov.state.power.n
+    gov.away()
+    for i in range(5, 10):  # the new process imports torch: the Supervisor's step is still 104
+        gov.step(Reading(t=i, edge_c=70.0, power_w=15.0, sclk_mhz=2700.0), float(i), job_step=104,
+                 training=True, cfg=CFG)
+    assert gov.state.power.n == n

@@ -185,6 +185,15 @@ def test_the_speed_is_the_measured_step_rate_under_the_cap_over_full_clock():
     assert "cannot help firmware hangs at normal temperature" in FIRMWARE_NOTE
 
 
+def test_a_restart_that_resumes_from_an_earlier_step_is_not_yet_computing():
+    """After a reset the Supervisor's step is the old attempt's (151) until the new process's
+    first record says where it resumes (150): going back is a start, not a step computed."""
+    m = SpeedMeter().add(0.0, 151, capped=True, training=True).add(0.2, 151, capped=True, training=True)
+    m = m.add(0.4, 150, capped=True, training=True)
+    assert not m.primed
+    assert m.add(0.6, 151, capped=True, training=True).primed
+
+
 readings = st.tuples(st.one_of(st.none(), st.floats(20, 110)), st.one_of(st.none(), st.floats(0, 3000)),
                      st.one_of(st.none(), st.floats(0, 80)), st.floats(0.1, 30))
 

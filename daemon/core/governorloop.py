@@ -40,7 +40,10 @@ class GovernorLoop:
         """One poll. ``local``: the job is here (RUNNING or COOLING); ``training``: it runs
         unheld (a held job loads nothing: no rate to learn from)."""
         gov = self.gov
-        if port is None or gov is None or not local:
+        if port is None or gov is None:
+            return []
+        if not local:  # a reset's recovery, a restart: no cap decided, and its job is gone
+            gov.away()
             return []
         key = job_key(job)
         if key != gov.key:  # the queue's next run is another job: its own clock

@@ -48,6 +48,25 @@ class GovernorSays:
     learned: bool = False  # the learned clock moved: remember it now (a kill -9 must not lose it)
 
 
+BUSY_PCT = 50.0  # gpu_busy_percent from which a job that reports no step counts as computing
+
+
+def gpu_busy(reading: ReadingLike) -> bool:
+    """Whether a job with no step (yet) computes, by the GPU's own busy percent.
+
+    While a job starts (imports torch, loads its data) it loads the GPU only partly, which must
+    not teach the governor what its clock costs (policy/governor._learn). A job that reports
+    steps computes once its step advances. Before its first step it has none: the Supervisor
+    passes ``facts.step``, None until the job's first record, which a trainer writes after its
+    imports. Counting "no step" as computing let a fresh start's import teach the clock->power
+    map that full clock costs ~15 W: on a busy machine the import took 15 s at a third of a
+    core, the map then put the sustainable clock at the top, and `demo --governor` never capped
+    and paused twice (issue 29, item 8). The GPU's busy percent tells, for a job that never
+    reports a step as well: ~0 while it imports, high once it computes. A sensor without it
+    cannot tell: then the job computes while it trains, as before."""
+    return reading.busy_pct is None or reading.busy_pct >= BUSY_PCT
+
+
 class Governor:
     def __init__(self, port: GovernorPort | NoDevicePort, memory: Memory, key: str):
         self.port = port
@@ -92,9 +111,8 @@ class Governor:
             return says
         before, learned = self.state.cap_mhz, self.state.learned_mhz
         poll = float(cfg["gpu"]["poll_interval_s"])
-        # computing: the step advances (a job that reports no step: while it trains); while it
-        # starts it loads the GPU only partly, which must not teach the governor (its _learn)
-        computing = training and (job_step is None or self.speed.add(mono, job_step, False, training).primed)
+        computing = training and (self.speed.add(mono, job_step, False, training).primed
+                                  if job_step is not None else gpu_busy(reading))
         obs = replace(obs_from_reading(reading, self.port, poll, now=mono), computing=computing)
         dec = decide_governor(obs, self.state, cfg["thermal"])
         self.state, self.reason = dec.state, dec.reason
@@ -120,6 +138,14 @@ class Governor:
         if self._said != text:
             says.events.append((text, "warn"))
         self._said = says.problem = text
+
+    def away(self) -> None:
+        """The job is not here (a reset's recovery, a restart, the cloud): the next process
+        computes once its own step advances. Kept, the step rate of the attempt before made
+        the new one's torch import count as computing (the Supervisor's step is the old one
+        until the new process's first record): after the reset the cooled chip's cap went back
+        to the top clock, held there through the import, and the chip paused (issue 29)."""
+        self.speed = self.speed.add(0.0, None, False, False)
 
     def paused(self) -> None:
         """A thermal pause: the governor's safety net fired (counted once it governs)."""

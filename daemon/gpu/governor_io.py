@@ -160,6 +160,7 @@ class ReadingLike(Protocol):
     edge_c: float | None
     sclk_mhz: float | None
     power_w: float | None
+    busy_pct: float | None
 
 
 def obs_from_reading(reading: ReadingLike, port: GovernorPort | NoDevicePort | None, poll_interval_s: float,

@@ -363,7 +363,8 @@ class SpeedMeter:
             return replace(self, last=None, primed=False)  # a pause or a restart is no step rate
         m = self
         if self.last is not None and not self.primed:
-            if step == self.last[1]:  # still starting (imports, loading the checkpoint): not a rate
+            if step <= self.last[1]:  # still starting (imports, loading the checkpoint): not a rate;
+                # lower: a restart's first record (the step it resumes from), not a step computed
                 return replace(self, last=(now, step, capped))
             return replace(self, last=(now, step, capped), primed=True)
         if self.last is not None:
