@@ -337,3 +337,13 @@ def test_a_queue_of_three_reference_runs_with_a_divergent_second_and_a_kill_9(tm
     # the daemon has exited: the CLI says so and reads the night from the store (issue 28)
     assert r.returncode == 0 and "not running" in r.stderr, r.stdout + r.stderr
     assert all(name in r.stdout for name in ("base", "spike", "lr"))
+
+
+def test_cancelling_a_queued_entry_removes_it_and_says_so_a_missing_one_says_what_waits(tmp_path):
+    book, store, _ = _book(tmp_path)
+    _, qid = book.add({"name": "later", "command": ["b"]})
+    edit = book.edit("cancel", {"queued": qid})
+    assert edit.answer["ok"] and edit.answer["message"] == f"cancelled queued #{qid}: it was removed"
+    assert edit.said == f"removed #{qid} from the queue" and book.waiting() == []
+    again = book.edit("cancel", {"queued": qid})
+    assert not again.answer["ok"] and again.answer["message"] == f"no waiting run #{qid} in the queue (waiting: none)"

@@ -612,10 +612,6 @@ class Supervisor:
     def _queue_command(self, action: str, arg: dict[str, Any]) -> Answer:
         """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
         an idle daemon starts at once. `nightshift cancel '#N'` removes queued entry N."""
-        if action == "cancel":
-            answer = self._queue_command("queue_remove", {"id": arg["queued"]})
-            return {**answer, "message": f"cancelled queued #{arg['queued']}: it was removed"} \
-                if answer["ok"] else answer
         edit = self.book.edit(action, arg)
         if edit.said:
             self.event("queue", edit.said)

@@ -29,7 +29,7 @@ import math
 import os
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -396,8 +396,13 @@ class RunBook:
                 f"{self.store.queue_position(qid)}"}, qid
 
     def edit(self, action: str, arg: Mapping[str, object]) -> QueueEdit:
-        """queue_add / queue_remove / queue_move (from the API, through the Supervisor's tick):
-        the answer for the asker, the event to say, whether an entry was added."""
+        """queue_add / queue_remove / queue_move, and a cancel of a queued entry (`nightshift cancel
+        '#N'`: removed), from the API through the Supervisor's tick: the answer for the asker, the
+        event to say, whether an entry was added."""
+        if action == "cancel":
+            edit = self.edit("queue_remove", {"id": arg.get("queued")})
+            return replace(edit, answer={**edit.answer, "message": f"cancelled queued #{arg.get('queued')}: "
+                                         "it was removed"}) if edit.answer["ok"] else edit
         if action == "queue_add":
             answer, qid = self.add(arg)
             if qid is None:
