@@ -5,15 +5,17 @@ real Adopter; nothing is started, nothing written to the run."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.core.decisions import Emit, Problem
-from daemon.core.starting import JobStarter, StartContext
+from daemon.core.decisions import Emit, Fail, Goto, HoldForDisk, Problem
+from daemon.core.starting import JobStarter, StartContext, StartPlan, failed, started
 from daemon.job.adopt import Adopter
 from daemon.policy.scriptckpt import Resumed
+from daemon.policy.states import State
 from tests.harness import write_checkpoint
 from trainer import protocol
 
@@ -114,3 +116,19 @@ def test_without_an_adopter_only_a_glob_file_newer_than_the_run_counts(tmp_path)
     new.write_bytes(b"y")
     os.utime(new, (999.5, 999.5))  # within the second before the run's creation: its own
     assert s.script_checkpoint(ctx(c, tmp_path, run={"created": 1000.0})) == str(new)
+
+
+def test_a_start_that_fails_on_a_full_disk_waits_for_room_any_other_fails_the_run():
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert failed(full) == [HoldForDisk(f"cannot start the job: {full}", restart=True)]
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "trian")  # a mistyped command
+    assert failed(missing) == [Fail(f"cannot start the job: {missing}")]
+    bad_env = ValueError("illegal environment variable name")
+    assert failed(bad_env) == [Fail("cannot start the job: illegal environment variable name")]
+
+
+def test_a_started_job_is_said_with_where_it_started_and_the_holds_it_starts_under():
+    plan = StartPlan(command=["train"], cwd="/w", env={}, resume="", why="fresh start", resume_step=None, resumed=None)
+    assert started(42, plan, {}) == [Goto(State.RUNNING, "job started (pid 42): fresh start")]
+    assert started(42, plan, {"user": "paused by the user"})[1] == Emit(
+        "held", "the job starts held (paused by the user)")

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.core import restorechain as chain
-from daemon.core.decisions import Decision, Emit, Problem
+from daemon.core.decisions import Decision, Emit, Fail, Goto, HoldForDisk, Problem
 from daemon.job import suspects
 from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.scriptckpt import Resumed
+from daemon.policy.states import State
 from trainer import protocol
 
 if TYPE_CHECKING:
@@ -148,3 +149,19 @@ class JobStarter:
             env[protocol.ENV_SKIP_STEPS] = skip
         env.update(self.extra_env)
         return env
+
+
+def failed(e: Exception) -> list[Decision]:
+    """The job could not be started: on a full disk it waits for room (a job started there dies
+    at its first write, and that is no fault of its code); otherwise the run fails, saying why."""
+    from daemon.job.diskfull import is_full_error
+    why = f"cannot start the job: {e}"
+    return [HoldForDisk(why, restart=True)] if is_full_error(e) else [Fail(why)]
+
+
+def started(pid: int, plan: StartPlan, holds: Mapping[str, str]) -> list[Decision]:
+    """The job runs: said with where it started from, and with the holds it starts under."""
+    out: list[Decision] = [Goto(State.RUNNING, f"job started (pid {pid}): {plan.why}")]
+    if holds:
+        out.append(Emit("held", f"the job starts held ({', '.join(holds.values())})"))
+    return out

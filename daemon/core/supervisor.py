@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import run_key
-from daemon.core import commanding, counters, decide, exits, holds, lifecycle, opening
+from daemon.core import commanding, counters, decide, exits, holds, lifecycle, opening, starting
 from daemon.core import intent as intents
 from daemon.core import restorechain as chain
 from daemon.core.attempt import Attempt
@@ -87,7 +87,7 @@ from daemon.core.starting import JobStarter, StartContext
 from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
-from daemon.job.diskfull import is_full_error, says_full
+from daemon.job.diskfull import says_full
 from daemon.job.jobrunner import JobRunner
 from daemon.job.progress import ProgressRecord
 from daemon.job.status import JobFacts
@@ -658,10 +658,7 @@ class Supervisor:
         try:
             pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
-            if is_full_error(e):
-                self._hold_for_disk(f"cannot start the job: {e}", True)
-                return
-            self._fail(f"cannot start the job: {e}")
+            self._apply(starting.failed(e))
             return
         self.attempt = Attempt(resume_passed=plan.resume, resume_step=plan.resume_step, resumed=plan.resumed)
         self.facts.new_attempt()
@@ -672,9 +669,7 @@ class Supervisor:
             self.p.simgpu.attach_job(pid)
         if self.p.divergence is not None:
             self.p.divergence.reset()
-        self.set_state(State.RUNNING, f"job started (pid {pid}): {plan.why}")
-        if self.holds:
-            self.event("held", f"the job starts held ({', '.join(self.holds.values())})")
+        self._apply(starting.started(pid, plan, self.holds))
 
     def _start_context(self, forced_resume: str | None = None) -> StartContext:
         return StartContext(self.run_id, self.job, self.run, self.run_dir, self.checkpoint_dir,
