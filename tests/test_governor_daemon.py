@@ -257,37 +257,30 @@ def test_the_dashboard_shows_the_cap(tmp_path):
 @pytest.mark.slow
 def test_nightshift_demo_governor_holds_the_clock_instead_of_pausing(tmp_path):
     """The real `nightshift demo --governor` (the reference job, the simulated chip's clock
-    model): the governor caps the chip below its top clock once it is hot (the setpoint, 85 C)
-    and the story ends DONE, with at most
-    one thermal pause (bench/demo_governor.py: 0 in 3 runs; the same chip with the pause policy
-    alone pauses once; a loaded machine can delay a poll past the first crossing)."""
+    model): the governor holds a cap below the top clock and the story ends DONE with no
+    thermal pause, however busy the machine (issue 29, item 8: at load 10-11 it never capped or
+    went back to full clock after the reset, and paused; tests/test_governor_loaded_box.py
+    plays both boxes on a fake clock). The same chip with the pause policy alone pauses twice."""
     r = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", "--governor", "--workdir",
                         str(tmp_path / "demo")], cwd=Path(__file__).parent.parent, capture_output=True,
                        text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "result:          DONE at step 250/250" in r.stdout
     # the summary says the caps held over the run, not the cap at its end (issue 29)
-    m = re.search(r"governor: +(held a cap for \d+ (s|min): (\d+) MHz on average \(\d\.\d\dx the top "
-                  r"clock\), lowest (\d+) MHz[^;]*|never capped the clock[^;]*); (\d+) pauses? since it "
-                  r"engaged; learned (\d+|-) MHz", r.stdout)
+    m = re.search(r"governor: +held a cap for \d+ (s|min): (\d+) MHz on average \(\d\.\d\dx the top "
+                  r"clock\), lowest (\d+) MHz[^;]*; (\d+) pauses? since it engaged; (learned \d+ MHz|no clock "
+                  r"learned)", r.stdout)
     assert m, r.stdout[-2000:]
-    # On a loaded test machine the job steps slower, the simulated chip (heated by the job's
-    # steps) stays cooler and may never need a cap (seen at load 8: 83 C at most, no cap, no
-    # pause). What must hold: a chip that reached the setpoint was capped below the top clock.
     lines = re.findall(r"edge +(\d+\.\d)C +cap (\d+ MHz|none)", r.stdout)
     assert lines, r.stdout[-2000:]
-    hottest = max(float(e) for e, _ in lines)
     lowest_cap = min(2700 if c == "none" else int(c.split()[0]) for _, c in lines)
-    if hottest >= 85.0:
-        assert lowest_cap < 2700, r.stdout[-2000:]
-        assert m.group(1).startswith("held a cap") and int(m.group(4)) <= lowest_cap, m.group(0)
-        assert int(m.group(4)) <= int(m.group(3)) < 2700, m.group(0)
+    assert int(m.group(3)) <= lowest_cap < 2700 and int(m.group(3)) <= int(m.group(2)) < 2700, m.group(0)
     pauses = int(re.search(r"thermal pauses: +(\d+)", r.stdout).group(1))
-    assert pauses <= 1 and int(m.group(5)) <= pauses
+    assert pauses == 0 and int(m.group(4)) == 0, r.stdout[-2000:]
     # the summary compares it with pausing alone on the same chip (issue 29, item 8)
-    vs = re.search(r"vs pausing: +(\d+) pauses? with the governor; the plain demo's pausing alone on "
+    vs = re.search(r"vs pausing: +0 pauses with the governor; the plain demo's pausing alone on "
                    r"this chip: (\d+) pauses?, \d+ s held, for the same 250 steps", r.stdout)
-    assert vs and int(vs.group(1)) == pauses and int(vs.group(2)) > pauses, r.stdout[-2000:]
+    assert vs and int(vs.group(1)) > 0, r.stdout[-2000:]
 
 
 def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_at_once(tmp_path):

@@ -293,8 +293,11 @@ def summary(st: Status, wall_s: float, events: list[EventRow],
     lines += [f"{'ETA check:':<17}{e}" for e in etas or []]
     gov = st.get("governor")
     if gov:  # --governor: what it held over the run, and learned
-        lines.append(f"{'governor:':<17}{governed(gov)}; learned {gov.get('learned_mhz') or '-'} MHz "
-                     "(the next night of this job starts there)")
+        # a clock is learned once the chip holds the setpoint; a short story may end before
+        learned = gov.get("learned_mhz")
+        lines.append(f"{'governor:':<17}{governed(gov)}; " + (
+            f"learned {learned} MHz (the next night of this job starts there)" if learned else
+            "no clock learned: the chip never settled at the setpoint (the next night starts at full clock)"))
         if baseline is not None:
             lines.append(f"{'vs pausing:':<17}" + compare_line(gov, kinds.count("paused_hot"), baseline,
                                                              int(st.get("total_steps") or 0)))
