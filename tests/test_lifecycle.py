@@ -21,7 +21,7 @@ from daemon.core.decisions import (
     Settle,
     StartNext,
 )
-from daemon.core.lifecycle import Ending, after_remote, after_stop, ended
+from daemon.core.lifecycle import Ending, after_remote, after_stop, begun, ended
 from daemon.policy.fingerprint import Fingerprint
 from daemon.policy.states import State
 
@@ -85,3 +85,11 @@ def test_the_end_of_the_runs_part_on_the_cloud():
         Goto(State.STOPPED, "stopped by the user; checkpoint home"), Settle("stopped; checkpoint home")]
     assert after_remote("cancelled", "cancelled", 7) == [Cancelled("cancelled"), Settle("cancelled")]
     assert after_remote("local", "back home", 7) == [Restart("back home")]
+
+
+def test_a_created_run_is_said_new_with_its_queued_command_or_continued_from_its_files():
+    assert begun(4, "gpt", ["train"], queued=False, from_files=False) == Emit("run", "new run 4: gpt")
+    assert begun(5, "next", ["python", "t.py", "--lr", "3e-4"], queued=True, from_files=False) == Emit(
+        "run", "new run 5: next (queued: python t.py --lr 3e-4)")
+    old = begun(2, "job", [], queued=False, from_files=True)
+    assert old.level == "warn" and old.message.startswith("continuing run 2 from its files")

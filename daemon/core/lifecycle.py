@@ -6,12 +6,13 @@ the event that says it with the fingerprint's line, the holds an ended run no lo
 for, and what comes next -- the queue's next run, or (``[daemon] exit_when_done``, nothing
 queued) the daemon leaves. ``after_stop`` is the end a stop, a cancel or a shutdown asked for,
 ``after_remote`` the end of the run's part on the cloud; both answer a stop still waiting
-(``Settle``). The Supervisor gathers the facts (``Ending``) and carries the decisions out: it
+(``Settle``). ``begun`` says a run created. The Supervisor gathers the facts (``Ending``) and carries the decisions out: it
 stays the one writer of run state.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from daemon.core.decisions import (
@@ -81,6 +82,16 @@ def _closed(e: Ending) -> Save:
     fp = e.fingerprint
     return Save({"best_loss": fp.best_loss, "best_step": fp.best_step, "climb_step": fp.climb_step,
                  "final_loss": fp.final_loss, "ended": e.now})
+
+
+def begun(run_id: int, name: str, command: list[str], *, queued: bool, from_files: bool) -> Emit:
+    """A run is created: new (from ``[job]``, or a queue entry: its command said), or -- the state
+    database lost, the run's files older than run.json -- the newest run on disk keeps its
+    number, so its run dir and checkpoints carry on where they were."""
+    if from_files:
+        return Emit("run", f"continuing run {run_id} from its files: the state database was new, the "
+                    "run's directory and checkpoints were not", "warn")
+    return Emit("run", f"new run {run_id}: {name}" + (f" (queued: {shlex.join(command)})" if queued else ""))
 
 
 def after_stop(intent: ExitIntent, outcome: str) -> list[Decision]:

@@ -23,7 +23,6 @@ import collections
 import logging
 import math
 import os
-import shlex
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -548,19 +547,11 @@ class Supervisor:
     def _create_run(self, entry: QueueRow | None) -> None:
         found = None if entry is not None or self.new_run or self.resume_from else \
             self.book.legacy_on_disk(self.cfg["job"]["checkpoint_dir"])
-        if found is not None:
-            # the database was lost and the run's files predate run.json: the newest run on
-            # disk keeps its number, so its run dir and checkpoints carry on where they were
-            self.run_id = self.book.create(None, run_id=found[0], created=found[1]).id
-            self.event("run", f"continuing run {self.run_id} from its files: the state database was "
-                       "new, the run's directory and checkpoints were not", "warn")
-            self.state = State.IDLE
-            return
-        rec = self.book.create(entry, self.run if self.run_id else {})
-        self.run_id = rec.id
-        self.event("run", f"new run {self.run_id}: {rec.name}"
-                   + (f" (queued: {shlex.join(rec.command)})" if entry else ""))
-        self.state = State.IDLE
+        rec = self.book.create(None, run_id=found[0], created=found[1]) if found is not None else \
+            self.book.create(entry, self.run if self.run_id else {})
+        self.run_id, self.state = rec.id, State.IDLE
+        self._apply([lifecycle.begun(rec.id, rec.name, rec.command, queued=entry is not None,
+                                     from_files=found is not None)])
 
     def _start_next_run(self, now: float) -> None:
         self._next_run_due = False
