@@ -87,10 +87,14 @@ def test_daemon_restart_during_a_remote_run_reattaches_by_id_and_preemption_resu
         assert r.returncode == 0, r.stdout + r.stderr
 
         def call_id():
+            # the run row says remote, then the `offloaded` event follows: killed between the
+            # two, the history would lack the launch this test counts (the row comes first on
+            # purpose: a daemon killed before it would not know to re-attach, the call billing)
             con = sqlite3.connect(tmp_path / "state" / "nightshift.db")
             row = con.execute("SELECT state, remote_call_id FROM runs").fetchone()
-            return row[1] if row[0] == "remote" else None
-        first = wait_for(call_id, 60, what="the remote run")
+            launched = con.execute("SELECT 1 FROM events WHERE kind='offloaded'").fetchone()
+            return row[1] if row[0] == "remote" and launched else None
+        first = wait_for(call_id, 60, what="the remote run and its offloaded event")
         d.kill()  # kill -9 the daemon mid remote run
         d.wait()
         remote_pid = int(first.split(":")[2])
