@@ -6,8 +6,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import ROOT
 
 
@@ -39,14 +37,6 @@ def test_daemon_never_imports_torch():
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-
-
-@pytest.mark.slow  # mypy over daemon/ and trainer/: minutes of CPU without its cache; .ci/run runs it too
-def test_type_check_is_clean():
-    """mypy as .ci/run runs it ([tool.mypy]): here too, so a landing that breaks it shows in
-    the suite, not only in CI."""
-    r = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_any_stays_rare_in_daemon():
