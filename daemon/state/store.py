@@ -737,20 +737,8 @@ class Store:
     def events(self, run_id: int | None = None, limit: int = 50, before_id: int | None = None,
                kind: str | None = None) -> list[EventRow]:
         """Newest first. Filter by run, by kind, and page with ``before_id``."""
-        where: list[str] = []
-        args: list[object] = []
-        if run_id is not None:
-            where.append("run_id=?")
-            args.append(run_id)
-        if before_id is not None:
-            where.append("id<?")
-            args.append(before_id)
-        if kind is not None:
-            where.append("kind=?")
-            args.append(kind)
-        sql = "SELECT * FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _where("SELECT * FROM events", [("run_id=?", run_id), ("id<?", before_id),
+                                                    ("kind=?", kind)])
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(int(limit))
         out = []
@@ -868,14 +856,14 @@ def _private_file(p: Path, mode: int = 0o600) -> None:
         pass  # missing, or not ours to change
 
 
+def _where(select: str, conds: list[tuple[str, object]]) -> tuple[str, list[object]]:
+    """``select`` with a WHERE of the conditions whose value is given (not None), and their
+    arguments in order."""
+    kept = [(c, v) for c, v in conds if v is not None]
+    return select + (" WHERE " + " AND ".join(c for c, _ in kept) if kept else ""), [v for _, v in kept]
+
+
 def _run_since(select: str, run_id: int | None, since: float | None) -> tuple[str, list[object]]:
     """``select`` narrowed to one run and to rows from ``since`` on, when given (the resets'
     and the readings' queries)."""
-    where, args = [], list[object]()
-    if run_id is not None:
-        where.append("run_id=?")
-        args.append(run_id)
-    if since is not None:
-        where.append("t>=?")
-        args.append(since)
-    return select + (" WHERE " + " AND ".join(where) if where else ""), args
+    return _where(select, [("run_id=?", run_id), ("t>=?", since)])
