@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +12,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = Path(__file__).resolve().parent / "jobs"
@@ -141,3 +147,44 @@ def kill_group(p: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     p.wait()
+
+
+# Headless Chromium for the dashboard's tests: one set of flags, one way to read a page.
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                    reason="chromium not installed")  # CI installs it: never skipped there
+
+
+def chromium_flags(tmp_path: Path, width: int = 390, height: int = 1400) -> list[str]:
+    """Headless Chromium at a phone's width (390 px by default), its profile in ``tmp_path``,
+    8 s of virtual time for the page's fetches."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},{height}",
+            "--virtual-time-budget=8000"]
+
+
+def chromium_dom(url: str, tmp_path: Path, **size: int) -> str:
+    """The page's DOM once its scripts have run (``--dump-dom``)."""
+    return subprocess.run([CHROMIUM or "chromium", *chromium_flags(tmp_path, **size), "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+def chromium_screenshot(url: str, shot: Path, tmp_path: Path, **size: int) -> None:
+    subprocess.run([CHROMIUM or "chromium", *chromium_flags(tmp_path, **size), f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+
+
+async def served_dom(app: FastAPI, tmp_path: Path) -> str:
+    """``app`` (an ASGI app from daemon.web.api.create_app) served by a real uvicorn on a free
+    loopback port while Chromium reads its dashboard."""
+    import asyncio
+
+    from daemon.web import api
+    port = free_port()
+    server, task = await api.serve(app, "127.0.0.1", port)
+    try:
+        return await asyncio.to_thread(chromium_dom, f"http://127.0.0.1:{port}/", tmp_path)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

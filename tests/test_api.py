@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,8 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.web.api import check_bind
 from tests.helpers import (
     ROOT,
+    chromium_dom,
+    chromium_screenshot,
     free_port,
     kill_group,
+    needs_chromium,
     nightshift,
     start_daemon,
     wait_for,
@@ -183,24 +184,15 @@ def schemathesis_given(operation):
     return given(case=operation.as_strategy())
 
 
-CHROMIUM = shutil.which("chromium")
-
-
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+@needs_chromium
 def test_dashboard_renders_its_charts_in_headless_chromium(daemon, tmp_path):
     art = ROOT / "tests" / "artifacts"
     art.mkdir(exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=412,915",
-             "--virtual-time-budget=8000"]
-    dom = subprocess.run([CHROMIUM or "chromium", *flags, "--dump-dom", daemon["base"] + "/"],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom(daemon["base"] + "/", tmp_path, width=412, height=915)
     assert 'data-ready="1"' in dom
     assert "<polyline" in dom and 'id="tchart"' in dom and 'data-points="' in dom
     assert 'id="runs" data-rows="1"' in dom  # the comparison table is filled from GET /runs
-    subprocess.run([CHROMIUM or "chromium", *flags, f"--screenshot={art / 'dashboard.png'}",
-                    daemon["base"] + "/"], capture_output=True, timeout=120)
+    chromium_screenshot(daemon["base"] + "/", art / "dashboard.png", tmp_path, width=412, height=915)
     assert (art / "dashboard.png").stat().st_size > 5000

@@ -7,7 +7,6 @@ sources' boundary (FakeDetector) and an offload to a cloud at its boundary; the 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 
 import pytest
@@ -24,8 +23,7 @@ from tests.harness import (
     RunningCloud,
     config,
 )
-from tests.helpers import free_port
-from tests.test_phone_daemon import CHROMIUM, chromium_flags
+from tests.helpers import needs_chromium, served_dom
 
 
 async def _night(tmp_path) -> Harness:
@@ -49,22 +47,11 @@ async def _night(tmp_path) -> Harness:
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+@needs_chromium
 def test_dashboard_draws_reset_and_cloud_markers_on_both_charts(tmp_path):
     async def go() -> str:
         h = await _night(tmp_path)
-        port = free_port()
-        server, task = await api.serve(api.create_app(h.sup, None), "127.0.0.1", port)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                CHROMIUM or "chromium", *chromium_flags(tmp_path), "--dump-dom",
-                f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 120)
-            return out.decode()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 10)
+        return await served_dom(api.create_app(h.sup, None), tmp_path)
 
     dom = asyncio.run(go())
     assert 'data-ready="1"' in dom

@@ -6,7 +6,6 @@ a free loopback port) serves GET /runs with the curves to the real dashboard."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from daemon.policy.states import State
 from daemon.web import api
 from tests.harness import Behaviour, Harness, config
-from tests.helpers import free_port
-from tests.test_phone_daemon import CHROMIUM, chromium_flags
+from tests.helpers import needs_chromium, served_dom
 
 
 def scripted(losses: list[float]) -> Behaviour:
@@ -43,22 +41,11 @@ async def _night(tmp_path) -> Harness:
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+@needs_chromium
 def test_dashboard_overlays_the_nights_loss_curves_with_each_climb_marked(tmp_path):
     async def go() -> tuple[str, list[dict]]:
         h = await _night(tmp_path)
-        port = free_port()
-        server, task = await api.serve(api.create_app(h.sup, None), "127.0.0.1", port)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                CHROMIUM or "chromium", *chromium_flags(tmp_path), "--dump-dom",
-                f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 120)
-            return out.decode(), h.sup.runs()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 10)
+        return await served_dom(api.create_app(h.sup, None), tmp_path), h.sup.runs()
 
     dom, runs = asyncio.run(go())
     assert 'data-ready="1"' in dom

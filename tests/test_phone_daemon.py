@@ -21,8 +21,11 @@ import pytest
 
 from tests.helpers import (
     ROOT,
+    chromium_dom,
+    chromium_screenshot,
     free_port,
     kill_group,
+    needs_chromium,
     nightshift,
     start_daemon,
     wait_for,
@@ -35,9 +38,6 @@ from tests.test_trainer_resume import SMALL
 # earlier tests did to it (tests/conftest.py's scheduler: a file with a module-scoped
 # fixture is one unit of work).
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium")
-
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
@@ -62,14 +62,6 @@ def night(tmp_path_factory):
         yield {"base": base, "cfg": cfg, "tmp": tmp, "proc": d, "port": port}
     finally:
         kill_group(d)
-
-
-def chromium_flags(tmp_path) -> list[str]:
-    """Headless Chromium at a phone's width (390 px), 8 s of virtual time for the page's fetches."""
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=390,1400",
-            "--virtual-time-budget=8000"]
 
 
 def _get(base, path, accept="application/json"):
@@ -160,11 +152,9 @@ def test_logs_prints_the_jobs_output_and_follows_it(night):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+@needs_chromium
 def test_dashboard_at_phone_width_has_axes_thresholds_markers_and_whole_reasons(night, tmp_path):
-    flags = chromium_flags(tmp_path)
-    dom = subprocess.run([CHROMIUM or "chromium", *flags, "--dump-dom", night["base"] + "/"],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = chromium_dom(night["base"] + "/", tmp_path)
     assert 'data-ready="1"' in dom
     tchart = dom[dom.index('id="tchart"'):dom.index('id="lchart"')]
     assert "°C</text>" in tchart and re.search(r">\d\d:\d\d(:\d\d)?</text>", tchart)  # y unit, time axis
@@ -175,8 +165,7 @@ def test_dashboard_at_phone_width_has_axes_thresholds_markers_and_whole_reasons(
     hot = [m for k, _, m in _events(night, "paused_hot")][0]
     assert f"paused_hot: {hot}" in dom.replace("&gt;", ">")  # the whole reason, not cut
     shot = tmp_path / "dashboard.png"
-    subprocess.run([CHROMIUM or "chromium", *flags, f"--screenshot={shot}", night["base"] + "/"],
-                   capture_output=True, timeout=120)
+    chromium_screenshot(night["base"] + "/", shot, tmp_path)
     assert shot.stat().st_size > 10000
     art = ROOT / "tests" / "artifacts"
     art.mkdir(exist_ok=True)
