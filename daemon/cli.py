@@ -329,9 +329,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         path = joblog.log_path(state, run)
     except PermissionError as e:
-        print(f"nightshift: cannot read the job's log: {e}; run this as the daemon's user "
-              "or with sudo", file=sys.stderr)
-        return 1
+        return _not_readable("nightshift", f"the job's log: {e}")
     except FileNotFoundError as e:
         print(f"nightshift: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
@@ -345,6 +343,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for line in lines:
             print(line, flush=True)
     return 0
+
+
+def _not_readable(who: str, what: str) -> int:
+    """The state dir is the daemon's (mode 0700): a reader who is someone else is told how."""
+    print(f"{who}: cannot read {what}; run this as the daemon's user or with sudo", file=sys.stderr)
+    return 1
 
 
 def _default_run(cfg: Config) -> int | None:
@@ -369,9 +373,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     try:
         got = ckptcmd.entries(cfg, run)
     except PermissionError as e:
-        print(f"nightshift checkpoints: cannot read {e.filename}: run this as the daemon's user or "
-              "with sudo", file=sys.stderr)
-        return 1
+        return _not_readable("nightshift checkpoints", str(e.filename))
     print(ckptcmd.as_json(run, got) if args.json else ckptcmd.format_entries(run, got))
     return 0
 
