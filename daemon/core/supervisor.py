@@ -97,7 +97,6 @@ from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
-from daemon.policy.opening import choose
 from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
 from daemon.policy.states import ENDED_STATES, REMOTE_STATES, State
 from daemon.state.store import (
@@ -243,45 +242,31 @@ class Supervisor:
     # ================================================================== opening the run
     async def open(self) -> None:
         """Continue the newest unfinished run (after any stop, kill -9 included) with its own
-        command, or start a new one. Older unfinished runs are closed as interrupted: a restart
-        never resurrects them (issue 28)."""
-        self._apply(await opening.end_leftover_jobs(self.run_dir.parent))
-        fresh = self.new_run or bool(self.resume_from)
-        # even for --new: the new run must not take a number whose directory holds an older run
-        recovered = self.book.recover_from_disk()
-        self.book.seed()  # after: a recovered run's entry is not queued again
-        self._apply(opening.recreated(recovered))
-        unfinished = {r["id"]: r for r in self.book.unfinished()}
-        waiting = self.book.waiting()
-        plan = choose(list(unfinished), fresh=fresh, any_run=self.store.latest_run() is not None,
-                      waiting=bool(waiting))
-        for run_id, why in plan.interrupt:
-            self._interrupt(unfinished[run_id], why)
-        if plan.show_latest:  # every run has ended and nothing waits: show the last one, start nothing
-            latest = self.store.latest_run()
-            assert latest is not None
-            self.run_id = latest["id"]
-            self.state = State(latest["state"])
+        command, or start a new one (which: ``opening.find``, applied here). Older unfinished runs
+        are closed as interrupted: a restart never resurrects them (issue 28)."""
+        o = await opening.find(self.book, self.store, self.run_dir.parent, now=self.clock(),
+                               fresh=self.new_run or bool(self.resume_from))
+        self._apply(o.before)
+        for row, why in o.interrupt:
+            self._interrupt(row, why)
+        if o.show_only:
+            assert o.row is not None
+            self.run_id, self.state = o.row["id"], State(o.row["state"])
             self.runner = self.p.make_runner(self.run_dir)
             self._rebuild()
-            self.event("run", f"run {self.run_id} already {latest['state']}; nothing queued "
+            self.event("run", f"run {self.run_id} already {o.row['state']}; nothing queued "
                        "(`nightshift queue add` or `nightshift run --new` starts another)")
             return
-        row = unfinished[plan.continue_id] if plan.continue_id is not None else None
-        if row is None:
-            self._create_run(waiting[0] if plan.from_queue else None)
+        if o.row is None:
+            self._create_run(o.entry)
             if self.resume_from:
                 self._update_run(resume_from=self.resume_from)
                 self.forced_resume = self.resume_from
                 self.event("run", f"run {self.run_id} resumes from {self.resume_from}")
         else:
-            self.run_id = row["id"]
-            self.state = State(row["state"])
-            self.facts.step, self.facts.total_steps = row["step"], row["total_steps"]
-            self._apply(opening.continued(row, self.book.record(row), differs=self.book.differs(row),
-                                          from_files=bool(recovered) and recovered[-1].id == row["id"]))
-            self._apply(await opening.end_orphan(row))
-            self._apply(opening.died_under(row, self.clock()))
+            self.run_id, self.state = o.row["id"], State(o.row["state"])
+            self.facts.step, self.facts.total_steps = o.row["step"], o.row["total_steps"]
+            self._apply(o.after)
         self._attach_run()
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included
@@ -298,9 +283,7 @@ class Supervisor:
             self.state = State.STARTING
             self._update_run(state=State.STARTING.value)
             self.next_start_at = self.mono()
-            if row is not None:
-                self._apply(holds.restored(self.store.recall(f"holds:run-{self.run_id}") or {},
-                                           self.p.sensor is not None, self.mono()))
+            self._apply(holds.restored(o.kept, self.p.sensor is not None, self.mono()))
 
     # ================================================================== a full disk (diskfull.py)
     def _hold_for_disk(self, what: str, restart: bool) -> None:
