@@ -88,7 +88,7 @@ def test_a_step_forward_during_a_graceful_stop_keeps_the_final_checkpoint(tmp_pa
         proc = h.factory.procs[0]
         assert proc.signals == [] and proc.returncode == 0, proc.signals  # no TERM, no KILL
         assert res["message"].startswith(f"stopped after a checkpoint at step {proc.step}"), res
-        assert sup.facts.checkpoint["step"] == proc.step and sup.state == State.STOPPED
+        assert sup.current.facts.checkpoint["step"] == proc.step and sup.state == State.STOPPED
     run(go())
 
 

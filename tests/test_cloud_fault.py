@@ -93,13 +93,13 @@ def test_cloud_fault_rate_limited_polls_never_fail_a_healthy_run(tmp_path, monke
         if n > 1:
             assert h.sup.state == State.REMOTE and "rate-limiting" in (h.sup.snapshot["cloud"]["problem"] or "")
         await h.run(2000, dt=1.0, until=lambda s: cloud.count("get", "ResourceExhaustedError") == n
-                    and s.remote.problem is None)
+                    and s.current.remote.problem is None)
         assert cloud.count("get", "ResourceExhaustedError") == n
         await h.run(10, dt=1.0)
         [call] = cloud.calls.values()
         assert h.sup.state == State.REMOTE and call.cancels == 0 and not h.events("failed")
         assert h.sup.snapshot["cloud"]["problem"] is None
-        assert h.sup.facts.step == call.step_at(h.clock.mono) or h.sup.facts.step >= max(call.written)
+        assert h.sup.current.facts.step == call.step_at(h.clock.mono) or h.sup.current.facts.step >= max(call.written)
     run(go())
 
 
@@ -259,7 +259,7 @@ def test_cloud_fault_a_preemption_modal_retries_in_the_same_call_never_starts_a_
         assert cloud.count("spawn") == 1 and list(cloud.calls) == ["fc-0001"], h.events()
         assert h.sup.state == State.REMOTE and h.sup.run["remote_call_id"] == "fc-0001"
         await h.run(30, dt=1.0)
-        assert (h.sup.facts.step or 0) > call.written[0] and call.step_at(h.clock.mono) > call.start_step
+        assert (h.sup.current.facts.step or 0) > call.written[0] and call.step_at(h.clock.mono) > call.start_step
         assert cloud.count("spawn") == 1 and not h.events("failed")
     run(go())
 

@@ -68,7 +68,7 @@ def test_the_real_loop_ticks_once_per_poll_while_cooling_and_resumes_at_the_poll
         loop = asyncio.create_task(app.run_loop(cfg, sup))
         seen = lambda: (sup.state.value, dict(sup.holds), len(ticks))  # noqa: E731
         try:
-            await _until(lambda: sup.state == State.RUNNING and sup.runner.running, 30, "the job running", seen)
+            await _until(lambda: sup.state == State.RUNNING and sup.current.runner.running, 30, "the job running", seen)
             sensor.edge_c = 95.0
             await _until(lambda: sup.state == State.COOLING, 10, "a thermal pause", seen)
             await asyncio.sleep(POLL_S)  # the pause's own ticks (the hold, its event) are over

@@ -173,7 +173,7 @@ def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_prot
         # stop-and-go: paused hot more than once, so it resumed in between, and went on training
         assert len(h.events("paused_hot")) >= 2
         assert sum("cooling -> running" in e for e in h.events("state")) >= 1
-        assert max(temps) < 88.5 and sup.facts.step > 100
+        assert max(temps) < 88.5 and sup.current.facts.step > 100
     asyncio.run(go())
 
 

@@ -69,15 +69,15 @@ def test_a_checkpoint_that_does_not_fit_holds_the_running_job_until_space_return
             (2.0, "record", error), (600.0, "exit", 0)])}, disk_free=lambda path: free["bytes"])
         sup = await h.open()
         await h.run(5)
-        assert "disk" in sup.holds and sup.runner.running
-        assert sup.runner.proc.stopped_by_signal  # held, memory kept
+        assert "disk" in sup.holds and sup.current.runner.running
+        assert sup.current.runner.proc.stopped_by_signal  # held, memory kept
         assert sup.snapshot["display_state"] == "PAUSED" and sup.snapshot["held_by"] == "disk"
         assert json.loads((sup.run_dir / "control.json").read_text())["hold"] is True
         assert "checkpoint at step 40 did not fit" in sup.problems["disk"]
         free["bytes"] = 10 * 2**30
         await h.run(3)
         assert "disk" not in sup.holds and "disk" not in sup.problems
-        assert not sup.runner.proc.stopped_by_signal and sup.runner.running
+        assert not sup.current.runner.proc.stopped_by_signal and sup.current.runner.running
         assert json.loads((sup.run_dir / "control.json").read_text())["hold"] is False
     asyncio.run(go())
 

@@ -139,5 +139,5 @@ def test_resume_from_a_scripts_own_checkpoint_is_accepted_and_the_run_owns_it(tm
         await h.run(3)
         assert h.spawned[0] == ["train", "--init_from=resume"]
         assert h.events("found") == []  # not "an older run's": chosen on purpose
-        assert sup.adopter is not None and sup.adopter.newest().step == 600
+        assert sup.current.adopter is not None and sup.current.adopter.newest().step == 600
     asyncio.run(go())

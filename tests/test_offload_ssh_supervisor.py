@@ -80,7 +80,7 @@ def test_ssh_status_names_the_box_not_modals_gpu_in_json_text_reason_and_estimat
         sup = await h.open()
         await h.run(3)
         assert (await h.command("offload"))["ok"]
-        await h.run(30, until=lambda s: s.state == State.REMOTE and s.remote.remote is not None)
+        await h.run(30, until=lambda s: s.state == State.REMOTE and s.current.remote.remote is not None)
         st = sup.snapshot
         assert st["cloud"]["remote"]["host"] == f"gpu@{HOST}:22"
         assert st["cloud"]["remote"]["remote_state"] == "running"

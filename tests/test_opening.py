@@ -82,3 +82,44 @@ def test_the_continued_runs_own_job_left_running_is_stopped_by_pid_and_start_tim
                 proc.kill()
                 await proc.wait()
     asyncio.run(go())
+
+
+def _book(tmp_path: Path) -> tuple[Any, Any]:
+    from daemon.night.runbook import RunBook
+    from daemon.state.store import Store
+    from tests.harness import config
+    cfg = config(tmp_path)
+    store = Store(tmp_path / "state" / "nightshift.db")
+    return RunBook(store, cfg, lambda: 1000.0, tmp_path / "state" / "runs"), store
+
+
+def test_find_continues_the_newest_unfinished_run_closes_the_older_and_brings_its_holds(tmp_path: Path):
+    """One value says it all: run 2 continued (its account said after it is current, its held
+    pause held again, the thermal hold the previous daemon kept), run 1 to close as interrupted."""
+    from daemon.core.opening import find
+    book, store = _book(tmp_path)
+    old, new = book.create(None).id, book.create(None).id
+    store.update_run(old, state="running")
+    store.update_run(new, state="cooling", user_hold=1)
+    store.remember(f"holds:run-{new}", {"thermal": "edge 91 C", "recovering": False})
+    o = asyncio.run(find(book, store, tmp_path / "state" / "runs", fresh=False, now=2000.0))
+    assert o.row is not None and o.row["id"] == new and not o.show_only and o.entry is None
+    assert [(r["id"], why) for r, why in o.interrupt] == [(old, f"run {new} was continued instead")]
+    assert o.before == [] and o.kept == {"thermal": "edge 91 C", "recovering": False}
+    assert isinstance(o.after[0], Emit) and o.after[0].message.startswith(f"continuing run {new} (")
+    assert o.after[-1] == Hold("user", "paused by the user", quiet=True)
+    assert store.get_run(old)["state"] == "running"  # closing it is the Supervisor's write, not find's
+
+
+def test_find_with_new_closes_every_unfinished_run_and_with_everything_ended_only_shows_the_last(tmp_path: Path):
+    from daemon.core.opening import find
+    from daemon.policy.opening import NEW_RUN
+    book, store = _book(tmp_path)
+    first = book.create(None).id
+    store.update_run(first, state="running")
+    o = asyncio.run(find(book, store, tmp_path / "state" / "runs", fresh=True, now=2000.0))
+    assert o.row is None and o.entry is None and not o.show_only and o.kept == {}
+    assert [(r["id"], why) for r, why in o.interrupt] == [(first, NEW_RUN)]
+    store.update_run(first, state="done")
+    o = asyncio.run(find(book, store, tmp_path / "state" / "runs", fresh=False, now=2000.0))
+    assert o.show_only and o.row is not None and o.row["id"] == first and o.interrupt == () and o.after == []

@@ -75,7 +75,7 @@ def test_an_idle_daemons_sigterm_does_not_claim_to_checkpoint_a_job(tmp_path, ca
     async def go():
         h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True)})
         sup = await h.open()
-        assert not sup.runner.running
+        assert not sup.current.runner.running
         with caplog.at_level(logging.INFO, logger="nightshift"):
             sup.request_stop(signal.SIGTERM)
         said = " ".join(r.getMessage() for r in caplog.records)

@@ -51,7 +51,7 @@ def test_new_progress_is_published_at_the_next_tick(tmp_path):
         steps = set()
         for _ in range(10):
             await h.run(0.2, poll_every=1e9)
-            assert sup.snapshot["step"] == sup.facts.step  # never behind the facts
+            assert sup.snapshot["step"] == sup.current.facts.step  # never behind the facts
             steps.add(sup.snapshot["step"])
         assert len(steps) > 1, "the job made no progress in 2 s"
     asyncio.run(go())

@@ -29,14 +29,14 @@ def test_sigterm_checkpoints_at_the_last_step_then_exits_143(tmp_path):
         h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=1000, interval=50)})
         sup = await h.open()
         await h.run(30)
-        step_before = sup.facts.step
+        step_before = sup.current.facts.step
         sup.request_stop(signal.SIGTERM)
         sup.request_stop(signal.SIGTERM)  # systemd may repeat it: still graceful
         await h.run(10, until=lambda s: s.done.is_set())
         assert sup.done.is_set() and sup.exit_code() == 143
         proc = h.factory.procs[-1]
         assert proc.returncode == 0, "the job exited by itself after its checkpoint, not killed"
-        assert sup.facts.checkpoint["step"] == proc.step >= step_before
+        assert sup.current.facts.checkpoint["step"] == proc.step >= step_before
         assert sup.run["state"] != "stopped"  # continued by the next start, not ended
     run(go())
 
@@ -188,7 +188,7 @@ def test_pause_and_checkpoint_together_leave_the_job_held_with_a_fresh_checkpoin
         step = proc.step
         await h.run(10)
         assert proc.held and proc.step == step, "held, not training"
-        assert sup.facts.checkpoint["step"] == step
+        assert sup.current.facts.checkpoint["step"] == step
         assert sup.snapshot["held_by"] == "user"
     run(go())
 
@@ -342,7 +342,7 @@ def test_restarts_are_bounded_for_every_cause_with_a_minimum_backoff(tmp_path):
         sup = await h.open()
         await h.run(25)
         assert len(h.spawned) == 6 and sup.state == State.FAILED
-        assert "job.restart_limit" in sup.failure
+        assert "job.restart_limit" in sup.current.failure
     run(go())
 
 
@@ -407,7 +407,7 @@ def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
         h = Harness(tmp_path, cfg, {"s": first}, output_progress=build.output_progress(cfg))
         sup = await h.open()
         await h.run(4.5)
-        assert sup.facts.step == 50
+        assert sup.current.facts.step == 50
         h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", "iter 20: loss 2.0, time 5.00ms, mfu 1.00%"),
                                                       (100.0, "exit", 0)])
         await h.run(3)
@@ -616,7 +616,7 @@ def test_resume_from_holds_until_the_run_has_a_checkpoint_of_its_own(tmp_path):
         assert sup2.run_id == sup.run_id
         await h2.run(12)
         assert h2.factory.procs[0].env["NIGHTSHIFT_RESUME"] == "/data/old/step_500"
-        assert sup2.facts.checkpoint is not None  # now the run has its own checkpoints...
+        assert sup2.current.facts.checkpoint is not None  # now the run has its own checkpoints...
         h2.factory.procs[0].exit(-9)
         await h2.run(3, until=lambda s: len(h2.spawned) == 2)
         await h2.run(1)
@@ -649,9 +649,9 @@ def test_a_failing_command_is_an_event_and_a_problem_and_the_job_trains_on(tmp_p
         assert "Input/output error" in err
         assert any("Input/output error" in p for p in sup.snapshot["problems"])
         assert not sup.done.is_set() and sup.state == State.RUNNING
-        step = sup.facts.step
+        step = sup.current.facts.step
         await h.run(3)
-        assert sup.facts.step > step
+        assert sup.current.facts.step > step
     run(go())
 
 
@@ -706,7 +706,7 @@ def test_a_single_sigint_is_a_graceful_stop_with_a_final_checkpoint(tmp_path):
         await h.run(10, until=lambda s: s.done.is_set())
         assert sup.done.is_set() and sup.exit_code() == 130
         proc = h.factory.procs[-1]
-        assert proc.returncode == 0 and sup.facts.checkpoint["step"] == proc.step
+        assert proc.returncode == 0 and sup.current.facts.checkpoint["step"] == proc.step
     run(go())
 
 
@@ -750,11 +750,11 @@ def test_a_restarted_daemon_keeps_checkpoint_costs_and_the_restart_history(tmp_p
             await h.run(6)
             h.factory.procs[-1].exit(-9)
         await h.run(4)
-        costs = list(sup.facts.checkpoint_costs)
+        costs = list(sup.current.facts.checkpoint_costs)
         assert costs and sup.run["restarts"] == 3
         h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
         sup2 = await h2.open()
-        assert list(sup2.facts.checkpoint_costs)[-len(costs):] == costs
+        assert list(sup2.current.facts.checkpoint_costs)[-len(costs):] == costs
         assert sup2.run["restarts"] == 4  # the first daemon died with its job running
         await h2.run(5)
         assert sup2.state == State.RUNNING

@@ -34,14 +34,14 @@ def test_a_nan_sets_the_later_trainer_checkpoints_aside_and_the_restart_resumes_
         ns = Path(sup.checkpoint_dir)
         await h.run(30)
         assert names(ns) == ["step_000000010", "step_000000020"]  # nothing past step 25 stays
-        st = sup.facts.checkpoint
+        st = sup.current.facts.checkpoint
         assert st is not None and st["step"] == 20, st
         assert sup.problems["suspect"].startswith("the last good checkpoint is step 20: those past "
                                                   "step 25 are suspect"), sup.problems
         await h.run(14)  # steps 30 and 40 of the NaN weights: set aside as they are written
         assert names(ns) == ["step_000000010", "step_000000020"]
         assert names(ns / quarantine.QUARANTINE) == ["step_000000030", "step_000000040"]
-        assert sup.facts.checkpoint["step"] == 20
+        assert sup.current.facts.checkpoint["step"] == 20
         said = h.events("suspect")
         assert [m.split(" set aside")[0] for m in said] == ["checkpoint of step 30", "checkpoint of step 40"], said
         assert str(ns / ".diverged") in said[0] and "never put back on its own" in said[0]
@@ -76,7 +76,7 @@ def test_a_climb_back_under_next_sets_the_final_checkpoint_aside(tmp_path):
         left = [int(n.split("_")[1]) for n in names(ns)]
         aside = [int(n.split("_")[1]) for n in names(ns / quarantine.QUARANTINE)]
         assert aside, (left, h.events())
-        assert max(left) < min(aside) and sup.facts.checkpoint["step"] == max(left)
+        assert max(left) < min(aside) and sup.current.facts.checkpoint["step"] == max(left)
     run(go())
 
 
@@ -96,7 +96,7 @@ def test_a_daemon_restart_after_a_nan_stopped_the_run_still_names_the_last_good_
         assert sup2.problems.get("suspect", "").startswith(
             "the last good checkpoint is step 20: those past step 25 are suspect (the non-finite "
             "loss at step 26)"), sup2.problems
-        assert sup2.facts.checkpoint is not None and sup2.facts.checkpoint["step"] == 20
+        assert sup2.current.facts.checkpoint is not None and sup2.current.facts.checkpoint["step"] == 20
     run(go())
 
 

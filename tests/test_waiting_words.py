@@ -124,7 +124,7 @@ def test_a_restart_says_starting_resuming_from_step_n_and_explains_the_step_goin
         assert first["waiting"]["for"] == "the job to load (loading the job)"
         await h.run(25)
         proc = h.factory.procs[0]
-        reached = sup.facts.step
+        reached = sup.current.facts.step
         assert reached and reached % 10 != 0, reached  # past its newest checkpoint
         proc.exit(1)  # the job dies; the daemon restarts it from the newest checkpoint
         seen = []

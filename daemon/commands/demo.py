@@ -171,7 +171,7 @@ async def _drive(d: Supervisor, screen: Screen, inject_at_steps: list[int]) -> N
         raise RuntimeError("the demo needs the simulated GPU: [gpu] sensor = \"simulated\"")
     while not d.done.is_set():
         screen.update()
-        step = d.facts.step or 0
+        step = d.current.facts.step or 0
         if pending and step >= pending[0] and d.state == "running" and not d.holds:
             pending.pop(0)
             screen.injected.append(time.monotonic() - screen.t0)

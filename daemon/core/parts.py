@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # each part is imported when it is built: a daemon without it
     from daemon.gpu.sensors import Sensor
     from daemon.gpu.simgpu import SimulatedGPU
     from daemon.job.adopt import Adopter
+    from daemon.job.diskfull import DiskWatch
     from daemon.job.jobrunner import JobRunner
     from daemon.job.outputprogress import OutputProgress
     from daemon.night.divergence import DivergenceDetector
@@ -155,6 +156,15 @@ def adopter(cfg: Config, run_id: int, clock: Callable[[], float]) -> Adopter | N
                    Path(cfg["daemon"]["state_dir"]) / "adopted" / f"run-{run_id}",
                    keep=int(cfg["checkpoint"]["keep"]), clock=clock, log=log.info,
                    claim_found=True)  # a file there before the run is never this run's
+
+
+def disk_watch(dirs: Callable[[], list[str]], checkpoint_bytes: Callable[[], float | None],
+               free: Callable[[str], int] | None) -> DiskWatch:
+    """The disks a run writes, watched for room (daemon/job/diskfull.py): ``dirs`` the run's
+    directories, ``checkpoint_bytes`` the newest checkpoint's size (what the next one needs),
+    ``free`` a test's own disk (``Parts.disk_free``), else the real one."""
+    from daemon.job.diskfull import DiskWatch
+    return DiskWatch(dirs, checkpoint_bytes, **({"free": free} if free else {}))
 
 
 def output_progress(cfg: Config) -> OutputProgress | None:

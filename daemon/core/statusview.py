@@ -52,19 +52,19 @@ def _num(x: float | None) -> float | None:
 
 def _cloud(s: Supervisor, run: RunRow, now: float) -> CloudStatus:
     o = s.cfg["offload"]
-    st = s.remote.remote
+    st = s.current.remote.remote
     eta = None
     if st is not None and st.steps_per_s and st.total_steps and st.step is not None:
         eta = (st.total_steps - st.step) / st.steps_per_s
     names = s.p.offloader.names
-    est = s.remote.estimate
+    est = s.current.remote.estimate
     backend = run.get("remote_backend") or (names[0] if names else "none")
     return {
-        "backend": backend, "where": s.remote.where(backend),  # ssh: its box; else [offload] gpu
+        "backend": backend, "where": s.current.remote.where(backend),  # ssh: its box; else [offload] gpu
         "backends": names, "gpu": o["gpu"], "call_id": run.get("remote_call_id"),
         "cost_usd": round(s.cost_now(now), 4), "budget_usd": o["budget_usd"],
         "estimate_usd": round(est.usd, 2) if est is not None and est.usd is not None else None,
-        "remote_state": getattr(st, "state", None), "problem": s.remote.problem, "eta_s": _num(eta),
+        "remote_state": getattr(st, "state", None), "problem": s.current.remote.problem, "eta_s": _num(eta),
         "remote": s.remote_description(),
     }
 
@@ -159,7 +159,7 @@ def _step(s: Supervisor, loading: bool) -> tuple[int | None, str | None]:
     """The step to show, and why when it is behind what was shown before: while a restarted
     job loads, the step it resumes from (not the dead attempt's stale one); until it has caught
     up, "back to step N after the restart" -- the step never goes backwards unexplained."""
-    f = s.facts
+    f = s.current.facts
     resume = getattr(s, "resume_step", None)
     if loading and resume is not None and f.step is not None and resume < f.step:
         return resume, f"back to step {resume} after the restart (it had reached {f.step})"
@@ -179,8 +179,8 @@ def inputs_key(s: Supervisor) -> tuple[object, ...]:
     identity (the Supervisor replaces those objects, never mutates them in place): a new
     progress record, reading, event, hold, problem, checkpoint, state, run-row write, remote
     status, queue plan or governor decision. Cheap: no I/O, no copy."""
-    f = s.facts
-    runner = s.runner
+    f = s.current.facts
+    runner = s.current.runner
     g = s.gov
     run = s.run  # the store's cached row (a copy): its "updated" moves with every write
     return (s.state, s.run_id, runner.pid if runner is not None else None,
@@ -188,10 +188,10 @@ def inputs_key(s: Supervisor) -> tuple[object, ...]:
             f.step, f.loss, f.last_record_t, f.total_steps, f.steps_lost, id(f.checkpoint),
             id(s.last_reading), id(s.last_event), id(s.diagnosis), len(s.reset_log.rows),
             id(s.queue_plan),
-            id(s.remote.remote), id(s.remote.estimate), s.remote.problem,
-            tuple(s.holds.items()), tuple(s.problems.items()), s.failure, s.stop_loss,
+            id(s.current.remote.remote), id(s.current.remote.estimate), s.current.remote.problem,
+            tuple(s.holds.items()), tuple(s.problems.items()), s.current.failure, s.stop_loss,
             s.store.problem, s.store.pending_writes, run.get("updated"),
-            s.interval_steps, None if g is None else (id(g.state), g.reason, g.pauses))
+            s.current.interval_steps, None if g is None else (id(g.state), g.reason, g.pauses))
 
 
 def _stop_loss(stop: tuple[int, float] | None) -> LossStopped | None:
@@ -204,7 +204,7 @@ def _stop_loss(stop: tuple[int, float] | None) -> LossStopped | None:
 
 
 def build_status(s: Supervisor, now: float) -> Status:
-    f = s.facts
+    f = s.current.facts
     run = s.run
     r = s.last_reading
     ckpt: CheckpointStatus | None = None
@@ -239,7 +239,7 @@ def build_status(s: Supervisor, now: float) -> Status:
         "display_detail": detail,
         "run_id": s.run_id,
         "job": run.get("name") or s.cfg["job"]["name"],  # as the queue named the run (issue 28)
-        "pid": s.runner.pid if s.runner is not None else None,
+        "pid": s.current.runner.pid if s.current.runner is not None else None,
         "step": step,
         "step_note": step_note,
         "waiting": waitview.waiting(s, word, s.mono()),
@@ -277,25 +277,25 @@ def build_status(s: Supervisor, now: float) -> Status:
         "checkpoint": ckpt,
         "checkpoint_interval": {
             "mode": "auto" if s.cfg["checkpoint"]["interval"] == "auto" else "fixed",
-            "steps": s.interval_steps,
+            "steps": s.current.interval_steps,
             "explanation": s.interval_explanation,
         },
         "held_by": owner,
         "holds": dict(s.holds),
         "paused_reason": _paused_reason(word, s.holds),
         "last_event": s.last_event,
-        "failure": s.failure or run.get("failure"),
+        "failure": s.current.failure or run.get("failure"),
         "loss_stopped": _stop_loss(s.stop_loss),
         "restarts": run.get("restarts", 0),
         "steps_lost": f.steps_lost,
         "pauses": run.get("pauses", 0),
         "problems": sorted(set(s.problems.values()) | ({s.store.problem} if s.store.problem else set())
                            # the cloud's (a cancel not confirmed: it may still be billing)
-                           | ({s.remote.problem} if s.remote.problem and s.state in REMOTE_STATES else set())),
+                           | ({s.current.remote.problem} if s.current.remote.problem and s.state in REMOTE_STATES else set())),
         "store": {"problem": s.store.problem, "pending_writes": s.store.pending_writes,
                   "moved_aside": str(s.store.moved_aside) if s.store.moved_aside else None},
-        "bad_progress_lines": {"count": s.runner.tail.bad_lines if s.runner is not None else 0,
-                               "last": s.runner.tail.last_bad if s.runner is not None else None},
+        "bad_progress_lines": {"count": s.current.runner.tail.bad_lines if s.current.runner is not None else 0,
+                               "last": s.current.runner.tail.last_bad if s.current.runner is not None else None},
         "queue": {"waiting": len(s.queue()), "plan": getattr(s.queue_plan, "reason", None)},
         "governor": _governor(s, r, s.mono()),
         "updated": now,

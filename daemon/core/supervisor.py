@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 from daemon.cloud.offloader import run_key
 from daemon.core import commanding, counters, decide, exits, holds, lifecycle, opening, starting
 from daemon.core import intent as intents
+from daemon.core import parts as build
 from daemon.core import restorechain as chain
 from daemon.core.attempt import Attempt
 from daemon.core.commanding import Here
@@ -73,23 +74,22 @@ from daemon.core.governorloop import GovernorLoop
 from daemon.core.holds import Holds
 from daemon.core.intent import ExitIntent
 from daemon.core.journal import Journal
-from daemon.core.losswatch import Acting, LossWatch
+from daemon.core.losswatch import Acting
 from daemon.core.observation import Command, Memory, Observation
 from daemon.core.observer import Observer, job_signs
 from daemon.core.offloadplan import Night, OffloadPlanner
-from daemon.core.pace import Pace, history_prior
+from daemon.core.pace import history_prior
 from daemon.core.parts import Parts
 from daemon.core.readings import Readings
 from daemon.core.recovering import Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, RemoteRun, Save, Seen
+from daemon.core.runstate import RunState
 from daemon.core.starting import JobStarter, StartContext
 from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
 from daemon.job.diskfull import says_full
-from daemon.job.jobrunner import JobRunner
 from daemon.job.progress import ProgressRecord
-from daemon.job.status import JobFacts
 from daemon.night.runbook import RunBook
 from daemon.policy import eta as eta_mod
 from daemon.policy import gates, tickrate
@@ -114,7 +114,7 @@ if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), impor
     from daemon.gpu.governing import Governor
     from daemon.gpu.resets.incident import ResetEvent
     from daemon.gpu.sensors.base import Reading
-    from daemon.job.adopt import AdoptedCheckpoint, Adopter
+    from daemon.job.adopt import AdoptedCheckpoint
     from daemon.policy.queueplan import QueuePlan
     from daemon.policy.thermal import ThermalState
 
@@ -128,8 +128,6 @@ class Supervisor:
         self.cfg = cfg
         self.p = parts
         self.store = parts.store
-        self.runner: JobRunner = None  # type: ignore[assignment]  # made by open(), for the run's dir
-        self.adopter: Adopter | None = None  # a script's checkpoints kept safe (daemon/job/adopt.py), per run
         self.starter = JobStarter(cfg, parts.find_checkpoint, parts.job_env)  # checkpoints, command, env
         self.counters = Counters()  # steps_lost, max_step as the run's row has them (counters.py)
         # Two clocks (issue 31): ``clock`` (wall) for what a person reads, the schedule, the
@@ -142,22 +140,24 @@ class Supervisor:
         self.new_run = new_run
         self.resume_from = resume_from
         self.run_id = 0
+        # runs, queue, history; an unwritable state dir (cli.cmd_run) puts the run files in the
+        # lock's fallback dir
         base = Path(cfg["daemon"].get("_fallback_dir") or cfg["daemon"]["state_dir"])
-        self.book = RunBook(parts.store, cfg, clock, base / "runs")  # runs, queue, history
+        self.book = RunBook(parts.store, cfg, clock, base / "runs")
         self.state = State.IDLE
-        self.facts = JobFacts()
+        # the current run's facts, losses, remote run, pace, interval, failure and ports, replaced
+        # whole when the queue's next run begins (runstate.py); its ports made by open()
+        self.current = RunState(RemoteRun(cfg, parts.offloader, wall=clock))
         self.holds = Holds()  # owner (thermal|user|schedule|disk) -> why, carried out on the job (holds.py)
         self.next_start_at: float | None = None
         self.forced_resume: str | None = None
-        from daemon.job.diskfull import DiskWatch
-        self.disk = DiskHold(DiskWatch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
-                                       lambda: (self.facts.checkpoint or {}).get("bytes"),
-                                       **({"free": parts.disk_free} if parts.disk_free else {})))
+        self.disk = DiskHold(build.disk_watch(lambda: [str(self.run_dir), self.cfg["job"]["checkpoint_dir"]],
+                                              lambda: (self.current.facts.checkpoint or {}).get("bytes"),
+                                              parts.disk_free))
         self.attempt = Attempt()  # the job's attempt here: its resume, last record, exit intent (attempt.py)
         self.stop_asked_at: float | None = None
         self.checkpoint_seen_at: float | None = None  # (mono) when the newest checkpoint's record was read
         self.stop_waiters: list[asyncio.Future] = []
-        self.failure: str | None = None
         self.thermal: ThermalState | None = None
         self.recovering = Recovery()  # after a reset: cooldown, probe, restart (recovering.py)
         self.problems: dict[str, str] = {}  # key -> message (shown in status until cleared)
@@ -166,10 +166,8 @@ class Supervisor:
         # GPU incidents: counts per kind, the window, the diagnosis (daemon/gpu/resets/resetlog.py)
         self.reset_log = ResetLog(self.store, cfg, write=self.stored, clock=clock)
         self.sensed = Readings()  # the newest reading, the last two minutes, the edge trend (readings.py)
-        self.interval_steps: int | None = None
         self.interval_explanation = ""
         self.age_warned: float | None = None
-        self.remote = RemoteRun(cfg, parts.offloader, wall=clock)  # the offload carried out (remote_run.py)
         self.commands: collections.deque[Command] = collections.deque()
         self.stop_signal: int | None = None
         self.shutting_down = False
@@ -178,12 +176,10 @@ class Supervisor:
         self.snapshot: Status = {}
         self._published: tuple[tuple[object, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
-        self.losses = LossWatch()  # the loss series, the climb watch, a divergence's action (losswatch.py)
         self.on_command: Callable[[], object] | None = None  # wakes the loop (app.py)
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.governing = GovernorLoop(self.stored)  # [thermal] governor = "clock" (governorloop.py)
-        self.pace = Pace()  # the duty cycle and the net rate: the ETA's basis (pace.py)
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
@@ -227,9 +223,7 @@ class Supervisor:
 
     @property
     def run_dir(self) -> Path:
-        # an unwritable state dir (cli.cmd_run) puts the run files in the lock's fallback dir
-        base = self.cfg["daemon"].get("_fallback_dir") or self.cfg["daemon"]["state_dir"]
-        return Path(base) / "runs" / str(self.run_id)
+        return self.book.runs_dir / str(self.run_id)  # the state dir's, or the fallback's (above)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -252,7 +246,7 @@ class Supervisor:
         if o.show_only:
             assert o.row is not None
             self.run_id, self.state = o.row["id"], State(o.row["state"])
-            self.runner = self.p.make_runner(self.run_dir)
+            self.current.runner = self.p.make_runner(self.run_dir)
             self._rebuild()
             self.event("run", f"run {self.run_id} already {o.row['state']}; nothing queued "
                        "(`nightshift queue add` or `nightshift run --new` starts another)")
@@ -265,7 +259,7 @@ class Supervisor:
                 self.event("run", f"run {self.run_id} resumes from {self.resume_from}")
         else:
             self.run_id, self.state = o.row["id"], State(o.row["state"])
-            self.facts.step, self.facts.total_steps = o.row["step"], o.row["total_steps"]
+            self.current.facts.step, self.current.facts.total_steps = o.row["step"], o.row["total_steps"]
             self._apply(o.after)
         self._attach_run()
         self._rebuild()
@@ -275,7 +269,7 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
         self.governing.open(self.p.governor, self.store, self.job)  # last night's clock
-        remote = self.remote.reopen(self.run, self.state, self.mono())  # on the cloud, or moving there
+        remote = self.current.remote.reopen(self.run, self.state, self.mono())  # on the cloud, or moving there
         if remote is not None:
             self._apply(remote)
         elif self.state.value not in ENDED_STATES:
@@ -287,40 +281,40 @@ class Supervisor:
 
     # ================================================================== a full disk (diskfull.py)
     def _hold_for_disk(self, what: str, restart: bool) -> None:
-        self._apply(self.disk.hold(what, held="disk" in self.holds, job_running=self.runner.running,
+        self._apply(self.disk.hold(what, held="disk" in self.holds, job_running=self.current.runner.running,
                                    restart=restart))
 
     def _disk_room(self) -> bool:
         """True (and the disk hold lifted) once every watched disk has room again."""
-        room, said = self.disk.room(self.problems.get("disk"), self.runner.running)
+        room, said = self.disk.room(self.problems.get("disk"), self.current.runner.running)
         self._apply(said)
         return room
 
     def _rebuild(self) -> None:
         """What a restarted daemon must not forget: the night's progress, resets, diagnosis,
         checkpoint costs (for the interval) and the restart history."""
-        self.losses.replaying = True  # a climb already said before the restart is not said again
+        self.current.losses.replaying = True  # a climb already said before the restart is not said again
         try:
-            for rec in self.runner.records():
+            for rec in self.current.runner.records():
                 self._observe_record(rec, replay=True)
         finally:
-            self.losses.replaying = False
+            self.current.losses.replaying = False
         # resets belong to the machine, not the run: a queue's next run inherits the count
         self.reset_log.load(self.clock())
         for c in reversed(self.store.checkpoints(self.run_id, limit=20)):
             if c["stall_s"] is not None:
-                self.facts.checkpoint_costs.append(float(c["stall_s"]))
-        newest = self.adopter.newest() if self.adopter is not None else None
-        if newest is not None and self.facts.checkpoint is None:
-            self.facts.checkpoint = _adopted_fact(newest)
-        elif self.facts.checkpoint and not os.path.exists(str(self.facts.checkpoint.get("path"))):
-            self.facts.checkpoint = suspects.newest_left(Path(self.checkpoint_dir))  # set aside
-        self._said(suspects.recall(Path(self.checkpoint_dir), self.adopter))  # status names the last good one
+                self.current.facts.checkpoint_costs.append(float(c["stall_s"]))
+        newest = self.current.adopter.newest() if self.current.adopter is not None else None
+        if newest is not None and self.current.facts.checkpoint is None:
+            self.current.facts.checkpoint = _adopted_fact(newest)
+        elif self.current.facts.checkpoint and not os.path.exists(str(self.current.facts.checkpoint.get("path"))):
+            self.current.facts.checkpoint = suspects.newest_left(Path(self.checkpoint_dir))  # set aside
+        self._said(suspects.recall(Path(self.checkpoint_dir), self.current.adopter))  # status names the last good one
         self._rebuild_counters()
 
     def _rebuild_counters(self) -> None:
         """steps_lost, the furthest step and a finished run's step, total and checkpoint (counters.py)."""
-        f = self.facts
+        f = self.current.facts
         newest = None if f.checkpoint is not None else next(iter(self.store.checkpoints(self.run_id, limit=1)), None)
         logged = counters.last_logged_step(self.cfg, self.run_dir) if self.p.output_progress is not None else None
         r = counters.recall(f, self.run, logged, newest)
@@ -333,7 +327,7 @@ class Supervisor:
         """One tick: observe (one Observation value) -> decide -> apply -> publish."""
         try:
             poll, self.poll_due = self.poll_due, False
-            obs = self.observer.observe(self.p, self.runner, self.clock(), self.mono(), commands=self.commands,
+            obs = self.observer.observe(self.p, self.current.runner, self.clock(), self.mono(), commands=self.commands,
                                         stop_signal=self.stop_signal if not self.shutting_down else None,
                                         poll=poll, last_record_at=self.attempt.record_seen_at)
             await self._tick(obs)
@@ -346,13 +340,13 @@ class Supervisor:
 
     def _memory(self) -> Memory:
         """What the tick's rules may read of the Supervisor's state (a copy)."""
-        ck = self.facts.checkpoint
+        ck = self.current.facts.checkpoint
         at = rules.checkpoint_read_at(self.checkpoint_seen_at, float(ck.get("t") or 0) if ck else None,
                                       self.clock(), self.mono())
         return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
                       edges=tuple(self.edges), suspect_since=self.attempt.suspect_since,
-                      age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.facts.steps_per_s,
-                      interval_steps=self.interval_steps, problems=dict(self.problems),
+                      age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.current.facts.steps_per_s,
+                      interval_steps=self.current.interval_steps, problems=dict(self.problems),
                       clock_cap=self.p.clockcap is not None)
 
     async def _tick(self, obs: Observation) -> None:
@@ -385,14 +379,14 @@ class Supervisor:
                                 "headline": headline(self.state, self.holds)})
         if obs.stop_signal is not None and not self.shutting_down:
             self.shutting_down = True
-            self._apply(exits.shutdown(self.state, self.runner.running, self.attempt.exit_intent))
-        if gates.next_run_now(self._next_run_due, job_here=self.runner.running, shutting_down=self.shutting_down):
+            self._apply(exits.shutdown(self.state, self.current.runner.running, self.attempt.exit_intent))
+        if gates.next_run_now(self._next_run_due, job_here=self.current.runner.running, shutting_down=self.shutting_down):
             self._start_next_run(now)
         if obs.poll is not None:
             await self._poll(obs)
         await self._advance(obs)
-        self.runner.advance(mono)
-        if self.shutting_down and not self.runner.running:
+        self.current.runner.advance(mono)
+        if self.shutting_down and not self.current.runner.running:
             # a stop still waiting (the cloud run was cancelling or pulling) gets its answer
             # before the API goes away, never a dropped connection
             self._settle_stop(f"the daemon is shutting down while {self.state.value}; the next start "
@@ -401,7 +395,7 @@ class Supervisor:
 
     def tick_wait_s(self) -> float:
         """How long the loop may sleep now (daemon/policy/tickrate.py)."""
-        r = self.runner
+        r = self.current.runner
         steady = None
         if self.state in (State.RUNNING, State.COOLING) and r is not None and r.running and not r.stopping \
                 and not self.commands and not self.shutting_down and self.stop_signal is None \
@@ -417,19 +411,19 @@ class Supervisor:
     def _read_job(self) -> None:
         """The records written since the tick's observation (the last ones, before an exit
         is judged)."""
-        recs = self.runner.records()
+        recs = self.current.runner.records()
         if self.p.output_progress is not None:
-            recs += [r for r in map(self.p.output_progress.feed, self.runner.drain_lines()) if r is not None]
+            recs += [r for r in map(self.p.output_progress.feed, self.current.runner.drain_lines()) if r is not None]
         for rec in recs:
             self._observe_record(rec)
 
     def _observe_record(self, rec: ProgressRecord, replay: bool = False) -> None:
         try:
-            self.facts.observe(rec)
+            self.current.facts.observe(rec)
         except (TypeError, ValueError, OverflowError):
             return  # a record of the wrong shape: skipped (daemon/job/progress.py counts them)
         kind, step = rec.get("kind"), rec.get("step")
-        self._apply(self.losses.note_record(rec, self.cfg["divergence"], self._acting()))
+        self._apply(self.current.losses.note_record(rec, self.cfg["divergence"], self._acting()))
         if replay:
             return
         self.attempt.record_seen_at = self.mono()
@@ -445,27 +439,27 @@ class Supervisor:
         else:
             self._apply(decide.record(rec, frozenset(self.holds), self.attempt.resume_passed))
         if kind == "progress":
-            self._apply(self.losses.spike(rec, self.p.divergence, self.cfg["divergence"], self._acting(),
+            self._apply(self.current.losses.spike(rec, self.p.divergence, self.cfg["divergence"], self._acting(),
                                           Path(self.checkpoint_dir), self.run.get("skip_steps") or ""))
 
     def _acting(self) -> Acting:
         return Acting(watching=self.p.divergence is not None, exiting=self.attempt.exit_intent is not None,
-                      job_here=self.runner.running, remote=self.state == State.REMOTE)
+                      job_here=self.current.runner.running, remote=self.state == State.REMOTE)
 
     # ================================================================== exits
     async def _on_exit(self, now: float, mono: float) -> None:
-        rc = self.runner.exited()
+        rc = self.current.runner.exited()
         assert rc is not None
         self._read_job()  # the last records (done, checkpoint) before deciding
-        tail = self.runner.output_tail()
-        started = self.runner.proc.started_at if self.runner.proc else None
-        self.runner.forget()
+        tail = self.current.runner.output_tail()
+        started = self.current.runner.proc.started_at if self.current.runner.proc else None
+        self.current.runner.forget()
         intent, resumed = self.attempt.ended()  # only a resume from an adopted copy chains (below)
         self.holds.pop("schedule", None)  # a thermal hold outlives the job: its restart waits for it
-        self._update_run(job_pid=None, job_create_time=None, step=self.facts.step)
+        self._update_run(job_pid=None, job_create_time=None, step=self.current.facts.step)
         self._save_counters()
-        if self.adopter is not None:  # the writer has stopped: a verifiable file is final now
-            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step,
+        if self.current.adopter is not None:  # the writer has stopped: a verifiable file is final now
+            self._adopted(await asyncio.to_thread(self.current.adopter.observe, self.current.facts.step,
                                                   writer_stopped=True))
         if self.p.detector is not None:
             from daemon.gpu.resets.signatures import match_job_output
@@ -474,8 +468,8 @@ class Supervisor:
             self._poll_resets()
         info = exits.classify(rc, tail, now, started_at=started, deaths=self.reset_log.death_times(),
                               pending_t=self.p.detector.pending_t() if self.p.detector is not None else None,
-                              step=self.facts.step, asked=intent is not None, done=self.facts.done)
-        said = exits.on_exit(exits.Exited(info, intent, self.facts.step, intent is None and says_full(tail)
+                              step=self.current.facts.step, asked=intent is not None, done=self.current.facts.done)
+        said = exits.on_exit(exits.Exited(info, intent, self.current.facts.step, intent is None and says_full(tail)
                                           and not self.disk.watch.room(), self.shutting_down))
         if said == [LaunchRemote()]:
             await self._launch_remote(now)
@@ -484,11 +478,11 @@ class Supervisor:
             self._apply(said)
             return
         info = exits.died_as(info, intent)
-        if resumed is not None and self.adopter is not None:
-            said = await asyncio.to_thread(chain.after_resumed_exit, self.adopter, resumed, info.kind,
-                                           self.facts.attempt_step, tail, self.run, now, self.cfg)
+        if resumed is not None and self.current.adopter is not None:
+            said = await asyncio.to_thread(chain.after_resumed_exit, self.current.adopter, resumed, info.kind,
+                                           self.current.facts.attempt_step, tail, self.run, now, self.cfg)
         self._apply(said or exits.after_death(
-            info, rc, tail, self.run, now, self.cfg, has_checkpoint=self.facts.checkpoint is not None,
+            info, rc, tail, self.run, now, self.cfg, has_checkpoint=self.current.facts.checkpoint is not None,
             state=self.state, thermal_held="thermal" in self.holds))
 
     def _ask_exit(self, intent: ExitIntent, mono: float, *, graceful: bool | None = None) -> None:
@@ -498,7 +492,7 @@ class Supervisor:
         graceful = intent.graceful if graceful is None else graceful
         if graceful:
             self.stop_asked_at = mono  # a checkpoint read from now on is the stop's own
-        self.runner.begin_stop(mono, graceful=graceful,
+        self.current.runner.begin_stop(mono, graceful=graceful,
                                timeout_s=float(self.cfg["job"]["stop_timeout_s"]) if graceful else 0.0)
 
     def _settle_stop(self, message: str) -> None:
@@ -512,9 +506,9 @@ class Supervisor:
 
     def _ending(self) -> lifecycle.Ending:
         """What the run's ending says and does next (lifecycle.py), read as it ends."""
-        return lifecycle.Ending(self.run_id, self.job["name"], self.facts.step, self.losses.fingerprint(),
+        return lifecycle.Ending(self.run_id, self.job["name"], self.current.facts.step, self.current.losses.fingerprint(),
                                 self.clock(), "thermal" in self.holds, tuple(q["name"] for q in self.book.waiting()),
-                                bool(self.cfg["daemon"]["exit_when_done"]), self.runner.running)
+                                bool(self.cfg["daemon"]["exit_when_done"]), self.current.runner.running)
 
     # ================================================================== runs and the queue
     # The book (daemon/night/runbook.py) keeps runs, the queue and their history; here is what
@@ -542,16 +536,10 @@ class Supervisor:
         if not waiting:
             return
         self._create_run(waiting[0])
-        self.facts = type(self.facts)()
-        self.losses.next_run()
-        self.failure = None
+        self.current = self.current.next(RemoteRun(self.cfg, self.p.offloader, wall=self.clock))
         self.holds.pop("thermal", None)
-        self.interval_steps = None
-        self.remote = RemoteRun(self.cfg, self.p.offloader, wall=self.clock)
-        self.pace = Pace()  # a new run's duty cycle starts with it
         self._attach_run()
         if self.p.divergence is not None:  # a new run's losses owe nothing to the last one's
-            from daemon.core import parts as build
             self.p.divergence = build.divergence(self.cfg)
         if self.holds:
             self._update_run(user_hold=1 if "user" in self.holds else 0)
@@ -561,12 +549,12 @@ class Supervisor:
         """The current run's own ports: its directory, the job runner, its adopted checkpoints
         and the offloader's view of it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.runner = self.p.make_runner(self.run_dir)
-        self.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
-        if self.adopter is not None and self.run.get("resume_from"):
-            self.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
+        self.current.runner = self.p.make_runner(self.run_dir)
+        self.current.adopter = self.p.make_adopter(self.run_id) if self.p.make_adopter is not None else None
+        if self.current.adopter is not None and self.run.get("resume_from"):
+            self.current.adopter.own(str(self.run["resume_from"]))  # `--resume-from` chose it: this run's own
         self.p.offloader.for_run(self.run_id, self.run_dir)
-        self.pace.use_prior(history_prior(self.store.runs(), self.run_id))  # the faults expected (ETA)
+        self.current.pace.use_prior(history_prior(self.store.runs(), self.run_id))  # the faults expected (ETA)
 
     def _restart_now(self, reason: str, resume: str | None = None) -> None:
         self.forced_resume = resume
@@ -576,9 +564,9 @@ class Supervisor:
     def runs(self, against: int | None = None) -> list[RunTableRow]:
         """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
         ``against``."""
-        fp = self.losses.fingerprint()  # live for the current run
+        fp = self.current.losses.fingerprint()  # live for the current run
         return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
-                                              list(self.losses.series))}, against)
+                                              list(self.current.losses.series))}, against)
 
     def queue(self) -> list[QueueItem]:
         return self.book.queue()
@@ -589,7 +577,7 @@ class Supervisor:
         edit = self.book.edit(action, arg)
         if edit.said:
             self.event("queue", edit.said)
-        if edit.added and self.state.value in ENDED_STATES and not self.runner.running:
+        if edit.added and self.state.value in ENDED_STATES and not self.current.runner.running:
             self._next_run_due = True
         return edit.answer
 
@@ -600,24 +588,24 @@ class Supervisor:
             await self._maybe_start(now, mono)
         elif self.state in (State.RUNNING, State.COOLING):
             # the job as it is now, after this tick's exit and commands
-            signs = replace(obs, job=job_signs(self.runner, self.attempt.record_seen_at))
-            self._apply(decide.liveness(signs, self._memory(), self.runner.cooperative, self.cfg))
+            signs = replace(obs, job=job_signs(self.current.runner, self.attempt.record_seen_at))
+            self._apply(decide.liveness(signs, self._memory(), self.current.runner.cooperative, self.cfg))
         elif self.state == State.RECOVERING:
             self._apply(self.recovering.step(mono, self.cfg["resets"], self.p.probe, self.p.job_env,
                                              self.p.offloader.available))
         elif self.state == State.OFFLOADING and gates.may_launch(
-                job_here=self.runner.running, exiting=self.attempt.exit_intent is not None,
+                job_here=self.current.runner.running, exiting=self.attempt.exit_intent is not None,
                 shutting_down=self.shutting_down, signalled=self.stop_signal is not None):
             await self._launch_remote(now)
         elif self.state == State.REMOTE:
-            self._apply(await self.remote.poll(mono, self.run, self._job_spec()))
+            self._apply(await self.current.remote.poll(mono, self.run, self._job_spec()))
         elif self.state == State.CANCELLING:
-            self._apply(await self.remote.cancelling(mono, self.run))
+            self._apply(await self.current.remote.cancelling(mono, self.run))
         elif self.state == State.PULLING:
-            self._apply(await self.remote.pull(mono, self.run, Path(self.checkpoint_dir), self._job_spec()))
+            self._apply(await self.current.remote.pull(mono, self.run, Path(self.checkpoint_dir), self._job_spec()))
 
     async def _maybe_start(self, now: float, mono: float) -> None:
-        if not gates.may_start(mono, self.next_start_at, job_here=self.runner.running, shutting_down=self.shutting_down):
+        if not gates.may_start(mono, self.next_start_at, job_here=self.current.runner.running, shutting_down=self.shutting_down):
             return
         if "disk" in self.holds and not self._disk_room():
             return  # a job started on a full disk dies at its first write: wait for space
@@ -630,14 +618,14 @@ class Supervisor:
         self.forced_resume = None
         self._apply(plan.said)
         try:
-            pid = await self.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
+            pid = await self.current.runner.start(plan.command, cwd=plan.cwd, env=plan.env, hold=bool(self.holds))
         except (OSError, ValueError) as e:  # ValueError: an env the exec refuses (a name with '=')
             self._apply(starting.failed(e))
             return
         self.attempt = Attempt(resume_passed=plan.resume, resume_step=plan.resume_step, resumed=plan.resumed)
-        self.facts.new_attempt()
-        self._update_run(has_run=1, job_pid=pid, job_create_time=self.runner.proc.create_time
-                         if self.runner.proc else None)
+        self.current.facts.new_attempt()
+        self._update_run(has_run=1, job_pid=pid, job_create_time=self.current.runner.proc.create_time
+                         if self.current.runner.proc else None)
         self.book.ran_here(self.run_id)  # its history says where it ran (runs: backend)
         if self.p.simgpu is not None:
             self.p.simgpu.attach_job(pid)
@@ -647,7 +635,7 @@ class Supervisor:
 
     def _start_context(self, forced_resume: str | None = None) -> StartContext:
         return StartContext(self.run_id, self.job, self.run, self.run_dir, self.checkpoint_dir,
-                            self.interval_steps, forced_resume, self.adopter)
+                            self.current.interval_steps, forced_resume, self.current.adopter)
 
     # ================================================================== holds
     def _save_holds(self) -> None:
@@ -668,38 +656,38 @@ class Supervisor:
         assert obs.poll is not None
         now, mono, reading = obs.clock.wall, obs.clock.mono, obs.poll.reading
         self.store.retry_pending()  # writes queued while the disk was full or read-only
-        self._apply(self.disk.poll(held="disk" in self.holds, job_running=self.runner.running, shown=self.problems.get("disk"),
+        self._apply(self.disk.poll(held="disk" in self.holds, job_running=self.current.runner.running, shown=self.problems.get("disk"),
                                    store_full=bool(self.store.pending_writes) and says_full(self.store.problem)))
         self._apply(decide.gpu_problems(list(getattr(self.p.sensor, "problems", None) or []), self._memory()))
         self._apply(decide.sensor(obs, self._memory()))
-        f = self.facts
+        f = self.current.facts
         if self.stored(self.store.add_reading, self.run_id, now, getattr(reading, "edge_c", None),
                        getattr(reading, "tctl_c", None), getattr(reading, "power_w", None),
                        getattr(reading, "busy_pct", None), f.step, _finite(f.loss)):
             self.stored.healthy()
         if self.p.detector is not None:
             self._apply(decide.source_problems(self.p.detector.problems(), self._memory()))
-        if self.adopter is not None and self.runner.running:
-            self._adopted(await asyncio.to_thread(self.adopter.observe, self.facts.step))
+        if self.current.adopter is not None and self.current.runner.running:
+            self._adopted(await asyncio.to_thread(self.current.adopter.observe, self.current.facts.step))
         self._save_counters()
         if self.p.governor is not None:  # holds the edge under pause_at_c; the pause below stays the net
             self._apply(self.governing.step(
                 self.p.governor, self.job, reading, mono, local=self.state in (State.RUNNING, State.COOLING),
-                training=self.state == State.RUNNING and not self.holds and self.runner.running,
-                job_step=self.facts.step, cfg=self.cfg))
+                training=self.state == State.RUNNING and not self.holds and self.current.runner.running,
+                job_step=self.current.facts.step, cfg=self.cfg))
         self._apply(decide.thermal(obs, self._memory(), self.cfg))
         self._apply(decide.schedule(obs, self._memory()))
         self._interval(now)
         self._consider_offload(now)
 
     def _save_counters(self) -> None:
-        self._apply(self.counters.changed(self.facts))  # a daemon killed -9 does not forget them
+        self._apply(self.counters.changed(self.current.facts))  # a daemon killed -9 does not forget them
 
     def _adopted(self, c: AdoptedCheckpoint | None) -> None:
         if c is None:
             return
         if c.mark is None:  # a suspect copy (after a divergence) is never shown as the newest
-            self.facts.checkpoint = _adopted_fact(c)
+            self.current.facts.checkpoint = _adopted_fact(c)
         self.checkpoint_seen_at = self.mono()  # adopted once verifiable: as good as a record
         self.stored(self.store.add_checkpoint, self.run_id, c.step or 0,
                     f"adopted v{c.version}: {c.relpath}", c.t, c.bytes)
@@ -715,15 +703,15 @@ class Supervisor:
     def _interval(self, now: float) -> None:
         from daemon.policy.interval import checkpoint_interval
         iv = self.cfg["checkpoint"]["interval"]
-        steps, why = checkpoint_interval(iv, self.facts.checkpoint_cost_s(), self.facts.steps_per_s,
+        steps, why = checkpoint_interval(iv, self.current.facts.checkpoint_cost_s(), self.current.facts.steps_per_s,
                                          self.reset_log.reset_times(), now, since=self.run.get("created"))
         if steps is None:
             self.interval_explanation = why
             return
-        if steps != self.interval_steps:
-            changed = self.interval_steps is not None
-            self.interval_steps, self.interval_explanation = steps, why
-            self.runner.set_interval(steps)
+        if steps != self.current.interval_steps:
+            changed = self.current.interval_steps is not None
+            self.current.interval_steps, self.interval_explanation = steps, why
+            self.current.runner.set_interval(steps)
             if changed or iv == "auto":
                 self.event("interval", f"checkpoint interval now {steps} steps ({why})")
 
@@ -731,7 +719,7 @@ class Supervisor:
     def _on_reset(self, ev: ResetEvent) -> None:
         """One GPU incident (or a revision of one): the reset log records it, we apply."""
         rec = self.reset_log.record(ev, ev.temps or self.sensed.temps_before(ev.t), self.run_id or None,
-                                    self.facts.step)
+                                    self.current.facts.step)
         self._apply([Count(counter, by) for counter, by in rec.counters.items()])  # run state: ours to write
         self.event(rec.event_kind, rec.message, rec.level, detail=rec.detail, **rec.data)
 
@@ -746,11 +734,11 @@ class Supervisor:
     def _suspect_after(self, last_ok: int, at_step: int, what: str) -> None:
         """Checkpoints written after the last normal loss are set aside, never put back on their
         own; status names the last good one (daemon/job/suspects.py)."""
-        self._said(suspects.on_divergence(Path(self.checkpoint_dir), self.adopter, last_ok, at_step, what))
+        self._said(suspects.on_divergence(Path(self.checkpoint_dir), self.current.adopter, last_ok, at_step, what))
 
     def _said(self, said: suspects.Said | None) -> None:
         if said is not None:
-            self.facts.checkpoint, self.problems["suspect"] = said.shown, said.problem
+            self.current.facts.checkpoint, self.problems["suspect"] = said.shown, said.problem
             if said.event:
                 self.event("suspect", said.event, "warn")
 
@@ -762,9 +750,9 @@ class Supervisor:
             if isinstance(a, Hold):
                 if a.owner == "thermal" and not a.quiet:
                     self.governing.paused()  # the governor's safety net fired: the phone line counts it
-                self._apply(self.holds.take(a, self.runner))
+                self._apply(self.holds.take(a, self.current.runner))
             elif isinstance(a, Release):
-                self._apply(self.holds.let_go(a, self.runner))
+                self._apply(self.holds.let_go(a, self.current.runner))
             elif isinstance(a, Count):
                 self.stored(self.store.increment, self.run_id, a.counter, a.by)
             elif isinstance(a, KeepHolds):
@@ -775,10 +763,10 @@ class Supervisor:
                     a.suspect_since if a.suspect_since is not None else self.attempt.suspect_since)
                 self.age_warned = a.age_warned if a.age_warned is not None else self.age_warned
                 if a.clear_losses:  # a rollback: the loss trend starts again from its checkpoint
-                    self.facts.losses.clear()
+                    self.current.facts.losses.clear()
                     # and so does the climb watch: the spike's losses came from the weights the
                     # rollback discards (kept, they were read as a climb back after the restart)
-                    self.losses.restart_climb()
+                    self.current.losses.restart_climb()
             elif isinstance(a, Problem):
                 if a.text is None:
                     self.problems.pop(a.key, None)
@@ -788,21 +776,21 @@ class Supervisor:
                 self._ask_exit(a.intent, self.mono(), graceful=a.graceful)
             elif isinstance(a, StopRemote):
                 self.stop_asked_at = self.mono()
-                self._apply(self.remote.stop(self.stop_asked_at, self.state, a.then))
+                self._apply(self.current.remote.stop(self.stop_asked_at, self.state, a.then))
             elif isinstance(a, Offload):
                 if a.retry_now:
-                    self.remote.retry_now()
+                    self.current.remote.retry_now()
                 self._begin_offload(a.reason)
             elif isinstance(a, (Cancelled, Finish, Fail)):
                 self._apply(lifecycle.ended(a, self._ending()))
             elif isinstance(a, AfterStop):
-                ck = self.facts.checkpoint
+                ck = self.current.facts.checkpoint
                 self._apply(lifecycle.after_stop(a.intent, rules.stop_outcome(
                     ck is not None, ck.get("step") if ck else None, self.checkpoint_seen_at, self.stop_asked_at).message))
             elif isinstance(a, Settle):
                 self._settle_stop(a.message)
             elif isinstance(a, EndJob):
-                self.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
+                self.current.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
             elif isinstance(a, DropHolds):
                 self.holds.clear()
             elif isinstance(a, StartNext):
@@ -824,11 +812,11 @@ class Supervisor:
             elif isinstance(a, SetAside):
                 self._suspect_after(a.last_ok, a.at_step, a.what)
             elif isinstance(a, CancelRemote):
-                self._apply(self.remote.cancel(self.mono(), a.reason, a.after))
+                self._apply(self.current.remote.cancel(self.mono(), a.reason, a.after))
             elif isinstance(a, Restart):
                 self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
-                self.runner.command("checkpoint")
+                self.current.runner.command("checkpoint")
             elif isinstance(a, CapClock):
                 msg = self.p.clockcap.apply() if self.p.clockcap is not None else None
                 if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
@@ -838,7 +826,7 @@ class Supervisor:
                 if self.p.clockcap is not None:
                     self.p.clockcap.restore()
             elif isinstance(a, Save):
-                self.failure = a.fields["failure"] if "failure" in a.fields else self.failure  # said in status
+                self.current.failure = a.fields["failure"] if "failure" in a.fields else self.current.failure  # said in status
                 self._update_run(**a.fields)
             elif isinstance(a, Emit):
                 self.event(a.kind, a.message, a.level, **(a.data or {}))
@@ -851,22 +839,22 @@ class Supervisor:
 
     def _seen_remote(self, st: RemoteStatus) -> None:
         if st.step is not None:
-            self.facts.step = st.step
-            self.facts.total_steps = st.total_steps or self.facts.total_steps
+            self.current.facts.step = st.step
+            self.current.facts.total_steps = st.total_steps or self.current.facts.total_steps
         if st.loss is not None:
-            self.facts.loss = st.loss
-            self.facts.losses.append(st.loss)
+            self.current.facts.loss = st.loss
+            self.current.facts.losses.append(st.loss)
             if st.step is not None:  # the run's fingerprint covers its remote part too
-                self._apply(self.losses.note(int(st.step), float(st.loss), self.cfg["divergence"],
+                self._apply(self.current.losses.note(int(st.step), float(st.loss), self.cfg["divergence"],
                                              self._acting()))
 
     def _end_remote(self, end: End) -> None:
-        self._apply(lifecycle.after_remote(end.how, end.message, self.facts.step))
-        if end.how == "local" and self.adopter is not None:  # a script's checkpoint came home in place: keep a copy
-            self._adopted(self.adopter.observe(self.facts.step, writer_stopped=True))
+        self._apply(lifecycle.after_remote(end.how, end.message, self.current.facts.step))
+        if end.how == "local" and self.current.adopter is not None:  # a script's checkpoint came home in place: keep a copy
+            self._adopted(self.current.adopter.observe(self.current.facts.step, writer_stopped=True))
 
     def cost_now(self, now: float) -> float:
-        return self.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
+        return self.current.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
 
     def _deadline(self, now: float) -> float | None:
         sched = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
@@ -875,10 +863,10 @@ class Supervisor:
                               run.get("created"), now)
 
     def _consider_offload(self, now: float) -> None:
-        if not gates.may_plan_offload(self.state.value, can_try=self.remote.can_try(self.mono()),
+        if not gates.may_plan_offload(self.state.value, can_try=self.current.remote.can_try(self.mono()),
                                       shutting_down=self.shutting_down, exiting=self.attempt.exit_intent is not None):
             return
-        f, job, duty = self.facts, self.job, self.duty.duty(now)
+        f, job, duty = self.current.facts, self.job, self.duty.duty(now)
         self._apply(self.planner.consider(Night(
             now, self.state.value, f"run {self.run_id} ({job['name']})", max(0, (f.total_steps or 0) - (f.step or 0)),
             f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
@@ -899,24 +887,24 @@ class Supervisor:
 
     @property
     def stop_loss(self) -> tuple[int, float] | None:
-        return self.losses.stop_loss  # said in status: the loss that stopped the run
+        return self.current.losses.stop_loss  # said in status: the loss that stopped the run
 
     @property
     def queue_plan(self) -> QueuePlan | None:
         return self.planner.queue_plan  # said in status
 
     def _begin_offload(self, reason: str) -> None:
-        self.remote.begin(self.mono(), reason)
+        self.current.remote.begin(self.mono(), reason)
         self.set_state(State.OFFLOADING, reason)
-        if self.runner.running:
+        if self.current.runner.running:
             self._ask_exit(intents.OFFLOAD, self.mono())  # its final checkpoint goes up with it
 
     def _job_spec(self) -> JobSpec:
         from daemon.cloud.offload.base import JobSpec
         j = self.job
         return JobSpec(command=list(j["command"]), resume_command=j["resume_command"],
-                       env=dict(j["env"]), total_steps=self.facts.total_steps or j["total_steps"],
-                       checkpoint_interval=self.interval_steps)
+                       env=dict(j["env"]), total_steps=self.current.facts.total_steps or j["total_steps"],
+                       checkpoint_interval=self.current.interval_steps)
 
     async def _launch_remote(self, now: float) -> None:
         info, script = await self.starter.checkpoints(self._start_context())
@@ -924,17 +912,17 @@ class Supervisor:
                         # an adopted checkpoint is named by its path in the workdir, not the daemon's cwd
                         files=[Path(workdir(self.cfg["job"])) / p for p in filter(None, [script])],
                         spec=self._job_spec(),
-                        remaining_steps=max(0, (self.facts.total_steps or 0) - (self.facts.step or 0)),
-                        local_steps_per_s=self.facts.steps_per_s,
+                        remaining_steps=max(0, (self.current.facts.total_steps or 0) - (self.current.facts.step or 0)),
+                        local_steps_per_s=self.current.facts.steps_per_s,
                         source=info.path.name if info else script or "scratch", ran_on=self.run.get("backends"))
-        self._apply(await self.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
+        self._apply(await self.current.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
                                              proceed=lambda: self.stop_signal is None))
 
     def remote_description(self) -> dict[str, object] | None:
         """What the backend says about the remote side (host, connection, state) for status."""
         if self.state not in (*REMOTE_STATES, State.OFFLOADING) or not self.run.get("remote_backend"):
             return None
-        return self.remote.describe()
+        return self.current.remote.describe()
 
     # ================================================================== commands
     def submit(self, action: str, arg: Any = None) -> asyncio.Future:
@@ -957,12 +945,12 @@ class Supervisor:
             return await self._reconfigure(*arg)
         if action.startswith("queue_") or (action == "cancel" and (arg or {}).get("queued") is not None):
             return self._queue_command(action, arg or {})
-        r = self.runner
+        r = self.current.runner
         facts = CommandFacts(
             self.state.value, tuple(self.holds.items()), r.running and not r.stopping,
             self.p.offloader.available, bool(self.p.offloader.usable), tuple(self.p.offloader.refused.values()),
             float(self.cfg["offload"]["budget_usd"]), float(self.run.get("cloud_cost_usd") or 0.0))
-        here = Here(self.run_id, r.running, self.facts.checkpoint, self.store.get_run)
+        here = Here(self.run_id, r.running, self.current.facts.checkpoint, self.store.get_run)
         reply = commanding.answer(action, facts, here, r, arg)
         self._apply(reply.decisions)
         if reply.later and fut is not None:
@@ -973,10 +961,10 @@ class Supervisor:
     def request_stop(self, sig: int) -> None:
         """Signal handler: only records (the uvicorn way); what a signal asks: rules.on_signal."""
         v = rules.on_signal(signal.Signals(sig).name, sig == signal.SIGINT, self.stop_signal is not None,
-                            self.runner is not None and self.runner.running)
+                            self.current.runner is not None and self.current.runner.running)
         (log.warning if v.action == "force" else log.info)(v.message)
         if v.action == "force":
-            self.runner.kill_now()
+            self.current.runner.kill_now()
             self.done.set()
         if v.action != "again":
             self.stop_signal = sig
@@ -1007,26 +995,26 @@ class Supervisor:
             setattr(self.p, name, part)
         if "thermal.governor" in edit.live:  # its port was built or torn down: its state follows
             self._apply(self.governing.reconfigured(self.p.governor, self.store, self.job, self.cfg))
-        self._apply(self.remote.config_changed(edit.live))  # [offload.ssh] edited: a refused ssh is tried again
+        self._apply(self.current.remote.config_changed(edit.live))  # [offload.ssh] edited: a refused ssh is tried again
         self._apply(reconfig.said(edit))
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
     def local_eta_s(self, now: float) -> float | None:
-        return self.pace.eta_s(now, self.facts)
+        return self.current.pace.eta_s(now, self.current.facts)
 
     @property
     def duty(self) -> eta_mod.DutyMeter:
-        return self.pace.duty  # said in status
+        return self.current.pace.duty  # said in status
 
     @property
     def progress(self) -> eta_mod.ProgressMeter:
-        return self.pace.progress
+        return self.current.pace.progress
 
     def _publish(self, now: float) -> None:
         from daemon.core.statusview import REFRESH_S, build_status, inputs_key
-        self.pace.note(now, self.mono(), self.state, self.holds,
-                       self.runner.pid if self.runner is not None else None, self.facts)
+        self.current.pace.note(now, self.mono(), self.state, self.holds,
+                       self.current.runner.pid if self.current.runner is not None else None, self.current.facts)
         key = inputs_key(self)  # rebuilt when something changed, else once a second (issue 30)
         if key == self._published[0] and 0 <= now - self._published[1] < REFRESH_S:
             return

@@ -26,7 +26,7 @@ Supervisor = SupervisorView  # read only, not imported (daemon/core/viewsource.p
 def loading(s: Supervisor) -> bool:
     """The job was started (state running) and this attempt has not reported yet: it is still
     importing torch and restoring, not training."""
-    return (s.state == State.RUNNING and s.runner is not None and s.runner.running
+    return (s.state == State.RUNNING and s.current.runner is not None and s.current.runner.running
             and getattr(s, "record_seen_at", 0) is None)
 
 

@@ -100,8 +100,8 @@ async def run_loop(cfg: Config, sup: Supervisor) -> int:
         r.on_exit = wake.set
         return r
     p.make_runner = runner_that_wakes
-    if sup.runner is not None:
-        sup.runner.on_exit = wake.set
+    if sup.current.runner is not None:
+        sup.current.runner.on_exit = wake.set
 
     def on_signal(sig: int) -> None:
         sup.request_stop(sig)

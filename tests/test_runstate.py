@@ -1,0 +1,42 @@
+"""daemon/core/runstate.py: the current run's own state, replaced whole for the queue's next run
+(nothing of a run leaks into the next by a field forgotten), and the real Supervisor doing so."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemon.cloud.offloader import Offloader
+from daemon.core.remote_run import RemoteRun
+from daemon.core.runstate import RunState
+from daemon.policy.states import State
+from tests.harness import Behaviour, Harness, config
+
+
+def test_the_next_runs_state_is_new_but_the_loss_watch_keeps_the_divergence_status_shows(tmp_path):
+    cfg = config(tmp_path)
+    old = RunState(RemoteRun(cfg, Offloader(cfg)))
+    old.facts.step, old.failure, old.interval_steps = 900, "job.restart_limit", 50
+    old.losses.series.append((900, 2.5))
+    old.losses.stop_loss = (900, 9.0)
+    remote = RemoteRun(cfg, Offloader(cfg))
+    new = old.next(remote)
+    assert new.remote is remote and new.runner is None and new.adopter is None
+    assert new.facts.step is None and new.failure is None and new.interval_steps is None
+    assert new.facts is not old.facts and new.pace is not old.pace
+    assert new.losses.series == [] and new.losses.stop_loss == (900, 9.0)  # said until another divergence
+
+
+def test_the_queues_next_run_begins_with_a_new_run_state_in_the_real_supervisor(tmp_path):
+    """Run 1 finishes, run 2 (queued) starts: the Supervisor's RunState is a new object whose
+    facts count from run 2's own start, with a runner for run 2's directory."""
+    async def go():
+        cfg = config(tmp_path, job={"command": ["trainer"], "total_steps": 30})
+        h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=30, step_s=0.5, interval=10)})
+        sup = await h.open()
+        sup.submit("queue_add", {"name": "second", "command": ["trainer"]})
+        first = sup.current
+        await h.run(200, until=lambda s: s.run_id == 2)
+        assert sup.current is not first and sup.current.runner is not first.runner
+        assert first.facts.step == 30 and sup.current.facts.step in (None, 0)
+        assert str(sup.current.runner.run_dir).endswith("runs/2") and sup.state == State.STARTING
+    asyncio.run(go())
