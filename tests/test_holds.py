@@ -10,7 +10,16 @@ import sys
 
 import pytest
 
-from daemon.core.decisions import Count, Emit, Hold, KeepHolds, Recover, Release, Remember
+from daemon.core.decisions import (
+    Count,
+    DropHolds,
+    Emit,
+    Hold,
+    KeepHolds,
+    Recover,
+    Release,
+    Remember,
+)
 from daemon.core.holds import Holds, restored
 from daemon.job.jobrunner import JobRunner
 from daemon.policy.thermal import ThermalState
@@ -26,6 +35,14 @@ def test_the_first_hold_is_a_pause_told_to_the_job_and_a_thermal_one_is_kept(tmp
     assert held(runner) and holds == {"user": "paused by the user"}
     assert holds.take(Hold("thermal", "edge 90 C"), runner) == [KeepHolds()]  # already held: no second pause
     assert holds.kept(recovering=False) == {"thermal": "edge 90 C", "recovering": False}
+
+
+def test_carry_takes_lets_go_and_drops_every_hold_as_the_supervisor_hands_them_over(tmp_path):
+    runner, holds = JobRunner(tmp_path), Holds()
+    assert holds.carry(Hold("user", "paused by the user"), runner) == [Count("pauses")] and held(runner)
+    assert holds.carry(Hold("thermal", "edge 90 C", quiet=True), runner) == []
+    assert holds.carry(Release("user"), runner) == [] and held(runner)  # the thermal hold still holds
+    assert holds.carry(DropHolds(), runner) == [] and holds == {}
 
 
 def test_a_quiet_hold_is_only_remembered_no_job_is_told(tmp_path):

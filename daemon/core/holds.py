@@ -1,7 +1,8 @@
 """Who holds the job, and carrying a hold out on the job.
 
 ``Holds`` is the mapping owner (thermal, user, schedule, disk) -> why that status, the rules and
-the commands read; the job is held while any owner holds it. ``take`` and ``let_go`` carry one
+the commands read; the job is held while any owner holds it. It carries out the decisions about
+holds itself (``carry``: ``Hold``, ``Release``, ``DropHolds``). ``take`` and ``let_go`` carry one
 owner's hold out on the job through a narrow port (the runner's control file; when it cannot be
 written -- a full disk -- a SIGSTOP of the job instead, released with that owner's hold) and
 return what follows as decisions for the Supervisor, which owns run state: the run's ``pauses``
@@ -14,9 +15,19 @@ makes of it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol, assert_never
 
-from daemon.core.decisions import Count, Decision, Emit, Hold, KeepHolds, Recover, Release, Remember
+from daemon.core.decisions import (
+    Count,
+    Decision,
+    DropHolds,
+    Emit,
+    Hold,
+    KeepHolds,
+    Recover,
+    Release,
+    Remember,
+)
 from daemon.policy.jsonvalue import JSONObject
 from daemon.policy.thermal import ThermalState
 
@@ -37,9 +48,23 @@ class HoldPort(Protocol):
 
 
 class Holds(dict[str, str]):
+    # the decisions it carries out itself (``carry``), handed over by Supervisor._apply
+    CARRIES: ClassVar = (Hold, Release, DropHolds)
+
     def __init__(self) -> None:
         super().__init__()
         self.stopped_for: str | None = None  # the owner whose hold SIGSTOPped the job
+
+    def carry(self, d: Hold | Release | DropHolds, job: HoldPort) -> list[Decision]:
+        """One decision about the holds carried out; what follows comes back as decisions."""
+        if isinstance(d, Hold):
+            return self.take(d, job)
+        if isinstance(d, Release):
+            return self.let_go(d, job)
+        if isinstance(d, DropHolds):  # an ended run waits for nothing (no job left to tell)
+            self.clear()
+            return []
+        assert_never(d)
 
     def take(self, hold: Hold, job: HoldPort) -> list[Decision]:
         """``hold`` carried out: the job told (unless ``quiet``), the run's first hold counted as

@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from daemon.cloud.offloader import run_key
-from daemon.core import commanding, counters, decide, exits, holds, lifecycle, opening, starting
+from daemon.core import (
+    capping,
+    commanding,
+    counters,
+    decide,
+    exits,
+    holds,
+    lifecycle,
+    opening,
+    starting,
+)
 from daemon.core import intent as intents
 from daemon.core import parts as build
 from daemon.core import restorechain as chain
@@ -44,11 +54,9 @@ from daemon.core.decisions import (
     AskExit,
     Cancelled,
     CancelRemote,
-    CapClock,
     Count,
     Decision,
     Done,
-    DropHolds,
     EndJob,
     Fail,
     Finish,
@@ -59,14 +67,12 @@ from daemon.core.decisions import (
     Offload,
     Problem,
     Recover,
-    Release,
     Remember,
     Restart,
     SetAside,
     Settle,
     StartNext,
     StopRemote,
-    UncapClock,
     Wait,
 )
 from daemon.core.diskhold import DiskHold
@@ -747,12 +753,12 @@ class Supervisor:
         """Carry out decisions, in order: the tick's rules' (daemon/core/decide.py) and the remote
         run's (daemon/core/remote_run.py). The one place run state changes on a rule's word."""
         for a in actions:
-            if isinstance(a, Hold):
-                if a.owner == "thermal" and not a.quiet:
+            if isinstance(a, Holds.CARRIES):  # taken, let go, dropped (holds.py)
+                if isinstance(a, Hold) and a.owner == "thermal" and not a.quiet:
                     self.governing.paused()  # the governor's safety net fired: the phone line counts it
-                self._apply(self.holds.take(a, self.current.runner))
-            elif isinstance(a, Release):
-                self._apply(self.holds.let_go(a, self.current.runner))
+                self._apply(self.holds.carry(a, self.current.runner))
+            elif isinstance(a, capping.CARRIES):  # the clock cap on or off (capping.py)
+                self._apply(capping.carry(a, self.p.clockcap, self.problems.get("clock_cap")))
             elif isinstance(a, Count):
                 self.stored(self.store.increment, self.run_id, a.counter, a.by)
             elif isinstance(a, KeepHolds):
@@ -791,8 +797,6 @@ class Supervisor:
                 self._settle_stop(a.message)
             elif isinstance(a, EndJob):
                 self.current.runner.begin_stop(self.mono(), graceful=False, timeout_s=0)
-            elif isinstance(a, DropHolds):
-                self.holds.clear()
             elif isinstance(a, StartNext):
                 self._next_run_due = True
             elif isinstance(a, Done):
@@ -817,14 +821,6 @@ class Supervisor:
                 self._restart_now(a.reason, resume=a.resume)
             elif isinstance(a, AskCheckpoint):
                 self.current.runner.command("checkpoint")
-            elif isinstance(a, CapClock):
-                msg = self.p.clockcap.apply() if self.p.clockcap is not None else None
-                if msg and self.problems.get("clock_cap") != msg:  # said once, not every hot poll
-                    self.problems["clock_cap"] = msg
-                    self.event("clock_cap", msg, "warn")
-            elif isinstance(a, UncapClock):
-                if self.p.clockcap is not None:
-                    self.p.clockcap.restore()
             elif isinstance(a, Save):
                 self.current.failure = a.fields["failure"] if "failure" in a.fields else self.current.failure  # said in status
                 self._update_run(**a.fields)

@@ -1,0 +1,42 @@
+"""daemon/core/capping.py: the clock cap carried out through the real ClockCap on a fake amdgpu
+device directory (tests/test_clockcap.py's tree); a cap that cannot be put on is said once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.core import capping
+from daemon.core.decisions import CapClock, Emit, Problem, UncapClock
+from daemon.gpu.clockcap import LEVEL, OD, ClockCap
+
+OD_TABLE = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK: 800Mhz 2700Mhz\n"
+
+
+def dev(tmp_path: Path, od: bool = True) -> Path:
+    d = tmp_path / "sys/class/drm/card1/device"
+    d.mkdir(parents=True)
+    (d / LEVEL).write_text("auto\n")
+    if od:
+        (d / OD).write_text(OD_TABLE)
+    return d
+
+
+def test_the_cap_goes_on_and_comes_off_and_says_nothing(tmp_path: Path):
+    d = dev(tmp_path)
+    cap = ClockCap(d, 1800)
+    assert capping.carry(CapClock(), cap, None) == [] and cap.applied
+    assert (d / LEVEL).read_text().strip() == "manual"
+    assert capping.carry(UncapClock(), cap, None) == [] and not cap.applied
+    assert (d / LEVEL).read_text().strip() == "auto"
+
+
+def test_a_cap_that_cannot_go_on_is_a_problem_and_a_warning_said_once(tmp_path: Path):
+    cap = ClockCap(dev(tmp_path, od=False), 1800)  # no overdrive table: nothing to cap
+    said = capping.carry(CapClock(), cap, None)
+    assert [type(d) for d in said] == [Problem, Emit] and said[0] == Problem("clock_cap", said[1].message)  # type: ignore[union-attr]
+    assert said[1] == Emit("clock_cap", said[0].text or "", "warn")  # type: ignore[union-attr]
+    assert capping.carry(CapClock(), cap, said[0].text) == []  # type: ignore[union-attr]  # shown already: not again
+
+
+def test_no_cap_port_no_decision():
+    assert capping.carry(CapClock(), None, None) == [] and capping.carry(UncapClock(), None, None) == []
