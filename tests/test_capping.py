@@ -12,12 +12,11 @@ from daemon.gpu.clockcap import LEVEL, OD, ClockCap
 OD_TABLE = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK: 800Mhz 2700Mhz\n"
 
 
-def dev(tmp_path: Path, od: bool = True) -> Path:
+def dev(tmp_path: Path) -> Path:
     d = tmp_path / "sys/class/drm/card1/device"
     d.mkdir(parents=True)
     (d / LEVEL).write_text("auto\n")
-    if od:
-        (d / OD).write_text(OD_TABLE)
+    (d / OD).write_text(OD_TABLE)
     return d
 
 
@@ -31,11 +30,13 @@ def test_the_cap_goes_on_and_comes_off_and_says_nothing(tmp_path: Path):
 
 
 def test_a_cap_that_cannot_go_on_is_a_problem_and_a_warning_said_once(tmp_path: Path):
-    cap = ClockCap(dev(tmp_path, od=False), 1800)  # no overdrive table: nothing to cap
+    cap = ClockCap(dev(tmp_path), 3000)  # above the card's OD_RANGE (800-2700): refused, nothing written
     said = capping.carry(CapClock(), cap, None)
     assert [type(d) for d in said] == [Problem, Emit] and said[0] == Problem("clock_cap", said[1].message)  # type: ignore[union-attr]
     assert said[1] == Emit("clock_cap", said[0].text or "", "warn")  # type: ignore[union-attr]
+    assert "outside this GPU's range 800-2700 MHz" in said[1].message  # type: ignore[union-attr]
     assert capping.carry(CapClock(), cap, said[0].text) == []  # type: ignore[union-attr]  # shown already: not again
+    assert (tmp_path / "sys/class/drm/card1/device" / LEVEL).read_text() == "auto\n"
 
 
 def test_no_cap_port_no_decision():

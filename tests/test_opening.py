@@ -120,6 +120,6 @@ def test_find_with_new_closes_every_unfinished_run_and_with_everything_ended_onl
     o = asyncio.run(find(book, store, tmp_path / "state" / "runs", fresh=True, now=2000.0))
     assert o.row is None and o.entry is None and not o.show_only and o.kept == {}
     assert [(r["id"], why) for r, why in o.interrupt] == [(first, NEW_RUN)]
-    store.update_run(first, state="done")
+    store.update_run(first, state="succeeded")
     o = asyncio.run(find(book, store, tmp_path / "state" / "runs", fresh=False, now=2000.0))
     assert o.show_only and o.row is not None and o.row["id"] == first and o.interrupt == () and o.after == []

@@ -37,6 +37,7 @@ def test_the_queues_next_run_begins_with_a_new_run_state_in_the_real_supervisor(
         first = sup.current
         await h.run(200, until=lambda s: s.run_id == 2)
         assert sup.current is not first and sup.current.runner is not first.runner
-        assert first.facts.step == 30 and sup.current.facts.step in (None, 0)
-        assert str(sup.current.runner.run_dir).endswith("runs/2") and sup.state == State.STARTING
+        assert first.facts.step == 30 and sup.current.facts.step in (None, 0), sup.current.facts.step
+        assert sup.current.runner.run_dir == sup.run_dir and sup.run_dir.name == "2"
+        assert sup.state in (State.STARTING, State.RUNNING), sup.state
     asyncio.run(go())
