@@ -107,8 +107,13 @@ def test_a_missed_signal_still_takes_effect_within_about_a_second(tmp_path):
         t0 = time.monotonic()
         seq = ctl.command("exit", None)  # the hold loop polls the file too
         assert seq == ctl.seq
-        assert job.wait(timeout=10) == 0, job.stderr.read()
-        assert time.monotonic() - t0 < 4.0  # one poll + interpreter teardown on a loaded box
+        wait_for(lambda: [r for r in records(tmp_path, "control_ack") if r["seq"] == seq], 10,
+                 interval=0.02, what="the exit acknowledged without a signal")
+        # taken within one poll (0.1 s while held) and a loaded box's delay; what follows, the
+        # final checkpoint and the interpreter's teardown (torch's: 4.1 s at load 12), is not the
+        # signal's latency
+        assert time.monotonic() - t0 < 2.0
+        assert job.wait(timeout=30) == 0, job.stderr.read()
     finally:
         stop(job)
 
