@@ -63,7 +63,8 @@ def serve(variant: str, port: int, snap_file: str | None) -> None:
                                         (b"content-type", b"application/json")]})
                 await send({"type": "http.response.body", "body": body})
         else:
-            app = api.create_app(Source(), None)
+            src = Source()
+            app = api.create_app(src, src, None)
         await api.serve(app, "127.0.0.1", port)
         print("ready", flush=True)
         await asyncio.Event().wait()

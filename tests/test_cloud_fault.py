@@ -91,14 +91,14 @@ def test_cloud_fault_rate_limited_polls_never_fail_a_healthy_run(tmp_path, monke
         cloud.faults.append(Fault("get", lambda: mx.ResourceExhaustedError("rate limit exceeded"), times=n))
         await h.run(30, dt=1.0)
         if n > 1:
-            assert h.sup.state == State.REMOTE and "rate-limiting" in (h.sup.snapshot["cloud"]["problem"] or "")
+            assert h.sup.state == State.REMOTE and "rate-limiting" in (h.sup.face.snapshot["cloud"]["problem"] or "")
         await h.run(2000, dt=1.0, until=lambda s: cloud.count("get", "ResourceExhaustedError") == n
                     and s.current.remote.problem is None)
         assert cloud.count("get", "ResourceExhaustedError") == n
         await h.run(10, dt=1.0)
         [call] = cloud.calls.values()
         assert h.sup.state == State.REMOTE and call.cancels == 0 and not h.events("failed")
-        assert h.sup.snapshot["cloud"]["problem"] is None
+        assert h.sup.face.snapshot["cloud"]["problem"] is None
         assert h.sup.current.facts.step == call.step_at(h.clock.mono) or h.sup.current.facts.step >= max(call.written)
     run(go())
 
@@ -112,10 +112,10 @@ def test_cloud_fault_90_s_unavailable_then_back_the_run_goes_on(tmp_path, monkey
         cloud.faults.append(Fault("*", lambda: mx.ServiceError("UNAVAILABLE"), start=t0, end=t0 + 90))
         await h.run(60, dt=1.0)
         assert h.sup.state == State.REMOTE
-        assert "cannot reach the remote run" in h.sup.snapshot["cloud"]["problem"]
+        assert "cannot reach the remote run" in h.sup.face.snapshot["cloud"]["problem"]
         await h.run(90, dt=1.0)
         [call] = cloud.calls.values()
-        assert h.sup.state == State.REMOTE and h.sup.snapshot["cloud"]["problem"] is None
+        assert h.sup.state == State.REMOTE and h.sup.face.snapshot["cloud"]["problem"] is None
         assert call.cancels == 0 and not h.events("failed") and len(cloud.calls) == 1
         assert cloud.count("get", "ServiceError") >= 5
     run(go())
@@ -132,7 +132,7 @@ def test_cloud_fault_11_min_unavailable_cancel_retried_until_confirmed_then_fall
         await h.run(610, dt=1.0, until=lambda s: s.state == State.CANCELLING)
         assert h.sup.state == State.CANCELLING and 600 <= h.clock.mono - t0 <= 640
         await h.run(20, dt=1.0)
-        problem = h.sup.snapshot["cloud"]["problem"]
+        problem = h.sup.face.snapshot["cloud"]["problem"]
         assert problem.startswith("cloud call fc-0001 may still be running and billing: cancel not confirmed, retrying")
         assert any("may still be billing" in m for m in h.events("offload"))
         await h.run(200, dt=1.0, until=lambda s: s.state == State.RUNNING)
@@ -226,20 +226,20 @@ def test_cloud_fault_history_keeps_where_a_run_ran_after_the_pull_and_a_restart(
     async def go():
         h, cloud = harness(tmp_path, monkeypatch)
         await to_cloud(h)
-        assert [r["backend"] for r in h.sup.runs()] == ["local+modal"]
+        assert [r["backend"] for r in h.sup.face.runs()] == ["local+modal"]
         await h.run(10)
         assert (await h.command("stop"))["ok"] and h.sup.state == State.STOPPED, h.events()
         assert h.sup.run["remote_backend"] is None  # the call is over ...
-        [row] = h.sup.runs()
+        [row] = h.sup.face.runs()
         assert row["backend"] == "local+modal" and row["cost_usd"] > 0  # ... where it ran is not
-        assert f"ran on local+modal (${row['cost_usd']:.2f})" in format_runs(h.sup.runs())
+        assert f"ran on local+modal (${row['cost_usd']:.2f})" in format_runs(h.sup.face.runs())
         h2 = reopen(h)  # a restart
         await h2.open()
-        assert [r["backend"] for r in h2.sup.runs()] == ["local+modal"]
-        assert json.loads(format_runs(h2.sup.runs(), json_out=True))["runs"][0]["backend"] == "local+modal"
+        assert [r["backend"] for r in h2.sup.face.runs()] == ["local+modal"]
+        assert json.loads(format_runs(h2.sup.face.runs(), json_out=True))["runs"][0]["backend"] == "local+modal"
         await h2.run(5, until=lambda s: s.state == State.RUNNING)  # the start goes on here
         assert h2.sup.state == State.RUNNING, h2.events()
-        assert [r["backend"] for r in h2.sup.runs()] == ["local+modal"]
+        assert [r["backend"] for r in h2.sup.face.runs()] == ["local+modal"]
         assert [r["backend"] for r in offline.runs(h2.cfg)] == ["local+modal"]  # the daemon down
     run(go())
 
@@ -577,16 +577,16 @@ def test_cloud_fault_a_wall_clock_step_changes_neither_the_bill_nor_the_budget(t
         h, cloud = harness(tmp_path, monkeypatch, cfg=modal_cfg(tmp_path, budget_usd=5.0))
         await to_cloud(h)
         await h.run(60, dt=1.0)
-        before = h.sup.snapshot["cloud"]["cost_usd"]
+        before = h.sup.face.snapshot["cloud"]["cost_usd"]
         h.clock.step(10 * 3600)  # NTP / an RTC in local time: the wall clock alone jumps
         await h.run(10, dt=1.0)
-        after = h.sup.snapshot["cloud"]["cost_usd"]
+        after = h.sup.face.snapshot["cloud"]["cost_usd"]
         per_s = 2.10 / 3600
         assert abs(after - before - 10 * per_s) < 3 * per_s, (before, after)
         assert h.sup.state == State.REMOTE and not h.events("budget")
         h.clock.step(-20 * 3600)
         await h.run(10, dt=1.0)
-        assert h.sup.snapshot["cloud"]["cost_usd"] >= after
+        assert h.sup.face.snapshot["cloud"]["cost_usd"] >= after
         ans = await h.command("stop")
         assert ans["ok"] and h.sup.state == State.STOPPED
         secs = h.sup.run["cloud_seconds"]

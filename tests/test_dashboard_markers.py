@@ -51,7 +51,7 @@ async def _night(tmp_path) -> Harness:
 def test_dashboard_draws_reset_and_cloud_markers_on_both_charts(tmp_path):
     async def go() -> str:
         h = await _night(tmp_path)
-        return await served_dom(api.create_app(h.sup, None), tmp_path)
+        return await served_dom(api.create_app(h.sup.face, h.sup, None), tmp_path)
 
     dom = asyncio.run(go())
     assert 'data-ready="1"' in dom

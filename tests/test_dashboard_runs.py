@@ -33,7 +33,7 @@ async def _night(tmp_path) -> Harness:
     sup = await h.open()
     await h.run(120, until=lambda s: s.run_id == 3 and s.state == State.SUCCEEDED)
     assert sup.run_id == 3 and sup.state == State.SUCCEEDED, h.events()
-    runs = sup.runs()
+    runs = sup.face.runs()
     assert [r["climb_step"] is not None for r in runs] == [False, True, False], runs
     assert all(2 <= len(r["curve"]) <= 200 for r in runs), [len(r["curve"]) for r in runs]
     return h
@@ -45,7 +45,7 @@ async def _night(tmp_path) -> Harness:
 def test_dashboard_overlays_the_nights_loss_curves_with_each_climb_marked(tmp_path):
     async def go() -> tuple[str, list[dict]]:
         h = await _night(tmp_path)
-        return await served_dom(api.create_app(h.sup, None), tmp_path), h.sup.runs()
+        return await served_dom(api.create_app(h.sup.face, h.sup, None), tmp_path), h.sup.face.runs()
 
     dom, runs = asyncio.run(go())
     assert 'data-ready="1"' in dom

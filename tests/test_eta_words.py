@@ -198,9 +198,9 @@ def test_a_control_reply_says_what_the_status_first_line_says(tmp_path, action, 
             await h.command("pause")
         res = await h.command(action)
         text = client._control_text(res)
-        assert res["headline"] == word == sup.snapshot["headline"], (res, sup.snapshot["headline"])
+        assert res["headline"] == word == sup.face.snapshot["headline"], (res, sup.face.snapshot["headline"])
         assert text.endswith(f" Now: {word}."), text
-        first = statusfmt.render(sup.snapshot).splitlines()[0]
+        first = statusfmt.render(sup.face.snapshot).splitlines()[0]
         assert first == f"nightshift  {word}", first
         assert "running" not in text.lower() or word == "RUNNING"
     _run(go())
@@ -214,7 +214,7 @@ def test_the_status_json_has_the_eta_as_a_clock_time_and_its_words(tmp_path):
                                                                       step_s=0.5)})
         sup = await h.open()
         await h.run(60)
-        st = sup.snapshot
+        st = sup.face.snapshot
         assert st["eta_basis"] == "progress", st["eta_why"]
         assert st["eta_at"] == pytest.approx(h.clock.t + st["eta_s"], abs=2)  # the wall clock
         assert st["eta_low_at"] <= st["eta_at"] <= st["eta_high_at"]
@@ -237,17 +237,17 @@ def test_the_supervisor_tells_the_meter_the_time_it_spends_restarting_the_job(tm
                     {"trainer": Behaviour(trainer=True, steps=1000, step_s=0.5, interval=10)})
         sup = await h.open()
         await h.run(20)
-        before = sup.progress._restart - sup.progress.samples[0].restart_s
+        before = sup.face.progress._restart - sup.face.progress.samples[0].restart_s
         h.factory.procs[-1].exit(1)
         await h.run(30)
-        restarted = sup.progress._restart - sup.progress.samples[0].restart_s
+        restarted = sup.face.progress._restart - sup.face.progress.samples[0].restart_s
         assert before == 0.0 and 3.0 <= restarted <= 6.0, (before, restarted, h.events()[-4:])
-        assert sup.snapshot["eta_basis"] == "progress"
-        ahead = sup.progress.rate().faults
-        assert sup.progress.faults == 1 and ahead.measured and ahead.cost_s >= restarted, ahead
-        remaining = (1000 - sup.snapshot["step"]) / 2.0  # 2 steps/s
-        assert sup.snapshot["eta_s"] == pytest.approx(remaining, rel=0.04)
-        said = sup.snapshot["eta_faults"]  # the JSON says what the ETA expects of them
+        assert sup.face.snapshot["eta_basis"] == "progress"
+        ahead = sup.face.progress.rate().faults
+        assert sup.face.progress.faults == 1 and ahead.measured and ahead.cost_s >= restarted, ahead
+        remaining = (1000 - sup.face.snapshot["step"]) / 2.0  # 2 steps/s
+        assert sup.face.snapshot["eta_s"] == pytest.approx(remaining, rel=0.04)
+        said = sup.face.snapshot["eta_faults"]  # the JSON says what the ETA expects of them
         assert said["measured"] and said["prior"] == "default" and said["cost_s"] >= restarted, said
         assert said["per_h"] == pytest.approx(ahead.per_s * 3600, abs=0.01) and said["per_h"] < 1.0
     _run(go())

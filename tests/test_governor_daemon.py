@@ -80,36 +80,36 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
                      thermal={"governor": "clock", "pause_at_c": 88.0, "resume_at_c": 75.0})
         h = chip_harness(tmp_path, cfg, sim, clock)
         sup = await h.open()
-        assert sup.gov is not None and sup.gov.state.cap_mhz is None  # no memory yet: full clock
+        assert sup.face.gov is not None and sup.face.gov.state.cap_mhz is None  # no memory yet: full clock
         await h.run(500, dt=0.5)  # 10 heating time constants of the chip
         temps = []
         for _ in range(40):  # the last 20 s: settled
             await h.run(0.5, dt=0.5)
             temps.append(sim.temp)
-        cap = sup.gov.state.cap_mhz
+        cap = sup.face.gov.state.cap_mhz
         assert cap is not None and cap < 2700
         assert committed_cap(sim) == cap == sim.cap_mhz  # written through pp_od_clk_voltage
         assert 85.0 - 1.5 <= min(temps) and max(temps) <= 85.0 + 1.5
         assert not h.events("paused_hot")  # the safety net never fired
-        gov = build_status(sup, clock())["governor"]
+        gov = build_status(sup.face, clock())["governor"]
         assert gov["line"].startswith(f"governed at {cap} MHz") and "0 pauses" in gov["line"]
         # the phone text (curl /status) carries the line in the form; "speed" is the
         # job's measured step rate under the cap over its rate at full clock (the chip's truth:
         # (cap/2700)^0.6, about 0.94 at 2425 MHz, where the clock ratio would say 0.90)
-        text = re.sub(r"\n {6}", " ", render(build_status(sup, clock()), clock()))
+        text = re.sub(r"\n {6}", " ", render(build_status(sup.face, clock()), clock()))
         m = re.search(r"gov +governed at (\d+) MHz \((\d\.\d\d)x speed\), edge (\d+) C, "
                       r"0 pauses in (\d+) min", text)
         assert m, text
         assert int(m.group(1)) == cap and abs(int(m.group(3)) - sim.temp) <= 1.5
         assert abs(float(m.group(2)) - sim.speed()) <= 0.03 and float(m.group(2)) > cap / 2700 + 0.02
-        assert int(m.group(4)) == round(sup.gov.governed_s(clock.mono) / 60) == 9  # 520 s since it engaged
+        assert int(m.group(4)) == round(sup.face.gov.governed_s(clock.mono) / 60) == 9  # 520 s since it engaged
         # /metrics carries the cap, the learned clock and the speed (from the same snapshot)
         fams = {f.name: f for f in text_string_to_metric_families(
-            metrics.exposition(metrics.make_registry(lambda: build_status(sup, clock()))).decode())}
+            metrics.exposition(metrics.make_registry(lambda: build_status(sup.face, clock()))).decode())}
         assert fams["nightshift_governor_cap_mhz"].samples[0].value == cap
-        assert fams["nightshift_governor_learned_mhz"].samples[0].value == sup.gov.state.learned_mhz
+        assert fams["nightshift_governor_learned_mhz"].samples[0].value == sup.face.gov.state.learned_mhz
         assert fams["nightshift_governor_speed_ratio"].samples[0].value == pytest.approx(float(m.group(2)), abs=0.006)
-        learned = sup.gov.state.learned_mhz
+        learned = sup.face.gov.state.learned_mhz
         ideal = 2700 * ((85.0 - 45.0) / 55.0) ** (1 / 3)  # the chip's sustainable clock, 2429 MHz
         assert abs(learned - ideal) <= 3 * STEP_MHZ
 
@@ -118,13 +118,13 @@ def test_the_supervisor_governs_the_chip_and_the_next_start_begins_at_the_learne
         assert sup.done.is_set()
         sup.close()
         assert committed_cap(sim) is None and sim.read_cap() == 2700  # never left capped
-        mem = h.store.recall(sup.gov.key)  # per machine (this store) and job
+        mem = h.store.recall(sup.face.gov.key)  # per machine (this store) and job
         assert mem["learned_mhz"] == learned and abs(mem["full_steps_per_s"] - 2.0) < 0.1
 
         # the next night: a new daemon on the same store starts at the learned clock
         h2 = chip_harness(tmp_path, cfg, sim, clock, store=h.store)
         sup2 = await h2.open()
-        assert sup2.gov.state.cap_mhz == learned
+        assert sup2.face.gov.state.cap_mhz == learned
         await h2.run(1.0)
         assert committed_cap(sim) == learned
         sup2.request_stop(signal.SIGTERM)
@@ -166,7 +166,7 @@ def test_where_the_cap_cannot_be_set_the_fix_is_said_once_and_pausing_still_prot
         await h.run(200, dt=0.5, until=lambda s: temps.append(sim.temp) and False)
         said = [e for e in h.events("governor") if fix in e]
         assert len(said) == 1 and "falling back to pausing" in said[0], h.events("governor")
-        st = build_status(sup, clock())
+        st = build_status(sup.face, clock())
         assert any(fix in p for p in st["problems"])
         assert "pausing only" in st["governor"]["line"] and fix in st["governor"]["problem"]
         assert sim.read_cap() == 2700 and sim.cap_mhz == 2700  # never capped
@@ -190,7 +190,7 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
         h = chip_harness(tmp_path, cfg, sim, clock, governor=None, simgpu=sim)
         sup = await h.open()
         await h.run(5, dt=0.5)
-        assert sup.gov is None and build_status(sup, clock())["governor"] is None
+        assert sup.face.gov is None and build_status(sup.face, clock())["governor"] is None
 
         async def reload(**thermal) -> None:
             new = config(tmp_path, gpu={"poll_interval_s": 0.5}, thermal={**th, **thermal})
@@ -201,9 +201,9 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
 
         await reload(governor="clock")
         await h.run(200, dt=0.5)
-        cap = sup.gov.state.cap_mhz
+        cap = sup.face.gov.state.cap_mhz
         assert cap is not None and committed_cap(sim) == cap < 2700
-        assert abs(sim.temp - 85.0) <= 1.5 and "governed at" in build_status(sup, clock())["governor"]["line"]
+        assert abs(sim.temp - 85.0) <= 1.5 and "governed at" in build_status(sup.face, clock())["governor"]["line"]
 
         await reload(governor="clock", setpoint_margin_c=6.0)  # read at every poll: no rebuild
         await h.run(200, dt=0.5)
@@ -211,8 +211,8 @@ def test_governor_and_setpoint_margin_reload_live(tmp_path):
 
         await reload()  # governor back to "off"
         assert committed_cap(sim) is None and sim.read_cap() == 2700  # lifted at once
-        assert sup.p.governor is None and sup.gov is None
-        st = build_status(sup, clock())
+        assert sup.p.governor is None and sup.face.gov is None
+        st = build_status(sup.face, clock())
         assert st["governor"] is None and "\ngov " not in render(st, clock())
         await h.run(100, dt=0.5)  # full clock again: the pause policy is what protects the chip
         assert h.events("paused_hot") and committed_cap(sim) is None
@@ -232,11 +232,11 @@ def test_the_dashboard_shows_the_cap(tmp_path):
         h = chip_harness(tmp_path, cfg, sim, clock)
         sup = await h.open()
         await h.run(120, dt=0.5)
-        cap = sup.gov.state.cap_mhz
+        cap = sup.face.gov.state.cap_mhz
         assert cap is not None
-        sup.snapshot = build_status(sup, clock())
+        sup.face.snapshot = build_status(sup.face, clock())
         port = free_port()
-        server, task = await api.serve(api.create_app(sup, None), "127.0.0.1", port)
+        server, task = await api.serve(api.create_app(sup.face, sup, None), "127.0.0.1", port)
         try:
             proc = await asyncio.create_subprocess_exec(
                 CHROMIUM or "chromium", *chromium_flags(tmp_path), "--dump-dom",
@@ -301,12 +301,12 @@ def test_the_next_run_of_a_queue_is_governed_too_and_the_learned_clock_is_kept_a
             temps: list[float] = []  # every poll of both runs: the whole run stays under pause_at_c
             await h.run(400, dt=0.5, until=lambda s: temps.append(sim.temp) or
                         (s.run_id == 2 and s.state == "running"))
-            key_one = sup.gov.key
-            assert sup.run_id == 2 and sup.gov is not None
+            key_one = sup.face.gov.key
+            assert sup.run_id == 2 and sup.face.gov is not None
             assert h.store.recall(key_one)["learned_mhz"]  # kept while running, not only at stop
             await h.run(60, dt=0.5, until=lambda s: temps.append(sim.temp) and False)
-            assert committed_cap(sim) == sup.gov.state.cap_mhz is not None
-            assert sup.gov.key != key_one and h.store.recall(sup.gov.key)["learned_mhz"]
+            assert committed_cap(sim) == sup.face.gov.state.cap_mhz is not None
+            assert sup.face.gov.key != key_one and h.store.recall(sup.face.gov.key)["learned_mhz"]
             assert len(temps) > 300 and max(temps) < 88.0 and not h.events("paused_hot")
         finally:
             TRAINER["trainer"] = Behaviour(trainer=True, steps=100_000, step_s=0.5, interval=1000)

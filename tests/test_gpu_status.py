@@ -51,11 +51,11 @@ def test_status_and_the_phone_say_which_card_is_watched_and_why(tmp_path):
         h = Harness(tmp_path, cfg, trainer(), sensor=build.sensor(cfg, None))
         sup = await h.open()
         await h.run(3)
-        g = sup.snapshot["gpu"]
+        g = sup.face.snapshot["gpu"]
         assert g["card"] == "card2"  # the 780M, not the idle discrete card1
         assert g["why"].startswith("the integrated GPU (") and "also found: card1" in g["why"]
-        assert sup.snapshot["temps"]["edge_c"] == 71.0
-        text = statusfmt.render(sup.snapshot, now=h.clock.t)
+        assert sup.face.snapshot["temps"]["edge_c"] == 71.0
+        text = statusfmt.render(sup.face.snapshot, now=h.clock.t)
         assert "gpu   card2, the integrated GPU.\n" in text
         assert all(len(line) <= 40 for line in text.splitlines())
     run(go())
@@ -72,10 +72,10 @@ def test_a_static_sensor_problem_reaches_status_and_one_event(tmp_path):
         sup = await h.open()
         await h.run(6)  # several polls: said once
         want = "HIP_VISIBLE_DEVICES=7 matches no amdgpu card"
-        assert any(want in p for p in sup.snapshot["problems"]), sup.snapshot["problems"]
+        assert any(want in p for p in sup.face.snapshot["problems"]), sup.face.snapshot["problems"]
         assert len([m for m in h.events("sensor") if want in m]) == 1
-        assert not any(p.startswith(THERMAL_OFF) for p in sup.snapshot["problems"])  # it has temps
-        text = " ".join(statusfmt.render(sup.snapshot, now=h.clock.t).split())  # unwrapped
+        assert not any(p.startswith(THERMAL_OFF) for p in sup.face.snapshot["problems"])  # it has temps
+        text = " ".join(statusfmt.render(sup.face.snapshot, now=h.clock.t).split())  # unwrapped
         assert "! HIP_VISIBLE_DEVICES=7 matches no amdgpu card" in text
         assert "watching the integrated GPU instead." in text
     run(go())
@@ -116,9 +116,9 @@ def test_a_runtime_suspended_watched_card_without_tctl_is_not_thermal_protection
         h = Harness(tmp_path, cfg, trainer(), sensor=sensor)
         sup = await h.open()
         await h.run(5)
-        assert sup.last_reading.suspended and sup.last_reading.edge_c is None
-        assert sup.last_reading.tctl_c is None
-        assert not any(THERMAL_OFF in p for p in sup.snapshot["problems"]), sup.snapshot["problems"]
+        assert sup.face.last_reading.suspended and sup.face.last_reading.edge_c is None
+        assert sup.face.last_reading.tctl_c is None
+        assert not any(THERMAL_OFF in p for p in sup.face.snapshot["problems"]), sup.face.snapshot["problems"]
         assert not any(THERMAL_OFF in m for m in h.events("sensor"))
         assert THERMAL_OFF not in sensor.problems  # the Sensor and the Supervisor agree
         # it wakes with a temperature file gone: now it is a problem, in both
@@ -126,7 +126,7 @@ def test_a_runtime_suspended_watched_card_without_tctl_is_not_thermal_protection
         (devs["dgpu"] / "hwmon" / "hwmon2" / "temp1_input").unlink()
         sensor.parts[0].read = read_text  # awake: no more EPERM
         await h.run(3)
-        assert any(THERMAL_OFF in p for p in sup.snapshot["problems"])
+        assert any(THERMAL_OFF in p for p in sup.face.snapshot["problems"])
         assert THERMAL_OFF in sensor.problems
     run(go())
 
@@ -142,11 +142,11 @@ def test_no_temperature_is_on_the_phone_text(tmp_path):
         h = Harness(tmp_path, config(tmp_path), trainer(), clock=clock, sensor=sensor)
         sup = await h.open()
         await h.run(3)
-        text = " ".join(statusfmt.render(sup.snapshot, now=clock.t).split())
+        text = " ".join(statusfmt.render(sup.face.snapshot, now=clock.t).split())
         assert "! Thermal protection off: no temperature sensor" in text
         sensor.edge_c = 60.0
         await h.run(3)
-        assert "Thermal protection off" not in statusfmt.render(sup.snapshot, now=clock.t)
+        assert "Thermal protection off" not in statusfmt.render(sup.face.snapshot, now=clock.t)
     run(go())
 
 
@@ -205,7 +205,7 @@ def test_a_live_clock_cap_edit_outside_od_range_is_rejected_and_the_old_cap_stay
         assert "thermal.clock_cap_mhz = 3500 is outside this GPU's range 800-2700 MHz" in msg
         assert msg.endswith(".") and h.events("error") == []
         assert not any(r.exc_info for r in caplog.records), "no traceback"
-        assert not any("reconfigure" in p for p in sup.snapshot["problems"])
+        assert not any("reconfigure" in p for p in sup.face.snapshot["problems"])
         # a value in range then applies: the old cap lifted first, the new one waits for heat
         sup.commands.append(("reconfigure", (cfg_with(1800), ["thermal.clock_cap_mhz"], []), None))
         await h.run(0.4)

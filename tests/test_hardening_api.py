@@ -70,7 +70,7 @@ class Served:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        app = api.create_app(source, token)
+        app = api.create_app(source, source, token)
         fut = asyncio.run_coroutine_threadsafe(api.serve(app, "127.0.0.1", self.port), self.loop)
         self.server, self.task = fut.result(20)
 

@@ -45,7 +45,7 @@ def test_a_job_killed_by_enospc_is_held_not_failed_and_goes_on_when_space_return
         assert len(h.spawned) == 1  # not restarted into the same wall
         assert sup.run.get("code_errors", 0) == 0 and sup.run.get("restarts", 0) == 0
         assert h.events("disk_full") and not h.events("failed")
-        snap = sup.snapshot  # the phone says why it waits, not "STARTING"
+        snap = sup.face.snapshot  # the phone says why it waits, not "STARTING"
         assert snap["display_state"] == "PAUSED" and "disk" in snap["display_detail"], snap
         assert snap["held_by"] == "disk" and "disk space" in (snap.get("waiting") or {}).get("for", "")
         h.factory.behaviours["job"] = Behaviour(trainer=True, steps=1000)
@@ -71,7 +71,7 @@ def test_a_checkpoint_that_does_not_fit_holds_the_running_job_until_space_return
         await h.run(5)
         assert "disk" in sup.holds and sup.current.runner.running
         assert sup.current.runner.proc.stopped_by_signal  # held, memory kept
-        assert sup.snapshot["display_state"] == "PAUSED" and sup.snapshot["held_by"] == "disk"
+        assert sup.face.snapshot["display_state"] == "PAUSED" and sup.face.snapshot["held_by"] == "disk"
         assert json.loads((sup.run_dir / "control.json").read_text())["hold"] is True
         assert "checkpoint at step 40 did not fit" in sup.problems["disk"]
         free["bytes"] = 10 * 2**30

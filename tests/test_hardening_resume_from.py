@@ -90,7 +90,7 @@ def test_a_job_that_skips_the_given_checkpoint_is_a_problem_and_an_event(tmp_pat
         await h.run(3)
         assert "resume" in sup.problems and "fresh at step 0" in sup.problems["resume"]
         assert any("step_000000200" in m for m in h.events("resume_skipped"))
-        assert "fresh at step 0" in json.dumps(sup.snapshot.get("problems"))
+        assert "fresh at step 0" in json.dumps(sup.face.snapshot.get("problems"))
     asyncio.run(go())
 
 

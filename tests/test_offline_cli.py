@@ -32,7 +32,7 @@ def _night(tmp_path):
         h = Harness(tmp_path, cfg, {"trainer": Behaviour(trainer=True, steps=20, step_s=0.5, interval=5)})
         sup = await h.open()
         await h.run(60, until=lambda s: s.run_id == 2 and s.state == State.RUNNING)
-        later = next(q for q in sup.queue() if q["name"] == "later")
+        later = next(q for q in sup.face.queue() if q["name"] == "later")
         fut = sup.submit("cancel", {"queued": later["id"]})
         await h.run(1)
         assert fut.result()["ok"]

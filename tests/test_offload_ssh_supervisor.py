@@ -81,7 +81,7 @@ def test_ssh_status_names_the_box_not_modals_gpu_in_json_text_reason_and_estimat
         await h.run(3)
         assert (await h.command("offload"))["ok"]
         await h.run(30, until=lambda s: s.state == State.REMOTE and s.current.remote.remote is not None)
-        st = sup.snapshot
+        st = sup.face.snapshot
         assert st["cloud"]["remote"]["host"] == f"gpu@{HOST}:22"
         assert st["cloud"]["remote"]["remote_state"] == "running"
         text = render(st)
@@ -120,7 +120,7 @@ def test_ssh_bad_credentials_keep_the_job_local_ask_once_and_a_live_key_edit_tri
         assert sup.state == State.RUNNING and sup.run["backend"] == "local"
         assert h.factory.procs[-1].returncode is None  # the local job trains
         assert len(built) == 1 and built[0].uploads == 1  # asked once, not every poll
-        assert "authentication failed" in sup.snapshot["cloud"]["problem"]
+        assert "authentication failed" in sup.face.snapshot["cloud"]["problem"]
         refused = await h.command("offload")  # forcing it says why instead of trying blind
         assert not refused["ok"] and "authentication failed" in refused["message"]
         new = ssh_cfg(tmp_path)
@@ -186,9 +186,9 @@ def test_ssh_connection_dropped_keeps_the_remote_run_and_a_restarted_daemon_reat
         assert (await h.command("offload"))["ok"]
         await h.run(30, until=lambda s: s.state == State.REMOTE)
         await h.run(4, dt=0.5)
-        assert sup.state == State.REMOTE and "connection lost" in sup.snapshot["cloud"]["problem"]
+        assert sup.state == State.REMOTE and "connection lost" in sup.face.snapshot["cloud"]["problem"]
         await h.run(90, dt=0.5)  # the link is back (seen within the backoff): the same remote run
-        assert sup.state == State.REMOTE and sup.snapshot["cloud"]["problem"] is None
+        assert sup.state == State.REMOTE and sup.face.snapshot["cloud"]["problem"] is None
         assert box.launched == 1 and box.cancelled == 0
         call = sup.run["remote_call_id"]
         # the daemon dies (kill -9) and starts again: a new backend object re-attaches by the id

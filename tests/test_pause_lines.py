@@ -93,7 +93,7 @@ def test_the_simulated_gpu_is_called_the_simulated_gpu(tmp_path):
         h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True)}, sensor=sensor)
         sup = await h.open()
         await h.run(1)
-        text = statusfmt.render(sup.snapshot)
+        text = statusfmt.render(sup.face.snapshot)
         line = [x for x in text.splitlines() if x.startswith("gpu")]
         assert line == ["gpu   card0, the simulated GPU."], text
         assert "the only amdgpu card" not in text

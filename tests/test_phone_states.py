@@ -32,14 +32,14 @@ def run(coro):
 
 def screen(sup, clock) -> tuple[str, str]:
     """(first line, the whole text unwrapped) of the phone's text for this snapshot."""
-    text = statusfmt.render(sup.snapshot, now=clock.t)
+    text = statusfmt.render(sup.face.snapshot, now=clock.t)
     assert all(len(line) <= 40 for line in text.splitlines()), text
     return text.splitlines()[0], " ".join(text.split())
 
 
 def labels(sup, clock) -> set[str]:
     """The label column of the phone's text (rate, ETA, why...)."""
-    return {line.split()[0] for line in statusfmt.render(sup.snapshot, now=clock.t).splitlines()[1:]
+    return {line.split()[0] for line in statusfmt.render(sup.face.snapshot, now=clock.t).splitlines()[1:]
             if line[:1] != " "}
 
 
@@ -61,9 +61,9 @@ def test_paused_by_the_schedule_outside_the_night_window(tmp_path):
         await h.run(2)
         first, text = screen(sup, clock)
         assert first == "nightshift  PAUSED by the schedule"
-        assert sup.snapshot["display_state"] == "PAUSED" and sup.snapshot["held_by"] == "schedule"
+        assert sup.face.snapshot["display_state"] == "PAUSED" and sup.face.snapshot["held_by"] == "schedule"
         assert "why Outside the night window: opens at" in text
-        assert sup.snapshot["eta_s"] is None and "rate" not in labels(sup, clock)
+        assert sup.face.snapshot["eta_s"] is None and "rate" not in labels(sup, clock)
     run(go())
 
 
@@ -83,9 +83,9 @@ def test_recovering_after_a_gpu_reset(tmp_path):
         assert sup.state == State.RECOVERING
         first, text = screen(sup, clock)
         assert first == "nightshift  RECOVERING"
-        assert sup.snapshot["display_detail"] == "waiting for the GPU after a reset"
+        assert sup.face.snapshot["display_detail"] == "waiting for the GPU after a reset"
         assert "reset 1 in the last 1h00m, 1 in this run." in text
-        assert "rate" not in labels(sup, clock) and sup.snapshot["steps_per_s"] is None
+        assert "rate" not in labels(sup, clock) and sup.face.snapshot["steps_per_s"] is None
     run(go())
 
 
@@ -105,7 +105,7 @@ def test_cloud_while_the_job_runs_remotely(tmp_path):
         assert sup.state == State.REMOTE
         first, text = screen(sup, clock)
         assert first.startswith("nightshift  CLOUD")
-        assert sup.snapshot["display_state"] == "CLOUD" and "cloud" in sup.snapshot["display_detail"]
+        assert sup.face.snapshot["display_state"] == "CLOUD" and "cloud" in sup.face.snapshot["display_detail"]
         assert "cloud " in text and "of $5.00 budget" in text and "where the local GPU" not in text
     run(go())
 

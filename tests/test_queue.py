@@ -82,7 +82,7 @@ def test_a_queue_runs_in_order_a_diverged_run_stops_early_and_a_restart_continue
         sup = await h.open()
         await h.run(200, until=lambda s: s.run_id == 3 and s.state == State.RUNNING)
         assert [p.command[0] for p in h.factory.procs] == ["a", "b", "c"]
-        runs = {r["name"]: r for r in sup.runs()}
+        runs = {r["name"]: r for r in sup.face.runs()}
         assert runs["lr-1e-3"]["state"] == "succeeded" and runs["lr-1e-3"]["best_loss"] is not None
         assert runs["lr-1e-2"]["state"] == "failed" and runs["lr-1e-2"]["steps"] < 40
         assert runs["lr-1e-2"]["climb_step"] is not None and runs["lr-1e-2"]["climb_step"] <= 17
@@ -111,13 +111,13 @@ def test_queue_commands_add_remove_move_and_an_idle_daemon_starts_the_added_run(
         r2 = await _submit(h, "queue_add", {"name": "two", "command": ["b", "2"]})
         assert r1["ok"] and r2["ok"]
         # the idle daemon started "one" at once; "two" waits
-        assert sup.run_id == 2 and sup.state == State.RUNNING and [q["name"] for q in sup.queue()] == ["two"]
+        assert sup.run_id == 2 and sup.state == State.RUNNING and [q["name"] for q in sup.face.queue()] == ["two"]
         r3 = await _submit(h, "queue_add", {"name": "three", "command": ["b", "3"]})
         three = r3["id"]
         assert (await _submit(h, "queue_move", {"id": three, "to": 1}))["ok"]
-        assert [q["name"] for q in sup.queue()] == ["three", "two"]
+        assert [q["name"] for q in sup.face.queue()] == ["three", "two"]
         assert (await _submit(h, "queue_remove", {"id": three}))["ok"]
-        assert [q["name"] for q in sup.queue()] == ["two"]
+        assert [q["name"] for q in sup.face.queue()] == ["two"]
         bad = await _submit(h, "queue_remove", {"id": 999})
         assert not bad["ok"] and "no waiting run #999" in bad["message"]
     run(go())
@@ -139,7 +139,7 @@ def test_queued_env_values_are_never_stored_or_served_and_survive_a_restart(tmp_
         r = await _submit(h, "queue_add", {"name": "cli", "command": ["c"],
                                            "env": {"HF_TOKEN": "hf_s3cret_cli"}})
         assert r["ok"]
-        served = json.dumps([sup.queue(), r])  # what GET /queue and POST /queue answer
+        served = json.dumps([sup.face.queue(), r])  # what GET /queue and POST /queue answer
         assert "s3cret" not in served and "other-wandb" not in served and "HF_TOKEN" in served
         await h.run(60, until=lambda s: s.state == State.RUNNING and s.job["command"] == ["c"])
         assert h.factory.procs[-1].command == ["c"]
@@ -147,7 +147,7 @@ def test_queued_env_values_are_never_stored_or_served_and_survive_a_restart(tmp_
         assert envs[("b", "1")]["WANDB_API_KEY"] == "s3cret-wandb"  # the jobs got their values
         assert envs[("b", "2")]["WANDB_API_KEY"] == "other-wandb"
         assert envs[("c",)]["HF_TOKEN"] == "hf_s3cret_cli"
-        runs = json.dumps(sup.runs())  # GET /runs
+        runs = json.dumps(sup.face.runs())  # GET /runs
         assert "s3cret" not in runs and "other-wandb" not in runs and "WANDB_API_KEY=<redacted>" in runs
         # nothing in the database file (WAL included) holds a value
         con = sqlite3.connect(tmp_path / "state" / "nightshift.db")

@@ -50,29 +50,29 @@ def test_snapshots_with_nothing_changed_read_no_queue_and_an_edit_shows_at_the_n
         await h.run(2)
         seen = _queue_sql(h.store)
         for _ in range(N_BUILDS):
-            assert build_status(sup, h.clock())["queue"]["waiting"] == 0
+            assert build_status(sup.face, h.clock())["queue"]["waiting"] == 0
         assert _queue_reads(seen) == [], f"{len(_queue_reads(seen))} queue reads in {N_BUILDS} builds"
 
         ans = await _submit(h, "queue_add", {"name": "next", "command": ["python", "b.py"]})
         assert ans["ok"], ans
         seen.clear()
-        st = build_status(sup, h.clock())
+        st = build_status(sup.face, h.clock())
         assert st["queue"]["waiting"] == 1
-        assert [q["name"] for q in sup.queue()] == ["next"]
+        assert [q["name"] for q in sup.face.queue()] == ["next"]
         assert _queue_reads(seen) == [], seen
         await _submit(h, "queue_add", {"name": "later", "command": ["python", "c.py"]})
-        first, second = [q["id"] for q in sup.queue()]
+        first, second = [q["id"] for q in sup.face.queue()]
         await _submit(h, "queue_move", {"id": second, "to": 1})
-        assert [q["id"] for q in sup.queue()] == [second, first] == _on_file(h)
+        assert [q["id"] for q in sup.face.queue()] == [second, first] == _on_file(h)
         await _submit(h, "queue_remove", {"id": second})
         seen.clear()
-        assert build_status(sup, h.clock())["queue"]["waiting"] == 1
-        assert [q["id"] for q in sup.queue()] == [first] == _on_file(h)
+        assert build_status(sup.face, h.clock())["queue"]["waiting"] == 1
+        assert [q["id"] for q in sup.face.queue()] == [first] == _on_file(h)
         await _submit(h, "queue_add", {"name": "last", "command": ["python", "d.py"]})  # after a move
-        third = sup.queue()[-1]["id"]
-        assert [q["id"] for q in sup.queue()] == [first, third] == _on_file(h)
+        third = sup.face.queue()[-1]["id"]
+        assert [q["id"] for q in sup.face.queue()] == [first, third] == _on_file(h)
         seen.clear()
-        assert build_status(sup, h.clock())["queue"]["waiting"] == 2
+        assert build_status(sup.face, h.clock())["queue"]["waiting"] == 2
         assert _queue_reads(seen) == []
         sup.close()
     asyncio.run(go())
@@ -102,9 +102,9 @@ def test_the_queue_started_from_is_the_one_on_file_and_the_copy_follows(tmp_path
         h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=5, step_s=0.5)})
         sup = await h.open()
         await _submit(h, "queue_add", {"name": "second", "command": ["trainer"]})
-        assert len(sup.queue()) == 1
+        assert len(sup.face.queue()) == 1
         await h.run(30, until=lambda s: s.run_id > 1)
-        assert sup.run_id > 1 and sup.queue() == [] and _on_file(h) == []
+        assert sup.run_id > 1 and sup.face.queue() == [] and _on_file(h) == []
         sup.close()
     asyncio.run(go())
 
@@ -116,7 +116,7 @@ def test_while_writes_wait_in_memory_the_queue_is_read_from_the_file(tmp_path):
         h = Harness(tmp_path, config(tmp_path), {"trainer": Behaviour(trainer=True, steps=10_000)})
         sup = await h.open()
         await h.run(2)
-        assert sup.queue() == []
+        assert sup.face.queue() == []
         _fill_disk(h.store)
         for _ in range(200):  # the last free pages: from then on writes are kept in memory
             h.store.add_event(None, "filler", "y" * 2000)
@@ -124,13 +124,13 @@ def test_while_writes_wait_in_memory_the_queue_is_read_from_the_file(tmp_path):
                 break
         assert h.store.pending_writes, "the capped file still took every write"
         await _submit(h, "queue_add", {"name": "held", "command": ["python", "c.py"]})
-        assert "held" not in [q["name"] for q in sup.queue()]
+        assert "held" not in [q["name"] for q in sup.face.queue()]
         h.store.db.conn.execute("PRAGMA max_page_count=1073741823")  # space freed
         assert h.store.retry_pending()
-        assert "held" in [q["name"] for q in sup.queue()]
+        assert "held" in [q["name"] for q in sup.face.queue()]
         seen = _queue_sql(h.store)
         for _ in range(3):
-            assert "held" in [q["name"] for q in sup.queue()]
+            assert "held" in [q["name"] for q in sup.face.queue()]
         assert len(_queue_reads(seen)) == 0
         sup.close()
     asyncio.run(go())

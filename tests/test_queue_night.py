@@ -68,8 +68,8 @@ def test_what_cannot_finish_by_the_deadline_is_said_early_naming_the_late_runs(t
         assert first["level"] == "warn" and "cannot finish by the deadline" in first["message"]
         assert "#3 (third)" in first["message"] and "#4 (fourth)" in first["message"]
         assert "(first)" not in first["message"]  # the running one finishes in time
-        assert sup.queue_plan is not None and {"#3 (third)", "#4 (fourth)"} <= set(sup.queue_plan.late)
-        assert sup.snapshot["queue"]["plan"] == sup.queue_plan.reason
+        assert sup.face.queue_plan is not None and {"#3 (third)", "#4 (fourth)"} <= set(sup.face.queue_plan.late)
+        assert sup.face.snapshot["queue"]["plan"] == sup.face.queue_plan.reason
     run(go())
 
 

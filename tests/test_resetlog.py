@@ -123,16 +123,16 @@ def test_the_supervisor_offloads_on_resets_only(tmp_path):
             det.events.append(incident(clock.t, kind, id=i + 1))
             await h.run(5)
         assert sup.state == State.RUNNING and sup.run["resets"] == 0
-        st = sup.snapshot["resets"]
+        st = sup.face.snapshot["resets"]
         assert (st["in_window"], st["soft_recoveries"]["total"], st["faults"]["total"]) == (0, 2, 1)
         assert h.events("soft_recovery") and h.events("gpu_fault") and not h.events("reset")
         # shown apart: the phone text and /metrics
         from daemon.web.metrics import exposition, make_registry
         from daemon.web.statusfmt import render
-        text = " ".join(render(sup.snapshot, clock.t).split())
+        text = " ".join(render(sup.face.snapshot, clock.t).split())
         assert "reset none in this run." in text
         assert "1 GPU page fault, 2 soft recoveries in this run (not resets)." in text
-        metrics = exposition(make_registry(lambda: sup.snapshot)).decode()
+        metrics = exposition(make_registry(lambda: sup.face.snapshot)).decode()
         assert "nightshift_resets_total 0.0" in metrics
         assert "nightshift_gpu_faults_total 1.0" in metrics
         assert "nightshift_soft_recoveries_total 2.0" in metrics

@@ -44,7 +44,7 @@ def test_history_keeps_the_runs_own_command_after_job_is_edited_and_the_restart_
         assert h2.factory.procs[0].env["NIGHTSHIFT_TOTAL_STEPS"] == "3000"
         said = [m for m in h2.events("run") if "[job] changed since run 1 began" in m]
         assert said and "--steps 240" in said[0] and "nightshift run --new" in said[0], h2.events("run")
-        rows = sup2.runs()
+        rows = sup2.face.runs()
         assert [r["command"] for r in rows] == [["trainer", "--steps", "3000"]]
         assert rows[0]["total_steps"] == 3000
         # the record is in the run's own directory too
@@ -56,9 +56,9 @@ def test_history_keeps_the_runs_own_command_after_job_is_edited_and_the_restart_
         sup3 = await h3.open(new_run=True)
         await h3.run(3)
         assert sup3.run_id == 2 and h3.spawned == [["trainer", "--steps", "240"]]
-        states = {r["id"]: r["state"] for r in sup3.runs()}
+        states = {r["id"]: r["state"] for r in sup3.face.runs()}
         assert states == {1: "interrupted", 2: "running"}
-        assert sup3.runs()[0]["command"] == ["trainer", "--steps", "3000"]  # history unchanged
+        assert sup3.face.runs()[0]["command"] == ["trainer", "--steps", "3000"]  # history unchanged
     run(go())
 
 
@@ -121,7 +121,7 @@ def test_a_store_rebuilt_after_corruption_continues_the_queued_run_with_its_own_
         env = h2.factory.procs[0].env
         assert env["NIGHTSHIFT_TOTAL_STEPS"] == "100000" and env["SEED"] == "7"
         assert env["NIGHTSHIFT_RESUME"]  # from its own checkpoints
-        assert sup2.runs()[0]["name"] == "long" and sup2.state == State.RUNNING
+        assert sup2.face.runs()[0]["name"] == "long" and sup2.state == State.RUNNING
     run(go())
 
 
@@ -135,7 +135,7 @@ def test_changes_are_measured_against_the_first_run_of_the_night(tmp_path):
         h = Harness(tmp_path, cfg, beh)
         sup = await h.open(new_run=True)  # the [job] run first, then the queue
         await h.run(60, until=lambda s: s.run_id == 2 and s.state == State.SUCCEEDED)
-        rows = sup.runs()
+        rows = sup.face.runs()
         assert [r["command"] for r in rows] == [["trainer", "--lr", "1e-3"], ["trainer", "--lr", "1.0"]]
         assert rows[1]["changes"] == ["--lr 1.0 (was 1e-3)"]
     run(go())
@@ -162,9 +162,9 @@ def test_cancel_ends_the_run_after_a_durable_checkpoint_and_the_queue_moves_on(t
         await h.run(8)
         assert sup.run_id == 1 and sup.state == State.RUNNING
         # a queued entry is removed by cancelling it
-        c = next(q for q in sup.queue() if q["name"] == "c")
+        c = next(q for q in sup.face.queue() if q["name"] == "c")
         res = await _submit(h, "cancel", {"queued": c["id"]})
-        assert res["ok"] and [q["name"] for q in sup.queue()] == ["b"], res
+        assert res["ok"] and [q["name"] for q in sup.face.queue()] == ["b"], res
         step_before = h.factory.procs[0].step
         res = await _submit(h, "cancel", {})
         assert res["ok"] and "cancelled" in res["message"] and "after a checkpoint at step" in res["message"], res
@@ -213,8 +213,8 @@ def test_status_and_the_phone_name_the_running_run_as_the_queue_named_it(tmp_pat
         h = Harness(tmp_path, cfg, {"trainer": trainer(100)})
         sup = await h.open()
         await h.run(3)
-        assert sup.snapshot["job"] == "lr-hot"
-        assert "job   lr-hot (run 1)" in render(sup.snapshot)
+        assert sup.face.snapshot["job"] == "lr-hot"
+        assert "job   lr-hot (run 1)" in render(sup.face.snapshot)
     run(go())
 
 

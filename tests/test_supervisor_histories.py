@@ -100,7 +100,7 @@ def test_a_held_job_is_never_hung(tmp_path):
         assert res["ok"] and h.factory.procs[0].stopped_by_signal  # a script: SIGSTOP
         await h.run(120)
         assert not h.events("hang") and len(h.spawned) == 1
-        assert sup.snapshot["held_by"] == "user"
+        assert sup.face.snapshot["held_by"] == "user"
         assert (await h.command("resume"))["ok"] and not h.factory.procs[0].stopped_by_signal
     run(go())
 
@@ -189,7 +189,7 @@ def test_pause_and_checkpoint_together_leave_the_job_held_with_a_fresh_checkpoin
         await h.run(10)
         assert proc.held and proc.step == step, "held, not training"
         assert sup.current.facts.checkpoint["step"] == step
-        assert sup.snapshot["held_by"] == "user"
+        assert sup.face.snapshot["held_by"] == "user"
     run(go())
 
 
@@ -231,12 +231,12 @@ def test_resets_and_diagnosis_survive_a_daemon_restart(tmp_path):
         for i in range(2):
             det.events.append(ResetEvent(t=clock.t, sources=["kmsg"], lines=[f"reset {i}"]))
             await h.run(3)
-        assert sup.resets_in_window(clock.t) == 2
+        assert sup.reset_log.in_window(clock.t) == 2
         h2 = Harness(tmp_path, cfg, beh, clock=clock, store=h.store, detector=FakeDetector())
         sup2 = await h2.open()
         await h2.run(1)
-        assert sup2.resets_in_window(clock.t) == 2
-        assert sup2.snapshot["resets"]["in_window"] == 2 and sup2.diagnosis is not None
+        assert sup2.reset_log.in_window(clock.t) == 2
+        assert sup2.face.snapshot["resets"]["in_window"] == 2 and sup2.face.diagnosis is not None
     run(go())
 
 
@@ -320,7 +320,7 @@ def test_a_failing_port_becomes_an_event_and_the_daemon_lives_on(tmp_path):
         res = await asyncio.wait_for(_stop_soon(h), 30)
         # the cancel keeps failing: retried, never taken as done (the call may still be billing)
         assert sup.state == State.CANCELLING
-        assert "may still be running and billing" in sup.snapshot["cloud"]["problem"]
+        assert "may still be running and billing" in sup.face.snapshot["cloud"]["problem"]
         assert any("cloud said no" in m for m in h.events("offload")), h.events()
         assert h.events("error") and not sup.done.is_set()
         assert res is None or isinstance(res, dict)
@@ -368,7 +368,7 @@ def test_status_snapshot_is_valid_json_with_a_nan_loss(tmp_path):
                                             (100.0, "exit", 0)])})
         sup = await h.open()
         await h.run(2)
-        json.dumps(sup.snapshot, allow_nan=False)
+        json.dumps(sup.face.snapshot, allow_nan=False)
     run(go())
 
 
@@ -383,7 +383,7 @@ def test_a_user_pause_survives_a_daemon_restart_and_the_job_starts_held(tmp_path
         h2 = Harness(tmp_path, cfg, beh, clock=h.clock, store=h.store)
         sup2 = await h2.open()
         await h2.run(3)
-        assert sup2.snapshot["held_by"] == "user" and h2.factory.procs[0].held
+        assert sup2.face.snapshot["held_by"] == "user" and h2.factory.procs[0].held
     run(go())
 
 
@@ -411,7 +411,7 @@ def test_steps_lost_are_counted_for_a_script_that_resumes_behind(tmp_path):
         h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", "iter 20: loss 2.0, time 5.00ms, mfu 1.00%"),
                                                       (100.0, "exit", 0)])
         await h.run(3)
-        assert len(h.spawned) == 2 and sup.snapshot["steps_lost"] == 30
+        assert len(h.spawned) == 2 and sup.face.snapshot["steps_lost"] == 30
     run(go())
 
 
@@ -432,7 +432,7 @@ def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_t
         h.factory.behaviours["s"] = Behaviour(script=[(0.5, "line", it(20)), (1.0, "line", it(30)),
                                                       (100.0, "exit", 0)])
         await h.run(6)  # a few polls: the counters are saved once per poll
-        assert sup.snapshot["steps_lost"] == 30 and sup.run["restarts"] == 1
+        assert sup.face.snapshot["steps_lost"] == 30 and sup.run["restarts"] == 1
         assert (sup.run["steps_lost"], sup.run["max_step"]) == (30, 30)
         # the daemon is killed -9 (no close) under its running job; a new one on the same store
         again = Behaviour(script=[(0.5, "line", it(20)), (1.0, "exit", 0)])
@@ -442,13 +442,13 @@ def test_counters_survive_a_daemon_kill9_and_a_finished_run_keeps_its_step_and_t
         assert sup2.run["restarts"] == 2  # the daemon's death cost a restart too
         await h2.run(3)
         assert sup2.state == State.SUCCEEDED
-        assert sup2.snapshot["steps_lost"] == 40  # 30 before the crash + 10 redone after it
+        assert sup2.face.snapshot["steps_lost"] == 40  # 30 before the crash + 10 redone after it
         sup2.close()
         h3 = Harness(tmp_path, cfg, {"s": again}, clock=h.clock, store=h.store,
                      output_progress=build.output_progress(cfg))
         sup3 = await h3.open()
         await h3.run(0.5)
-        snap = sup3.snapshot
+        snap = sup3.face.snapshot
         assert (snap["step"], snap["total_steps"], snap["steps_lost"], snap["restarts"]) == (20, 100, 40, 2)
     run(go())
 
@@ -589,11 +589,11 @@ def test_no_temperature_is_a_problem_said_once_until_one_appears(tmp_path):
                     clock=clock, sensor=sensor)
         sup = await h.open()
         await h.run(10)
-        assert any("thermal protection off" in p for p in sup.snapshot["problems"])
+        assert any("thermal protection off" in p for p in sup.face.snapshot["problems"])
         assert len([m for m in h.events("sensor") if "thermal protection off" in m]) == 1
         sensor.edge_c = 60.0
         await h.run(3)
-        assert not any("thermal protection off" in p for p in sup.snapshot["problems"])
+        assert not any("thermal protection off" in p for p in sup.face.snapshot["problems"])
     run(go())
 
 
@@ -647,7 +647,7 @@ def test_a_failing_command_is_an_event_and_a_problem_and_the_job_trains_on(tmp_p
         await h.run(1)
         [err] = [m for m in h.events("error") if "reconfigure failed" in m]
         assert "Input/output error" in err
-        assert any("Input/output error" in p for p in sup.snapshot["problems"])
+        assert any("Input/output error" in p for p in sup.face.snapshot["problems"])
         assert not sup.done.is_set() and sup.state == State.RUNNING
         step = sup.current.facts.step
         await h.run(3)
@@ -728,7 +728,7 @@ def test_a_job_held_by_the_schedule_is_never_hung(tmp_path):
         h.parts.schedule.clock = clock
         sup = await h.open()
         await h.run(200, dt=0.5)
-        assert sup.snapshot["held_by"] == "schedule", sup.snapshot["held_by"]
+        assert sup.face.snapshot["held_by"] == "schedule", sup.face.snapshot["held_by"]
         assert h.factory.procs[0].stopped_by_signal
         await h.run(300, dt=0.5)
         assert not h.events("hang") and len(h.spawned) == 1 and h.factory.procs[0].returncode is None

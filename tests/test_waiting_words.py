@@ -53,7 +53,7 @@ def _run(coro):
 
 
 def _card(sup, clock):
-    text = statusfmt.render(sup.snapshot, now=clock.t)
+    text = statusfmt.render(sup.face.snapshot, now=clock.t)
     assert all(len(line) <= statusfmt.WIDTH for line in text.splitlines()), text
     return text, " ".join(text.split())
 
@@ -77,7 +77,7 @@ def test_cooling_says_what_it_waits_for_and_about_how_long(tmp_path):
         while sup.state == State.COOLING and clock.mono - t0 < 30:
             sensor.edge_c = _curve(clock.mono - t0)
             await h.run(0.5)
-            w = sup.snapshot.get("waiting")
+            w = sup.face.snapshot.get("waiting")
             if w and w.get("about_s") is not None and sup.state == State.COOLING:
                 shown.append((clock.mono - t0, w["about_s"]))
         released = clock.mono - t0
@@ -119,7 +119,7 @@ def test_a_restart_says_starting_resuming_from_step_n_and_explains_the_step_goin
         h = Harness(tmp_path, cfg, beh, clock=clock)
         sup = await h.open()
         await h.run(2)
-        first = sup.snapshot
+        first = sup.face.snapshot
         assert first["display_state"] == "STARTING", first["display_state"]  # not RUNNING step 0/?
         assert first["waiting"]["for"] == "the job to load (loading the job)"
         await h.run(25)
@@ -130,7 +130,7 @@ def test_a_restart_says_starting_resuming_from_step_n_and_explains_the_step_goin
         seen = []
         for _ in range(200):
             await h.run(0.2)
-            st = sup.snapshot
+            st = sup.face.snapshot
             seen.append((st["display_state"], st["step"], st["step_note"], st.get("display_detail"),
                          len(h.factory.procs)))
             if len(h.factory.procs) > 1 and st["step"] is not None and st["step"] > reached:
@@ -168,7 +168,7 @@ def test_recovering_says_it_waits_for_the_cooldown_then_a_probe(tmp_path):
         await h.run(3, until=lambda s: s.state == State.RECOVERING)
         await h.run(60)
         assert sup.state == State.RECOVERING
-        w = sup.snapshot["waiting"]
+        w = sup.face.snapshot["waiting"]
         assert w["for"] == "the cooldown after the reset, then a GPU probe"
         assert 530 <= w["about_s"] <= 540, w
         text, flat = _card(sup, clock)
@@ -192,8 +192,8 @@ def test_paused_by_the_schedule_says_until_when(tmp_path):
         h.parts.schedule.clock = clock
         sup = await h.open()
         await h.run(2)
-        assert sup.snapshot["display_state"] == "PAUSED", sup.snapshot["display_state"]
-        assert sup.snapshot["waiting"]["for"] == f"the night window, until {start}"
+        assert sup.face.snapshot["display_state"] == "PAUSED", sup.face.snapshot["display_state"]
+        assert sup.face.snapshot["waiting"]["for"] == f"the night window, until {start}"
         text, flat = _card(sup, clock)
         assert f"wait For the night window, until {start}." in flat, text
     _run(go())
@@ -215,6 +215,6 @@ def test_cooled_but_inside_the_minimum_cooldown_says_that_not_about_0s(tmp_path)
         sensor.edge_c = 60.0
         await h.run(5)
         assert sup.state == State.COOLING
-        w = sup.snapshot["waiting"]
+        w = sup.face.snapshot["waiting"]
         assert w["for"] == "the minimum cooldown (min_cooldown_s) (now 60C)" and 20 <= w["about_s"] <= 26, w
     _run(go())

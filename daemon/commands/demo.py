@@ -127,7 +127,7 @@ class Screen:
         return f"{s // 60:02d}:{s % 60:02d}"
 
     def line(self) -> str | None:
-        st = self.d.status()
+        st = self.d.face.status()
         if not st:  # before the first tick has published a snapshot
             return None
         t = (st.get("temps") or {}).get("edge_c")
@@ -205,7 +205,7 @@ async def run_demo(workdir: Path, story: Story, out=sys.stdout, governor: bool =
     finally:
         d.done.set()
         await drive
-    return code, d.status(), screen
+    return code, d.face.status(), screen
 
 
 def eta_check(etas: list[tuple[float, int, float]], end_s: float,

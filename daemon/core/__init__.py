@@ -11,7 +11,8 @@ failover and the queue's plan (offloadplan), a script's checkpoints restored aro
 (restorechain), how a run ends and what follows (lifecycle), the holds carried out on the
 job (holds), the clock governor's loop (governorloop), the readings kept between polls
 (readings), the job's current attempt (attempt), the progress that outlives the daemon (counters), each event stored, logged and notified (journal), the parts (``Parts``), the optional ones built and reloaded live (parts, reconfig) and the status
-snapshot it publishes (statusview, waitview, and viewsource: what they read of the Supervisor,
-as a Protocol). It may import every package below it: policy, job, gpu, cloud, night, state,
+face that status and the API read (statusface: built once from the parts, handed the run's state
+as a value, publishes the snapshot) and the snapshot itself (statusview, waitview, and
+viewsource: what they read of the face, as a Protocol). It may import every package below it: policy, job, gpu, cloud, night, state,
 web; never service or commands, which build and drive it.
 """

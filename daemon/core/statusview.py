@@ -1,8 +1,9 @@
 """The status document (GET /status, `nightshift status --json`, /metrics): one dict with the
 stable field names documented in docs/api.md.
 
-Built once per tick by the Supervisor from its own fields (read only) and published as its
-snapshot; nothing reads the Supervisor's live structures from outside the loop.
+Built by the status face (daemon/core/statusface.py, read only) from the parts and the current
+run's state and published as its snapshot; nothing reads the run's live structures from outside
+the loop.
 
 What a user sees first is ``display_state``: one word they can tell apart on a phone (RUNNING,
 PAUSED, COOLING, RECOVERING, CLOUD, STARTING, STOPPED, DONE, FAILED) with ``display_detail``
@@ -11,8 +12,8 @@ rate times the measured duty cycle (daemon/policy/eta.py); rate and ETA are null
 job is not training towards the end (paused by you or the schedule, stopped, done, failed), so
 nothing stale stays on screen.
 
-The duty cycle comes from the Supervisor's ``DutyMeter`` (fed once per tick, seeded from the
-store's events after a daemon start); the failover's deadline check uses the same ETA.
+The duty cycle comes from the run's ``DutyMeter`` (pace.py: fed once per tick by the Supervisor,
+seeded from the store's events after a daemon start); the failover's deadline check uses the same ETA.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 from pathlib import Path
 
 from daemon.core import waitview
-from daemon.core.viewsource import SupervisorView
+from daemon.core.viewsource import StatusView
 from daemon.gpu.sensors.base import Reading
 from daemon.policy import eta as eta_mod
 from daemon.policy.records import (
@@ -38,9 +39,9 @@ from daemon.policy.supervise import shown_hold
 from daemon.state.store import RunRow
 from daemon.web import statusfmt
 
-# ``s`` below is the Supervisor, read only, seen through what this view reads of it
-# (daemon/core/viewsource.py); the Supervisor itself is not imported, not even for typing.
-Supervisor = SupervisorView
+# ``s`` below is the status face, read only, seen through what this view reads of it
+# (daemon/core/viewsource.py); the face itself is not imported (it imports this module).
+Face = StatusView
 
 
 def _num(x: float | None) -> float | None:
@@ -50,7 +51,7 @@ def _num(x: float | None) -> float | None:
     return x
 
 
-def _cloud(s: Supervisor, run: RunRow, now: float) -> CloudStatus:
+def _cloud(s: Face, run: RunRow, now: float) -> CloudStatus:
     o = s.cfg["offload"]
     st = s.current.remote.remote
     eta = None
@@ -119,7 +120,7 @@ def _paused_reason(word: str, holds: dict[str, str]) -> str | None:
     return None
 
 
-def _governor(s: Supervisor, r: Reading | None, mono: float) -> GovernorStatus | None:
+def _governor(s: Face, r: Reading | None, mono: float) -> GovernorStatus | None:
     g = s.gov
     if g is None:
         return None
@@ -155,7 +156,7 @@ def _eta_at(eta: float | None, est: eta_mod.Eta | None, wall: float) -> EtaAt:
             "eta_high_at": round(wall + hi) if hi is not None else round(wall + eta)}
 
 
-def _step(s: Supervisor, loading: bool) -> tuple[int | None, str | None]:
+def _step(s: Face, loading: bool) -> tuple[int | None, str | None]:
     """The step to show, and why when it is behind what was shown before: while a restarted
     job loads, the step it resumes from (not the dead attempt's stale one); until it has caught
     up, "back to step N after the restart" -- the step never goes backwards unexplained."""
@@ -174,9 +175,9 @@ def _step(s: Supervisor, loading: bool) -> tuple[int | None, str | None]:
 REFRESH_S = 1.0
 
 
-def inputs_key(s: Supervisor) -> tuple[object, ...]:
+def inputs_key(s: Face) -> tuple[object, ...]:
     """What the status shows that can change without time passing, compared by value or by
-    identity (the Supervisor replaces those objects, never mutates them in place): a new
+    identity (the Supervisor and the parts replace those objects, never mutate them in place): a new
     progress record, reading, event, hold, problem, checkpoint, state, run-row write, remote
     status, queue plan or governor decision. Cheap: no I/O, no copy."""
     f = s.current.facts
@@ -203,7 +204,7 @@ def _stop_loss(stop: tuple[int, float] | None) -> LossStopped | None:
     return {"step": step, "loss": f"{loss:.4g}" if math.isfinite(loss) else str(loss)}
 
 
-def build_status(s: Supervisor, now: float) -> Status:
+def build_status(s: Face, now: float) -> Status:
     f = s.current.facts
     run = s.run
     r = s.last_reading
@@ -220,7 +221,7 @@ def build_status(s: Supervisor, now: float) -> Status:
     loading = word == "RUNNING" and waitview.loading(s)
     if loading:  # started, not reported yet: importing torch, restoring -- not training
         word, detail = "STARTING", waitview.starting_detail(s)
-    meter = s.duty  # the Supervisor's own duty-cycle meter, fed once per tick
+    meter = s.duty  # the run's duty-cycle meter (pace.py), fed once per tick
     # rate and ETA only while the job is on its way to the end without waiting for someone
     live = word in ("RUNNING", "COOLING", "RECOVERING", "STARTING") or s.state == State.REMOTE
     remaining = (f.total_steps - f.step) if f.total_steps and f.step is not None else None

@@ -9,7 +9,8 @@ recovery; offloadplan and remote_run: the cloud; losswatch: the run's losses; op
 a start continues; lifecycle: how a run ends; holds: a hold carried out on the job; governorloop:
 the clock governor) -- carries the decisions out in order (``_apply``) through narrow ports that
 never see it (the job runner, the offloader, the store, the notifier, the clock cap, the probe),
-and publishes an immutable status snapshot that the HTTP API, the metrics and the CLI read.
+and hands the status face (statusface.py: what the HTTP API, the metrics and the CLI read) the
+run's state as a value each tick; the face publishes an immutable snapshot from it.
 
 Time comes from the injected clock and nothing here sleeps, so tests drive a whole night tick
 by tick in milliseconds (tests/harness.py). A failure inside a tick becomes an event and a
@@ -91,6 +92,7 @@ from daemon.core.recovering import Recovery
 from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, RemoteRun, Save, Seen
 from daemon.core.runstate import RunState
 from daemon.core.starting import JobStarter, StartContext
+from daemon.core.statusface import RunNow, StatusFace
 from daemon.core.storeguard import StoreGuard
 from daemon.gpu.resets.resetlog import ResetLog
 from daemon.job import suspects
@@ -103,25 +105,19 @@ from daemon.policy import supervise as rules
 from daemon.policy.cfgtypes import Config, JobConfig, workdir
 from daemon.policy.commands import CommandFacts
 from daemon.policy.deadline import night_deadline
-from daemon.policy.records import Answer, LastEvent, QueueItem, RunTableRow, Status
-from daemon.policy.states import ENDED_STATES, REMOTE_STATES, State
+from daemon.policy.records import Answer
+from daemon.policy.states import ENDED_STATES, State
 from daemon.state.store import (
     TERMINAL_STATES,
-    EventRow,
     QueueRow,
-    ReadingRow,
     RunFields,
     RunRow,
 )
 
 if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), imported only there
     from daemon.cloud.offload.base import JobSpec, RemoteStatus
-    from daemon.gpu.diagnosis import Diagnosis
-    from daemon.gpu.governing import Governor
     from daemon.gpu.resets.incident import ResetEvent
-    from daemon.gpu.sensors.base import Reading
     from daemon.job.adopt import AdoptedCheckpoint
-    from daemon.policy.queueplan import QueuePlan
     from daemon.policy.thermal import ThermalState
 
 log = logging.getLogger("nightshift")
@@ -179,13 +175,14 @@ class Supervisor:
         self.shutting_down = False
         self.done = asyncio.Event()
         self.poll_due = True
-        self.snapshot: Status = {}
-        self._published: tuple[tuple[object, ...] | None, float] = (None, 0.0)  # inputs_key, when
         self.on_state: Callable[[str], object] | None = None  # sd_notify STATUS=, set by app.py
         self.on_command: Callable[[], object] | None = None  # wakes the loop (app.py)
         self.planner = OffloadPlanner(cfg, parts.offloader)  # failover + the queue's plan (offloadplan.py)
         self._next_run_due = False
         self.governing = GovernorLoop(self.stored)  # [thermal] governor = "clock" (governorloop.py)
+        # what status, the API and the dashboard read, built once; it only reads (statusface.py)
+        self.face = StatusFace(cfg, parts, self.book, self.journal, self.sensed, self.governing, self.planner,
+                               self.reset_log, self.recovering, now=self._now, mono=mono)
 
     # ================================================================== events, state
     def event(self, kind: str, message: str, level: str = "info", *, detail: bool = False,
@@ -193,10 +190,6 @@ class Supervisor:
         """Stored, a journal line unless ``detail``, a notification if asked for (journal.py)."""
         self.journal.say(self.run_id or None, kind, message, level, detail=detail, data=data,
                          phone=self.p.notifier, notify=self.cfg["notify"]["events"])
-
-    @property
-    def last_event(self) -> LastEvent | None:
-        return self.journal.last  # said in status
 
     def set_state(self, state: State, reason: str, detail: bool = False) -> None:
         """``detail``: another event says the same thing (see ``event``)."""
@@ -271,7 +264,7 @@ class Supervisor:
         self._rebuild()
         try:  # after a daemon restart the last hour is in the store, the downtime included
             evs = self.store.events(self.run_id, limit=5000)
-            self.duty.seed(eta_mod.transitions_from_events(reversed(evs)))
+            self.current.pace.duty.seed(eta_mod.transitions_from_events(reversed(evs)))
         except Exception:  # noqa: BLE001 - a sick store only costs the history
             pass
         self.governing.open(self.p.governor, self.store, self.job)  # last night's clock
@@ -350,7 +343,7 @@ class Supervisor:
         at = rules.checkpoint_read_at(self.checkpoint_seen_at, float(ck.get("t") or 0) if ck else None,
                                       self.clock(), self.mono())
         return Memory(state=self.state, holds=frozenset(self.holds), thermal=self.thermal,
-                      edges=tuple(self.edges), suspect_since=self.attempt.suspect_since,
+                      edges=tuple(self.sensed.edges), suspect_since=self.attempt.suspect_since,
                       age_warned=self.age_warned, checkpoint_at=at, steps_per_s=self.current.facts.steps_per_s,
                       interval_steps=self.current.interval_steps, problems=dict(self.problems),
                       clock_cap=self.p.clockcap is not None)
@@ -379,10 +372,7 @@ class Supervisor:
             else:
                 self.problems.pop(f"command:{action}", None)
             if fut is not None and res is not None and not fut.done():
-                # what changed, in the status' own first words (statusview.headline)
-                from daemon.core.statusview import headline
-                fut.set_result({**res, "state": self.state.value,
-                                "headline": headline(self.state, self.holds)})
+                fut.set_result(self.face.answer(res))  # with the state and headline it left
         if obs.stop_signal is not None and not self.shutting_down:
             self.shutting_down = True
             self._apply(exits.shutdown(self.state, self.current.runner.running, self.attempt.exit_intent))
@@ -567,16 +557,6 @@ class Supervisor:
         self.next_start_at = self.mono()
         self.set_state(State.STARTING, reason)
 
-    def runs(self, against: int | None = None) -> list[RunTableRow]:
-        """The comparison table (GET /runs, `nightshift runs`), oldest first; KeyError: no run
-        ``against``."""
-        fp = self.current.losses.fingerprint()  # live for the current run
-        return self.book.table({self.run_id: (fp.best_loss, fp.best_step, fp.climb_step, fp.final_loss,
-                                              list(self.current.losses.series))}, against)
-
-    def queue(self) -> list[QueueItem]:
-        return self.book.queue()
-
     def _queue_command(self, action: str, arg: dict[str, Any]) -> Answer:
         """A queue edit (the book's: runbook.RunBook.edit); said as an event; an entry added to
         an idle daemon starts at once. `nightshift cancel '#N'` removes queued entry N."""
@@ -649,14 +629,6 @@ class Supervisor:
         self.stored(self.store.remember, f"holds:run-{self.run_id}", self.holds.kept(self.state == State.RECOVERING))
 
     # ================================================================== polling
-    @property
-    def last_reading(self) -> Reading | None:
-        return self.sensed.last  # said in status
-
-    @property
-    def edges(self) -> collections.deque[tuple[float, float]]:
-        return self.sensed.edges  # (mono, edge_c): the thermal trend, the cooling estimate
-
     async def _poll(self, obs: Observation) -> None:
         """Per poll interval: the reading kept, problems, adopted checkpoints, then the rules."""
         assert obs.poll is not None
@@ -728,13 +700,6 @@ class Supervisor:
                                     self.current.facts.step)
         self._apply([Count(counter, by) for counter, by in rec.counters.items()])  # run state: ours to write
         self.event(rec.event_kind, rec.message, rec.level, detail=rec.detail, **rec.data)
-
-    @property
-    def diagnosis(self) -> Diagnosis | None:
-        return self.reset_log.diagnosis
-
-    def resets_in_window(self, now: float) -> int:
-        return self.reset_log.in_window(now)
 
     # ================================================================== divergence
     def _suspect_after(self, last_ok: int, at_step: int, what: str) -> None:
@@ -849,9 +814,6 @@ class Supervisor:
         if end.how == "local" and self.current.adopter is not None:  # a script's checkpoint came home in place: keep a copy
             self._adopted(self.current.adopter.observe(self.current.facts.step, writer_stopped=True))
 
-    def cost_now(self, now: float) -> float:
-        return self.current.remote.cost_now(self.mono(), float(self.run.get("cloud_cost_usd") or 0.0))  # the bill: monotonic
-
     def _deadline(self, now: float) -> float | None:
         sched = self.p.schedule.deadline_ts(now) if self.p.schedule is not None else None
         run = self.run
@@ -862,32 +824,12 @@ class Supervisor:
         if not gates.may_plan_offload(self.state.value, can_try=self.current.remote.can_try(self.mono()),
                                       shutting_down=self.shutting_down, exiting=self.attempt.exit_intent is not None):
             return
-        f, job, duty = self.current.facts, self.job, self.duty.duty(now)
+        f, job, duty = self.current.facts, self.job, self.current.pace.duty.duty(now)
         self._apply(self.planner.consider(Night(
             now, self.state.value, f"run {self.run_id} ({job['name']})", max(0, (f.total_steps or 0) - (f.step or 0)),
             f.total_steps or job["total_steps"] or 0, f.steps_per_s, duty.fraction if duty is not None else None,
-            self.local_eta_s(now), self._deadline(now), self.resets_in_window(now), self.recovering.gpu_unusable,
+            self.current.pace.eta_s(now, f), self._deadline(now), self.reset_log.in_window(now), self.recovering.gpu_unusable,
             float(self.run.get("cloud_cost_usd") or 0.0), self.book.waiting())))
-
-    @property
-    def record_seen_at(self) -> float | None:
-        return self.attempt.record_seen_at  # (mono) said in status: the job's last record
-
-    @property
-    def resume_step(self) -> int | None:
-        return self.attempt.resume_step  # said in status: where the newest start resumed from
-
-    @property
-    def gov(self) -> Governor | None:
-        return self.governing.gov  # said in status (the phone line, the card)
-
-    @property
-    def stop_loss(self) -> tuple[int, float] | None:
-        return self.current.losses.stop_loss  # said in status: the loss that stopped the run
-
-    @property
-    def queue_plan(self) -> QueuePlan | None:
-        return self.planner.queue_plan  # said in status
 
     def _begin_offload(self, reason: str) -> None:
         self.current.remote.begin(self.mono(), reason)
@@ -913,12 +855,6 @@ class Supervisor:
                         source=info.path.name if info else script or "scratch", ran_on=self.run.get("backends"))
         self._apply(await self.current.remote.launch(self.mono(), job, persist=lambda f: self._update_run(**f),
                                              proceed=lambda: self.stop_signal is None))
-
-    def remote_description(self) -> dict[str, object] | None:
-        """What the backend says about the remote side (host, connection, state) for status."""
-        if self.state not in (*REMOTE_STATES, State.OFFLOADING) or not self.run.get("remote_backend"):
-            return None
-        return self.current.remote.describe()
 
     # ================================================================== commands
     def submit(self, action: str, arg: Any = None) -> asyncio.Future:
@@ -996,40 +932,17 @@ class Supervisor:
         return {"ok": True, "message": "applied"}
 
     # ================================================================== the snapshot
-    def local_eta_s(self, now: float) -> float | None:
-        return self.current.pace.eta_s(now, self.current.facts)
-
-    @property
-    def duty(self) -> eta_mod.DutyMeter:
-        return self.current.pace.duty  # said in status
-
-    @property
-    def progress(self) -> eta_mod.ProgressMeter:
-        return self.current.pace.progress
-
     def _publish(self, now: float) -> None:
-        from daemon.core.statusview import REFRESH_S, build_status, inputs_key
-        self.current.pace.note(now, self.mono(), self.state, self.holds,
-                       self.current.runner.pid if self.current.runner is not None else None, self.current.facts)
-        key = inputs_key(self)  # rebuilt when something changed, else once a second (issue 30)
-        if key == self._published[0] and 0 <= now - self._published[1] < REFRESH_S:
-            return
-        try:
-            self.snapshot = build_status(self, now)
-            self._published = (key, now)
-        except Exception as e:  # noqa: BLE001 - keep the last good snapshot
-            log.exception("building the status failed")
-            self.problems["status"] = f"status could not be built: {e}"
+        """The pace fed (the ETA's basis), then the status face publishes (statusface.py)."""
+        c = self.current
+        c.pace.note(now, self.mono(), self.state, self.holds, c.runner.pid if c.runner is not None else None, c.facts)
+        if (problem := self.face.publish(now)) is not None:
+            self.problems["status"] = problem
 
-    # StatusSource (daemon/web/api.py)
-    def status(self) -> Status:
-        return self.snapshot
-
-    def history(self, since: float | None) -> list[ReadingRow]:
-        return self.store.readings(self.run_id, since=since, limit=1500)
-
-    def events(self, limit: int, before_id: int | None, kind: str | None) -> list[EventRow]:
-        return self.store.events(None, limit=limit, before_id=before_id, kind=kind)
+    def _now(self) -> RunNow:
+        """The current run's state, handed to the status face (which only reads it)."""
+        return RunNow(self.state, self.run_id, self.current, self.holds, self.problems, self.interval_explanation,
+                      self.next_start_at, self.thermal, self.attempt)
 
 
 _adopted_fact = suspects.adopted_fact

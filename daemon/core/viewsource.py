@@ -1,9 +1,11 @@
-"""What the status views (statusview.py, waitview.py) read of the Supervisor, as a Protocol.
+"""What the status views (statusview.py, waitview.py) read, as a Protocol: the status face's
+members (daemon/core/statusface.py).
 
-The views never import the Supervisor, not even for typing: data flows from it to them, never
-back (no import cycle, type-only ones included). This Protocol says what they read instead of
-an untyped object; mypy checks that the Supervisor handed to ``build_status`` has each member with a
-compatible type. Every member is read-only here: a view never writes the Supervisor's state.
+The views never import the face, not even for typing: it imports them to build the snapshot, and
+data flows from it to them, never back (no import cycle, type-only ones included). This Protocol
+says what they read instead of an untyped object; mypy checks that the face handed to
+``build_status`` has each member with a compatible type. Every member is read-only here: a view
+never writes run state.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from daemon.policy.cfgtypes import Config
 from daemon.policy.eta import DutyMeter, ProgressMeter
 from daemon.policy.records import LastEvent, QueueItem
 from daemon.policy.states import State
+from daemon.policy.thermal import ThermalState
 from daemon.state.store import RunRow, Store
 
 
@@ -49,7 +52,7 @@ class RunStateView(Protocol):
     def interval_steps(self) -> int | None: ...
 
 
-class SupervisorView(Protocol):
+class StatusView(Protocol):
     @property
     def state(self) -> State: ...
     @property
@@ -96,6 +99,8 @@ class SupervisorView(Protocol):
     def record_seen_at(self) -> float | None: ...  # monotonic
     @property
     def resume_step(self) -> int | None: ...
+    @property
+    def thermal(self) -> ThermalState | None: ...  # the thermal pause in force (its paused_at)
     @property
     def stop_loss(self) -> tuple[int, float] | None: ...  # (step, loss) of the divergence that stopped it
     @property

@@ -9,35 +9,35 @@ in one phrase that the card shows on its ``wait`` line (daemon/web/statusfmt.py)
   restart;
 - PAUSED by the schedule: until the night window opens; by you: until `nightshift resume`.
 
-Reads the Supervisor like daemon/core/statusview.py does: its fields, never written.
+Reads the status face (daemon/core/statusface.py) like statusview.py does: never written.
 """
 
 from __future__ import annotations
 
-from daemon.core.viewsource import SupervisorView
+from daemon.core.viewsource import StatusView
 from daemon.policy.cooling import time_to_cool
 from daemon.policy.records import Waiting
 from daemon.policy.recovery import decide_recovery
 from daemon.policy.states import State
 
-Supervisor = SupervisorView  # read only, not imported (daemon/core/viewsource.py)
+Face = StatusView  # the status face, read only, not imported (daemon/core/viewsource.py)
 
 
-def loading(s: Supervisor) -> bool:
+def loading(s: Face) -> bool:
     """The job was started (state running) and this attempt has not reported yet: it is still
     importing torch and restoring, not training."""
     return (s.state == State.RUNNING and s.current.runner is not None and s.current.runner.running
             and getattr(s, "record_seen_at", 0) is None)
 
 
-def starting_detail(s: Supervisor) -> str:
+def starting_detail(s: Face) -> str:
     step = getattr(s, "resume_step", None)
     if step is not None:
         return f"resuming from step {step}"
     return "loading the job"
 
 
-def waiting(s: Supervisor, word: str, mono: float) -> Waiting | None:
+def waiting(s: Face, word: str, mono: float) -> Waiting | None:
     """{"for": phrase, "about_s": seconds or None} while the run waits, else None."""
     holds = s.holds
     if word == "PAUSED":

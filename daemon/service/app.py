@@ -175,7 +175,7 @@ async def _start_api(cfg: Config, sup: Supervisor) -> tuple[uvicorn.Server, asyn
         token_file = str(Path(fb) / "token")
         token = auth.load_or_create_token(token_file)
     api.check_bind(a["host"], token)
-    app = api.create_app(sup, token, api.allowed_hosts(a["host"], a["allowed_hosts"]))
+    app = api.create_app(sup.face, sup, token, api.allowed_hosts(a["host"], a["allowed_hosts"]))
     server, task = await api.serve(app, a["host"], a["port"])
     log.info("HTTP API on http://%s:%d (token in %s)", a["host"], a["port"], token_file)
     from daemon.web import client

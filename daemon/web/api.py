@@ -1,7 +1,7 @@
 """The HTTP API: FastAPI served by uvicorn inside the daemon's event loop (docs/api.md).
 
 Handlers only read the daemon's in-memory status and the store; controls are queued to the
-daemon's loop (``source.control``), so the supervisor is never blocked by a request. Secrets
+daemon's loop (``controls.control``), so the supervisor is never blocked by a request. Secrets
 never appear in a response or a log line.
 
 Hostile local clients (issue 13): anyone on the machine can connect without a token, so
@@ -378,14 +378,19 @@ JSONBody = Mapping[str, object]
 
 
 class StatusSource(Protocol):
+    """What the reads answer from (the daemon's status face, daemon/core/statusface.py)."""
     def status(self) -> Status:
         """The published snapshot: the same object until the next one, never mutated."""
         ...
     def history(self, since: float | None) -> list[ReadingRow]: ...
     def events(self, limit: int, before_id: int | None, kind: str | None) -> list[EventRow]: ...
-    async def control(self, action: str) -> Answer: ...
     def runs(self, against: int | None = None) -> list[RunTableRow]: ...
     def queue(self) -> list[QueueItem]: ...
+
+
+class Controls(Protocol):
+    """Where the writes are queued for the daemon's tick (the Supervisor)."""
+    async def control(self, action: str) -> Answer: ...
     def submit(self, action: str, arg: JSONBody | None = None) -> Awaitable[Answer]: ...
 
 
@@ -400,10 +405,11 @@ def check_bind(host: str, token: str | None) -> None:
                          "addresses need [api] token_file (it is created on first start)")
 
 
-def create_app(source: StatusSource, token: str | None,
+def create_app(source: StatusSource, controls: Controls, token: str | None,
                hosts: frozenset[str] | None = allowed_hosts("127.0.0.1")) -> FastAPI:
-    """The API app. ``hosts``: the names accepted in ``Host`` (``allowed_hosts``; the default
-    fits a daemon on 127.0.0.1); None accepts any."""
+    """The API app: reads from ``source``, writes queued to ``controls``. ``hosts``: the names
+    accepted in ``Host`` (``allowed_hosts``; the default fits a daemon on 127.0.0.1); None
+    accepts any."""
     # no /docs or /redoc: FastAPI's pages load Swagger's JavaScript from a CDN
     app = FastAPI(title="nightshiftd", version="1", description="Status and controls of the "
                   "nightshift daemon. Controls need `Authorization: Bearer <token>`.",
@@ -472,7 +478,7 @@ def create_app(source: StatusSource, token: str | None,
         moving on; ``queued``: remove that waiting queue entry."""
         authorize(authorization)
         log.info("control cancel requested over HTTP")
-        return await source.submit("cancel", {"run": run, "queued": queued})
+        return await controls.submit("cancel", {"run": run, "queued": queued})
 
     @app.post("/control/{action}", responses=ERROR_RESPONSES)
     async def control(action: str, authorization: str | None = Header(None)) -> JSONBody:
@@ -480,7 +486,7 @@ def create_app(source: StatusSource, token: str | None,
             raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         authorize(authorization)
         log.info("control %s requested over HTTP", action)
-        return await source.control(action)
+        return await controls.control(action)
 
     @app.get("/runs", response_model=None)
     async def runs(against: int | None = Query(None, ge=1, le=MAX_EVENT_ID),
@@ -504,19 +510,19 @@ def create_app(source: StatusSource, token: str | None,
     @app.post("/queue", responses=ERROR_RESPONSES)
     async def queue_add(entry: QueueEntry, authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
-        return await source.submit("queue_add", entry.model_dump())
+        return await controls.submit("queue_add", entry.model_dump())
 
     @app.delete("/queue/{entry_id}", responses=ERROR_RESPONSES)
     async def queue_remove(entry_id: int = Path(ge=1, le=MAX_EVENT_ID),
                            authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
-        return await source.submit("queue_remove", {"id": entry_id})
+        return await controls.submit("queue_remove", {"id": entry_id})
 
     @app.post("/queue/{entry_id}/move", responses=ERROR_RESPONSES)
     async def queue_move(entry_id: int = Path(ge=1, le=MAX_EVENT_ID), to: int = Query(ge=1, le=10000),
                          authorization: str | None = Header(None)) -> JSONBody:
         authorize(authorization)
-        return await source.submit("queue_move", {"id": entry_id, "to": to})
+        return await controls.submit("queue_move", {"id": entry_id, "to": to})
 
     return app
 
