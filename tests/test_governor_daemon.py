@@ -30,8 +30,7 @@ from daemon.service.configwatch import _needs_restart, diff_keys
 from daemon.web import api, metrics
 from daemon.web.statusfmt import render
 from tests.harness import Behaviour, FakeClock, Harness, config
-from tests.helpers import free_port
-from tests.test_phone_daemon import CHROMIUM, chromium_flags
+from tests.helpers import CHROMIUM, chromium_flags, free_port
 
 SCALE = 60.0  # simulated seconds per fake second: tau_heat 1200 s is 20 s, 40 polls per tau
 CHIP = {"time_scale": SCALE, "ambient_c": 45.0, "load_c": 55.0, "tau_heat_s": 1200.0,
