@@ -41,3 +41,22 @@ def test_the_queues_next_run_begins_with_a_new_run_state_in_the_real_supervisor(
         assert sup.current.runner.run_dir == sup.run_dir and sup.run_dir.name == "2"
         assert sup.state in (State.STARTING, State.RUNNING), sup.state
     asyncio.run(go())
+
+
+def test_what_the_remote_run_reports_moves_the_runs_facts_and_its_fingerprint(tmp_path):
+    """``Seen`` carried out on the run's own state: step and total follow the remote side, a loss
+    joins the facts and the loss series (the fingerprint covers the remote part); a report with
+    no step moves no series, and a report without a total keeps the one known."""
+    from daemon.cloud.offload.base import RemoteStatus
+    from daemon.core.losswatch import Acting
+    from daemon.core.remote_run import Seen
+    cfg = config(tmp_path)
+    rs = RunState(RemoteRun(cfg, Offloader(cfg)))
+    acting = Acting(watching=False, exiting=False, job_here=False, remote=True)
+    assert rs.carry(Seen(RemoteStatus("running", step=120, total_steps=1000, loss=2.5)), cfg["divergence"], acting) == []
+    assert (rs.facts.step, rs.facts.total_steps, rs.facts.loss) == (120, 1000, 2.5)
+    assert list(rs.facts.losses) == [2.5] and rs.losses.series == [(120, 2.5)]
+    rs.carry(Seen(RemoteStatus("running", step=130)), cfg["divergence"], acting)
+    assert (rs.facts.step, rs.facts.total_steps, rs.losses.series) == (130, 1000, [(120, 2.5)])
+    rs.carry(Seen(RemoteStatus("running", loss=2.4)), cfg["divergence"], acting)
+    assert rs.facts.loss == 2.4 and rs.losses.series == [(120, 2.5)]  # no step: not in the series

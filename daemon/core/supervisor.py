@@ -89,7 +89,7 @@ from daemon.core.pace import history_prior
 from daemon.core.parts import Parts
 from daemon.core.readings import Readings
 from daemon.core.recovering import Recovery
-from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, RemoteRun, Save, Seen
+from daemon.core.remote_run import Action, Emit, End, Goto, LaunchJob, RemoteRun, Save
 from daemon.core.runstate import RunState
 from daemon.core.starting import JobStarter, StartContext
 from daemon.core.statusface import RunNow, StatusFace
@@ -115,7 +115,7 @@ from daemon.state.store import (
 )
 
 if TYPE_CHECKING:  # the parts: built by daemon/core/parts.py (or a test), imported only there
-    from daemon.cloud.offload.base import JobSpec, RemoteStatus
+    from daemon.cloud.offload.base import JobSpec
     from daemon.gpu.resets.incident import ResetEvent
     from daemon.job.adopt import AdoptedCheckpoint
     from daemon.policy.thermal import ThermalState
@@ -793,21 +793,10 @@ class Supervisor:
                 self.event(a.kind, a.message, a.level, **(a.data or {}))
             elif isinstance(a, Goto):
                 self.set_state(a.state, a.reason, detail=a.detail)
-            elif isinstance(a, Seen):
-                self._seen_remote(a.status)
+            elif isinstance(a, RunState.CARRIES):  # the remote run's progress, on the run's facts (runstate.py)
+                self._apply(self.current.carry(a, self.cfg["divergence"], self._acting()))
             elif isinstance(a, End):
                 self._end_remote(a)
-
-    def _seen_remote(self, st: RemoteStatus) -> None:
-        if st.step is not None:
-            self.current.facts.step = st.step
-            self.current.facts.total_steps = st.total_steps or self.current.facts.total_steps
-        if st.loss is not None:
-            self.current.facts.loss = st.loss
-            self.current.facts.losses.append(st.loss)
-            if st.step is not None:  # the run's fingerprint covers its remote part too
-                self._apply(self.current.losses.note(int(st.step), float(st.loss), self.cfg["divergence"],
-                                             self._acting()))
 
     def _end_remote(self, end: End) -> None:
         self._apply(lifecycle.after_remote(end.how, end.message, self.current.facts.step))
