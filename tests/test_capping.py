@@ -7,21 +7,12 @@ from pathlib import Path
 
 from daemon.core import capping
 from daemon.core.decisions import CapClock, Emit, Problem, UncapClock
-from daemon.gpu.clockcap import LEVEL, OD, ClockCap
-
-OD_TABLE = "OD_SCLK:\n0: 800Mhz\n1: 2700Mhz\nOD_RANGE:\nSCLK: 800Mhz 2700Mhz\n"
-
-
-def dev(tmp_path: Path) -> Path:
-    d = tmp_path / "sys/class/drm/card1/device"
-    d.mkdir(parents=True)
-    (d / LEVEL).write_text("auto\n")
-    (d / OD).write_text(OD_TABLE)
-    return d
+from daemon.gpu.clockcap import LEVEL, ClockCap
+from tests.test_clockcap import dev  # noqa: F401 (the fake device tree, a fixture)
 
 
-def test_the_cap_goes_on_and_comes_off_and_says_nothing(tmp_path: Path):
-    d = dev(tmp_path)
+def test_the_cap_goes_on_and_comes_off_and_says_nothing(dev: Path):  # noqa: F811
+    d = dev
     cap = ClockCap(d, 1800)
     assert capping.carry(CapClock(), cap, None) == [] and cap.applied
     assert (d / LEVEL).read_text().strip() == "manual"
@@ -29,14 +20,14 @@ def test_the_cap_goes_on_and_comes_off_and_says_nothing(tmp_path: Path):
     assert (d / LEVEL).read_text().strip() == "auto"
 
 
-def test_a_cap_that_cannot_go_on_is_a_problem_and_a_warning_said_once(tmp_path: Path):
-    cap = ClockCap(dev(tmp_path), 3000)  # above the card's OD_RANGE (800-2700): refused, nothing written
+def test_a_cap_that_cannot_go_on_is_a_problem_and_a_warning_said_once(dev: Path):  # noqa: F811
+    cap = ClockCap(dev, 3000)  # above the card's OD_RANGE (800-2700): refused, nothing written
     said = capping.carry(CapClock(), cap, None)
     assert [type(d) for d in said] == [Problem, Emit] and said[0] == Problem("clock_cap", said[1].message)  # type: ignore[union-attr]
     assert said[1] == Emit("clock_cap", said[0].text or "", "warn")  # type: ignore[union-attr]
     assert "outside this GPU's range 800-2700 MHz" in said[1].message  # type: ignore[union-attr]
     assert capping.carry(CapClock(), cap, said[0].text) == []  # type: ignore[union-attr]  # shown already: not again
-    assert (tmp_path / "sys/class/drm/card1/device" / LEVEL).read_text() == "auto\n"
+    assert (dev / LEVEL).read_text() == "auto\n"
 
 
 def test_no_cap_port_no_decision():
